@@ -1,0 +1,234 @@
+"""One frozen, typed configuration, built once: defaults < config file < AEGIS_* env < explicit overrides.
+
+Every value remembers where it came from (`sources`), so `ag config show` can print it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any, Mapping
+
+import msgspec
+
+from .errors import ValidationError
+
+PERMISSION_MODES = ("default", "plan", "acceptEdits", "bypassPermissions", "dontAsk", "auto")
+STORES = ("file", "postgres", "redis")
+
+# The built-in default agent: claude-agent-acp (npm @agentclientprotocol/claude-agent-acp).
+CLAUDE_PACKAGE = "@agentclientprotocol/claude-agent-acp"
+CLAUDE_BIN = "claude-agent-acp"
+
+
+class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    command: list[str]
+    env: dict[str, str] = {}
+    passEnv: list[str] = []  # extra variable names (or prefixes ending in *) passed from the daemon
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 9100
+    baseUrl: str = ""
+    authToken: str = ""
+    stateDir: str = "~/.aegis"
+    socket: str = ""
+    logLevel: str = "info"
+    dashboardEnabled: bool = True
+    allowedWorkDirs: tuple[str, ...] = ()
+    defaultPermissionMode: str = "default"
+    defaultAgent: str = "claude"
+    agents: dict[str, AgentSpec] = {}
+    agentCommand: tuple[str, ...] = ()  # AEGIS_AGENT_COMMAND: overrides the default agent's command line
+    memoryBridge: dict[str, Any] = {}
+    sessionStore: str = "file"
+    postgresUrl: str = ""
+    pgTable: str = "aegis_sessions"
+    pgSchema: str = "public"
+    pgPoolMax: int = 5
+    redisUrl: str = "redis://localhost:6379"
+    redisKeyPrefix: str = "aegis"
+    strictRbac: bool = False
+    stallThresholdMs: int = 120_000
+    maxSessions: int = 1000
+    acpPromptTimeoutMs: int = 120_000
+    acpRequestTimeoutMs: int = 30_000
+    acpInitTimeoutMs: int = 30_000
+    killGraceMs: int = 3_000
+    maxLineBytes: int = 16 * 1024 * 1024
+    stderrTailBytes: int = 64 * 1024
+    # where the config file was found (None: defaults only) and where each value came from
+    configPath: str | None = None
+    sources: dict[str, str] = {}
+
+    # ---- derived values -------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return Path(os.path.expanduser(self.stateDir)).absolute()
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(os.path.expanduser(self.socket)) if self.socket else self.state_path / "aegisd.sock"
+
+    @property
+    def base_url(self) -> str:
+        if self.baseUrl:
+            return self.baseUrl.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+# Env var -> (config key, parser). Every documented variable is read.
+def _bool(v: str) -> bool:
+    if v.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {v!r}")
+
+
+def _paths(v: str) -> tuple[str, ...]:
+    sep = ";" if ";" in v else ":"
+    return tuple(p for p in (s.strip() for s in v.split(sep)) if p)
+
+
+ENV_VARS: dict[str, tuple[str, Any]] = {
+    "AEGIS_HOST": ("host", str),
+    "AEGIS_PORT": ("port", int),
+    "AEGIS_BASE_URL": ("baseUrl", str),
+    "AEGIS_AUTH_TOKEN": ("authToken", str),
+    "AEGIS_STATE_DIR": ("stateDir", str),
+    "AEGIS_SOCKET": ("socket", str),
+    "AEGIS_LOG_LEVEL": ("logLevel", str),
+    "AEGIS_DASHBOARD_ENABLED": ("dashboardEnabled", _bool),
+    "AEGIS_ALLOWED_WORK_DIRS": ("allowedWorkDirs", _paths),
+    "AEGIS_AGENT_COMMAND": ("agentCommand", lambda v: tuple(shlex.split(v))),
+    "AEGIS_DEFAULT_AGENT": ("defaultAgent", str),
+    "AEGIS_SESSION_STORE": ("sessionStore", str),
+    "AEGIS_POSTGRES_URL": ("postgresUrl", str),
+    "AEGIS_PG_TABLE": ("pgTable", str),
+    "AEGIS_PG_SCHEMA": ("pgSchema", str),
+    "AEGIS_PG_POOL_MAX": ("pgPoolMax", int),
+    "AEGIS_REDIS_URL": ("redisUrl", str),
+    "AEGIS_REDIS_KEY_PREFIX": ("redisKeyPrefix", str),
+    "AEGIS_STRICT_RBAC": ("strictRbac", _bool),
+    "AEGIS_ACP_PROMPT_TIMEOUT_MS": ("acpPromptTimeoutMs", int),
+    "AEGIS_STALL_THRESHOLD_MS": ("stallThresholdMs", int),
+    "AEGIS_MAX_SESSIONS": ("maxSessions", int),
+    "AEGIS_KILL_GRACE_MS": ("killGraceMs", int),
+}
+# Keys of the config file that are not Config fields but are accepted (the original's, or for later parts).
+KNOWN_EXTRA_KEYS = {"clientAuthToken", "webhooks", "rateLimit", "sseMaxConnections", "sseMaxPerIp",
+                    "defaultSessionEnv", "name", "model"}
+_SECRET_KEYS = {"authToken", "postgresUrl", "redisUrl", "clientAuthToken"}
+
+
+def config_file_candidates(cwd: Path | None = None) -> list[Path]:
+    cwd = cwd or Path.cwd()
+    home = Path.home()
+    return [cwd / ".aegis" / "config.yaml", cwd / ".aegis" / "config.yml", cwd / "aegis.config.json",
+            home / ".aegis" / "config.yaml", home / ".aegis" / "config.yml", home / ".aegis" / "config.json"]
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text) if text.strip() else {}
+    else:
+        from ruamel.yaml import YAML
+
+        data = YAML(typ="safe").load(text) or {}
+    if not isinstance(data, dict):
+        raise ValidationError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def load_config(*, env: Mapping[str, str] | None = None, config_path: str | Path | None = None,
+                overrides: Mapping[str, Any] | None = None, cwd: Path | None = None,
+                warnings: list[str] | None = None) -> Config:
+    """Build the configuration. Raises :class:`ValidationError` with a clear message on bad values."""
+    env = os.environ if env is None else env
+    warn = warnings if warnings is not None else []
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    explicit = config_path or env.get("AEGIS_CONFIG")
+    path: Path | None = None
+    if explicit:
+        path = Path(os.path.expanduser(str(explicit)))
+        if not path.exists():
+            raise ValidationError(f"config file not found: {path}")
+    else:
+        path = next((p for p in config_file_candidates(cwd) if p.is_file()), None)
+    if path is not None:
+        try:
+            data = read_config_file(path)
+        except ValidationError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - YAML/JSON parse errors of many kinds
+            raise ValidationError(f"cannot parse config file {path}: {exc}") from exc
+        fields = set(Config.__struct_fields__) - {"configPath", "sources", "agentCommand", "socket"}
+        fields |= {"socket"}
+        for key, val in data.items():
+            if key in fields:
+                values[key] = val
+                sources[key] = f"file:{path}"
+            elif key not in KNOWN_EXTRA_KEYS:
+                warn.append(f"{path}: unknown key {key!r} ignored")
+    for var, (key, parse) in ENV_VARS.items():
+        raw = env.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[key] = parse(raw)
+        except ValueError as exc:
+            raise ValidationError(f"{var}: {exc}") from exc
+        sources[key] = f"env:{var}"
+    for key, val in (overrides or {}).items():
+        if val is not None:
+            values[key] = val
+            sources[key] = "flag"
+    values["configPath"] = str(path) if path else None
+    values["sources"] = sources
+    try:
+        cfg = msgspec.convert(values, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"invalid configuration: {exc}") from exc
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.defaultPermissionMode not in PERMISSION_MODES:
+        raise ValidationError(f"defaultPermissionMode must be one of {', '.join(PERMISSION_MODES)}")
+    if cfg.sessionStore not in STORES:
+        raise ValidationError(f"sessionStore must be one of {', '.join(STORES)}")
+    if not (0 <= cfg.port <= 65535):
+        raise ValidationError("port must be between 0 and 65535")
+    if cfg.stallThresholdMs < 1000:
+        raise ValidationError("stallThresholdMs must be at least 1000")
+    if cfg.acpPromptTimeoutMs < 1:
+        raise ValidationError("AEGIS_ACP_PROMPT_TIMEOUT_MS must be positive")
+
+
+def describe(cfg: Config, *, mask: bool = True) -> list[tuple[str, Any, str]]:
+    """(key, value, source) rows for `ag config show`; secrets masked."""
+    rows = []
+    for key in Config.__struct_fields__:
+        if key in ("sources", "configPath"):
+            continue
+        val = getattr(cfg, key)
+        if mask and key in _SECRET_KEYS and val:
+            val = _mask(str(val))
+        rows.append((key, msgspec.to_builtins(val), cfg.sources.get(key, "default")))
+    return rows
+
+
+def _mask(value: str) -> str:
+    if "://" in value and "@" in value:  # URL with credentials
+        scheme, rest = value.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    if "://" in value:
+        return value
+    return "***" if len(value) < 8 else value[:2] + "***" + value[-2:]

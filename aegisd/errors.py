@@ -1,0 +1,135 @@
+"""A small exception hierarchy. Each error carries a stable wire code and the HTTP status it maps to;
+the mapping to a surface (HTTP envelope, control-socket frame, CLI exit) happens in exactly one place each."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AegisError(Exception):
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str = "", *, details: Any = None) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+        self.details = details
+
+
+class ValidationError(AegisError):
+    code = "VALIDATION_ERROR"
+    status = 400
+
+
+class InvalidWorkDir(AegisError):
+    code = "INVALID_WORKDIR"
+    status = 400
+
+
+class Unauthorized(AegisError):
+    code = "UNAUTHORIZED"
+    status = 401
+
+
+class Forbidden(AegisError):
+    code = "FORBIDDEN"
+    status = 403
+
+
+class NotFound(AegisError):
+    code = "NOT_FOUND"
+    status = 404
+
+
+class SessionNotFound(NotFound):
+    code = "SESSION_NOT_FOUND"
+
+
+class UnknownOperation(NotFound):
+    code = "UNKNOWN_OPERATION"
+
+
+class Conflict(AegisError):
+    code = "CONFLICT"
+    status = 409
+
+
+class NoPendingPermission(Conflict):
+    code = "NO_PENDING_PERMISSION"
+
+
+class SessionNotLive(Conflict):
+    code = "SESSION_NOT_LIVE"
+
+
+class SessionBusy(Conflict):
+    code = "SESSION_BUSY"
+
+
+class IllegalTransition(Conflict):
+    code = "ILLEGAL_TRANSITION"
+
+
+class AmbiguousId(Conflict):
+    code = "AMBIGUOUS_ID"
+
+
+class PayloadTooLarge(AegisError):
+    code = "PAYLOAD_TOO_LARGE"
+    status = 413
+
+
+class RateLimited(AegisError):
+    code = "RATE_LIMITED"
+    status = 429
+
+
+class CapacityExceeded(AegisError):
+    code = "CAPACITY_EXCEEDED"
+    status = 429
+
+
+class NotImplementedYet(AegisError):
+    code = "NOT_IMPLEMENTED"
+    status = 501
+
+
+class Unavailable(AegisError):
+    code = "UNAVAILABLE"
+    status = 503
+
+
+class AgentError(AegisError):
+    """The agent process failed or broke the protocol (the session crashes, the daemon does not)."""
+
+    code = "AGENT_ERROR"
+    status = 502
+
+
+class ProtocolError(AgentError):
+    code = "ACP_PROTOCOL_ERROR"
+
+
+class RequestTimeout(AgentError):
+    code = "ACP_REQUEST_TIMEOUT"
+    status = 504
+
+
+_BY_CODE: dict[str, type[AegisError]] = {}
+
+
+def _index(cls: type[AegisError]) -> None:
+    _BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _index(sub)
+
+
+def error_from_code(code: str, message: str) -> AegisError:
+    """Rebuild a domain error from its wire code (used by clients of the control protocol)."""
+    if not _BY_CODE:
+        _index(AegisError)
+    cls = _BY_CODE.get(code, AegisError)
+    err = cls(message)
+    if cls is AegisError:
+        err.code = code  # type: ignore[misc]
+    return err

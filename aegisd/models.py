@@ -1,0 +1,118 @@
+"""Typed records shared by the daemon, the store, the operations and their surfaces (msgspec structs).
+
+Field names are camelCase on the wire, as in the original Aegis `/v1` API."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from .states import State
+
+SCHEMA_VERSION = 1  # version of the on-disk records; bump with a migration in store/
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class PermissionOption(msgspec.Struct, rename="camel", omit_defaults=True):
+    optionId: str
+    name: str = ""
+    kind: str = ""
+
+
+class PendingPermission(msgspec.Struct, omit_defaults=True):
+    """What the agent is waiting for a decision on (status ``permission_prompt``)."""
+
+    requestId: str
+    toolTitle: str
+    toolKind: str | None = None
+    toolCallId: str | None = None
+    rawInput: Any = None
+    options: list[PermissionOption] = []
+    since: int = 0
+    # compatibility with the original's field names
+    toolName: str | None = None
+    prompt: str | None = None
+    startedAt: int | None = None
+
+
+class TokenUsage(msgspec.Struct, omit_defaults=False):
+    inputTokens: int = 0
+    outputTokens: int = 0
+    cacheReadTokens: int = 0
+    cacheCreationTokens: int = 0
+    totalTokens: int = 0
+    costUsd: float = 0.0
+
+
+class ContextUsage(msgspec.Struct, omit_defaults=True):
+    used: int = 0
+    size: int = 0
+    cost: Any = None
+
+
+class CrashInfo(msgspec.Struct, omit_defaults=True):
+    reason: str
+    exitCode: int | None = None
+    signal: int | None = None
+    stderrTail: str | None = None
+
+
+class SessionRecord(msgspec.Struct, omit_defaults=True):
+    """One session as persisted and as served by `GET /v1/sessions/{id}`."""
+
+    id: str
+    workDir: str
+    status: State = State.PENDING
+    name: str = ""
+    agent: str = "claude"
+    permissionMode: str = "default"
+    model: str | None = None
+    stallThresholdMs: int = 120_000
+    createdAt: int = 0
+    lastActivity: int = 0
+    endedAt: int | None = None
+    acpSessionId: str | None = None
+    agentInfo: dict[str, Any] | None = None
+    agentModes: list[str] = []
+    currentMode: str | None = None
+    loadSupported: bool = False
+    pendingPermission: PendingPermission | None = None
+    crash: CrashInfo | None = None
+    endReason: str | None = None
+    stopReason: str | None = None
+    turns: int = 0
+    transcriptCount: int = 0
+    readOffset: int = 0
+    tokenUsage: TokenUsage = msgspec.field(default_factory=TokenUsage)
+    contextUsage: ContextUsage | None = None
+    title: str | None = None
+    availableCommands: list[dict[str, Any]] = []
+    parentId: str | None = None
+    ownerKeyId: str | None = None
+    pid: int | None = None
+    schemaVersion: int = SCHEMA_VERSION
+
+
+class TranscriptEntry(msgspec.Struct, omit_defaults=True):
+    id: int
+    role: str  # user | assistant | system
+    contentType: str  # text | thinking | tool_use | tool_result | tool_error | permission_request | plan | usage
+    text: str
+    timestamp: int
+    toolName: str | None = None
+    toolUseId: str | None = None
+
+
+class Event(msgspec.Struct, omit_defaults=True):
+    """One event on the bus. ``id`` is monotonic across the daemon and survives restarts."""
+
+    id: int
+    event: str  # created | status | message | chunk | approval | ended | stall | ...
+    sessionId: str
+    timestamp: int
+    data: dict[str, Any] = {}

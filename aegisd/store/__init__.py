@@ -1,0 +1,81 @@
+"""Persistence. The daemon talks to a :class:`Store`; `file` is the embedded default, and the
+PostgreSQL and Redis stores implement the same interface.
+
+Durability contract (every implementation):
+- ``save_session`` returns only once the record is durable (file store: written, fsynced, renamed,
+  directory fsynced). Operations acknowledge a client only after it returns, so nothing acknowledged is
+  lost on ``kill -9`` of the daemon or a machine crash.
+- ``append_transcript`` / ``append_events`` are append-only. A returned call survives ``kill -9`` of the
+  daemon (the data is in the kernel); ``flush`` (called periodically, at turn end and on shutdown) makes
+  it survive a machine crash too.
+- Records carry ``schemaVersion``; a store refuses to load records from a newer schema.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from ..models import Event, SessionRecord, TranscriptEntry
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+class Store(Protocol):
+    name: str
+
+    async def open(self) -> None:
+        """Create directories/tables, take the single-writer lock, load indexes."""
+
+    async def close(self) -> None:
+        """Flush everything and release the lock."""
+
+    async def flush(self) -> None:
+        """Make every append so far durable (fsync for the file store)."""
+
+    # sessions
+    async def load_sessions(self) -> list[SessionRecord]:
+        """Every stored session, terminal ones included, oldest first."""
+
+    async def save_session(self, record: SessionRecord) -> None:
+        """Insert or replace one session record, durably."""
+
+    async def delete_session(self, session_id: str) -> None:
+        """Remove a session and its transcript and events (used by retention, not by kill)."""
+
+    # transcripts (entry ids are 1-based and dense per session)
+    async def append_transcript(self, session_id: str, entries: list[TranscriptEntry]) -> None: ...
+
+    async def read_transcript(self, session_id: str, start: int = 0,
+                              limit: int | None = None) -> list[TranscriptEntry]:
+        """Entries with index ``start`` (0-based) onwards, at most ``limit``."""
+
+    async def transcript_count(self, session_id: str) -> int: ...
+
+    # events (ids global and monotonic; kept per session in a bounded ring, plus a global ring)
+    async def append_events(self, events: list[Event]) -> None: ...
+
+    async def read_events(self, *, session_id: str | None, after_id: int,
+                          limit: int = 1000) -> list[Event]:
+        """Events with id > after_id, oldest first (one session, or all sessions when None)."""
+
+    async def last_event_id(self) -> int:
+        """The highest event id ever appended (0 when none), so ids stay monotonic across restarts."""
+
+
+def open_store(config: "Config") -> Store:
+    """The store named by ``config.sessionStore`` (not yet opened)."""
+    kind = config.sessionStore
+    if kind == "file":
+        from ._file import FileStore
+
+        return FileStore(config.state_path)
+    if kind == "postgres":
+        from ._postgres import PostgresStore  # type: ignore[import-not-found]
+
+        return PostgresStore(config)
+    if kind == "redis":
+        from ._redis import RedisStore  # type: ignore[import-not-found]
+
+        return RedisStore(config)
+    raise ValueError(f"unknown session store {kind!r}")
