@@ -15,7 +15,7 @@ import msgspec
 from .errors import ValidationError
 
 PERMISSION_MODES = ("default", "plan", "acceptEdits", "bypassPermissions", "dontAsk", "auto")
-STORES = ("file", "postgres", "redis")
+STORES = ("file", "postgres", "redis", "memory")
 
 # The built-in default agent: claude-agent-acp (npm @agentclientprotocol/claude-agent-acp).
 CLAUDE_PACKAGE = "@agentclientprotocol/claude-agent-acp"

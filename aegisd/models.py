@@ -62,7 +62,7 @@ class CrashInfo(msgspec.Struct, omit_defaults=True):
     stderrTail: str | None = None
 
 
-class SessionRecord(msgspec.Struct, omit_defaults=True):
+class SessionRecord(msgspec.Struct):
     """One session as persisted and as served by `GET /v1/sessions/{id}`."""
 
     id: str

@@ -37,7 +37,8 @@ NEEDS_HUMAN: frozenset[State] = frozenset({State.PERMISSION_PROMPT})
 _ENDINGS = TERMINAL
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.IDLE}) | _ENDINGS,
-    State.IDLE: frozenset({State.RUNNING, State.PENDING}) | _ENDINGS,
+    # IDLE -> PERMISSION_PROMPT: an agent may ask outside a prompt turn (e.g. background work)
+    State.IDLE: frozenset({State.RUNNING, State.PERMISSION_PROMPT, State.PENDING}) | _ENDINGS,
     State.RUNNING: frozenset({State.IDLE, State.PERMISSION_PROMPT, State.STALLED, State.PENDING}) | _ENDINGS,
     State.PERMISSION_PROMPT: frozenset({State.RUNNING, State.IDLE, State.PENDING}) | _ENDINGS,
     State.STALLED: frozenset({State.RUNNING, State.PERMISSION_PROMPT, State.IDLE, State.PENDING}) | _ENDINGS,

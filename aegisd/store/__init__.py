@@ -74,6 +74,10 @@ def open_store(config: "Config") -> Store:
         from ._postgres import PostgresStore  # type: ignore[import-not-found]
 
         return PostgresStore(config)
+    if kind == "memory":
+        from ._memory import MemoryStore
+
+        return MemoryStore()
     if kind == "redis":
         from ._redis import RedisStore  # type: ignore[import-not-found]
 

@@ -1,0 +1,44 @@
+# Aegis for Python. `make run` starts the daemon, `make test` runs the tests; both install what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+AGENTS_STAMP := $(VENV)/.agents-installed
+
+.PHONY: install run test test-fast bench lint typecheck agents clean docs
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package, test and dev tools, and the ACP agents
+	@$(MAKE) --no-print-directory agents || echo "warning: ACP agents not installed (see docs/real-agents.md)"
+
+$(AGENTS_STAMP): scripts/install-agents.sh $(STAMP)
+	PYTHON=$(PY) bash scripts/install-agents.sh
+	@touch $(AGENTS_STAMP)
+
+agents: $(AGENTS_STAMP) ## claude-agent-acp (npm) and the ACP Python SDK examples, for real-agent tests
+
+run: $(STAMP) ## start aegisd in the foreground (Ctrl-C stops it)
+	@$(MAKE) --no-print-directory agents || echo "warning: claude-agent-acp not installed; sessions will use npx"
+	$(VENV)/bin/aegisd
+
+test: $(STAMP) ## the whole test suite
+	@$(MAKE) --no-print-directory agents || echo "warning: real-agent tests will be skipped"
+	$(PY) -m pytest -q -ra
+
+test-fast: $(STAMP) ## everything except the real-agent tests
+	$(PY) -m pytest -q -ra -m "not real_agent"
+
+bench: $(STAMP) ## benchmarks; results go to bench/results/ and are summarised in docs/performance.md
+	$(PY) bench/run.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check aegisd aegisctl tests
+	$(VENV)/bin/mypy aegisd aegisctl
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

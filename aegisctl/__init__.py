@@ -1,0 +1,1 @@
+"""aegisctl (also `ag`, `aegis`): the command-line client of aegisd."""

@@ -1,0 +1,199 @@
+"""One small client for the control protocol, over the Unix socket (default) or over HTTP `POST /v1/rpc`.
+
+Stdlib only (socket, http.client, json), so `ag list` starts fast."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+import socket
+import urllib.parse
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class ClientError(Exception):
+    """An error answered by the daemon (code, message, HTTP-like status)."""
+
+    def __init__(self, code: str, message: str, status: int = 500, details: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details
+
+
+class ConnectError(ClientError):
+    """The daemon could not be reached."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("DAEMON_UNREACHABLE", message, 503)
+
+
+def default_socket_path(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ if env is None else env)
+    if env.get("AEGIS_SOCKET"):
+        return Path(os.path.expanduser(env["AEGIS_SOCKET"]))
+    state = env.get("AEGIS_STATE_DIR") or "~/.aegis"
+    return Path(os.path.expanduser(state)) / "aegisd.sock"
+
+
+class Client:
+    """``Client(socket_path=...)`` or ``Client(url=..., token=...)``."""
+
+    def __init__(self, *, socket_path: str | Path | None = None, url: str | None = None,
+                 token: str | None = None, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/") if url else None
+        self.socket_path = Path(socket_path) if socket_path else (None if url else default_socket_path())
+        self.token = token
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._sock: socket.socket | None = None
+        self._rfile: Any = None
+
+    @property
+    def target(self) -> str:
+        return self.url or f"unix:{self.socket_path}"
+
+    # ---- socket transport ----------------------------------------------------------------------
+    def _connect(self, timeout: float | None) -> tuple[socket.socket, Any]:
+        assert self.socket_path is not None
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(str(self.socket_path))
+        except FileNotFoundError:
+            s.close()
+            raise ConnectError(f"aegisd is not running (no socket at {self.socket_path})") from None
+        except ConnectionRefusedError:
+            s.close()
+            raise ConnectError(f"aegisd is not running (nobody listens on {self.socket_path})") from None
+        except PermissionError:
+            s.close()
+            raise ConnectError(f"permission denied on {self.socket_path} (it belongs to another user)") from None
+        except OSError as exc:
+            s.close()
+            raise ConnectError(f"cannot connect to {self.socket_path}: {exc}") from None
+        return s, s.makefile("rb")
+
+    def close(self) -> None:
+        if self._rfile is not None:
+            self._rfile.close()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = self._rfile = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _result(frame: dict[str, Any]) -> Any:
+        if frame.get("ok"):
+            return frame.get("result")
+        err = frame.get("error") or {}
+        raise ClientError(err.get("code", "INTERNAL_ERROR"), err.get("message", "error"), err.get("status", 500),
+                          err.get("details"))
+
+    def call(self, op: str, **params: Any) -> Any:
+        params = {k: v for k, v in params.items() if v is not None}
+        if self.url:
+            return self._result(self._http_rpc(op, params))
+        if self._sock is None:
+            self._sock, self._rfile = self._connect(self.timeout)
+        req_id = next(self._ids)
+        try:
+            self._sock.sendall(json.dumps({"id": req_id, "op": op, "params": params}).encode() + b"\n")
+            while True:
+                line = self._rfile.readline()
+                if not line:
+                    raise ConnectError("aegisd closed the connection")
+                frame = json.loads(line)
+                if frame.get("id") == req_id or frame.get("id") is None:
+                    return self._result(frame)
+        except socket.timeout:
+            self.close()
+            raise ConnectError(f"aegisd did not answer {op} within {self.timeout:g} s") from None
+        except OSError as exc:
+            self.close()
+            raise ConnectError(f"lost the connection to aegisd: {exc}") from None
+
+    def stream(self, op: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Yield the events of a streaming operation until it ends."""
+        params = {k: v for k, v in params.items() if v is not None}
+        if self.url:
+            yield from self._http_stream(op, params)
+            return
+        sock, rfile = self._connect(None)
+        try:
+            sock.sendall(json.dumps({"id": 1, "op": op, "params": params}).encode() + b"\n")
+            for line in rfile:
+                frame = json.loads(line)
+                if "event" in frame:
+                    yield frame["event"]
+                else:
+                    self._result(frame)
+                    return
+            raise ConnectError("aegisd closed the stream")
+        finally:
+            rfile.close()
+            sock.close()
+
+    # ---- HTTP transport ------------------------------------------------------------------------
+    def _http_conn(self, timeout: float | None) -> tuple[http.client.HTTPConnection, str]:
+        assert self.url is not None
+        u = urllib.parse.urlsplit(self.url)
+        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+        return cls(u.hostname or "127.0.0.1", u.port, timeout=timeout), (u.path.rstrip("/") + "/v1/rpc")
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        return h
+
+    def _http_rpc(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        conn, path = self._http_conn(self.timeout)
+        try:
+            conn.request("POST", path, json.dumps({"id": 1, "op": op, "params": params}), self._headers())
+            resp = conn.getresponse()
+            body = resp.read()
+        except OSError as exc:
+            raise ConnectError(f"cannot reach aegisd at {self.url}: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            frame = json.loads(body)
+        except ValueError:
+            raise ClientError("BAD_RESPONSE", f"unexpected answer from {self.url} (HTTP {resp.status})",
+                              resp.status) from None
+        if "ok" not in frame:  # an HTTP-level error envelope (401, 404, ...)
+            return {"ok": False, "error": {"code": frame.get("code", "HTTP_ERROR"),
+                                           "message": frame.get("message", f"HTTP {resp.status}"),
+                                           "status": resp.status}}
+        return frame  # type: ignore[no-any-return]
+
+    def _http_stream(self, op: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        conn, path = self._http_conn(None)
+        try:
+            conn.request("POST", path, json.dumps({"id": 1, "op": op, "params": params}), self._headers())
+            resp = conn.getresponse()
+            if resp.status != 200:
+                frame = json.loads(resp.read() or b"{}")
+                raise ClientError(frame.get("code", "HTTP_ERROR"), frame.get("message", f"HTTP {resp.status}"),
+                                  resp.status)
+            for line in resp:
+                frame = json.loads(line)
+                if "event" in frame:
+                    yield frame["event"]
+                else:
+                    self._result(frame)
+                    return
+        except OSError as exc:
+            raise ConnectError(f"lost the stream from {self.url}: {exc}") from None
+        finally:
+            conn.close()

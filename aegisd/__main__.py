@@ -1,0 +1,3 @@
+from aegisd.daemon import main
+
+main()

@@ -1,0 +1,10 @@
+"""The Agent Client Protocol, client side: wire types, the JSON-RPC connection, agent processes."""
+
+from __future__ import annotations
+
+from . import _wire as wire
+from ._connection import AcpConnection, ClientHandler, RemoteError
+from ._process import AgentProcess, Lifeline, agent_environment, spawn_agent
+
+__all__ = ["AcpConnection", "AgentProcess", "ClientHandler", "Lifeline", "RemoteError", "agent_environment",
+           "spawn_agent", "wire"]

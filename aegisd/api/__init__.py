@@ -1,0 +1,198 @@
+"""The HTTP facade: the original Aegis `/v1` routes as thin adapters over the operations registry, plus
+`POST /v1/rpc` carrying control-protocol frames. Errors use the envelope {error, code, message, requestId}."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import msgspec
+import structlog
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .. import ops
+from ..errors import AegisError, NotFound, Unauthorized, ValidationError
+
+if TYPE_CHECKING:
+    from ..daemon import Daemon
+
+log = structlog.get_logger("aegisd.http")
+
+MAX_BODY = 1024 * 1024
+_encoder = msgspec.json.Encoder()
+
+# (methods, path, operation, where params come from, success status)
+ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
+    (("GET",), "/v1/health", "health", "none", 200),
+    (("GET",), "/health", "health", "none", 200),
+    (("POST",), "/v1/sessions", "session.create", "body", 201),
+    (("GET",), "/v1/sessions", "session.list", "query", 200),
+    (("GET",), "/v1/sessions/<sid>", "session.get", "id", 200),
+    (("GET",), "/v1/sessions/<sid>/health", "session.health", "id", 200),
+    (("POST",), "/v1/sessions/<sid>/send", "session.send", "id+body", 200),
+    (("POST",), "/v1/sessions/<sid>/input", "session.send", "id+body", 200),
+    (("POST",), "/v1/sessions/<sid>/prompt", "session.send", "id+body", 200),
+    (("GET",), "/v1/sessions/<sid>/read", "session.read", "id", 200),
+    (("GET",), "/v1/sessions/<sid>/transcript", "session.transcript", "id+query", 200),
+    (("POST",), "/v1/sessions/<sid>/approve", "session.approve", "id+body", 200),
+    (("POST",), "/v1/sessions/<sid>/reject", "session.reject", "id+body", 200),
+    (("POST",), "/v1/sessions/<sid>/interrupt", "session.interrupt", "id", 200),
+    (("POST",), "/v1/sessions/<sid>/escape", "session.interrupt", "id", 200),
+    (("DELETE",), "/v1/sessions/<sid>", "session.kill", "id", 200),
+    (("POST",), "/v1/sessions/<sid>/kill", "session.kill", "id", 200),
+    (("POST",), "/v1/sessions/<sid>/terminate", "session.kill", "id", 200),
+    (("POST",), "/v1/sessions/<sid>/stop", "session.kill", "id", 200),
+    (("POST",), "/v1/sessions/<sid>/close", "session.close", "id", 200),
+]
+PUBLIC_PATHS = {"/v1/health", "/health"}
+
+
+def _json(data: Any, status: int = 200, request_id: str | None = None) -> Response:
+    resp = Response(_encoder.encode(data), status=status, content_type="application/json")
+    if request_id:
+        resp.headers["X-Request-Id"] = request_id
+    return resp
+
+
+def error_response(exc: AegisError, request_id: str) -> Response:
+    body: dict[str, Any] = {"error": exc.message, "code": exc.code, "message": exc.message,
+                            "requestId": request_id}
+    if exc.details is not None:
+        body["details"] = exc.details
+    resp = _json(body, exc.status, request_id)
+    if exc.status == 429:
+        resp.headers["Retry-After"] = "1"
+    return resp
+
+
+async def _body() -> dict[str, Any]:
+    data = await request.get_data(cache=False)
+    if not data or not data.strip():
+        return {}
+    try:
+        parsed = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ValidationError("request body must be a JSON object")
+    return parsed
+
+
+def create_app(daemon: "Daemon") -> QuartTrio:
+    app = QuartTrio("aegisd")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
+
+    def _request_id() -> str:
+        rid = request.headers.get("X-Request-Id", "")
+        return rid if 0 < len(rid) <= 64 and rid.isprintable() else secrets.token_hex(8)
+
+    def _principal() -> ops.Principal:
+        token = daemon.config.authToken
+        if not token or request.path in PUBLIC_PATHS:
+            return ops.Principal(kind="anonymous" if token else "local", role="admin")
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if given and hmac.compare_digest(given.encode(), token.encode()):
+            return ops.Principal(kind="master", role="admin", name="master")
+        raise Unauthorized("missing or invalid bearer token; set AEGIS_AUTH_TOKEN or send "
+                           "'Authorization: Bearer <token>'")
+
+    @app.after_request
+    async def _headers(resp: Response) -> Response:
+        resp.headers.setdefault("X-Aegis-API-Version", "1")
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    @app.errorhandler(AegisError)
+    async def _aegis_error(exc: AegisError) -> Response:
+        return error_response(exc, _request_id())
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        code = {400: "VALIDATION_ERROR", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+                413: "PAYLOAD_TOO_LARGE"}.get(exc.code or 500, "HTTP_ERROR")
+        msg = {404: f"no route for {request.method} {request.path}",
+               405: f"method {request.method} not allowed on {request.path}",
+               413: f"request body larger than {MAX_BODY} bytes"}.get(exc.code or 500, exc.description or "")
+        rid = _request_id()
+        return _json({"error": msg, "code": code, "message": msg, "requestId": rid}, exc.code or 500, rid)
+
+    @app.errorhandler(Exception)
+    async def _internal(exc: Exception) -> Response:
+        rid = _request_id()
+        log.exception("http.internal_error", path=request.path, request_id=rid, error=repr(exc))
+        return _json({"error": "internal error", "code": "INTERNAL_ERROR", "message": "internal error",
+                      "requestId": rid}, 500, rid)
+
+    def make_view(op_name: str, source: str, status: int) -> Any:
+        async def view(sid: str | None = None) -> Response:
+            rid = _request_id()
+            ctx = ops.OpContext(daemon=daemon, principal=_principal(), request_id=rid, surface="http")
+            params: dict[str, Any] = {}
+            strict = True
+            if "body" in source:
+                params.update(await _body())
+            if "query" in source:
+                params.update(request.args.to_dict())
+                strict = False
+            if sid is not None:
+                params["id"] = sid
+            result = await ops.call(ctx, op_name, params, strict=strict)
+            code = status
+            if op_name == "session.create" and isinstance(result, dict) and result.get("reused"):
+                code = 200
+            return _json(result, code, rid)
+        view.__name__ = f"view_{op_name.replace('.', '_')}_{source.replace('+', '_')}_{status}"
+        return view
+
+    seen: set[str] = set()
+    for methods, path, op_name, source, status in ROUTES:
+        view = make_view(op_name, source, status)
+        endpoint = f"{path}:{','.join(methods)}"
+        assert endpoint not in seen
+        seen.add(endpoint)
+        app.add_url_rule(path, endpoint=endpoint, view_func=view, methods=list(methods))
+
+    @app.post("/v1/rpc")
+    async def rpc() -> Response:
+        rid = _request_id()
+        ctx = ops.OpContext(daemon=daemon, principal=_principal(), request_id=rid, surface="rpc")
+        frame = await _body()
+        req_id = frame.get("id")
+        name = frame.get("op")
+        if not isinstance(name, str):
+            raise ValidationError("rpc frame needs an 'op' string")
+        o = ops.get_op(name)
+        if not o.stream:
+            try:
+                result = await ops.call(ctx, name, frame.get("params"))
+            except AegisError as exc:
+                return _json({"id": req_id, "ok": False,
+                              "error": {"code": exc.code, "message": exc.message, "status": exc.status}},
+                             exc.status, rid)
+            return _json({"id": req_id, "ok": True, "result": result}, 200, rid)
+        events = ops.stream(ctx, name, frame.get("params"))
+
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                async for event in events:
+                    yield _encoder.encode({"id": req_id, "event": event}) + b"\n"
+                yield _encoder.encode({"id": req_id, "ok": True, "result": {"end": "done"}}) + b"\n"
+            except AegisError as exc:
+                yield _encoder.encode({"id": req_id, "ok": False, "error": {
+                    "code": exc.code, "message": exc.message, "status": exc.status}}) + b"\n"
+        resp = Response(gen(), content_type="application/x-ndjson")
+        resp.timeout = None
+        return resp
+
+    @app.get("/v1/openapi.json")
+    async def _not_yet() -> Response:
+        raise NotFound("the OpenAPI document is not generated yet")
+
+    return app

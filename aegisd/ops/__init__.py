@@ -1,0 +1,10 @@
+"""Operations: each defined once (typed params), served by every surface."""
+
+from __future__ import annotations
+
+from . import _sessions  # noqa: F401  (registers the session operations)
+from ._registry import REGISTRY, Op, OpContext, Principal, call, decode_params, get_op, stream
+from ._sessions import session_view
+
+__all__ = ["REGISTRY", "Op", "OpContext", "Principal", "call", "decode_params", "get_op", "session_view",
+           "stream"]

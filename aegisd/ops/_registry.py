@@ -1,0 +1,100 @@
+"""The operations registry: each operation is defined once, with typed msgspec params, and dispatched from
+the control socket, `POST /v1/rpc`, the REST routes and (later) the MCP tools."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+
+import msgspec
+
+from ..errors import UnknownOperation, ValidationError
+
+if TYPE_CHECKING:
+    from ..daemon import Daemon
+
+
+@dataclass
+class Principal:
+    """Who is calling. The Unix socket (same uid, 0600) acts as admin."""
+
+    kind: str = "local"  # local | master | key | anonymous
+    key_id: str | None = None
+    role: str = "admin"
+    name: str = "local"
+
+
+@dataclass
+class OpContext:
+    daemon: "Daemon"
+    principal: Principal = field(default_factory=Principal)
+    request_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    surface: str = "socket"  # socket | http | rpc
+
+
+Handler = Callable[[OpContext, Any], Awaitable[Any]]
+StreamHandler = Callable[[OpContext, Any], AsyncIterator[Any]]
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    params: type
+    handler: Callable[..., Any]
+    summary: str
+    result: Any = None
+    stream: bool = False
+    permission: str | None = None  # create | send | approve | reject | kill | None (read)
+
+
+REGISTRY: dict[str, Op] = {}
+
+
+def op(name: str, params: type, *, summary: str, result: Any = None, stream: bool = False,
+       permission: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in REGISTRY:
+            raise RuntimeError(f"operation {name} defined twice")
+        REGISTRY[name] = Op(name=name, params=params, handler=fn, summary=summary, result=result,
+                            stream=stream, permission=permission)
+        return fn
+    return register
+
+
+def get_op(name: str) -> Op:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownOperation(f"unknown operation {name!r}") from None
+
+
+def decode_params(o: Op, raw: Any, *, strict: bool = True) -> Any:
+    """Validate params (a dict, or None) into the op's struct. ``strict=False`` converts strings, as query
+    strings need."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{o.name}: params must be an object")
+    try:
+        return msgspec.convert(raw, o.params, strict=strict)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"invalid params for {o.name}: {exc}") from None
+
+
+async def call(ctx: OpContext, name: str, raw: Any, *, strict: bool = True) -> Any:
+    o = get_op(name)
+    if o.stream:
+        raise ValidationError(f"{name} is a streaming operation")
+    params = decode_params(o, raw, strict=strict)
+    ctx.daemon.authorize(ctx, o, params)
+    return await o.handler(ctx, params)
+
+
+def stream(ctx: OpContext, name: str, raw: Any) -> AsyncIterator[Any]:
+    o = get_op(name)
+    if not o.stream:
+        raise ValidationError(f"{name} is not a streaming operation")
+    params = decode_params(o, raw)
+    ctx.daemon.authorize(ctx, o, params)
+    return o.handler(ctx, params)  # type: ignore[no-any-return]

@@ -1,0 +1,303 @@
+"""Session operations. Param structs mirror the original Aegis request bodies (camelCase); unknown fields
+are refused, as the original's strict schemas did."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from typing import Annotated, Any, AsyncIterator
+
+import msgspec
+
+from .. import PROTOCOL_VERSION, __version__
+from ..errors import NotFound, SessionNotFound, ValidationError
+from ..models import SessionRecord, now_ms
+from ..states import LIVE, STATUS_FILTERS, TERMINAL, State
+from ._registry import OpContext, op
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
+Page = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+
+
+class Empty(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class CreateParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    workDir: str
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    label: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
+    permissionMode: str | None = None
+    autoApprove: bool | None = None
+    model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    agent: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    stallThresholdMs: Annotated[int, msgspec.Meta(ge=1000, le=3_600_000)] | None = None
+    parentId: str | None = None
+    reuse: bool = True
+    # accepted for compatibility with the original's clients; not used by ACP sessions
+    env: dict[str, str] | None = None
+    claudeCommand: str | None = None
+    resumeSessionId: str | None = None
+    memoryKeys: list[str] | None = None
+    prd: str | None = None
+
+
+class ListParams(msgspec.Struct, forbid_unknown_fields=True):
+    page: Page = 1
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
+    status: str | None = None
+    project: str | None = None
+
+
+class IdParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+
+
+class SendParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    text: Text
+
+
+class TranscriptParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    page: Page = 1
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+    role: str | None = None
+
+
+class DecisionParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    optionId: str | None = None
+
+
+class FollowParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    afterId: int | None = None
+    untilIdle: bool = False
+
+
+class EventsParams(msgspec.Struct, forbid_unknown_fields=True):
+    sessionId: str | None = None
+    afterId: int | None = None
+
+
+def session_view(rec: SessionRecord, base_url: str = "") -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(rec)
+    data.pop("readOffset", None)
+    data["label"] = rec.name
+    if rec.status == State.PERMISSION_PROMPT:
+        base = f"{base_url}/v1/sessions/{rec.id}"
+        data["actionHints"] = {
+            "approve": {"method": "POST", "url": f"{base}/approve", "description": "Approve the pending request"},
+            "reject": {"method": "POST", "url": f"{base}/reject", "description": "Reject the pending request"},
+        }
+    return data
+
+
+# ---- daemon ----------------------------------------------------------------------------------------
+@op("hello", Empty, summary="Daemon and protocol versions")
+async def hello(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    d = ctx.daemon
+    return {"daemon": "aegisd", "version": __version__, "protocol": PROTOCOL_VERSION, "pid": d.pid,
+            "stateDir": str(d.config.state_path), "httpUrl": d.http_url, "socket": str(d.config.socket_path)}
+
+
+@op("health", Empty, summary="Server health")
+async def health(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    d = ctx.daemon
+    m = d.manager
+    return {
+        "status": "draining" if d.draining else "ok",
+        "timestamp": now_ms(),
+        "version": __version__,
+        "platform": platform.system().lower(),
+        "uptime": round(time.time() - d.started_at, 3),
+        "sessions": {"active": sum(1 for r in m.records.values() if r.status in LIVE),
+                     "total": len(m.records)},
+        "pid": d.pid,
+        "store": d.store.name,
+    }
+
+
+# ---- sessions --------------------------------------------------------------------------------------
+@op("session.create", CreateParams, summary="Create a session (or reuse an idle one in the same workDir)",
+    permission="create")
+async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
+    mode = p.permissionMode
+    if mode is None and p.autoApprove:
+        mode = "bypassPermissions"
+    rec, reused, delivery = await ctx.daemon.manager.create(
+        workDir=p.workDir, name=p.name or p.label, prompt=p.prompt, permissionMode=mode, model=p.model,
+        agent=p.agent, stallThresholdMs=p.stallThresholdMs, parentId=p.parentId,
+        ownerKeyId=ctx.principal.key_id, reuse=p.reuse)
+    view = session_view(rec, ctx.daemon.http_url)
+    view["reused"] = reused
+    view["promptDelivery"] = delivery
+    return view
+
+
+@op("session.list", ListParams, summary="List sessions, newest first")
+async def list_sessions(ctx: OpContext, p: ListParams) -> dict[str, Any]:
+    states = None
+    if p.status:
+        states = STATUS_FILTERS.get(p.status)
+        if states is None:
+            raise ValidationError(f"invalid status {p.status!r}; use one of {', '.join(sorted(STATUS_FILTERS))}")
+    recs = ctx.daemon.visible(ctx, ctx.daemon.manager.list(states))
+    if p.project:
+        recs = [r for r in recs if p.project in r.workDir]
+    total = len(recs)
+    start = (p.page - 1) * p.limit
+    return {"sessions": [session_view(r, ctx.daemon.http_url) for r in recs[start:start + p.limit]],
+            "pagination": {"page": p.page, "limit": p.limit, "total": total,
+                           "totalPages": max(1, math.ceil(total / p.limit))}}
+
+
+@op("session.get", IdParams, summary="One session")
+async def get(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    return session_view(ctx.daemon.session(ctx, p.id), ctx.daemon.http_url)
+
+
+@op("session.health", IdParams, summary="Health of one session")
+async def session_health(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    runner = ctx.daemon.manager.runners.get(rec.id)
+    alive = bool(runner and runner.alive)
+    now = now_ms()
+    details = {State.PENDING: "agent starting", State.IDLE: "waiting for a prompt",
+               State.RUNNING: "working on a prompt", State.PERMISSION_PROMPT: "waiting for approve/reject",
+               State.STALLED: "no agent activity for the stall threshold",
+               State.COMPLETED: "finished normally", State.KILLED: "stopped through the API",
+               State.CRASHED: (rec.crash.reason if rec.crash else "crashed")}[rec.status]
+    return {"alive": alive, "windowExists": alive, "claudeRunning": alive, "paneCommand": rec.agent,
+            "status": rec.status.value, "hasTranscript": rec.transcriptCount > 0,
+            "lastActivity": rec.lastActivity, "lastActivityAgo": max(0, now - rec.lastActivity),
+            "sessionAge": max(0, now - rec.createdAt), "details": details, "pid": rec.pid,
+            "queuedPrompts": runner.queue_length if runner else 0,
+            "stderrTail": runner.stderr_tail()[-1000:] if runner else (rec.crash.stderrTail if rec.crash else None)}
+
+
+@op("session.send", SendParams, summary="Send a prompt (queued if a turn is in flight)", permission="send")
+async def send(ctx: OpContext, p: SendParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "send", text=p.text)
+    return result
+
+
+_STATUS_TEXT = {State.PENDING: "Starting the agent", State.IDLE: "Idle", State.RUNNING: "Working",
+                State.PERMISSION_PROMPT: "Waiting for permission", State.STALLED: "Stalled",
+                State.COMPLETED: "Completed", State.KILLED: "Killed", State.CRASHED: "Crashed"}
+
+
+@op("session.read", IdParams, summary="Transcript entries new since the last read")
+async def read(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    d = ctx.daemon
+    rec = d.session(ctx, p.id)
+    start, end = rec.readOffset, rec.transcriptCount
+    messages = await d.store.read_transcript(rec.id, start, end - start) if end > start else []
+    if end != start:
+        rec.readOffset = start + len(messages)
+        await d.manager.save(rec)
+    out: dict[str, Any] = {"messages": msgspec.to_builtins(messages), "status": rec.status.value,
+                           "statusText": _STATUS_TEXT[rec.status], "interactiveContent": None}
+    if rec.pendingPermission is not None:
+        out["pendingPermission"] = msgspec.to_builtins(rec.pendingPermission)
+        out["interactiveContent"] = f"Permission requested: {rec.pendingPermission.toolTitle}"
+    return out
+
+
+@op("session.transcript", TranscriptParams, summary="Page through the whole transcript")
+async def transcript(ctx: OpContext, p: TranscriptParams) -> dict[str, Any]:
+    d = ctx.daemon
+    rec = d.session(ctx, p.id)
+    if p.role is not None and p.role not in ("user", "assistant", "system"):
+        raise ValidationError("role must be user, assistant or system")
+    if p.role is None:
+        total = rec.transcriptCount
+        start = (p.page - 1) * p.limit
+        messages = await d.store.read_transcript(rec.id, start, p.limit) if start < total else []
+    else:
+        everything = [e for e in await d.store.read_transcript(rec.id, 0, None) if e.role == p.role]
+        total = len(everything)
+        start = (p.page - 1) * p.limit
+        messages = everything[start:start + p.limit]
+    return {"messages": msgspec.to_builtins(messages), "total": total, "page": p.page, "limit": p.limit,
+            "hasMore": start + len(messages) < total}
+
+
+@op("session.approve", DecisionParams, summary="Approve the pending permission request", permission="approve")
+async def approve(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "approve", optionId=p.optionId)
+    return result
+
+
+@op("session.reject", DecisionParams, summary="Reject the pending permission request", permission="reject")
+async def reject(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "reject", optionId=p.optionId)
+    return result
+
+
+@op("session.interrupt", IdParams, summary="Cancel the current turn (ACP session/cancel)", permission="send")
+async def interrupt(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "interrupt")
+    return result
+
+
+@op("session.kill", IdParams, summary="Kill a session (status killed)", permission="kill")
+async def kill(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    await ctx.daemon.manager.end(rec.id, State.KILLED)
+    return {"ok": True, "id": rec.id, "status": rec.status.value}
+
+
+@op("session.close", IdParams, summary="Close a session normally (status completed)", permission="kill")
+async def close(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    await ctx.daemon.manager.end(rec.id, State.COMPLETED)
+    return {"ok": True, "id": rec.id, "status": rec.status.value}
+
+
+# ---- streams ---------------------------------------------------------------------------------------
+@op("session.follow", FollowParams, stream=True,
+    summary="Stream a session's events until it ends (or, with untilIdle, until its turn ends)")
+async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any]]:
+    d = ctx.daemon
+    rec = d.session(ctx, p.id)
+    sub = await d.bus.subscribe(session_id=rec.id, after_id=p.afterId)
+    async with sub:
+        if rec.status in TERMINAL and p.afterId is None:
+            return
+        if p.untilIdle and p.afterId is None:
+            runner = d.manager.runners.get(rec.id)
+            if runner is None or (rec.status == State.IDLE and not runner.busy):
+                return
+        async for ev in sub:
+            yield msgspec.to_builtins(ev)
+            if ev.event == "ended":
+                return
+            if p.untilIdle and ev.event == "turn":
+                runner = d.manager.runners.get(rec.id)
+                if runner is None or not runner.busy:
+                    return
+        if sub.overflowed:
+            raise NotFound("subscriber overflowed; reconnect with afterId")
+
+
+@op("events.follow", EventsParams, stream=True, summary="Stream events of all sessions, or of one")
+async def events(ctx: OpContext, p: EventsParams) -> AsyncIterator[dict[str, Any]]:
+    d = ctx.daemon
+    sid = d.session(ctx, p.sessionId).id if p.sessionId else None
+    sub = await d.bus.subscribe(session_id=sid, after_id=p.afterId)
+    async with sub:
+        async for ev in sub:
+            if sid is None and not d.can_see(ctx, ev.sessionId):
+                continue
+            yield msgspec.to_builtins(ev)
+
+
+__all__ = ["session_view", "SessionNotFound"]

@@ -1,0 +1,203 @@
+"""The SessionManager: creates, finds and ends sessions; one runner task per live session, all in the
+daemon's root nursery. It is the only place sessions are added or looked up."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Mapping
+
+import structlog
+import trio
+
+from ..acp import Lifeline
+from ..acp._reaper import MARKER, SESSION_MARKER
+from ..agents import AgentLaunch, resolve_agent
+from ..config import PERMISSION_MODES, Config
+from ..errors import (AmbiguousId, CapacityExceeded, SessionNotFound, SessionNotLive, ValidationError)
+from ..events import EventBus
+from ..models import SessionRecord, now_ms
+from ..states import LIVE, TERMINAL, State
+from ..store import Store
+from ..workdirs import WorkDirPolicy
+from ._runner import SessionRunner
+
+log = structlog.get_logger("aegisd.sessions")
+
+__all__ = ["AgentLaunch", "SessionManager"]
+
+
+class SessionManager:
+    def __init__(self, *, config: Config, store: Store, bus: EventBus, lifeline: Lifeline,
+                 nursery: trio.Nursery, environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.lifeline = lifeline
+        self._nursery = nursery
+        self.environ = dict(os.environ if environ is None else environ)
+        self.workdirs = WorkDirPolicy(config)
+        self.records: dict[str, SessionRecord] = {}
+        self.runners: dict[str, SessionRunner] = {}
+        self._create_lock = trio.Lock()
+        self._save_locks: dict[str, trio.Lock] = {}
+        self.started_at = now_ms()
+        self.created_total = 0
+
+    def markers(self, session_id: str) -> dict[str, str]:
+        return {MARKER: self.lifeline.token, SESSION_MARKER: session_id}
+
+    async def save(self, rec: SessionRecord) -> None:
+        """Persist a record. Serialized per session, and the record is encoded inside the lock, so the last
+        save to land always holds the latest state."""
+        lock = self._save_locks.get(rec.id)
+        if lock is None:
+            lock = self._save_locks[rec.id] = trio.Lock()
+        async with lock:
+            await self.store.save_session(rec)
+
+    # ---- lookup --------------------------------------------------------------------------------
+    def resolve_id(self, ident: str) -> str:
+        if ident in self.records:
+            return ident
+        if len(ident) >= 4:
+            matches = [sid for sid in self.records if sid.startswith(ident)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise AmbiguousId(f"session id prefix {ident!r} matches {len(matches)} sessions")
+        raise SessionNotFound(f"session {ident} not found")
+
+    def get(self, ident: str) -> SessionRecord:
+        return self.records[self.resolve_id(ident)]
+
+    def runner(self, ident: str) -> SessionRunner:
+        sid = self.resolve_id(ident)
+        runner = self.runners.get(sid)
+        if runner is None:
+            rec = self.records[sid]
+            raise SessionNotLive(f"session {sid} is {rec.status.value}")
+        return runner
+
+    def list(self, states: frozenset[State] | None = None) -> list[SessionRecord]:
+        recs = [r for r in self.records.values() if states is None or r.status in states]
+        recs.sort(key=lambda r: r.createdAt, reverse=True)
+        return recs
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {s.value: 0 for s in State}
+        for rec in self.records.values():
+            out[rec.status.value] += 1
+        return out
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """At daemon start: list every stored session again; resume the ones that were live."""
+        for rec in await self.store.load_sessions():
+            self.records[rec.id] = rec
+            if rec.status in LIVE:
+                launch = self._launch_for(rec)
+                if launch is None:
+                    continue
+                self._start_runner(rec, launch, resume=True)
+        log.info("sessions.recovered", total=len(self.records), resumed=len(self.runners))
+
+    def _launch_for(self, rec: SessionRecord) -> AgentLaunch | None:
+        try:
+            return resolve_agent(self.config, rec.agent)
+        except ValidationError as exc:
+            from ..models import CrashInfo
+
+            rec.status, rec.endReason, rec.endedAt = State.CRASHED, "daemon_restart", now_ms()
+            rec.crash = CrashInfo(reason=f"daemon_restart: {exc.message}")
+            self._nursery.start_soon(self.store.save_session, rec)
+            return None
+
+    def _start_runner(self, rec: SessionRecord, launch: AgentLaunch, *, resume: bool) -> SessionRunner:
+        runner = SessionRunner(self, rec, launch, resume=resume)
+        self.runners[rec.id] = runner
+        self._nursery.start_soon(runner.run)
+        return runner
+
+    def _runner_finished(self, runner: SessionRunner) -> None:
+        if self.runners.get(runner.rec.id) is runner:
+            del self.runners[runner.rec.id]
+
+    async def create(self, *, workDir: str, name: str | None = None, prompt: str | None = None,
+                     permissionMode: str | None = None, model: str | None = None, agent: str | None = None,
+                     stallThresholdMs: int | None = None, parentId: str | None = None,
+                     ownerKeyId: str | None = None, reuse: bool = True, wait_ready: float | None = None,
+                     ) -> tuple[SessionRecord, bool, dict[str, Any]]:
+        """Create a session (or reuse an idle one in the same workDir). Returns (record, reused, delivery).
+        Waits until the agent is ready (or failed) so the caller learns the outcome."""
+        cfg = self.config
+        real = self.workdirs.validate(workDir)
+        mode = permissionMode or cfg.defaultPermissionMode
+        if mode not in PERMISSION_MODES:
+            raise ValidationError(f"permissionMode must be one of {', '.join(PERMISSION_MODES)}")
+        launch = resolve_agent(cfg, agent)
+        if stallThresholdMs is not None and not (1000 <= stallThresholdMs <= 3_600_000):
+            raise ValidationError("stallThresholdMs must be between 1000 and 3600000")
+        async with self._create_lock:
+            if reuse:
+                for rec in self.list(frozenset({State.IDLE})):
+                    runner = self.runners.get(rec.id)
+                    if (rec.workDir == real and runner is not None and runner.queue_length == 0
+                            and rec.agent == launch.name and rec.ownerKeyId == ownerKeyId):
+                        delivery: dict[str, Any] = {"delivered": False, "attempts": 0}
+                        if prompt:
+                            res = await runner.command("send", text=prompt)
+                            delivery = {"delivered": res["delivered"], "attempts": res["attempts"],
+                                        "queued": res["queued"]}
+                        return rec, True, delivery
+            live = sum(1 for r in self.records.values() if r.status in LIVE)
+            if live >= cfg.maxSessions:
+                raise CapacityExceeded(f"maxSessions ({cfg.maxSessions}) live sessions reached")
+            sid = str(uuid.uuid4())
+            ts = now_ms()
+            rec = SessionRecord(
+                id=sid, workDir=real, name=name or f"session-{sid[:8]}", agent=launch.name,
+                permissionMode=mode, model=model,
+                stallThresholdMs=stallThresholdMs or cfg.stallThresholdMs, createdAt=ts, lastActivity=ts,
+                parentId=parentId, ownerKeyId=ownerKeyId)
+            await self.store.save_session(rec)  # durable before anyone hears of it
+            self.records[sid] = rec
+            self.created_total += 1
+            runner = self._start_runner(rec, launch, resume=False)
+        from msgspec import to_builtins
+
+        self.bus.publish(sid, "created", to_builtins(rec))
+        delivery = {"delivered": False, "attempts": 0}
+        if prompt:
+            # queued now, sent by the runner as soon as the agent is ready
+            res = await runner.command("send", text=prompt)
+            delivery = {"delivered": res["delivered"], "attempts": res["attempts"], "queued": res["queued"]}
+        timeout = wait_ready if wait_ready is not None else cfg.acpInitTimeoutMs / 1000 * 3
+        with trio.move_on_after(timeout):
+            await runner.ready.wait()
+        if prompt and runner.delivered_prompts > 0:
+            delivery = {"delivered": True, "attempts": 1, "queued": False}
+        return rec, False, delivery
+
+    async def command(self, ident: str, kind: str, **args: Any) -> Any:
+        return await self.runner(ident).command(kind, **args)
+
+    async def end(self, ident: str, status: State) -> SessionRecord:
+        sid = self.resolve_id(ident)
+        rec = self.records[sid]
+        runner = self.runners.get(sid)
+        if runner is None:
+            if rec.status in TERMINAL:
+                raise SessionNotLive(f"session {sid} already {rec.status.value}")
+            raise SessionNotLive(f"session {sid} has no running agent")
+        await runner.stop(status, "killed" if status == State.KILLED else "closed")
+        return rec
+
+    async def shutdown(self) -> None:
+        """Stop every agent, keeping session states for the next daemon to resume."""
+        runners = list(self.runners.values())
+        for runner in runners:
+            runner.end(None, "daemon_shutdown")
+        with trio.CancelScope(shield=True):
+            for runner in runners:
+                await runner.finished.wait()

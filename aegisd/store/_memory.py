@@ -1,0 +1,57 @@
+"""An in-memory store (tests, benchmarks, `sessionStore: memory` is not offered to users)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..models import Event, SessionRecord, TranscriptEntry
+
+
+class MemoryStore:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, bytes] = {}
+        self.transcripts: dict[str, list[TranscriptEntry]] = {}
+        self.events: list[Event] = []
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def flush(self) -> None:
+        pass
+
+    async def load_sessions(self) -> list[SessionRecord]:
+        recs = [msgspec.json.decode(b, type=SessionRecord) for b in self.sessions.values()]
+        return sorted(recs, key=lambda r: r.createdAt)
+
+    async def save_session(self, record: SessionRecord) -> None:
+        self.sessions[record.id] = msgspec.json.encode(record)
+
+    async def delete_session(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)
+        self.transcripts.pop(session_id, None)
+
+    async def append_transcript(self, session_id: str, entries: list[TranscriptEntry]) -> None:
+        self.transcripts.setdefault(session_id, []).extend(entries)
+
+    async def read_transcript(self, session_id: str, start: int = 0,
+                              limit: int | None = None) -> list[TranscriptEntry]:
+        entries = self.transcripts.get(session_id, [])
+        return entries[start:] if limit is None else entries[start:start + limit]
+
+    async def transcript_count(self, session_id: str) -> int:
+        return len(self.transcripts.get(session_id, []))
+
+    async def append_events(self, events: list[Event]) -> None:
+        self.events.extend(events)
+
+    async def read_events(self, *, session_id: str | None, after_id: int, limit: int = 1000) -> list[Event]:
+        out = [e for e in self.events if e.id > after_id and (session_id is None or e.sessionId == session_id)]
+        return out[:limit]
+
+    async def last_event_id(self) -> int:
+        return self.events[-1].id if self.events else 0

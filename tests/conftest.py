@@ -1,0 +1,208 @@
+"""Shared fixtures: a daemon in-process (fast) or as a real subprocess (signals, SIGKILL), the fake ACP
+agent, and helpers that wait on events with timeouts (never on sleeps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import httpx
+import pytest
+import trio
+
+from aegisd.config import Config, load_config
+from aegisd.daemon import Daemon
+from aegisd.states import State
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_AGENT = str(ROOT / "tests" / "fake_agent.py")
+FAKE_AGENT_CMD = [sys.executable, FAKE_AGENT]
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory for Unix sockets (sun_path is limited to 108 bytes)."""
+    d = Path(tempfile.mkdtemp(prefix="ag-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+def make_config(tmp_path: Path, sock_dir: Path, **overrides: Any) -> Config:
+    values: dict[str, Any] = {
+        "stateDir": str(tmp_path / "state"),
+        "socket": str(sock_dir / "s" / "aegisd.sock"),
+        "port": 0,
+        "allowedWorkDirs": [str(tmp_path)],
+        "agentCommand": FAKE_AGENT_CMD,
+        "killGraceMs": 1500,
+        "acpInitTimeoutMs": 5000,
+    }
+    values.update(overrides)
+    return load_config(env={}, config_path=None, overrides=values, cwd=tmp_path)
+
+
+def agent_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "LANG": "C.UTF-8",
+           "FAKE_ACP_STATE_DIR": str(tmp_path / "fake-acp")}
+    env.update(extra)
+    return env
+
+
+class DaemonHandle:
+    def __init__(self, daemon: Daemon, shutdown: trio.Event) -> None:
+        self.daemon = daemon
+        self.shutdown = shutdown
+        self.http = httpx.AsyncClient(base_url=daemon.http_url, timeout=20)
+
+    @property
+    def manager(self) -> Any:
+        return self.daemon.manager
+
+    async def wait_status(self, sid: str, *statuses: State | str, timeout: float = 10) -> str:
+        want = {State(s) for s in statuses}
+        with trio.fail_after(timeout):
+            sub = await self.daemon.bus.subscribe(session_id=sid)
+            async with sub:
+                rec = self.manager.records[sid]
+                if rec.status in want:
+                    return rec.status.value
+                async for ev in sub:
+                    if ev.event == "status" and State(ev.data["status"]) in want:
+                        return str(ev.data["status"])
+        raise AssertionError("unreachable")
+
+    async def wait_event(self, sid: str | None, name: str, *, timeout: float = 10, after_id: int = 0,
+                         match: Any = None) -> Any:
+        with trio.fail_after(timeout):
+            sub = await self.daemon.bus.subscribe(session_id=sid, after_id=after_id)
+            async with sub:
+                async for ev in sub:
+                    if ev.event == name and (match is None or match(ev)):
+                        return ev
+        raise AssertionError("unreachable")
+
+    async def create(self, workdir: Path, **body: Any) -> dict[str, Any]:
+        r = await self.http.post("/v1/sessions", json={"workDir": str(workdir), **body})
+        assert r.status_code in (200, 201), r.text
+        return r.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def daemon_factory(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path) -> AsyncIterator[Any]:
+    handles: list[DaemonHandle] = []
+
+    async def start(*, env: dict[str, str] | None = None, **overrides: Any) -> DaemonHandle:
+        cfg = make_config(tmp_path, short_tmp, **overrides)
+        shutdown = trio.Event()
+        d = Daemon(cfg, environ=env if env is not None else agent_env(tmp_path))
+        done = trio.Event()
+
+        async def runner(task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await d.run(shutdown, task_status=task_status)
+            finally:
+                done.set()
+        await nursery.start(runner)
+        h = DaemonHandle(d, shutdown)
+        h.done = done  # type: ignore[attr-defined]
+        handles.append(h)
+        return h
+
+    yield start
+    for h in handles:
+        await h.http.aclose()
+        h.shutdown.set()
+        with trio.fail_after(15):
+            await h.done.wait()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def daemon(daemon_factory: Any) -> DaemonHandle:
+    return await daemon_factory()  # type: ignore[no-any-return]
+
+
+class DaemonProcess:
+    """aegisd as a real child process (for signals, SIGKILL and the CLI)."""
+
+    def __init__(self, proc: trio.Process, state_dir: Path, socket: Path, http_url: str, env: dict[str, str]):
+        self.proc = proc
+        self.state_dir = state_dir
+        self.socket = socket
+        self.http_url = http_url
+        self.env = env
+
+
+async def start_daemon_process(tmp_path: Path, sock_dir: Path, *, extra_env: dict[str, str] | None = None,
+                               args: list[str] | None = None, nursery: trio.Nursery | None = None,
+                               timeout: float = 20) -> DaemonProcess:
+    state = tmp_path / "state"
+    sock = sock_dir / "s" / "aegisd.sock"
+    env = agent_env(tmp_path)
+    env.update({"AEGIS_STATE_DIR": str(state), "AEGIS_SOCKET": str(sock), "AEGIS_PORT": "0",
+                "AEGIS_ALLOWED_WORK_DIRS": str(tmp_path), "AEGIS_AGENT_COMMAND": " ".join(FAKE_AGENT_CMD),
+                "AEGIS_KILL_GRACE_MS": "1500", "PYTHONUNBUFFERED": "1"})
+    env.update(extra_env or {})
+    proc = await trio.lowlevel.open_process([sys.executable, "-m", "aegisd", *(args or [])], env=env,
+                                            cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    buf = b""
+    url = None
+    with trio.fail_after(timeout):
+        while url is None:
+            chunk = await proc.stdout.receive_some(65536)
+            if not chunk:
+                raise AssertionError(f"aegisd exited before ready: {buf.decode(errors='replace')}")
+            buf += chunk
+            for line in buf.split(b"\n"):
+                if b'"aegisd.ready"' in line:
+                    url = json.loads(line)["http"]
+    log_path = tmp_path / f"aegisd-{proc.pid}.log"
+
+    async def drain() -> None:  # keep reading so the daemon never blocks on a full pipe
+        with open(log_path, "ab") as f:
+            f.write(buf)
+            while True:
+                try:
+                    chunk = await proc.stdout.receive_some(65536)  # type: ignore[union-attr]
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    return
+                if not chunk:
+                    return
+                f.write(chunk)
+    if nursery is not None:
+        nursery.start_soon(drain)
+    return DaemonProcess(proc, state, sock, url, env)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def wait_dead(pids: list[int], timeout: float = 10) -> None:
+    """Wait until every pid is gone. Processes give no event for a non-child's death, so this polls /proc,
+    bounded by a timeout."""
+    with trio.fail_after(timeout):
+        while any(pid_alive(p) for p in pids):
+            await trio.sleep(0.02)
+
+
+pytest.register_assert_rewrite("tests.helpers")
+_ = partial
