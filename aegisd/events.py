@@ -6,7 +6,7 @@ its iterator ends with ``overflowed = True`` (clients reconnect with the last id
 from __future__ import annotations
 
 import collections
-from typing import Any, AsyncIterator
+from typing import Any
 
 import structlog
 import trio
@@ -30,7 +30,7 @@ class Subscription:
         self._send, self._recv = trio.open_memory_channel[Event](maxsize)
         self.overflowed = False
         self.closed = False
-        self._replay: list[Event] = []
+        self._replay: collections.deque[Event] = collections.deque()
         self._last_id = 0
 
     def _offer(self, event: Event) -> None:
@@ -48,18 +48,24 @@ class Subscription:
             self._send.close()
             self._bus._subs.discard(self)
 
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._iterate()
+    def __aiter__(self) -> "Subscription":
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Event]:
-        for event in self._replay:
-            self._last_id = event.id
-            yield event
-        self._replay = []
-        async for event in self._recv:
+    async def __anext__(self) -> Event:
+        # a plain async iterator (not a generator): leaving a loop early needs no aclose()
+        while self._replay:
+            event = self._replay.popleft()
             if event.id > self._last_id:
                 self._last_id = event.id
-                yield event
+                return event
+        while True:
+            try:
+                event = await self._recv.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise StopAsyncIteration from None
+            if event.id > self._last_id:
+                self._last_id = event.id
+                return event
 
     async def __aenter__(self) -> "Subscription":
         return self
@@ -122,7 +128,7 @@ class EventBus:
             if after_id + 1 < oldest_in_ring and self._store is not None:
                 await self.flush()
                 replay = await self._store.read_events(session_id=session_id, after_id=after_id, limit=10_000)
-            sub._replay = replay
+            sub._replay = collections.deque(replay)
         return sub
 
     def forget(self, session_id: str) -> None:

@@ -50,7 +50,15 @@ def make_config(tmp_path: Path, sock_dir: Path, **overrides: Any) -> Config:
         "agentCommand": FAKE_AGENT_CMD,
         "killGraceMs": 1500,
         "acpInitTimeoutMs": 5000,
+        # the whole suite can run against another store: AEGIS_TEST_STORE=memory|postgres|redis
+        "sessionStore": os.environ.get("AEGIS_TEST_STORE", "file"),
     }
+    if values["sessionStore"] == "postgres":
+        values["postgresUrl"] = os.environ["AEGIS_TEST_PG_URL"]
+        values["pgTable"] = f"t_{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
+    if values["sessionStore"] == "redis":
+        values["redisUrl"] = os.environ["AEGIS_TEST_REDIS_URL"]
+        values["redisKeyPrefix"] = f"t{os.getpid()}:{abs(hash(str(tmp_path))) % 10**8}"
     values.update(overrides)
     return load_config(env={}, config_path=None, overrides=values, cwd=tmp_path)
 

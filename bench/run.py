@@ -1,0 +1,236 @@
+"""`make bench`: measures the daemon with the fake ACP agent and writes bench/results/latest.json.
+
+Each figure is measured against a real aegisd subprocess (file store, real sockets, real agent processes):
+  overhead   create->idle through aegisd, minus a bare spawn+initialize+session/new of the same agent
+  scale      N concurrent sessions: daemon RSS per session, session.list latency (p50/p99)
+  throughput agent updates per second through the daemon (one turn of `stream:N`)
+  ops        the same read operation (session.get) per second over the socket and over HTTP
+  cli        `aegisctl list` start-to-exit time
+Run `python bench/run.py --quick` for a fast smoke run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from aegisctl.client import Client  # noqa: E402
+
+FAKE = [sys.executable, str(ROOT / "tests" / "fake_agent.py")]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+class Daemon:
+    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.sock = tmp / "s" / "aegisd.sock"
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "AEGIS_STATE_DIR": str(tmp / "state"),
+               "AEGIS_SOCKET": str(self.sock), "AEGIS_PORT": "0", "AEGIS_ALLOWED_WORK_DIRS": str(tmp),
+               "AEGIS_AGENT_COMMAND": " ".join(FAKE), "AEGIS_LOG_LEVEL": "warning",
+               "AEGIS_MAX_SESSIONS": "10000", "FAKE_ACP_STATE_DIR": str(tmp / "fake")}
+        env.update(extra_env or {})
+        self.env = env
+        self.log = open(tmp / "aegisd.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "aegisd"], env=env, cwd=str(tmp), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.hello = Client(socket_path=self.sock).call("hello")
+                break
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError((tmp / "aegisd.log").read_text())
+                time.sleep(0.05)
+        self.url = self.hello["httpUrl"]
+
+    def client(self) -> Client:
+        return Client(socket_path=self.sock, timeout=300)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def bare_agent_start(workdir: Path) -> float:
+    """spawn + initialize + session/new of the fake agent, no daemon."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(FAKE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(workdir),
+                         env={"PATH": os.environ["PATH"], "FAKE_ACP_STATE_DIR": str(workdir / ".fake")})
+    assert p.stdin and p.stdout
+    p.stdin.write(json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                              "params": {"protocolVersion": 1}}).encode() + b"\n")
+    p.stdin.flush()
+    p.stdout.readline()
+    p.stdin.write(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "session/new",
+                              "params": {"cwd": str(workdir), "mcpServers": []}}).encode() + b"\n")
+    p.stdin.flush()
+    while b'"id": 1' not in (line := p.stdout.readline()) and b'"id":1' not in line:
+        pass
+    elapsed = time.perf_counter() - t0
+    p.stdin.close()
+    p.wait()
+    return elapsed
+
+
+def bench_overhead(d: Daemon, n: int) -> dict[str, Any]:
+    work = d.tmp / "ov"
+    work.mkdir()
+    bare = [bare_agent_start(work) for _ in range(n)]
+    c = d.client()
+    via = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        s = c.call("session.create", workDir=str(work), reuse=False)
+        via.append(time.perf_counter() - t0)
+        assert s["status"] == "idle", s
+        c.call("session.kill", id=s["id"])
+    return {"n": n, "bare_ms_median": statistics.median(bare) * 1000,
+            "daemon_ms_median": statistics.median(via) * 1000,
+            "overhead_ms_median": (statistics.median(via) - statistics.median(bare)) * 1000}
+
+
+def bench_scale(d: Daemon, n: int) -> dict[str, Any]:
+    work = d.tmp / "scale"
+    work.mkdir()
+    base = rss_kib(d.proc.pid)
+    t0 = time.perf_counter()
+    errors: list[str] = []
+
+    def create(k: int) -> None:
+        try:
+            Client(socket_path=d.sock, timeout=300).call("session.create", workDir=str(work), reuse=False,
+                                                         name=f"s{k}")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+    threads = [threading.Thread(target=create, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    created_s = time.perf_counter() - t0
+    c = d.client()
+    live = c.call("session.list", status="idle", limit=1)["pagination"]["total"]
+    after = rss_kib(d.proc.pid)
+    lat = []
+    for _ in range(200):
+        t1 = time.perf_counter()
+        c.call("session.list", limit=100)
+        lat.append((time.perf_counter() - t1) * 1000)
+    return {"n": n, "idle_sessions": live, "errors": errors[:3], "create_all_s": created_s,
+            "daemon_rss_base_mib": base / 1024, "daemon_rss_after_mib": after / 1024,
+            "daemon_rss_per_session_kib": (after - base) / max(1, n),
+            "list100_ms_p50": pct(lat, 50), "list100_ms_p99": pct(lat, 99)}
+
+
+def bench_throughput(d: Daemon, updates: int) -> dict[str, Any]:
+    work = d.tmp / "tp"
+    work.mkdir()
+    c = d.client()
+    s = c.call("session.create", workDir=str(work), reuse=False)
+    t0 = time.perf_counter()
+    c.call("session.send", id=s["id"], text=f"stream:{updates}")
+    for ev in c.stream("session.follow", id=s["id"], untilIdle=True):
+        if ev["event"] == "turn":
+            break
+    elapsed = time.perf_counter() - t0
+    c.call("session.kill", id=s["id"])
+    return {"updates": updates, "seconds": elapsed, "updates_per_s": updates / elapsed}
+
+
+def bench_ops(d: Daemon, n: int) -> dict[str, Any]:
+    import httpx
+
+    work = d.tmp / "ops"
+    work.mkdir()
+    c = d.client()
+    sid = c.call("session.create", workDir=str(work), reuse=False)["id"]
+    t0 = time.perf_counter()
+    for _ in range(n):
+        c.call("session.get", id=sid)
+    sock_rate = n / (time.perf_counter() - t0)
+    with httpx.Client(base_url=d.url) as h:
+        h.get(f"/v1/sessions/{sid}")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            h.get(f"/v1/sessions/{sid}")
+        http_rate = n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            h.post("/v1/rpc", json={"id": 1, "op": "session.get", "params": {"id": sid}})
+        rpc_rate = n / (time.perf_counter() - t0)
+    return {"n": n, "socket_ops_per_s": sock_rate, "http_rest_ops_per_s": http_rate,
+            "http_rpc_ops_per_s": rpc_rate}
+
+
+def bench_cli(d: Daemon, n: int) -> dict[str, Any]:
+    ag = shutil.which("aegisctl", path=str(Path(sys.executable).parent)) or "aegisctl"
+    times = []
+    env = {**os.environ, "AEGIS_SOCKET": str(d.sock), "AEGIS_STATE_DIR": str(d.tmp / "state")}
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run([ag, "list"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        times.append(time.perf_counter() - t0)
+    return {"n": n, "aegisctl_list_ms_median": statistics.median(times) * 1000,
+            "aegisctl_list_ms_min": min(times) * 1000}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="overhead,scale,throughput,ops,cli")
+    args = ap.parse_args()
+    q = args.quick
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for name in args.only.split(","):
+        tmp = Path(tempfile.mkdtemp(prefix="agb-", dir="/tmp"))
+        d = Daemon(tmp)
+        try:
+            if name == "overhead":
+                results[name] = bench_overhead(d, 5 if q else 20)
+            elif name == "scale":
+                results[name] = bench_scale(d, 20 if q else 200)
+            elif name == "throughput":
+                results[name] = bench_throughput(d, 2000 if q else 50000)
+            elif name == "ops":
+                results[name] = bench_ops(d, 200 if q else 3000)
+            elif name == "cli":
+                results[name] = bench_cli(d, 3 if q else 15)
+            print(name, json.dumps(results[name], indent=1), flush=True)
+        finally:
+            d.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    print(f"written {out / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The control protocol on the real Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from aegisd.errors import Unavailable
+
+from .conftest import DaemonHandle
+
+
+class AsyncControl:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = b""
+
+    async def send(self, frame: Any) -> None:
+        data = frame if isinstance(frame, bytes) else json.dumps(frame).encode() + b"\n"
+        await self.stream.send_all(data)
+
+    async def recv(self) -> dict[str, Any]:
+        while b"\n" not in self.buf:
+            chunk = await self.stream.receive_some(65536)
+            assert chunk, "daemon closed the connection"
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    async def call(self, op: str, **params: Any) -> dict[str, Any]:
+        await self.send({"id": op, "op": op, "params": params})
+        return await self.recv()
+
+
+async def connect(d: DaemonHandle) -> AsyncControl:
+    return AsyncControl(await trio.open_unix_socket(str(d.daemon.socket_path)))
+
+
+async def test_socket_permissions(daemon: DaemonHandle) -> None:
+    path = daemon.daemon.socket_path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK(path.stat().st_mode)
+
+
+async def test_hello_and_errors(daemon: DaemonHandle) -> None:
+    c = await connect(daemon)
+    r = await c.call("hello")
+    assert r["ok"] is True and r["result"]["protocol"] == 1 and r["result"]["pid"] == os.getpid()
+    r = await c.call("no.such.op")
+    assert r == {"id": "no.such.op", "ok": False, "error": {"code": "UNKNOWN_OPERATION",
+                                                          "message": "unknown operation 'no.such.op'",
+                                                          "status": 404}}
+    r = await c.call("session.get", id="doesnotexist")
+    assert r["error"]["code"] == "SESSION_NOT_FOUND"
+    r = await c.call("session.list", limit=1000)
+    assert r["error"]["code"] == "VALIDATION_ERROR"
+    r = await c.call("session.create", workDir="/", bogus=1)
+    assert r["error"]["code"] == "VALIDATION_ERROR" and "bogus" in r["error"]["message"]
+    await c.send(b"this is not json\n")
+    r = await c.recv()
+    assert r["id"] is None and r["error"]["code"] == "VALIDATION_ERROR"
+    # the connection survives a bad frame
+    assert (await c.call("health"))["ok"] is True
+    await c.stream.aclose()
+
+
+async def test_pipelined_requests_and_prefix_ids(daemon: DaemonHandle, workdir: Path) -> None:
+    c = await connect(daemon)
+    r = await c.call("session.create", workDir=str(workdir))
+    sid = r["result"]["id"]
+    for i in range(3):
+        await c.send({"id": i, "op": "session.get", "params": {"id": sid[:8]}})
+    got = [await c.recv() for _ in range(3)]
+    assert sorted(f["id"] for f in got) == [0, 1, 2]
+    assert all(f["result"]["id"] == sid for f in got)
+    await c.stream.aclose()
+
+
+async def test_follow_stream(daemon: DaemonHandle, workdir: Path) -> None:
+    c = await connect(daemon)
+    sid = (await c.call("session.create", workDir=str(workdir)))["result"]["id"]
+    f = await connect(daemon)
+    await f.send({"id": 7, "op": "session.follow", "params": {"id": sid}})
+    await c.call("session.send", id=sid, text="chunks:3:streamed text")
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(10):
+        while True:
+            frame = await f.recv()
+            assert frame["id"] == 7
+            seen.append(frame["event"])
+            if frame["event"]["event"] == "turn":
+                break
+    chunks = "".join(e["data"]["text"] for e in seen if e["event"] == "chunk")
+    assert chunks == "streamed text"
+    assert [e["id"] for e in seen] == sorted(e["id"] for e in seen)
+    # killing the session ends the stream with an 'ended' event and a final frame
+    await c.call("session.kill", id=sid)
+    with trio.fail_after(10):
+        while True:
+            frame = await f.recv()
+            if "event" not in frame:
+                break
+            last = frame["event"]
+    assert last["event"] == "ended" and last["data"]["reason"] == "killed"
+    assert frame == {"id": 7, "ok": True, "result": {"end": "done"}}
+    await c.stream.aclose()
+    await f.stream.aclose()
+
+
+async def test_rpc_over_http_same_frames(daemon: DaemonHandle) -> None:
+    r = await daemon.http.post("/v1/rpc", json={"id": 1, "op": "hello", "params": {}})
+    assert r.status_code == 200 and r.json()["ok"] is True and r.json()["result"]["daemon"] == "aegisd"
+    r = await daemon.http.post("/v1/rpc", json={"id": 2, "op": "session.get", "params": {"id": "nope"}})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "SESSION_NOT_FOUND"
+
+
+async def test_second_daemon_refuses_live_socket(daemon: DaemonHandle, tmp_path: Path) -> None:
+    from aegisd.control import prepare_socket_path
+
+    with pytest.raises(Unavailable, match="already listening"):
+        prepare_socket_path(daemon.daemon.socket_path)
+    assert daemon.daemon.socket_path.exists()
+
+
+async def test_stale_socket_is_replaced(tmp_path: Path, short_tmp: Path) -> None:
+    import socket
+
+    from aegisd.control import prepare_socket_path
+
+    path = short_tmp / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()  # bound but nobody listens: stale
+    prepare_socket_path(path)
+    assert not path.exists()

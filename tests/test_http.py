@@ -1,0 +1,124 @@
+"""HTTP facade: validation and error envelopes (never a 5xx for bad input)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import DaemonHandle
+
+
+@pytest.mark.parametrize("query", ["page=0", "page=-1", "limit=0", "limit=999", "limit=abc", "status=bogus"])
+async def test_list_bad_params(daemon: DaemonHandle, query: str) -> None:
+    r = await daemon.http.get(f"/v1/sessions?{query}")
+    assert r.status_code == 400
+    body = r.json()
+    assert body["code"] == "VALIDATION_ERROR" and body["requestId"] and body["message"]
+
+
+async def test_list_pagination(daemon: DaemonHandle, workdir: Path) -> None:
+    ids = [(await daemon.create(workdir, reuse=False))["id"] for _ in range(3)]
+    r = await daemon.http.get("/v1/sessions?page=1&limit=2&status=active")
+    body = r.json()
+    assert body["pagination"] == {"page": 1, "limit": 2, "total": 3, "totalPages": 2}
+    assert [s["id"] for s in body["sessions"]] == ids[::-1][:2]  # newest first
+    r = await daemon.http.get("/v1/sessions?page=2&limit=2")
+    assert [s["id"] for s in r.json()["sessions"]] == [ids[0]]
+
+
+@pytest.mark.parametrize("body,code", [
+    ({}, "VALIDATION_ERROR"),
+    ({"workDir": 42}, "VALIDATION_ERROR"),
+    ({"workDir": "/etc"}, "INVALID_WORKDIR"),
+    ({"workDir": "relative"}, "INVALID_WORKDIR"),
+    ({"workDir": "/tmp/../etc"}, "INVALID_WORKDIR"),
+    ({"workDir": "WORK", "permissionMode": "yolo"}, "VALIDATION_ERROR"),
+    ({"workDir": "WORK", "agent": "nope"}, "VALIDATION_ERROR"),
+    ({"workDir": "WORK", "stallThresholdMs": 5}, "VALIDATION_ERROR"),
+    ({"workDir": "WORK", "unknownField": 1}, "VALIDATION_ERROR"),
+])
+async def test_create_bad_input(daemon: DaemonHandle, workdir: Path, body: dict, code: str) -> None:
+    if body.get("workDir") == "WORK":
+        body = {**body, "workDir": str(workdir)}
+    r = await daemon.http.post("/v1/sessions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == code
+    assert daemon.manager.records == {}  # nothing was created
+
+
+async def test_malformed_and_oversized_bodies(daemon: DaemonHandle, workdir: Path) -> None:
+    r = await daemon.http.post("/v1/sessions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR"
+    r = await daemon.http.post("/v1/sessions", json=[1, 2])
+    assert r.status_code == 400
+    import httpx
+
+    # its own connection: the server answers 413 before reading the body, then drops the connection
+    async with httpx.AsyncClient(base_url=daemon.daemon.http_url, timeout=10) as fresh:
+        r = await fresh.post("/v1/sessions", content=b"x" * (1024 * 1024 + 10))
+    assert r.status_code == 413 and r.json()["code"] == "PAYLOAD_TOO_LARGE"
+    s = await daemon.create(workdir)
+    r = await daemon.http.post(f"/v1/sessions/{s['id']}/send", json={"text": ""})
+    assert r.status_code == 400
+    r = await daemon.http.post(f"/v1/sessions/{s['id']}/send", json={"txt": "hi"})
+    assert r.status_code == 400
+
+
+async def test_unknown_routes_and_ids(daemon: DaemonHandle) -> None:
+    r = await daemon.http.get("/v1/nope")
+    assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND"
+    r = await daemon.http.get("/v1/sessions/0000-no-such")
+    assert r.status_code == 404 and r.json()["code"] == "SESSION_NOT_FOUND"
+    r = await daemon.http.put("/v1/health")
+    assert r.status_code == 405
+    for path in ("read", "transcript", "health"):
+        r = await daemon.http.get(f"/v1/sessions/nope/{path}")
+        assert r.status_code == 404
+
+
+async def test_health_and_headers(daemon: DaemonHandle) -> None:
+    r = await daemon.http.get("/v1/health", headers={"X-Request-Id": "abc123"})
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
+    assert r.headers["x-aegis-api-version"] == "1"
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_transcript_paging(daemon: DaemonHandle, workdir: Path) -> None:
+    s = await daemon.create(workdir, prompt="say:one")
+    await daemon.wait_event(s["id"], "turn")
+    for i in range(2):
+        await daemon.http.post(f"/v1/sessions/{s['id']}/send", json={"text": f"say:n{i}"})
+        await daemon.wait_event(s["id"], "turn", match=lambda e, i=i: e.data["turn"] == i + 2)
+    r = await daemon.http.get(f"/v1/sessions/{s['id']}/transcript?page=1&limit=2")
+    body = r.json()
+    assert body["total"] >= 6 and body["hasMore"] is True and len(body["messages"]) == 2
+    assert [m["id"] for m in body["messages"]] == [1, 2]
+    r = await daemon.http.get(f"/v1/sessions/{s['id']}/transcript?role=user&limit=200")
+    assert [m["text"] for m in r.json()["messages"]] == ["say:one", "say:n0", "say:n1"]
+    r = await daemon.http.get(f"/v1/sessions/{s['id']}/transcript?role=robot")
+    assert r.status_code == 400
+
+
+async def test_auth_token_required_when_set(daemon_factory, workdir: Path) -> None:  # type: ignore[no-untyped-def]
+    d = await daemon_factory(authToken="s3cret-token-value")
+    r = await d.http.get("/v1/sessions")
+    assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED"
+    r = await d.http.get("/v1/sessions", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    r = await d.http.get("/v1/sessions", headers={"Authorization": "Bearer s3cret-token-value"})
+    assert r.status_code == 200
+    assert (await d.http.get("/v1/health")).status_code == 200
+
+
+async def test_refuses_non_loopback_without_auth(tmp_path: Path, short_tmp: Path) -> None:
+    from aegisd.daemon import Daemon
+    from aegisd.errors import ValidationError
+
+    from .conftest import make_config
+
+    d = Daemon(make_config(tmp_path, short_tmp, host="0.0.0.0"))
+    with pytest.raises(ValidationError, match="non-loopback"):
+        d.check_bind_safety()
+    Daemon(make_config(tmp_path, short_tmp, host="0.0.0.0", authToken="x" * 32)).check_bind_safety()
