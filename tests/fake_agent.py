@@ -102,7 +102,6 @@ def check(sid: str) -> None:
 
 def run_turn(req_id: int, sid: str, text: str) -> None:
     sess = ST.sessions[sid]
-    ST.cancelled[sid] = threading.Event()
     sess["history"].append(["user", text])
     said: list[str] = []
     stop = "end_turn"
@@ -278,6 +277,7 @@ def handle(msg: dict) -> None:
                                        "data": {"details": "Session not found"}}})
             return
         text = "".join(b.get("text", "") for b in params.get("prompt", []) if b.get("type") == "text")
+        ST.cancelled[sid] = threading.Event()  # before the thread: a cancel right after must not be lost
         threading.Thread(target=run_turn, args=(mid, sid, text), daemon=True).start()
     elif method == "session/cancel":
         ev = ST.cancelled.get(params.get("sessionId"))

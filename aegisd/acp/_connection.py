@@ -87,16 +87,28 @@ class AcpConnection:
 
     async def request(self, method: str, params: Any, *, timeout: float | None = None) -> msgspec.Raw:
         """Send a request and wait for its result (raw JSON). Raises RemoteError, RequestTimeout, AgentError."""
+        return await self.wait(await self.send_request(method, params), timeout=timeout)
+
+    async def send_request(self, method: str, params: Any) -> int:
+        """Write a request; returns its id for :meth:`wait` (so callers can act between the two)."""
         if self._closed is not None:
             raise AgentError(f"agent connection closed: {self._closed}")
         req_id = next(self._ids)
-        pending = self._pending[req_id] = _Pending(method)
+        self._pending[req_id] = _Pending(method)
         try:
             await self._write({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params})
+        except BaseException:
+            self._pending.pop(req_id, None)
+            raise
+        return req_id
+
+    async def wait(self, req_id: int, *, timeout: float | None = None) -> msgspec.Raw:
+        pending = self._pending[req_id]
+        try:
             with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
                 await pending.done.wait()
             if scope.cancelled_caught:
-                raise RequestTimeout(f"agent did not answer {method} within {timeout:g} s")
+                raise RequestTimeout(f"agent did not answer {pending.method} within {timeout:g} s")
         finally:
             self._pending.pop(req_id, None)
         if pending.error is not None:
@@ -104,12 +116,14 @@ class AcpConnection:
         assert pending.result is not None
         return pending.result
 
-    async def call(self, method: str, params: Any, result_type: type, *, timeout: float | None = None) -> Any:
-        raw = await self.request(method, params, timeout=timeout)
+    def decode_result(self, method: str, raw: msgspec.Raw, result_type: type) -> Any:
         try:
             return msgspec.json.decode(raw, type=result_type)
         except msgspec.ValidationError as exc:
             raise ProtocolError(f"agent sent an invalid {method} result: {exc}") from exc
+
+    async def call(self, method: str, params: Any, result_type: type, *, timeout: float | None = None) -> Any:
+        return self.decode_result(method, await self.request(method, params, timeout=timeout), result_type)
 
     async def notify(self, method: str, params: Any) -> None:
         await self._write({"jsonrpc": "2.0", "method": method, "params": params})

@@ -72,6 +72,8 @@ class SessionRunner:
         self._cmd_send, self._cmd_recv = trio.open_memory_channel[_Command](256)
         self._queue: collections.deque[str] = collections.deque()
         self._turn_active = False
+        self._prompt_sent = False
+        self._cancel_early = False
         self._turn_started = 0.0
         self._timeout_cancel_at: float | None = None
         self._decisions: collections.deque[_Decision] = collections.deque()
@@ -317,10 +319,15 @@ class SessionRunner:
         await self._append(self._builder.user_prompt(text))
         rec.turns += 1
         self._touch()
-        await self._set_state(State.RUNNING)
         usage: dict[str, Any] | None = None
         try:
-            result = await self._conn.prompt(rec.acpSessionId, [{"type": "text", "text": text}])
+            req = await self._conn.send_request("session/prompt", {"sessionId": rec.acpSessionId,
+                                                                   "prompt": [{"type": "text", "text": text}]})
+            self._prompt_sent = True
+            if self._cancel_early:  # an interrupt came before the prompt was on the wire
+                await self._conn.cancel(rec.acpSessionId)
+            await self._set_state(State.RUNNING)
+            result = self._conn.decode_result("session/prompt", await self._conn.wait(req), w.PromptResult)
             stop, usage = result.stopReason, result.usage
         except RemoteError as exc:
             stop = "error"
@@ -330,6 +337,7 @@ class SessionRunner:
         if self._timeout_cancel_at is not None and stop == "cancelled":
             stop = "timeout"
         self._turn_active = False
+        self._prompt_sent = self._cancel_early = False
         self._resolve_all_decisions()
         rec.stopReason = stop
         if usage:
@@ -363,7 +371,10 @@ class SessionRunner:
         if not self._turn_active:
             return {"ok": True, "interrupted": False}
         assert self._conn is not None and self.rec.acpSessionId is not None
-        await self._conn.cancel(self.rec.acpSessionId)
+        if self._prompt_sent:
+            await self._conn.cancel(self.rec.acpSessionId)
+        else:
+            self._cancel_early = True
         self._resolve_all_decisions()
         return {"ok": True, "interrupted": True}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -21,14 +22,18 @@ def client(dp: Any) -> Client:
 
 
 async def call(dp: Any, op: str, **params: Any) -> Any:
-    return await trio.to_thread.run_sync(lambda: client(dp).call(op, **params))
+    def run() -> Any:
+        with client(dp) as c:
+            return c.call(op, **params)
+    return await trio.to_thread.run_sync(run)
 
 
-async def follow_until(dp: Any, sid: str, event: str, **params: Any) -> dict[str, Any]:
+async def follow_until(dp: Any, sid: str, event: str, match: Any = None, **params: Any) -> dict[str, Any]:
     def run() -> dict[str, Any]:
-        for ev in client(dp).stream("session.follow", id=sid, **params):
-            if ev["event"] == event:
-                return ev  # type: ignore[no-any-return]
+        with contextlib.closing(client(dp).stream("session.follow", id=sid, **params)) as events:
+            for ev in events:
+                if ev["event"] == event and (match is None or match(ev)):
+                    return ev  # type: ignore[no-any-return]
         raise AssertionError(f"stream ended without {event}")
     with trio.fail_after(20):
         return await trio.to_thread.run_sync(run)
@@ -109,9 +114,7 @@ async def test_restart_resumes_with_session_load(nursery: trio.Nursery, tmp_path
         listed = {x["id"]: x for x in (await http.get("/v1/sessions")).json()["sessions"]}
     assert set(listed) == {s["id"], done["id"]}
     assert listed[done["id"]]["status"] == "killed"
-    with trio.fail_after(15):
-        while (await call(dp2, "session.get", id=s["id"]))["status"] != "idle":
-            await follow_until(dp2, s["id"], "status", afterId=0)
+    await follow_until(dp2, s["id"], "status", afterId=0, match=lambda e: e["data"]["status"] == "idle")
     after = await call(dp2, "session.transcript", id=s["id"], limit=200)
     assert after["messages"] == before["messages"]  # intact, no replayed duplicates
     # the resumed session works: the agent remembers (session/load restored its history)
@@ -134,9 +137,9 @@ async def test_restart_without_load_support_marks_crashed(nursery: trio.Nursery,
     dp.proc.send_signal(signal.SIGTERM)
     await dp.proc.wait()
     dp2 = await start_daemon_process(tmp_path, short_tmp, nursery=nursery, extra_env=env)
-    with trio.fail_after(15):
-        while (got := await call(dp2, "session.get", id=s["id"]))["status"] != "crashed":
-            await follow_until(dp2, s["id"], "ended", afterId=0)
+    await follow_until(dp2, s["id"], "ended", afterId=0)
+    got = await call(dp2, "session.get", id=s["id"])
+    assert got["status"] == "crashed"
     assert got["endReason"] == "daemon_restart"
     assert "loadSession" in got["crash"]["reason"]
     dp2.proc.send_signal(signal.SIGTERM)

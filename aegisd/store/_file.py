@@ -1,0 +1,282 @@
+"""The embedded default store: plain files under the state directory.
+
+    <state>/store.json                 {schemaVersion}
+    <state>/store.lock                 flock: one daemon per state directory
+    <state>/sessions/<id>.json         one record, replaced atomically (tmp + fsync + rename + dir fsync)
+    <state>/transcripts/<id>.jsonl     append-only, one entry per line
+    <state>/events/<id>.jsonl          append-only, compacted to the last RING entries
+
+Appends are single `write(2)` calls on O_APPEND descriptors: once a call returns, the data is in the kernel
+and survives `kill -9` of the daemon; `flush()` fsyncs what was appended since the last flush (turn ends,
+shutdown), which makes it survive a machine crash too. A line torn by a crash mid-write is cut off on load."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import msgspec
+import structlog
+import trio
+
+from ..errors import Unavailable
+from ..models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
+
+log = structlog.get_logger("aegisd.store")
+
+EVENT_RING = 1000
+_enc = msgspec.json.Encoder()
+_session_dec = msgspec.json.Decoder(SessionRecord)
+_entry_dec = msgspec.json.Decoder(TranscriptEntry)
+_event_dec = msgspec.json.Decoder(Event)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class _Log:
+    """One append-only JSONL file with an index of line starts (built lazily, repaired if torn)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offsets: list[int] | None = None
+        self.size = 0
+
+    def load(self) -> None:
+        if self.offsets is not None:
+            return
+        offsets: list[int] = []
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        end = data.rfind(b"\n") + 1
+        if end != len(data):  # a torn last line (crash mid-write): cut it off
+            log.warning("store.torn_line_truncated", file=str(self.path), bytes=len(data) - end)
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+            data = data[:end]
+        pos = 0
+        while pos < end:
+            offsets.append(pos)
+            pos = data.index(b"\n", pos) + 1
+        self.offsets, self.size = offsets, end
+
+    def append(self, lines: list[bytes]) -> None:
+        self.load()
+        assert self.offsets is not None
+        blob = b"".join(lines)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, blob)
+        finally:
+            os.close(fd)
+        pos = self.size
+        for line in lines:
+            self.offsets.append(pos)
+            pos += len(line)
+        self.size = pos
+
+    def read(self, start: int, count: int | None) -> list[bytes]:
+        self.load()
+        assert self.offsets is not None
+        n = len(self.offsets)
+        if start >= n:
+            return []
+        stop = n if count is None else min(n, start + count)
+        begin = self.offsets[start]
+        end = self.offsets[stop] if stop < n else self.size
+        with open(self.path, "rb") as f:
+            f.seek(begin)
+            blob = f.read(end - begin)
+        return blob.splitlines()
+
+    def __len__(self) -> int:
+        self.load()
+        assert self.offsets is not None
+        return len(self.offsets)
+
+
+class FileStore:
+    name = "file"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir)
+        self._lock_fd: int | None = None
+        self._transcripts: dict[str, _Log] = {}
+        self._events: dict[str, _Log] = {}
+        self._dirty: set[Path] = set()
+        self._last_event_id = 0
+        self._limiter = trio.CapacityLimiter(8)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        await trio.to_thread.run_sync(self._open_sync)
+
+    def _open_sync(self) -> None:
+        for sub in ("", "sessions", "transcripts", "events"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.root / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Unavailable(f"another aegisd owns the state directory {self.root}") from None
+        self._lock_fd = fd
+        meta = self.root / "store.json"
+        if meta.exists():
+            version = json.loads(meta.read_text() or "{}").get("schemaVersion", 1)
+            if version > SCHEMA_VERSION:
+                self._release()
+                raise Unavailable(f"{self.root} holds schema version {version}; this aegisd reads up to "
+                                  f"{SCHEMA_VERSION} (upgrade aegisd)")
+        else:
+            _atomic_write(meta, _enc.encode({"schemaVersion": SCHEMA_VERSION}))
+        for tmp in (self.root / "sessions").glob("*.tmp"):
+            log.warning("store.stray_tmp_removed", file=str(tmp))
+            tmp.unlink(missing_ok=True)
+        self._last_event_id = 0
+        for path in (self.root / "events").glob("*.jsonl"):
+            lg = self._event_log(path.stem)
+            if len(lg):
+                last = _event_dec.decode(lg.read(len(lg) - 1, 1)[0])
+                self._last_event_id = max(self._last_event_id, last.id)
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def close(self) -> None:
+        await self.flush()
+        self._release()
+
+    async def flush(self) -> None:
+        if not self._dirty:
+            return
+        paths, self._dirty = self._dirty, set()
+        await trio.to_thread.run_sync(self._fsync_all, paths, limiter=self._limiter)
+
+    @staticmethod
+    def _fsync_all(paths: set[Path]) -> None:
+        for p in paths:
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # ---- sessions ------------------------------------------------------------------------------
+    def _session_path(self, session_id: str) -> Path:
+        if "/" in session_id or session_id in ("", ".", ".."):
+            raise ValueError(f"bad session id {session_id!r}")
+        return self.root / "sessions" / f"{session_id}.json"
+
+    async def load_sessions(self) -> list[SessionRecord]:
+        return await trio.to_thread.run_sync(self._load_sessions_sync)
+
+    def _load_sessions_sync(self) -> list[SessionRecord]:
+        out = []
+        for path in (self.root / "sessions").glob("*.json"):
+            try:
+                rec = _session_dec.decode(path.read_bytes())
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("store.unreadable_session_skipped", file=str(path), error=str(exc))
+                continue
+            if rec.schemaVersion > SCHEMA_VERSION:
+                log.warning("store.newer_schema_skipped", file=str(path), version=rec.schemaVersion)
+                continue
+            out.append(rec)
+        out.sort(key=lambda r: (r.createdAt, r.id))
+        return out
+
+    async def save_session(self, record: SessionRecord) -> None:
+        data = _enc.encode(record)  # encoded now: later changes to the record are a later save
+        path = self._session_path(record.id)
+        await trio.to_thread.run_sync(_atomic_write, path, data, limiter=self._limiter)
+
+    async def delete_session(self, session_id: str) -> None:
+        self._session_path(session_id).unlink(missing_ok=True)
+        for kind, cache in (("transcripts", self._transcripts), ("events", self._events)):
+            (self.root / kind / f"{session_id}.jsonl").unlink(missing_ok=True)
+            cache.pop(session_id, None)
+
+    # ---- transcripts ---------------------------------------------------------------------------
+    def _transcript(self, session_id: str) -> _Log:
+        lg = self._transcripts.get(session_id)
+        if lg is None:
+            self._session_path(session_id)  # validates the id
+            lg = self._transcripts[session_id] = _Log(self.root / "transcripts" / f"{session_id}.jsonl")
+        return lg
+
+    async def append_transcript(self, session_id: str, entries: list[TranscriptEntry]) -> None:
+        if not entries:
+            return
+        lg = self._transcript(session_id)
+        lg.append([_enc.encode(e) + b"\n" for e in entries])
+        self._dirty.add(lg.path)
+
+    async def read_transcript(self, session_id: str, start: int = 0,
+                              limit: int | None = None) -> list[TranscriptEntry]:
+        return [_entry_dec.decode(line) for line in self._transcript(session_id).read(start, limit)]
+
+    async def transcript_count(self, session_id: str) -> int:
+        return len(self._transcript(session_id))
+
+    # ---- events --------------------------------------------------------------------------------
+    def _event_log(self, session_id: str) -> _Log:
+        lg = self._events.get(session_id)
+        if lg is None:
+            lg = self._events[session_id] = _Log(self.root / "events" / f"{session_id}.jsonl")
+        return lg
+
+    async def append_events(self, events: list[Event]) -> None:
+        by_session: dict[str, list[bytes]] = {}
+        for ev in events:
+            by_session.setdefault(ev.sessionId, []).append(_enc.encode(ev) + b"\n")
+            self._last_event_id = max(self._last_event_id, ev.id)
+        for sid, lines in by_session.items():
+            lg = self._event_log(sid)
+            lg.append(lines)
+            self._dirty.add(lg.path)
+            if len(lg) > 2 * EVENT_RING:
+                keep = lg.read(len(lg) - EVENT_RING, None)
+                _atomic_write(lg.path, b"".join(line + b"\n" for line in keep))
+                self._events.pop(sid, None)
+
+    async def read_events(self, *, session_id: str | None, after_id: int, limit: int = 1000) -> list[Event]:
+        if session_id is not None:
+            logs = [self._event_log(session_id)]
+        else:
+            logs = [self._event_log(p.stem) for p in (self.root / "events").glob("*.jsonl")]
+        out: list[Event] = []
+        for lg in logs:
+            out.extend(e for e in (_event_dec.decode(line) for line in lg.read(0, None)) if e.id > after_id)
+        out.sort(key=lambda e: e.id)
+        return out[:limit]
+
+    async def last_event_id(self) -> int:
+        return self._last_event_id
