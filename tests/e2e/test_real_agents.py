@@ -1,0 +1,84 @@
+"""End to end through aegisd with real ACP agents nobody here wrote: the official Python SDK's example agent,
+and claude-agent-acp (Claude Code) running offline against a local mock of the Anthropic API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from aegisd.states import State
+
+from ..realagent.agents import (SKIP_CLAUDE, SKIP_SDK, claude_agent_command, claude_agent_env,
+                                python_sdk_echo_agent_command)
+from ..realagent.mock_anthropic import MockAnthropic
+
+pytestmark = pytest.mark.real_agent
+
+
+async def test_python_sdk_echo_agent(daemon_factory: Any, workdir: Path) -> None:
+    cmd = python_sdk_echo_agent_command()
+    if cmd is None:
+        pytest.skip(SKIP_SDK)
+    d = await daemon_factory(agentCommand=[], agents={"sdk-echo": {"command": cmd}})
+    s = await d.create(workdir, agent="sdk-echo", prompt="hello from aegis")
+    assert s["agentInfo"] is None or isinstance(s["agentInfo"], dict)
+    ev = await d.wait_event(s["id"], "turn", timeout=30)
+    assert ev.data["stopReason"] == "end_turn"
+    msgs = (await d.http.get(f"/v1/sessions/{s['id']}/read")).json()["messages"]
+    assert any(m["role"] == "assistant" and "hello from aegis" in m["text"] for m in msgs), msgs
+
+
+async def test_claude_agent_acp_offline(daemon_factory: Any, nursery: trio.Nursery, tmp_path: Path,
+                                        workdir: Path) -> None:
+    cmd = claude_agent_command()
+    if cmd is None:
+        pytest.skip(SKIP_CLAUDE)
+    mock = MockAnthropic()
+    url = await nursery.start(mock.serve)
+    env = claude_agent_env(url, tmp_path / "claude-home")
+    d = await daemon_factory(agentCommand=[], acpInitTimeoutMs=60_000,
+                             agents={"claude": {"command": cmd, "env": env}})
+    s = await d.create(workdir, prompt="say hi", permissionMode="default")
+    sid = s["id"]
+    assert s["status"] != "crashed", s.get("crash")
+    ev = await d.wait_event(sid, "turn", timeout=90)
+    assert ev.data["stopReason"] == "end_turn"
+    msgs = (await d.http.get(f"/v1/sessions/{sid}/transcript?limit=200")).json()["messages"]
+    assert any(m["role"] == "assistant" and "mock reply: say hi" in m["text"] for m in msgs), msgs
+    rec = d.manager.records[sid]
+    assert rec.agentInfo and "claude" in rec.agentInfo["name"]
+    assert rec.currentMode == "default"
+
+    # a tool call that needs permission: surfaced as permission_prompt, approved through the API
+    r = await d.http.post(f"/v1/sessions/{sid}/send", json={"text": "please TOOL:touch made-by-agent.txt"})
+    assert r.status_code == 200
+    await d.wait_status(sid, State.PERMISSION_PROMPT, timeout=90)
+    got = (await d.http.get(f"/v1/sessions/{sid}")).json()
+    assert got["pendingPermission"]["rawInput"]["command"] == "touch made-by-agent.txt"
+    r = await d.http.post(f"/v1/sessions/{sid}/approve")
+    assert r.status_code == 200
+    opts = {o["optionId"]: o["kind"] for o in got["pendingPermission"]["options"]}
+    assert opts[r.json()["optionId"]] == "allow_once"
+    ev = await d.wait_event(sid, "turn", timeout=90, match=lambda e: e.data["turn"] == 2)
+    assert ev.data["stopReason"] == "end_turn"
+    assert (workdir / "made-by-agent.txt").exists()
+    msgs = (await d.http.get(f"/v1/sessions/{sid}/transcript?limit=200")).json()["messages"]
+    assert any(m["contentType"] == "tool_use" for m in msgs)
+    assert any("done:" in m["text"] for m in msgs if m["role"] == "assistant")
+
+    # interrupt while a permission request is open: cancelled, back to idle
+    await d.http.post(f"/v1/sessions/{sid}/send", json={"text": "TOOL:touch never.txt"})
+    await d.wait_status(sid, State.PERMISSION_PROMPT, timeout=90)
+    await d.http.post(f"/v1/sessions/{sid}/interrupt")
+    ev = await d.wait_event(sid, "turn", timeout=60, match=lambda e: e.data["turn"] == 3)
+    assert ev.data["stopReason"] == "cancelled"
+    assert not (workdir / "never.txt").exists()
+    pid = rec.pid
+    r = await d.http.delete(f"/v1/sessions/{sid}")
+    assert r.status_code == 200
+    from ..conftest import wait_dead
+    assert pid is not None
+    await wait_dead([pid], timeout=10)
