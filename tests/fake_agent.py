@@ -106,7 +106,7 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
     said: list[str] = []
     stop = "end_turn"
     directives = [d.strip() for d in text.split(";") if d.strip()]
-    known = ("say:", "chunks:", "think:", "plan:", "tool:", "toolauto:", "sleep:", "wait-for-cancel", "stream:",
+    known = ("say:", "hang", "chunks:", "think:", "plan:", "tool:", "toolauto:", "sleep:", "wait-for-cancel", "stream:",
              "crash", "garbage", "bigline:", "badid", "unknown-request", "grandchild", "stop:", "error:", "title:")
     try:
         if not any(d.startswith(known) for d in directives):
@@ -166,6 +166,8 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
             elif name == "sleep":
                 if ST.cancelled[sid].wait(int(arg) / 1000):
                     raise Cancelled()
+            elif name == "hang":  # ignores session/cancel: a misbehaving agent
+                time.sleep(int(arg or "3600000") / 1000)
             elif name == "wait-for-cancel":
                 ST.cancelled[sid].wait()
                 raise Cancelled()

@@ -266,3 +266,41 @@ async def test_event_ids_monotonic(daemon: DaemonHandle, workdir: Path) -> None:
     kinds = [e.event for e in sub._replay]
     assert kinds[0] == "created"
     assert "status" in kinds and "message" in kinds
+
+
+async def test_prompt_timeout_cancels_silent_turn(daemon_factory: Any, workdir: Path) -> None:
+    d = await daemon_factory(acpPromptTimeoutMs=800)
+    s = await d.create(workdir, prompt="sleep:5000;say:late")
+    ev = await d.wait_event(s["id"], "turn", timeout=10)
+    assert ev.data["stopReason"] == "timeout"
+    msgs = (await d.http.get(f"/v1/sessions/{s['id']}/transcript")).json()["messages"]
+    assert any(m["contentType"] == "error" and "timed out" in m["text"] for m in msgs)
+    assert d.manager.records[s["id"]].status == State.IDLE
+
+
+async def test_agent_ignoring_cancel_after_timeout_crashes(daemon_factory: Any, workdir: Path,
+                                                           monkeypatch: Any) -> None:
+    from aegisd.sessions import _runner
+
+    monkeypatch.setattr(_runner, "CANCEL_GRACE_S", 0.5)
+    d = await daemon_factory(acpPromptTimeoutMs=500, killGraceMs=300)
+    s = await d.create(workdir, prompt="hang:60000")
+    await d.wait_status(s["id"], State.CRASHED, timeout=10)
+    crash = d.manager.records[s["id"]].crash
+    assert crash is not None and crash.reason.startswith("acp_request_timeout")
+
+
+async def test_agent_exit_zero_while_idle_completes(daemon: DaemonHandle, workdir: Path) -> None:
+    s = await daemon.create(workdir)
+    runner = daemon.manager.runners[s["id"]]
+    assert runner._proc is not None and runner._proc.proc.stdin is not None
+    await runner._proc.proc.stdin.aclose()  # the fake agent exits 0 on stdin EOF
+    await daemon.wait_status(s["id"], State.COMPLETED)
+    assert daemon.manager.records[s["id"]].endReason == "agent_exited"
+
+
+async def test_capacity_limit(daemon_factory: Any, workdir: Path) -> None:
+    d = await daemon_factory(maxSessions=1)
+    await d.create(workdir, reuse=False)
+    r = await d.http.post("/v1/sessions", json={"workDir": str(workdir), "reuse": False})
+    assert r.status_code == 429 and r.json()["code"] == "CAPACITY_EXCEEDED"

@@ -70,16 +70,22 @@ def open_store(config: "Config") -> Store:
         from ._file import FileStore
 
         return FileStore(config.state_path)
-    if kind == "postgres":
-        from ._postgres import PostgresStore  # type: ignore[import-not-found]
+    if kind in ("postgres", "redis"):
+        try:
+            if kind == "postgres":
+                from ._postgres import PostgresStore  # type: ignore[import-not-found]
 
-        return PostgresStore(config)
+                return PostgresStore(config)  # type: ignore[no-any-return]
+            from ._redis import RedisStore  # type: ignore[import-not-found]
+
+            return RedisStore(config)  # type: ignore[no-any-return]
+        except ImportError as exc:
+            from ..errors import ValidationError
+
+            raise ValidationError(f"sessionStore {kind!r} is not available in this version of aegisd ({exc}); "
+                                  "use 'file'") from None
     if kind == "memory":
         from ._memory import MemoryStore
 
         return MemoryStore()
-    if kind == "redis":
-        from ._redis import RedisStore  # type: ignore[import-not-found]
-
-        return RedisStore(config)
     raise ValueError(f"unknown session store {kind!r}")

@@ -160,3 +160,39 @@ async def test_event_ids_survive_restart(nursery: trio.Nursery, tmp_path: Path, 
     assert ev["id"] > last["id"]
     dp2.proc.send_signal(signal.SIGTERM)
     await dp2.proc.wait()
+
+
+async def test_sd_notify_ready_stopping_watchdog(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path) -> None:
+    import socket as pysocket
+
+    addr = str(short_tmp / "notify.sock")
+    sock = trio.socket.socket(pysocket.AF_UNIX, pysocket.SOCK_DGRAM)
+    await sock.bind(addr)
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery,
+                                    extra_env={"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "2000000"})
+    got: list[str] = []
+    with trio.fail_after(10):
+        while not any("WATCHDOG=1" in m for m in got):
+            got.append((await sock.recv(4096)).decode())
+    assert any(m.startswith("READY=1") for m in got)
+    dp.proc.send_signal(signal.SIGTERM)
+    with trio.fail_after(10):
+        while not any("STOPPING=1" in m for m in got):
+            got.append((await sock.recv(4096)).decode())
+    assert await dp.proc.wait() == 0
+    sock.close()
+
+
+async def test_logs_are_json_lines(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path) -> None:
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()
+    import json as _json
+
+    with trio.fail_after(5):
+        while not (log := tmp_path / f"aegisd-{dp.proc.pid}.log").exists() or b"aegisd.stopped" not in log.read_bytes():
+            await trio.sleep(0.02)
+    lines = [line for line in log.read_bytes().splitlines() if line.strip()]
+    records = [_json.loads(line) for line in lines]
+    assert {"event", "level", "timestamp"} <= set(records[0])
+    assert any(r["event"] == "aegisd.ready" for r in records)
