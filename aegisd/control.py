@@ -7,6 +7,7 @@ answering and refuses to start."""
 from __future__ import annotations
 
 import errno
+from contextlib import aclosing
 import os
 import socket as _socket
 import stat
@@ -166,10 +167,11 @@ async def _handle(daemon: "Daemon", conn: _Conn, line: bytes) -> None:
     try:
         o = ops.get_op(req.op)
         if o.stream:
-            async for event in ops.stream(ctx, req.op, req.params):
-                await conn.send({"id": req.id, "event": event})
-                if conn.closed:
-                    return
+            async with aclosing(ops.stream(ctx, req.op, req.params)) as events:
+                async for event in events:
+                    await conn.send({"id": req.id, "event": event})
+                    if conn.closed:
+                        return
             await conn.send({"id": req.id, "ok": True, "result": {"end": "done"}})
         else:
             result = await ops.call(ctx, req.op, req.params)

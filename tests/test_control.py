@@ -140,3 +140,28 @@ async def test_stale_socket_is_replaced(tmp_path: Path, short_tmp: Path) -> None
     s.close()  # bound but nobody listens: stale
     prepare_socket_path(path)
     assert not path.exists()
+
+
+async def test_slow_follower_skips_with_marker(daemon: DaemonHandle, workdir: Path, monkeypatch: Any) -> None:
+    from aegisd.ops import _sessions
+
+    monkeypatch.setattr(_sessions, "FOLLOW_BUFFER", 8)
+    c = await connect(daemon)
+    sid = (await c.call("session.create", workDir=str(workdir)))["result"]["id"]
+    f = await connect(daemon)
+    await f.send({"id": 1, "op": "session.follow", "params": {"id": sid, "untilIdle": False}})
+    # the follower's buffer is tiny and it does not read while the agent floods it
+    await c.call("session.send", id=sid, text="say:warmup")
+    await daemon.wait_event(sid, "turn")
+    await c.call("session.send", id=sid, text="stream:3000")
+    await daemon.wait_event(sid, "turn", match=lambda e: e.data["turn"] == 2)
+    kinds = []
+    with trio.fail_after(10):
+        while True:
+            frame = await f.recv()
+            kinds.append(frame["event"]["event"])
+            if frame["event"]["event"] == "turn" and frame["event"]["data"]["turn"] == 2:
+                break
+    assert "overflow" in kinds  # the follower was told it skipped, and it still saw the turn end
+    await c.stream.aclose()
+    await f.stream.aclose()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hmac
+from contextlib import aclosing
 import secrets
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -181,8 +182,9 @@ def create_app(daemon: "Daemon") -> QuartTrio:
 
         async def gen() -> AsyncIterator[bytes]:
             try:
-                async for event in events:
-                    yield _encoder.encode({"id": req_id, "event": event}) + b"\n"
+                async with aclosing(events):
+                    async for event in events:
+                        yield _encoder.encode({"id": req_id, "event": event}) + b"\n"
                 yield _encoder.encode({"id": req_id, "ok": True, "result": {"end": "done"}}) + b"\n"
             except AegisError as exc:
                 yield _encoder.encode({"id": req_id, "ok": False, "error": {

@@ -4,6 +4,7 @@ are refused, as the original's strict schemas did."""
 from __future__ import annotations
 
 import math
+from contextlib import aclosing
 import platform
 import time
 from typing import Annotated, Any, AsyncIterator
@@ -11,8 +12,8 @@ from typing import Annotated, Any, AsyncIterator
 import msgspec
 
 from .. import PROTOCOL_VERSION, __version__
-from ..errors import NotFound, SessionNotFound, ValidationError
-from ..models import SessionRecord, now_ms
+from ..errors import SessionNotFound, ValidationError
+from ..models import Event, SessionRecord, now_ms
 from ..states import LIVE, STATUS_FILTERS, TERMINAL, State
 from ._registry import OpContext, op
 
@@ -263,20 +264,41 @@ async def close(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 
 
 # ---- streams ---------------------------------------------------------------------------------------
+FOLLOW_BUFFER = 4096  # events a follower may fall behind before it skips ahead
+
+
+async def _follow(d: Any, session_id: str | None, after_id: int | None) -> AsyncIterator[Any]:
+    """Events from the bus; a subscriber that falls behind is dropped by the bus, and here it resubscribes
+    from the last event it delivered, after an ``overflow`` marker saying how many events were skipped."""
+    last = after_id
+    while True:
+        sub = await d.bus.subscribe(session_id=session_id, after_id=last, maxsize=FOLLOW_BUFFER)
+        async with sub:
+            async for ev in sub:
+                last = ev.id
+                yield ev
+            if not sub.overflowed:
+                return
+        resumed = await d.bus.subscribe(session_id=session_id, after_id=last)
+        first = resumed._replay[0].id if resumed._replay else d.bus.last_id + 1
+        resumed.close()
+        yield Event(id=last or 0, event="overflow", sessionId=session_id or "", timestamp=now_ms(),
+                    data={"reason": "slow consumer", "resumedAfter": last, "firstAvailable": first})
+
+
 @op("session.follow", FollowParams, stream=True,
     summary="Stream a session's events until it ends (or, with untilIdle, until its turn ends)")
 async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any]]:
     d = ctx.daemon
     rec = d.session(ctx, p.id)
-    sub = await d.bus.subscribe(session_id=rec.id, after_id=p.afterId)
-    async with sub:
-        if rec.status in TERMINAL and p.afterId is None:
+    if rec.status in TERMINAL and p.afterId is None:
+        return
+    if p.untilIdle and p.afterId is None:
+        runner = d.manager.runners.get(rec.id)
+        if runner is None or (rec.status == State.IDLE and not runner.busy):
             return
-        if p.untilIdle and p.afterId is None:
-            runner = d.manager.runners.get(rec.id)
-            if runner is None or (rec.status == State.IDLE and not runner.busy):
-                return
-        async for ev in sub:
+    async with aclosing(_follow(d, rec.id, p.afterId)) as evs:
+        async for ev in evs:
             yield msgspec.to_builtins(ev)
             if ev.event == "ended":
                 return
@@ -284,18 +306,15 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any
                 runner = d.manager.runners.get(rec.id)
                 if runner is None or not runner.busy:
                     return
-        if sub.overflowed:
-            raise NotFound("subscriber overflowed; reconnect with afterId")
 
 
 @op("events.follow", EventsParams, stream=True, summary="Stream events of all sessions, or of one")
 async def events(ctx: OpContext, p: EventsParams) -> AsyncIterator[dict[str, Any]]:
     d = ctx.daemon
     sid = d.session(ctx, p.sessionId).id if p.sessionId else None
-    sub = await d.bus.subscribe(session_id=sid, after_id=p.afterId)
-    async with sub:
-        async for ev in sub:
-            if sid is None and not d.can_see(ctx, ev.sessionId):
+    async with aclosing(_follow(d, sid, p.afterId)) as evs:
+        async for ev in evs:
+            if sid is None and ev.sessionId and not d.can_see(ctx, ev.sessionId):
                 continue
             yield msgspec.to_builtins(ev)
 

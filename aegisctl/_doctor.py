@@ -1,0 +1,153 @@
+"""`ag doctor`: each check says ok / warn / fail, and how to fix it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _check(name: str, status: str, detail: str, fix: str | None = None) -> dict[str, Any]:
+    return {"name": name, "status": status, "detail": detail, "fix": fix}
+
+
+def _run(cmd: list[str], timeout: float = 10) -> tuple[int, str]:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        return p.returncode, (p.stdout or p.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 127, str(exc)
+
+
+def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dict[str, Any]]:
+    from aegisd.agents import find_claude_agent, npm_prefix, resolve_agent
+    from aegisd.config import CLAUDE_PACKAGE, load_config
+    from aegisd.errors import AegisError
+
+    results = []
+    v = sys.version_info
+    results.append(_check("python", "ok" if v >= (3, 11) else "fail", f"Python {v.major}.{v.minor}.{v.micro}",
+                          "install Python 3.11 or newer"))
+    cfg = None
+    warnings: list[str] = []
+    try:
+        cfg = load_config(warnings=warnings)
+        detail = cfg.configPath or "no config file (defaults)"
+        results.append(_check("config", "warn" if warnings else "ok",
+                              detail + ("; " + "; ".join(warnings) if warnings else ""),
+                              "remove or correct the keys listed"))
+    except AegisError as exc:
+        results.append(_check("config", "fail", exc.message, "fix the config file (`ag config show`)"))
+
+    node = shutil.which("node")
+    if node:
+        code, ver = _run([node, "--version"])
+        major = int(ver.lstrip("v").split(".")[0]) if code == 0 and ver.startswith("v") else 0
+        results.append(_check("node", "ok" if major >= 20 else "fail", f"Node.js {ver}",
+                              "install Node.js 20 or newer"))
+    else:
+        results.append(_check("node", "fail", "node not found", "install Node.js 20 or newer (with npm)"))
+    results.append(_check("npm", "ok" if shutil.which("npm") else "fail",
+                          shutil.which("npm") or "npm not found", "install npm"))
+
+    if fix and cfg is not None and not cfg.agentCommand and find_claude_agent()[0] is None and shutil.which("npm"):
+        prefix = npm_prefix()
+        prefix.mkdir(parents=True, exist_ok=True)
+        code, text = _run(["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", CLAUDE_PACKAGE],
+                          timeout=600)
+        results.append(_check("fix: install claude-agent-acp", "ok" if code == 0 else "fail",
+                              f"npm install into {prefix}" + ("" if code == 0 else f": {text[-300:]}"),
+                              "run the npm command by hand and read its error"))
+    if cfg is not None:
+        try:
+            launch = resolve_agent(cfg, None)
+            exe = launch.command[0]
+            found = shutil.which(exe) if not os.path.isabs(exe) else (exe if os.access(exe, os.X_OK) else None)
+            if launch.source == "npx":
+                results.append(_check("agent", "warn", f"{cfg.defaultAgent}: claude-agent-acp not installed; "
+                                      "sessions would start it through npx (slow, needs the npm registry)",
+                                      "ag doctor --fix (installs it into the project-managed npm prefix)"))
+            elif found:
+                results.append(_check("agent", "ok", f"{launch.name}: {' '.join(launch.command)} ({launch.source})"))
+            else:
+                results.append(_check("agent", "fail", f"{launch.name}: {exe} not found ({launch.source})",
+                                      "fix AEGIS_AGENT_COMMAND / the agents: config, or `ag doctor --fix`"))
+        except AegisError as exc:
+            results.append(_check("agent", "fail", exc.message, "fix defaultAgent / agents: in the config"))
+
+    if shutil.which("claude"):
+        code, text = _run(["claude", "auth", "status"])
+        results.append(_check("claude auth", "ok" if code == 0 and "not logged in" not in text.lower() else "warn",
+                              text.splitlines()[0] if text else f"exit {code}", "run `claude login`"))
+    elif any(os.environ.get(k) for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL")):
+        results.append(_check("claude auth", "ok", "ANTHROPIC_API_KEY / ANTHROPIC_AUTH_TOKEN / BASE_URL set"))
+    else:
+        results.append(_check("claude auth", "warn", "cannot tell: no `claude` CLI and no ANTHROPIC_* credentials",
+                              "run `claude login`, or set ANTHROPIC_API_KEY for the daemon"))
+
+    if cfg is not None:
+        state = cfg.state_path
+        try:
+            state.mkdir(parents=True, exist_ok=True, mode=0o700)
+            probe = state / ".doctor-probe"
+            probe.write_text("ok")
+            probe.unlink()
+            results.append(_check("state dir", "ok", f"{state} writable"))
+        except OSError as exc:
+            results.append(_check("state dir", "fail", f"{state}: {exc}", "set AEGIS_STATE_DIR to a writable dir"))
+        results.extend(_daemon_checks(cfg, Path(socket_path) if socket_path else cfg.socket_path))
+    return results
+
+
+def _daemon_checks(cfg: Any, sock_path: Path) -> list[dict[str, Any]]:
+    from .client import Client, ClientError
+
+    out = []
+    hello = None
+    if sock_path.exists():
+        try:
+            with Client(socket_path=sock_path, timeout=5) as c:
+                hello = c.call("hello")
+            out.append(_check("socket", "ok", f"{sock_path}: aegisd {hello['version']} (pid {hello['pid']})"))
+        except ClientError as exc:
+            out.append(_check("socket", "warn", f"{sock_path}: {exc.message} (stale socket?)",
+                              "start aegisd (`ag serve`); a stale socket is replaced at start"))
+    else:
+        out.append(_check("socket", "ok", f"{sock_path}: free (aegisd not running)"))
+    port = cfg.port
+    s = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
+    try:
+        s.bind((cfg.host if cfg.host != "localhost" else "127.0.0.1", port))
+        port_free = True
+    except OSError:
+        port_free = False
+    finally:
+        s.close()
+    if port_free:
+        out.append(_check("port", "ok", f"{cfg.host}:{port} free"))
+        return out
+    try:
+        with Client(url=cfg.base_url, timeout=5, token=cfg.authToken or os.environ.get("AEGIS_AUTH_TOKEN")) as c:
+            other = c.call("hello")
+        owned = hello is None or other.get("pid") == hello.get("pid")
+        out.append(_check("port", "ok" if owned else "warn", f"{cfg.host}:{port} owned by aegisd (pid "
+                          f"{other.get('pid')})", "two daemons? stop one"))
+        code_ok = True
+    except ClientError as exc:
+        code_ok = False
+        out.append(_check("port", "fail", f"{cfg.host}:{port} is taken by another program ({exc.message})",
+                          f"free the port, or use another: AEGIS_PORT={port + 1} ag serve"))
+    if code_ok:
+        try:
+            with Client(url=cfg.base_url, timeout=5) as c:
+                health = c.call("health")
+            out.append(_check("health", "ok" if health.get("status") == "ok" else "warn",
+                              f"{cfg.base_url}/v1/health: {health.get('status')}"))
+        except ClientError as exc:
+            out.append(_check("health", "warn", f"{cfg.base_url}/v1/health: {exc.message}",
+                              "set AEGIS_AUTH_TOKEN" if exc.status == 401 else None))
+    return out

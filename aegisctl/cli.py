@@ -1,0 +1,608 @@
+"""aegisctl / ag / aegis: the command line of Aegis.
+
+Talks to aegisd over the control socket (or HTTP /v1/rpc with --url). Imports stay light: click and the
+stdlib client; the daemon's modules load only for the commands that need them (serve, init, doctor, config)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Iterator, NoReturn
+
+import click
+
+from . import _output as out
+from .client import Client, ClientError, ConnectError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class Ctx:
+    def __init__(self, socket: str | None, url: str | None, json_out: bool) -> None:
+        self.socket = socket
+        self.url = url
+        self.json = json_out
+        self._client: Client | None = None
+
+    def client(self, port: int | None = None) -> Client:
+        if self._client is None:
+            from ._conn import connect
+
+            self._client = connect(socket_path=self.socket, url=self.url, port=port)
+        return self._client
+
+    def call(self, op: str, **params: Any) -> Any:
+        return self.client().call(op, **params)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def explain(exc: ClientError) -> NoReturn:
+    if isinstance(exc, ConnectError):
+        fail(f"{exc.message}\n  start it with `ag serve` (foreground) or `ag run \"<prompt>\"` (starts it in the "
+             "background); set AEGIS_SOCKET or --url if it runs elsewhere")
+    if exc.status == 401:
+        fail(f"{exc.message}\n  set AEGIS_AUTH_TOKEN to the daemon's token (or an API key)")
+    if exc.status == 403:
+        fail(f"{exc.message}\n  your token's role does not allow this")
+    fail(f"{exc.message} ({exc.code})")
+
+
+class AegisGroup(click.Group):
+    """`ag <unknown word>` is an error with a suggestion, never a session brief."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.5)
+            hint = f" Did you mean `ag {close[0]}`?" if close else ""
+            raise click.UsageError(f"unknown command {name!r}.{hint} (`ag --help` lists the commands; to give "
+                                   "an agent a task use `ag run \"<prompt>\"`)", ctx)
+        return super().resolve_command(ctx, args)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aegis-py")
+    except PackageNotFoundError:
+        return "0"
+
+
+@click.group(cls=AegisGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--socket", "socket_path", envvar="AEGIS_SOCKET", help="Control socket of the daemon.")
+@click.option("--url", envvar="AEGIS_URL", help="Talk HTTP to this daemon (with AEGIS_AUTH_TOKEN) instead.")
+@click.option("--json", "json_out", is_flag=True, help="Machine-readable output.")
+@click.version_option(None, "-v", "--version", package_name="aegis-py", prog_name="ag")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None, url: str | None, json_out: bool) -> None:
+    """Aegis: supervise coding-agent sessions. With no command, runs the server in the foreground."""
+    ctx.obj = Ctx(socket_path, url, json_out)
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve)
+
+
+def pass_ctx(fn: Any) -> Any:
+    """Pass the Ctx and turn client errors into one-line messages with the right exit code."""
+    import functools
+
+    @click.pass_obj
+    @functools.wraps(fn)
+    def wrapper(obj: Ctx, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(obj, *args, **kwargs)
+        except ClientError as exc:
+            explain(exc)
+    return wrapper
+
+
+def json_option(fn: Any) -> Any:
+    def set_json(ctx: click.Context, _param: Any, value: bool) -> None:
+        if value:
+            ctx.find_object(Ctx).json = True  # type: ignore[union-attr]
+    return click.option("--json", "json_flag", is_flag=True, expose_value=False, callback=set_json,
+                        help="Machine-readable output.")(fn)
+
+
+# ---- server ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--host", help="Bind address (default 127.0.0.1).")
+@click.option("--port", type=int, help="HTTP port (default 9100).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+@click.option("--state-dir", help="State directory (default ~/.aegis).")
+def serve(host: str | None = None, port: int | None = None, config_path: str | None = None,
+          state_dir: str | None = None) -> None:
+    """Run aegisd in the foreground (Ctrl-C stops it)."""
+    from aegisd.daemon import run_foreground
+
+    run_foreground(config_path=config_path, overrides={"host": host, "port": port, "stateDir": state_dir})
+
+
+# ---- sessions -------------------------------------------------------------------------------------------
+def _short(sid: str) -> str:
+    return sid[:8]
+
+
+def _next_steps(s: dict[str, Any], base_url: str | None) -> None:
+    sid, short = s["id"], _short(s["id"])
+    base = (base_url or "http://127.0.0.1:9100").rstrip("/")
+    auth = ' -H "Authorization: Bearer $AEGIS_AUTH_TOKEN"' if os.environ.get("AEGIS_AUTH_TOKEN") else ""
+    click.echo("Next steps:")
+    click.echo(f"  Follow:   ag read {short} --follow")
+    click.echo(f"  Send:     ag send {short} \"<text>\"")
+    click.echo(f"  Approve:  ag approve {short}          (when it asks for permission)")
+    click.echo(f"  Kill:     ag kill {short}")
+    click.echo(f"  Status:   curl{auth} {base}/v1/sessions/{sid}/health")
+    click.echo(f"  Read:     curl{auth} {base}/v1/sessions/{sid}/read")
+
+
+def _create_params(cwd: str, prompt: str | None, name: str | None, model: str | None, agent: str | None,
+                   mode: str | None) -> dict[str, Any]:
+    return {"workDir": str(Path(cwd).expanduser().absolute()), "prompt": prompt, "name": name, "model": model,
+            "agent": agent, "permissionMode": mode, "reuse": False}
+
+
+@cli.command()
+@click.argument("prompt", required=False)
+@click.option("--cwd", default=".", show_default=True, help="Working directory of the session.")
+@click.option("--name", help="Display name.")
+@click.option("--model", help="Model for this session.")
+@click.option("--agent", help="Agent to run (default: the configured default, claude).")
+@click.option("--permission-mode", type=click.Choice(["default", "plan", "acceptEdits", "bypassPermissions",
+                                                      "dontAsk", "auto"]))
+@json_option
+@pass_ctx
+def create(c: Ctx, prompt: str | None, cwd: str, name: str | None, model: str | None, agent: str | None,
+           permission_mode: str | None) -> None:
+    """Create a session (optionally with a first prompt) and print its id."""
+    s = c.call("session.create", **_create_params(cwd, prompt, name, model, agent, permission_mode))
+    if c.json:
+        out.echo_json(s)
+        return
+    click.echo(f"Session created: {s['name']}")
+    click.echo(f"ID: {s['id']}")
+    if s["status"] == "crashed":
+        fail(f"the agent failed to start: {(s.get('crash') or {}).get('reason', 'unknown reason')}")
+    hello = c.call("hello")
+    _next_steps(s, hello.get("httpUrl"))
+
+
+@cli.command("list")
+@click.option("--status", help="Filter: a state, or active / ended / busy / all.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--page", type=int, default=1, show_default=True)
+@json_option
+@pass_ctx
+def list_(c: Ctx, status: str | None, limit: int, page: int) -> None:
+    """List sessions, newest first."""
+    res = c.call("session.list", status=status, limit=min(limit, 100), page=page)
+    if c.json:
+        out.echo_json(res)
+        return
+    sessions = res["sessions"]
+    if not sessions:
+        click.echo("No sessions." if not status else f"No {status} sessions.")
+        return
+    out.table(["id", "name", "status", "agent", "workdir", "age"],
+              [[_short(s["id"]), s["name"], out.status_text(s["status"]), s["agent"], s["workDir"],
+                out.age(s["createdAt"])] for s in sessions])
+    p = res["pagination"]
+    if p["totalPages"] > 1:
+        click.echo(f"page {p['page']}/{p['totalPages']} ({p['total']} sessions)")
+
+
+@cli.command()
+@click.argument("session_id")
+@json_option
+@pass_ctx
+def show(c: Ctx, session_id: str) -> None:
+    """Show one session."""
+    s = c.call("session.get", id=session_id)
+    if c.json:
+        out.echo_json(s)
+        return
+    for key in ("id", "name", "status", "agent", "workDir", "permissionMode", "model", "turns",
+                "transcriptCount", "pid", "endReason"):
+        if s.get(key) not in (None, ""):
+            val = out.status_text(s[key]) if key == "status" else s[key]
+            click.echo(f"{key:>16}: {val}")
+    click.echo(f"{'created':>16}: {out.age(s['createdAt'])} ago")
+    if s.get("pendingPermission"):
+        p = s["pendingPermission"]
+        click.echo(f"{'waiting for':>16}: {p['toolTitle']} {out.one_line(p.get('rawInput'))}")
+    if s.get("crash"):
+        click.echo(f"{'crash':>16}: {s['crash'].get('reason')}")
+        if s["crash"].get("stderrTail"):
+            click.echo("agent stderr (tail):")
+            click.echo(s["crash"]["stderrTail"].rstrip())
+
+
+@cli.command()
+@click.argument("session_id")
+@click.argument("text")
+@json_option
+@pass_ctx
+def send(c: Ctx, session_id: str, text: str) -> None:
+    """Send a prompt (queued if a turn is running)."""
+    res = c.call("session.send", id=session_id, text=text)
+    if c.json:
+        out.echo_json(res)
+    else:
+        click.echo("Delivered." if res.get("delivered") else f"Queued (position {res.get('queuePosition', '?')}).")
+
+
+def _print_entry(m: dict[str, Any]) -> None:
+    role, ctype, text = m["role"], m["contentType"], m["text"]
+    if ctype == "text":
+        prefix = {"user": out.style("> ", fg="blue", bold=True), "assistant": ""}.get(role, "")
+        click.echo(prefix + text)
+    elif ctype == "thinking":
+        click.echo(out.style(text, dim=True))
+    elif ctype in ("tool_use", "tool_result", "tool_error", "permission_request", "permission_decision",
+                   "plan", "error"):
+        click.echo(out.style(f"[{ctype}] {out.one_line(text, 160)}", fg="red" if "error" in ctype else "cyan"))
+
+
+@cli.command()
+@click.argument("session_id")
+@click.option("--follow", "-f", is_flag=True, help="Stream until the current turn ends.")
+@click.option("--all", "everything", is_flag=True, help="The whole transcript, not only what is new.")
+@json_option
+@pass_ctx
+def read(c: Ctx, session_id: str, follow: bool, everything: bool) -> None:
+    """Print transcript entries new since the last read (--follow streams the turn)."""
+    if everything:
+        page, msgs = 1, []
+        while True:
+            res = c.call("session.transcript", id=session_id, page=page, limit=200)
+            msgs += res["messages"]
+            if not res["hasMore"]:
+                break
+            page += 1
+        res = {"messages": msgs}
+    else:
+        res = c.call("session.read", id=session_id)
+    if c.json and not follow:
+        out.echo_json(res)
+        return
+    for m in res["messages"]:
+        _print_entry(m) if not c.json else out.echo_json(m)
+    if follow:
+        code = _stream_turn(c, session_id, interactive=sys.stdin.isatty(), accept=False, quiet=False)
+        sys.exit(code)
+
+
+def _decide(c: Ctx, op: str, session_id: str, option: str | None) -> None:
+    res = c.call(op, id=session_id, optionId=option)
+    if c.json:
+        out.echo_json(res)
+    else:
+        click.echo(f"{'Approved' if op == 'session.approve' else 'Rejected'} ({res['optionId']}).")
+
+
+@cli.command()
+@click.argument("session_id")
+@click.option("--option", help="Pick this option id instead of the least-privilege allow option.")
+@json_option
+@pass_ctx
+def approve(c: Ctx, session_id: str, option: str | None) -> None:
+    """Approve the pending permission request."""
+    _decide(c, "session.approve", session_id, option)
+
+
+@cli.command()
+@click.argument("session_id")
+@click.option("--option", help="Pick this option id instead of reject_once.")
+@json_option
+@pass_ctx
+def reject(c: Ctx, session_id: str, option: str | None) -> None:
+    """Reject the pending permission request."""
+    _decide(c, "session.reject", session_id, option)
+
+
+def _simple(op: str, done: str) -> Any:
+    @click.argument("session_id")
+    @json_option
+    @pass_ctx
+    def command(c: Ctx, session_id: str) -> None:
+        res = c.call(op, id=session_id)
+        out.echo_json(res) if c.json else click.echo(done if res.get("interrupted", True) else "Nothing to interrupt.")
+    return command
+
+
+cli.command("interrupt", help="Cancel the current turn.")(_simple("session.interrupt", "Interrupted."))
+cli.command("kill", help="Kill a session (status killed).")(_simple("session.kill", "Killed."))
+cli.command("close", help="Close a session normally (status completed).")(_simple("session.close", "Closed."))
+
+
+@cli.command()
+@click.argument("session_id", required=False)
+@click.option("--after", type=int, help="Replay events after this id first.")
+@json_option
+@pass_ctx
+def events(c: Ctx, session_id: str | None, after: int | None) -> None:
+    """Print live events (all sessions, or one) until interrupted."""
+    try:
+        for ev in c.client().stream("events.follow", sessionId=session_id, afterId=after):
+            if c.json:
+                click.echo(out.one_line(ev, 100_000))
+            else:
+                data = ev.get("data") or {}
+                detail = data.get("status") or data.get("text") or data.get("reason") or data.get("stopReason") \
+                    or data.get("toolTitle") or ""
+                click.echo(f"{ev['id']:>8} {_short(ev['sessionId'])} {ev['event']:<8} {out.one_line(detail, 80)}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+# ---- the turn stream (run, read --follow) -------------------------------------------------------------
+def _ask(prompt: str) -> bool:
+    try:
+        answer = click.prompt(prompt, default="N", show_default=False, err=True)
+    except (click.Abort, EOFError):
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _stream_turn(c: Ctx, sid: str, *, interactive: bool, accept: bool, quiet: bool,
+                 after: int | None = None) -> int:
+    """Stream a session's turn to the terminal. Returns the exit code. Ctrl-C once interrupts the turn,
+    twice kills the session."""
+    last_id = after
+    interrupts = 0
+    stop_reason: str | None = None
+    mid_line = False
+    while True:
+        stream: Iterator[dict[str, Any]] = c.client().stream("session.follow", id=sid, untilIdle=True,
+                                                           afterId=last_id)
+        try:
+            for ev in stream:
+                last_id = ev["id"]
+                kind, data = ev["event"], ev.get("data") or {}
+                if kind == "chunk" and data.get("contentType") == "text":
+                    click.echo(data["text"], nl=False)
+                    mid_line = not data["text"].endswith("\n")
+                elif kind == "message" and data.get("contentType") in ("tool_use", "tool_result", "tool_error"):
+                    if mid_line:
+                        click.echo()
+                        mid_line = False
+                    if data["contentType"] == "tool_use":
+                        click.echo(out.style(f"⏺ {out.one_line(data['text'], 120)}", fg="cyan"), err=True)
+                    elif data["contentType"] == "tool_error":
+                        click.echo(out.style(f"  ✗ {out.one_line(data['text'], 120)}", fg="red"), err=True)
+                    elif not quiet:
+                        click.echo(out.style(f"  ⎿ {out.one_line(data['text'], 120)}", dim=True), err=True)
+                elif kind == "approval" and not data.get("auto") and "requestId" in data and "toolTitle" in data \
+                        and "decision" not in data:
+                    if mid_line:
+                        click.echo()
+                        mid_line = False
+                    desc = f"{data['toolTitle']} {out.one_line(data.get('rawInput'), 160)}"
+                    if interactive:
+                        ok = _ask(out.style(f"Allow {desc}? [y/N]", fg="yellow", bold=True))
+                        try:
+                            c.call("session.approve" if ok else "session.reject", id=sid)
+                        except ClientError as exc:
+                            if exc.code != "NO_PENDING_PERMISSION":
+                                raise
+                    else:
+                        click.echo(f"Permission requested: {desc}\n  approve: ag approve {_short(sid)}   "
+                                   f"reject: ag reject {_short(sid)}", err=True)
+                elif kind == "turn":
+                    stop_reason = data.get("stopReason")
+                elif kind == "ended":
+                    if mid_line:
+                        click.echo()
+                    s = c.call("session.get", id=sid)
+                    reason = (s.get("crash") or {}).get("reason") or data.get("reason")
+                    click.echo(f"error: session {data.get('status')}: {reason}", err=True)
+                    return EXIT_ERROR
+            break
+        except KeyboardInterrupt:
+            interrupts += 1
+            if mid_line:
+                click.echo()
+                mid_line = False
+            if interrupts == 1:
+                click.echo("Interrupting the turn (Ctrl-C again kills the session)…", err=True)
+                c.call("session.interrupt", id=sid)
+                continue
+            click.echo("Killing the session…", err=True)
+            try:
+                c.call("session.kill", id=sid)
+            except ClientError:
+                pass
+            return 130
+    if mid_line:
+        click.echo()
+    if stop_reason in (None, "end_turn"):
+        return EXIT_OK if interrupts == 0 else 130
+    click.echo(f"turn ended: {stop_reason}", err=True)
+    return 130 if stop_reason == "cancelled" else EXIT_ERROR
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--cwd", default=".", show_default=True, help="Working directory (default: current directory).")
+@click.option("--port", type=int, help="Server port (when it must be started, or reached over HTTP).")
+@click.option("--no-stream", is_flag=True, help="Don't stream: print the session id and next steps instead.")
+@click.option("--model", help="Model for this session.")
+@click.option("--name", help="Display name for the session.")
+@click.option("--agent", help="Agent to run (default: claude).")
+@click.option("--yes", "quiet", is_flag=True, help="No status messages (for CI and scripts).")
+@click.option("--accept-permissions", "-y", "accept", is_flag=True,
+              help="Auto-approve every permission prompt (permissionMode bypassPermissions).")
+@click.option("--keep", is_flag=True, help="Keep the session open after the turn.")
+@pass_ctx
+def run(c: Ctx, prompt: str, cwd: str, port: int | None, no_stream: bool, model: str | None, name: str | None,
+        agent: str | None, quiet: bool, accept: bool, keep: bool) -> None:
+    """Do everything in one command: config, server, session, streamed output."""
+    from ._conn import start_background
+    from ._init import bootstrap_config
+
+    def status(msg: str) -> None:
+        if not quiet:
+            click.echo(out.style(msg, dim=True), err=True)
+
+    work = Path(cwd).expanduser().absolute()
+    if not work.is_dir():
+        fail(f"--cwd {work} is not a directory", EXIT_USAGE)
+    created = bootstrap_config(work)
+    if created:
+        status(f"Created {created}")
+    try:
+        c.client(port)
+    except ConnectError:
+        if c.url:
+            raise
+        status("Starting aegisd in the background…")
+        hello = start_background(port=port)
+        status(f"aegisd {hello['version']} on {hello['httpUrl']} (pid {hello['pid']})")
+        c._client = None
+        c.client(port)
+    mode = "bypassPermissions" if accept else None
+    s = c.call("session.create", **_create_params(str(work), prompt, name, model, agent, mode))
+    if s["status"] == "crashed":
+        fail(f"the agent failed to start: {(s.get('crash') or {}).get('reason', 'unknown reason')}")
+    if no_stream:
+        click.echo(f"Session created: {s['name']}")
+        click.echo(f"ID: {s['id']}")
+        _next_steps(s, c.call("hello").get("httpUrl"))
+        return
+    status(f"Session {_short(s['id'])} ({s['agent']}) in {s['workDir']}")
+    # SIGINT must reach us as KeyboardInterrupt even if a parent ignored it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    code = _stream_turn(c, s["id"], interactive=sys.stdin.isatty() and not accept, accept=accept, quiet=quiet,
+                        after=0)
+    if not keep:
+        try:
+            c.call("session.close", id=s["id"])
+        except ClientError:
+            pass
+    elif not quiet:
+        status(f"Session kept: ag send {_short(s['id'])} \"<text>\"")
+    sys.exit(code)
+
+
+# ---- setup ------------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--cwd", default=".", help="Project directory (the config goes to <cwd>/.aegis/config.yaml).")
+@click.option("--model", help="Default model for new sessions.")
+@click.option("--name", help="A display name for this setup.")
+@click.option("--host", help="Bind address; a non-loopback host gets an auth token.")
+@click.option("--port", type=int, help="HTTP port.")
+@click.option("--force", is_flag=True, help="Replace an existing config (and its token).")
+@json_option
+@pass_ctx
+def init(c: Ctx, cwd: str, model: str | None, name: str | None, host: str | None, port: int | None,
+         force: bool) -> None:
+    """Write .aegis/config.yaml (zero-config on localhost: no token)."""
+    from ._init import write_config
+
+    path, token = write_config(Path(cwd).expanduser().absolute(), model=model, name=name, host=host, port=port,
+                               force=force)
+    if c.json:
+        out.echo_json({"config": str(path), "authToken": token})
+        return
+    click.echo(f"Wrote {path}")
+    if token:
+        click.echo(f"Auth token (shown once; also in the config): {token}")
+        click.echo("  export AEGIS_AUTH_TOKEN=<token> before using the CLI against this server")
+    else:
+        click.echo("Localhost zero-config: no token needed. Start with `ag serve` or `ag run \"<prompt>\"`.")
+
+
+@cli.command()
+@click.option("--fix", is_flag=True, help="Install claude-agent-acp into the project-managed npm prefix.")
+@json_option
+@pass_ctx
+def doctor(c: Ctx, fix: bool) -> None:
+    """Check the setup; each problem comes with its fix. Exit 1 on any failure."""
+    from ._doctor import run_checks
+
+    results = run_checks(socket_path=c.socket, fix=fix)
+    if c.json:
+        out.echo_json({"ok": all(r["status"] != "fail" for r in results), "checks": results})
+    else:
+        marks = {"ok": out.style("ok  ", fg="green"), "warn": out.style("warn", fg="yellow"),
+                 "fail": out.style("FAIL", fg="red", bold=True)}
+        for r in results:
+            click.echo(f"[{marks[r['status']]}] {r['name']}: {r['detail']}")
+            if r["status"] != "ok" and r.get("fix"):
+                click.echo(f"       fix: {r['fix']}")
+    sys.exit(EXIT_ERROR if any(r["status"] == "fail" for r in results) else EXIT_OK)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("show")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file.")
+@json_option
+@click.pass_obj
+def config_show(c: Ctx, config_path: str | None) -> None:
+    """Print the resolved configuration and where each value came from (secrets masked)."""
+    from aegisd.config import describe, load_config
+    from aegisd.errors import AegisError
+
+    warnings: list[str] = []
+    try:
+        cfg = load_config(config_path=config_path, warnings=warnings)
+    except AegisError as exc:
+        fail(exc.message)
+    rows = describe(cfg)
+    if c.json:
+        out.echo_json({"configFile": cfg.configPath, "values": {k: {"value": v, "source": s} for k, v, s in rows},
+                       "warnings": warnings})
+        return
+    click.echo(f"config file: {cfg.configPath or '(none; defaults and environment)'}")
+    out.table(["key", "value", "source"], [[k, out.one_line(v, 60), s] for k, v, s in rows])
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+@cli.group("service")
+def service_group() -> None:
+    """Install aegisd as a systemd user service."""
+
+
+@service_group.command("install")
+@click.option("--dry-run", is_flag=True, help="Print the unit and the commands instead.")
+def service_install(dry_run: bool) -> None:
+    """Write ~/.config/systemd/user/aegisd.service and enable it."""
+    from ._service import install
+
+    sys.exit(install(dry_run=dry_run))
+
+
+@service_group.command("uninstall")
+def service_uninstall() -> None:
+    """Disable and remove the user unit."""
+    from ._service import uninstall
+
+    sys.exit(uninstall())
+
+
+@service_group.command("status")
+def service_status() -> None:
+    """Show the unit's status."""
+    from ._service import status
+
+    sys.exit(status())
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name=os.path.basename(sys.argv[0]) or "ag")
+    except KeyboardInterrupt:
+        sys.exit(130)
