@@ -36,6 +36,9 @@ test-fast: $(STAMP) ## everything except the real-agent tests
 bench: $(STAMP) ## benchmarks; results go to bench/results/ and are summarised in docs/performance.md
 	$(PY) bench/run.py
 
+docs: $(STAMP) ## regenerate docs/cli.md from the click commands
+	$(PY) -m aegisctl._docs
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check aegisd aegisctl tests
 	$(VENV)/bin/mypy aegisd aegisctl
