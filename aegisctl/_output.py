@@ -6,7 +6,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import click
 

@@ -10,8 +10,9 @@ import json
 import os
 import socket
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 class ClientError(Exception):
@@ -85,7 +86,7 @@ class Client:
             self._sock.close()
         self._sock = self._rfile = None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -115,7 +116,7 @@ class Client:
                 frame = json.loads(line)
                 if frame.get("id") == req_id or frame.get("id") is None:
                     return self._result(frame)
-        except socket.timeout:
+        except TimeoutError:
             self.close()
             raise ConnectError(f"aegisd did not answer {op} within {self.timeout:g} s") from None
         except OSError as exc:

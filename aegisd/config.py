@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import msgspec
 
@@ -166,7 +167,7 @@ def load_config(*, env: Mapping[str, str] | None = None, config_path: str | Path
             data = read_config_file(path)
         except ValidationError:
             raise
-        except Exception as exc:  # noqa: BLE001 - YAML/JSON parse errors of many kinds
+        except Exception as exc:
             raise ValidationError(f"cannot parse config file {path}: {exc}") from exc
         fields = set(Config.__struct_fields__) - {"configPath", "sources", "agentCommand", "socket"}
         fields |= {"socket"}

@@ -7,11 +7,11 @@ answering and refuses to start."""
 from __future__ import annotations
 
 import errno
-from contextlib import aclosing
 import os
 import socket as _socket
 import stat
 import struct
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +81,7 @@ def prepare_socket_path(path: Path) -> None:
             probe.close()
 
 
-async def serve_control(daemon: "Daemon", path: Path, *,
+async def serve_control(daemon: Daemon, path: Path, *,
                         task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
     prepare_socket_path(path)
     sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -124,7 +124,7 @@ class _Conn:
                 self.closed = True
 
 
-async def _connection(daemon: "Daemon", stream: trio.SocketStream) -> None:
+async def _connection(daemon: Daemon, stream: trio.SocketStream) -> None:
     conn = _Conn(stream)
     try:
         uid = peer_uid(stream.socket)
@@ -157,7 +157,7 @@ async def _connection(daemon: "Daemon", stream: trio.SocketStream) -> None:
             await stream.aclose()
 
 
-async def _handle(daemon: "Daemon", conn: _Conn, line: bytes) -> None:
+async def _handle(daemon: Daemon, conn: _Conn, line: bytes) -> None:
     try:
         req = _req_decoder.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

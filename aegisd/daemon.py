@@ -13,8 +13,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -58,17 +59,17 @@ class Daemon:
         self.socket_path = config.socket_path
 
     # ---- access (auth and ownership grow here; the socket acts as admin) -----------------------
-    def authorize(self, ctx: "OpContext", op: "Op", params: Any) -> None:
+    def authorize(self, ctx: OpContext, op: Op, params: Any) -> None:
         if self.draining and op.permission == "create":
             raise Forbidden("the daemon is shutting down")
 
-    def can_see(self, ctx: "OpContext", session_id: str) -> bool:
+    def can_see(self, ctx: OpContext, session_id: str) -> bool:
         return True
 
-    def visible(self, ctx: "OpContext", recs: Iterable[SessionRecord]) -> list[SessionRecord]:
+    def visible(self, ctx: OpContext, recs: Iterable[SessionRecord]) -> list[SessionRecord]:
         return [r for r in recs if self.can_see(ctx, r.id)]
 
-    def session(self, ctx: "OpContext", ident: str) -> SessionRecord:
+    def session(self, ctx: OpContext, ident: str) -> SessionRecord:
         return self.manager.get(ident)
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -79,7 +80,7 @@ class Daemon:
                 "set AEGIS_AUTH_TOKEN (or authToken in the config), or bind 127.0.0.1")
 
     async def run(self, shutdown: trio.Event, *,
-                  task_status: trio.TaskStatus["Daemon"] = trio.TASK_STATUS_IGNORED) -> None:
+                  task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
         from hypercorn.config import Config as HyperConfig
         from hypercorn.trio import serve as hypercorn_serve
 

@@ -24,7 +24,7 @@ RESTART_ID_GAP = 10_000
 
 
 class Subscription:
-    def __init__(self, bus: "EventBus", session_id: str | None, maxsize: int) -> None:
+    def __init__(self, bus: EventBus, session_id: str | None, maxsize: int) -> None:
         self._bus = bus
         self.session_id = session_id
         self._send, self._recv = trio.open_memory_channel[Event](maxsize)
@@ -48,7 +48,7 @@ class Subscription:
             self._send.close()
             self._bus._subs.discard(self)
 
-    def __aiter__(self) -> "Subscription":
+    def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Event:
@@ -67,7 +67,7 @@ class Subscription:
                 self._last_id = event.id
                 return event
 
-    async def __aenter__(self) -> "Subscription":
+    async def __aenter__(self) -> Subscription:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,7 +63,7 @@ class Daemon:
                 break
             except Exception:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError((tmp / "aegisd.log").read_text())
+                    raise RuntimeError((tmp / "aegisd.log").read_text()) from None
                 time.sleep(0.05)
         self.url = self.hello["httpUrl"]
 

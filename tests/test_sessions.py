@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from aegisd.states import State
 
 from .conftest import DaemonHandle

@@ -127,7 +127,8 @@ async def main():
     st = FileStore(sys.argv[1]); await st.open()
     for i in range(1, 51):
         await st.save_session(SessionRecord(id=f"s{i}", workDir="/w", createdAt=i))
-        await st.append_transcript("s1", [TranscriptEntry(id=i, role="user", contentType="text", text="x", timestamp=i)])
+        e = TranscriptEntry(id=i, role="user", contentType="text", text="x", timestamp=i)
+        await st.append_transcript("s1", [e])
         print(i, flush=True)   # acknowledged
     await trio.sleep(3600)
 trio.run(main)

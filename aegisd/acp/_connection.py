@@ -47,7 +47,7 @@ class RemoteError(AgentError):
 
 
 class _Pending:
-    __slots__ = ("method", "done", "result", "error")
+    __slots__ = ("done", "error", "method", "result")
 
     def __init__(self, method: str) -> None:
         self.method = method

@@ -11,8 +11,8 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import structlog
 import trio
@@ -137,7 +137,7 @@ class AgentProcess:
             if not chunk:
                 return
             self.stderr_total += len(chunk)
-            self._stderr.append(chunk)
+            self._stderr.append(bytes(chunk))
             self._stderr_bytes += len(chunk)
             while self._stderr_bytes > self._stderr_limit and len(self._stderr) > 1:
                 self._stderr_bytes -= len(self._stderr.popleft())

@@ -28,7 +28,7 @@ class Message(msgspec.Struct, omit_defaults=True):
     method: str | None = None
     params: msgspec.Raw = msgspec.Raw()  # empty when absent
     result: msgspec.Raw = msgspec.Raw()
-    error: "RpcError | None" = None
+    error: RpcError | None = None
 
 
 class RpcError(msgspec.Struct, omit_defaults=True):

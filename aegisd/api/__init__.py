@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import hmac
-from contextlib import aclosing
 import secrets
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -82,7 +83,7 @@ async def _body() -> dict[str, Any]:
     return parsed
 
 
-def create_app(daemon: "Daemon") -> QuartTrio:
+def create_app(daemon: Daemon) -> QuartTrio:
     app = QuartTrio("aegisd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer

@@ -4,8 +4,9 @@ the control socket, `POST /v1/rpc`, the REST routes and (later) the MCP tools.""
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -27,7 +28,7 @@ class Principal:
 
 @dataclass
 class OpContext:
-    daemon: "Daemon"
+    daemon: Daemon
     principal: Principal = field(default_factory=Principal)
     request_id: str = field(default_factory=lambda: secrets.token_hex(8))
     surface: str = "socket"  # socket | http | rpc
@@ -91,7 +92,7 @@ async def call(ctx: OpContext, name: str, raw: Any, *, strict: bool = True) -> A
     return await o.handler(ctx, params)
 
 
-def stream(ctx: OpContext, name: str, raw: Any) -> AsyncIterator[Any]:
+def stream(ctx: OpContext, name: str, raw: Any) -> AsyncGenerator[Any, None]:
     o = get_op(name)
     if not o.stream:
         raise ValidationError(f"{name} is not a streaming operation")

@@ -4,10 +4,11 @@ are refused, as the original's strict schemas did."""
 from __future__ import annotations
 
 import math
-from contextlib import aclosing
 import platform
 import time
-from typing import Annotated, Any, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Annotated, Any
 
 import msgspec
 
@@ -267,7 +268,7 @@ async def close(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 FOLLOW_BUFFER = 4096  # events a follower may fall behind before it skips ahead
 
 
-async def _follow(d: Any, session_id: str | None, after_id: int | None) -> AsyncIterator[Any]:
+async def _follow(d: Any, session_id: str | None, after_id: int | None) -> AsyncGenerator[Any, None]:
     """Events from the bus; a subscriber that falls behind is dropped by the bus, and here it resubscribes
     from the last event it delivered, after an ``overflow`` marker saying how many events were skipped."""
     last = after_id
@@ -319,4 +320,4 @@ async def events(ctx: OpContext, p: EventsParams) -> AsyncIterator[dict[str, Any
             yield msgspec.to_builtins(ev)
 
 
-__all__ = ["session_view", "SessionNotFound"]
+__all__ = ["SessionNotFound", "session_view"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 import trio
@@ -14,7 +15,7 @@ from ..acp import Lifeline
 from ..acp._reaper import MARKER, SESSION_MARKER
 from ..agents import AgentLaunch, resolve_agent
 from ..config import PERMISSION_MODES, Config
-from ..errors import (AmbiguousId, CapacityExceeded, SessionNotFound, SessionNotLive, ValidationError)
+from ..errors import AmbiguousId, CapacityExceeded, SessionNotFound, SessionNotLive, ValidationError
 from ..events import EventBus
 from ..models import SessionRecord, now_ms
 from ..states import LIVE, TERMINAL, State

@@ -18,8 +18,23 @@ import trio
 from .. import __version__
 from ..acp import AcpConnection, AgentProcess, RemoteError, agent_environment, spawn_agent
 from ..acp import wire as w
-from ..errors import AegisError, AgentError, NoPendingPermission, ProtocolError, RequestTimeout, SessionNotLive
-from ..models import ContextUsage, CrashInfo, PendingPermission, PermissionOption, SessionRecord, TokenUsage, now_ms
+from ..errors import (
+    AegisError,
+    AgentError,
+    NoPendingPermission,
+    ProtocolError,
+    RequestTimeout,
+    SessionNotLive,
+)
+from ..models import (
+    ContextUsage,
+    CrashInfo,
+    PendingPermission,
+    PermissionOption,
+    SessionRecord,
+    TokenUsage,
+    now_ms,
+)
 from ..states import LIVE, TERMINAL, State, check_transition
 from ._permissions import Policy, choose_option, daemon_policy
 from ._transcript import TranscriptBuilder
@@ -33,7 +48,7 @@ CANCEL_GRACE_S = 10.0
 
 
 class _Command:
-    __slots__ = ("kind", "args", "done", "result", "error")
+    __slots__ = ("args", "done", "error", "kind", "result")
 
     def __init__(self, kind: str, args: dict[str, Any]) -> None:
         self.kind = kind
@@ -46,7 +61,7 @@ class _Command:
 class _Decision:
     """An open `session/request_permission`, waiting for approve/reject/cancel."""
 
-    __slots__ = ("info", "options", "done", "outcome")
+    __slots__ = ("done", "info", "options", "outcome")
 
     def __init__(self, info: PendingPermission, options: list[w.PermissionOption]) -> None:
         self.info = info
@@ -56,7 +71,7 @@ class _Decision:
 
 
 class SessionRunner:
-    def __init__(self, manager: "SessionManager", record: SessionRecord, launch: "AgentLaunch", *,
+    def __init__(self, manager: SessionManager, record: SessionRecord, launch: AgentLaunch, *,
                  resume: bool = False) -> None:
         self.manager = manager
         self.rec = record
@@ -635,4 +650,4 @@ class SessionRunner:
         return self._proc.stderr_tail() if self._proc else ""
 
 
-__all__ = ["SessionRunner", "LIVE"]
+__all__ = ["LIVE", "SessionRunner"]

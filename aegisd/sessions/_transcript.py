@@ -8,7 +8,8 @@ or the turn ends; its result becomes a second entry. Entry ids are dense and 1-b
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..acp import wire as w
 from ..models import TranscriptEntry, now_ms
@@ -37,7 +38,7 @@ def _tool_content_text(content: list[dict[str, Any]] | None) -> str:
 
 
 class _OpenTool:
-    __slots__ = ("id", "title", "kind", "raw_input", "written", "name")
+    __slots__ = ("id", "kind", "name", "raw_input", "title", "written")
 
     def __init__(self, call: w.ToolCall) -> None:
         self.id = call.toolCallId
@@ -110,7 +111,7 @@ class TranscriptBuilder:
             return out
         if isinstance(update, w.ToolCallUpdate):
             out = self._close_text()
-            tool = self._tools.get(update.toolCallId)
+            tool = self._tools.get(update.toolCallId)  # type: ignore[assignment]
             if tool is None:  # an update for a call we never saw: keep it anyway
                 tool = self._tools[update.toolCallId] = _OpenTool(w.ToolCall(toolCallId=update.toolCallId,
                                                                              title=update.title or ""))

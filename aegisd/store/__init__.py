@@ -63,7 +63,7 @@ class Store(Protocol):
         """The highest event id ever appended (0 when none), so ids stay monotonic across restarts."""
 
 
-def open_store(config: "Config") -> Store:
+def open_store(config: Config) -> Store:
     """The store named by ``config.sessionStore`` (not yet opened)."""
     kind = config.sessionStore
     if kind == "file":

@@ -11,8 +11,13 @@ import trio
 
 from aegisd.states import State
 
-from ..realagent.agents import (SKIP_CLAUDE, SKIP_SDK, claude_agent_command, claude_agent_env,
-                                python_sdk_echo_agent_command)
+from ..realagent.agents import (
+    SKIP_CLAUDE,
+    SKIP_SDK,
+    claude_agent_command,
+    claude_agent_env,
+    python_sdk_echo_agent_command,
+)
 from ..realagent.mock_anthropic import MockAnthropic
 
 pytestmark = pytest.mark.real_agent
