@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import socket
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +65,14 @@ class Client:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
         try:
-            s.connect(str(self.socket_path))
+            for delay in (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 0):
+                try:
+                    s.connect(str(self.socket_path))
+                    break
+                except BlockingIOError:  # EAGAIN: the listen backlog is full for a moment
+                    if not delay:
+                        raise
+                    time.sleep(delay)
         except FileNotFoundError:
             s.close()
             raise ConnectError(f"aegisd is not running (no socket at {self.socket_path})") from None

@@ -91,7 +91,7 @@ async def serve_control(daemon: Daemon, path: Path, *,
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    sock.listen(128)
+    sock.listen(1024)  # bursts of clients (e.g. 200 parallel `ag create`) must not see EAGAIN
     inode = path.stat().st_ino
     listener = trio.SocketListener(sock)
     log.info("control.listening", socket=str(path))
