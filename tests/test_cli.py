@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from click.testing import CliRunner
 
@@ -294,3 +295,77 @@ async def test_ag_run_starts_the_daemon(tmp_path: Path, short_tmp: Path) -> None
     await wait_dead([hello["pid"]], timeout=15)
     assert not pid_alive(hello["pid"])
     assert (tmp_path / "state" / "aegisd.log").exists()
+
+
+def test_service_install_dry_run(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["service", "install", "--dry-run"], env=runner_env(tmp_path))
+    assert r.exit_code == 0
+    assert "Type=notify" in r.output and "KillMode=mixed" in r.output and "WatchdogSec=" in r.output
+    assert "ExecStart=" in r.output and "%h/.local/bin/aegisd" not in r.output
+    assert "systemctl --user enable --now aegisd" in r.output
+
+
+async def test_ag_without_arguments_serves(tmp_path: Path, short_tmp: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AEGIS_STATE_DIR": str(tmp_path / "st"),
+           "AEGIS_SOCKET": str(short_tmp / "x" / "s.sock"), "AEGIS_PORT": "0", "PYTHONUNBUFFERED": "1"}
+    proc = await trio.lowlevel.open_process([AG], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    buf = b""
+    with trio.fail_after(20):
+        while b"aegisd.ready" not in buf:
+            chunk = await proc.stdout.receive_some(65536)
+            assert chunk, buf
+            buf += chunk
+    proc.send_signal(signal.SIGTERM)
+    with trio.fail_after(10):
+        assert await proc.wait() == 0
+    await proc.stdout.aclose()
+
+
+@pytest.mark.real_agent
+async def test_ag_run_with_real_claude_agent(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path) -> None:
+    from .realagent.agents import SKIP_CLAUDE, claude_agent_command, claude_agent_env
+    from .realagent.mock_anthropic import MockAnthropic
+
+    cmd = claude_agent_command()
+    if cmd is None:
+        pytest.skip(SKIP_CLAUDE)
+    mock = MockAnthropic()
+    url = await nursery.start(mock.serve)
+    work = tmp_path / "w"
+    work.mkdir()
+    agent_env = claude_agent_env(url, tmp_path / "claude-home")
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery, timeout=30, extra_env={
+        "AEGIS_AGENT_COMMAND": " ".join(cmd), **agent_env})
+    r = await ag(dp, "run", "-y", "hello claude TOOL:touch via-ag-run.txt", "--cwd", str(work), timeout=120)
+    assert "done:" in r.stdout  # the mocked model's answer after the tool ran
+    assert (work / "via-ag-run.txt").exists()  # bypassPermissions applied by the daemon (as root it is not offered)
+    assert "Bash" in r.stderr or "touch" in r.stderr  # the tool call summary
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()
+
+
+async def test_ag_run_second_ctrl_c_kills(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path) -> None:
+    work = tmp_path / "w"
+    work.mkdir()
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    master, slave = pty.openpty()
+    # `hang` ignores session/cancel, so only the second Ctrl-C (kill) ends it
+    proc = await trio.lowlevel.open_process([AG, "run", "say:started;hang:60000", "--cwd", str(work)],
+                                            stdin=slave, stdout=slave, stderr=slave,
+                                            env={**dp.env, "NO_COLOR": "1"})
+    os.close(slave)
+    try:
+        await _read_until(master, b"started")
+        proc.send_signal(signal.SIGINT)
+        await _read_until(master, b"Ctrl-C again kills")
+        proc.send_signal(signal.SIGINT)
+        await _read_until(master, b"Killing the session")
+        with trio.fail_after(20):
+            assert await proc.wait() == 130
+    finally:
+        os.close(master)
+    sessions = json.loads((await ag(dp, "list", "--json")).stdout)["sessions"]
+    assert sessions[0]["status"] == "killed"
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()
