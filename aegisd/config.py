@@ -54,6 +54,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     strictRbac: bool = False
     stallThresholdMs: int = 120_000
     maxSessions: int = 1000
+    sseMaxConnections: int = 100
+    sseMaxPerIp: int = 10
     acpPromptTimeoutMs: int = 120_000
     acpRequestTimeoutMs: int = 30_000
     acpInitTimeoutMs: int = 30_000
@@ -118,11 +120,12 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_ACP_PROMPT_TIMEOUT_MS": ("acpPromptTimeoutMs", int),
     "AEGIS_STALL_THRESHOLD_MS": ("stallThresholdMs", int),
     "AEGIS_MAX_SESSIONS": ("maxSessions", int),
+    "AEGIS_SSE_MAX_CONNECTIONS": ("sseMaxConnections", int),
+    "AEGIS_SSE_MAX_PER_IP": ("sseMaxPerIp", int),
     "AEGIS_KILL_GRACE_MS": ("killGraceMs", int),
 }
 # Keys of the config file that are not Config fields but are accepted (the original's, or for later parts).
-KNOWN_EXTRA_KEYS = {"clientAuthToken", "webhooks", "rateLimit", "sseMaxConnections", "sseMaxPerIp",
-                    "defaultSessionEnv", "name", "model"}
+KNOWN_EXTRA_KEYS = {"clientAuthToken", "webhooks", "rateLimit", "defaultSessionEnv", "name", "model"}
 _SECRET_KEYS = {"authToken", "postgresUrl", "redisUrl", "clientAuthToken"}
 
 

@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import ops
+from . import _sse
 from ..errors import AegisError, NotFound, Unauthorized, ValidationError
 
 if TYPE_CHECKING:
@@ -92,12 +93,14 @@ def create_app(daemon: Daemon) -> QuartTrio:
         rid = request.headers.get("X-Request-Id", "")
         return rid if 0 < len(rid) <= 64 and rid.isprintable() else secrets.token_hex(8)
 
-    def _principal() -> ops.Principal:
+    def _principal(sse: bool = False) -> ops.Principal:
         token = daemon.config.authToken
         if not token or request.path in PUBLIC_PATHS:
             return ops.Principal(kind="anonymous" if token else "local", role="admin")
         header = request.headers.get("Authorization", "")
         given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if sse and not given:
+            given = request.args.get("token", "")
         if given and hmac.compare_digest(given.encode(), token.encode()):
             return ops.Principal(kind="master", role="admin", name="master")
         raise Unauthorized("missing or invalid bearer token; set AEGIS_AUTH_TOKEN or send "
@@ -193,6 +196,39 @@ def create_app(daemon: Daemon) -> QuartTrio:
         resp = Response(gen(), content_type="application/x-ndjson")
         resp.timeout = None
         return resp
+
+    limits = _sse.SseLimits(daemon.config.sseMaxConnections, daemon.config.sseMaxPerIp)
+
+    def _last_event_id() -> int | None:
+        raw = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+        if raw is None or raw == "":
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValidationError("Last-Event-ID must be an integer event id") from None
+        if value < 0:
+            raise ValidationError("Last-Event-ID must not be negative")
+        return value
+
+    async def _events(sid: str | None = None) -> Response:
+        rid = _request_id()
+        ctx = ops.OpContext(daemon=daemon, principal=_principal(sse=True), request_id=rid, surface="http")
+        session_id = daemon.session(ctx, sid).id if sid is not None else None
+        after = _last_event_id()
+        ip = request.remote_addr or "local"
+        limits.acquire(ip)
+        body = _sse.stream(daemon, session_id=session_id, after_id=after, limits=limits, ip=ip,
+                           can_see=None if session_id else (lambda s: daemon.can_see(ctx, s)))
+        resp = Response(body, content_type="text/event-stream")
+        resp.headers["Cache-Control"] = "no-cache"
+        resp.headers["X-Accel-Buffering"] = "no"
+        resp.timeout = None
+        return resp
+
+    app.add_url_rule("/v1/events", endpoint="events_all", view_func=_events, methods=["GET"])
+    app.add_url_rule("/v1/sessions/<sid>/events", endpoint="events_session", view_func=_events, methods=["GET"])
+    app.add_url_rule("/v1/sessions/<sid>/stream", endpoint="events_stream", view_func=_events, methods=["GET"])
 
     @app.get("/v1/openapi.json")
     async def _not_yet() -> Response:
