@@ -16,8 +16,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import ops
-from . import _sse
 from ..errors import AegisError, NotFound, Unauthorized, ValidationError
+from . import _sse
 
 if TYPE_CHECKING:
     from ..daemon import Daemon

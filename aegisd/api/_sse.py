@@ -82,7 +82,7 @@ class SseLimits:
             self.by_ip[ip] = left
 
 
-async def stream(daemon: "Daemon", *, session_id: str | None, after_id: int | None, limits: SseLimits, ip: str,
+async def stream(daemon: Daemon, *, session_id: str | None, after_id: int | None, limits: SseLimits, ip: str,
                  can_see: Any = None) -> AsyncGenerator[bytes, None]:
     scope = "session" if session_id else "global"
     try:
