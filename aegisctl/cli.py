@@ -408,19 +408,18 @@ def _stream_turn(c: Ctx, sid: str, *, interactive: bool, accept: bool, quiet: bo
                     return EXIT_ERROR
             break
         except KeyboardInterrupt:
-            interrupts += 1
             if mid_line:
                 click.echo()
                 mid_line = False
+            interrupts += 1
             if interrupts == 1:
-                click.echo("Interrupting the turn (Ctrl-C again kills the session)…", err=True)
-                c.call("session.interrupt", id=sid)
-                continue
-            click.echo("Killing the session…", err=True)
-            try:
-                c.call("session.kill", id=sid)
-            except ClientError:
-                pass
+                try:
+                    click.echo("Interrupting the turn (Ctrl-C again kills the session)…", err=True)
+                    c.call("session.interrupt", id=sid)
+                    continue
+                except KeyboardInterrupt:  # the second press came while the first was being handled
+                    interrupts += 1
+            _kill_quietly(c, sid)
             return 130
     if mid_line:
         click.echo()
@@ -428,6 +427,18 @@ def _stream_turn(c: Ctx, sid: str, *, interactive: bool, accept: bool, quiet: bo
         return EXIT_OK if interrupts == 0 else 130
     click.echo(f"turn ended: {stop_reason}", err=True)
     return 130 if stop_reason == "cancelled" else EXIT_ERROR
+
+
+def _kill_quietly(c: Ctx, sid: str) -> None:
+    """Kill the session; further Ctrl-C presses are ignored until it is done."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        click.echo("Killing the session…", err=True)
+        c.call("session.kill", id=sid)
+    except ClientError:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @cli.command()

@@ -269,6 +269,9 @@ async def test_ag_run_ctrl_c_interrupts_then_kills(nursery: trio.Nursery, tmp_pa
             assert await proc.wait() == 130
     finally:
         os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     sessions = json.loads((await ag(dp, "list", "--json")).stdout)["sessions"]
     assert sessions[0]["status"] == "completed"
     dp.proc.send_signal(signal.SIGTERM)
@@ -365,6 +368,9 @@ async def test_ag_run_second_ctrl_c_kills(nursery: trio.Nursery, tmp_path: Path,
             assert await proc.wait() == 130
     finally:
         os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     sessions = json.loads((await ag(dp, "list", "--json")).stdout)["sessions"]
     assert sessions[0]["status"] == "killed"
     dp.proc.send_signal(signal.SIGTERM)
