@@ -7,6 +7,7 @@ remove the socket. A second signal during shutdown skips the graceful part."""
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import os
@@ -23,14 +24,47 @@ import trio
 from . import __version__
 from .acp import Lifeline
 from .config import Config, load_config
-from .errors import AegisError, Forbidden, ValidationError
+from .errors import AegisError, Forbidden, SessionForbidden, Unauthorized, Unavailable, ValidationError
 from .events import EventBus
 from .models import SessionRecord
 from .sessions import SessionManager
 from .store import Store, open_store
 
 if TYPE_CHECKING:
-    from .ops import Op, OpContext
+    from .ops import Op, OpContext, Principal
+
+_ROLE_PERMS = {"admin": frozenset({"create", "send", "approve", "reject", "kill", "audit"}),
+               "operator": frozenset({"create", "send", "approve", "reject", "kill", "audit"}),
+               "viewer": frozenset({"audit"})}
+
+
+class ConfigWatch:
+    """Values of the config file that apply without a restart (unless set by env or flag)."""
+
+    def __init__(self, config: Config) -> None:
+        from pathlib import Path
+
+        self._config = config
+        self._path = Path(config.configPath) if config.configPath else None
+        self._mtime: float | None = None
+        self._data: dict[str, Any] = {}
+
+    def value(self, key: str, current: Any) -> Any:
+        if self._path is None or self._config.sources.get(key, "").startswith(("env:", "flag")):
+            return current
+        try:
+            mtime = self._path.stat().st_mtime
+        except OSError:
+            return current
+        if mtime != self._mtime:
+            self._mtime = mtime
+            try:
+                from .config import read_config_file
+
+                self._data = read_config_file(self._path)
+            except Exception:  # noqa: BLE001 - keep the last good values on a broken edit
+                pass
+        return self._data.get(key, current) if isinstance(self._data.get(key, current), type(current)) else current
 
 log = structlog.get_logger("aegisd")
 
@@ -57,24 +91,86 @@ class Daemon:
         self.manager: SessionManager = None  # type: ignore[assignment]  # set in run()
         self.http_url = config.base_url
         self.socket_path = config.socket_path
+        from .audit import AuditLog
+        from .auth import KeyStore
 
-    # ---- access (auth and ownership grow here; the socket acts as admin) -----------------------
+        self.keys = KeyStore(config.state_path / "keys.json")
+        self.audit = AuditLog(config.state_path / "audit")
+        self.sse_tokens: dict[str, tuple[Any, int]] = {}
+        self._config_watch = ConfigWatch(config)
+
+    # ---- access: authentication, roles, ownership, audit (the socket acts as admin) -------------
+    @property
+    def auth_token(self) -> str:
+        """The master token, re-read when the config file changes (unless it came from env or a flag)."""
+        value: str = self._config_watch.value("authToken", self.config.authToken)
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_token) or self.keys.has_keys()
+
+    def authenticate(self, token: str, *, ip: str = "local") -> Principal | None:
+        from .auth import effective_permissions
+        from .ops import Principal
+
+        master = self.auth_token
+        if master and hmac.compare_digest(token.encode(), master.encode()):
+            return Principal(kind="master", role="admin", name="master")
+        key = self.keys.authenticate(token) if token.startswith("aegis_") else None
+        if key is None:
+            return None
+        return Principal(kind="key", key_id=key.id, role=key.role, name=f"key:{key.name}",
+                         permissions=effective_permissions(key))
+
+    def note_auth_failure(self, ip: str) -> None:
+        self.audit_record(None, "auth.failure", detail={"ip": ip})
+
     def authorize(self, ctx: OpContext, op: Op, params: Any) -> None:
-        if self.draining and op.permission == "create":
-            raise Forbidden("the daemon is shutting down")
+        perm = op.permission
+        if self.draining and perm == "create":
+            raise Unavailable("the daemon is shutting down")
+        if perm == "public":
+            return
+        p = ctx.principal
+        if p.kind == "anonymous":
+            raise Unauthorized("authentication required")
+        if perm == "admin" and p.role != "admin":
+            raise Forbidden(f"{op.name} needs the admin role (you are {p.role})")
+        if perm in ("create", "send", "approve", "reject", "kill") and p.role != "admin":
+            allowed = p.permissions if p.permissions is not None else _ROLE_PERMS.get(p.role, frozenset())
+            if perm not in allowed:
+                raise Forbidden(f"{op.name} needs the {perm!r} permission (role {p.role})")
 
     def can_see(self, ctx: OpContext, session_id: str) -> bool:
-        return True
+        p = ctx.principal
+        if p.role == "admin" or p.kind in ("master",) or (p.kind == "local" and p.role == "admin"):
+            return True
+        rec = self.manager.records.get(session_id)
+        if p.kind == "local":  # strict RBAC without auth: a local viewer may read everything
+            return rec is not None
+        return rec is not None and rec.ownerKeyId is not None and rec.ownerKeyId == p.key_id
 
     def visible(self, ctx: OpContext, recs: Iterable[SessionRecord]) -> list[SessionRecord]:
         return [r for r in recs if self.can_see(ctx, r.id)]
 
     def session(self, ctx: OpContext, ident: str) -> SessionRecord:
-        return self.manager.get(ident)
+        rec = self.manager.get(ident)
+        if not self.can_see(ctx, rec.id):
+            raise SessionForbidden(f"session {rec.id} belongs to another key")
+        return rec
+
+    def audit_record(self, ctx: OpContext | None, action: str, *, session_id: str | None = None,
+                     detail: Any = None) -> None:
+        actor = ctx.principal.name if ctx is not None else "system"
+        try:
+            self.audit.record(actor, action, session_id=session_id, detail=detail)
+        except OSError as exc:  # the audit must not take the daemon down; it is logged loudly instead
+            log.error("audit.write_failed", action=action, error=str(exc))
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def check_bind_safety(self) -> None:
-        if not is_loopback(self.config.host) and not self.config.authToken:
+        if not is_loopback(self.config.host) and not self.config.authToken and not self.keys.has_keys():
             raise ValidationError(
                 f"refusing to listen on non-loopback address {self.config.host} without authentication: "
                 "set AEGIS_AUTH_TOKEN (or authToken in the config), or bind 127.0.0.1")
@@ -92,6 +188,7 @@ class Daemon:
         cfg = self.config
         cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.store.open()
+        self.audit.open()
         try:
             await self.bus.open()
             await self.lifeline.start()
@@ -133,6 +230,7 @@ class Daemon:
             with trio.CancelScope(shield=True):
                 await self.lifeline.close()
                 await self.store.close()
+                self.audit.close()
                 log.info("aegisd.stopped")
 
 

@@ -36,6 +36,10 @@ class Forbidden(AegisError):
     status = 403
 
 
+class SessionForbidden(Forbidden):
+    code = "SESSION_FORBIDDEN"
+
+
 class NotFound(AegisError):
     code = "NOT_FOUND"
     status = 404

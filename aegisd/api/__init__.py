@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import hmac
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import ops
-from ..errors import AegisError, NotFound, Unauthorized, ValidationError
+from ..errors import AegisError, NotFound, RateLimited, Unauthorized, ValidationError
+from ..models import now_ms
 from . import _sse
 
 if TYPE_CHECKING:
@@ -49,8 +50,20 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/sessions/<sid>/terminate", "session.kill", "id", 200),
     (("POST",), "/v1/sessions/<sid>/stop", "session.kill", "id", 200),
     (("POST",), "/v1/sessions/<sid>/close", "session.close", "id", 200),
+    (("POST",), "/v1/auth/keys", "auth.keys.create", "body", 201),
+    (("POST",), "/v1/keys", "auth.keys.create", "body", 201),
+    (("GET",), "/v1/auth/keys", "auth.keys.list", "none", 200),
+    (("GET",), "/v1/keys", "auth.keys.list", "none", 200),
+    (("DELETE",), "/v1/auth/keys/<kid>", "auth.keys.revoke", "none", 200),
+    (("DELETE",), "/v1/keys/<kid>", "auth.keys.revoke", "none", 200),
+    (("POST",), "/v1/auth/keys/<kid>/rotate", "auth.keys.rotate", "body", 200),
+    (("POST",), "/v1/auth/keys/rotate", "auth.keys.rotate", "body", 200),
+    (("POST",), "/v1/auth/verify", "auth.verify", "body", 200),
+    (("POST",), "/v1/auth/sse-token", "auth.sse_token", "none", 201),
 ]
-PUBLIC_PATHS = {"/v1/health", "/health"}
+AUTH_FAILURES_PER_MIN = 5
+IP_RATE_PER_MIN = 1200
+MASTER_RATE_PER_MIN = 6000
 
 
 def _json(data: Any, status: int = 200, request_id: str | None = None) -> Response:
@@ -67,7 +80,8 @@ def error_response(exc: AegisError, request_id: str) -> Response:
         body["details"] = exc.details
     resp = _json(body, exc.status, request_id)
     if exc.status == 429:
-        resp.headers["Retry-After"] = "1"
+        retry = exc.details.get("retryAfter", 1) if isinstance(exc.details, dict) else 1
+        resp.headers["Retry-After"] = str(retry)
     return resp
 
 
@@ -85,7 +99,11 @@ async def _body() -> dict[str, Any]:
 
 
 def create_app(daemon: Daemon) -> QuartTrio:
+    from ..auth import RateLimiter
+    from ..daemon import is_loopback
+
     app = QuartTrio("aegisd")
+    limiter = RateLimiter()
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
 
@@ -93,18 +111,71 @@ def create_app(daemon: Daemon) -> QuartTrio:
         rid = request.headers.get("X-Request-Id", "")
         return rid if 0 < len(rid) <= 64 and rid.isprintable() else secrets.token_hex(8)
 
-    def _principal(sse: bool = False) -> ops.Principal:
-        token = daemon.config.authToken
-        if not token or request.path in PUBLIC_PATHS:
-            return ops.Principal(kind="anonymous" if token else "local", role="admin")
+    failures: dict[str, list[float]] = {}
+
+    def _ip() -> str:
+        return request.remote_addr or "local"
+
+    def _throttled(ip: str) -> float:
+        """Seconds until this IP may try again after AUTH_FAILURES_PER_MIN failed attempts, else 0."""
+        now = time.monotonic()
+        recent = [t for t in failures.get(ip, ()) if now - t < 60]
+        if recent:
+            failures[ip] = recent
+        else:
+            failures.pop(ip, None)
+        return 60 - (now - recent[0]) if len(recent) >= AUTH_FAILURES_PER_MIN else 0.0
+
+    def _fail(ip: str, message: str) -> Unauthorized:
+        failures.setdefault(ip, []).append(time.monotonic())
+        if len(failures) > 100_000:
+            failures.clear()
+        daemon.note_auth_failure(ip)
+        return Unauthorized(message)
+
+    def _principal(sse: bool = False, public: bool = False) -> ops.Principal:
+        ip = _ip()
         header = request.headers.get("Authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if sse and not given:
-            given = request.args.get("token", "")
-        if given and hmac.compare_digest(given.encode(), token.encode()):
-            return ops.Principal(kind="master", role="admin", name="master")
-        raise Unauthorized("missing or invalid bearer token; set AEGIS_AUTH_TOKEN or send "
-                           "'Authorization: Bearer <token>'")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        query_token = request.args.get("token", "") if sse else ""
+        if not token and not query_token:
+            if public:
+                return ops.Principal(kind="anonymous", role="viewer", name="anonymous")
+            if not daemon.auth_enabled:
+                if is_loopback(ip):
+                    role = "viewer" if daemon.config.strictRbac else "admin"
+                    return ops.Principal(kind="local", role=role, name="local")
+                raise Unauthorized("authentication is not configured, so only loopback clients are served")
+            raise Unauthorized("missing bearer token; set AEGIS_AUTH_TOKEN or send 'Authorization: Bearer "
+                               "<token>'")
+        wait = _throttled(ip)
+        if wait:
+            raise RateLimited("too many failed authentication attempts; try again later",
+                              details={"retryAfter": int(wait) + 1})
+        principal: ops.Principal | None
+        if query_token:
+            # ?token= (EventSource cannot send headers) takes only short-lived single-use sse_ tokens
+            entry = daemon.sse_tokens.pop(query_token, None) if query_token.startswith("sse_") else None
+            principal = entry[0] if entry and entry[1] > now_ms() else None
+            if principal is None:
+                raise _fail(ip, "invalid or expired SSE token (get one from POST /v1/auth/sse-token)")
+        else:
+            principal = daemon.authenticate(token, ip=ip)
+            if principal is None:
+                raise _fail(ip, "invalid or expired token")
+        limit = daemon.keys.get(principal.key_id).rateLimit if principal.kind == "key" and principal.key_id \
+            else MASTER_RATE_PER_MIN
+        wait = limiter.hit(f"p:{principal.kind}:{principal.key_id}", limit or 100, 60.0)
+        if wait:
+            raise RateLimited(f"rate limit of {limit} requests per minute exceeded",
+                              details={"retryAfter": int(wait) + 1})
+        return principal
+
+    def _ip_limit() -> None:
+        wait = limiter.hit(f"ip:{_ip()}", IP_RATE_PER_MIN, 60.0)
+        if wait:
+            raise RateLimited(f"rate limit of {IP_RATE_PER_MIN} requests per minute per IP exceeded",
+                              details={"retryAfter": int(wait) + 1})
 
     @app.after_request
     async def _headers(resp: Response) -> Response:
@@ -136,9 +207,18 @@ def create_app(daemon: Daemon) -> QuartTrio:
                       "requestId": rid}, 500, rid)
 
     def make_view(op_name: str, source: str, status: int) -> Any:
-        async def view(sid: str | None = None) -> Response:
+        public = ops.get_op(op_name).permission == "public"
+
+        async def view(sid: str | None = None, kid: str | None = None) -> Response:
+            _ip_limit()
             rid = _request_id()
-            ctx = ops.OpContext(daemon=daemon, principal=_principal(), request_id=rid, surface="http")
+            try:
+                principal = _principal(public=public)
+            except Unauthorized:
+                if not public:
+                    raise
+                principal = ops.Principal(kind="anonymous", role="viewer", name="anonymous")
+            ctx = ops.OpContext(daemon=daemon, principal=principal, request_id=rid, surface="http", ip=_ip())
             params: dict[str, Any] = {}
             strict = True
             if "body" in source:
@@ -148,6 +228,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
                 strict = False
             if sid is not None:
                 params["id"] = sid
+            if kid is not None:
+                params["id"] = kid
             result = await ops.call(ctx, op_name, params, strict=strict)
             code = status
             if op_name == "session.create" and isinstance(result, dict) and result.get("reused"):
@@ -166,8 +248,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     @app.post("/v1/rpc")
     async def rpc() -> Response:
+        _ip_limit()
         rid = _request_id()
-        ctx = ops.OpContext(daemon=daemon, principal=_principal(), request_id=rid, surface="rpc")
+        ctx = ops.OpContext(daemon=daemon, principal=_principal(), request_id=rid, surface="rpc", ip=_ip())
         frame = await _body()
         req_id = frame.get("id")
         name = frame.get("op")
@@ -212,8 +295,10 @@ def create_app(daemon: Daemon) -> QuartTrio:
         return value
 
     async def _events(sid: str | None = None) -> Response:
+        _ip_limit()
         rid = _request_id()
-        ctx = ops.OpContext(daemon=daemon, principal=_principal(sse=True), request_id=rid, surface="http")
+        ctx = ops.OpContext(daemon=daemon, principal=_principal(sse=True), request_id=rid, surface="http",
+                            ip=_ip())
         session_id = daemon.session(ctx, sid).id if sid is not None else None
         after = _last_event_id()
         ip = request.remote_addr or "local"
@@ -224,6 +309,31 @@ def create_app(daemon: Daemon) -> QuartTrio:
         resp.headers["Cache-Control"] = "no-cache"
         resp.headers["X-Accel-Buffering"] = "no"
         resp.timeout = None
+        return resp
+
+    @app.get("/v1/audit")
+    async def audit() -> Response:
+        _ip_limit()
+        rid = _request_id()
+        ctx = ops.OpContext(daemon=daemon, principal=_principal(), request_id=rid, surface="http", ip=_ip())
+        args = request.args.to_dict()
+        fmt = args.pop("format", "json")
+        if fmt not in ("json", "csv", "ndjson"):
+            raise ValidationError("format must be json, csv or ndjson")
+        if "from" in args:
+            args["since"] = args.pop("from")
+        if "to" in args:
+            args["until"] = args.pop("to")
+        result = await ops.call(ctx, "audit.query", args, strict=False)
+        if fmt == "json":
+            return _json(result, 200, rid)
+        text = daemon.audit.to_csv(result["records"]) if fmt == "csv" else daemon.audit.to_ndjson(result["records"])
+        resp = Response(text, content_type="text/csv" if fmt == "csv" else "application/x-ndjson")
+        resp.headers["X-Aegis-Audit-Count"] = str(result["count"])
+        if result.get("cursor") is not None:
+            resp.headers["X-Aegis-Audit-Cursor"] = str(result["cursor"])
+        if "integrity" in result:
+            resp.headers["X-Aegis-Audit-Integrity"] = "ok" if result["integrity"]["ok"] else "broken"
         return resp
 
     app.add_url_rule("/v1/events", endpoint="events_all", view_func=_events, methods=["GET"])

@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 class Principal:
     """Who is calling. The Unix socket (same uid, 0600) acts as admin."""
 
-    kind: str = "local"  # local | master | key | anonymous
+    kind: str = "local"  # local (socket, or loopback without auth) | master | key | anonymous
     key_id: str | None = None
     role: str = "admin"
     name: str = "local"
+    permissions: frozenset[str] | None = None  # None: the role's defaults
 
 
 @dataclass
@@ -32,6 +33,7 @@ class OpContext:
     principal: Principal = field(default_factory=Principal)
     request_id: str = field(default_factory=lambda: secrets.token_hex(8))
     surface: str = "socket"  # socket | http | rpc
+    ip: str = "local"
 
 
 Handler = Callable[[OpContext, Any], Awaitable[Any]]
@@ -46,7 +48,9 @@ class Op:
     summary: str
     result: Any = None
     stream: bool = False
-    permission: str | None = None  # create | send | approve | reject | kill | None (read)
+    # create | send | approve | reject | kill: that permission; admin: admins only; public: anyone, even
+    # unauthenticated; None: any authenticated caller (reads)
+    permission: str | None = None
 
 
 REGISTRY: dict[str, Op] = {}

@@ -106,7 +106,7 @@ async def hello(ctx: OpContext, p: Empty) -> dict[str, Any]:
             "stateDir": str(d.config.state_path), "httpUrl": d.http_url, "socket": str(d.config.socket_path)}
 
 
-@op("health", Empty, summary="Server health")
+@op("health", Empty, summary="Server health", permission="public")
 async def health(ctx: OpContext, p: Empty) -> dict[str, Any]:
     d = ctx.daemon
     m = d.manager
@@ -134,6 +134,9 @@ async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
         workDir=p.workDir, name=p.name or p.label, prompt=p.prompt, permissionMode=mode, model=p.model,
         agent=p.agent, stallThresholdMs=p.stallThresholdMs, parentId=p.parentId,
         ownerKeyId=ctx.principal.key_id, reuse=p.reuse)
+    if not reused:
+        ctx.daemon.audit_record(ctx, "session.create", session_id=rec.id,
+                                detail={"workDir": rec.workDir, "agent": rec.agent, "mode": rec.permissionMode})
     view = session_view(rec, ctx.daemon.http_url)
     view["reused"] = reused
     view["promptDelivery"] = delivery
@@ -233,6 +236,7 @@ async def transcript(ctx: OpContext, p: TranscriptParams) -> dict[str, Any]:
 async def approve(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)
     result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "approve", optionId=p.optionId)
+    ctx.daemon.audit_record(ctx, "permission.approve", session_id=rec.id, detail={"optionId": result["optionId"]})
     return result
 
 
@@ -240,6 +244,7 @@ async def approve(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
 async def reject(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)
     result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "reject", optionId=p.optionId)
+    ctx.daemon.audit_record(ctx, "permission.reject", session_id=rec.id, detail={"optionId": result["optionId"]})
     return result
 
 
@@ -254,6 +259,7 @@ async def interrupt(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 async def kill(ctx: OpContext, p: IdParams) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)
     await ctx.daemon.manager.end(rec.id, State.KILLED)
+    ctx.daemon.audit_record(ctx, "session.kill", session_id=rec.id)
     return {"ok": True, "id": rec.id, "status": rec.status.value}
 
 
@@ -261,6 +267,7 @@ async def kill(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 async def close(ctx: OpContext, p: IdParams) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)
     await ctx.daemon.manager.end(rec.id, State.COMPLETED)
+    ctx.daemon.audit_record(ctx, "session.close", session_id=rec.id)
     return {"ok": True, "id": rec.id, "status": rec.status.value}
 
 

@@ -1,0 +1,175 @@
+"""API keys, stored hashed in `<state>/keys.json` (0600, atomic writes), reloaded when the file changes."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import NotFound, ValidationError
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "admin": frozenset({"create", "send", "approve", "reject", "kill", "audit"}),
+    "operator": frozenset({"create", "send", "approve", "reject", "kill", "audit"}),
+    "viewer": frozenset({"audit"}),
+}
+LAST_USED_FLUSH_S = 60.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass
+class KeyInfo:
+    id: str
+    name: str
+    role: str
+    hash: str
+    permissions: list[str] | None = None
+    createdAt: int = 0
+    expiresAt: int | None = None
+    lastUsedAt: int | None = None
+    rateLimit: int = 100
+    graceHash: str | None = None
+    graceExpiresAt: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_public(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if k not in ("hash", "graceHash", "extra")}
+
+
+def effective_permissions(key: KeyInfo) -> frozenset[str]:
+    return frozenset(key.permissions) if key.permissions is not None else ROLE_PERMISSIONS.get(key.role, frozenset())
+
+
+def has_permission(key: KeyInfo, perm: str) -> bool:
+    return key.role == "admin" or perm in effective_permissions(key)
+
+
+class KeyStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._keys: dict[str, KeyInfo] = {}
+        self._stamp: tuple[float, int] | None = None
+        self._dirty_used = False
+        self._last_flush = 0.0
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def reload_if_changed(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            if self._stamp is not None:
+                self._keys, self._stamp = {}, None
+            return
+        stamp = (st.st_mtime, st.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            data = json.loads(self.path.read_text() or "{}")
+            keys = {k["id"]: KeyInfo(**k) for k in data.get("keys", [])}
+        except (OSError, ValueError, TypeError, KeyError):
+            return  # keep the last good set on a broken edit
+        self._keys, self._stamp = keys, stamp
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = json.dumps({"version": 1, "keys": [asdict(k) for k in self._keys.values()]}, indent=1).encode()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        st = self.path.stat()
+        self._stamp = (st.st_mtime, st.st_size)
+        self._dirty_used = False
+
+    # ---- operations ----------------------------------------------------------------------------
+    def has_keys(self) -> bool:
+        self.reload_if_changed()
+        return bool(self._keys)
+
+    def list(self) -> list[KeyInfo]:
+        self.reload_if_changed()
+        return sorted(self._keys.values(), key=lambda k: (k.createdAt, k.id))
+
+    def get(self, key_id: str) -> KeyInfo:
+        self.reload_if_changed()
+        try:
+            return self._keys[key_id]
+        except KeyError:
+            raise NotFound(f"API key {key_id} not found") from None
+
+    def create(self, name: str, *, role: str = "viewer", permissions: builtins.list[str] | None = None,
+               ttl_days: int | None = None, rate_limit: int | None = None) -> tuple[KeyInfo, str]:
+        if not name or len(name) > 100:
+            raise ValidationError("key name must be 1-100 characters")
+        if role not in ROLE_PERMISSIONS:
+            raise ValidationError(f"role must be one of {', '.join(ROLE_PERMISSIONS)}")
+        if ttl_days is not None and ttl_days <= 0:
+            raise ValidationError("ttlDays must be positive")
+        self.reload_if_changed()
+        secret = "aegis_" + secrets.token_hex(32)
+        now = _now_ms()
+        key = KeyInfo(id=secrets.token_hex(8), name=name, role=role, hash=_digest(secret),
+                      permissions=list(permissions) if permissions is not None else None, createdAt=now,
+                      expiresAt=now + ttl_days * 86_400_000 if ttl_days else None, rateLimit=rate_limit or 100)
+        self._keys[key.id] = key
+        self._save()
+        return key, secret
+
+    def revoke(self, key_id: str) -> bool:
+        self.reload_if_changed()
+        if self._keys.pop(key_id, None) is None:
+            return False
+        self._save()
+        return True
+
+    def rotate(self, key_id: str, *, grace_seconds: int = 3600, ttl_days: int | None = None) -> tuple[KeyInfo, str]:
+        key = self.get(key_id)
+        secret = "aegis_" + secrets.token_hex(32)
+        now = _now_ms()
+        if grace_seconds > 0:
+            key.graceHash, key.graceExpiresAt = key.hash, now + grace_seconds * 1000
+        else:
+            key.graceHash = key.graceExpiresAt = None
+        key.hash = _digest(secret)
+        if ttl_days:
+            key.expiresAt = now + ttl_days * 86_400_000
+        self._save()
+        return key, secret
+
+    def authenticate(self, secret: str, now_ms: int | None = None) -> KeyInfo | None:
+        """The key this secret belongs to (current, or the previous one within its rotation grace)."""
+        self.reload_if_changed()
+        now = _now_ms() if now_ms is None else now_ms
+        digest = _digest(secret)
+        found = None
+        for key in self._keys.values():  # compare against every key: no early exit to time
+            current = hmac.compare_digest(digest, key.hash)
+            graced = key.graceHash is not None and hmac.compare_digest(digest, key.graceHash) \
+                and key.graceExpiresAt is not None and now < key.graceExpiresAt
+            if (current or graced) and found is None:
+                found = key
+        if found is None or (found.expiresAt is not None and now >= found.expiresAt):
+            return None
+        found.lastUsedAt = now
+        self._dirty_used = True
+        if time.monotonic() - self._last_flush > LAST_USED_FLUSH_S:
+            self._last_flush = time.monotonic()
+            self._save()
+        return found

@@ -1,0 +1,141 @@
+"""Access control operations: API keys, token verification, SSE tokens, the audit log."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+import msgspec
+
+from ..errors import Forbidden, NotFound, RateLimited, ValidationError
+from ..models import now_ms
+from ._registry import OpContext, op
+
+Role = Annotated[str, msgspec.Meta(pattern="^(admin|operator|viewer)$")]
+PERMISSIONS = ("create", "send", "approve", "reject", "kill", "audit")
+SSE_TOKEN_TTL_MS = 60_000
+SSE_TOKENS_PER_KEY = 5
+
+
+class CreateKeyParams(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    role: Role = "viewer"
+    permissions: list[str] | None = None
+    ttlDays: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
+    rateLimit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    tenantId: str | None = None
+
+
+class KeyIdParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+
+
+class RotateParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str | None = None
+    keyId: str | None = None
+    gracePeriodSeconds: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 3600
+    ttlDays: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
+
+
+class VerifyParams(msgspec.Struct, forbid_unknown_fields=True):
+    token: str
+
+
+class Empty(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class AuditParams(msgspec.Struct, forbid_unknown_fields=True):
+    actor: str | None = None
+    action: str | None = None
+    sessionId: str | None = None
+    since: int | None = None
+    until: int | None = None
+    cursor: int | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    reverse: bool = False
+    verify: bool = False
+
+
+def key_view(k: Any) -> dict[str, Any]:
+    return {"id": k.id, "name": k.name, "role": k.role, "permissions": k.permissions,
+            "createdAt": k.createdAt, "expiresAt": k.expiresAt, "lastUsedAt": k.lastUsedAt,
+            "rateLimit": k.rateLimit}
+
+
+def _check_permissions(perms: list[str] | None) -> None:
+    for p in perms or []:
+        if p not in PERMISSIONS:
+            raise ValidationError(f"unknown permission {p!r}; use {', '.join(PERMISSIONS)}")
+
+
+@op("auth.keys.create", CreateKeyParams, summary="Create an API key (the secret is shown once)", permission="admin")
+async def create_key(ctx: OpContext, p: CreateKeyParams) -> dict[str, Any]:
+    _check_permissions(p.permissions)
+    info, secret = ctx.daemon.keys.create(p.name, role=p.role, permissions=p.permissions, ttl_days=p.ttlDays,
+                                          rate_limit=p.rateLimit)
+    ctx.daemon.audit_record(ctx, "key.create", detail={"keyId": info.id, "name": info.name, "role": info.role})
+    return {**key_view(info), "key": secret, "tenantId": p.tenantId}
+
+
+@op("auth.keys.list", Empty, summary="List API keys (never their secrets)", permission="admin")
+async def list_keys(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
+    return [key_view(k) for k in ctx.daemon.keys.list()]
+
+
+@op("auth.keys.revoke", KeyIdParams, summary="Revoke an API key", permission="admin")
+async def revoke_key(ctx: OpContext, p: KeyIdParams) -> dict[str, Any]:
+    if not ctx.daemon.keys.revoke(p.id):
+        raise NotFound(f"API key {p.id} not found")
+    ctx.daemon.audit_record(ctx, "key.revoke", detail={"keyId": p.id})
+    return {"ok": True}
+
+
+@op("auth.keys.rotate", RotateParams, summary="Rotate an API key; the old secret works for the grace period",
+    permission="admin")
+async def rotate_key(ctx: OpContext, p: RotateParams) -> dict[str, Any]:
+    key_id = p.id or p.keyId
+    if not key_id:
+        raise ValidationError("keyId is required")
+    info, secret = ctx.daemon.keys.rotate(key_id, grace_seconds=p.gracePeriodSeconds, ttl_days=p.ttlDays)
+    ctx.daemon.audit_record(ctx, "key.rotate", detail={"keyId": key_id, "graceSeconds": p.gracePeriodSeconds})
+    return {**key_view(info), "key": secret,
+            "graceExpiresAt": now_ms() + p.gracePeriodSeconds * 1000 if p.gracePeriodSeconds else None}
+
+
+@op("auth.verify", VerifyParams, summary="Is this token valid, and with which role?", permission="public")
+async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
+    principal = ctx.daemon.authenticate(p.token, ip=ctx.ip)
+    if principal is None:
+        return {"valid": False}
+    return {"valid": True, "role": principal.role, "name": principal.name}
+
+
+@op("auth.sse_token", Empty, summary="A short-lived single-use token for EventSource (?token=)")
+async def sse_token(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    d = ctx.daemon
+    owner = ctx.principal.key_id or ctx.principal.kind
+    now = now_ms()
+    d.sse_tokens = {t: v for t, v in d.sse_tokens.items() if v[1] > now}
+    if sum(1 for v in d.sse_tokens.values() if v[0].key_id == ctx.principal.key_id
+           and v[0].kind == ctx.principal.kind) >= SSE_TOKENS_PER_KEY:
+        raise RateLimited(f"at most {SSE_TOKENS_PER_KEY} outstanding SSE tokens per key ({owner})")
+    token = "sse_" + secrets.token_hex(32)
+    expires = now + SSE_TOKEN_TTL_MS
+    d.sse_tokens[token] = (ctx.principal, expires)
+    return {"token": token, "expiresAt": expires}
+
+
+@op("audit.query", AuditParams, summary="Query (and verify) the hash-chained audit log", permission="audit_admin")
+async def audit_query(ctx: OpContext, p: AuditParams) -> dict[str, Any]:
+    if ctx.principal.role != "admin":
+        raise Forbidden("the audit log is for admins")
+    log = ctx.daemon.audit
+    records, cursor = log.query(actor=p.actor, action=p.action, session_id=p.sessionId, since=p.since,
+                                until=p.until, cursor=p.cursor, limit=p.limit, reverse=p.reverse)
+    out: dict[str, Any] = {"count": len(records), "records": records, "cursor": cursor,
+                           "filters": {k: v for k, v in msgspec.to_builtins(p).items()
+                                       if v not in (None, False) and k not in ("limit",)}}
+    if p.verify:
+        out["integrity"] = log.verify()
+    return out
