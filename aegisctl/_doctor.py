@@ -99,6 +99,15 @@ def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dic
             results.append(_check("state dir", "ok", f"{state} writable"))
         except OSError as exc:
             results.append(_check("state dir", "fail", f"{state}: {exc}", "set AEGIS_STATE_DIR to a writable dir"))
+        audit_file = state / "audit" / "audit.jsonl"
+        if audit_file.exists():
+            from aegisd.audit import AuditLog
+
+            v = AuditLog(state / "audit").verify()
+            results.append(_check("audit chain", "ok" if v["ok"] else "fail",
+                                  f"{v['count']} records, chain intact" if v["ok"] else
+                                  f"record {v.get('badSeq')}: {v.get('reason')}",
+                                  f"the audit log {audit_file} was altered; keep a copy for investigation"))
         results.extend(_daemon_checks(cfg, Path(socket_path) if socket_path else cfg.socket_path))
     return results
 

@@ -583,6 +583,77 @@ def config_show(c: Ctx, config_path: str | None) -> None:
         click.echo(f"warning: {w}", err=True)
 
 
+@cli.group("keys")
+def keys_group() -> None:
+    """Manage API keys (admin)."""
+
+
+@keys_group.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "operator", "viewer"]), default="viewer", show_default=True)
+@click.option("--permission", "permissions", multiple=True,
+              type=click.Choice(["create", "send", "approve", "reject", "kill", "audit"]),
+              help="Override the role's permissions (repeatable).")
+@click.option("--ttl-days", type=int, help="Expire after this many days.")
+@click.option("--rate-limit", type=int, help="Requests per minute (default 100).")
+@json_option
+@pass_ctx
+def keys_create(c: Ctx, name: str, role: str, permissions: tuple[str, ...], ttl_days: int | None,
+                rate_limit: int | None) -> None:
+    """Create a key; its secret is printed once."""
+    res = c.call("auth.keys.create", name=name, role=role, permissions=list(permissions) or None,
+                 ttlDays=ttl_days, rateLimit=rate_limit)
+    if c.json:
+        out.echo_json(res)
+        return
+    click.echo(f"Created key {res['id']} ({res['name']}, {res['role']}).")
+    click.echo(f"Secret (shown once): {res['key']}")
+
+
+@keys_group.command("list")
+@json_option
+@pass_ctx
+def keys_list(c: Ctx) -> None:
+    """List keys (never their secrets)."""
+    res = c.call("auth.keys.list")
+    if c.json:
+        out.echo_json(res)
+        return
+    if not res:
+        click.echo("No API keys (localhost zero-config: loopback clients need none).")
+        return
+    out.table(["id", "name", "role", "created", "last used", "expires"],
+              [[k["id"], k["name"], k["role"], out.age(k["createdAt"]), out.age(k.get("lastUsedAt")),
+                str(k.get("expiresAt") or "-")] for k in res])
+
+
+@keys_group.command("revoke")
+@click.argument("key_id")
+@json_option
+@pass_ctx
+def keys_revoke(c: Ctx, key_id: str) -> None:
+    """Revoke a key at once."""
+    res = c.call("auth.keys.revoke", id=key_id)
+    out.echo_json(res) if c.json else click.echo(f"Revoked {key_id}.")
+
+
+@keys_group.command("rotate")
+@click.argument("key_id")
+@click.option("--grace", "grace", type=int, default=3600, show_default=True,
+              help="Seconds the old secret keeps working (0: it stops now).")
+@json_option
+@pass_ctx
+def keys_rotate(c: Ctx, key_id: str, grace: int) -> None:
+    """Give a key a new secret; the old one works for the grace period."""
+    res = c.call("auth.keys.rotate", id=key_id, gracePeriodSeconds=grace)
+    if c.json:
+        out.echo_json(res)
+        return
+    click.echo(f"Rotated {key_id}. New secret (shown once): {res['key']}")
+    if grace:
+        click.echo(f"The old secret works for {grace} s more.")
+
+
 @cli.group("service")
 def service_group() -> None:
     """Install aegisd as a systemd user service."""

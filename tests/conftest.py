@@ -97,7 +97,7 @@ class DaemonHandle:
     async def wait_event(self, sid: str | None, name: str, *, timeout: float = 10, after_id: int = 0,
                          match: Any = None) -> Any:
         with trio.fail_after(timeout):
-            sub = await self.daemon.bus.subscribe(session_id=sid, after_id=after_id)
+            sub = await self.daemon.bus.subscribe(session_id=sid, after_id=after_id, maxsize=1_000_000)
             async with sub:
                 async for ev in sub:
                     if ev.event == name and (match is None or match(ev)):

@@ -375,3 +375,38 @@ async def test_ag_run_second_ctrl_c_kills(nursery: trio.Nursery, tmp_path: Path,
     assert sessions[0]["status"] == "killed"
     dp.proc.send_signal(signal.SIGTERM)
     await dp.proc.wait()
+
+
+async def test_keys_commands_and_doctor_audit(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path) -> None:
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    r = await ag(dp, "keys", "create", "ci-bot", "--role", "operator", "--json")
+    key = json.loads(r.stdout)
+    assert key["key"].startswith("aegis_")
+    r = await ag(dp, "keys", "list")
+    assert "ci-bot" in r.stdout and key["key"] not in r.stdout
+    # the key works over HTTP through the CLI (AEGIS_URL + AEGIS_AUTH_TOKEN)
+    env_http = {**dp.env, "AEGIS_URL": dp.http_url, "AEGIS_AUTH_TOKEN": key["key"], "NO_COLOR": "1"}
+    with trio.fail_after(20):
+        res = await trio.run_process([AG, "list", "--json"], env=env_http, capture_stdout=True, check=False)
+    assert res.returncode == 0 and json.loads(res.stdout)["sessions"] == []
+    r = await ag(dp, "keys", "rotate", key["id"], "--grace", "0")
+    assert "New secret" in r.stdout
+    with trio.fail_after(20):
+        res = await trio.run_process([AG, "list"], env=env_http, capture_stderr=True, check=False)
+    assert res.returncode == 1 and b"AEGIS_AUTH_TOKEN" in res.stderr  # 401 explained
+    r = await ag(dp, "keys", "revoke", key["id"])
+    assert "Revoked" in r.stdout
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()
+    doctor_env = {**dp.env, "AEGIS_PORT": "0", "ANTHROPIC_API_KEY": "x", "NO_COLOR": "1"}
+    with trio.fail_after(30):
+        res = await trio.run_process([AG, "doctor", "--json"], env=doctor_env, capture_stdout=True, check=False)
+    checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    assert checks["audit chain"]["status"] == "ok"
+    audit = dp.state_dir / "audit" / "audit.jsonl"
+    audit.write_text(audit.read_text().replace("ci-bot", "cj-bot"))
+    with trio.fail_after(30):
+        res = await trio.run_process([AG, "doctor", "--json"], env=doctor_env, capture_stdout=True, check=False)
+    assert res.returncode == 1
+    checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    assert checks["audit chain"]["status"] == "fail"

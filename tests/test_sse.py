@@ -131,3 +131,19 @@ async def test_heartbeat(daemon: DaemonHandle, monkeypatch: Any) -> None:
         await r.next()
         ev_id, beat = await r.until(lambda d: d["event"] == "heartbeat", timeout=5)
         assert ev_id is None
+
+
+async def test_stalled_subscriber_delays_nobody(daemon: DaemonHandle, workdir: Path) -> None:
+    s = await daemon.create(workdir)
+    sid = s["id"]
+    async with httpx.AsyncClient(base_url=daemon.daemon.http_url, timeout=30) as stalled_client:
+        async with stalled_client.stream("GET", "/v1/events") as stalled:  # opened, then never read
+            assert stalled.status_code == 200
+            async with daemon.http.stream("GET", f"/v1/sessions/{sid}/events") as resp:
+                r = SseReader(resp)
+                await r.next()
+                await daemon.http.post(f"/v1/sessions/{sid}/send", json={"text": "stream:20000;say:done"})
+                # the turn completes and the reading subscriber sees its end, whatever the stalled one does
+                await daemon.wait_event(sid, "turn", timeout=30)
+                _, ev = await r.until(lambda d: d["event"] in ("turn", "overflow"), timeout=30)
+                assert ev["event"] in ("turn", "overflow")
