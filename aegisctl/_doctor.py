@@ -103,10 +103,10 @@ def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dic
         if audit_file.exists():
             from aegisd.audit import AuditLog
 
-            v = AuditLog(state / "audit").verify()
-            results.append(_check("audit chain", "ok" if v["ok"] else "fail",
-                                  f"{v['count']} records, chain intact" if v["ok"] else
-                                  f"record {v.get('badSeq')}: {v.get('reason')}",
+            chain = AuditLog(state / "audit").verify()
+            results.append(_check("audit chain", "ok" if chain["ok"] else "fail",
+                                  f"{chain['count']} records, chain intact" if chain["ok"] else
+                                  f"record {chain.get('badSeq')}: {chain.get('reason')}",
                                   f"the audit log {audit_file} was altered; keep a copy for investigation"))
         results.extend(_daemon_checks(cfg, Path(socket_path) if socket_path else cfg.socket_path))
     return results
