@@ -199,7 +199,6 @@ class Daemon:
                                                   lifeline=self.lifeline, nursery=sessions, environ=self.environ)
                     await self.manager.recover()
                     async with trio.open_nursery() as servers:
-                        await servers.start(serve_control, self, self.socket_path)
                         hc = HyperConfig()
                         hc.bind = [f"{cfg.host}:{cfg.port}" if ":" not in cfg.host else f"[{cfg.host}]:{cfg.port}"]
                         hc.errorlog = logging.getLogger("hypercorn.error")
@@ -209,6 +208,8 @@ class Daemon:
                         binds = await servers.start(partial(hypercorn_serve, create_app(self), hc,
                                                             shutdown_trigger=http_stop.wait))
                         self.http_url = cfg.baseUrl.rstrip("/") if cfg.baseUrl else str(binds[0])
+                        # the socket last: once it answers, everything (HTTP included) is up
+                        await servers.start(serve_control, self, self.socket_path)
                         log.info("aegisd.ready", version=__version__, http=self.http_url,
                                  socket=str(self.socket_path), store=self.store.name, pid=self.pid,
                                  sessions=len(self.manager.records))

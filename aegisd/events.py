@@ -67,6 +67,23 @@ class Subscription:
                 self._last_id = event.id
                 return event
 
+    def next_nowait(self) -> Event | None:
+        """The next event if one is already waiting (replay or buffered), else None. Lets a writer batch
+        a burst into one write."""
+        while self._replay:
+            event = self._replay.popleft()
+            if event.id > self._last_id:
+                self._last_id = event.id
+                return event
+        while True:
+            try:
+                event = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return None
+            if event.id > self._last_id:
+                self._last_id = event.id
+                return event
+
     async def __aenter__(self) -> Subscription:
         return self
 

@@ -38,6 +38,12 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
@@ -50,7 +56,8 @@ class Daemon:
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "AEGIS_STATE_DIR": str(tmp / "state"),
                "AEGIS_SOCKET": str(self.sock), "AEGIS_PORT": "0", "AEGIS_ALLOWED_WORK_DIRS": str(tmp),
                "AEGIS_AGENT_COMMAND": " ".join(FAKE), "AEGIS_LOG_LEVEL": "warning",
-               "AEGIS_MAX_SESSIONS": "10000", "FAKE_ACP_STATE_DIR": str(tmp / "fake")}
+               "AEGIS_MAX_SESSIONS": "10000", "FAKE_ACP_STATE_DIR": str(tmp / "fake"),
+               "AEGIS_SSE_MAX_PER_IP": "1000", "AEGIS_SSE_MAX_CONNECTIONS": "1000"}
         env.update(extra_env or {})
         self.env = env
         self.log = open(tmp / "aegisd.log", "wb")
@@ -187,6 +194,63 @@ def bench_ops(d: Daemon, n: int) -> dict[str, Any]:
             "http_rpc_ops_per_s": rpc_rate}
 
 
+def bench_sse(d: Daemon, subscribers: int, updates: int) -> dict[str, Any]:
+    """One busy session, N SSE subscribers on /v1/events: events delivered per second, delivery latency
+    (receive time minus the event's publish timestamp; same clock)."""
+    import httpx
+    import trio
+
+    work = d.tmp / f"sse-{updates}"
+    work.mkdir()
+    c = d.client()
+    sid = c.call("session.create", workDir=str(work), reuse=False)["id"]
+    latencies: list[float] = []
+    received = [0] * subscribers
+    overflows = [0]
+
+    async def main() -> float:
+        ready = trio.Semaphore(0)
+        done = trio.Event()
+
+        async def subscriber(i: int, client: httpx.AsyncClient) -> None:
+            async with client.stream("GET", "/v1/events") as resp:
+                ready.release()
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    ev = json.loads(line[6:])
+                    if ev.get("event") == "overflow":
+                        overflows[0] += 1
+                    if "id" not in ev:
+                        continue
+                    received[i] += 1
+                    latencies.append(time.time() * 1000 - ev["timestamp"])
+                    if ev["event"] == "session_turn":
+                        return
+
+        limits = httpx.Limits(max_connections=subscribers + 10)
+        async with httpx.AsyncClient(base_url=d.url, timeout=httpx.Timeout(60, read=None), limits=limits) as client:
+            async with trio.open_nursery() as n:
+                for i in range(subscribers):
+                    n.start_soon(subscriber, i, client)
+                for _ in range(subscribers):
+                    await ready.acquire()
+                t0 = time.perf_counter()
+                await trio.to_thread.run_sync(lambda: c.call("session.send", id=sid, text=f"stream:{updates}"))
+            elapsed = time.perf_counter() - t0
+        done.set()
+        return elapsed
+
+    cpu0 = cpu_seconds(d.proc.pid)
+    elapsed = trio.run(main)
+    daemon_cpu = cpu_seconds(d.proc.pid) - cpu0
+    total = sum(received)
+    return {"subscribers": subscribers, "updates": updates, "seconds": elapsed,
+            "events_delivered": total, "events_per_s": total / elapsed, "overflow_markers": overflows[0],
+            "latency_ms_p50": pct(latencies, 50), "latency_ms_p99": pct(latencies, 99),
+            "daemon_cpu_s": daemon_cpu, "daemon_cpu_us_per_frame": daemon_cpu / max(1, total) * 1e6}
+
+
 def bench_cli(d: Daemon, n: int) -> dict[str, Any]:
     ag = shutil.which("aegisctl", path=str(Path(sys.executable).parent)) or "aegisctl"
     times = []
@@ -202,7 +266,7 @@ def bench_cli(d: Daemon, n: int) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="overhead,scale,throughput,ops,cli")
+    ap.add_argument("--only", default="overhead,scale,throughput,ops,sse,cli")
     args = ap.parse_args()
     q = args.quick
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -219,6 +283,10 @@ def main() -> None:
                 results[name] = bench_throughput(d, 2000 if q else 50000)
             elif name == "ops":
                 results[name] = bench_ops(d, 200 if q else 3000)
+            elif name == "sse":
+                results[name] = bench_sse(d, 10 if q else 100, 200 if q else 1000)
+                results["sse_light"] = bench_sse(d, 10 if q else 100, 20)
+                print("sse_light", json.dumps(results["sse_light"], indent=1), flush=True)
             elif name == "cli":
                 results[name] = bench_cli(d, 3 if q else 15)
             print(name, json.dumps(results[name], indent=1), flush=True)

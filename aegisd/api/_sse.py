@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..daemon import Daemon
 
 HEARTBEAT_S = 30.0
+BATCH_MAX = 256
 SSE_BUFFER = 1024
 
 # our bus event -> the original's per-session name and global name
@@ -45,7 +46,23 @@ def _payload(ev: Event) -> dict[str, Any]:
     return data
 
 
+_FRAME_CACHE: dict[tuple[int, str], bytes] = {}
+_FRAME_CACHE_MAX = 8192
+
+
 def frame(ev: Event, *, scope: str) -> bytes:
+    """The SSE frame of an event, encoded once however many subscribers receive it."""
+    key = (ev.id, scope)
+    cached = _FRAME_CACHE.get(key)
+    if cached is None:
+        if len(_FRAME_CACHE) >= _FRAME_CACHE_MAX:
+            for old in list(_FRAME_CACHE)[: _FRAME_CACHE_MAX // 2]:
+                del _FRAME_CACHE[old]
+        cached = _FRAME_CACHE[key] = _encode_frame(ev, scope)
+    return cached
+
+
+def _encode_frame(ev: Event, scope: str) -> bytes:
     per_session, global_name = _NAMES.get(ev.event, (ev.event, f"session_{ev.event}"))
     body = {"event": global_name if scope == "global" else per_session, "sessionId": ev.sessionId,
             "timestamp": ev.timestamp, "emittedAt": now_ms(), "id": ev.id, "data": _payload(ev)}
@@ -108,11 +125,20 @@ async def stream(daemon: Daemon, *, session_id: str | None, after_id: int | None
                             beat["sessionId"] = session_id
                         yield _plain(beat)
                         continue
-                    last = ev.id
-                    if can_see is not None and not can_see(ev.sessionId):
-                        continue
-                    yield frame(ev, scope=scope)
-                    if session_id and ev.event == "ended":
+                    # a burst goes out as one write: hypercorn's cost is per write, not per byte
+                    batch: list[bytes] = []
+                    ended = False
+                    while ev is not None and len(batch) < BATCH_MAX:
+                        last = ev.id
+                        if can_see is None or can_see(ev.sessionId):
+                            batch.append(frame(ev, scope=scope))
+                        if session_id and ev.event == "ended":
+                            ended = True
+                            break
+                        ev = sub.next_nowait()
+                    if batch:
+                        yield b"".join(batch)
+                    if ended:
                         return
             finally:
                 sub.close()
