@@ -116,7 +116,7 @@ async def stream(daemon: Daemon, *, session_id: str | None, after_id: int | None
                 while True:
                     with trio.move_on_after(HEARTBEAT_S) as timer:
                         try:
-                            ev = await sub.__anext__()  # cancel-safe: a channel receive
+                            ev: Event | None = await sub.__anext__()  # cancel-safe: a channel receive
                         except StopAsyncIteration:
                             break
                     if timer.cancelled_caught:
