@@ -96,7 +96,9 @@ class Daemon:
 
         self.keys = KeyStore(config.state_path / "keys.json")
         self.audit = AuditLog(config.state_path / "audit")
-        self.sse_tokens: dict[str, tuple[Any, int]] = {}
+        from .auth._sse_tokens import SseTokens
+
+        self.sse_tokens = SseTokens()
         self._config_watch = ConfigWatch(config)
 
     # ---- access: authentication, roles, ownership, audit (the socket acts as admin) -------------

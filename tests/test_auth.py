@@ -128,12 +128,27 @@ async def test_sse_token_single_use(authd: DaemonHandle) -> None:
     assert r.status_code == 429
 
 
-async def test_sse_token_expiry(authd: DaemonHandle, monkeypatch: Any) -> None:
-    from aegisd.ops import _auth
+async def test_sse_token_expiry_with_autojump_clock(autojump_clock: Any) -> None:
+    from aegisd.auth._sse_tokens import SseTokens
+    from aegisd.errors import RateLimited
 
-    monkeypatch.setattr(_auth, "SSE_TOKEN_TTL_MS", -1)  # born expired
-    token = (await authd.http.post("/v1/auth/sse-token", headers=bearer(MASTER))).json()["token"]
-    assert (await authd.http.get(f"/v1/events?token={token}")).status_code == 401
+    tokens = SseTokens()
+    t, ttl = tokens.mint("alice", "key:a")
+    assert ttl == 60
+    assert tokens.consume(t) == "alice"
+    assert tokens.consume(t) is None  # single use
+    t2, _ = tokens.mint("alice", "key:a")
+    await trio.sleep(59.9)
+    t3, _ = tokens.mint("alice", "key:a")
+    await trio.sleep(0.2)
+    assert tokens.consume(t2) is None  # expired after 60 s
+    assert tokens.consume(t3) == "alice"
+    for _ in range(5):
+        tokens.mint("bob", "key:b")
+    with pytest.raises(RateLimited):
+        tokens.mint("bob", "key:b")
+    await trio.sleep(61)
+    tokens.mint("bob", "key:b")  # the old ones expired, so there is room again
 
 
 async def test_rotation_grace(authd: DaemonHandle) -> None:

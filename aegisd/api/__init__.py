@@ -17,7 +17,6 @@ from werkzeug.exceptions import HTTPException
 
 from .. import ops
 from ..errors import AegisError, NotFound, RateLimited, Unauthorized, ValidationError
-from ..models import now_ms
 from . import _sse
 
 if TYPE_CHECKING:
@@ -155,8 +154,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         principal: ops.Principal | None
         if query_token:
             # ?token= (EventSource cannot send headers) takes only short-lived single-use sse_ tokens
-            entry = daemon.sse_tokens.pop(query_token, None) if query_token.startswith("sse_") else None
-            principal = entry[0] if entry and entry[1] > now_ms() else None
+            principal = daemon.sse_tokens.consume(query_token) if query_token.startswith("sse_") else None
             if principal is None:
                 raise _fail(ip, "invalid or expired SSE token (get one from POST /v1/auth/sse-token)")
         else:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated, Any
 
 import msgspec
 
-from ..errors import Forbidden, NotFound, RateLimited, ValidationError
+from ..errors import Forbidden, NotFound, ValidationError
 from ..models import now_ms
 from ._registry import OpContext, op
 
 Role = Annotated[str, msgspec.Meta(pattern="^(admin|operator|viewer)$")]
 PERMISSIONS = ("create", "send", "approve", "reject", "kill", "audit")
-SSE_TOKEN_TTL_MS = 60_000
-SSE_TOKENS_PER_KEY = 5
 
 
 class CreateKeyParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -113,17 +110,9 @@ async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
 
 @op("auth.sse_token", Empty, summary="A short-lived single-use token for EventSource (?token=)")
 async def sse_token(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    d = ctx.daemon
-    owner = ctx.principal.key_id or ctx.principal.kind
-    now = now_ms()
-    d.sse_tokens = {t: v for t, v in d.sse_tokens.items() if v[1] > now}
-    if sum(1 for v in d.sse_tokens.values() if v[0].key_id == ctx.principal.key_id
-           and v[0].kind == ctx.principal.kind) >= SSE_TOKENS_PER_KEY:
-        raise RateLimited(f"at most {SSE_TOKENS_PER_KEY} outstanding SSE tokens per key ({owner})")
-    token = "sse_" + secrets.token_hex(32)
-    expires = now + SSE_TOKEN_TTL_MS
-    d.sse_tokens[token] = (ctx.principal, expires)
-    return {"token": token, "expiresAt": expires}
+    owner = f"{ctx.principal.kind}:{ctx.principal.key_id}"
+    token, ttl = ctx.daemon.sse_tokens.mint(ctx.principal, owner)
+    return {"token": token, "expiresAt": now_ms() + int(ttl * 1000)}
 
 
 @op("audit.query", AuditParams, summary="Query (and verify) the hash-chained audit log", permission="audit_admin")
