@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 AGENTS_STAMP := $(VENV)/.agents-installed
 
-.PHONY: install run test test-fast bench lint typecheck agents clean docs
+.PHONY: install run test test-fast bench lint typecheck agents clean docs openapi
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,12 @@ test-fast: $(STAMP) ## everything except the real-agent tests
 bench: $(STAMP) ## benchmarks; results go to bench/results/ and are summarised in docs/performance.md
 	$(PY) bench/run.py
 
-docs: $(STAMP) ## regenerate docs/cli.md from the click commands
+docs: $(STAMP) ## regenerate docs/cli.md and docs/openapi.json from the code
 	$(PY) -m aegisctl._docs
+	$(PY) -m aegisd.api._openapi
+
+openapi: $(STAMP) ## write docs/openapi.json
+	$(PY) -m aegisd.api._openapi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check aegisd aegisctl tests

@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import ops
-from ..errors import AegisError, NotFound, RateLimited, Unauthorized, ValidationError
+from ..errors import AegisError, RateLimited, Unauthorized, ValidationError
 from . import _sse
 
 if TYPE_CHECKING:
@@ -338,8 +338,12 @@ def create_app(daemon: Daemon) -> QuartTrio:
     app.add_url_rule("/v1/sessions/<sid>/events", endpoint="events_session", view_func=_events, methods=["GET"])
     app.add_url_rule("/v1/sessions/<sid>/stream", endpoint="events_stream", view_func=_events, methods=["GET"])
 
+    from ._openapi import document
+
+    spec = _encoder.encode(document())
+
     @app.get("/v1/openapi.json")
-    async def _not_yet() -> Response:
-        raise NotFound("the OpenAPI document is not generated yet")
+    async def openapi() -> Response:
+        return Response(spec, content_type="application/json")
 
     return app

@@ -1,0 +1,173 @@
+"""Typed results of the operations: the OpenAPI document is generated from these, and tests check that real
+responses decode into them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ..models import PendingPermission, SessionRecord, TranscriptEntry
+
+
+class SessionView(SessionRecord, kw_only=True):
+    label: str = ""
+    actionHints: dict[str, Any] | None = None
+    reused: bool | None = None
+    promptDelivery: dict[str, Any] | None = None
+
+
+class Pagination(msgspec.Struct):
+    page: int
+    limit: int
+    total: int
+    totalPages: int
+
+
+class SessionList(msgspec.Struct):
+    sessions: list[SessionView]
+    pagination: Pagination
+
+
+class Health(msgspec.Struct):
+    status: str
+    timestamp: int
+    version: str
+    platform: str
+    uptime: float
+    sessions: dict[str, int]
+    pid: int
+    store: str
+
+
+class Hello(msgspec.Struct):
+    daemon: str
+    version: str
+    protocol: int
+    pid: int
+    stateDir: str
+    httpUrl: str
+    socket: str
+
+
+class SessionHealth(msgspec.Struct):
+    alive: bool
+    windowExists: bool
+    claudeRunning: bool
+    paneCommand: str
+    status: str
+    hasTranscript: bool
+    lastActivity: int
+    lastActivityAgo: int
+    sessionAge: int
+    details: str
+    pid: int | None
+    queuedPrompts: int
+    stderrTail: str | None
+
+
+class SendResult(msgspec.Struct):
+    ok: bool
+    delivered: bool
+    queued: bool
+    attempts: int
+    queuePosition: int | None = None
+
+
+class ReadResult(msgspec.Struct):
+    messages: list[TranscriptEntry]
+    status: str
+    statusText: str
+    interactiveContent: str | None
+    pendingPermission: PendingPermission | None = None
+
+
+class TranscriptPage(msgspec.Struct):
+    messages: list[TranscriptEntry]
+    total: int
+    page: int
+    limit: int
+    hasMore: bool
+
+
+class Decision(msgspec.Struct):
+    ok: bool
+    optionId: str
+
+
+class Interrupted(msgspec.Struct):
+    ok: bool
+    interrupted: bool
+
+
+class Ended(msgspec.Struct):
+    ok: bool
+    id: str
+    status: str
+
+
+class Ok(msgspec.Struct):
+    ok: bool
+
+
+class KeyView(msgspec.Struct):
+    id: str
+    name: str
+    role: str
+    permissions: list[str] | None
+    createdAt: int
+    expiresAt: int | None
+    lastUsedAt: int | None
+    rateLimit: int
+
+
+class NewKey(KeyView, kw_only=True):
+    key: str
+    tenantId: str | None = None
+    graceExpiresAt: int | None = None
+
+
+class Verified(msgspec.Struct):
+    valid: bool
+    role: str | None = None
+    name: str | None = None
+
+
+class SseToken(msgspec.Struct):
+    token: str
+    expiresAt: int
+
+
+class AuditPage(msgspec.Struct):
+    count: int
+    records: list[dict[str, Any]]
+    cursor: int | None
+    filters: dict[str, Any]
+    integrity: dict[str, Any] | None = None
+
+
+class EventFrame(msgspec.Struct):
+    id: int
+    event: str
+    sessionId: str
+    timestamp: int
+    data: dict[str, Any] = {}
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: str
+    code: str
+    message: str
+    requestId: str
+    details: Any = None
+
+
+RESULTS: dict[str, Any] = {
+    "hello": Hello, "health": Health, "session.create": SessionView, "session.list": SessionList,
+    "session.get": SessionView, "session.health": SessionHealth, "session.send": SendResult,
+    "session.read": ReadResult, "session.transcript": TranscriptPage, "session.approve": Decision,
+    "session.reject": Decision, "session.interrupt": Interrupted, "session.kill": Ended, "session.close": Ended,
+    "session.follow": EventFrame, "events.follow": EventFrame,
+    "auth.keys.create": NewKey, "auth.keys.list": list[KeyView], "auth.keys.revoke": Ok,
+    "auth.keys.rotate": NewKey, "auth.verify": Verified, "auth.sse_token": SseToken, "audit.query": AuditPage,
+}
