@@ -38,7 +38,7 @@ def build(routes: list[tuple[tuple[str, ...], str, str, str, int]], extra: dict[
         parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"},
                        "description": "session id (or a unique prefix of at least 4 characters)"
                        if n == "sid" else "API key id"} for n in names]
-        for n in names:
+        if names:
             props.pop("id", None)
         operation: dict[str, Any] = {"operationId": f"{op_name}:{methods[0].lower()}:{path}",
                                      "summary": o.summary, "tags": [op_name.split(".")[0]],
