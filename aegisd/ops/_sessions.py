@@ -50,7 +50,10 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True):
     page: Page = 1
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
     status: str | None = None
-    project: str | None = None
+    project: str | None = None  # workDir substring
+    # what the official clients send: ag-client's list_sessions(work_dir=, page_size=)
+    workDir: str | None = None
+    pageSize: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
 
 
 class IdParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -153,11 +156,14 @@ async def list_sessions(ctx: OpContext, p: ListParams) -> dict[str, Any]:
     recs = ctx.daemon.visible(ctx, ctx.daemon.manager.list(states))
     if p.project:
         recs = [r for r in recs if p.project in r.workDir]
+    if p.workDir:
+        recs = [r for r in recs if r.workDir == p.workDir or r.workDir.startswith(p.workDir.rstrip("/") + "/")]
+    limit = p.pageSize or p.limit
     total = len(recs)
-    start = (p.page - 1) * p.limit
-    return {"sessions": [session_view(r, ctx.daemon.http_url) for r in recs[start:start + p.limit]],
-            "pagination": {"page": p.page, "limit": p.limit, "total": total,
-                           "totalPages": max(1, math.ceil(total / p.limit))}}
+    start = (p.page - 1) * limit
+    return {"sessions": [session_view(r, ctx.daemon.http_url) for r in recs[start:start + limit]],
+            "pagination": {"page": p.page, "limit": limit, "total": total,
+                           "totalPages": max(1, math.ceil(total / limit))}}
 
 
 @op("session.get", IdParams, summary="One session")
