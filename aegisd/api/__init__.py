@@ -49,6 +49,24 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/sessions/<sid>/terminate", "session.kill", "id", 200),
     (("POST",), "/v1/sessions/<sid>/stop", "session.kill", "id", 200),
     (("POST",), "/v1/sessions/<sid>/close", "session.close", "id", 200),
+    (("GET",), "/v1/sessions/stats", "session.stats", "none", 200),
+    (("GET",), "/v1/sessions/health", "sessions.health", "none", 200),
+    (("POST",), "/v1/sessions/batch", "sessions.batch_create", "body", 201),
+    (("DELETE",), "/v1/sessions/batch", "sessions.batch_delete", "body", 200),
+    (("GET",), "/v1/sessions/<sid>/summary", "session.summary", "id", 200),
+    (("GET",), "/v1/sessions/<sid>/metrics", "session.metrics", "id", 200),
+    (("GET",), "/v1/sessions/<sid>/latency", "session.latency", "id", 200),
+    (("GET",), "/v1/sessions/<sid>/tools", "session.tools", "id", 200),
+    (("GET",), "/v1/sessions/<sid>/children", "session.children", "id", 200),
+    (("POST",), "/v1/sessions/<sid>/spawn", "session.spawn", "id+body", 201),
+    (("POST",), "/v1/sessions/<sid>/command", "session.command", "id+body", 200),
+    (("GET",), "/v1/sessions/<sid>/pane", "session.pane", "id", 200),
+    (("POST",), "/v1/sessions/<sid>/screenshot", "session.screenshot", "id+body", 200),
+    (("POST",), "/v1/sessions/<sid>/answer", "session.answer", "id+body", 200),
+    (("GET",), "/v1/metrics", "metrics", "none", 200),
+    (("GET",), "/v1/diagnostics", "diagnostics", "query", 200),
+    (("GET",), "/v1/tools", "tools", "none", 200),
+    (("POST",), "/v1/handshake", "handshake", "body", 200),
     (("POST",), "/v1/auth/keys", "auth.keys.create", "body", 201),
     (("POST",), "/v1/keys", "auth.keys.create", "body", 201),
     (("GET",), "/v1/auth/keys", "auth.keys.list", "none", 200),
@@ -308,6 +326,15 @@ def create_app(daemon: Daemon) -> QuartTrio:
         resp.headers["X-Accel-Buffering"] = "no"
         resp.timeout = None
         return resp
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        _ip_limit()
+        _principal()
+        d = daemon
+        text = d.manager.metrics.prometheus(by_state=d.manager.counts(), created=d.manager.created_total,
+                                            dropped=d.bus.dropped_subscribers, events=d.bus.published)
+        return Response(text, content_type="text/plain; version=0.0.4")
 
     @app.get("/v1/audit")
     async def audit() -> Response:

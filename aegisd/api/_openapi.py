@@ -107,6 +107,8 @@ EXTRA_PATHS: dict[str, Any] = {
     "/v1/rpc": {"post": {"operationId": "rpc", "summary": "A control-protocol request frame {id, op, params}",
                          "tags": ["rpc"], "responses": {"200": {"description": "the response frame, or NDJSON "
                                                                                "frames for streaming operations"}}}},
+    "/metrics": {"get": {"operationId": "prometheus", "summary": "Prometheus metrics (text)", "tags": ["metrics"],
+                         "responses": {"200": {"description": "text/plain; version=0.0.4"}}}},
     "/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "tags": ["meta"],
                                  "security": [{}], "responses": {"200": {"description": "OK"}}}},
 }

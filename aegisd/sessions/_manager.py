@@ -44,6 +44,9 @@ class SessionManager:
         self._save_locks: dict[str, trio.Lock] = {}
         self.started_at = now_ms()
         self.created_total = 0
+        from ..metrics import Metrics
+
+        self.metrics = Metrics()
 
     def markers(self, session_id: str) -> dict[str, str]:
         return {MARKER: self.lifeline.token, SESSION_MARKER: session_id}

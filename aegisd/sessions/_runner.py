@@ -311,6 +311,7 @@ class SessionRunner:
 
     # ---- prompts and turns ---------------------------------------------------------------------
     def _send_prompt(self, text: str) -> dict[str, Any]:
+        self.manager.metrics.prompts += 1
         self._queue.append(text)
         idle_now = self.rec.status == State.IDLE and not self._turn_active
         self._maybe_next_turn()
@@ -353,6 +354,8 @@ class SessionRunner:
             stop = "timeout"
         self._turn_active = False
         self._prompt_sent = self._cancel_early = False
+        self.manager.metrics.turns += 1
+        self.manager.metrics.turn_duration.observe((trio.current_time() - self._turn_started) * 1000)
         self._resolve_all_decisions()
         rec.stopReason = stop
         if usage:
@@ -407,6 +410,10 @@ class SessionRunner:
                 policy = Policy.ASK
             else:
                 verb = "auto-approved" if policy is Policy.ALLOW else "auto-rejected"
+                if policy is Policy.ALLOW:
+                    self.manager.metrics.auto_approvals += 1
+                else:
+                    self.manager.metrics.auto_rejections += 1
                 await self._append(self._builder.permission_decision(
                     f"{verb} ({rec.permissionMode}): {option}", tc.toolCallId or None))
                 self._bus.publish(rec.id, "approval", {"auto": True, "decision": policy.value,
@@ -443,6 +450,12 @@ class SessionRunner:
         decision = self._decisions[0]
         option = choose_option(decision.options, allow=allow, option_id=option_id)
         decision.outcome = {"outcome": "selected", "optionId": option}
+        m = self.manager.metrics
+        if allow:
+            m.approvals += 1
+        else:
+            m.rejections += 1
+        m.permission_latency.observe(max(0, now_ms() - decision.info.since))
         await self._append(self._builder.permission_decision(
             f"{'approved' if allow else 'rejected'}: {option}", decision.info.toolCallId))
         self._bus.publish(self.rec.id, "approval", {"auto": False, "decision": "allow" if allow else "deny",
@@ -608,6 +621,8 @@ class SessionRunner:
                 await self._append(flushed)
             rec.crash = crash
             rec.endReason = reason
+            if status == State.CRASHED:
+                self.manager.metrics.crashes += 1
             rec.endedAt = now_ms()
             rec.pendingPermission = None
             if rec.status not in TERMINAL:

@@ -1,0 +1,324 @@
+"""More of the original's session and observability operations: stats, bulk health, summary, metrics,
+latency, tools, children/spawn, slash commands, pane, screenshot, answer, batch, diagnostics, handshake."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Annotated, Any
+
+import msgspec
+
+from .. import __version__
+from ..errors import Conflict, NotImplementedYet, ValidationError
+from ..models import now_ms
+from ..states import LIVE, STATUS_FILTERS, State
+from ._registry import REGISTRY, OpContext, op
+from ._sessions import CreateParams, IdParams, create, session_health, session_view
+
+_COSTS_PER_MTOK = {"haiku": (0.80, 4.0), "sonnet": (3.0, 15.0), "opus": (15.0, 75.0)}
+
+
+class Empty(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class SpawnParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
+    workDir: str | None = None
+    permissionMode: str | None = None
+
+
+class CommandParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    command: Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+class AnswerParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    questionId: str
+    answer: str
+
+
+class ScreenshotParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    url: str | None = None
+    fullPage: bool = False
+    width: Annotated[int, msgspec.Meta(ge=1, le=7680)] | None = None
+    height: Annotated[int, msgspec.Meta(ge=1, le=4320)] | None = None
+
+
+class BatchCreateParams(msgspec.Struct, forbid_unknown_fields=True):
+    sessions: Annotated[list[CreateParams], msgspec.Meta(min_length=1, max_length=50)]
+
+
+class BatchDeleteParams(msgspec.Struct, forbid_unknown_fields=True):
+    ids: Annotated[list[str], msgspec.Meta(max_length=100)] | None = None
+    status: str | None = None
+
+
+class DiagnosticsParams(msgspec.Struct, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 50
+
+
+class HandshakeParams(msgspec.Struct, forbid_unknown_fields=True):
+    protocolVersion: str
+    clientCapabilities: list[str] | None = None
+    clientVersion: str | None = None
+
+
+async def _entries(ctx: OpContext, sid: str) -> list[Any]:
+    return await ctx.daemon.store.read_transcript(sid, 0, None)
+
+
+@op("session.stats", Empty, summary="Session counts by status")
+async def stats(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    recs = ctx.daemon.visible(ctx, ctx.daemon.manager.records.values())
+    by = Counter(r.status.value for r in recs)
+    return {"active": sum(1 for r in recs if r.status in LIVE), "byStatus": dict(by),
+            "totalCreated": len(recs), "totalCompleted": by.get("completed", 0),
+            "totalFailed": by.get("crashed", 0) + by.get("killed", 0)}
+
+
+@op("sessions.health", Empty, summary="Health of every session")
+async def bulk_health(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    out = {}
+    for rec in ctx.daemon.visible(ctx, ctx.daemon.manager.records.values()):
+        out[rec.id] = await session_health(ctx, IdParams(id=rec.id))
+    return out
+
+
+@op("session.summary", IdParams, summary="A condensed view: status and the last 20 entries")
+async def summary(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    start = max(0, rec.transcriptCount - 20)
+    last = await ctx.daemon.store.read_transcript(rec.id, start, 20)
+    return {"sessionId": rec.id, "windowName": rec.name, "name": rec.name, "status": rec.status.value,
+            "totalMessages": rec.transcriptCount,
+            "messages": [{"role": e.role, "contentType": e.contentType, "text": e.text} for e in last],
+            "createdAt": rec.createdAt, "lastActivity": rec.lastActivity, "permissionMode": rec.permissionMode}
+
+
+def _cost(model: str | None, tin: int, tout: int) -> float:
+    m = (model or "sonnet").lower()
+    rates = next((v for k, v in _COSTS_PER_MTOK.items() if k in m), _COSTS_PER_MTOK["sonnet"])
+    return round(tin / 1e6 * rates[0] + tout / 1e6 * rates[1], 6)
+
+
+@op("session.metrics", IdParams, summary="Per-session metrics: duration, messages, tool calls, approvals, tokens")
+async def session_metrics(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    entries = await _entries(ctx, rec.id)
+    kinds = Counter(e.contentType for e in entries)
+    decisions = [e.text for e in entries if e.contentType == "permission_decision"]
+    u = rec.tokenUsage
+    end = rec.endedAt or now_ms()
+    return {"sessionId": rec.id, "durationSec": round((end - rec.createdAt) / 1000, 3),
+            "messages": sum(1 for e in entries if e.contentType == "text"), "turns": rec.turns,
+            "toolCalls": kinds.get("tool_use", 0),
+            "approvals": sum(1 for t in decisions if t.startswith("approved")),
+            "rejections": sum(1 for t in decisions if t.startswith("rejected")),
+            "autoApprovals": sum(1 for t in decisions if t.startswith("auto-approved")),
+            "statusChanges": [],
+            "tokenUsage": {"inputTokens": u.inputTokens, "outputTokens": u.outputTokens,
+                           "cacheCreationTokens": u.cacheCreationTokens, "cacheReadTokens": u.cacheReadTokens,
+                           "totalTokens": u.totalTokens,
+                           "estimatedCostUsd": u.costUsd or _cost(rec.model, u.inputTokens, u.outputTokens)},
+            "contextUsage": msgspec.to_builtins(rec.contextUsage) if rec.contextUsage else None}
+
+
+@op("session.latency", IdParams, summary="Permission response latency of a session")
+async def latency(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    entries = await _entries(ctx, rec.id)
+    waits, opened = [], None
+    for e in entries:
+        if e.contentType == "permission_request":
+            opened = e.timestamp
+        elif e.contentType == "permission_decision" and opened is not None:
+            waits.append(e.timestamp - opened)
+            opened = None
+    agg = {"min": min(waits), "max": max(waits), "avg": sum(waits) / len(waits), "count": len(waits)} \
+        if waits else {"min": None, "max": None, "avg": None, "count": 0}
+    return {"sessionId": rec.id, "realtime": {"permission_response_ms": waits[-1] if waits else None},
+            "aggregated": {"permission_response_ms": agg}}
+
+
+@op("session.tools", IdParams, summary="Tool usage of a session")
+async def tools(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    uses = Counter(e.toolName or "tool" for e in await _entries(ctx, rec.id) if e.contentType == "tool_use")
+    return {"sessionId": rec.id, "tools": [{"name": n, "count": c} for n, c in uses.most_common()],
+            "totalCalls": sum(uses.values())}
+
+
+@op("session.children", IdParams, summary="Sessions spawned from this one")
+async def children(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    kids = [r for r in ctx.daemon.manager.list() if r.parentId == rec.id]
+    return {"children": [{"id": k.id, "name": k.name, "windowName": k.name, "status": k.status.value,
+                          "createdAt": k.createdAt} for k in kids]}
+
+
+@op("session.spawn", SpawnParams, summary="Create a child session (parentId set)", permission="create")
+async def spawn(ctx: OpContext, p: SpawnParams) -> dict[str, Any]:
+    parent = ctx.daemon.session(ctx, p.id)
+    params = CreateParams(workDir=p.workDir or parent.workDir, name=p.name or f"{parent.name}-child",
+                          prompt=p.prompt, permissionMode=p.permissionMode or parent.permissionMode,
+                          agent=parent.agent, model=parent.model, parentId=parent.id, reuse=False)
+    return await create(ctx, params)
+
+
+@op("session.command", CommandParams, summary="Send a slash command (the agent's available_commands)",
+    permission="send")
+async def command(ctx: OpContext, p: CommandParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    text = p.command if p.command.startswith("/") else "/" + p.command
+    name = text[1:].split()[0] if len(text) > 1 else ""
+    known = {c.get("name") for c in rec.availableCommands}
+    if known and name not in known:
+        raise ValidationError(f"unknown command /{name}; the agent offers: "
+                              f"{', '.join('/' + str(k) for k in sorted(known, key=str))}")
+    res = await ctx.daemon.manager.command(rec.id, "send", text=text)
+    return {"ok": True, "delivered": res["delivered"], "queued": res["queued"]}
+
+
+@op("session.pane", IdParams, summary="A plain-text rendering of the recent transcript (for tmux-era clients)")
+async def pane(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    start = max(0, rec.transcriptCount - 40)
+    lines = []
+    for e in await ctx.daemon.store.read_transcript(rec.id, start, 40):
+        prefix = {"user": "> ", "assistant": ""}.get(e.role, "# ")
+        if e.contentType not in ("text",):
+            prefix += f"[{e.contentType}] "
+        lines.append(prefix + e.text)
+    if rec.pendingPermission is not None:
+        lines.append(f"? Allow {rec.pendingPermission.toolTitle}? (approve / reject)")
+    return {"pane": "\n".join(lines), "uiState": rec.status.value}
+
+
+@op("session.screenshot", ScreenshotParams, summary="Screenshot of a URL (needs a browser)")
+async def screenshot(ctx: OpContext, p: ScreenshotParams) -> dict[str, Any]:
+    ctx.daemon.session(ctx, p.id)
+    raise NotImplementedYet("screenshots need a headless browser, which this daemon does not drive yet "
+                            "(install chromium; support is planned)")
+
+
+@op("session.answer", AnswerParams, summary="Answer a question the agent asked", permission="send")
+async def answer(ctx: OpContext, p: AnswerParams) -> dict[str, Any]:
+    ctx.daemon.session(ctx, p.id)
+    raise Conflict(f"no pending question {p.questionId!r} on this session (ACP agents ask through permission "
+                   "requests; use approve/reject)")
+
+
+@op("sessions.batch_create", BatchCreateParams, summary="Create up to 50 sessions", permission="create")
+async def batch_create(ctx: OpContext, p: BatchCreateParams) -> dict[str, Any]:
+    done, errors = [], []
+    for i, item in enumerate(p.sessions):
+        try:
+            s = await create(ctx, msgspec.structs.replace(item, reuse=False))
+            done.append({"id": s["id"], "name": s["name"], "status": s["status"],
+                         "promptDelivery": s["promptDelivery"]})
+        except Exception as exc:  # noqa: BLE001 - reported per item
+            errors.append({"index": i, "error": getattr(exc, "message", str(exc)),
+                           "code": getattr(exc, "code", "INTERNAL_ERROR")})
+    return {"sessions": done, "created": len(done), "failed": len(errors), "errors": errors}
+
+
+@op("sessions.batch_delete", BatchDeleteParams, summary="Kill many sessions (by ids or status)", permission="kill")
+async def batch_delete(ctx: OpContext, p: BatchDeleteParams) -> dict[str, Any]:
+    if not p.ids and not p.status:
+        raise ValidationError("give ids or status")
+    d = ctx.daemon
+    targets: list[str] = []
+    not_found: list[str] = []
+    for ident in p.ids or []:
+        try:
+            targets.append(d.session(ctx, ident).id)
+        except Exception:  # noqa: BLE001
+            not_found.append(ident)
+    if p.status:
+        states = STATUS_FILTERS.get(p.status)
+        if states is None:
+            raise ValidationError(f"invalid status {p.status!r}")
+        targets += [r.id for r in d.visible(ctx, d.manager.list(states)) if r.id not in targets]
+    deleted, errors = 0, []
+    for sid in targets:
+        if d.manager.records[sid].status not in LIVE:
+            continue
+        try:
+            await d.manager.end(sid, State.KILLED)
+            d.audit_record(ctx, "session.kill", session_id=sid, detail={"batch": True})
+            deleted += 1
+        except Exception as exc:  # noqa: BLE001
+            errors.append({"id": sid, "error": getattr(exc, "message", str(exc))})
+    return {"deleted": deleted, "notFound": not_found, "errors": errors}
+
+
+@op("metrics", Empty, summary="Daemon metrics (JSON)")
+async def metrics(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    d = ctx.daemon
+    m = d.manager.metrics
+    recs = list(d.manager.records.values())
+    ended = [r for r in recs if r.endedAt]
+    by = Counter(r.status.value for r in recs)
+    return {"uptime": round(time.time() - d.started_at, 3),
+            "sessions": {"total_created": d.manager.created_total, "currently_active": sum(
+                1 for r in recs if r.status in LIVE), "completed": by.get("completed", 0),
+                "failed": by.get("crashed", 0), "killed": by.get("killed", 0),
+                "avg_duration_sec": round(sum((r.endedAt or 0) - r.createdAt for r in ended) / len(ended) / 1000, 3)
+                if ended else 0, "by_state": dict(by)},
+            "turns": m.turns, "prompts": m.prompts, "approvals": m.approvals, "rejections": m.rejections,
+            "auto_approvals": m.auto_approvals, "auto_rejections": m.auto_rejections, "agent_crashes": m.crashes,
+            "events": {"published": d.bus.published, "subscribers_dropped": d.bus.dropped_subscribers},
+            "latency": {"permission_response_ms": m.permission_latency.summary(),
+                        "turn_duration_ms": m.turn_duration.summary()}}
+
+
+@op("diagnostics", DiagnosticsParams, summary="Recent problems (crashes), without personal data")
+async def diagnostics(ctx: OpContext, p: DiagnosticsParams) -> dict[str, Any]:
+    events = []
+    for r in sorted(ctx.daemon.manager.records.values(), key=lambda r: r.endedAt or 0, reverse=True):
+        if r.crash is not None:
+            events.append({"event": "session_crashed", "level": "error", "component": "session",
+                           "operation": r.endReason, "sessionId": r.id, "errorCode": r.endReason,
+                           "timestamp": r.endedAt, "attributes": {"reason": r.crash.reason[:200],
+                                                                  "exitCode": r.crash.exitCode,
+                                                                  "signal": r.crash.signal, "agent": r.agent}})
+        if len(events) >= p.limit:
+            break
+    return {"count": len(events), "events": events}
+
+
+@op("tools", Empty, summary="Every operation this daemon offers")
+async def list_tools(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    ordered = sorted(REGISTRY.values(), key=lambda o: o.name)
+    items = [{"name": o.name, "description": o.summary, "category": o.name.split(".")[0],
+              "permission": o.permission, "streaming": o.stream} for o in ordered]
+    return {"tools": items, "categories": sorted({i["category"] for i in items}), "totalTools": len(items)}
+
+
+SERVER_CAPABILITIES = ["session.create", "session.resume", "session.approve", "session.transcript",
+                       "session.events.sse", "session.events.replay", "session.metrics", "rpc", "metrics",
+                       "audit", "keys"]
+
+
+@op("handshake", HandshakeParams, summary="Capability negotiation", permission="public")
+async def handshake(ctx: OpContext, p: HandshakeParams) -> dict[str, Any]:
+    try:
+        major = int(p.protocolVersion.split(".")[0])
+    except ValueError:
+        raise ValidationError("protocolVersion must look like '1' or '1.2'") from None
+    if major < 1:
+        raise Conflict(f"client protocol {p.protocolVersion} is older than the minimum (1)")
+    wanted = p.clientCapabilities or []
+    return {"protocolVersion": "1", "serverVersion": __version__, "serverCapabilities": SERVER_CAPABILITIES,
+            "negotiatedCapabilities": [c for c in wanted if c in SERVER_CAPABILITIES],
+            "warnings": [f"unsupported capability: {c}" for c in wanted if c not in SERVER_CAPABILITIES],
+            "compatible": True}
+
+
+_ = session_view

@@ -1,0 +1,84 @@
+"""The rest of the session API and observability endpoints, over real HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .conftest import DaemonHandle
+
+
+async def test_session_insights(daemon: DaemonHandle, workdir: Path) -> None:
+    h = daemon.http
+    s = await daemon.create(workdir, prompt="toolauto:read:Read:a.txt;tool:execute:Run:make")
+    sid = s["id"]
+    await daemon.wait_event(sid, "approval", match=lambda e: "requestId" in e.data and "decision" not in e.data)
+    await h.post(f"/v1/sessions/{sid}/approve")
+    await daemon.wait_event(sid, "turn")
+    m = (await h.get(f"/v1/sessions/{sid}/metrics")).json()
+    assert m["toolCalls"] == 2 and m["approvals"] == 1 and m["turns"] == 1
+    assert m["tokenUsage"]["inputTokens"] == 10 and m["tokenUsage"]["estimatedCostUsd"] > 0
+    lat = (await h.get(f"/v1/sessions/{sid}/latency")).json()
+    assert lat["aggregated"]["permission_response_ms"]["count"] == 1
+    tools = (await h.get(f"/v1/sessions/{sid}/tools")).json()
+    assert tools["totalCalls"] == 2 and {t["name"] for t in tools["tools"]} == {"Read", "Run"}
+    summ = (await h.get(f"/v1/sessions/{sid}/summary")).json()
+    assert summ["status"] == "idle" and summ["messages"][0]["text"].startswith("toolauto")
+    pane = (await h.get(f"/v1/sessions/{sid}/pane")).json()
+    assert "> toolauto" in pane["pane"] and "[tool_use] Run" in pane["pane"]
+    stats = (await h.get("/v1/sessions/stats")).json()
+    assert stats["active"] == 1 and stats["byStatus"] == {"idle": 1}
+    bulk = (await h.get("/v1/sessions/health")).json()
+    assert bulk[sid]["alive"] is True
+
+
+async def test_spawn_children_command_batch(daemon: DaemonHandle, workdir: Path, tmp_path: Path) -> None:
+    h = daemon.http
+    parent = await daemon.create(workdir, name="parent")
+    r = await h.post(f"/v1/sessions/{parent['id']}/spawn", json={"prompt": "say:child here"})
+    assert r.status_code == 201
+    child = r.json()
+    assert child["parentId"] == parent["id"] and child["workDir"] == parent["workDir"]
+    kids = (await h.get(f"/v1/sessions/{parent['id']}/children")).json()["children"]
+    assert [k["id"] for k in kids] == [child["id"]]
+    r = await h.post(f"/v1/sessions/{parent['id']}/command", json={"command": "review"})
+    assert r.status_code == 200 and r.json()["ok"] is True
+    await daemon.wait_event(parent["id"], "turn")
+    msgs = (await h.get(f"/v1/sessions/{parent['id']}/transcript")).json()["messages"]
+    assert msgs[0]["text"] == "/review"
+    r = await h.post(f"/v1/sessions/{parent['id']}/command", json={"command": "/nonexistent"})
+    assert r.status_code == 400 and "/review" in r.json()["message"]
+    r = await h.post("/v1/sessions/batch", json={"sessions": [
+        {"workDir": str(workdir), "name": "b1"}, {"workDir": "/etc"}, {"workDir": str(workdir), "name": "b2"}]})
+    body = r.json()
+    assert r.status_code == 201 and body["created"] == 2 and body["failed"] == 1
+    assert body["errors"][0]["code"] == "INVALID_WORKDIR"
+    r = await h.request("DELETE", "/v1/sessions/batch", json={"ids": [x["id"] for x in body["sessions"]] + ["nope"]})
+    assert r.json() == {"deleted": 2, "notFound": ["nope"], "errors": []}
+    r = await h.request("DELETE", "/v1/sessions/batch", json={"status": "idle"})
+    assert r.json()["deleted"] >= 1
+    assert (await h.get("/v1/sessions/stats")).json()["active"] == 0
+
+
+async def test_answer_screenshot_and_observability(daemon: DaemonHandle, workdir: Path) -> None:
+    h = daemon.http
+    s = await daemon.create(workdir, prompt="say:x")
+    await daemon.wait_event(s["id"], "turn")
+    r = await h.post(f"/v1/sessions/{s['id']}/answer", json={"questionId": "q1", "answer": "yes"})
+    assert r.status_code == 409
+    r = await h.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": "http://127.0.0.1/"})
+    assert r.status_code == 501 and r.json()["code"] == "NOT_IMPLEMENTED" and "browser" in r.json()["message"]
+    m = (await h.get("/v1/metrics")).json()
+    assert m["sessions"]["total_created"] == 1 and m["turns"] == 1 and m["prompts"] == 1
+    prom = (await h.get("/metrics")).text
+    assert 'aegis_sessions{state="idle"} 1' in prom and "aegis_turns_total 1" in prom
+    assert 'aegis_turn_duration_ms_bucket{le="+Inf"} 1' in prom
+    tools = (await h.get("/v1/tools")).json()
+    assert tools["totalTools"] >= 30 and any(t["name"] == "session.create" for t in tools["tools"])
+    hs = (await h.post("/v1/handshake", json={"protocolVersion": "1", "clientCapabilities": ["rpc", "x"]})).json()
+    assert hs["compatible"] is True and hs["negotiatedCapabilities"] == ["rpc"] and hs["warnings"]
+    assert (await h.post("/v1/handshake", json={"protocolVersion": "0"})).status_code == 409
+    crash = await daemon.create(workdir, prompt="crash:4", reuse=False)
+    await daemon.wait_event(crash["id"], "ended")
+    diag = (await h.get("/v1/diagnostics?limit=5")).json()
+    assert diag["count"] == 1 and diag["events"][0]["attributes"]["exitCode"] == 4
+    assert "aegis_agent_crashes_total 1" in (await h.get("/metrics")).text
