@@ -140,17 +140,21 @@ class Client:
         sock, rfile = self._connect(None)
         try:
             sock.sendall(json.dumps({"id": 1, "op": op, "params": params}).encode() + b"\n")
-            for line in rfile:
-                frame = json.loads(line)
-                if "event" in frame:
-                    yield frame["event"]
-                else:
-                    self._result(frame)
-                    return
-            raise ConnectError("aegisd closed the stream")
+            yield from self._events(rfile)
         finally:
             rfile.close()
             sock.close()
+
+    def _events(self, lines: Any) -> Iterator[dict[str, Any]]:
+        """Events from a stream of response frames, until the final frame (raised if it is an error)."""
+        for line in lines:
+            frame = json.loads(line)
+            if "event" in frame:
+                yield frame["event"]
+            else:
+                self._result(frame)
+                return
+        raise ConnectError("aegisd closed the stream")
 
     # ---- HTTP transport ------------------------------------------------------------------------
     def _http_conn(self, timeout: float | None) -> tuple[http.client.HTTPConnection, str]:
@@ -195,13 +199,7 @@ class Client:
                 frame = json.loads(resp.read() or b"{}")
                 raise ClientError(frame.get("code", "HTTP_ERROR"), frame.get("message", f"HTTP {resp.status}"),
                                   resp.status)
-            for line in resp:
-                frame = json.loads(line)
-                if "event" in frame:
-                    yield frame["event"]
-                else:
-                    self._result(frame)
-                    return
+            yield from self._events(resp)
         except OSError as exc:
             raise ConnectError(f"lost the stream from {self.url}: {exc}") from None
         finally:

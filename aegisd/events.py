@@ -51,37 +51,38 @@ class Subscription:
     def __aiter__(self) -> Subscription:
         return self
 
+    def _fresh(self, event: Event) -> bool:
+        """Skip what replay already delivered (live events buffered while replaying overlap it)."""
+        if event.id <= self._last_id:
+            return False
+        self._last_id = event.id
+        return True
+
     async def __anext__(self) -> Event:
         # a plain async iterator (not a generator): leaving a loop early needs no aclose()
-        while self._replay:
-            event = self._replay.popleft()
-            if event.id > self._last_id:
-                self._last_id = event.id
-                return event
         while True:
-            try:
-                event = await self._recv.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise StopAsyncIteration from None
-            if event.id > self._last_id:
-                self._last_id = event.id
+            if self._replay:
+                event = self._replay.popleft()
+            else:
+                try:
+                    event = await self._recv.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    raise StopAsyncIteration from None
+            if self._fresh(event):
                 return event
 
     def next_nowait(self) -> Event | None:
         """The next event if one is already waiting (replay or buffered), else None. Lets a writer batch
         a burst into one write."""
-        while self._replay:
-            event = self._replay.popleft()
-            if event.id > self._last_id:
-                self._last_id = event.id
-                return event
         while True:
-            try:
-                event = self._recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return None
-            if event.id > self._last_id:
-                self._last_id = event.id
+            if self._replay:
+                event = self._replay.popleft()
+            else:
+                try:
+                    event = self._recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    return None
+            if self._fresh(event):
                 return event
 
     async def __aenter__(self) -> Subscription:

@@ -238,20 +238,21 @@ async def transcript(ctx: OpContext, p: TranscriptParams) -> dict[str, Any]:
             "hasMore": start + len(messages) < total}
 
 
+async def _decide(ctx: OpContext, p: DecisionParams, verb: str) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, verb, optionId=p.optionId)
+    ctx.daemon.audit_record(ctx, f"permission.{verb}", session_id=rec.id, detail={"optionId": result["optionId"]})
+    return result
+
+
 @op("session.approve", DecisionParams, summary="Approve the pending permission request", permission="approve")
 async def approve(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "approve", optionId=p.optionId)
-    ctx.daemon.audit_record(ctx, "permission.approve", session_id=rec.id, detail={"optionId": result["optionId"]})
-    return result
+    return await _decide(ctx, p, "approve")
 
 
 @op("session.reject", DecisionParams, summary="Reject the pending permission request", permission="reject")
 async def reject(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "reject", optionId=p.optionId)
-    ctx.daemon.audit_record(ctx, "permission.reject", session_id=rec.id, detail={"optionId": result["optionId"]})
-    return result
+    return await _decide(ctx, p, "reject")
 
 
 @op("session.interrupt", IdParams, summary="Cancel the current turn (ACP session/cancel)", permission="send")
