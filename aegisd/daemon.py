@@ -89,6 +89,7 @@ class Daemon:
         self.bus = EventBus(self.store)
         self.lifeline = Lifeline(grace=config.killGraceMs / 1000)
         self.manager: SessionManager = None  # type: ignore[assignment]  # set in run()
+        self.pipelines: Any = None  # set in run()
         self.http_url = config.base_url
         self.socket_path = config.socket_path
         from .audit import AuditLog
@@ -200,6 +201,11 @@ class Daemon:
                     self.manager = SessionManager(config=cfg, store=self.store, bus=self.bus,
                                                   lifeline=self.lifeline, nursery=sessions, environ=self.environ)
                     await self.manager.recover()
+                    from .pipelines import PipelineManager, default_stage_timeout
+
+                    self.pipelines = PipelineManager(self, cfg.state_path / "pipelines",
+                                                     default_timeout_ms=default_stage_timeout())
+                    await sessions.start(self.pipelines.run)
                     async with trio.open_nursery() as servers:
                         hc = HyperConfig()
                         hc.bind = [f"{cfg.host}:{cfg.port}" if ":" not in cfg.host else f"[{cfg.host}]:{cfg.port}"]
@@ -224,6 +230,7 @@ class Daemon:
                         log.info("aegisd.stopping")
                         self.draining = True
                         _systemd.notify("STOPPING=1")
+                        self.pipelines.stop()
                         self.bus.close_all()
                         http_stop.set()
                         servers.cancel_scope.cancel()

@@ -100,6 +100,7 @@ async def test_junk_input_never_5xx(daemon: DaemonHandle, workdir: Path, seed: i
                 query = {"page": str(rng.choice(junk)), "limit": str(rng.choice(junk))} if method == "get" else None
                 r = await daemon.http.request(method.upper(), url, json=body if method != "get" else None,
                                               params=query)
-                assert r.status_code < 500, (method, url, body, r.status_code, r.text)
+                intended_501 = path.endswith("/screenshot") and r.status_code == 501  # documented: no browser
+                assert r.status_code < 500 or intended_501, (method, url, body, r.status_code, r.text)
                 if r.status_code >= 400 and r.headers.get("content-type", "").startswith("application/json"):
                     msgspec.convert(r.json(), ErrorEnvelope, strict=True)

@@ -63,6 +63,9 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("GET",), "/v1/sessions/<sid>/pane", "session.pane", "id", 200),
     (("POST",), "/v1/sessions/<sid>/screenshot", "session.screenshot", "id+body", 200),
     (("POST",), "/v1/sessions/<sid>/answer", "session.answer", "id+body", 200),
+    (("POST",), "/v1/pipelines", "pipeline.create", "body", 201),
+    (("GET",), "/v1/pipelines", "pipeline.list", "none", 200),
+    (("GET",), "/v1/pipelines/<pid>", "pipeline.get", "id", 200),
     (("GET",), "/v1/metrics", "metrics", "none", 200),
     (("GET",), "/v1/diagnostics", "diagnostics", "query", 200),
     (("GET",), "/v1/tools", "tools", "none", 200),
@@ -225,7 +228,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     def make_view(op_name: str, source: str, status: int) -> Any:
         public = ops.get_op(op_name).permission == "public"
 
-        async def view(sid: str | None = None, kid: str | None = None) -> Response:
+        async def view(sid: str | None = None, kid: str | None = None, pid: str | None = None) -> Response:
             _ip_limit()
             rid = _request_id()
             try:
@@ -246,6 +249,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
                 params["id"] = sid
             if kid is not None:
                 params["id"] = kid
+            if pid is not None:
+                params["id"] = pid
             result = await ops.call(ctx, op_name, params, strict=strict)
             code = status
             if op_name == "session.create" and isinstance(result, dict) and result.get("reused"):

@@ -36,8 +36,8 @@ def build(routes: list[tuple[tuple[str, ...], str, str, str, int]], extra: dict[
         params_schema = components.get(o.params.__name__, {})
         props = dict(params_schema.get("properties", {}))
         parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"},
-                       "description": "session id (or a unique prefix of at least 4 characters)"
-                       if n == "sid" else "API key id"} for n in names]
+                       "description": {"sid": "session id (or a unique prefix of at least 4 characters)",
+                                       "kid": "API key id", "pid": "pipeline id"}[n]} for n in names]
         if names:
             props.pop("id", None)
         operation: dict[str, Any] = {"operationId": f"{op_name}:{methods[0].lower()}:{path}",

@@ -162,7 +162,10 @@ class ErrorEnvelope(msgspec.Struct):
     details: Any = None
 
 
+from ..pipelines import PipelineRecord  # noqa: E402
+
 RESULTS: dict[str, Any] = {
+    "pipeline.create": PipelineRecord, "pipeline.list": list[PipelineRecord], "pipeline.get": PipelineRecord,
     "hello": Hello, "health": Health, "session.create": SessionView, "session.list": SessionList,
     "session.get": SessionView, "session.health": SessionHealth, "session.send": SendResult,
     "session.read": ReadResult, "session.transcript": TranscriptPage, "session.approve": Decision,

@@ -1,0 +1,319 @@
+"""Pipelines: a DAG of stages, each run as a session once its dependencies completed.
+
+A stage completes when its session's turn ends with `end_turn`; it fails on any other stop reason (refusal,
+max_tokens, cancelled, error, timeout), when its session ends (crash, kill), or when it runs longer than its
+timeout. A failed stage is retried (a new session) up to `retries` times; after that the pipeline fails and
+the stages that had not started are marked `skipped`. Pipelines are persisted (one JSON file each, replaced
+atomically) and resumed after a daemon restart: a stage that was running is started again in a new session.
+Finished pipelines stay listed (the original evicted them after 30 s)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+import structlog
+import trio
+
+from .errors import NotFound, ValidationError
+from .models import now_ms
+from .states import State
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = structlog.get_logger("aegisd.pipelines")
+
+
+class StageSpec(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
+    workDir: str | None = None
+    dependsOn: list[str] = []
+    permissionMode: str | None = None
+    autoApprove: bool | None = None
+    agent: str | None = None
+    retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
+    timeoutMs: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)] = 0
+
+
+class PipelineSpec(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    workDir: str
+    stages: Annotated[list[StageSpec], msgspec.Meta(min_length=1, max_length=50)]
+    maxRetries: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
+
+
+class StageState(msgspec.Struct):
+    name: str
+    prompt: str
+    workDir: str
+    dependsOn: list[str]
+    permissionMode: str | None = None
+    agent: str | None = None
+    retries: int = 0
+    timeoutMs: int = 0
+    status: str = "pending"  # pending | running | completed | failed | skipped
+    sessionId: str | None = None
+    sessions: list[str] = []
+    attempts: int = 0
+    startedAt: int | None = None
+    completedAt: int | None = None
+    stopReason: str | None = None
+    error: str | None = None
+
+
+class PipelineRecord(msgspec.Struct):
+    id: str
+    name: str
+    workDir: str
+    status: str  # running | completed | failed
+    stages: list[StageState]
+    createdAt: int
+    updatedAt: int
+    ownerKeyId: str | None = None
+    currentStage: str | None = None
+    completedAt: int | None = None
+    error: str | None = None
+
+
+def check_graph(stages: list[StageSpec]) -> None:
+    """Unique names, known dependencies, no cycles. Raises ValidationError saying what is wrong."""
+    names = [s.name for s in stages]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValidationError(f"duplicate stage names: {', '.join(dupes)}")
+    known = set(names)
+    for s in stages:
+        unknown = [d for d in s.dependsOn if d not in known]
+        if unknown:
+            raise ValidationError(f"stage {s.name!r} depends on unknown stage(s): {', '.join(unknown)}")
+        if s.name in s.dependsOn:
+            raise ValidationError(f"stage {s.name!r} depends on itself")
+    deps = {s.name: set(s.dependsOn) for s in stages}
+    done: set[str] = set()
+    while len(done) < len(deps):
+        ready = [n for n, d in deps.items() if n not in done and d <= done]
+        if not ready:
+            cycle = sorted(n for n in deps if n not in done)
+            raise ValidationError(f"the stages' dependencies form a cycle among: {', '.join(cycle)}")
+        done.update(ready)
+
+
+def ready_stages(p: PipelineRecord) -> list[StageState]:
+    completed = {s.name for s in p.stages if s.status == "completed"}
+    return [s for s in p.stages if s.status == "pending" and set(s.dependsOn) <= completed]
+
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(PipelineRecord)
+
+
+class PipelineManager:
+    def __init__(self, daemon: Daemon, directory: Path, *, default_timeout_ms: int = 0) -> None:
+        self.daemon = daemon
+        self._nursery: trio.Nursery | None = None
+        self.dir = directory
+        self.records: dict[str, PipelineRecord] = {}
+        self.default_timeout_ms = default_timeout_ms
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the pipeline tasks; loads and resumes stored pipelines. Cancel with :meth:`stop`."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.load()
+            task_status.started()
+            await trio.sleep_forever()
+
+    def stop(self) -> None:
+        """Daemon shutdown: stop driving pipelines (their state is kept; the next daemon resumes them)."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def _save(self, p: PipelineRecord) -> None:
+        from .store._file import _atomic_write
+
+        p.updatedAt = now_ms()
+        if not self.dir.is_dir():
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _atomic_write(self.dir / f"{p.id}.json", _enc.encode(p))
+        self.daemon.bus.publish(p.id, "pipeline", {"status": p.status, "currentStage": p.currentStage,
+                                                   "stages": {s.name: s.status for s in p.stages}})
+
+    def load(self) -> None:
+        if not self.dir.exists():
+            return
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                p = _dec.decode(path.read_bytes())
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("pipelines.unreadable", file=str(path), error=str(exc))
+                continue
+            self.records[p.id] = p
+            if p.status == "running":
+                for s in p.stages:
+                    if s.status == "running":  # its turn was lost with the old daemon: run it again
+                        s.status, s.sessionId = "pending", None
+                self._start(p)
+        log.info("pipelines.loaded", total=len(self.records))
+
+    # ---- API -----------------------------------------------------------------------------------
+    def create(self, spec: PipelineSpec, *, owner: str | None) -> PipelineRecord:
+        check_graph(spec.stages)
+        policy = self.daemon.manager.workdirs
+        base = policy.validate(spec.workDir)
+        stages = []
+        for s in spec.stages:
+            wd = policy.validate(s.workDir) if s.workDir else base
+            mode = s.permissionMode or ("bypassPermissions" if s.autoApprove else None)
+            stages.append(StageState(name=s.name, prompt=s.prompt, workDir=wd, dependsOn=list(s.dependsOn),
+                                     permissionMode=mode, agent=s.agent,
+                                     retries=s.retries if s.retries else (spec.maxRetries or 0),
+                                     timeoutMs=s.timeoutMs or self.default_timeout_ms))
+        ts = now_ms()
+        p = PipelineRecord(id=str(uuid.uuid4()), name=spec.name, workDir=base, status="running", stages=stages,
+                           createdAt=ts, updatedAt=ts, ownerKeyId=owner)
+        self.records[p.id] = p
+        self._save(p)
+        self._start(p)
+        return p
+
+    def get(self, pid: str) -> PipelineRecord:
+        p = self.records.get(pid)
+        if p is None:
+            raise NotFound(f"pipeline {pid} not found")
+        return p
+
+    # ---- running -------------------------------------------------------------------------------
+    def _start(self, p: PipelineRecord) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run, p)
+
+    async def _start_stage(self, p: PipelineRecord, s: StageState) -> None:
+        s.attempts += 1
+        s.status, s.startedAt, s.stopReason, s.error = "running", now_ms(), None, None
+        try:
+            rec, _, _ = await self.daemon.manager.create(
+                workDir=s.workDir, name=f"pipeline-{p.name}-{s.name}", prompt=s.prompt,
+                permissionMode=s.permissionMode, agent=s.agent, ownerKeyId=p.ownerKeyId, reuse=False)
+        except Exception as exc:  # noqa: BLE001 - the stage fails, the daemon does not
+            self._stage_failed(p, s, f"could not start: {getattr(exc, 'message', exc)}")
+            return
+        s.sessionId = rec.id
+        s.sessions = [*s.sessions, rec.id]
+        if rec.status == State.CRASHED:
+            self._stage_failed(p, s, f"agent failed to start: {rec.crash.reason if rec.crash else ''}")
+
+    def _stage_failed(self, p: PipelineRecord, s: StageState, error: str) -> None:
+        if s.attempts <= s.retries:
+            s.status, s.error, s.sessionId = "pending", error, None  # retried in a new session
+        else:
+            s.status, s.error, s.completedAt = "failed", error, now_ms()
+
+    async def _run(self, p: PipelineRecord) -> None:
+        bus = self.daemon.bus
+        sub = await bus.subscribe(maxsize=100_000)
+        try:
+            while p.status == "running":
+                for s in ready_stages(p):
+                    await self._start_stage(p, s)
+                self._settle(p)
+                running = [s for s in p.stages if s.status == "running"]
+                p.currentStage = running[0].name if running else None
+                self._save(p)
+                if p.status != "running":
+                    break
+                deadlines = [s.startedAt / 1000 + s.timeoutMs / 1000 for s in running if s.timeoutMs and s.startedAt]
+                wait = max(0.0, min(deadlines) - now_ms() / 1000) if deadlines else float("inf")
+                with trio.move_on_after(wait):
+                    await self._next_outcome(p, sub)
+                if sub.closed:
+                    if not sub.overflowed:
+                        return  # the bus closed: the daemon is shutting down; the next one resumes us
+                    sub = await bus.subscribe(maxsize=100_000)  # fell behind: states are re-read above
+                self._check_timeouts(p)
+        except Exception as exc:  # a bug here fails this pipeline, never the daemon
+            log.exception("pipeline.internal_error", pipeline=p.id)
+            p.status, p.error, p.completedAt = "failed", f"internal error: {exc!r}", now_ms()
+            self._save(p)
+        finally:
+            sub.close()
+        log.info("pipeline.finished", pipeline=p.id, status=p.status)
+
+    async def _next_outcome(self, p: PipelineRecord, sub: Any) -> None:
+        """Wait until a running stage's session finishes a turn or ends, and record it."""
+        by_session = {s.sessionId: s for s in p.stages if s.status == "running" and s.sessionId}
+        # outcomes that happened before we listened (e.g. a very fast turn)
+        for sid, s in by_session.items():
+            rec = self.daemon.manager.records.get(sid)
+            runner = self.daemon.manager.runners.get(sid)
+            if rec is None:
+                continue
+            if rec.status in (State.COMPLETED, State.KILLED, State.CRASHED):
+                await self._finish_stage(p, s, None, ended=rec.status.value)
+                return
+            if rec.status == State.IDLE and rec.turns >= 1 and runner is not None and not runner.busy:
+                await self._finish_stage(p, s, rec.stopReason)
+                return
+        async for ev in sub:
+            stage = by_session.get(ev.sessionId)
+            if stage is None:
+                continue
+            if ev.event == "turn":
+                runner = self.daemon.manager.runners.get(ev.sessionId)
+                if runner is not None and runner.busy:
+                    continue
+                await self._finish_stage(p, stage, ev.data.get("stopReason"))
+                return
+            if ev.event == "ended":
+                await self._finish_stage(p, stage, None, ended=str(ev.data.get("status")))
+                return
+
+    async def _finish_stage(self, p: PipelineRecord, s: StageState, stop: str | None, *,
+                            ended: str | None = None) -> None:
+        s.stopReason = stop
+        if ended is None and stop == "end_turn":
+            s.status, s.completedAt = "completed", now_ms()
+            await self._close(s.sessionId, State.COMPLETED)
+        else:
+            why = f"session {ended}" if ended else f"turn ended with {stop}"
+            self._stage_failed(p, s, why)
+            await self._close(s.sessionId, State.KILLED)
+
+    async def _close(self, sid: str | None, status: State) -> None:
+        if sid and sid in self.daemon.manager.runners:
+            try:
+                await self.daemon.manager.end(sid, status)
+            except Exception:  # noqa: BLE001 - it may have ended meanwhile
+                pass
+
+    def _check_timeouts(self, p: PipelineRecord) -> None:
+        now = now_ms()
+        for s in p.stages:
+            if s.status == "running" and s.timeoutMs and s.startedAt and now - s.startedAt >= s.timeoutMs:
+                sid = s.sessionId
+                self._stage_failed(p, s, f"timed out after {s.timeoutMs} ms")
+                assert self._nursery is not None
+                self._nursery.start_soon(self._close, sid, State.KILLED)
+
+    def _settle(self, p: PipelineRecord) -> None:
+        if any(s.status == "failed" for s in p.stages):
+            for s in p.stages:
+                if s.status == "pending":
+                    s.status = "skipped"
+            if not any(s.status == "running" for s in p.stages):
+                failed = next(s for s in p.stages if s.status == "failed")
+                p.status, p.error, p.completedAt = "failed", f"stage {failed.name}: {failed.error}", now_ms()
+        elif all(s.status == "completed" for s in p.stages):
+            p.status, p.completedAt = "completed", now_ms()
+
+
+def default_stage_timeout() -> int:
+    try:
+        return int(os.environ.get("AEGIS_PIPELINE_STAGE_TIMEOUT_MS") or 0)
+    except ValueError:
+        return 0
