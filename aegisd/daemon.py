@@ -90,6 +90,9 @@ class Daemon:
         self.lifeline = Lifeline(grace=config.killGraceMs / 1000)
         self.manager: SessionManager = None  # type: ignore[assignment]  # set in run()
         self.pipelines: Any = None  # set in run()
+        from .templates import TemplateStore
+
+        self.templates = TemplateStore(config.state_path / "templates.json")
         self.http_url = config.base_url
         self.socket_path = config.socket_path
         from .audit import AuditLog

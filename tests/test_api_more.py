@@ -82,3 +82,28 @@ async def test_answer_screenshot_and_observability(daemon: DaemonHandle, workdir
     diag = (await h.get("/v1/diagnostics?limit=5")).json()
     assert diag["count"] == 1 and diag["events"][0]["attributes"]["exitCode"] == 4
     assert "aegis_agent_crashes_total 1" in (await h.get("/metrics")).text
+
+
+async def test_templates(daemon: DaemonHandle, workdir: Path) -> None:
+    h = daemon.http
+    r = await h.post("/v1/templates", json={"name": "reviewer", "workDir": str(workdir), "prompt": "say:reviewing",
+                                            "permissionMode": "plan"})
+    assert r.status_code == 201
+    t = r.json()
+    assert (await h.get(f"/v1/templates/{t['id']}")).json()["prompt"] == "say:reviewing"
+    r = await h.put(f"/v1/templates/{t['id']}", json={"description": "reviews code"})
+    assert r.json()["description"] == "reviews code" and r.json()["prompt"] == "say:reviewing"
+    s = await daemon.create(workdir, templateId=t["id"], name="from-template")
+    assert s["permissionMode"] == "plan" and s["name"] == "from-template"
+    await daemon.wait_event(s["id"], "turn")
+    msgs = (await h.get(f"/v1/sessions/{s['id']}/transcript")).json()["messages"]
+    assert msgs[0]["text"] == "say:reviewing"
+    r = await h.post("/v1/templates", json={"name": "copy", "sessionId": s["id"]})
+    assert r.status_code == 201 and r.json()["workDir"] == str(workdir.resolve())
+    assert (await h.post("/v1/templates", json={"name": "x"})).status_code == 400
+    assert (await h.post("/v1/templates", json={"name": "x", "workDir": "/etc"})).status_code == 400
+    assert len((await h.get("/v1/templates")).json()) == 2
+    assert (await h.delete(f"/v1/templates/{t['id']}")).json() == {"ok": True}
+    assert (await h.get(f"/v1/templates/{t['id']}")).status_code == 404
+    assert (await h.post("/v1/sessions", json={"templateId": "nope"})).status_code == 404
+    assert (await h.post("/v1/sessions", json={})).status_code == 400

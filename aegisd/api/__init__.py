@@ -66,6 +66,11 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/pipelines", "pipeline.create", "body", 201),
     (("GET",), "/v1/pipelines", "pipeline.list", "none", 200),
     (("GET",), "/v1/pipelines/<pid>", "pipeline.get", "id", 200),
+    (("POST",), "/v1/templates", "template.create", "body", 201),
+    (("GET",), "/v1/templates", "template.list", "none", 200),
+    (("GET",), "/v1/templates/<tid>", "template.get", "id", 200),
+    (("PUT",), "/v1/templates/<tid>", "template.update", "id+body", 200),
+    (("DELETE",), "/v1/templates/<tid>", "template.delete", "id", 200),
     (("GET",), "/v1/metrics", "metrics", "none", 200),
     (("GET",), "/v1/diagnostics", "diagnostics", "query", 200),
     (("GET",), "/v1/tools", "tools", "none", 200),
@@ -228,7 +233,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
     def make_view(op_name: str, source: str, status: int) -> Any:
         public = ops.get_op(op_name).permission == "public"
 
-        async def view(sid: str | None = None, kid: str | None = None, pid: str | None = None) -> Response:
+        async def view(sid: str | None = None, kid: str | None = None, pid: str | None = None,
+                       tid: str | None = None) -> Response:
             _ip_limit()
             rid = _request_id()
             try:
@@ -251,6 +257,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
                 params["id"] = kid
             if pid is not None:
                 params["id"] = pid
+            if tid is not None:
+                params["id"] = tid
             result = await ops.call(ctx, op_name, params, strict=strict)
             code = status
             if op_name == "session.create" and isinstance(result, dict) and result.get("reused"):

@@ -37,7 +37,8 @@ def build(routes: list[tuple[tuple[str, ...], str, str, str, int]], extra: dict[
         props = dict(params_schema.get("properties", {}))
         parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"},
                        "description": {"sid": "session id (or a unique prefix of at least 4 characters)",
-                                       "kid": "API key id", "pid": "pipeline id"}[n]} for n in names]
+                                       "kid": "API key id", "pid": "pipeline id",
+                                       "tid": "template id"}[n]} for n in names]
         if names:
             props.pop("id", None)
         operation: dict[str, Any] = {"operationId": f"{op_name}:{methods[0].lower()}:{path}",

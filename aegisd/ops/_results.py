@@ -163,8 +163,11 @@ class ErrorEnvelope(msgspec.Struct):
 
 
 from ..pipelines import PipelineRecord  # noqa: E402
+from ..templates import Template  # noqa: E402
 
 RESULTS: dict[str, Any] = {
+    "template.create": Template, "template.list": list[Template], "template.get": Template,
+    "template.update": Template, "template.delete": Ok,
     "pipeline.create": PipelineRecord, "pipeline.list": list[PipelineRecord], "pipeline.get": PipelineRecord,
     "hello": Hello, "health": Health, "session.create": SessionView, "session.list": SessionList,
     "session.get": SessionView, "session.health": SessionHealth, "session.send": SendResult,

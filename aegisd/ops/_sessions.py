@@ -27,7 +27,8 @@ class Empty(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CreateParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    workDir: str
+    workDir: str | None = None  # required unless the template gives one
+    templateId: str | None = None
     name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     label: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
@@ -130,6 +131,13 @@ async def health(ctx: OpContext, p: Empty) -> dict[str, Any]:
 @op("session.create", CreateParams, summary="Create a session (or reuse an idle one in the same workDir)",
     permission="create")
 async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
+    if p.templateId:
+        t = ctx.daemon.templates.get(p.templateId)
+        fill = {k: getattr(t, k) for k in ("workDir", "prompt", "permissionMode", "autoApprove", "agent", "model",
+                                            "stallThresholdMs") if getattr(p, k) is None and getattr(t, k) is not None}
+        p = msgspec.structs.replace(p, **fill)
+    if not p.workDir:
+        raise ValidationError("workDir is required")
     mode = p.permissionMode
     if mode is None and p.autoApprove:
         mode = "bypassPermissions"
