@@ -251,3 +251,17 @@ async def test_socket_acts_as_admin(authd: DaemonHandle) -> None:
     assert r["ok"] is True and r["result"]["key"].startswith("aegis_")
     await c.stream.aclose()
     _ = (httpx, trio)
+
+
+async def test_per_key_permission_override(authd: DaemonHandle, workdir: Path) -> None:
+    # a viewer allowed to approve only, and an operator stripped of kill
+    approver = await make_key(authd, "viewer", "approver", permissions=["approve"])
+    no_kill = await make_key(authd, "operator", "no-kill", permissions=["create", "send"])
+    s = (await authd.http.post("/v1/sessions", json={"workDir": str(workdir), "reuse": False},
+                               headers=bearer(no_kill["key"]))).json()
+    r = await authd.http.delete(f"/v1/sessions/{s['id']}", headers=bearer(no_kill["key"]))
+    assert r.status_code == 403 and "kill" in r.json()["message"]
+    r = await authd.http.post("/v1/sessions", json={"workDir": str(workdir)}, headers=bearer(approver["key"]))
+    assert r.status_code == 403
+    r = await authd.http.post("/v1/auth/keys", json={"name": "bad", "permissions": ["fly"]}, headers=bearer(MASTER))
+    assert r.status_code == 400

@@ -410,3 +410,45 @@ async def test_keys_commands_and_doctor_audit(nursery: trio.Nursery, tmp_path: P
     assert res.returncode == 1
     checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
     assert checks["audit chain"]["status"] == "fail"
+
+
+def _stub(bin_dir: Path, name: str, script: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+
+
+async def test_doctor_fix_installs_into_the_npm_prefix(tmp_path: Path) -> None:
+    bin_dir, prefix, log = tmp_path / "bin", tmp_path / "npm-prefix", tmp_path / "npm.log"
+    # a stand-in npm: records its arguments and creates the binary where `npm install --prefix` would
+    _stub(bin_dir, "npm", f'echo "$@" >> {log}\nmkdir -p "$3/node_modules/.bin"\n'
+                          'printf "#!/bin/sh\\n" > "$3/node_modules/.bin/claude-agent-acp"\n'
+                          'chmod +x "$3/node_modules/.bin/claude-agent-acp"\n')
+    _stub(bin_dir, "node", 'echo v20.20.2\n')
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "AEGIS_NPM_PREFIX": str(prefix),
+           "AEGIS_STATE_DIR": str(tmp_path / "st"), "AEGIS_PORT": "0", "NO_COLOR": "1", "ANTHROPIC_API_KEY": "x"}
+    with trio.fail_after(30):
+        r = await trio.run_process([AG, "doctor", "--fix", "--json"], env=env, capture_stdout=True, check=False)
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["fix: install claude-agent-acp"]["status"] == "ok"
+    assert log.read_text().split()[:3] == ["install", "--prefix", str(prefix)]
+    assert "@agentclientprotocol/claude-agent-acp" in log.read_text()
+    assert checks["agent"]["status"] == "ok" and str(prefix) in checks["agent"]["detail"]
+
+
+async def test_service_install_runs_systemctl(tmp_path: Path) -> None:
+    bin_dir, log = tmp_path / "bin", tmp_path / "systemctl.log"
+    _stub(bin_dir, "systemctl", f'echo "$@" >> {log}\n')
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "NO_COLOR": "1"}
+    with trio.fail_after(30):
+        r = await trio.run_process([AG, "service", "install"], env=env, capture_stdout=True, check=False)
+    assert r.returncode == 0, r.stdout
+    unit = tmp_path / ".config" / "systemd" / "user" / "aegisd.service"
+    text = unit.read_text()
+    assert "Type=notify" in text and f"ExecStart={Path(AG).with_name('aegisd')}" in text
+    assert log.read_text().splitlines() == ["--user daemon-reload", "--user enable --now aegisd"]
+    with trio.fail_after(30):
+        r = await trio.run_process([AG, "service", "uninstall"], env=env, capture_stdout=True, check=False)
+    assert r.returncode == 0 and not unit.exists()
+    assert "--user disable --now aegisd" in log.read_text()
