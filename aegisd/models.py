@@ -94,6 +94,7 @@ class SessionRecord(msgspec.Struct):
     availableCommands: list[dict[str, Any]] = []
     parentId: str | None = None
     ownerKeyId: str | None = None
+    permissionProfile: dict[str, Any] | None = None
     pid: int | None = None
     schemaVersion: int = SCHEMA_VERSION
 

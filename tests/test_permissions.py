@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from aegisd.acp import wire as w
@@ -38,3 +39,27 @@ def test_least_privilege() -> None:
 ])
 def test_daemon_policy(mode: str, kind: str, native: bool, want: Policy) -> None:
     assert daemon_policy(mode, kind, native=native) is want
+
+
+def test_profile_rules() -> None:
+    from aegisd.sessions._permissions import PermissionProfile, evaluate_profile
+
+    prof = msgspec.convert({"defaultBehavior": "ask", "rules": [
+        {"tool": "execute", "behavior": "deny", "pattern": "rm *"},
+        {"tool": "Bash", "behavior": "allow", "pattern": "git *"},
+        {"tool": "edit", "behavior": "allow", "constraints": {"paths": ["/work/src/*"], "maxFileSize": 100}},
+        {"tool": "read", "behavior": "allow"},
+        {"tool": "*", "behavior": "allow", "constraints": {"readOnly": True}},
+    ]}, PermissionProfile)
+
+    def ev(kind: str, raw: object, title: str = "") -> Policy:
+        return evaluate_profile(prof, kind=kind, title=title, name=None, raw_input=raw)
+    assert ev("execute", {"command": "rm -rf /"}) is Policy.DENY
+    assert ev("execute", {"command": "git status"}, title="Bash") is Policy.ALLOW
+    assert ev("edit", {"file_path": "/work/src/a.py", "new_string": "x"}) is Policy.ALLOW
+    assert ev("edit", {"file_path": "/etc/passwd", "new_string": "x"}) is Policy.DENY
+    assert ev("edit", {"file_path": "/work/src/a.py", "content": "x" * 500}) is Policy.DENY
+    assert ev("read", {"file_path": "/anything"}) is Policy.ALLOW
+    assert ev("delete", {"path": "/x"}) is Policy.DENY  # the catch-all is read-only
+    empty = PermissionProfile()
+    assert evaluate_profile(empty, kind="edit", title="", name=None, raw_input={}) is Policy.ASK

@@ -302,3 +302,25 @@ async def test_capacity_limit(daemon_factory: Any, workdir: Path) -> None:
     await d.create(workdir, reuse=False)
     r = await d.http.post("/v1/sessions", json={"workDir": str(workdir), "reuse": False})
     assert r.status_code == 429 and r.json()["code"] == "CAPACITY_EXCEEDED"
+
+
+async def test_permission_profile_enforced(daemon: DaemonHandle, workdir: Path) -> None:
+    s = await daemon.create(workdir, permissionMode="bypassPermissions")
+    sid = s["id"]
+    r = await daemon.http.put(f"/v1/sessions/{sid}/permission-profile", json={
+        "defaultBehavior": "ask", "rules": [{"tool": "execute", "behavior": "deny", "pattern": "rm *"},
+                                            {"tool": "execute", "behavior": "allow", "pattern": "make*"}]})
+    assert r.status_code == 200 and r.json()["permissionProfile"]["rules"][0]["behavior"] == "deny"
+    assert (await daemon.http.get(f"/v1/sessions/{sid}/permission-profile")).json()["permissionProfile"]
+    # a deny rule wins even in bypassPermissions; an allow rule approves; the default asks a person
+    await daemon.http.post(f"/v1/sessions/{sid}/send", json={"text": "tool:execute:Run:rm -rf x;"
+                                                                     "tool:execute:Run:make all;tool:edit:Edit:f"})
+    await daemon.wait_status(sid, State.PERMISSION_PROMPT)
+    msgs = (await daemon.http.get(f"/v1/sessions/{sid}/transcript?limit=200")).json()["messages"]
+    texts = [m["text"] for m in msgs]
+    assert "permission: reject" in texts and "permission: allow" in texts
+    assert any("auto-rejected (permission profile)" in t for t in texts)
+    await daemon.http.post(f"/v1/sessions/{sid}/approve")
+    await daemon.wait_event(sid, "turn")
+    r = await daemon.http.put(f"/v1/sessions/{sid}/permission-profile", json={"defaultBehavior": "maybe"})
+    assert r.status_code == 400

@@ -66,6 +66,8 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/pipelines", "pipeline.create", "body", 201),
     (("GET",), "/v1/pipelines", "pipeline.list", "none", 200),
     (("GET",), "/v1/pipelines/<pid>", "pipeline.get", "id", 200),
+    (("GET",), "/v1/sessions/<sid>/permission-profile", "session.permission_profile.get", "id", 200),
+    (("PUT",), "/v1/sessions/<sid>/permission-profile", "session.permission_profile.set", "id+body", 200),
     (("POST",), "/v1/templates", "template.create", "body", 201),
     (("GET",), "/v1/templates", "template.list", "none", 200),
     (("GET",), "/v1/templates/<tid>", "template.get", "id", 200),

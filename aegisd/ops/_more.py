@@ -322,3 +322,34 @@ async def handshake(ctx: OpContext, p: HandshakeParams) -> dict[str, Any]:
 
 
 _ = session_view
+
+
+class ProfileParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    defaultBehavior: str = "ask"
+    rules: list[Any] = []
+
+
+@op("session.permission_profile.get", IdParams, summary="The permission rules the daemon enforces for a session")
+async def get_profile(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    return {"permissionProfile": rec.permissionProfile}
+
+
+@op("session.permission_profile.set", ProfileParams, permission="approve",
+    summary="Set the permission rules (allow/deny/ask by tool kind or name, command/path globs, read-only, "
+            "path and size constraints) the daemon enforces on the session's permission requests")
+async def set_profile(ctx: OpContext, p: ProfileParams) -> dict[str, Any]:
+    from ..sessions._permissions import PermissionProfile, validate_profile
+
+    rec = ctx.daemon.session(ctx, p.id)
+    try:
+        profile = msgspec.convert({"defaultBehavior": p.defaultBehavior, "rules": p.rules}, PermissionProfile)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"invalid permission profile: {exc}") from None
+    validate_profile(profile)
+    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "set_profile",
+                                                              profile=msgspec.to_builtins(profile))
+    ctx.daemon.audit_record(ctx, "session.permission_profile", session_id=rec.id,
+                            detail={"rules": len(profile.rules), "default": profile.defaultBehavior})
+    return result

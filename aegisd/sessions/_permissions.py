@@ -4,6 +4,10 @@ an agent cannot apply the session's permission mode itself."""
 from __future__ import annotations
 
 import enum
+import fnmatch
+from typing import Any
+
+import msgspec
 
 from ..acp import wire as w
 from ..errors import Conflict
@@ -58,3 +62,77 @@ def daemon_policy(mode: str, tool_kind: str | None, *, native: bool) -> Policy:
     if mode == "auto":
         return Policy.ALLOW if kind in READ_ONLY_KINDS else Policy.ASK
     return Policy.ASK
+
+
+# ---- permission profiles: per-session rules the daemon enforces -----------------------------------------
+class ProfileConstraints(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    readOnly: bool = False
+    paths: list[str] | None = None  # globs; every path the tool touches must match one
+    maxFileSize: int | None = None  # bytes of content a write may carry
+
+
+class ProfileRule(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    tool: str  # "*", a tool kind (read, edit, execute, ...) or a tool name/title word (Bash, Write, ...)
+    behavior: str  # allow | deny | ask
+    pattern: str | None = None  # glob against the command or path in the tool's input
+    constraints: ProfileConstraints | None = None
+
+
+class PermissionProfile(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    defaultBehavior: str = "ask"
+    rules: list[ProfileRule] = []
+
+
+_BEHAVIORS = {"allow": Policy.ALLOW, "deny": Policy.DENY, "ask": Policy.ASK}
+_PATH_KEYS = ("file_path", "path", "notebook_path", "filePath", "abs_path")
+_TEXT_KEYS = ("content", "new_string", "newText", "new_source")
+
+
+def validate_profile(profile: PermissionProfile) -> None:
+    from ..errors import ValidationError
+
+    if profile.defaultBehavior not in _BEHAVIORS:
+        raise ValidationError("defaultBehavior must be allow, deny or ask")
+    if len(profile.rules) > 100:
+        raise ValidationError("at most 100 rules")
+    for r in profile.rules:
+        if r.behavior not in _BEHAVIORS:
+            raise ValidationError(f"rule for {r.tool!r}: behavior must be allow, deny or ask")
+        if r.constraints and r.constraints.paths and len(r.constraints.paths) > 50:
+            raise ValidationError("at most 50 paths per rule")
+
+
+def _inputs(raw: Any) -> tuple[list[str], list[str], int]:
+    """(paths, strings to match patterns against, size of content) from a tool's raw input."""
+    if not isinstance(raw, dict):
+        return [], [str(raw)] if raw else [], 0
+    paths = [str(raw[k]) for k in _PATH_KEYS if isinstance(raw.get(k), str)]
+    texts = [str(raw[k]) for k in ("command", "pattern", "url", "query") if isinstance(raw.get(k), str)]
+    size = max((len(str(raw[k]).encode()) for k in _TEXT_KEYS if isinstance(raw.get(k), str)), default=0)
+    return paths, texts + paths, size
+
+
+def evaluate_profile(profile: PermissionProfile, *, kind: str | None, title: str | None, name: str | None,
+                     raw_input: Any) -> Policy:
+    """The first matching rule decides; otherwise the profile's default."""
+    kind = (kind or "other").lower()
+    words = {w.lower() for w in ((title or "") + " " + (name or "")).replace("`", " ").split() if w}
+    paths, texts, size = _inputs(raw_input)
+    for rule in profile.rules:
+        tool = rule.tool.lower()
+        if tool != "*" and tool != kind and tool not in words:
+            continue
+        if rule.pattern and not any(fnmatch.fnmatchcase(t, rule.pattern) for t in texts):
+            continue
+        c = rule.constraints
+        if c is not None:
+            if c.readOnly and kind not in READ_ONLY_KINDS:
+                return Policy.DENY
+            if c.paths is not None and paths and not all(
+                    any(fnmatch.fnmatchcase(p, g) or p.startswith(g.rstrip("*").rstrip("/") + "/") for g in c.paths)
+                    for p in paths):
+                return Policy.DENY
+            if c.maxFileSize is not None and size > c.maxFileSize:
+                return Policy.DENY
+        return _BEHAVIORS[rule.behavior]
+    return _BEHAVIORS[profile.defaultBehavior]

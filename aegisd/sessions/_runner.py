@@ -36,7 +36,7 @@ from ..models import (
     now_ms,
 )
 from ..states import LIVE, TERMINAL, State, check_transition
-from ._permissions import Policy, choose_option, daemon_policy
+from ._permissions import PermissionProfile, Policy, choose_option, daemon_policy, evaluate_profile
 from ._transcript import TranscriptBuilder
 
 if TYPE_CHECKING:
@@ -303,6 +303,10 @@ class SessionRunner:
             return await self._decide(cmd.kind == "approve", cmd.args.get("optionId"))
         if cmd.kind == "interrupt":
             return await self._interrupt()
+        if cmd.kind == "set_profile":
+            self.rec.permissionProfile = cmd.args["profile"]
+            await self._save()
+            return {"permissionProfile": self.rec.permissionProfile}
         if cmd.kind == "set_permission_mode":
             self.rec.permissionMode = cmd.args["mode"]
             await self._save()
@@ -403,6 +407,11 @@ class SessionRunner:
         await self._append(self._builder.permission_request(params))
         tc = params.toolCall
         policy = daemon_policy(rec.permissionMode, tc.kind, native=self._native_mode)
+        by = rec.permissionMode
+        if rec.permissionProfile:  # explicit per-session rules come first (a deny rule wins even in bypass)
+            profile = msgspec.convert(rec.permissionProfile, PermissionProfile)
+            policy = evaluate_profile(profile, kind=tc.kind, title=tc.title, name=tc.name, raw_input=tc.rawInput)
+            by = "permission profile"
         if policy is not Policy.ASK:
             try:
                 option = choose_option(params.options, allow=policy is Policy.ALLOW)
@@ -415,7 +424,7 @@ class SessionRunner:
                 else:
                     self.manager.metrics.auto_rejections += 1
                 await self._append(self._builder.permission_decision(
-                    f"{verb} ({rec.permissionMode}): {option}", tc.toolCallId or None))
+                    f"{verb} ({by}): {option}", tc.toolCallId or None))
                 self._bus.publish(rec.id, "approval", {"auto": True, "decision": policy.value,
                                                        "optionId": option, "toolTitle": tc.title or ""})
                 return {"outcome": {"outcome": "selected", "optionId": option}}
