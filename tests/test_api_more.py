@@ -107,3 +107,16 @@ async def test_templates(daemon: DaemonHandle, workdir: Path) -> None:
     assert (await h.get(f"/v1/templates/{t['id']}")).status_code == 404
     assert (await h.post("/v1/sessions", json={"templateId": "nope"})).status_code == 404
     assert (await h.post("/v1/sessions", json={})).status_code == 400
+
+
+async def test_fork_seeds_the_transcript(daemon: DaemonHandle, workdir: Path) -> None:
+    s = await daemon.create(workdir, prompt="say:the answer is 42", permissionMode="plan")
+    await daemon.wait_event(s["id"], "turn")
+    r = await daemon.http.post(f"/v1/sessions/{s['id']}/fork", json={"prompt": "what was the answer?"})
+    assert r.status_code == 201
+    f = r.json()
+    assert f["forkedFrom"] == s["id"] and f["forkMethod"] == "transcript" and f["seededEntries"] == 2
+    assert f["id"] != s["id"] and f["permissionMode"] == "plan" and f["workDir"] == s["workDir"]
+    await daemon.wait_event(f["id"], "turn")
+    first = (await daemon.http.get(f"/v1/sessions/{f['id']}/transcript")).json()["messages"][0]["text"]
+    assert "assistant: the answer is 42" in first and first.endswith("what was the answer?")

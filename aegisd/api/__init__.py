@@ -59,6 +59,7 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("GET",), "/v1/sessions/<sid>/tools", "session.tools", "id", 200),
     (("GET",), "/v1/sessions/<sid>/children", "session.children", "id", 200),
     (("POST",), "/v1/sessions/<sid>/spawn", "session.spawn", "id+body", 201),
+    (("POST",), "/v1/sessions/<sid>/fork", "session.fork", "id+body", 201),
     (("POST",), "/v1/sessions/<sid>/command", "session.command", "id+body", 200),
     (("GET",), "/v1/sessions/<sid>/pane", "session.pane", "id", 200),
     (("POST",), "/v1/sessions/<sid>/screenshot", "session.screenshot", "id+body", 200),

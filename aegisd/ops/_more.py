@@ -353,3 +353,38 @@ async def set_profile(ctx: OpContext, p: ProfileParams) -> dict[str, Any]:
     ctx.daemon.audit_record(ctx, "session.permission_profile", session_id=rec.id,
                             detail={"rules": len(profile.rules), "default": profile.defaultBehavior})
     return result
+
+
+class ForkParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
+
+
+FORK_CONTEXT_CHARS = 50_000
+
+
+@op("session.fork", ForkParams, permission="create",
+    summary="A new session that continues from this one's transcript (seeded as its first prompt)")
+async def fork(ctx: OpContext, p: ForkParams) -> dict[str, Any]:
+    src = ctx.daemon.session(ctx, p.id)
+    lines: list[str] = []
+    size = 0
+    for e in reversed(await _entries(ctx, src.id)):
+        if e.contentType not in ("text", "tool_use", "tool_result", "tool_error", "plan"):
+            continue
+        line = f"{e.role}: {e.text}" if e.contentType == "text" else f"{e.role} [{e.contentType}]: {e.text}"
+        if size + len(line) > FORK_CONTEXT_CHARS:
+            break
+        lines.append(line)
+        size += len(line)
+    lines.reverse()
+    seed = (f"This session continues an earlier session ({src.id}). Its conversation so far:\n\n"
+            + "\n".join(lines) + "\n\n" + (p.prompt or "Continue from there."))
+    params = CreateParams(workDir=src.workDir, name=p.name or f"{src.name}-fork", prompt=seed,
+                          permissionMode=src.permissionMode, agent=src.agent, model=src.model, reuse=False)
+    out = await create(ctx, params)
+    out["forkedFrom"] = src.id
+    out["forkMethod"] = "transcript"  # an ACP session/fork in the agent is not used yet
+    out["seededEntries"] = len(lines)
+    return out
