@@ -93,6 +93,9 @@ class Daemon:
         from .templates import TemplateStore
 
         self.templates = TemplateStore(config.state_path / "templates.json")
+        from .memory import MemoryStore
+
+        self.memory = MemoryStore(config.state_path / "memory.json")
         self.http_url = config.base_url
         self.socket_path = config.socket_path
         from .audit import AuditLog

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import trio
 
 from .conftest import DaemonHandle
 
@@ -120,3 +123,31 @@ async def test_fork_seeds_the_transcript(daemon: DaemonHandle, workdir: Path) ->
     await daemon.wait_event(f["id"], "turn")
     first = (await daemon.http.get(f"/v1/sessions/{f['id']}/transcript")).json()["messages"][0]["text"]
     assert "assistant: the answer is 42" in first and first.endswith("what was the answer?")
+
+
+async def test_memory_bridge(daemon_factory: Any, workdir: Path) -> None:
+    off = await daemon_factory()
+    assert (await off.http.get("/v1/memory")).status_code == 404
+    off.shutdown.set()
+    with trio.fail_after(15):
+        await off.done.wait()  # type: ignore[attr-defined]
+    d = await daemon_factory(memoryBridge={"enabled": True})
+    h = d.http
+    r = await h.post("/v1/memory", json={"key": "project/stack", "value": "python + trio"})
+    assert r.status_code == 200 and r.json()["entry"]["namespace"] == "project"
+    await h.post("/v1/memory", json={"key": "user/name", "value": "ada", "ttlSeconds": 60})
+    assert (await h.get("/v1/memory/project/stack")).json()["entry"]["value"] == "python + trio"
+    assert [e["key"] for e in (await h.get("/v1/memory?prefix=user/")).json()["entries"]] == ["user/name"]
+    assert [e["key"] for e in (await h.get("/v1/memories?scope=project")).json()["entries"]] == ["project/stack"]
+    assert (await h.get("/v1/memories?scope=galaxy")).status_code == 400
+    assert (await h.post("/v1/memory", json={"key": "no-namespace", "value": "x"})).status_code == 400
+    assert (await h.post("/v1/memory", json={"key": "a/b", "value": "x" * (100 * 1024 + 1)})).status_code == 413
+    s = await d.create(workdir, prompt="say:ok", memoryKeys=["project/stack", "missing/key"])
+    await d.wait_event(s["id"], "turn")
+    first = (await h.get(f"/v1/sessions/{s['id']}/transcript")).json()["messages"][0]["text"]
+    assert first.startswith("[Memory context]\nproject/stack: python + trio\n\n") and first.endswith("say:ok")
+    r = await h.post(f"/v1/sessions/{s['id']}/memories", json={"key": "note", "value": "remember"})
+    assert r.json()["entry"]["key"] == f"session:{s['id']}/note"
+    assert len((await h.get(f"/v1/sessions/{s['id']}/memories")).json()["entries"]) == 1
+    assert (await h.delete("/v1/memory/project/stack")).json() == {"ok": True}
+    assert (await h.get("/v1/memory/project/stack")).status_code == 404

@@ -34,7 +34,9 @@ async def test_every_route_is_in_the_spec(daemon: DaemonHandle) -> None:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        from aegisd.api._openapi import _path
+
+        path = _path(rule.rule)[0]
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             if method.lower() not in spec["paths"].get(path, {}):
                 missing.append(f"{method} {path}")

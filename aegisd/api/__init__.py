@@ -74,6 +74,13 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("GET",), "/v1/templates/<tid>", "template.get", "id", 200),
     (("PUT",), "/v1/templates/<tid>", "template.update", "id+body", 200),
     (("DELETE",), "/v1/templates/<tid>", "template.delete", "id", 200),
+    (("POST",), "/v1/memory", "memory.set", "body", 200),
+    (("GET",), "/v1/memory", "memory.list", "query", 200),
+    (("GET",), "/v1/memory/<path:mkey>", "memory.get", "id", 200),
+    (("DELETE",), "/v1/memory/<path:mkey>", "memory.delete", "id", 200),
+    (("GET",), "/v1/memories", "memory.scope", "query", 200),
+    (("POST",), "/v1/sessions/<sid>/memories", "session.memories.set", "id+body", 200),
+    (("GET",), "/v1/sessions/<sid>/memories", "session.memories.list", "id", 200),
     (("GET",), "/v1/metrics", "metrics", "none", 200),
     (("GET",), "/v1/diagnostics", "diagnostics", "query", 200),
     (("GET",), "/v1/tools", "tools", "none", 200),
@@ -237,7 +244,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         public = ops.get_op(op_name).permission == "public"
 
         async def view(sid: str | None = None, kid: str | None = None, pid: str | None = None,
-                       tid: str | None = None) -> Response:
+                       tid: str | None = None, mkey: str | None = None) -> Response:
             _ip_limit()
             rid = _request_id()
             try:
@@ -262,6 +269,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
                 params["id"] = pid
             if tid is not None:
                 params["id"] = tid
+            if mkey is not None:
+                params["key"] = mkey
             result = await ops.call(ctx, op_name, params, strict=strict)
             code = status
             if op_name == "session.create" and isinstance(result, dict) and result.get("reused"):

@@ -38,9 +38,10 @@ def build(routes: list[tuple[tuple[str, ...], str, str, str, int]], extra: dict[
         parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"},
                        "description": {"sid": "session id (or a unique prefix of at least 4 characters)",
                                        "kid": "API key id", "pid": "pipeline id",
-                                       "tid": "template id"}[n]} for n in names]
+                                       "tid": "template id", "mkey": "memory key (namespace/key)"}[n]} for n in names]
         if names:
             props.pop("id", None)
+            props.pop("key", None) if "mkey" in names else None
         operation: dict[str, Any] = {"operationId": f"{op_name}:{methods[0].lower()}:{path}",
                                      "summary": o.summary, "tags": [op_name.split(".")[0]],
                                      "x-aegis-operation": op_name}

@@ -138,11 +138,13 @@ async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
         p = msgspec.structs.replace(p, **fill)
     if not p.workDir:
         raise ValidationError("workDir is required")
+    if p.memoryKeys and p.prompt and ctx.daemon.config.memoryBridge.get("enabled"):
+        p = msgspec.structs.replace(p, prompt=ctx.daemon.memory.context(p.memoryKeys) + p.prompt)
     mode = p.permissionMode
     if mode is None and p.autoApprove:
         mode = "bypassPermissions"
     rec, reused, delivery = await ctx.daemon.manager.create(
-        workDir=p.workDir, name=p.name or p.label, prompt=p.prompt, permissionMode=mode, model=p.model,
+        workDir=p.workDir or "", name=p.name or p.label, prompt=p.prompt, permissionMode=mode, model=p.model,
         agent=p.agent, stallThresholdMs=p.stallThresholdMs, parentId=p.parentId,
         ownerKeyId=ctx.principal.key_id, reuse=p.reuse)
     if not reused:

@@ -1,0 +1,102 @@
+"""The memory bridge: a small key-value store shared by sessions (opt-in: `memoryBridge: {enabled: true}`).
+
+Keys are `namespace/key`; entries may expire (TTL up to 30 days, checked lazily); persisted to
+`<state>/memory.json` on every change (atomic replace)."""
+
+from __future__ import annotations
+
+import builtins
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .errors import NotFound, PayloadTooLarge, ValidationError
+from .models import now_ms
+
+KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)+$")
+MAX_VALUE = 100 * 1024
+MAX_TTL_S = 30 * 86_400
+
+
+class MemoryEntry(msgspec.Struct):
+    key: str
+    value: str
+    namespace: str
+    created_at: int
+    updated_at: int
+    expires_at: int | None = None
+
+
+class MemoryStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._items: dict[str, MemoryEntry] | None = None
+
+    def _load(self) -> dict[str, MemoryEntry]:
+        if self._items is None:
+            try:
+                items = msgspec.json.decode(self.path.read_bytes(), type=list[MemoryEntry])
+            except FileNotFoundError:
+                items = []
+            self._items = {e.key: e for e in items}
+        now = now_ms()
+        expired = [k for k, e in self._items.items() if e.expires_at is not None and e.expires_at <= now]
+        for k in expired:
+            del self._items[k]
+        return self._items
+
+    def _save(self) -> None:
+        from .store._file import _atomic_write
+
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _atomic_write(self.path, msgspec.json.encode(list(self._load().values())))
+
+    @staticmethod
+    def check_key(key: str) -> str:
+        if len(key) > 256 or not KEY_RE.match(key):
+            raise ValidationError("memory keys look like 'namespace/key' (letters, digits, _ . : -), at most 256")
+        return key
+
+    def set(self, key: str, value: str, ttl_seconds: int | None = None) -> MemoryEntry:
+        self.check_key(key)
+        if len(value.encode()) > MAX_VALUE:
+            raise PayloadTooLarge(f"memory values are at most {MAX_VALUE} bytes")
+        if ttl_seconds is not None and not (1 <= ttl_seconds <= MAX_TTL_S):
+            raise ValidationError(f"ttlSeconds must be between 1 and {MAX_TTL_S}")
+        items = self._load()
+        now = now_ms()
+        old = items.get(key)
+        entry = MemoryEntry(key=key, value=value, namespace=key.split("/", 1)[0],
+                            created_at=old.created_at if old else now, updated_at=now,
+                            expires_at=now + ttl_seconds * 1000 if ttl_seconds else None)
+        items[key] = entry
+        self._save()
+        return entry
+
+    def get(self, key: str) -> MemoryEntry:
+        entry = self._load().get(key)
+        if entry is None:
+            raise NotFound(f"no memory entry {key!r}")
+        return entry
+
+    def delete(self, key: str) -> None:
+        self.get(key)
+        del self._load()[key]
+        self._save()
+
+    def list(self, prefix: str | None = None) -> list[MemoryEntry]:
+        return sorted((e for e in self._load().values() if not prefix or e.key.startswith(prefix)),
+                      key=lambda e: e.key)
+
+    def context(self, keys: builtins.list[str]) -> str:
+        """The `[Memory context]` block prepended to a prompt for `memoryKeys`."""
+        found = [self._load().get(k) for k in keys]
+        lines = [f"{e.key}: {e.value}" for e in found if e is not None]
+        return "[Memory context]\n" + "\n".join(lines) + "\n\n" if lines else ""
+
+
+def entry_view(e: MemoryEntry) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(e)
+    return out
