@@ -54,6 +54,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     strictRbac: bool = False
     stallThresholdMs: int = 120_000
     maxSessions: int = 1000
+    webhooks: list[Any] = []
     sseMaxConnections: int = 100
     sseMaxPerIp: int = 10
     acpPromptTimeoutMs: int = 120_000
@@ -122,10 +123,11 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_MAX_SESSIONS": ("maxSessions", int),
     "AEGIS_SSE_MAX_CONNECTIONS": ("sseMaxConnections", int),
     "AEGIS_SSE_MAX_PER_IP": ("sseMaxPerIp", int),
+    "AEGIS_WEBHOOKS": ("webhooks", lambda v: [u.strip() for u in v.split(",") if u.strip()]),
     "AEGIS_KILL_GRACE_MS": ("killGraceMs", int),
 }
 # Keys of the config file that are not Config fields but are accepted (the original's, or for later parts).
-KNOWN_EXTRA_KEYS = {"clientAuthToken", "webhooks", "rateLimit", "defaultSessionEnv", "name", "model"}
+KNOWN_EXTRA_KEYS = {"clientAuthToken", "rateLimit", "defaultSessionEnv", "name", "model"}
 _SECRET_KEYS = {"authToken", "postgresUrl", "redisUrl", "clientAuthToken"}
 
 
@@ -212,6 +214,12 @@ def _validate(cfg: Config) -> None:
         raise ValidationError("port must be between 0 and 65535")
     if cfg.stallThresholdMs < 1000:
         raise ValidationError("stallThresholdMs must be at least 1000")
+    try:
+        from .webhooks import parse_endpoints
+
+        parse_endpoints(cfg.webhooks)
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise ValidationError(f"webhooks: {exc}") from None
     if cfg.acpPromptTimeoutMs < 1:
         raise ValidationError("AEGIS_ACP_PROMPT_TIMEOUT_MS must be positive")
 

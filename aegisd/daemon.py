@@ -203,10 +203,14 @@ class Daemon:
             await self.lifeline.start()
             async with trio.open_nursery() as root:
                 await root.start(self.bus.run_persister)
+                from .webhooks import Webhooks, parse_endpoints
+
+                self.webhooks = Webhooks(self, parse_endpoints(cfg.webhooks), cfg.state_path / "webhooks-dlq.json")
                 async with trio.open_nursery() as sessions:
                     self.manager = SessionManager(config=cfg, store=self.store, bus=self.bus,
                                                   lifeline=self.lifeline, nursery=sessions, environ=self.environ)
                     await self.manager.recover()
+                    await root.start(self.webhooks.run)
                     from .pipelines import PipelineManager, default_stage_timeout
 
                     self.pipelines = PipelineManager(self, cfg.state_path / "pipelines",

@@ -81,6 +81,7 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("GET",), "/v1/memories", "memory.scope", "query", 200),
     (("POST",), "/v1/sessions/<sid>/memories", "session.memories.set", "id+body", 200),
     (("GET",), "/v1/sessions/<sid>/memories", "session.memories.list", "id", 200),
+    (("GET",), "/v1/webhooks/dead-letter", "webhooks.dead_letter", "none", 200),
     (("GET",), "/v1/metrics", "metrics", "none", 200),
     (("GET",), "/v1/diagnostics", "diagnostics", "query", 200),
     (("GET",), "/v1/tools", "tools", "none", 200),

@@ -388,3 +388,8 @@ async def fork(ctx: OpContext, p: ForkParams) -> dict[str, Any]:
     out["forkMethod"] = "transcript"  # an ACP session/fork in the agent is not used yet
     out["seededEntries"] = len(lines)
     return out
+
+
+@op("webhooks.dead_letter", Empty, summary="Webhook deliveries that failed every attempt (kept across restarts)")
+async def dead_letter(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
+    return [msgspec.to_builtins(d) for d in ctx.daemon.webhooks.dlq]

@@ -1,0 +1,181 @@
+"""Webhooks: session events POSTed to configured endpoints, signed, retried, dead-lettered.
+
+Config (`webhooks:`): a list of URLs, or of `{url, secret?, events?: [names or prefixes*]}`. Each delivery is
+`{event, timestamp, session: {id, name, workDir: "[REDACTED]"}, detail}` with, when a secret is set,
+`X-Aegis-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`. Up to 3 attempts with backoff
+(1 s, 5 s, 30 s); a 4xx answer is not retried; what still fails after a 5xx or a network error goes to the
+dead-letter queue (`<state>/webhooks-dlq.json`, the last 100, kept across restarts)."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+import trio
+
+from .models import Event, now_ms
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = structlog.get_logger("aegisd.webhooks")
+
+BACKOFF_S = (1.0, 5.0, 30.0)
+DLQ_MAX = 100
+TIMEOUT_S = 5.0
+
+
+class Endpoint(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    secret: str | None = None
+    events: list[str] | None = None
+
+
+class DeadLetter(msgspec.Struct):
+    timestamp: int
+    endpoint: str
+    event: str
+    error: str
+    attempts: int
+    payload: dict[str, Any] = {}
+
+
+def parse_endpoints(raw: Any) -> list[Endpoint]:
+    out = []
+    for item in raw or []:
+        ep = Endpoint(url=item) if isinstance(item, str) else msgspec.convert(item, Endpoint)
+        if not ep.url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook URL must be http(s): {ep.url}")
+        out.append(ep)
+    return out
+
+
+def sign(secret: str, body: bytes, t: int | None = None) -> str:
+    t = int(time.time()) if t is None else t
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify(secret: str, body: bytes, header: str, *, tolerance_s: int = 300) -> bool:
+    """For receivers: check an X-Aegis-Signature header."""
+    try:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        t = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs(time.time() - t) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, body, t), header)
+
+
+def event_name(ev: Event) -> str | None:
+    if ev.event == "created":
+        return "session.created"
+    if ev.event == "ended":
+        return "session.ended"
+    if ev.event == "status":
+        status = ev.data.get("status")
+        return {"permission_prompt": "status.permission", "idle": "status.idle", "running": "status.working",
+                "stalled": "status.stall", "crashed": "status.error"}.get(str(status))
+    if ev.event == "stall":
+        return "status.stall"
+    if ev.event == "message" and ev.data.get("role") == "assistant" and ev.data.get("contentType") == "text":
+        return "message.assistant"
+    if ev.event == "message" and ev.data.get("contentType") == "tool_use":
+        return "message.tool_use"
+    return None
+
+
+class Webhooks:
+    def __init__(self, daemon: Daemon, endpoints: list[Endpoint], dlq_path: Path) -> None:
+        self.daemon = daemon
+        self.endpoints = endpoints
+        self.dlq_path = dlq_path
+        self.sent = 0
+        self.failed = 0
+        self.dlq_changed = trio.Event()
+        try:
+            self.dlq: list[DeadLetter] = msgspec.json.decode(dlq_path.read_bytes(), type=list[DeadLetter])
+        except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+            self.dlq = []
+
+    def _save_dlq(self) -> None:
+        from .store._file import _atomic_write
+
+        self.dlq = self.dlq[-DLQ_MAX:]
+        _atomic_write(self.dlq_path, msgspec.json.encode(self.dlq))
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if not self.endpoints:
+            task_status.started()
+            return
+        import httpx
+
+        sub = await self.daemon.bus.subscribe(maxsize=100_000)
+        limiter = trio.CapacityLimiter(8)
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as client, trio.open_nursery() as nursery:
+            task_status.started()
+            async for ev in sub:
+                name = event_name(ev)
+                if name is None:
+                    continue
+                for ep in self.endpoints:
+                    if ep.events and not any(fnmatch.fnmatchcase(name, pat) for pat in ep.events):
+                        continue
+                    nursery.start_soon(self._deliver, client, limiter, ep, name, ev)
+
+    def _payload(self, name: str, ev: Event) -> dict[str, Any]:
+        rec = self.daemon.manager.records.get(ev.sessionId)
+        detail = json.dumps(ev.data, ensure_ascii=False)[:2000]
+        return {"event": name, "timestamp": ev.timestamp, "eventId": ev.id,
+                "session": {"id": ev.sessionId, "name": rec.name if rec else "", "workDir": "[REDACTED]"},
+                "detail": detail}
+
+    async def _deliver(self, client: Any, limiter: trio.CapacityLimiter, ep: Endpoint, name: str,
+                       ev: Event) -> None:
+        try:
+            await self._deliver_once(client, limiter, ep, name, ev)
+        except Exception:  # a bug in a delivery must not take the daemon down
+            log.exception("webhook.internal_error", url=ep.url, hook_event=name)
+
+    async def _deliver_once(self, client: Any, limiter: trio.CapacityLimiter, ep: Endpoint, name: str,
+                            ev: Event) -> None:
+        payload = self._payload(name, ev)
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        error = ""
+        attempts = 0
+        async with limiter:
+            for attempt, delay in enumerate((0.0, *BACKOFF_S[:-1]), start=1):
+                if delay:
+                    await trio.sleep(delay)
+                attempts = attempt
+                headers = {"Content-Type": "application/json", "User-Agent": "aegisd-webhooks",
+                           "X-Aegis-Event": name}
+                if ep.secret:
+                    headers["X-Aegis-Signature"] = sign(ep.secret, body)
+                try:
+                    resp = await client.post(ep.url, content=body, headers=headers)
+                except Exception as exc:  # noqa: BLE001 - network errors of every kind are retried
+                    error = f"{type(exc).__name__}: {exc}"
+                    continue
+                if resp.status_code < 300:
+                    self.sent += 1
+                    return
+                error = f"HTTP {resp.status_code}"
+                if resp.status_code < 500:
+                    self.failed += 1
+                    log.warning("webhook.rejected", url=ep.url, hook_event=name, status=resp.status_code)
+                    return  # the receiver refused it: retrying will not help, and it is not dead-lettered
+        self.failed += 1
+        log.warning("webhook.dead_letter", url=ep.url, hook_event=name, error=error)
+        self.dlq.append(DeadLetter(timestamp=now_ms(), endpoint=ep.url, event=name, error=error, attempts=attempts,
+                                   payload=payload))
+        self._save_dlq()
+        self.dlq_changed.set()
+        self.dlq_changed = trio.Event()

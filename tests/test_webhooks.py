@@ -1,0 +1,110 @@
+"""Webhooks to a real local HTTP receiver: signatures, retries, no retry on 4xx, dead letters across restarts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from aegisd import webhooks
+
+
+class Receiver:
+    """A tiny HTTP server answering each POST with the next scripted status (then 200)."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.got = trio.Event()
+        self.url = ""
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/hook"
+        task_status.started(self.url)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                headers = {k.strip().lower(): v.strip() for k, v in
+                           (line.split(":", 1) for line in head.decode().split("\r\n")[1:] if ":" in line)}
+                n = int(headers.get("content-length", "0"))
+                while len(buf) < n:
+                    buf += await stream.receive_some(65536)
+                body, buf = buf[:n], buf[n:]
+                self.requests.append((headers, body))
+                self.got.set()
+                status = self.statuses.pop(0) if self.statuses else 200
+                await stream.send_all(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(b) for _, b in self.requests]
+
+
+async def wait_until(pred: Any, recv: Receiver, timeout: float = 10) -> None:
+    with trio.fail_after(timeout):
+        while not pred():
+            recv.got = trio.Event()
+            await recv.got.wait()
+
+
+async def test_signed_deliveries(daemon_factory: Any, nursery: trio.Nursery, workdir: Path) -> None:
+    recv = Receiver([])
+    url = await nursery.start(recv.serve)
+    d = await daemon_factory(webhooks=[{"url": url, "secret": "s3cret", "events": ["session.*"]}])
+    s = await d.create(workdir)
+    await d.http.delete(f"/v1/sessions/{s['id']}")
+    await wait_until(lambda: {e["event"] for e in recv.events()} >= {"session.created", "session.ended"}, recv)
+    headers, body = recv.requests[0]
+    assert webhooks.verify("s3cret", body, headers["x-aegis-signature"])
+    assert not webhooks.verify("wrong", body, headers["x-aegis-signature"])
+    ev = json.loads(body)
+    assert ev["session"]["id"] == s["id"] and ev["session"]["workDir"] == "[REDACTED]"
+    assert {e["event"] for e in recv.events()} <= {"session.created", "session.ended"}  # the filter applies
+
+
+async def test_retries_dead_letters_and_4xx(daemon_factory: Any, nursery: trio.Nursery, workdir: Path,
+                                           monkeypatch: Any) -> None:
+    monkeypatch.setattr(webhooks, "BACKOFF_S", (0.01, 0.01, 0.01))
+    flaky, down, refusing = Receiver([503, 200]), Receiver([500] * 10), Receiver([400] * 10)
+    urls = [await nursery.start(r.serve) for r in (flaky, down, refusing)]
+    cfg = {"webhooks": [{"url": u, "events": ["session.created"]} for u in urls]}
+    d = await daemon_factory(**cfg)
+    s = await d.create(workdir)
+    await wait_until(lambda: len(flaky.requests) == 2, flaky)  # retried once, then delivered
+    await wait_until(lambda: len(down.requests) == 3, down)  # three attempts
+    await wait_until(lambda: len(refusing.requests) >= 1, refusing)
+    with trio.fail_after(10):
+        while not d.daemon.webhooks.dlq:  # the DLQ write follows the last failed attempt
+            await d.daemon.webhooks.dlq_changed.wait()
+    dlq = (await d.http.get("/v1/webhooks/dead-letter")).json()
+    assert [x["endpoint"] for x in dlq] == [urls[1]] and dlq[0]["attempts"] == 3 and "500" in dlq[0]["error"]
+    assert len(refusing.requests) == 1  # a 4xx is final
+    d.shutdown.set()
+    with trio.fail_after(15):
+        await d.done.wait()  # type: ignore[attr-defined]
+    d2 = await daemon_factory(**cfg)
+    assert [x["endpoint"] for x in (await d2.http.get("/v1/webhooks/dead-letter")).json()] == [urls[1]]
+    _ = s
+
+
+def test_bad_webhook_config() -> None:
+    import pytest
+
+    from aegisd.config import load_config
+    from aegisd.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="http"):
+        load_config(env={}, overrides={"webhooks": ["ftp://x"]})
