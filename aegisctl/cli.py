@@ -68,15 +68,6 @@ class AegisGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("aegis-py")
-    except PackageNotFoundError:
-        return "0"
-
-
 @click.group(cls=AegisGroup, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--socket", "socket_path", envvar="AEGIS_SOCKET", help="Control socket of the daemon.")
