@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from ._fs import atomic_write
 from .errors import NotFound, PayloadTooLarge, ValidationError
 from .models import now_ms
 
@@ -48,10 +49,8 @@ class MemoryStore:
         return self._items
 
     def _save(self) -> None:
-        from .store._file import _atomic_write
-
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _atomic_write(self.path, msgspec.json.encode(list(self._load().values())))
+        atomic_write(self.path, msgspec.json.encode(list(self._load().values())))
 
     @staticmethod
     def check_key(key: str) -> str:

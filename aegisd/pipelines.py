@@ -18,6 +18,7 @@ import msgspec
 import structlog
 import trio
 
+from ._fs import atomic_write
 from .errors import NotFound, ValidationError
 from .models import now_ms
 from .states import State
@@ -135,12 +136,10 @@ class PipelineManager:
 
     # ---- persistence ---------------------------------------------------------------------------
     def _save(self, p: PipelineRecord) -> None:
-        from .store._file import _atomic_write
-
         p.updatedAt = now_ms()
         if not self.dir.is_dir():
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _atomic_write(self.dir / f"{p.id}.json", _enc.encode(p))
+        atomic_write(self.dir / f"{p.id}.json", _enc.encode(p))
         self.daemon.bus.publish(p.id, "pipeline", {"status": p.status, "currentStage": p.currentStage,
                                                    "stages": {s.name: s.status for s in p.stages}})
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from ._fs import atomic_write
 from .errors import NotFound
 from .models import now_ms
 
@@ -61,10 +62,8 @@ class TemplateStore:
         return self._items
 
     def _save(self) -> None:
-        from .store._file import _atomic_write
-
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _atomic_write(self.path, msgspec.json.encode(list(self._load().values())))
+        atomic_write(self.path, msgspec.json.encode(list(self._load().values())))
 
     def list(self) -> list[Template]:
         return sorted(self._load().values(), key=lambda t: t.createdAt)

@@ -20,6 +20,7 @@ import msgspec
 import structlog
 import trio
 
+from ._fs import atomic_write
 from .models import Event, now_ms
 
 if TYPE_CHECKING:
@@ -107,10 +108,8 @@ class Webhooks:
             self.dlq = []
 
     def _save_dlq(self) -> None:
-        from .store._file import _atomic_write
-
         self.dlq = self.dlq[-DLQ_MAX:]
-        _atomic_write(self.dlq_path, msgspec.json.encode(self.dlq))
+        atomic_write(self.dlq_path, msgspec.json.encode(self.dlq))
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if not self.endpoints:
             task_status.started()

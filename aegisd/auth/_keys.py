@@ -6,12 +6,12 @@ import builtins
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .._fs import atomic_write
 from ..errors import NotFound, ValidationError
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
@@ -86,14 +86,7 @@ class KeyStore:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = json.dumps({"version": 1, "keys": [asdict(k) for k in self._keys.values()]}, indent=1).encode()
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, data)
         st = self.path.stat()
         self._stamp = (st.st_mtime, st.st_size)
         self._dirty_used = False

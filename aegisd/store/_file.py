@@ -21,6 +21,7 @@ import msgspec
 import structlog
 import trio
 
+from .._fs import atomic_write as _atomic_write
 from ..errors import Unavailable
 from ..models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
 
@@ -31,26 +32,6 @@ _enc = msgspec.json.Encoder()
 _session_dec = msgspec.json.Decoder(SessionRecord)
 _entry_dec = msgspec.json.Decoder(TranscriptEntry)
 _event_dec = msgspec.json.Decoder(Event)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class _Log:

@@ -32,7 +32,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[tuple[httpx.Client, dict[str, Any], str, str]]:
+def live() -> Iterator[tuple[httpx.Client, str, str]]:
     tmp = Path(tempfile.mkdtemp(prefix="agf-", dir="/tmp"))
     work = tmp / "w"
     work.mkdir()
@@ -54,10 +54,9 @@ def live() -> Iterator[tuple[httpx.Client, dict[str, Any], str, str]]:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp / "log").read_text()
             time.sleep(0.05)
     client = httpx.Client(base_url=url, timeout=30)
-    spec = client.get("/v1/openapi.json").json()
     sid = client.post("/v1/sessions", json={"workDir": str(work)}).json()["id"]
     try:
-        yield client, spec, sid, str(work)
+        yield client, sid, str(work)
     finally:
         client.close()
         proc.send_signal(signal.SIGTERM)
@@ -69,32 +68,46 @@ def live() -> Iterator[tuple[httpx.Client, dict[str, Any], str, str]]:
 SKIP = {"/v1/events", "/v1/sessions/{sid}/events", "/v1/sessions/{sid}/stream", "/v1/rpc"}
 
 
-def routes(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+def _routes() -> list[tuple[str, str, tuple[str, ...]]]:
+    from aegisd.api._openapi import document
+
     out = []
-    for path, item in spec["paths"].items():
+    for path, item in document()["paths"].items():
         if path in SKIP:
             continue
         for method, op in item.items():
+            if path.endswith("/screenshot") or (method == "delete" and "{sid}" in path):
+                continue  # 501 by design; and deleting the shared session would end the fuzz early
             props = (op.get("requestBody", {}).get("content", {}).get("application/json", {})
                      .get("schema", {}).get("properties", {}))
-            out.append((path, method, props))
+            out.append((path, method, tuple(sorted(props))))
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_no_5xx_for_any_body(live: tuple[httpx.Client, dict[str, Any], str, str], data: Any) -> None:
-    client, spec, sid, work = live
-    path, method, props = data.draw(st.sampled_from(routes(spec)))
-    if path.endswith("/screenshot") or (method == "delete" and "{sid}" in path):
-        return  # 501 by design; and deleting the shared session would end the fuzz early
-    keys = data.draw(st.lists(st.sampled_from(sorted(props) or ["x"]), unique=True, max_size=len(props) or 1))
-    body: Any = {k: data.draw(JSON | st.just(work)) for k in keys}
-    if data.draw(st.booleans()):
-        body[data.draw(st.text(min_size=1, max_size=10))] = data.draw(JSON)
-    if data.draw(st.integers(0, 9)) == 0:
-        body = data.draw(JSON)
-    url = path.replace("{sid}", data.draw(st.sampled_from([sid, sid[:8], "nope"])))
+ROUTES = _routes()  # from the spec generated in-process: the same document the daemon serves
+
+
+@st.composite
+def cases(draw: Any) -> tuple[str, str, Any, str]:
+    path, method, props = draw(st.sampled_from(ROUTES))
+    keys = draw(st.lists(st.sampled_from(props or ("x",)), unique=True, max_size=len(props) or 1))
+    body: Any = {k: draw(JSON | st.just("WORKDIR")) for k in keys}
+    if draw(st.booleans()):
+        body[draw(st.text(min_size=1, max_size=10))] = draw(JSON)
+    if draw(st.integers(0, 9)) == 0:
+        body = draw(JSON)
+    target = draw(st.sampled_from(["SID", "SIDPREFIX", "nope"]))
+    return path, method, body, target
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=cases())
+def test_no_5xx_for_any_body(live: tuple[httpx.Client, str, str], case: tuple[str, str, Any, str]) -> None:
+    client, sid, work = live
+    path, method, body, target = case
+    body = json.loads(json.dumps(body).replace('"WORKDIR"', json.dumps(work)))
+    url = path.replace("{sid}", {"SID": sid, "SIDPREFIX": sid[:8], "nope": "nope"}[target])
     url = url.replace("{kid}", "k").replace("{pid}", "p").replace("{tid}", "t").replace("{mkey}", "a/b")
     if method == "get":
         r = client.get(url, params={k: json.dumps(v) if not isinstance(v, str) else v for k, v in body.items()}
