@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -224,16 +226,28 @@ async def _read_until(fd: int, needle: bytes, timeout: float = 20) -> bytes:
     return buf
 
 
+@contextlib.asynccontextmanager
+async def ag_on_a_tty(dp: Any, *args: str) -> AsyncIterator[tuple[trio.Process, int]]:
+    """`ag` with a pseudo-terminal as stdin/stdout/stderr; yields (process, pty master), reaps both."""
+    master, slave = pty.openpty()
+    proc = await trio.lowlevel.open_process([AG, *args], stdin=slave, stdout=slave, stderr=slave,
+                                            env={**dp.env, "NO_COLOR": "1"})
+    os.close(slave)
+    try:
+        yield proc, master
+    finally:
+        os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_ag_run_permission_prompt_on_a_tty(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path) -> None:
     work = tmp_path / "w"
     work.mkdir()
     dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
-    master, slave = pty.openpty()
-    proc = await trio.lowlevel.open_process([AG, "run", "tool:execute:Deploy:make deploy;say:finished",
-                                             "--cwd", str(work)], stdin=slave, stdout=slave, stderr=slave,
-                                            env={**dp.env, "NO_COLOR": "1"})
-    os.close(slave)
-    try:
+    async with ag_on_a_tty(dp, "run", "tool:execute:Deploy:make deploy;say:finished", "--cwd", str(work)) as (
+            proc, master):
         out = await _read_until(master, b"[y/N]")
         assert b"Allow Deploy" in out and b"make deploy" in out
         os.write(master, b"y\n")
@@ -241,11 +255,6 @@ async def test_ag_run_permission_prompt_on_a_tty(nursery: trio.Nursery, tmp_path
         assert b"permission: allow" in out
         with trio.fail_after(20):
             assert await proc.wait() == 0
-    finally:
-        os.close(master)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     dp.proc.send_signal(signal.SIGTERM)
     await dp.proc.wait()
 
@@ -255,23 +264,13 @@ async def test_ag_run_ctrl_c_interrupts_then_kills(nursery: trio.Nursery, tmp_pa
     work = tmp_path / "w"
     work.mkdir()
     dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
-    master, slave = pty.openpty()
-    proc = await trio.lowlevel.open_process([AG, "run", "say:started;wait-for-cancel", "--cwd", str(work)],
-                                            stdin=slave, stdout=slave, stderr=slave,
-                                            env={**dp.env, "NO_COLOR": "1"})
-    os.close(slave)
-    try:
+    async with ag_on_a_tty(dp, "run", "say:started;wait-for-cancel", "--cwd", str(work)) as (proc, master):
         await _read_until(master, b"started")
         proc.send_signal(signal.SIGINT)
         out = await _read_until(master, b"turn ended: cancelled")
         assert b"Interrupting" in out
         with trio.fail_after(20):
             assert await proc.wait() == 130
-    finally:
-        os.close(master)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     sessions = json.loads((await ag(dp, "list", "--json")).stdout)["sessions"]
     assert sessions[0]["status"] == "completed"
     dp.proc.send_signal(signal.SIGTERM)
@@ -352,13 +351,8 @@ async def test_ag_run_second_ctrl_c_kills(nursery: trio.Nursery, tmp_path: Path,
     work = tmp_path / "w"
     work.mkdir()
     dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
-    master, slave = pty.openpty()
     # `hang` ignores session/cancel, so only the second Ctrl-C (kill) ends it
-    proc = await trio.lowlevel.open_process([AG, "run", "say:started;hang:60000", "--cwd", str(work)],
-                                            stdin=slave, stdout=slave, stderr=slave,
-                                            env={**dp.env, "NO_COLOR": "1"})
-    os.close(slave)
-    try:
+    async with ag_on_a_tty(dp, "run", "say:started;hang:60000", "--cwd", str(work)) as (proc, master):
         await _read_until(master, b"started")
         proc.send_signal(signal.SIGINT)
         await _read_until(master, b"Ctrl-C again kills")
@@ -366,11 +360,6 @@ async def test_ag_run_second_ctrl_c_kills(nursery: trio.Nursery, tmp_path: Path,
         await _read_until(master, b"Killing the session")
         with trio.fail_after(20):
             assert await proc.wait() == 130
-    finally:
-        os.close(master)
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     sessions = json.loads((await ag(dp, "list", "--json")).stdout)["sessions"]
     assert sessions[0]["status"] == "killed"
     dp.proc.send_signal(signal.SIGTERM)
