@@ -153,6 +153,8 @@ class DaemonProcess:
         self.socket = socket
         self.http_url = http_url
         self.env = env
+        self.log_path: Path | None = None
+        self.drained = trio.Event()  # set once the daemon's whole output is in log_path
 
 
 async def start_daemon_process(tmp_path: Path, sock_dir: Path, *, extra_env: dict[str, str] | None = None,
@@ -181,20 +183,26 @@ async def start_daemon_process(tmp_path: Path, sock_dir: Path, *, extra_env: dic
                     url = json.loads(line)["http"]
     log_path = tmp_path / f"aegisd-{proc.pid}.log"
 
+    dp = DaemonProcess(proc, state, sock, url, env)
+    dp.log_path = log_path
+
     async def drain() -> None:  # keep reading so the daemon never blocks on a full pipe
-        with open(log_path, "ab") as f:
-            f.write(buf)
-            while True:
-                try:
-                    chunk = await proc.stdout.receive_some(65536)  # type: ignore[union-attr]
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    return
-                if not chunk:
-                    return
-                f.write(chunk)
+        try:
+            with open(log_path, "ab") as f:
+                f.write(buf)
+                while True:
+                    try:
+                        chunk = await proc.stdout.receive_some(65536)  # type: ignore[union-attr]
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        return
+                    if not chunk:
+                        return
+                    f.write(chunk)
+        finally:
+            dp.drained.set()
     if nursery is not None:
         nursery.start_soon(drain)
-    return DaemonProcess(proc, state, sock, url, env)
+    return dp
 
 
 def pid_alive(pid: int) -> bool:

@@ -272,20 +272,21 @@ async def interrupt(ctx: OpContext, p: IdParams) -> dict[str, Any]:
     return result
 
 
+async def _end(ctx: OpContext, p: IdParams, status: State, action: str) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    await ctx.daemon.manager.end(rec.id, status)
+    ctx.daemon.audit_record(ctx, action, session_id=rec.id)
+    return {"ok": True, "id": rec.id, "status": rec.status.value}
+
+
 @op("session.kill", IdParams, summary="Kill a session (status killed)", permission="kill")
 async def kill(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    await ctx.daemon.manager.end(rec.id, State.KILLED)
-    ctx.daemon.audit_record(ctx, "session.kill", session_id=rec.id)
-    return {"ok": True, "id": rec.id, "status": rec.status.value}
+    return await _end(ctx, p, State.KILLED, "session.kill")
 
 
 @op("session.close", IdParams, summary="Close a session normally (status completed)", permission="kill")
 async def close(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    await ctx.daemon.manager.end(rec.id, State.COMPLETED)
-    ctx.daemon.audit_record(ctx, "session.close", session_id=rec.id)
-    return {"ok": True, "id": rec.id, "status": rec.status.value}
+    return await _end(ctx, p, State.COMPLETED, "session.close")
 
 
 # ---- streams ---------------------------------------------------------------------------------------

@@ -190,8 +190,10 @@ async def test_logs_are_json_lines(nursery: trio.Nursery, tmp_path: Path, short_
     import json as _json
 
     with trio.fail_after(5):
-        while not (log := tmp_path / f"aegisd-{dp.proc.pid}.log").exists() or b"aegisd.stopped" not in log.read_bytes():
-            await trio.sleep(0.02)
+        await dp.drained.wait()
+    assert dp.log_path is not None
+    log = dp.log_path
+    assert b"aegisd.stopped" in log.read_bytes()
     lines = [line for line in log.read_bytes().splitlines() if line.strip()]
     records = [_json.loads(line) for line in lines]
     assert {"event", "level", "timestamp"} <= set(records[0])
