@@ -157,6 +157,23 @@ class DaemonProcess:
         self.drained = trio.Event()  # set once the daemon's whole output is in log_path
 
 
+_STARTED: list[trio.Process] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left_behind() -> Iterator[None]:
+    """A test that fails half-way must not leave its aegisd subprocess running (the daemon's lifeline
+    then takes its agents down)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.returncode is None:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+
+
 async def start_daemon_process(tmp_path: Path, sock_dir: Path, *, extra_env: dict[str, str] | None = None,
                                args: list[str] | None = None, nursery: trio.Nursery | None = None,
                                timeout: float = 20) -> DaemonProcess:
@@ -169,6 +186,7 @@ async def start_daemon_process(tmp_path: Path, sock_dir: Path, *, extra_env: dic
     env.update(extra_env or {})
     proc = await trio.lowlevel.open_process([sys.executable, "-m", "aegisd", *(args or [])], env=env,
                                             cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _STARTED.append(proc)
     assert proc.stdout is not None
     buf = b""
     url = None
@@ -198,6 +216,7 @@ async def start_daemon_process(tmp_path: Path, sock_dir: Path, *, extra_env: dic
                     if not chunk:
                         return
                     f.write(chunk)
+                    f.flush()  # readable while the daemon runs, e.g. by a test reporting a timeout
         finally:
             dp.drained.set()
     if nursery is not None:

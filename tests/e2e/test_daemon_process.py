@@ -25,7 +25,8 @@ async def call(dp: Any, op: str, **params: Any) -> Any:
     def run() -> Any:
         with client(dp) as c:
             return c.call(op, **params)
-    return await trio.to_thread.run_sync(run)
+    with trio.fail_after(30):
+        return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
 
 
 async def follow_until(dp: Any, sid: str, event: str, match: Any = None, **params: Any) -> dict[str, Any]:
@@ -35,8 +36,12 @@ async def follow_until(dp: Any, sid: str, event: str, match: Any = None, **param
                 if ev["event"] == event and (match is None or match(ev)):
                     return ev  # type: ignore[no-any-return]
         raise AssertionError(f"stream ended without {event}")
-    with trio.fail_after(20):
-        return await trio.to_thread.run_sync(run)
+    try:
+        with trio.fail_after(20):  # the blocking client thread is abandoned on timeout
+            return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+    except trio.TooSlowError:
+        tail = dp.log_path.read_bytes()[-4000:].decode(errors="replace") if dp.log_path else ""
+        raise AssertionError(f"no {event} event for {sid} in 20 s; daemon log:\n{tail}") from None
 
 
 def grandchildren(tmp_path: Path) -> list[int]:

@@ -26,19 +26,20 @@ from aegisd.ops._results import ErrorEnvelope
 
 from ..conftest import FAKE_AGENT_CMD
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.floats(allow_nan=False)
-                    | st.text(max_size=50), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c,
-                                                                                             max_size=3), max_leaves=6)
+SCALARS = (st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.floats(allow_nan=False, allow_infinity=False)
+           | st.text(max_size=50))
+JSON = st.recursive(SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                    max_leaves=6)
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[tuple[httpx.Client, str, str]]:
+def live() -> Iterator[tuple[httpx.Client, str, str, Path]]:
     tmp = Path(tempfile.mkdtemp(prefix="agf-", dir="/tmp"))
     work = tmp / "w"
     work.mkdir()
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "AEGIS_STATE_DIR": str(tmp / "st"),
            "AEGIS_SOCKET": str(tmp / "s" / "a.sock"), "AEGIS_PORT": "0", "AEGIS_ALLOWED_WORK_DIRS": str(tmp),
-           "AEGIS_AGENT_COMMAND": " ".join(FAKE_AGENT_CMD), "AEGIS_LOG_LEVEL": "warning",
+           "AEGIS_AGENT_COMMAND": " ".join(FAKE_AGENT_CMD), "AEGIS_LOG_LEVEL": "info",
            "FAKE_ACP_STATE_DIR": str(tmp / "fake")}
     log = open(tmp / "log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "aegisd"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -56,7 +57,7 @@ def live() -> Iterator[tuple[httpx.Client, str, str]]:
     client = httpx.Client(base_url=url, timeout=30)
     sid = client.post("/v1/sessions", json={"workDir": str(work)}).json()["id"]
     try:
-        yield client, sid, str(work)
+        yield client, sid, str(work), tmp / "log"
     finally:
         client.close()
         proc.send_signal(signal.SIGTERM)
@@ -103,17 +104,21 @@ def cases(draw: Any) -> tuple[str, str, Any, str]:
 @settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=cases())
-def test_no_5xx_for_any_body(live: tuple[httpx.Client, str, str], case: tuple[str, str, Any, str]) -> None:
-    client, sid, work = live
+def test_no_5xx_for_any_body(live: tuple[httpx.Client, str, str, Path], case: tuple[str, str, Any, str]) -> None:
+    client, sid, work, log = live
     path, method, body, target = case
     body = json.loads(json.dumps(body).replace('"WORKDIR"', json.dumps(work)))
     url = path.replace("{sid}", {"SID": sid, "SIDPREFIX": sid[:8], "nope": "nope"}[target])
     url = url.replace("{kid}", "k").replace("{pid}", "p").replace("{tid}", "t").replace("{mkey}", "a/b")
-    if method == "get":
-        r = client.get(url, params={k: json.dumps(v) if not isinstance(v, str) else v for k, v in body.items()}
-                       if isinstance(body, dict) else None)
-    else:
-        r = client.request(method.upper(), url, json=body)
+    try:
+        if method == "get":
+            r = client.get(url, params={k: json.dumps(v) if not isinstance(v, str) else v for k, v in body.items()}
+                           if isinstance(body, dict) else None)
+        else:
+            r = client.request(method.upper(), url, json=body)
+    except httpx.TimeoutException:  # say what the daemon was doing
+        tail = log.read_bytes()[-6000:].decode(errors="replace")
+        raise AssertionError(f"no answer in 30 s to {method} {url} {body!r}; daemon log:\n{tail}") from None
     assert r.status_code < 500, (method, url, body, r.status_code, r.text)
     if r.status_code >= 400 and r.headers.get("content-type", "").startswith("application/json"):
         msgspec.convert(r.json(), ErrorEnvelope, strict=True)
