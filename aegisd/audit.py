@@ -42,7 +42,7 @@ class AuditLog:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.path.is_symlink():
             raise OSError(f"refusing a symlinked audit log: {self.path}")
-        records = self._read_all()
+        records = self.read_all()
         if records:
             self._seq, self._last_hash = records[-1].get("seq", len(records)), records[-1].get("hash", GENESIS)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -71,7 +71,7 @@ class AuditLog:
         self._seq, self._last_hash = rec["seq"], rec["hash"]
         return rec
 
-    def _read_all(self) -> list[dict[str, Any]]:
+    def read_all(self) -> list[dict[str, Any]]:
         try:
             lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
@@ -107,7 +107,7 @@ class AuditLog:
             if cursor is not None and ((r["seq"] >= cursor) if reverse else (r["seq"] <= cursor)):
                 return False
             return True
-        records = [r for r in self._read_all() if match(r)]
+        records = [r for r in self.read_all() if match(r)]
         if reverse:
             records.reverse()
         page = records[:limit]
@@ -116,7 +116,7 @@ class AuditLog:
 
     def verify(self) -> dict[str, Any]:
         prev = GENESIS
-        records = self._read_all()
+        records = self.read_all()
         for i, r in enumerate(records, start=1):
             seq = r.get("seq", i)
             if "_corrupt" in r:

@@ -81,6 +81,7 @@ class SessionRecord(msgspec.Struct):
     agentModes: list[str] = []
     currentMode: str | None = None
     loadSupported: bool = False
+    forkSupported: bool = False
     pendingPermission: PendingPermission | None = None
     crash: CrashInfo | None = None
     endReason: str | None = None
@@ -93,8 +94,11 @@ class SessionRecord(msgspec.Struct):
     title: str | None = None
     availableCommands: list[dict[str, Any]] = []
     parentId: str | None = None
+    forkedFrom: str | None = None
+    forkMethod: str | None = None  # "acp" (session/fork in the agent) | "transcript" (seeded first prompt)
     ownerKeyId: str | None = None
     permissionProfile: dict[str, Any] | None = None
+    permissionPolicy: list[dict[str, Any]] | None = None  # the original's legacy rules, as sent
     pid: int | None = None
     schemaVersion: int = SCHEMA_VERSION
 

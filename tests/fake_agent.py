@@ -20,6 +20,7 @@ import uuid
 OUT_LOCK = threading.Lock()
 MODE = os.environ.get("FAKE_ACP_MODE", "")
 NO_LOAD = os.environ.get("FAKE_ACP_NO_LOAD") == "1"
+FORK = os.environ.get("FAKE_ACP_FORK", "1")  # "1": session/fork works, "0": not advertised, "fail": refused
 _modes_env = os.environ.get("FAKE_ACP_MODES")
 MODES = (["default", "acceptEdits", "plan", "dontAsk", "bypassPermissions"] if _modes_env is None
          else [m for m in _modes_env.split(",") if m])
@@ -107,7 +108,8 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
     stop = "end_turn"
     directives = [d.strip() for d in text.split(";") if d.strip()]
     known = ("say:", "hang", "chunks:", "think:", "plan:", "tool:", "toolauto:", "sleep:", "wait-for-cancel", "stream:",
-             "crash", "garbage", "bigline:", "badid", "unknown-request", "grandchild", "stop:", "error:", "title:")
+             "crash", "garbage", "bigline:", "badid", "unknown-request", "grandchild", "stop:", "error:", "title:",
+             "recall")
     try:
         if not any(d.startswith(known) for d in directives):
             said.append(f"echo: {text}")
@@ -205,6 +207,10 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
                 return
             elif name == "title":
                 update(sid, {"sessionUpdate": "session_info_update", "title": arg})
+            elif name == "recall":  # what this session remembers: proves a fork carried the context over
+                earlier = [t for role, t in sess["history"][:-1] if role == "user"]
+                said.append("recall: " + " | ".join(earlier))
+                text_chunk(sid, said[-1])
             else:
                 said.append(f"echo: {d}")
                 text_chunk(sid, said[-1])
@@ -232,7 +238,7 @@ def handle(msg: dict) -> None:
             "protocolVersion": 1,
             "agentCapabilities": {"loadSession": not NO_LOAD,
                                   "promptCapabilities": {"image": False, "embeddedContext": True},
-                                  "sessionCapabilities": {}},
+                                  "sessionCapabilities": {"fork": {}} if FORK != "0" else {}},
             "agentInfo": {"name": "fake-acp-agent", "title": "Fake ACP agent", "version": "1.0"},
             "authMethods": []}})
     elif method == "session/new":
@@ -263,6 +269,26 @@ def handle(msg: dict) -> None:
         for role, text in ST.sessions[sid]["history"]:
             text_chunk(sid, text, "user_message_chunk" if role == "user" else "agent_message_chunk")
         result = {"modes": modes_obj()} if modes_obj() else {}
+        send({"id": mid, "result": result})
+    elif method == "session/fork" and FORK != "0":
+        src, cwd = params.get("sessionId"), params.get("cwd") or "/"
+        path = os.path.join(ST.state_dir(cwd), f"{src}.json")
+        try:
+            if FORK == "fail":
+                raise OSError("fork refused (FAKE_ACP_FORK=fail)")
+            with open(path) as f:
+                copied = json.load(f)
+        except (OSError, ValueError) as exc:
+            send({"id": mid, "error": {"code": -32002, "message": f"cannot fork {src}: {exc}"}})
+            return
+        sid = str(uuid.uuid4())
+        ST.sessions[sid] = {"cwd": cwd, "history": copied["history"], "mode": copied.get("mode", "default"),
+                            "forkedFrom": src}
+        ST.cancelled[sid] = threading.Event()
+        ST.save(sid)
+        result = {"sessionId": sid}
+        if modes_obj():
+            result["modes"] = modes_obj()
         send({"id": mid, "result": result})
     elif method == "session/set_mode":
         sid, mode = params.get("sessionId"), params.get("modeId")

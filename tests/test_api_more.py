@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from .conftest import DaemonHandle
+from .conftest import DaemonHandle, agent_env
 
 
 async def test_session_insights(daemon: DaemonHandle, workdir: Path) -> None:
@@ -112,17 +112,47 @@ async def test_templates(daemon: DaemonHandle, workdir: Path) -> None:
     assert (await h.post("/v1/sessions", json={})).status_code == 400
 
 
-async def test_fork_seeds_the_transcript(daemon: DaemonHandle, workdir: Path) -> None:
-    s = await daemon.create(workdir, prompt="say:the answer is 42", permissionMode="plan")
+async def test_fork_through_acp_session_fork(daemon: DaemonHandle, workdir: Path) -> None:
+    """The fake agent advertises sessionCapabilities.fork: the fork is the agent's own copy of the
+    conversation, so the first prompt of the fork is the caller's, not a seeded transcript."""
+    s = await daemon.create(workdir, prompt="the answer is 42", permissionMode="plan")
     await daemon.wait_event(s["id"], "turn")
-    r = await daemon.http.post(f"/v1/sessions/{s['id']}/fork", json={"prompt": "what was the answer?"})
-    assert r.status_code == 201
+    assert (await daemon.http.get(f"/v1/sessions/{s['id']}")).json()["forkSupported"] is True
+    r = await daemon.http.post(f"/v1/sessions/{s['id']}/fork", json={"prompt": "recall", "name": "branch"})
+    assert r.status_code == 201, r.text
     f = r.json()
-    assert f["forkedFrom"] == s["id"] and f["forkMethod"] == "transcript" and f["seededEntries"] == 2
-    assert f["id"] != s["id"] and f["permissionMode"] == "plan" and f["workDir"] == s["workDir"]
+    assert f["forkedFrom"] == s["id"] and f["forkMethod"] == "acp" and f["seededEntries"] == 0
+    assert f["name"] == "branch" and f["permissionMode"] == "plan" and f["acpSessionId"] != s["acpSessionId"]
     await daemon.wait_event(f["id"], "turn")
-    first = (await daemon.http.get(f"/v1/sessions/{f['id']}/transcript")).json()["messages"][0]["text"]
-    assert "assistant: the answer is 42" in first and first.endswith("what was the answer?")
+    msgs = (await daemon.http.get(f"/v1/sessions/{f['id']}/transcript")).json()["messages"]
+    assert msgs[0]["text"] == "recall"  # nothing seeded
+    said = [m["text"] for m in msgs if m["role"] == "assistant" and m["contentType"] == "text"]
+    assert said == ["recall: the answer is 42"]  # ...yet the agent remembers the source's turn
+    # the source goes on independently
+    await daemon.http.post(f"/v1/sessions/{s['id']}/send", json={"text": "recall"})
+    await daemon.wait_event(s["id"], "turn", after_id=0, match=lambda e: e.data.get("turn") == 2)
+    msgs = (await daemon.http.get(f"/v1/sessions/{s['id']}/transcript")).json()["messages"]
+    said = [m["text"] for m in msgs if m["role"] == "assistant" and m["contentType"] == "text"]
+    assert said[-1] == "recall: the answer is 42"  # the fork's turn did not leak into the source
+
+
+async def test_fork_falls_back_to_the_transcript(daemon_factory: Any, workdir: Path, tmp_path: Path) -> None:
+    for fork_env in ("0", "fail"):  # not advertised; advertised but refused by the agent
+        d = await daemon_factory(env=agent_env(tmp_path, FAKE_ACP_FORK=fork_env),
+                                 stateDir=str(tmp_path / f"state-{fork_env}"))
+        s = await d.create(workdir, prompt="say:the answer is 42", permissionMode="plan", reuse=False)
+        await d.wait_event(s["id"], "turn")
+        r = await d.http.post(f"/v1/sessions/{s['id']}/fork", json={"prompt": "what was the answer?"})
+        assert r.status_code == 201
+        f = r.json()
+        assert f["forkedFrom"] == s["id"] and f["forkMethod"] == "transcript" and f["seededEntries"] == 2
+        assert f["id"] != s["id"] and f["permissionMode"] == "plan" and f["workDir"] == s["workDir"]
+        await d.wait_event(f["id"], "turn")
+        first = (await d.http.get(f"/v1/sessions/{f['id']}/transcript")).json()["messages"][0]["text"]
+        assert "assistant: the answer is 42" in first and first.endswith("what was the answer?")
+        d.shutdown.set()
+        with trio.fail_after(15):
+            await d.done.wait()  # type: ignore[attr-defined]
 
 
 async def test_memory_bridge(daemon_factory: Any, workdir: Path) -> None:
@@ -151,3 +181,54 @@ async def test_memory_bridge(daemon_factory: Any, workdir: Path) -> None:
     assert len((await h.get(f"/v1/sessions/{s['id']}/memories")).json()["entries"]) == 1
     assert (await h.delete("/v1/memory/project/stack")).json() == {"ok": True}
     assert (await h.get("/v1/memory/project/stack")).status_code == 404
+
+
+async def test_history_cursor_legacy_list_commands(daemon_factory: Any, workdir: Path) -> None:
+    d = await daemon_factory()
+    h = d.http
+    a = await d.create(workdir, name="a", prompt="say:one;say:two", reuse=False)
+    b = await d.create(workdir, name="b", reuse=False)
+    await d.wait_event(a["id"], "turn")
+    assert (await h.delete(f"/v1/sessions/{b['id']}")).status_code == 200
+
+    hist = (await h.get("/v1/sessions/history")).json()
+    rows = {r["id"]: r for r in hist["records"]}
+    assert rows[a["id"]]["finalStatus"] == "active" and rows[a["id"]]["source"] == "live+audit"
+    assert rows[b["id"]]["finalStatus"] == "killed" and rows[b["id"]]["source"] == "store+audit"
+    assert rows[b["id"]]["endedAt"] is not None and hist["pagination"]["total"] == 2
+    assert [r["id"] for r in hist["records"]] == [b["id"], a["id"]]  # newest first
+    assert [r["id"] for r in (await h.get("/v1/sessions/history?status=killed")).json()["records"]] == [b["id"]]
+    assert [r["id"] for r in (await h.get("/v1/sessions/history?status=ended")).json()["records"]] == [b["id"]]
+    page = (await h.get("/v1/sessions/history?limit=1&page=2")).json()
+    assert [r["id"] for r in page["records"]] == [a["id"]] and page["pagination"]["totalPages"] == 2
+    for bad in ("status=weird", "limit=0", "limit=201", "page=x"):
+        r = await h.get(f"/v1/sessions/history?{bad}")
+        assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR", bad
+
+    # a session only the audit log still knows of (its record is gone): source "audit"
+    await d.daemon.store.delete_session(b["id"])
+    del d.daemon.manager.records[b["id"]]
+    row = {r["id"]: r for r in (await h.get("/v1/sessions/history")).json()["records"]}[b["id"]]
+    assert row["source"] == "audit" and row["finalStatus"] == "killed" and row["workDir"] == a["workDir"]
+
+    # stable back-paging of the transcript
+    url = f"/v1/sessions/{a['id']}/transcript/cursor"
+    full = (await h.get(url + "?limit=200")).json()
+    ids = [m["_cursor_id"] for m in full["messages"]]
+    assert ids == list(range(1, len(ids) + 1)) and full["has_more"] is False and full["newest_id"] == ids[-1]
+    last2 = (await h.get(url + "?limit=2")).json()
+    assert [m["_cursor_id"] for m in last2["messages"]] == ids[-2:] and last2["has_more"] is True
+    older = (await h.get(url + f"?limit=2&before_id={last2['oldest_id']}")).json()
+    assert [m["_cursor_id"] for m in older["messages"]] == ids[-4:-2]
+    said = (await h.get(url + "?role=assistant&limit=200")).json()["messages"]
+    assert [m["text"] for m in said if m["contentType"] == "text"] == ["onetwo"]  # chunks merged
+    empty = (await h.get(url + "?before_id=1")).json()
+    assert empty == {"messages": [], "has_more": False, "oldest_id": None, "newest_id": None}
+    for bad in ("before_id=0", "limit=500", "role=robot", "before_id=x"):
+        assert (await h.get(url + "?" + bad)).status_code == 400, bad
+
+    legacy = (await h.get("/sessions")).json()
+    assert isinstance(legacy, list) and [s["id"] for s in legacy] == [a["id"]]
+    cmds = (await h.post(f"/v1/sessions/{a['id']}/discover-commands")).json()
+    assert {c["name"] for c in cmds["commands"]} == {"review", "test"} and cmds["live"] is True
+    assert (await h.post("/v1/sessions/nope/discover-commands")).status_code == 404

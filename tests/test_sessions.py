@@ -7,7 +7,7 @@ from typing import Any
 
 from aegisd.states import State
 
-from .conftest import DaemonHandle
+from .conftest import DaemonHandle, agent_env
 
 
 async def test_create_prompt_read(daemon: DaemonHandle, workdir: Path) -> None:
@@ -324,3 +324,42 @@ async def test_permission_profile_enforced(daemon: DaemonHandle, workdir: Path) 
     await daemon.wait_event(sid, "turn")
     r = await daemon.http.put(f"/v1/sessions/{sid}/permission-profile", json={"defaultBehavior": "maybe"})
     assert r.status_code == 400
+
+
+async def test_legacy_permissions_are_enforced(daemon_factory: Any, workdir: Path, tmp_path: Path) -> None:
+    """The original stored PUT /permissions rules and never applied them; here they become the session's
+    profile, and what no rule matches is left to the permission mode (applied by the daemon: this agent
+    has no modes of its own)."""
+    daemon = await daemon_factory(env=agent_env(tmp_path, FAKE_ACP_MODES=""))
+    s = await daemon.create(workdir, permissionMode="acceptEdits")
+    sid = s["id"]
+    url = f"/v1/sessions/{sid}/permissions"
+    assert (await daemon.http.get(url)).json() == {"permissionPolicy": [], "permissionProfile": None}
+    rules = [{"source": "userSettings", "ruleBehavior": "deny", "toolName": "Edit", "commandPattern": "*.env"},
+             {"source": "api", "ruleBehavior": "allow", "toolName": "Run", "commandPattern": "make*"}]
+    r = await daemon.http.put(url, json=rules)  # a bare array, as the original takes it
+    assert r.status_code == 200, r.text
+    assert r.json()["permissionPolicy"] == rules
+    assert r.json()["permissionProfile"]["defaultBehavior"] == "mode"
+    assert (await daemon.http.get(url)).json()["permissionPolicy"] == rules
+    # deny rule; allow rule; no rule -> acceptEdits allows the edit; no rule -> acceptEdits asks for execute
+    await daemon.http.post(f"/v1/sessions/{sid}/send", json={"text": "tool:edit:Edit:.env;tool:execute:Run:make;"
+                                                                     "tool:edit:Edit:a.txt;tool:execute:Run:ls"})
+    await daemon.wait_status(sid, State.PERMISSION_PROMPT)
+    texts = [m["text"] for m in (await daemon.http.get(f"/v1/sessions/{sid}/transcript?limit=200")).json()["messages"]]
+    assert [t for t in texts if t.startswith("permission: ")] == [
+        "permission: reject", "permission: allow", "permission: allow"]
+    assert any("auto-approved (acceptEdits)" in t for t in texts)
+    assert (await daemon.http.get(f"/v1/sessions/{sid}")).json()["pendingPermission"]["toolTitle"] == "Run"
+    await daemon.http.post(f"/v1/sessions/{sid}/approve")
+    await daemon.wait_event(sid, "turn")
+    # bad input: a 4xx envelope, and the stored rules are kept
+    for bad in ([{"ruleBehavior": "maybe"}], [{"toolName": "x"}], {"rules": "no"}, "text", [{"ruleBehavior": "allow",
+                                                                                          "extra": 1}]):
+        r = await daemon.http.put(url, json=bad)
+        assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR", (bad, r.text)
+    assert (await daemon.http.get(url)).json()["permissionPolicy"] == rules
+    assert (await daemon.http.get("/v1/sessions/nope/permissions")).status_code == 404
+    # the new-style profile replaces the legacy rules
+    await daemon.http.put(f"/v1/sessions/{sid}/permission-profile", json={"defaultBehavior": "deny"})
+    assert (await daemon.http.get(url)).json()["permissionPolicy"] == []

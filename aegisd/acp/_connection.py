@@ -145,6 +145,12 @@ class AcpConnection:
         return await self.call("session/new", {"cwd": cwd, "mcpServers": []}, w.NewSessionResult,  # type: ignore
                                timeout=timeout)
 
+    async def fork_session(self, session_id: str, cwd: str, *, timeout: float) -> w.NewSessionResult:
+        """ACP `session/fork` (unstable; gated by `sessionCapabilities.fork`): a new session that starts
+        from a copy of ``session_id``'s conversation."""
+        return await self.call("session/fork", {"sessionId": session_id, "cwd": cwd, "mcpServers": []},  # type: ignore
+                               w.NewSessionResult, timeout=timeout)
+
     async def load_session(self, session_id: str, cwd: str, *, timeout: float) -> w.LoadSessionResult:
         return await self.call("session/load", {"sessionId": session_id, "cwd": cwd, "mcpServers": []},  # type: ignore
                                w.LoadSessionResult, timeout=timeout)

@@ -49,6 +49,10 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/sessions/<sid>/terminate", "session.kill", "id", 200),
     (("POST",), "/v1/sessions/<sid>/stop", "session.kill", "id", 200),
     (("POST",), "/v1/sessions/<sid>/close", "session.close", "id", 200),
+    (("GET",), "/v1/sessions/history", "session.history", "query", 200),
+    (("GET",), "/sessions", "session.list_legacy", "none", 200),
+    (("GET",), "/v1/sessions/<sid>/transcript/cursor", "session.transcript.cursor", "id+query", 200),
+    (("POST",), "/v1/sessions/<sid>/discover-commands", "session.commands", "id", 200),
     (("GET",), "/v1/sessions/stats", "session.stats", "none", 200),
     (("GET",), "/v1/sessions/health", "sessions.health", "none", 200),
     (("POST",), "/v1/sessions/batch", "sessions.batch_create", "body", 201),
@@ -60,6 +64,8 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("GET",), "/v1/sessions/<sid>/children", "session.children", "id", 200),
     (("POST",), "/v1/sessions/<sid>/spawn", "session.spawn", "id+body", 201),
     (("POST",), "/v1/sessions/<sid>/fork", "session.fork", "id+body", 201),
+    (("GET",), "/v1/sessions/<sid>/permissions", "session.permissions.get", "id", 200),
+    (("PUT",), "/v1/sessions/<sid>/permissions", "session.permissions.set", "id+rules", 200),
     (("POST",), "/v1/sessions/<sid>/command", "session.command", "id+body", 200),
     (("GET",), "/v1/sessions/<sid>/pane", "session.pane", "id", 200),
     (("POST",), "/v1/sessions/<sid>/screenshot", "session.screenshot", "id+body", 200),
@@ -121,7 +127,9 @@ def error_response(exc: AegisError, request_id: str) -> Response:
     return resp
 
 
-async def _body() -> dict[str, Any]:
+async def _body(list_key: str | None = None) -> dict[str, Any]:
+    """The JSON object in the request body ({} when empty). With ``list_key``, a JSON array is accepted too
+    and becomes that key (the original's PUT /permissions takes a bare array)."""
     data = await request.get_data(cache=False)
     if not data or not data.strip():
         return {}
@@ -129,8 +137,10 @@ async def _body() -> dict[str, Any]:
         parsed = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise ValidationError(f"request body is not valid JSON: {exc}") from None
+    if list_key is not None and isinstance(parsed, list):
+        return {list_key: parsed}
     if not isinstance(parsed, dict):
-        raise ValidationError("request body must be a JSON object")
+        raise ValidationError("request body must be a JSON " + ("array or object" if list_key else "object"))
     return parsed
 
 
@@ -259,6 +269,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
             strict = True
             if "body" in source:
                 params.update(await _body())
+            if "rules" in source:
+                params.update(await _body(list_key="rules"))
             if "query" in source:
                 params.update(request.args.to_dict())
                 strict = False

@@ -54,6 +54,10 @@ def build(routes: list[tuple[tuple[str, ...], str, str, str, int]], extra: dict[
                            "additionalProperties": False}
             operation["requestBody"] = {"required": bool(body_schema["required"]),
                                         "content": {"application/json": {"schema": body_schema}}}
+        if "rules" in source:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"oneOf": [props["rules"], {"type": "object", "properties": {"rules": props["rules"]},
+                                                      "additionalProperties": False}]}}}}
         if parameters:
             operation["parameters"] = parameters
         result = RESULTS.get(op_name)

@@ -11,7 +11,7 @@ import msgspec
 
 from .. import __version__
 from ..errors import Conflict, NotImplementedYet, ValidationError
-from ..models import now_ms
+from ..models import SessionRecord, now_ms
 from ..states import LIVE, STATUS_FILTERS, State
 from ._registry import REGISTRY, OpContext, op
 from ._sessions import CreateParams, IdParams, create, session_health, session_view
@@ -365,9 +365,38 @@ FORK_CONTEXT_CHARS = 50_000
 
 
 @op("session.fork", ForkParams, permission="create",
-    summary="A new session that continues from this one's transcript (seeded as its first prompt)")
+    summary="A new session that continues from this one: through ACP session/fork when the agent supports "
+            "it (forkMethod \"acp\"), else seeded with this session's transcript (forkMethod \"transcript\")")
 async def fork(ctx: OpContext, p: ForkParams) -> dict[str, Any]:
     src = ctx.daemon.session(ctx, p.id)
+    mgr = ctx.daemon.manager
+    rec, _, _ = await mgr.create(
+        workDir=src.workDir, name=p.name or f"{src.name}-fork", permissionMode=src.permissionMode,
+        agent=src.agent, model=src.model, ownerKeyId=ctx.principal.key_id, reuse=False, forkedFrom=src.id)
+    ctx.daemon.audit_record(ctx, "session.create", session_id=rec.id,
+                            detail={"workDir": rec.workDir, "agent": rec.agent, "forkedFrom": src.id,
+                                    "ownerKeyId": rec.ownerKeyId})
+    seeded = 0
+    prompt = p.prompt
+    if rec.forkMethod == "transcript":
+        seed, seeded = await _fork_seed(ctx, src)
+        prompt = seed + "\n\n" + (p.prompt or "Continue from there.")
+    delivery: dict[str, Any] = {"delivered": False, "attempts": 0}
+    runner = mgr.runners.get(rec.id)
+    if prompt and runner is not None:
+        res = await runner.command("send", text=prompt)
+        delivery = {"delivered": res["delivered"], "attempts": res["attempts"], "queued": res["queued"]}
+    out = session_view(rec, ctx.daemon.http_url)
+    out["reused"] = False
+    out["promptDelivery"] = delivery
+    out["forkedFrom"] = src.id
+    out["forkMethod"] = rec.forkMethod or "transcript"
+    out["seededEntries"] = seeded
+    return out
+
+
+async def _fork_seed(ctx: OpContext, src: SessionRecord) -> tuple[str, int]:
+    """The source's recent conversation as a first prompt, newest entries kept within FORK_CONTEXT_CHARS."""
     lines: list[str] = []
     size = 0
     for e in reversed(await _entries(ctx, src.id)):
@@ -379,15 +408,8 @@ async def fork(ctx: OpContext, p: ForkParams) -> dict[str, Any]:
         lines.append(line)
         size += len(line)
     lines.reverse()
-    seed = (f"This session continues an earlier session ({src.id}). Its conversation so far:\n\n"
-            + "\n".join(lines) + "\n\n" + (p.prompt or "Continue from there."))
-    params = CreateParams(workDir=src.workDir, name=p.name or f"{src.name}-fork", prompt=seed,
-                          permissionMode=src.permissionMode, agent=src.agent, model=src.model, reuse=False)
-    out = await create(ctx, params)
-    out["forkedFrom"] = src.id
-    out["forkMethod"] = "transcript"  # an ACP session/fork in the agent is not used yet
-    out["seededEntries"] = len(lines)
-    return out
+    return (f"This session continues an earlier session ({src.id}). Its conversation so far:\n\n"
+            + "\n".join(lines)), len(lines)
 
 
 @op("webhooks.dead_letter", Empty, summary="Webhook deliveries that failed every attempt (kept across restarts)")

@@ -162,6 +162,11 @@ class ErrorEnvelope(msgspec.Struct):
     details: Any = None
 
 
+class PermissionsView(msgspec.Struct):
+    permissionPolicy: list[dict[str, Any]] | None
+    permissionProfile: dict[str, Any] | None
+
+
 from ..pipelines import PipelineRecord  # noqa: E402
 from ..templates import Template  # noqa: E402
 
@@ -175,5 +180,6 @@ RESULTS: dict[str, Any] = {
     "session.reject": Decision, "session.interrupt": Interrupted, "session.kill": Ended, "session.close": Ended,
     "session.follow": EventFrame, "events.follow": EventFrame,
     "auth.keys.create": NewKey, "auth.keys.list": list[KeyView], "auth.keys.revoke": Ok,
+    "session.permissions.get": PermissionsView, "session.permissions.set": PermissionsView,
     "auth.keys.rotate": NewKey, "auth.verify": Verified, "auth.sse_token": SseToken, "audit.query": AuditPage,
 }

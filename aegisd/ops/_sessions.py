@@ -149,7 +149,8 @@ async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
         ownerKeyId=ctx.principal.key_id, reuse=p.reuse)
     if not reused:
         ctx.daemon.audit_record(ctx, "session.create", session_id=rec.id,
-                                detail={"workDir": rec.workDir, "agent": rec.agent, "mode": rec.permissionMode})
+                                detail={"workDir": rec.workDir, "agent": rec.agent, "mode": rec.permissionMode,
+                                        "ownerKeyId": rec.ownerKeyId})
     view = session_view(rec, ctx.daemon.http_url)
     view["reused"] = reused
     view["promptDelivery"] = delivery

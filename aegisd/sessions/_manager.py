@@ -131,7 +131,7 @@ class SessionManager:
                      permissionMode: str | None = None, model: str | None = None, agent: str | None = None,
                      stallThresholdMs: int | None = None, parentId: str | None = None,
                      ownerKeyId: str | None = None, reuse: bool = True, wait_ready: float | None = None,
-                     ) -> tuple[SessionRecord, bool, dict[str, Any]]:
+                     forkedFrom: str | None = None) -> tuple[SessionRecord, bool, dict[str, Any]]:
         """Create a session (or reuse an idle one in the same workDir). Returns (record, reused, delivery).
         Waits until the agent is ready (or failed) so the caller learns the outcome."""
         cfg = self.config
@@ -163,7 +163,7 @@ class SessionManager:
                 id=sid, workDir=real, name=name or f"session-{sid[:8]}", agent=launch.name,
                 permissionMode=mode, model=model,
                 stallThresholdMs=stallThresholdMs or cfg.stallThresholdMs, createdAt=ts, lastActivity=ts,
-                parentId=parentId, ownerKeyId=ownerKeyId)
+                parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom)
             await self.store.save_session(rec)  # durable before anyone hears of it
             self.records[sid] = rec
             self.created_total += 1

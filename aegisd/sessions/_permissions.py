@@ -79,7 +79,7 @@ class ProfileRule(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
 
 
 class PermissionProfile(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    defaultBehavior: str = "ask"
+    defaultBehavior: str = "ask"  # allow | deny | ask | mode (no rule matched: the permission mode decides)
     rules: list[ProfileRule] = []
 
 
@@ -91,8 +91,8 @@ _TEXT_KEYS = ("content", "new_string", "newText", "new_source")
 def validate_profile(profile: PermissionProfile) -> None:
     from ..errors import ValidationError
 
-    if profile.defaultBehavior not in _BEHAVIORS:
-        raise ValidationError("defaultBehavior must be allow, deny or ask")
+    if profile.defaultBehavior not in _BEHAVIORS and profile.defaultBehavior != "mode":
+        raise ValidationError("defaultBehavior must be allow, deny, ask or mode")
     if len(profile.rules) > 100:
         raise ValidationError("at most 100 rules")
     for r in profile.rules:
@@ -113,8 +113,8 @@ def _inputs(raw: Any) -> tuple[list[str], list[str], int]:
 
 
 def evaluate_profile(profile: PermissionProfile, *, kind: str | None, title: str | None, name: str | None,
-                     raw_input: Any) -> Policy:
-    """The first matching rule decides; otherwise the profile's default."""
+                     raw_input: Any) -> Policy | None:
+    """The first matching rule decides; otherwise the profile's default (None: the permission mode decides)."""
     kind = (kind or "other").lower()
     words = {w.lower() for w in ((title or "") + " " + (name or "")).replace("`", " ").split() if w}
     paths, texts, size = _inputs(raw_input)
@@ -135,4 +135,4 @@ def evaluate_profile(profile: PermissionProfile, *, kind: str | None, title: str
             if c.maxFileSize is not None and size > c.maxFileSize:
                 return Policy.DENY
         return _BEHAVIORS[rule.behavior]
-    return _BEHAVIORS[profile.defaultBehavior]
+    return _BEHAVIORS.get(profile.defaultBehavior)

@@ -181,6 +181,7 @@ class SessionRunner:
             info = init.agentInfo
             rec.agentInfo = msgspec.to_builtins(info) if info else None
             rec.loadSupported = init.agentCapabilities.loadSession
+            rec.forkSupported = "fork" in init.agentCapabilities.sessionCapabilities
             if self.resume:
                 if not (rec.acpSessionId and init.agentCapabilities.loadSession):
                     self.end(State.CRASHED, "daemon_restart", CrashInfo(
@@ -194,7 +195,7 @@ class SessionRunner:
                     self._loading = False
                 modes = loaded.modes
             else:
-                new = await conn.new_session(rec.workDir, timeout=init_timeout * 2)
+                new = await self._new_or_fork(conn, init, init_timeout * 2)
                 rec.acpSessionId = new.sessionId
                 modes = new.modes
                 if rec.model and new.models:
@@ -213,6 +214,25 @@ class SessionRunner:
         await self._set_state(State.IDLE)
         self.ready.set()
         self._maybe_next_turn()
+
+    async def _new_or_fork(self, conn: AcpConnection, init: w.InitializeResult, timeout: float) -> w.NewSessionResult:
+        """`session/new`, or for a fork whose source the agent can fork, `session/fork` of the source's ACP
+        session. A fork the agent refuses falls back to a new session (the caller then seeds it with the
+        source's transcript)."""
+        rec = self.rec
+        if rec.forkedFrom is None or rec.forkMethod is not None:
+            return await conn.new_session(rec.workDir, timeout=timeout)
+        src = self.manager.records.get(rec.forkedFrom)
+        rec.forkMethod = "transcript"
+        if src is not None and src.acpSessionId and src.agent == rec.agent and rec.forkSupported:
+            try:
+                forked = await conn.fork_session(src.acpSessionId, rec.workDir, timeout=timeout)
+            except RemoteError as exc:
+                self.log.warning("session.fork_refused", source=src.id, error=exc.message)
+            else:
+                rec.forkMethod = "acp"
+                return forked
+        return await conn.new_session(rec.workDir, timeout=timeout)
 
     async def _apply_mode(self, modes: w.SessionModeState | None) -> None:
         rec = self.rec
@@ -305,8 +325,9 @@ class SessionRunner:
             return await self._interrupt()
         if cmd.kind == "set_profile":
             self.rec.permissionProfile = cmd.args["profile"]
+            self.rec.permissionPolicy = cmd.args.get("legacy")
             await self._save()
-            return {"permissionProfile": self.rec.permissionProfile}
+            return {"permissionProfile": self.rec.permissionProfile, "permissionPolicy": self.rec.permissionPolicy}
         if cmd.kind == "set_permission_mode":
             self.rec.permissionMode = cmd.args["mode"]
             await self._save()
@@ -410,8 +431,9 @@ class SessionRunner:
         by = rec.permissionMode
         if rec.permissionProfile:  # explicit per-session rules come first (a deny rule wins even in bypass)
             profile = msgspec.convert(rec.permissionProfile, PermissionProfile)
-            policy = evaluate_profile(profile, kind=tc.kind, title=tc.title, name=tc.name, raw_input=tc.rawInput)
-            by = "permission profile"
+            ruled = evaluate_profile(profile, kind=tc.kind, title=tc.title, name=tc.name, raw_input=tc.rawInput)
+            if ruled is not None:
+                policy, by = ruled, "permission profile"
         if policy is not Policy.ASK:
             try:
                 option = choose_option(params.options, allow=policy is Policy.ALLOW)

@@ -41,6 +41,13 @@ async def test_ag_client_session_flow(daemon: DaemonHandle, workdir: Path) -> No
     await daemon.wait_event(sid, "approval", match=lambda e: "requestId" in e.data and "decision" not in e.data
                             and e.data.get("toolTitle") == "Run" and e.id > 0)
     await run(client.reject_permission, sid)
+    perms = await run(client.get_session_permissions, sid)
+    assert perms["permissionPolicy"] == []
+    fork = await run(client.fork_session, sid, name="forked", prompt="recall")
+    assert fork["forkedFrom"] == sid and fork["forkMethod"] == "acp" and fork["name"] == "forked"
+    await daemon.wait_event(fork["id"], "turn")
+    children = await run(client.spawn_subagent, sid, name="kid")
+    assert children["parentId"] == sid
     await run(client.send_message, sid, "wait-for-cancel")
     await run(client.interrupt_session, sid)
     await run(client.escape_session, sid)

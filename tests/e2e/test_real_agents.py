@@ -3,6 +3,7 @@ and claude-agent-acp (Claude Code) running offline against a local mock of the A
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,35 @@ async def test_claude_agent_acp_offline(daemon_factory: Any, nursery: trio.Nurse
     from ..conftest import wait_dead
     assert pid is not None
     await wait_dead([pid], timeout=10)
+
+
+async def test_claude_agent_acp_fork(daemon_factory: Any, nursery: trio.Nursery, tmp_path: Path,
+                                     workdir: Path) -> None:
+    """claude-agent-acp advertises sessionCapabilities.fork: the fork is a real ACP session/fork, so the
+    model sees the source's conversation in the fork's first request although nothing was seeded."""
+    cmd = claude_agent_command()
+    if cmd is None:
+        pytest.skip(SKIP_CLAUDE)
+    mock = MockAnthropic()
+    url = await nursery.start(mock.serve)
+    env = claude_agent_env(url, tmp_path / "claude-home")
+    d = await daemon_factory(agentCommand=[], acpInitTimeoutMs=60_000,
+                             agents={"claude": {"command": cmd, "env": env}})
+    s = await d.create(workdir, prompt="remember the word aubergine", permissionMode="default")
+    ev = await d.wait_event(s["id"], "turn", timeout=90)
+    assert ev.data["stopReason"] == "end_turn"
+    assert d.manager.records[s["id"]].forkSupported
+    r = await d.http.post(f"/v1/sessions/{s['id']}/fork", json={"prompt": "which word?"})
+    assert r.status_code == 201, r.text
+    f = r.json()
+    assert f["forkMethod"] == "acp" and f["seededEntries"] == 0, f
+    assert f["acpSessionId"] and f["acpSessionId"] != s["acpSessionId"]
+    ev = await d.wait_event(f["id"], "turn", timeout=90)
+    assert ev.data["stopReason"] == "end_turn"
+    fork_req = [q["body"] for q in mock.requests
+                if "which word?" in json.dumps(q["body"].get("messages", []))]
+    assert fork_req, "the fork's prompt never reached the model"
+    history = json.dumps(fork_req[-1]["messages"])
+    assert "remember the word aubergine" in history and "mock reply: remember the word" in history
+    msgs = (await d.http.get(f"/v1/sessions/{f['id']}/transcript")).json()["messages"]
+    assert msgs[0]["text"] == "which word?"
