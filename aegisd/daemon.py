@@ -103,6 +103,9 @@ class Daemon:
 
         self.keys = KeyStore(config.state_path / "keys.json")
         self.audit = AuditLog(config.state_path / "audit")
+        from .usage import UsageLedger
+
+        self.usage = UsageLedger(config.state_path / "usage.jsonl")
         from .auth._sse_tokens import SseTokens
 
         self.sse_tokens = SseTokens()
@@ -146,6 +149,8 @@ class Daemon:
             raise Unauthorized("authentication required")
         if perm == "admin" and p.role != "admin":
             raise Forbidden(f"{op.name} needs the admin role (you are {p.role})")
+        if perm == "operator" and p.role not in ("admin", "operator"):
+            raise Forbidden(f"{op.name} needs the admin or operator role (you are {p.role})")
         if perm in ("create", "send", "approve", "reject", "kill") and p.role != "admin":
             allowed = p.permissions if p.permissions is not None else _ROLE_PERMS.get(p.role, frozenset())
             if perm not in allowed:
@@ -198,6 +203,7 @@ class Daemon:
         cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.store.open()
         self.audit.open()
+        self.usage.open()
         try:
             await self.bus.open()
             await self.lifeline.start()
@@ -209,6 +215,7 @@ class Daemon:
                 async with trio.open_nursery() as sessions:
                     self.manager = SessionManager(config=cfg, store=self.store, bus=self.bus,
                                                   lifeline=self.lifeline, nursery=sessions, environ=self.environ)
+                    self.manager.usage = self.usage
                     await self.manager.recover()
                     await root.start(self.webhooks.run)
                     from .pipelines import PipelineManager, default_stage_timeout
@@ -251,6 +258,7 @@ class Daemon:
                 await self.lifeline.close()
                 await self.store.close()
                 self.audit.close()
+                self.usage.close()
                 log.info("aegisd.stopped")
 
 

@@ -8,6 +8,7 @@ dead-letter queue (`<state>/webhooks-dlq.json`, the last 100, kept across restar
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import hashlib
 import hmac
@@ -30,6 +31,7 @@ log = structlog.get_logger("aegisd.webhooks")
 
 BACKOFF_S = (1.0, 5.0, 30.0)
 DLQ_MAX = 100
+DELIVERY_LOG = 100  # attempts kept per endpoint for GET /v1/hooks/{index}/deliveries
 TIMEOUT_S = 5.0
 
 
@@ -102,6 +104,12 @@ class Webhooks:
         self.sent = 0
         self.failed = 0
         self.dlq_changed = trio.Event()
+        # per endpoint (by index): the last DELIVERY_LOG attempts, and what channel health reports
+        self.deliveries: list[collections.deque[dict[str, Any]]] = [
+            collections.deque(maxlen=DELIVERY_LOG) for _ in endpoints]
+        self.state: list[dict[str, Any]] = [
+            {"lastSuccess": None, "lastError": None, "lastErrorAt": None, "pending": 0} for _ in endpoints]
+        self._delivery_seq = 0
         try:
             self.dlq: list[DeadLetter] = msgspec.json.decode(dlq_path.read_bytes(), type=list[DeadLetter])
         except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
@@ -138,10 +146,36 @@ class Webhooks:
 
     async def _deliver(self, client: Any, limiter: trio.CapacityLimiter, ep: Endpoint, name: str,
                        ev: Event) -> None:
+        state = self.state[self.endpoints.index(ep)]
+        state["pending"] += 1
         try:
             await self._deliver_once(client, limiter, ep, name, ev)
         except Exception:  # a bug in a delivery must not take the daemon down
             log.exception("webhook.internal_error", url=ep.url, hook_event=name)
+        finally:
+            state["pending"] -= 1
+
+    def _log_attempt(self, ep: Endpoint, name: str, attempt: int, status: str, code: int | None,
+                     error: str | None) -> None:
+        i = self.endpoints.index(ep)
+        self._delivery_seq += 1
+        ts = now_ms()
+        self.deliveries[i].append({"id": self._delivery_seq, "endpointUrl": ep.url, "event": name, "status": status,
+                                   "responseCode": code, "error": error, "timestamp": ts, "attemptNumber": attempt})
+        if status == "success":
+            self.state[i]["lastSuccess"] = ts
+        else:
+            self.state[i]["lastError"], self.state[i]["lastErrorAt"] = error, ts
+
+    def health(self) -> list[dict[str, Any]]:
+        """One entry per endpoint: healthy unless its latest attempt failed."""
+        out = []
+        for ep, st in zip(self.endpoints, self.state, strict=True):
+            healthy = st["lastErrorAt"] is None or (st["lastSuccess"] or 0) > st["lastErrorAt"]
+            out.append({"channel": "webhook", "endpoint": ep.url, "healthy": healthy,
+                        "lastSuccess": st["lastSuccess"], "lastError": st["lastError"],
+                        "pendingCount": st["pending"]})
+        return out
 
     async def _deliver_once(self, client: Any, limiter: trio.CapacityLimiter, ep: Endpoint, name: str,
                             ev: Event) -> None:
@@ -162,11 +196,14 @@ class Webhooks:
                     resp = await client.post(ep.url, content=body, headers=headers)
                 except Exception as exc:  # noqa: BLE001 - network errors of every kind are retried
                     error = f"{type(exc).__name__}: {exc}"
+                    self._log_attempt(ep, name, attempt, "failed", None, error)
                     continue
                 if resp.status_code < 300:
                     self.sent += 1
+                    self._log_attempt(ep, name, attempt, "success", resp.status_code, None)
                     return
                 error = f"HTTP {resp.status_code}"
+                self._log_attempt(ep, name, attempt, "failed", resp.status_code, error)
                 if resp.status_code < 500:
                     self.failed += 1
                     log.warning("webhook.rejected", url=ep.url, hook_event=name, status=resp.status_code)

@@ -92,6 +92,16 @@ async def test_retries_dead_letters_and_4xx(daemon_factory: Any, nursery: trio.N
     dlq = (await d.http.get("/v1/webhooks/dead-letter")).json()
     assert [x["endpoint"] for x in dlq] == [urls[1]] and dlq[0]["attempts"] == 3 and "500" in dlq[0]["error"]
     assert len(refusing.requests) == 1  # a 4xx is final
+    # the delivery log per endpoint (newest first) and channel health
+    log0 = (await d.http.get("/v1/hooks/0/deliveries")).json()
+    assert [(x["status"], x["responseCode"], x["attemptNumber"]) for x in log0] == [
+        ("success", 200, 2), ("failed", 503, 1)]
+    assert [x["status"] for x in (await d.http.get("/v1/hooks/1/deliveries")).json()] == ["failed"] * 3
+    assert (await d.http.get("/v1/hooks/3/deliveries")).status_code == 404
+    assert (await d.http.get("/v1/hooks/x/deliveries")).status_code == 400
+    health = (await d.http.get("/v1/channels/health")).json()
+    assert [(h["endpoint"], h["healthy"]) for h in health] == [(urls[0], True), (urls[1], False), (urls[2], False)]
+    assert health[1]["lastError"] == "HTTP 500" and health[0]["pendingCount"] == 0
     d.shutdown.set()
     with trio.fail_after(15):
         await d.done.wait()  # type: ignore[attr-defined]

@@ -87,6 +87,17 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("GET",), "/v1/memories", "memory.scope", "query", 200),
     (("POST",), "/v1/sessions/<sid>/memories", "session.memories.set", "id+body", 200),
     (("GET",), "/v1/sessions/<sid>/memories", "session.memories.list", "id", 200),
+    (("GET",), "/v1/usage", "usage.summary", "query", 200),
+    (("GET",), "/v1/usage/by-key", "usage.by_key", "query", 200),
+    (("GET",), "/v1/usage/sessions/<sid>", "usage.session", "id+query", 200),
+    (("GET",), "/v1/usage/tiers", "usage.tiers", "none", 200),
+    (("GET",), "/v1/metrics/aggregate", "metrics.aggregate", "query", 200),
+    (("GET",), "/v1/analytics/summary", "analytics.summary", "none", 200),
+    (("GET",), "/v1/analytics/costs", "analytics.costs", "none", 200),
+    (("GET",), "/v1/analytics/tokens", "analytics.tokens", "none", 200),
+    (("GET",), "/v1/channels/health", "channels.health", "none", 200),
+    (("GET",), "/v1/hooks/<hid>/deliveries", "webhooks.deliveries", "id", 200),
+    (("GET",), "/v2/", "v2", "none", 200),
     (("GET",), "/v1/webhooks/dead-letter", "webhooks.dead_letter", "none", 200),
     (("GET",), "/v1/metrics", "metrics", "none", 200),
     (("GET",), "/v1/diagnostics", "diagnostics", "query", 200),
@@ -255,7 +266,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         public = ops.get_op(op_name).permission == "public"
 
         async def view(sid: str | None = None, kid: str | None = None, pid: str | None = None,
-                       tid: str | None = None, mkey: str | None = None) -> Response:
+                       tid: str | None = None, mkey: str | None = None, hid: str | None = None) -> Response:
             _ip_limit()
             rid = _request_id()
             try:
@@ -282,6 +293,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
                 params["id"] = pid
             if tid is not None:
                 params["id"] = tid
+            if hid is not None:
+                params["id"] = hid
             if mkey is not None:
                 params["key"] = mkey
             result = await ops.call(ctx, op_name, params, strict=strict)

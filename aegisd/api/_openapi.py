@@ -38,7 +38,8 @@ def build(routes: list[tuple[tuple[str, ...], str, str, str, int]], extra: dict[
         parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"},
                        "description": {"sid": "session id (or a unique prefix of at least 4 characters)",
                                        "kid": "API key id", "pid": "pipeline id",
-                                       "tid": "template id", "mkey": "memory key (namespace/key)"}[n]} for n in names]
+                                       "tid": "template id", "mkey": "memory key (namespace/key)",
+                                       "hid": "webhook endpoint index (from 0)"}[n]} for n in names]
         if names:
             props.pop("id", None)
             props.pop("key", None) if "mkey" in names else None

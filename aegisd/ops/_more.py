@@ -13,10 +13,9 @@ from .. import __version__
 from ..errors import Conflict, NotImplementedYet, ValidationError
 from ..models import SessionRecord, now_ms
 from ..states import LIVE, STATUS_FILTERS, State
+from ..usage import estimate_cost
 from ._registry import REGISTRY, OpContext, op
 from ._sessions import CreateParams, IdParams, create, session_health, session_view
-
-_COSTS_PER_MTOK = {"haiku": (0.80, 4.0), "sonnet": (3.0, 15.0), "opus": (15.0, 75.0)}
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -101,12 +100,6 @@ async def summary(ctx: OpContext, p: IdParams) -> dict[str, Any]:
             "createdAt": rec.createdAt, "lastActivity": rec.lastActivity, "permissionMode": rec.permissionMode}
 
 
-def _cost(model: str | None, tin: int, tout: int) -> float:
-    m = (model or "sonnet").lower()
-    rates = next((v for k, v in _COSTS_PER_MTOK.items() if k in m), _COSTS_PER_MTOK["sonnet"])
-    return round(tin / 1e6 * rates[0] + tout / 1e6 * rates[1], 6)
-
-
 @op("session.metrics", IdParams, summary="Per-session metrics: duration, messages, tool calls, approvals, tokens")
 async def session_metrics(ctx: OpContext, p: IdParams) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)
@@ -125,7 +118,8 @@ async def session_metrics(ctx: OpContext, p: IdParams) -> dict[str, Any]:
             "tokenUsage": {"inputTokens": u.inputTokens, "outputTokens": u.outputTokens,
                            "cacheCreationTokens": u.cacheCreationTokens, "cacheReadTokens": u.cacheReadTokens,
                            "totalTokens": u.totalTokens,
-                           "estimatedCostUsd": u.costUsd or _cost(rec.model, u.inputTokens, u.outputTokens)},
+                           "estimatedCostUsd": u.costUsd or estimate_cost(rec.model, u.inputTokens, u.outputTokens,
+                                                                   u.cacheReadTokens, u.cacheCreationTokens)},
             "contextUsage": msgspec.to_builtins(rec.contextUsage) if rec.contextUsage else None}
 
 

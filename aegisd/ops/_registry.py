@@ -48,7 +48,8 @@ class Op:
     summary: str
     result: Any = None
     stream: bool = False
-    # create | send | approve | reject | kill: that permission; admin: admins only; public: anyone, even
+    # create | send | approve | reject | kill: that permission; admin: admins only; operator: admins and
+    # operators; public: anyone, even
     # unauthenticated; None: any authenticated caller (reads)
     permission: str | None = None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -22,6 +22,9 @@ from ..states import LIVE, TERMINAL, State
 from ..store import Store
 from ..workdirs import WorkDirPolicy
 from ._runner import SessionRunner
+
+if TYPE_CHECKING:
+    from ..usage import UsageLedger
 
 log = structlog.get_logger("aegisd.sessions")
 
@@ -47,6 +50,7 @@ class SessionManager:
         from ..metrics import Metrics
 
         self.metrics = Metrics()
+        self.usage: UsageLedger | None = None  # metering, set by the daemon
 
     def markers(self, session_id: str) -> dict[str, str]:
         return {MARKER: self.lifeline.token, SESSION_MARKER: session_id}

@@ -36,6 +36,7 @@ from ..models import (
     now_ms,
 )
 from ..states import LIVE, TERMINAL, State, check_transition
+from ..usage import UsageRecord, estimate_cost
 from ._permissions import PermissionProfile, Policy, choose_option, daemon_policy, evaluate_profile
 from ._transcript import TranscriptBuilder
 
@@ -399,15 +400,26 @@ class SessionRunner:
         def n(*keys: str) -> int:
             for k in keys:
                 v = usage.get(k)
-                if isinstance(v, (int, float)):
+                if isinstance(v, (int, float)) and v > 0:
                     return int(v)
             return 0
-        u.inputTokens += n("inputTokens", "input_tokens")
-        u.outputTokens += n("outputTokens", "output_tokens")
-        u.cacheReadTokens += n("cachedReadTokens", "cacheReadTokens", "cache_read_input_tokens")
-        u.cacheCreationTokens += n("cachedWriteTokens", "cacheCreationTokens", "cache_creation_input_tokens")
-        u.totalTokens += n("totalTokens") or (n("inputTokens") + n("outputTokens"))
+        tin, tout = n("inputTokens", "input_tokens"), n("outputTokens", "output_tokens")
+        cread = n("cachedReadTokens", "cacheReadTokens", "cache_read_input_tokens")
+        cwrite = n("cachedWriteTokens", "cacheCreationTokens", "cache_creation_input_tokens")
+        total = n("totalTokens") or (tin + tout)
+        u.inputTokens += tin
+        u.outputTokens += tout
+        u.cacheReadTokens += cread
+        u.cacheCreationTokens += cwrite
+        u.totalTokens += total
         self.rec.tokenUsage = u
+        ledger = self.manager.usage
+        if ledger is not None and total:
+            rec = self.rec
+            ledger.record(UsageRecord(
+                ts=now_ms(), sessionId=rec.id, keyId=rec.ownerKeyId, agent=rec.agent, model=rec.model,
+                inputTokens=tin, outputTokens=tout, cacheReadTokens=cread, cacheCreationTokens=cwrite,
+                totalTokens=total, costUsd=estimate_cost(rec.model, tin, tout, cread, cwrite)))
 
     async def _interrupt(self) -> dict[str, Any]:
         self._queue.clear()
