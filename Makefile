@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 AGENTS_STAMP := $(VENV)/.agents-installed
 
-.PHONY: install run test test-fast bench lint typecheck agents clean docs openapi
+.PHONY: install run test test-stores test-fast bench lint typecheck agents clean docs openapi
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,20 @@ run: $(STAMP) ## start aegisd in the foreground (Ctrl-C stops it)
 	@$(MAKE) --no-print-directory agents || echo "warning: claude-agent-acp not installed; sessions will use npx"
 	$(VENV)/bin/aegisd
 
-test: $(STAMP) ## the whole test suite
+STORE_SUITE := tests/test_sessions.py tests/test_http.py tests/test_sse.py tests/test_api_more.py tests/test_pipelines.py
+
+test: $(STAMP) ## the whole test suite (and the core of it again on PostgreSQL and Redis when they are reachable)
 	@$(MAKE) --no-print-directory agents || echo "warning: real-agent tests will be skipped"
 	$(PY) -m pytest -q -ra
+	@$(MAKE) --no-print-directory test-stores
+
+test-stores: $(STAMP) ## the session, HTTP, SSE and pipeline tests on each server store whose URL is set
+	@if [ -n "$$AEGIS_TEST_PG_URL" ]; then echo "== the core suite on PostgreSQL"; \
+	  AEGIS_TEST_STORE=postgres $(PY) -m pytest -q $(STORE_SUITE); \
+	else echo "skipped: the core suite on PostgreSQL (AEGIS_TEST_PG_URL not set)"; fi
+	@if [ -n "$$AEGIS_TEST_REDIS_URL" ]; then echo "== the core suite on Redis"; \
+	  AEGIS_TEST_STORE=redis $(PY) -m pytest -q $(STORE_SUITE); \
+	else echo "skipped: the core suite on Redis (AEGIS_TEST_REDIS_URL not set)"; fi
 
 test-fast: $(STAMP) ## everything except the real-agent tests
 	$(PY) -m pytest -q -ra -m "not real_agent"

@@ -42,6 +42,28 @@ def workdir(tmp_path: Path) -> Path:
     return d
 
 
+def store_name(tmp_path: Path) -> str:
+    """The PostgreSQL table prefix / Redis key prefix of one test's daemons (shared by its restarts)."""
+    return f"t{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
+
+
+def drop_store(kind: str, name: str) -> None:
+    """Remove what a test left in PostgreSQL or Redis."""
+    if kind == "postgres":
+        import psycopg
+
+        with psycopg.connect(os.environ["AEGIS_TEST_PG_URL"], autocommit=True) as conn:
+            for suffix in ("meta", "sessions", "transcript", "events"):
+                conn.execute(f'DROP TABLE IF EXISTS public."{name}_{suffix}"')
+    elif kind == "redis":
+        import redis
+
+        with redis.Redis.from_url(os.environ["AEGIS_TEST_REDIS_URL"]) as r:
+            keys = list(r.scan_iter(f"{name}:*"))
+            if keys:
+                r.delete(*keys)
+
+
 def make_config(tmp_path: Path, sock_dir: Path, **overrides: Any) -> Config:
     values: dict[str, Any] = {
         "stateDir": str(tmp_path / "state"),
@@ -56,10 +78,10 @@ def make_config(tmp_path: Path, sock_dir: Path, **overrides: Any) -> Config:
     }
     if values["sessionStore"] == "postgres":
         values["postgresUrl"] = os.environ["AEGIS_TEST_PG_URL"]
-        values["pgTable"] = f"t_{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
+        values["pgTable"] = store_name(tmp_path)
     if values["sessionStore"] == "redis":
         values["redisUrl"] = os.environ["AEGIS_TEST_REDIS_URL"]
-        values["redisKeyPrefix"] = f"t{os.getpid()}:{abs(hash(str(tmp_path))) % 10**8}"
+        values["redisKeyPrefix"] = store_name(tmp_path)
     values.update(overrides)
     return load_config(env={}, config_path=None, overrides=values, cwd=tmp_path)
 
@@ -137,6 +159,9 @@ async def daemon_factory(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path)
         h.shutdown.set()
         with trio.fail_after(15):
             await h.done.wait()  # type: ignore[attr-defined]
+    kind = os.environ.get("AEGIS_TEST_STORE", "file")
+    if handles and kind in ("postgres", "redis"):
+        await trio.to_thread.run_sync(drop_store, kind, store_name(tmp_path))
 
 
 @pytest.fixture

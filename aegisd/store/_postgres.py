@@ -1,0 +1,288 @@
+"""The PostgreSQL store (`AEGIS_SESSION_STORE=postgres`).
+
+psycopg's asyncio API does not run under trio, so the sync driver runs in worker threads
+(`trio.to_thread.run_sync`) over a small pool of autocommit connections, at most ``pgPoolMax`` at once.
+Tables (``<schema>.<table>_*``, identifiers quoted by psycopg): ``meta`` (schema version, highest event id),
+``sessions`` (one JSONB record per session), ``transcript`` (one row per entry, keyed by session and 0-based
+position), ``events`` (one row per event, trimmed to the last EVENT_RING per session). A statement returns
+only once committed, so ``save_session`` and the appends are durable when they return (PostgreSQL's own
+``synchronous_commit`` decides what a machine crash keeps). One daemon per table set: a session-level advisory
+lock, held on a dedicated connection for the store's life, refuses a second daemon at once; it is released
+by PostgreSQL when the holder dies, even by SIGKILL."""
+
+from __future__ import annotations
+
+import collections
+import re
+import threading
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+import structlog
+import trio
+
+from ..errors import Unavailable
+from ..models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
+from ._file import EVENT_RING
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ..config import Config
+
+log = structlog.get_logger("aegisd.store.postgres")
+
+T = TypeVar("T")
+_enc = msgspec.json.Encoder()
+_rec_dec = msgspec.json.Decoder(SessionRecord)
+_entry_dec = msgspec.json.Decoder(TranscriptEntry)
+_event_dec = msgspec.json.Decoder(Event)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+class PostgresStore:
+    name = "postgres"
+
+    def __init__(self, config: Config) -> None:
+        self.url = config.postgresUrl
+        self.schema = config.pgSchema or "public"
+        self.table = config.pgTable or "aegis"
+        self._limiter = trio.CapacityLimiter(max(1, config.pgPoolMax))
+        self._idle: collections.deque[psycopg.Connection[Any]] = collections.deque()
+        self._pool_lock = threading.Lock()
+        self._lock_conn: psycopg.Connection[Any] | None = None
+        self._tcount: dict[str, int] = {}  # transcript length per session (this daemon is the only writer)
+        self._ecount: dict[str, int] = {}  # events stored per session, to know when to trim
+        self._last_event_id = 0
+        self._closed = False
+        from psycopg import sql
+
+        def t(suffix: str) -> sql.Composed:
+            return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(f"{self.table}_{suffix}"))
+        self._meta, self._sessions, self._transcript, self._events = t("meta"), t("sessions"), t("transcript"), \
+            t("events")
+
+    # ---- plumbing ------------------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
+        if not self.url:
+            raise Unavailable("sessionStore is postgres but AEGIS_POSTGRES_URL (postgresUrl) is not set")
+        try:
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=10,
+                                   application_name="aegisd")
+        except psycopg.Error as exc:
+            raise Unavailable(f"cannot connect to PostgreSQL at {mask_url(self.url)}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
+
+    def _with_conn(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        import psycopg
+
+        with self._pool_lock:
+            conn = self._idle.popleft() if self._idle else None
+        if conn is None or conn.closed:
+            conn = self._connect()
+        try:
+            result = fn(conn)
+        except psycopg.OperationalError as exc:  # the connection is gone: drop it, report the store unavailable
+            conn.close()
+            raise Unavailable(f"PostgreSQL at {mask_url(self.url)}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        with self._pool_lock:
+            if self._closed:
+                conn.close()
+            else:
+                self._idle.append(conn)
+        return result
+
+    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        return await trio.to_thread.run_sync(self._with_conn, fn, limiter=self._limiter)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        await trio.to_thread.run_sync(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self._lock_conn = self._connect()
+        try:
+            self._open_locked(self._lock_conn)
+        except BaseException:
+            self._lock_conn.close()
+            self._lock_conn = None
+            raise
+
+    def _open_locked(self, lock_conn: psycopg.Connection[Any]) -> None:
+        from psycopg import sql
+
+        key = zlib.crc32(f"aegisd:{self.schema}.{self.table}".encode())
+        got = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if not (got and got[0]):
+            raise Unavailable(f"another aegisd uses the PostgreSQL tables {self.schema}.{self.table}_* "
+                              f"at {mask_url(self.url)}")
+        with lock_conn.transaction():
+            lock_conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            lock_conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value bigint NOT NULL)")
+                              .format(self._meta))
+            lock_conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY, created_at bigint NOT "
+                                      "NULL, body jsonb NOT NULL)").format(self._sessions))
+            lock_conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (session_id text NOT NULL, pos integer NOT NULL, "
+                                      "body jsonb NOT NULL, PRIMARY KEY (session_id, pos))").format(self._transcript))
+            lock_conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (id bigint PRIMARY KEY, session_id text NOT "
+                                      "NULL, body jsonb NOT NULL)").format(self._events))
+            lock_conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (session_id, id)").format(
+                sql.Identifier(f"{self.table}_events_by_session"), self._events))
+            rows = dict(lock_conn.execute(sql.SQL("SELECT key, value FROM {}").format(self._meta)).fetchall())
+            version = rows.get("schema_version", SCHEMA_VERSION)
+            if version > SCHEMA_VERSION:
+                raise Unavailable(f"the PostgreSQL tables {self.schema}.{self.table}_* hold schema version {version}; "
+                                  f"this aegisd reads up to {SCHEMA_VERSION} (upgrade aegisd)")
+            lock_conn.execute(sql.SQL("INSERT INTO {} VALUES ('schema_version', %s) ON CONFLICT (key) DO UPDATE "
+                                      "SET value = excluded.value").format(self._meta), (SCHEMA_VERSION,))
+            self._last_event_id = int(rows.get("last_event_id", 0))
+            for sid, n in lock_conn.execute(sql.SQL("SELECT session_id, count(*) FROM {} GROUP BY session_id")
+                                            .format(self._transcript)):
+                self._tcount[sid] = n
+            for sid, n in lock_conn.execute(sql.SQL("SELECT session_id, count(*) FROM {} GROUP BY session_id")
+                                            .format(self._events)):
+                self._ecount[sid] = n
+        log.info("store.opened", store="postgres", url=mask_url(self.url), tables=f"{self.schema}.{self.table}_*",
+                 sessions_with_transcripts=len(self._tcount))
+
+    async def close(self) -> None:
+        def shut() -> None:
+            with self._pool_lock:
+                self._closed = True
+                conns = list(self._idle)
+                self._idle.clear()
+            for c in conns:
+                c.close()
+            if self._lock_conn is not None:
+                self._lock_conn.close()  # ends the session: the advisory lock goes with it
+                self._lock_conn = None
+        await trio.to_thread.run_sync(shut)
+
+    async def flush(self) -> None:
+        pass  # every statement has committed by the time it returned
+
+    # ---- sessions ------------------------------------------------------------------------------
+    async def load_sessions(self) -> list[SessionRecord]:
+        from psycopg import sql
+
+        def q(conn: psycopg.Connection[Any]) -> list[Any]:
+            return conn.execute(sql.SQL("SELECT id, body::text FROM {} ORDER BY created_at, id")
+                                .format(self._sessions)).fetchall()
+        out = []
+        for sid, body in await self._run(q):
+            try:
+                rec = _rec_dec.decode(body)
+            except msgspec.DecodeError as exc:
+                log.warning("store.bad_record_skipped", session_id=sid, error=str(exc))
+                continue
+            if rec.schemaVersion > SCHEMA_VERSION:
+                log.warning("store.newer_schema_skipped", session_id=sid, version=rec.schemaVersion)
+                continue
+            out.append(rec)
+        return out
+
+    async def save_session(self, record: SessionRecord) -> None:
+        from psycopg import sql
+
+        body = _enc.encode(record).decode()
+
+        def q(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(sql.SQL("INSERT INTO {} (id, created_at, body) VALUES (%s, %s, %s::jsonb) ON CONFLICT (id) "
+                                 "DO UPDATE SET body = excluded.body").format(self._sessions),
+                         (record.id, record.createdAt, body))
+        await self._run(q)
+
+    async def delete_session(self, session_id: str) -> None:
+        from psycopg import sql
+
+        def q(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                for table in (self._sessions, self._transcript, self._events):
+                    col = "id" if table is self._sessions else "session_id"
+                    conn.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(table, sql.Identifier(col)),
+                                 (session_id,))
+        await self._run(q)
+        self._tcount.pop(session_id, None)
+        self._ecount.pop(session_id, None)
+
+    # ---- transcripts ---------------------------------------------------------------------------
+    async def append_transcript(self, session_id: str, entries: list[TranscriptEntry]) -> None:
+        if not entries:
+            return
+        from psycopg import sql
+
+        start = self._tcount.get(session_id, 0)
+        self._tcount[session_id] = start + len(entries)  # reserved before the await: positions stay in order
+        rows = [(session_id, start + i, _enc.encode(e).decode()) for i, e in enumerate(entries)]
+
+        def q(conn: psycopg.Connection[Any]) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(sql.SQL("INSERT INTO {} (session_id, pos, body) VALUES (%s, %s, %s::jsonb)")
+                                .format(self._transcript), rows)
+        await self._run(q)
+
+    async def read_transcript(self, session_id: str, start: int = 0,
+                              limit: int | None = None) -> list[TranscriptEntry]:
+        from psycopg import sql
+
+        def q(conn: psycopg.Connection[Any]) -> list[Any]:
+            return conn.execute(sql.SQL("SELECT body::text FROM {} WHERE session_id = %s AND pos >= %s ORDER BY pos "
+                                        "LIMIT %s").format(self._transcript), (session_id, start, limit)).fetchall()
+        return [_entry_dec.decode(body) for (body,) in await self._run(q)]
+
+    async def transcript_count(self, session_id: str) -> int:
+        return self._tcount.get(session_id, 0)
+
+    # ---- events --------------------------------------------------------------------------------
+    async def append_events(self, events: list[Event]) -> None:
+        if not events:
+            return
+        from psycopg import sql
+
+        rows = [(ev.id, ev.sessionId, _enc.encode(ev).decode()) for ev in events]
+        top = max(self._last_event_id, max(ev.id for ev in events))
+        self._last_event_id = top
+        trim = []
+        for ev in events:
+            n = self._ecount[ev.sessionId] = self._ecount.get(ev.sessionId, 0) + 1
+            if n > 2 * EVENT_RING:
+                trim.append(ev.sessionId)
+                self._ecount[ev.sessionId] = EVENT_RING
+
+        def q(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(sql.SQL("INSERT INTO {} (id, session_id, body) VALUES (%s, %s, %s::jsonb) "
+                                        "ON CONFLICT (id) DO NOTHING").format(self._events), rows)
+                cur.execute(sql.SQL("INSERT INTO {} VALUES ('last_event_id', %s) ON CONFLICT (key) DO UPDATE "
+                                    "SET value = GREATEST({}.value, excluded.value)").format(self._meta, self._meta),
+                            (top,))
+                for sid in dict.fromkeys(trim):  # keep the newest EVENT_RING of this session
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE session_id = %s AND id < (SELECT min(id) FROM (SELECT "
+                                        "id FROM {} WHERE session_id = %s ORDER BY id DESC LIMIT %s) AS newest)")
+                                .format(self._events, self._events), (sid, sid, EVENT_RING))
+        await self._run(q)
+
+    async def read_events(self, *, session_id: str | None, after_id: int, limit: int = 1000) -> list[Event]:
+        from psycopg import sql
+
+        def q(conn: psycopg.Connection[Any]) -> list[Any]:
+            if session_id is None:
+                return conn.execute(sql.SQL("SELECT body::text FROM {} WHERE id > %s ORDER BY id LIMIT %s")
+                                    .format(self._events), (after_id, limit)).fetchall()
+            return conn.execute(sql.SQL("SELECT body::text FROM {} WHERE session_id = %s AND id > %s ORDER BY id "
+                                        "LIMIT %s").format(self._events), (session_id, after_id, limit)).fetchall()
+        return [_event_dec.decode(body) for (body,) in await self._run(q)]
+
+    async def last_event_id(self) -> int:
+        return self._last_event_id

@@ -1,0 +1,261 @@
+"""The Redis store (`AEGIS_SESSION_STORE=redis`).
+
+redis.asyncio does not run under trio, so the sync client (thread-safe, with its own connection pool) runs in
+worker threads. Keys, under ``<prefix>:``: ``meta`` (hash: schema_version, last_event_id), ``sessions`` (hash:
+id → JSON record), ``t:<id>`` (list: transcript entries), ``e:<id>`` (sorted set by event id: the session's
+last EVENT_RING events), ``e`` (sorted set: the last GLOBAL_RING events of all sessions), ``lock``.
+Multi-key writes go in one MULTI/EXEC transaction. A call returns once Redis acknowledged it; what survives a
+Redis restart is what its persistence settings keep (use ``appendonly yes``; see docs/stores.md).
+
+One daemon per prefix: ``lock`` (``host:pid:random``) is taken with SET NX and a TTL that a thread renews every
+third of it. A daemon on the same host tells a live holder (refused at once) from a dead one, e.g. SIGKILLed
+(taken over at once); a holder on another host is waited for up to one TTL, so its lock expires if it died."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+import structlog
+import trio
+
+from ..errors import Unavailable
+from ..models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
+from ._file import EVENT_RING
+from ._postgres import mask_url
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+log = structlog.get_logger("aegisd.store.redis")
+
+T = TypeVar("T")
+GLOBAL_RING = 10 * EVENT_RING
+LOCK_TTL_MS = 15_000
+_enc = msgspec.json.Encoder()
+_rec_dec = msgspec.json.Decoder(SessionRecord)
+_entry_dec = msgspec.json.Decoder(TranscriptEntry)
+_event_dec = msgspec.json.Decoder(Event)
+
+# delete the lock only if it is still ours
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+# extend the lock only if it is still ours
+_RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
+          "else return 0 end")
+
+
+# replace a dead holder's lock, only if it is still that holder's
+_TAKEOVER = ("if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
+             "return 1 else return 0 end")
+
+
+def _holder_verdict(holder: bytes | None) -> str:
+    """'alive' or 'dead' for a lock held by a daemon of this host (known by its pid), else 'unknown'."""
+    if not holder:
+        return "unknown"
+    try:
+        host, pid_s, _ = holder.decode().rsplit(":", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return "unknown"
+    if host != socket.gethostname():
+        return "unknown"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return "dead"
+    return "alive" if b"aegisd" in cmdline or pid == os.getpid() else "dead"
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(self, config: Config, *, lock_ttl_ms: int = LOCK_TTL_MS) -> None:
+        self.url = config.redisUrl
+        self.prefix = config.redisKeyPrefix or "aegis"
+        self.lock_ttl_ms = lock_ttl_ms
+        self._client: Any = None  # redis.Redis (bytes responses); typed loosely: its stubs say bytes | str
+        self._limiter = trio.CapacityLimiter(8)
+        # host:pid:random, so a daemon on the same host can tell a dead holder (SIGKILLed) from a live one
+        self._token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.lock_lost = False
+        self._last_event_id = 0
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    async def _run(self, fn: Callable[[Any], T]) -> T:
+        import redis as redis_mod
+
+        client = self._client
+        assert client is not None, "store not open"
+
+        def call() -> T:
+            try:
+                return fn(client)
+            except redis_mod.ConnectionError as exc:
+                raise Unavailable(f"Redis at {mask_url(self.url)}: {exc}") from None
+        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        await trio.to_thread.run_sync(self._open_sync)
+
+    def _open_sync(self) -> None:
+        import redis as redis_mod
+
+        client: Any = redis_mod.Redis.from_url(self.url, socket_connect_timeout=10, socket_timeout=30,
+                                               health_check_interval=30)
+        try:
+            client.ping()
+        except redis_mod.RedisError as exc:
+            client.close()
+            raise Unavailable(f"cannot connect to Redis at {mask_url(self.url)}: {exc}") from None
+        deadline = time.monotonic() + self.lock_ttl_ms / 1000 + 1
+        while not client.set(self._k("lock"), self._token, nx=True, px=self.lock_ttl_ms):
+            holder = client.get(self._k("lock"))
+            verdict = _holder_verdict(holder)
+            if verdict == "dead" and client.eval(_TAKEOVER, 1, self._k("lock"), holder, self._token,
+                                                 self.lock_ttl_ms):
+                log.info("store.lock_taken_over", holder=holder.decode(errors="replace"))
+                break
+            if verdict == "alive" or time.monotonic() > deadline:
+                client.close()
+                raise Unavailable(f"another aegisd uses the Redis key prefix {self.prefix!r} at {mask_url(self.url)}"
+                                  f" (lock held by {(holder or b'?').decode(errors='replace').rsplit(':', 1)[0]})")
+            time.sleep(0.2)  # another machine's daemon: if it died, its lock expires within one TTL
+        meta = {k.decode(): int(v) for k, v in client.hgetall(self._k("meta")).items()}
+        version = meta.get("schema_version", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            client.eval(_RELEASE, 1, self._k("lock"), self._token)
+            client.close()
+            raise Unavailable(f"the Redis keys {self.prefix}:* hold schema version {version}; this aegisd reads up "
+                              f"to {SCHEMA_VERSION} (upgrade aegisd)")
+        client.hset(self._k("meta"), "schema_version", SCHEMA_VERSION)
+        self._last_event_id = meta.get("last_event_id", 0)
+        self._client = client
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew_loop, name="aegisd-redis-lock", daemon=True)
+        self._renewer.start()
+        log.info("store.opened", store="redis", url=mask_url(self.url), prefix=self.prefix)
+
+    def _renew_loop(self) -> None:
+        assert self._client is not None
+        while not self._stop.wait(self.lock_ttl_ms / 3000):
+            try:
+                ok = self._client.eval(_RENEW, 1, self._k("lock"), self._token, self.lock_ttl_ms)
+            except Exception as exc:  # noqa: BLE001 - Redis away for a moment: try again next round
+                log.warning("store.lock_renew_failed", error=str(exc))
+                continue
+            if not ok:
+                self.lock_lost = True
+                log.error("store.lock_lost", prefix=self.prefix,
+                          hint="another aegisd may now write to the same keys")
+
+    async def close(self) -> None:
+        def shut() -> None:
+            self._stop.set()
+            if self._renewer is not None:
+                self._renewer.join(timeout=5)
+                self._renewer = None
+            if self._client is not None:
+                try:
+                    self._client.eval(_RELEASE, 1, self._k("lock"), self._token)
+                except Exception as exc:  # noqa: BLE001 - the lock then expires on its own
+                    log.warning("store.lock_release_failed", error=str(exc))
+                self._client.close()
+                self._client = None
+        await trio.to_thread.run_sync(shut)
+
+    async def flush(self) -> None:
+        pass  # every call has been acknowledged by Redis when it returned
+
+    # ---- sessions ------------------------------------------------------------------------------
+    async def load_sessions(self) -> list[SessionRecord]:
+        raw = await self._run(lambda c: c.hgetall(self._k("sessions")))
+        out = []
+        for sid, body in raw.items():
+            try:
+                rec = _rec_dec.decode(body)
+            except msgspec.DecodeError as exc:
+                log.warning("store.bad_record_skipped", session_id=sid.decode(errors="replace"), error=str(exc))
+                continue
+            if rec.schemaVersion > SCHEMA_VERSION:
+                log.warning("store.newer_schema_skipped", session_id=rec.id, version=rec.schemaVersion)
+                continue
+            out.append(rec)
+        out.sort(key=lambda r: (r.createdAt, r.id))
+        return out
+
+    async def save_session(self, record: SessionRecord) -> None:
+        body = _enc.encode(record)
+        await self._run(lambda c: c.hset(self._k("sessions"), record.id, body))
+
+    async def delete_session(self, session_id: str) -> None:
+        def q(c: Any) -> None:
+            ids = c.zrange(self._k("e", session_id), 0, -1)
+            with c.pipeline(transaction=True) as p:
+                p.hdel(self._k("sessions"), session_id)
+                p.delete(self._k("t", session_id), self._k("e", session_id))
+                for member in ids:
+                    p.zrem(self._k("e"), member)
+                p.execute()
+        await self._run(q)
+
+    # ---- transcripts ---------------------------------------------------------------------------
+    async def append_transcript(self, session_id: str, entries: list[TranscriptEntry]) -> None:
+        if entries:
+            lines = [_enc.encode(e) for e in entries]
+            await self._run(lambda c: c.rpush(self._k("t", session_id), *lines))
+
+    async def read_transcript(self, session_id: str, start: int = 0,
+                              limit: int | None = None) -> list[TranscriptEntry]:
+        end = -1 if limit is None else start + limit - 1
+        if limit == 0:
+            return []
+        raw = await self._run(lambda c: c.lrange(self._k("t", session_id), start, end))
+        return [_entry_dec.decode(b) for b in raw]
+
+    async def transcript_count(self, session_id: str) -> int:
+        return int(await self._run(lambda c: c.llen(self._k("t", session_id))))
+
+    # ---- events --------------------------------------------------------------------------------
+    async def append_events(self, events: list[Event]) -> None:
+        if not events:
+            return
+        top = max(self._last_event_id, max(ev.id for ev in events))
+        self._last_event_id = top
+        by_session: dict[str, dict[bytes, int]] = {}
+        every: dict[bytes, int] = {}
+        for ev in events:
+            body = _enc.encode(ev)
+            by_session.setdefault(ev.sessionId, {})[body] = ev.id
+            every[body] = ev.id
+
+        def q(c: Any) -> None:
+            with c.pipeline(transaction=True) as p:
+                for sid, members in by_session.items():
+                    p.zadd(self._k("e", sid), members)
+                    p.zremrangebyrank(self._k("e", sid), 0, -EVENT_RING - 1)
+                p.zadd(self._k("e"), every)
+                p.zremrangebyrank(self._k("e"), 0, -GLOBAL_RING - 1)
+                p.hset(self._k("meta"), "last_event_id", top)
+                p.execute()
+        await self._run(q)
+
+    async def read_events(self, *, session_id: str | None, after_id: int, limit: int = 1000) -> list[Event]:
+        key = self._k("e") if session_id is None else self._k("e", session_id)
+        raw = await self._run(lambda c: c.zrangebyscore(key, f"({after_id}", "+inf", start=0, num=limit))
+        return [_event_dec.decode(b) for b in raw]
+
+    async def last_event_id(self) -> int:
+        return self._last_event_id
