@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 
 from .conftest import DaemonHandle
 
@@ -122,3 +123,19 @@ async def test_refuses_non_loopback_without_auth(tmp_path: Path, short_tmp: Path
     with pytest.raises(ValidationError, match="non-loopback"):
         d.check_bind_safety()
     Daemon(make_config(tmp_path, short_tmp, host="0.0.0.0", authToken="x" * 32)).check_bind_safety()
+
+
+async def test_body_on_a_route_that_takes_none(daemon: DaemonHandle, workdir: Path) -> None:
+    """A body sent to a route without one is refused, and read even so: left unread, it used to leave the
+    keep-alive connection stuck now and then, so the client's next request never got an answer."""
+    s = await daemon.create(workdir)
+    h = daemon.http  # one keep-alive connection for all of these
+    for i in range(40):
+        body = {"x": "é" * (i * 97)} if i % 2 else None
+        with trio.fail_after(5):
+            r = await h.post(f"/v1/sessions/{s['id']}/interrupt", json=body)
+            assert r.status_code == (400 if body else 200), r.text
+            assert (await h.get("/v1/sessions/stats")).status_code == 200
+    r = await h.post(f"/v1/sessions/{s['id']}/interrupt", json={"force": True})
+    assert r.json()["code"] == "VALIDATION_ERROR" and "takes no request body" in r.json()["message"]
+    assert (await h.post(f"/v1/sessions/{s['id']}/interrupt", json={})).status_code == 200
