@@ -118,6 +118,20 @@ def serve(host: str | None = None, port: int | None = None, config_path: str | N
     run_foreground(config_path=config_path, overrides={"host": host, "port": port, "stateDir": state_dir})
 
 
+@cli.command()
+@click.option("--port", type=int, help="HTTP port to fall back to when the socket does not answer.")
+@click.pass_obj
+def mcp(obj: Ctx, port: int | None) -> None:
+    """Serve MCP on stdin/stdout, so an agent can drive sessions: `claude mcp add aegis -- ag mcp`.
+
+    Talks to the running daemon (the socket, or --url / AEGIS_URL with AEGIS_AUTH_TOKEN); tools that need it
+    report SERVER_UNREACHABLE until a daemon answers."""
+    from ._conn import connect
+    from ._mcp import serve as serve_mcp
+
+    sys.exit(serve_mcp(lambda: connect(socket_path=obj.socket, url=obj.url, port=port)))
+
+
 # ---- sessions -------------------------------------------------------------------------------------------
 def _short(sid: str) -> str:
     return sid[:8]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -43,7 +44,25 @@ def entry(i: int) -> TranscriptEntry:
 @pytest.fixture(params=BACKENDS)
 async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Callable[..., Store]]:
     """A factory of stores that all point at the same place (directory, tables, key prefix)."""
-    kind: str = request.param
+    async with _factory(request.param, tmp_path) as f:
+        yield f
+
+
+@pytest.fixture(params=BACKENDS[1:])
+async def server_make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Callable[..., Store]]:
+    """The same, for the stores with a server behind them."""
+    async with _factory(request.param, tmp_path) as f:
+        yield f
+
+
+@pytest.fixture(params=BACKENDS[2:])
+async def redis_make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Callable[..., Store]]:
+    async with _factory(request.param, tmp_path) as f:
+        yield f
+
+
+@contextlib.asynccontextmanager
+async def _factory(kind: str, tmp_path: Path) -> AsyncIterator[Callable[..., Store]]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     values: dict[str, Any] = {"sessionStore": kind, "stateDir": str(tmp_path / "state")}
     if kind == "postgres":
@@ -151,9 +170,8 @@ async def test_delete_session_and_last_id_survives(make: Any) -> None:
     await st2.close()
 
 
-async def test_single_writer(make: Any) -> None:
-    if make.kind == "file":
-        pytest.skip("the file store's flock is tested in test_store.py")
+async def test_single_writer(server_make: Any) -> None:
+    make = server_make
     first = make()
     await first.open()
     with pytest.raises(Unavailable, match="another aegisd"):
@@ -165,9 +183,8 @@ async def test_single_writer(make: Any) -> None:
     await second.close()
 
 
-async def test_newer_schema_is_refused(make: Any) -> None:
-    if make.kind == "file":
-        pytest.skip("covered for the file store in test_store.py")
+async def test_newer_schema_is_refused(server_make: Any) -> None:
+    make = server_make
     st = make()
     await st.open()
     name = st.table if make.kind == "postgres" else st.prefix  # type: ignore[attr-defined]
@@ -193,9 +210,8 @@ async def test_newer_schema_is_refused(make: Any) -> None:
         await again.open()
 
 
-async def test_unreachable_server(make: Any) -> None:
-    if make.kind == "file":
-        pytest.skip("no server")
+async def test_unreachable_server(server_make: Any) -> None:
+    make = server_make
     bad = {"postgres": {"postgresUrl": "postgresql://aegis:secret@127.0.0.1:1/none"},
            "redis": {"redisUrl": "redis://:secret@127.0.0.1:1/0"}}[make.kind]
     with pytest.raises(Unavailable, match="cannot connect") as err:
@@ -203,9 +219,8 @@ async def test_unreachable_server(make: Any) -> None:
     assert "secret" not in str(err.value) and "***" in str(err.value)
 
 
-async def test_redis_lock_left_by_a_dead_daemon(make: Any) -> None:
-    if make.kind != "redis":
-        pytest.skip("the Redis store's lock")
+async def test_redis_lock_left_by_a_dead_daemon(redis_make: Any) -> None:
+    make = redis_make
     import socket
 
     import redis

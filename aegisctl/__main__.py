@@ -1,0 +1,5 @@
+"""`python -m aegisctl` = `ag`."""
+
+from .cli import main
+
+main()
