@@ -23,6 +23,14 @@ CLAUDE_PACKAGE = "@agentclientprotocol/claude-agent-acp"
 CLAUDE_BIN = "claude-agent-acp"
 
 
+class McpServerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An MCP server an agent starts for a session (ACP `mcpServers`, stdio transport)."""
+
+    command: str
+    args: list[str] = []
+    env: dict[str, str] = {}
+
+
 class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     command: list[str]
     env: dict[str, str] = {}
@@ -42,6 +50,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     defaultPermissionMode: str = "default"
     defaultAgent: str = "claude"
     agents: dict[str, AgentSpec] = {}
+    # MCP servers sessions may ask for by name (`mcpServers: ["aegis", ...]` on create); "aegis" is built in
+    mcpServers: dict[str, McpServerSpec] = {}
     agentCommand: tuple[str, ...] = ()  # AEGIS_AGENT_COMMAND: overrides the default agent's command line
     memoryBridge: dict[str, Any] = {}
     sessionStore: str = "file"

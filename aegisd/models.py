@@ -99,6 +99,7 @@ class SessionRecord(msgspec.Struct):
     ownerKeyId: str | None = None
     permissionProfile: dict[str, Any] | None = None
     permissionPolicy: list[dict[str, Any]] | None = None  # the original's legacy rules, as sent
+    mcpServers: list[str] = []  # names: "aegis" (built in) or keys of the config's mcpServers
     pid: int | None = None
     schemaVersion: int = SCHEMA_VERSION
 

@@ -109,7 +109,7 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
     directives = [d.strip() for d in text.split(";") if d.strip()]
     known = ("say:", "hang", "chunks:", "think:", "plan:", "tool:", "toolauto:", "sleep:", "wait-for-cancel", "stream:",
              "crash", "garbage", "bigline:", "badid", "unknown-request", "grandchild", "stop:", "error:", "title:",
-             "recall")
+             "recall", "mcp-servers")
     try:
         if not any(d.startswith(known) for d in directives):
             said.append(f"echo: {text}")
@@ -207,6 +207,9 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
                 return
             elif name == "title":
                 update(sid, {"sessionUpdate": "session_info_update", "title": arg})
+            elif name == "mcp-servers":  # the MCP servers the client gave this session
+                said.append("mcp: " + ",".join(sess.get("mcpServers") or []))
+                text_chunk(sid, said[-1])
             elif name == "recall":  # what this session remembers: proves a fork carried the context over
                 earlier = [t for role, t in sess["history"][:-1] if role == "user"]
                 said.append("recall: " + " | ".join(earlier))
@@ -247,7 +250,8 @@ def handle(msg: dict) -> None:
             send({"id": mid, "error": {"code": -32602, "message": "cwd must be an absolute path"}})
             return
         sid = str(uuid.uuid4())
-        ST.sessions[sid] = {"cwd": cwd, "history": [], "mode": "default"}
+        ST.sessions[sid] = {"cwd": cwd, "history": [], "mode": "default",
+                            "mcpServers": [m.get("name") for m in params.get("mcpServers") or []]}
         ST.cancelled[sid] = threading.Event()
         ST.save(sid)
         result: dict = {"sessionId": sid}

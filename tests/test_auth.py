@@ -265,3 +265,13 @@ async def test_per_key_permission_override(authd: DaemonHandle, workdir: Path) -
     assert r.status_code == 403
     r = await authd.http.post("/v1/auth/keys", json={"name": "bad", "permissions": ["fly"]}, headers=bearer(MASTER))
     assert r.status_code == 400
+
+
+async def test_only_admins_attach_the_aegis_mcp_server(authd: DaemonHandle, workdir: Path) -> None:
+    op_key = await make_key(authd, "operator", "ci")
+    r = await authd.http.post("/v1/sessions", json={"workDir": str(workdir), "mcpServers": ["aegis"]},
+                              headers=bearer(op_key["key"]))
+    assert r.status_code == 403 and r.json()["code"] == "FORBIDDEN"
+    r = await authd.http.post("/v1/sessions", json={"workDir": str(workdir), "mcpServers": ["aegis"]},
+                              headers=bearer(MASTER))
+    assert r.status_code == 201 and r.json()["mcpServers"] == ["aegis"]

@@ -363,3 +363,21 @@ async def test_legacy_permissions_are_enforced(daemon_factory: Any, workdir: Pat
     # the new-style profile replaces the legacy rules
     await daemon.http.put(f"/v1/sessions/{sid}/permission-profile", json={"defaultBehavior": "deny"})
     assert (await daemon.http.get(url)).json()["permissionPolicy"] == []
+
+
+async def test_mcp_servers_for_a_session(daemon_factory: Any, workdir: Path) -> None:
+    d = await daemon_factory(mcpServers={"tools": {"command": "/bin/true", "args": ["x"], "env": {"A": "1"}}})
+    s = await d.create(workdir, mcpServers=["aegis", "tools"], prompt="mcp-servers", reuse=False)
+    assert s["mcpServers"] == ["aegis", "tools"]
+    await d.wait_event(s["id"], "turn")
+    said = [m["text"] for m in (await d.http.get(f"/v1/sessions/{s['id']}/transcript")).json()["messages"]]
+    assert "mcp: aegis,tools" in said  # both reached the agent in session/new
+    specs = {m["name"]: m for m in d.daemon.manager.mcp_specs(d.daemon.manager.records[s["id"]])}
+    assert specs["aegis"]["args"] == ["-m", "aegisctl", "mcp"]
+    assert {"name": "AEGIS_SOCKET", "value": str(d.daemon.config.socket_path)} in specs["aegis"]["env"]
+    assert specs["tools"] == {"name": "tools", "command": "/bin/true", "args": ["x"],
+                              "env": [{"name": "A", "value": "1"}]}
+    r = await d.http.post("/v1/sessions", json={"workDir": str(workdir), "mcpServers": ["nope"]})
+    assert r.status_code == 400 and "unknown MCP server 'nope'" in r.json()["message"]
+    r = await d.http.post("/v1/sessions", json={"workDir": str(workdir), "mcpServers": "aegis"})
+    assert r.status_code == 400

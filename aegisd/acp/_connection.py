@@ -141,19 +141,22 @@ class AcpConnection:
                                 f"{w.PROTOCOL_VERSION}")
         return result
 
-    async def new_session(self, cwd: str, *, timeout: float) -> w.NewSessionResult:
-        return await self.call("session/new", {"cwd": cwd, "mcpServers": []}, w.NewSessionResult,  # type: ignore
-                               timeout=timeout)
-
-    async def fork_session(self, session_id: str, cwd: str, *, timeout: float) -> w.NewSessionResult:
-        """ACP `session/fork` (unstable; gated by `sessionCapabilities.fork`): a new session that starts
-        from a copy of ``session_id``'s conversation."""
-        return await self.call("session/fork", {"sessionId": session_id, "cwd": cwd, "mcpServers": []},  # type: ignore
+    async def new_session(self, cwd: str, *, timeout: float,
+                          mcp_servers: list[dict[str, Any]] | None = None) -> w.NewSessionResult:
+        return await self.call("session/new", {"cwd": cwd, "mcpServers": mcp_servers or []},  # type: ignore
                                w.NewSessionResult, timeout=timeout)
 
-    async def load_session(self, session_id: str, cwd: str, *, timeout: float) -> w.LoadSessionResult:
-        return await self.call("session/load", {"sessionId": session_id, "cwd": cwd, "mcpServers": []},  # type: ignore
-                               w.LoadSessionResult, timeout=timeout)
+    async def fork_session(self, session_id: str, cwd: str, *, timeout: float,
+                           mcp_servers: list[dict[str, Any]] | None = None) -> w.NewSessionResult:
+        """ACP `session/fork` (unstable; gated by `sessionCapabilities.fork`): a new session that starts
+        from a copy of ``session_id``'s conversation."""
+        return await self.call("session/fork", {"sessionId": session_id, "cwd": cwd,  # type: ignore
+                                                "mcpServers": mcp_servers or []}, w.NewSessionResult, timeout=timeout)
+
+    async def load_session(self, session_id: str, cwd: str, *, timeout: float,
+                           mcp_servers: list[dict[str, Any]] | None = None) -> w.LoadSessionResult:
+        return await self.call("session/load", {"sessionId": session_id, "cwd": cwd,  # type: ignore
+                                                "mcpServers": mcp_servers or []}, w.LoadSessionResult, timeout=timeout)
 
     async def set_mode(self, session_id: str, mode_id: str, *, timeout: float) -> None:
         await self.request("session/set_mode", {"sessionId": session_id, "modeId": mode_id}, timeout=timeout)

@@ -366,7 +366,8 @@ async def fork(ctx: OpContext, p: ForkParams) -> dict[str, Any]:
     mgr = ctx.daemon.manager
     rec, _, _ = await mgr.create(
         workDir=src.workDir, name=p.name or f"{src.name}-fork", permissionMode=src.permissionMode,
-        agent=src.agent, model=src.model, ownerKeyId=ctx.principal.key_id, reuse=False, forkedFrom=src.id)
+        agent=src.agent, model=src.model, ownerKeyId=ctx.principal.key_id, reuse=False, forkedFrom=src.id,
+        mcpServers=src.mcpServers)
     ctx.daemon.audit_record(ctx, "session.create", session_id=rec.id,
                             detail={"workDir": rec.workDir, "agent": rec.agent, "forkedFrom": src.id,
                                     "ownerKeyId": rec.ownerKeyId})

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from .. import PROTOCOL_VERSION, __version__
-from ..errors import SessionNotFound, ValidationError
+from ..errors import Forbidden, SessionNotFound, ValidationError
 from ..models import Event, SessionRecord, now_ms
 from ..states import LIVE, STATUS_FILTERS, TERMINAL, State
 from ._registry import OpContext, op
@@ -39,6 +39,8 @@ class CreateParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     stallThresholdMs: Annotated[int, msgspec.Meta(ge=1000, le=3_600_000)] | None = None
     parentId: str | None = None
     reuse: bool = True
+    # MCP servers the agent gets: "aegis" (this daemon's `ag mcp`, admins only) or names from the config
+    mcpServers: Annotated[list[Annotated[str, msgspec.Meta(max_length=100)]], msgspec.Meta(max_length=10)] | None = None
     # accepted for compatibility with the original's clients; not used by ACP sessions
     env: dict[str, str] | None = None
     claudeCommand: str | None = None
@@ -143,10 +145,12 @@ async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
     mode = p.permissionMode
     if mode is None and p.autoApprove:
         mode = "bypassPermissions"
+    if p.mcpServers and "aegis" in p.mcpServers and ctx.principal.role != "admin":
+        raise Forbidden("the aegis MCP server acts with the daemon's full rights, so only admins may attach it")
     rec, reused, delivery = await ctx.daemon.manager.create(
         workDir=p.workDir or "", name=p.name or p.label, prompt=p.prompt, permissionMode=mode, model=p.model,
         agent=p.agent, stallThresholdMs=p.stallThresholdMs, parentId=p.parentId,
-        ownerKeyId=ctx.principal.key_id, reuse=p.reuse)
+        ownerKeyId=ctx.principal.key_id, reuse=p.reuse, mcpServers=p.mcpServers)
     if not reused:
         ctx.daemon.audit_record(ctx, "session.create", session_id=rec.id,
                                 detail={"workDir": rec.workDir, "agent": rec.agent, "mode": rec.permissionMode,

@@ -4,8 +4,9 @@ daemon's root nursery. It is the only place sessions are added or looked up."""
 from __future__ import annotations
 
 import os
+import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -51,6 +52,23 @@ class SessionManager:
 
         self.metrics = Metrics()
         self.usage: UsageLedger | None = None  # metering, set by the daemon
+
+    def mcp_specs(self, rec: SessionRecord) -> list[dict[str, Any]]:
+        """The session's MCP servers as ACP `mcpServers` entries (stdio)."""
+        out: list[dict[str, Any]] = []
+        for name in rec.mcpServers:
+            if name == "aegis" and name not in self.config.mcpServers:
+                # `ag mcp` talking to this daemon over its control socket
+                out.append({"name": "aegis", "command": sys.executable, "args": ["-m", "aegisctl", "mcp"],
+                            "env": [{"name": "AEGIS_SOCKET", "value": str(self.config.socket_path)}]})
+                continue
+            spec = self.config.mcpServers.get(name)
+            if spec is None:  # removed from the config since: the session starts without it
+                log.warning("session.mcp_server_unknown", session_id=rec.id, server=name)
+                continue
+            out.append({"name": name, "command": spec.command, "args": list(spec.args),
+                        "env": [{"name": k, "value": v} for k, v in spec.env.items()]})
+        return out
 
     def markers(self, session_id: str) -> dict[str, str]:
         return {MARKER: self.lifeline.token, SESSION_MARKER: session_id}
@@ -135,7 +153,8 @@ class SessionManager:
                      permissionMode: str | None = None, model: str | None = None, agent: str | None = None,
                      stallThresholdMs: int | None = None, parentId: str | None = None,
                      ownerKeyId: str | None = None, reuse: bool = True, wait_ready: float | None = None,
-                     forkedFrom: str | None = None) -> tuple[SessionRecord, bool, dict[str, Any]]:
+                     forkedFrom: str | None = None, mcpServers: Sequence[str] | None = None,
+                     ) -> tuple[SessionRecord, bool, dict[str, Any]]:
         """Create a session (or reuse an idle one in the same workDir). Returns (record, reused, delivery).
         Waits until the agent is ready (or failed) so the caller learns the outcome."""
         cfg = self.config
@@ -144,6 +163,10 @@ class SessionManager:
         if mode not in PERMISSION_MODES:
             raise ValidationError(f"permissionMode must be one of {', '.join(PERMISSION_MODES)}")
         launch = resolve_agent(cfg, agent)
+        for server in mcpServers or ():
+            if server != "aegis" and server not in cfg.mcpServers:
+                known = ", ".join(sorted({"aegis", *cfg.mcpServers}))
+                raise ValidationError(f"unknown MCP server {server!r}; the config offers: {known}")
         if stallThresholdMs is not None and not (1000 <= stallThresholdMs <= 3_600_000):
             raise ValidationError("stallThresholdMs must be between 1000 and 3600000")
         async with self._create_lock:
@@ -151,7 +174,8 @@ class SessionManager:
                 for rec in self.list(frozenset({State.IDLE})):
                     runner = self.runners.get(rec.id)
                     if (rec.workDir == real and runner is not None and runner.queue_length == 0
-                            and rec.agent == launch.name and rec.ownerKeyId == ownerKeyId):
+                            and rec.agent == launch.name and rec.ownerKeyId == ownerKeyId
+                            and rec.mcpServers == list(dict.fromkeys(mcpServers or ()))):
                         delivery: dict[str, Any] = {"delivered": False, "attempts": 0}
                         if prompt:
                             res = await runner.command("send", text=prompt)
@@ -167,7 +191,8 @@ class SessionManager:
                 id=sid, workDir=real, name=name or f"session-{sid[:8]}", agent=launch.name,
                 permissionMode=mode, model=model,
                 stallThresholdMs=stallThresholdMs or cfg.stallThresholdMs, createdAt=ts, lastActivity=ts,
-                parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom)
+                parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom,
+                mcpServers=list(dict.fromkeys(mcpServers or ())))
             await self.store.save_session(rec)  # durable before anyone hears of it
             self.records[sid] = rec
             self.created_total += 1

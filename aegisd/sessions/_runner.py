@@ -191,7 +191,8 @@ class SessionRunner:
                     return
                 self._loading = True
                 try:
-                    loaded = await conn.load_session(rec.acpSessionId, rec.workDir, timeout=init_timeout * 2)
+                    loaded = await conn.load_session(rec.acpSessionId, rec.workDir, timeout=init_timeout * 2,
+                                                     mcp_servers=self.manager.mcp_specs(rec))
                 finally:
                     self._loading = False
                 modes = loaded.modes
@@ -221,19 +222,20 @@ class SessionRunner:
         session. A fork the agent refuses falls back to a new session (the caller then seeds it with the
         source's transcript)."""
         rec = self.rec
+        mcp = self.manager.mcp_specs(rec)
         if rec.forkedFrom is None or rec.forkMethod is not None:
-            return await conn.new_session(rec.workDir, timeout=timeout)
+            return await conn.new_session(rec.workDir, timeout=timeout, mcp_servers=mcp)
         src = self.manager.records.get(rec.forkedFrom)
         rec.forkMethod = "transcript"
         if src is not None and src.acpSessionId and src.agent == rec.agent and rec.forkSupported:
             try:
-                forked = await conn.fork_session(src.acpSessionId, rec.workDir, timeout=timeout)
+                forked = await conn.fork_session(src.acpSessionId, rec.workDir, timeout=timeout, mcp_servers=mcp)
             except RemoteError as exc:
                 self.log.warning("session.fork_refused", source=src.id, error=exc.message)
             else:
                 rec.forkMethod = "acp"
                 return forked
-        return await conn.new_session(rec.workDir, timeout=timeout)
+        return await conn.new_session(rec.workDir, timeout=timeout, mcp_servers=mcp)
 
     async def _apply_mode(self, modes: w.SessionModeState | None) -> None:
         rec = self.rec

@@ -124,7 +124,7 @@ async def test_restart_resumes_with_session_load(nursery: trio.Nursery, tmp_path
     assert after["messages"] == before["messages"]  # intact, no replayed duplicates
     # the resumed session works: the agent remembers (session/load restored its history)
     await call(dp2, "session.send", id=s["id"], text="say:after restart")
-    ev = await follow_until(dp2, s["id"], "turn")
+    ev = await follow_until(dp2, s["id"], "turn", afterId=0, match=lambda e: e["data"]["turn"] == 2)
     assert ev["data"]["stopReason"] == "end_turn"
     texts = [m["text"] for m in (await call(dp2, "session.transcript", id=s["id"], limit=200))["messages"]]
     assert "before restart" in texts and "after restart" in texts

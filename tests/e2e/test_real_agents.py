@@ -120,3 +120,32 @@ async def test_claude_agent_acp_fork(daemon_factory: Any, nursery: trio.Nursery,
     assert "remember the word aubergine" in history and "mock reply: remember the word" in history
     msgs = (await d.http.get(f"/v1/sessions/{f['id']}/transcript")).json()["messages"]
     assert msgs[0]["text"] == "which word?"
+
+
+async def test_claude_drives_aegis_through_mcp(daemon_factory: Any, nursery: trio.Nursery, tmp_path: Path,
+                                               workdir: Path) -> None:
+    """A Claude Code session given the aegis MCP server (`mcpServers: ["aegis"]`) creates another session
+    through it: the agent starts `ag mcp`, the model calls mcp__aegis__create_session, the daemon runs it."""
+    cmd = claude_agent_command()
+    if cmd is None:
+        pytest.skip(SKIP_CLAUDE)
+    mock = MockAnthropic()
+    url = await nursery.start(mock.serve)
+    # Claude Code defers MCP tools behind its ToolSearch tool (a real model looks them up first); the mock
+    # model calls the tool directly, so it must be in the request's tool list
+    env = {**claude_agent_env(url, tmp_path / "claude-home"), "ENABLE_TOOL_SEARCH": "false"}
+    d = await daemon_factory(agentCommand=[], acpInitTimeoutMs=60_000,
+                             agents={"claude": {"command": cmd, "env": env}})
+    call = {"workDir": str(workdir), "name": "child-of-claude", "prompt": "hello child"}
+    s = await d.create(workdir, mcpServers=["aegis"], permissionMode="bypassPermissions",
+                       prompt="MCP:mcp__aegis__create_session " + json.dumps(call))
+    assert s["mcpServers"] == ["aegis"]
+    ev = await d.wait_event(s["id"], "turn", timeout=90)
+    assert ev.data["stopReason"] == "end_turn"
+    msgs = (await d.http.get(f"/v1/sessions/{s['id']}/transcript?limit=200")).json()["messages"]
+    said = " ".join(m["text"] for m in msgs if m["role"] == "assistant")
+    assert "tool not available" not in said, said
+    children = [r for r in d.manager.records.values() if r.name == "child-of-claude"]
+    assert len(children) == 1, said
+    assert children[0].id in said  # the tool's result (the new session) went back to the model
+    assert any(m["contentType"] == "tool_use" and "create_session" in m["text"] for m in msgs), msgs

@@ -56,7 +56,7 @@ async def test_sigkill_and_resume_on_a_server_store(kind: str, nursery: trio.Nur
         after = await call(dp2, "session.transcript", id=s["id"], limit=200)
         assert after["messages"] == before["messages"]
         await call(dp2, "session.send", id=s["id"], text="recall")
-        ev = await follow_until(dp2, s["id"], "turn", match=lambda e: e["data"]["turn"] == 2)
+        ev = await follow_until(dp2, s["id"], "turn", afterId=0, match=lambda e: e["data"]["turn"] == 2)
         assert ev["data"]["stopReason"] == "end_turn"
         async with httpx.AsyncClient(base_url=dp2.http_url) as http:
             msgs = (await http.get(f"/v1/sessions/{s['id']}/transcript?limit=200")).json()["messages"]

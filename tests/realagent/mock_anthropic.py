@@ -56,6 +56,13 @@ class MockAnthropic:
         tools = {t.get("name") for t in body.get("tools") or []}
         if results:
             return [{"type": "text", "text": "done: " + _result_text(results[-1])[:200]}], "end_turn"
+        m = re.search(r"MCP:(\S+) (\{.*\})", text, re.S)
+        if m:  # a call of an MCP tool the agent was given (Claude Code names them mcp__<server>__<tool>)
+            if m.group(1) not in tools:
+                return [{"type": "text", "text": f"tool not available: {m.group(1)}; have: {sorted(tools)}"}], \
+                    "end_turn"
+            return [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:20]}", "name": m.group(1),
+                     "input": json.loads(m.group(2))}], "tool_use"
         m = re.search(r"TOOL:(.+)", text)
         if m and "Bash" in tools:
             cmd = m.group(1).strip().splitlines()[0]
