@@ -108,6 +108,16 @@ def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dic
                                   f"{chain['count']} records, chain intact" if chain["ok"] else
                                   f"record {chain.get('badSeq')}: {chain.get('reason')}",
                                   f"the audit log {audit_file} was altered; keep a copy for investigation"))
+        from aegisd.store import probe_store
+
+        try:
+            where = probe_store(cfg)
+            status = "warn" if where.endswith("(no AOF)") else "ok"
+            results.append(_check("session store", status, where, "run Redis with `appendonly yes`, or sessions "
+                                  "acknowledged just before a Redis crash can be lost"))
+        except AegisError as exc:
+            results.append(_check("session store", "fail", exc.message,
+                                  "start the server, or fix AEGIS_POSTGRES_URL / AEGIS_REDIS_URL"))
         results.extend(_daemon_checks(cfg, Path(socket_path) if socket_path else cfg.socket_path))
     return results
 

@@ -6,6 +6,8 @@ Each figure is measured against a real aegisd subprocess (file store, real socke
   throughput agent updates per second through the daemon (one turn of `stream:N`)
   ops        the same read operation (session.get) per second over the socket and over HTTP
   cli        `aegisctl list` start-to-exit time
+  stores     per session store (file; postgres / redis when AEGIS_TEST_PG_URL / AEGIS_TEST_REDIS_URL are set):
+             create->idle, one short turn send->turn end, and update throughput
 Run `python bench/run.py --quick` for a fast smoke run."""
 
 from __future__ import annotations
@@ -263,15 +265,70 @@ def bench_cli(d: Daemon, n: int) -> dict[str, Any]:
             "aegisctl_list_ms_min": min(times) * 1000}
 
 
+def _turn(c: Client, sid: str, text: str) -> float:
+    t0 = time.perf_counter()
+    c.call("session.send", id=sid, text=text)
+    for ev in c.stream("session.follow", id=sid, untilIdle=True):
+        if ev["event"] == "turn":
+            break
+    return time.perf_counter() - t0
+
+
+def bench_stores(n: int, updates: int) -> dict[str, Any]:
+    import uuid
+
+    kinds: dict[str, dict[str, str]] = {"file": {}}
+    if os.environ.get("AEGIS_TEST_PG_URL"):
+        kinds["postgres"] = {"AEGIS_SESSION_STORE": "postgres", "AEGIS_POSTGRES_URL": os.environ["AEGIS_TEST_PG_URL"],
+                             "AEGIS_PG_TABLE": f"bench_{uuid.uuid4().hex[:8]}"}
+    if os.environ.get("AEGIS_TEST_REDIS_URL"):
+        kinds["redis"] = {"AEGIS_SESSION_STORE": "redis", "AEGIS_REDIS_URL": os.environ["AEGIS_TEST_REDIS_URL"],
+                          "AEGIS_REDIS_KEY_PREFIX": f"bench_{uuid.uuid4().hex[:8]}"}
+    out: dict[str, Any] = {}
+    for kind, env in kinds.items():
+        tmp = Path(tempfile.mkdtemp(prefix="agb-", dir="/tmp"))
+        d = Daemon(tmp, env)
+        try:
+            work = tmp / "w"
+            work.mkdir()
+            c = d.client()
+            creates, turns = [], []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                s = c.call("session.create", workDir=str(work), reuse=False)
+                creates.append(time.perf_counter() - t0)
+                turns.append(_turn(c, s["id"], "say:hello"))
+                c.call("session.kill", id=s["id"])
+            s = c.call("session.create", workDir=str(work), reuse=False)
+            tp = _turn(c, s["id"], f"stream:{updates}")
+            out[kind] = {"create_ms_median": statistics.median(creates) * 1000,
+                         "turn_ms_median": statistics.median(turns) * 1000, "turn_ms_p90": pct(
+                             [t * 1000 for t in turns], 90),
+                         "updates": updates, "updates_per_s": updates / tp}
+            print(kind, json.dumps(out[kind]), flush=True)
+        finally:
+            d.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+            if kind != "file":
+                sys.path.insert(0, str(ROOT / "tests"))
+                from conftest import drop_store  # type: ignore[import-not-found]
+
+                drop_store(kind, env.get("AEGIS_PG_TABLE") or env["AEGIS_REDIS_KEY_PREFIX"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="overhead,scale,throughput,ops,sse,cli")
+    ap.add_argument("--only", default="overhead,scale,throughput,ops,sse,cli,stores")
     args = ap.parse_args()
     q = args.quick
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     for name in args.only.split(","):
+        if name == "stores":  # starts its own daemons, one per store
+            results[name] = bench_stores(5 if q else 30, 2000 if q else 20000)
+            continue
         tmp = Path(tempfile.mkdtemp(prefix="agb-", dir="/tmp"))
         d = Daemon(tmp)
         try:

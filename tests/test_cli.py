@@ -111,6 +111,24 @@ def test_doctor_healthy_setup_exits_zero(tmp_path: Path) -> None:
     assert r.exit_code == 0
 
 
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+def test_doctor_checks_the_session_store(tmp_path: Path, kind: str) -> None:
+    url_var = {"postgres": "AEGIS_TEST_PG_URL", "redis": "AEGIS_TEST_REDIS_URL"}[kind]
+    store_env = {"postgres": "AEGIS_POSTGRES_URL", "redis": "AEGIS_REDIS_URL"}[kind]
+    dead = {"postgres": "postgresql://u:pw@127.0.0.1:1/x", "redis": "redis://:pw@127.0.0.1:1/0"}[kind]
+    env = runner_env(tmp_path, AEGIS_AGENT_COMMAND=" ".join(FAKE_AGENT_CMD), AEGIS_PORT="0",
+                     AEGIS_SESSION_STORE=kind, **{store_env: dead})
+    r = CliRunner().invoke(cli, ["doctor", "--json"], env=env)
+    check = {c["name"]: c for c in json.loads(r.stdout)["checks"]}["session store"]
+    assert r.exit_code == 1 and check["status"] == "fail" and "pw" not in check["detail"], check
+    if not os.environ.get(url_var):
+        pytest.skip(f"{url_var} not set (a live {kind} to check)")
+    env[store_env] = os.environ[url_var]
+    r = CliRunner().invoke(cli, ["doctor", "--json"], env=env)
+    check = {c["name"]: c for c in json.loads(r.stdout)["checks"]}["session store"]
+    assert check["status"] in ("ok", "warn") and ("PostgreSQL" in check["detail"] or "Redis" in check["detail"])
+
+
 def test_not_running_is_explained(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["list"], env=runner_env(tmp_path, AEGIS_PORT="1"))
     assert r.exit_code == 1

@@ -89,3 +89,39 @@ def open_store(config: Config) -> Store:
 
         return MemoryStore()
     raise ValueError(f"unknown session store {kind!r}")
+
+
+def probe_store(config: Config) -> str:
+    """Can the configured server store be reached (for `ag doctor`)? Returns a description, raises
+    Unavailable with the reason. Does not take the store's lock: the daemon may be running."""
+    from ..errors import Unavailable
+
+    if config.sessionStore == "postgres":
+        import psycopg
+
+        from ._postgres import mask_url
+
+        try:
+            with psycopg.connect(config.postgresUrl, connect_timeout=5) as conn:
+                version = conn.execute("SHOW server_version").fetchone()
+        except psycopg.Error as exc:
+            raise Unavailable(f"PostgreSQL at {mask_url(config.postgresUrl)}: {str(exc).strip().splitlines()[0]}"
+                              ) from None
+        return f"PostgreSQL {version[0] if version else '?'} at {mask_url(config.postgresUrl)}"
+    if config.sessionStore == "redis":
+        import redis
+
+        from ._postgres import mask_url
+
+        try:
+            with redis.Redis.from_url(config.redisUrl, socket_connect_timeout=5, socket_timeout=5) as r:
+                info = r.info("server")
+                try:
+                    aof = r.config_get("appendonly").get("appendonly")
+                except redis.ResponseError:  # CONFIG disabled (managed Redis): cannot tell
+                    aof = None
+        except redis.RedisError as exc:
+            raise Unavailable(f"Redis at {mask_url(config.redisUrl)}: {exc}") from None
+        persistence = {"yes": "appendonly", "no": "no AOF"}.get(aof or "", "persistence unknown")
+        return f"Redis {info.get('redis_version', '?')} at {mask_url(config.redisUrl)} ({persistence})"
+    return f"{config.sessionStore} store under {config.state_path}"
