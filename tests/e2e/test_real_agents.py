@@ -24,6 +24,19 @@ from ..realagent.mock_anthropic import MockAnthropic
 pytestmark = pytest.mark.real_agent
 
 
+async def claude_daemon(daemon_factory: Any, nursery: trio.Nursery, tmp_path: Path,
+                        **extra_env: str) -> tuple[Any, MockAnthropic]:
+    """A daemon whose `claude` agent is claude-agent-acp talking to a fresh local mock of the Anthropic API."""
+    cmd = claude_agent_command()
+    if cmd is None:
+        pytest.skip(SKIP_CLAUDE)
+    mock = MockAnthropic()
+    url = await nursery.start(mock.serve)
+    env = {**claude_agent_env(url, tmp_path / "claude-home"), **extra_env}
+    d = await daemon_factory(agentCommand=[], acpInitTimeoutMs=60_000, agents={"claude": {"command": cmd, "env": env}})
+    return d, mock
+
+
 async def test_python_sdk_echo_agent(daemon_factory: Any, workdir: Path) -> None:
     cmd = python_sdk_echo_agent_command()
     if cmd is None:
@@ -39,14 +52,7 @@ async def test_python_sdk_echo_agent(daemon_factory: Any, workdir: Path) -> None
 
 async def test_claude_agent_acp_offline(daemon_factory: Any, nursery: trio.Nursery, tmp_path: Path,
                                         workdir: Path) -> None:
-    cmd = claude_agent_command()
-    if cmd is None:
-        pytest.skip(SKIP_CLAUDE)
-    mock = MockAnthropic()
-    url = await nursery.start(mock.serve)
-    env = claude_agent_env(url, tmp_path / "claude-home")
-    d = await daemon_factory(agentCommand=[], acpInitTimeoutMs=60_000,
-                             agents={"claude": {"command": cmd, "env": env}})
+    d, _ = await claude_daemon(daemon_factory, nursery, tmp_path)
     s = await d.create(workdir, prompt="say hi", permissionMode="default")
     sid = s["id"]
     assert s["status"] != "crashed", s.get("crash")
@@ -94,14 +100,7 @@ async def test_claude_agent_acp_fork(daemon_factory: Any, nursery: trio.Nursery,
                                      workdir: Path) -> None:
     """claude-agent-acp advertises sessionCapabilities.fork: the fork is a real ACP session/fork, so the
     model sees the source's conversation in the fork's first request although nothing was seeded."""
-    cmd = claude_agent_command()
-    if cmd is None:
-        pytest.skip(SKIP_CLAUDE)
-    mock = MockAnthropic()
-    url = await nursery.start(mock.serve)
-    env = claude_agent_env(url, tmp_path / "claude-home")
-    d = await daemon_factory(agentCommand=[], acpInitTimeoutMs=60_000,
-                             agents={"claude": {"command": cmd, "env": env}})
+    d, mock = await claude_daemon(daemon_factory, nursery, tmp_path)
     s = await d.create(workdir, prompt="remember the word aubergine", permissionMode="default")
     ev = await d.wait_event(s["id"], "turn", timeout=90)
     assert ev.data["stopReason"] == "end_turn"
@@ -126,16 +125,9 @@ async def test_claude_drives_aegis_through_mcp(daemon_factory: Any, nursery: tri
                                                workdir: Path) -> None:
     """A Claude Code session given the aegis MCP server (`mcpServers: ["aegis"]`) creates another session
     through it: the agent starts `ag mcp`, the model calls mcp__aegis__create_session, the daemon runs it."""
-    cmd = claude_agent_command()
-    if cmd is None:
-        pytest.skip(SKIP_CLAUDE)
-    mock = MockAnthropic()
-    url = await nursery.start(mock.serve)
     # Claude Code defers MCP tools behind its ToolSearch tool (a real model looks them up first); the mock
     # model calls the tool directly, so it must be in the request's tool list
-    env = {**claude_agent_env(url, tmp_path / "claude-home"), "ENABLE_TOOL_SEARCH": "false"}
-    d = await daemon_factory(agentCommand=[], acpInitTimeoutMs=60_000,
-                             agents={"claude": {"command": cmd, "env": env}})
+    d, _ = await claude_daemon(daemon_factory, nursery, tmp_path, ENABLE_TOOL_SEARCH="false")
     call = {"workDir": str(workdir), "name": "child-of-claude", "prompt": "hello child"}
     s = await d.create(workdir, mcpServers=["aegis"], permissionMode="bypassPermissions",
                        prompt="MCP:mcp__aegis__create_session " + json.dumps(call))
