@@ -139,3 +139,15 @@ async def test_body_on_a_route_that_takes_none(daemon: DaemonHandle, workdir: Pa
     r = await h.post(f"/v1/sessions/{s['id']}/interrupt", json={"force": True})
     assert r.json()["code"] == "VALIDATION_ERROR" and "takes no request body" in r.json()["message"]
     assert (await h.post(f"/v1/sessions/{s['id']}/interrupt", json={})).status_code == 200
+
+
+async def test_many_posts_on_one_client_all_answered(daemon: DaemonHandle, workdir: Path) -> None:
+    """Sequential POSTs with bodies from one client: every one is answered (hypercorn used to stall a
+    keep-alive connection now and then after such a request; see the Connection: close in api/__init__)."""
+    s = await daemon.create(workdir)
+    for _ in range(500):
+        with trio.fail_after(5):
+            r = await daemon.http.post("/v1/rpc", json={"id": 1, "op": "session.get", "params": {"id": s["id"]}})
+        assert r.status_code == 200 and r.headers["connection"] == "close"
+    r = await daemon.http.get("/v1/sessions")
+    assert "close" not in r.headers.get("connection", "")  # reads keep the connection

@@ -239,6 +239,12 @@ def create_app(daemon: Daemon) -> QuartTrio:
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Cache-Control", "no-store")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and resp.mimetype != "text/event-stream":
+            # hypercorn 0.18's trio worker now and then stops answering a keep-alive connection after a
+            # request with a body (measured: 18 of 3000 sequential POSTs hung; none with the connection
+            # closed after each, none among 4000 GETs). Until that is fixed upstream, such connections close
+            # after the response; clients reconnect transparently.
+            resp.headers["Connection"] = "close"
         return resp
 
     @app.errorhandler(AegisError)
