@@ -30,6 +30,7 @@ STORE_SUITE := tests/test_sessions.py tests/test_http.py tests/test_sse.py tests
 
 test: $(STAMP) ## the whole test suite (and the core of it again on PostgreSQL and Redis when they are reachable)
 	@$(MAKE) --no-print-directory agents || echo "warning: real-agent tests will be skipped"
+	@bash scripts/install-browser.sh
 	$(PY) -m pytest -q -ra
 	@$(MAKE) --no-print-directory test-stores
 

@@ -438,4 +438,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     async def openapi() -> Response:
         return Response(spec, content_type="application/json")
 
+    from ..dashboard import register
+
+    register(app, daemon)
     return app
