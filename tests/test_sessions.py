@@ -324,6 +324,12 @@ async def test_permission_profile_enforced(daemon: DaemonHandle, workdir: Path) 
     await daemon.wait_event(sid, "turn")
     r = await daemon.http.put(f"/v1/sessions/{sid}/permission-profile", json={"defaultBehavior": "maybe"})
     assert r.status_code == 400
+    # the TypeScript client's spec sends {profile: ...}: an alias of defaultBehavior, with no rules
+    r = await daemon.http.put(f"/v1/sessions/{sid}/permission-profile", json={"profile": "deny"})
+    assert r.status_code == 200 and r.json()["permissionProfile"] == {"defaultBehavior": "deny"}
+    r = await daemon.http.put(f"/v1/sessions/{sid}/permission-profile", json={"profile": "deny",
+                                                                           "defaultBehavior": "allow"})
+    assert r.status_code == 400 and "alias" in r.json()["error"]
 
 
 async def test_legacy_permissions_are_enforced(daemon_factory: Any, workdir: Path, tmp_path: Path) -> None:

@@ -320,8 +320,10 @@ _ = session_view
 
 class ProfileParams(msgspec.Struct, forbid_unknown_fields=True):
     id: str
-    defaultBehavior: str = "ask"
+    defaultBehavior: str | None = None
     rules: list[Any] = []
+    # the original TypeScript client's spec sends {profile: allow|deny|ask}: the default behaviour, no rules
+    profile: str | None = None
 
 
 @op("session.permission_profile.get", IdParams, summary="The permission rules the daemon enforces for a session")
@@ -337,8 +339,11 @@ async def set_profile(ctx: OpContext, p: ProfileParams) -> dict[str, Any]:
     from ..sessions._permissions import PermissionProfile, validate_profile
 
     rec = ctx.daemon.session(ctx, p.id)
+    if p.profile is not None and p.defaultBehavior is not None and p.profile != p.defaultBehavior:
+        raise ValidationError("give defaultBehavior or its alias profile, not two different values")
+    default = p.defaultBehavior or p.profile or "ask"
     try:
-        profile = msgspec.convert({"defaultBehavior": p.defaultBehavior, "rules": p.rules}, PermissionProfile)
+        profile = msgspec.convert({"defaultBehavior": default, "rules": p.rules}, PermissionProfile)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid permission profile: {exc}") from None
     validate_profile(profile)
