@@ -659,6 +659,46 @@ def keys_rotate(c: Ctx, key_id: str, grace: int) -> None:
         click.echo(f"The old secret works for {grace} s more.")
 
 
+@keys_group.command("quota")
+@click.argument("key_id")
+@click.option("--max-sessions", type=click.IntRange(min=0), help="Sessions the key may run at once (0: no limit).")
+@click.option("--max-tokens", type=click.IntRange(min=0), help="Tokens per window (0: no limit).")
+@click.option("--max-spend", type=click.FloatRange(min=0), help="Estimated USD per window (0: no limit).")
+@click.option("--window", "window_min", type=click.IntRange(min=1, max=43_200),
+              help="The window, in minutes (default 60).")
+@click.option("--clear", is_flag=True, help="Remove every quota of the key.")
+@json_option
+@pass_ctx
+def keys_quota(c: Ctx, key_id: str, max_sessions: int | None, max_tokens: int | None, max_spend: float | None,
+               window_min: int | None, clear: bool) -> None:
+    """Show or set a key's quotas. With no option, show them and what the key uses now."""
+    res = c.call("auth.keys.quotas.get", id=key_id)
+    given = {"maxConcurrentSessions": max_sessions, "maxTokensPerWindow": max_tokens,
+             "maxSpendPerWindow": max_spend,
+             "quotaWindowMs": window_min * 60_000 if window_min is not None else None}
+    if clear or any(v is not None for v in given.values()):
+        # the whole new set is sent with clear, so that 0 can remove one quota (the client drops nulls)
+        merged = {} if clear else dict(res["quotas"] or {})
+        for name, value in given.items():
+            if value == 0:
+                merged.pop(name, None)
+            elif value is not None:
+                merged[name] = value
+        c.call("auth.keys.quotas.set", id=key_id, clear=True, **merged)
+        res = c.call("auth.keys.quotas.get", id=key_id)
+    if c.json:
+        out.echo_json(res)
+        return
+    q, use = res["quotas"] or {}, res["usage"]
+    window = f"{use['windowMs'] // 60_000} min"
+    rows = [["sessions at once", str(q.get("maxConcurrentSessions", "-")), str(use["activeSessions"])],
+            [f"tokens per {window}", str(q.get("maxTokensPerWindow", "-")), str(use["tokensInWindow"])],
+            [f"USD per {window}", str(q.get("maxSpendPerWindow", "-")), f"{use['spendInWindowUsd']:.4f}"]]
+    if not q:
+        click.echo(f"Key {key_id} has no quotas (only its request rate limit).")
+    out.table(["quota", "limit", "used now"], rows)
+
+
 @cli.group("service")
 def service_group() -> None:
     """Install aegisd as a systemd user service."""

@@ -32,6 +32,7 @@ from .store import Store, open_store
 
 if TYPE_CHECKING:
     from .ops import Op, OpContext, Principal
+    from .quotas import Quotas
 
 _ROLE_PERMS = {"admin": frozenset({"create", "send", "approve", "reject", "kill", "audit"}),
                "operator": frozenset({"create", "send", "approve", "reject", "kill", "audit"}),
@@ -106,10 +107,28 @@ class Daemon:
         from .usage import UsageLedger
 
         self.usage = UsageLedger(config.state_path / "usage.jsonl")
+        from .quotas import QuotaGuard
+
+        self.quotas = QuotaGuard(self.usage, lambda key_id: self.manager.live_owned_by(key_id), self._quotas_of)
+        self.rate_limiter: Any = None  # the HTTP app's RateLimiter, once it is built
         from .auth._sse_tokens import SseTokens
 
         self.sse_tokens = SseTokens()
         self._config_watch = ConfigWatch(config)
+
+    def _quotas_of(self, key_id: str) -> Quotas | None:
+        from .errors import NotFound, QuotaExceeded
+        from .quotas import parse
+
+        try:
+            raw = self.keys.get(key_id).quotas
+        except NotFound:
+            return None
+        try:
+            return parse(raw)
+        except ValidationError as exc:  # a hand-edited keys.json: fail closed, and say how to fix it
+            raise QuotaExceeded(f"the quotas of API key {key_id} in keys.json are invalid ({exc.message}); "
+                                "set them again with `ag keys quota` or PUT /v1/auth/keys/{id}/quotas") from None
 
     # ---- access: authentication, roles, ownership, audit (the socket acts as admin) -------------
     @property
@@ -216,6 +235,7 @@ class Daemon:
                     self.manager = SessionManager(config=cfg, store=self.store, bus=self.bus,
                                                   lifeline=self.lifeline, nursery=sessions, environ=self.environ)
                     self.manager.usage = self.usage
+                    self.manager.quotas = self.quotas
                     await self.manager.recover()
                     await root.start(self.webhooks.run)
                     from .pipelines import PipelineManager, default_stage_timeout

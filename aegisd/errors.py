@@ -93,6 +93,13 @@ class CapacityExceeded(AegisError):
     status = 429
 
 
+class QuotaExceeded(AegisError):
+    """A per-key quota (concurrent sessions, tokens or spend in a window) is used up."""
+
+    code = "QUOTA_EXCEEDED"
+    status = 429
+
+
 class NotImplementedYet(AegisError):
     code = "NOT_IMPLEMENTED"
     status = 501

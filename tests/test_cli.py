@@ -396,6 +396,14 @@ async def test_keys_commands_and_doctor_audit(nursery: trio.Nursery, tmp_path: P
     with trio.fail_after(20):
         res = await trio.run_process([AG, "list", "--json"], env=env_http, capture_stdout=True, check=False)
     assert res.returncode == 0 and json.loads(res.stdout)["sessions"] == []
+    r = await ag(dp, "keys", "quota", key["id"])
+    assert "has no quotas" in r.stdout
+    r = await ag(dp, "keys", "quota", key["id"], "--max-sessions", "2", "--max-spend", "1.5", "--window", "30")
+    assert "sessions at once" in r.stdout and "tokens per 30 min" in r.stdout
+    q = json.loads((await ag(dp, "keys", "quota", key["id"], "--max-sessions", "0", "--json")).stdout)
+    assert q["quotas"] == {"maxSpendPerWindow": 1.5, "quotaWindowMs": 1_800_000} and q["usage"]["activeSessions"] == 0
+    r = await ag(dp, "keys", "quota", "no-such-key", check=False)
+    assert r.returncode != 0 and "no-such-key" in r.stderr
     r = await ag(dp, "keys", "rotate", key["id"], "--grace", "0")
     assert "New secret" in r.stdout
     with trio.fail_after(20):

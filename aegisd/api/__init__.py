@@ -96,6 +96,7 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("GET",), "/v1/analytics/costs", "analytics.costs", "none", 200),
     (("GET",), "/v1/analytics/tokens", "analytics.tokens", "none", 200),
     (("GET",), "/v1/channels/health", "channels.health", "none", 200),
+    (("GET",), "/v1/analytics/rate-limits", "analytics.rate_limits", "none", 200),
     (("GET",), "/v1/hooks/<hid>/deliveries", "webhooks.deliveries", "id", 200),
     (("GET",), "/v2/", "v2", "none", 200),
     (("GET",), "/v1/webhooks/dead-letter", "webhooks.dead_letter", "none", 200),
@@ -110,6 +111,8 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("DELETE",), "/v1/auth/keys/<kid>", "auth.keys.revoke", "none", 200),
     (("DELETE",), "/v1/keys/<kid>", "auth.keys.revoke", "none", 200),
     (("POST",), "/v1/auth/keys/<kid>/rotate", "auth.keys.rotate", "body", 200),
+    (("GET",), "/v1/auth/keys/<kid>/quotas", "auth.keys.quotas.get", "none", 200),
+    (("PUT",), "/v1/auth/keys/<kid>/quotas", "auth.keys.quotas.set", "id+body", 200),
     (("POST",), "/v1/auth/keys/rotate", "auth.keys.rotate", "body", 200),
     (("POST",), "/v1/auth/verify", "auth.verify", "body", 200),
     (("POST",), "/v1/auth/sse-token", "auth.sse_token", "none", 201),
@@ -161,6 +164,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     app = QuartTrio("aegisd")
     limiter = RateLimiter()
+    daemon.rate_limiter = limiter  # read by /v1/analytics/rate-limits
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
 

@@ -43,6 +43,7 @@ class KeyInfo:
     rateLimit: int = 100
     graceHash: str | None = None
     graceExpiresAt: int | None = None
+    quotas: dict[str, object] | None = None  # aegisd.quotas.Quotas, as stored
     extra: dict[str, object] = field(default_factory=dict)
 
     def to_public(self) -> dict[str, object]:
@@ -145,6 +146,12 @@ class KeyStore:
             key.expiresAt = now + ttl_days * 86_400_000
         self._save()
         return key, secret
+
+    def set_quotas(self, key_id: str, quotas: dict[str, object] | None) -> KeyInfo:
+        key = self.get(key_id)
+        key.quotas = quotas
+        self._save()
+        return key
 
     def authenticate(self, secret: str, now_ms: int | None = None) -> KeyInfo | None:
         """The key this secret belongs to (current, or the previous one within its rotation grace)."""

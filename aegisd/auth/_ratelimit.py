@@ -26,6 +26,11 @@ class RateLimiter:
         q.append(now)
         return 0.0
 
+    def count(self, key: str, window_s: float = 60.0, now: float | None = None) -> int:
+        """Requests counted for this key within the window (without counting one more)."""
+        now = time.monotonic() if now is None else now
+        return sum(1 for t in self._hits.get(key, ()) if now - t < window_s)
+
     def _forget_idle(self, now: float, window_s: float) -> None:
         for k in [k for k, q in self._hits.items() if not q or now - q[-1] >= window_s]:
             del self._hits[k]

@@ -54,10 +54,21 @@ class AuditParams(msgspec.Struct, forbid_unknown_fields=True):
     verify: bool = False
 
 
+class QuotaParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    # left out: keep; null: remove
+    maxConcurrentSessions: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None | msgspec.UnsetType = msgspec.UNSET
+    maxTokensPerWindow: Annotated[int, msgspec.Meta(ge=1)] | None | msgspec.UnsetType = msgspec.UNSET
+    maxSpendPerWindow: Annotated[float, msgspec.Meta(ge=0)] | None | msgspec.UnsetType = msgspec.UNSET
+    quotaWindowMs: Annotated[int, msgspec.Meta(ge=60_000, le=30 * 86_400_000)] | None | msgspec.UnsetType = \
+        msgspec.UNSET
+    clear: bool = False  # true: remove every quota of the key
+
+
 def key_view(k: Any) -> dict[str, Any]:
     return {"id": k.id, "name": k.name, "role": k.role, "permissions": k.permissions,
             "createdAt": k.createdAt, "expiresAt": k.expiresAt, "lastUsedAt": k.lastUsedAt,
-            "rateLimit": k.rateLimit}
+            "rateLimit": k.rateLimit, "quotas": k.quotas}
 
 
 def _check_permissions(perms: list[str] | None) -> None:
@@ -98,6 +109,37 @@ async def rotate_key(ctx: OpContext, p: RotateParams) -> dict[str, Any]:
     ctx.daemon.audit_record(ctx, "key.rotate", detail={"keyId": key_id, "graceSeconds": p.gracePeriodSeconds})
     return {**key_view(info), "key": secret,
             "graceExpiresAt": now_ms() + p.gracePeriodSeconds * 1000 if p.gracePeriodSeconds else None}
+
+
+@op("auth.keys.quotas.get", KeyIdParams, permission="admin",
+    summary="A key's quotas (concurrent sessions; tokens and estimated spend per window) and its usage now")
+async def get_quotas(ctx: OpContext, p: KeyIdParams) -> dict[str, Any]:
+    from ..quotas import parse
+
+    key = ctx.daemon.keys.get(p.id)
+    quotas = parse(key.quotas)
+    return {"keyId": key.id, "quotas": key.quotas, "usage": ctx.daemon.quotas.usage_of(key.id, quotas)}
+
+
+@op("auth.keys.quotas.set", QuotaParams, permission="admin",
+    summary="Set a key's quotas; fields left out keep their value, null removes one, clear removes all")
+async def set_quotas(ctx: OpContext, p: QuotaParams) -> dict[str, Any]:
+    from ..quotas import parse
+
+    key = ctx.daemon.keys.get(p.id)
+    merged: dict[str, Any] = {} if p.clear else dict(key.quotas or {})
+    given = {f: getattr(p, f) for f in ("maxConcurrentSessions", "maxTokensPerWindow", "maxSpendPerWindow",
+                                        "quotaWindowMs")}
+    for name, value in given.items():
+        if value is None:
+            merged.pop(name, None)
+        elif value is not msgspec.UNSET:
+            merged[name] = value
+    quotas = parse(merged)
+    stored = {**msgspec.to_builtins(quotas), "quotaWindowMs": quotas.quotaWindowMs} if quotas is not None else None
+    key = ctx.daemon.keys.set_quotas(p.id, stored)
+    ctx.daemon.audit_record(ctx, "key.quotas", detail={"keyId": p.id, "quotas": stored})
+    return key_view(key)
 
 
 @op("auth.verify", VerifyParams, summary="Is this token valid, and with which role?", permission="public")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..errors import UnknownOperation, ValidationError
+from ..errors import QuotaExceeded, UnknownOperation, ValidationError
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
@@ -94,7 +94,12 @@ async def call(ctx: OpContext, name: str, raw: Any, *, strict: bool = True) -> A
         raise ValidationError(f"{name} is a streaming operation")
     params = decode_params(o, raw, strict=strict)
     ctx.daemon.authorize(ctx, o, params)
-    return await o.handler(ctx, params)
+    try:
+        return await o.handler(ctx, params)
+    except QuotaExceeded as exc:
+        ctx.daemon.audit_record(ctx, "session.quota.rejected", session_id=getattr(params, "id", None),
+                                detail={"operation": name, "keyId": ctx.principal.key_id, **(exc.details or {})})
+        raise
 
 
 def stream(ctx: OpContext, name: str, raw: Any) -> AsyncGenerator[Any, None]:

@@ -195,6 +195,52 @@ async def analytics_tokens(ctx: OpContext, p: Empty) -> dict[str, Any]:
             "generatedAt": _iso(int(time.time() * 1000))}
 
 
+@op("analytics.rate_limits", Empty,
+    summary="Request rate limits and per-key quota usage, with how many more sessions fit (admins see every "
+            "key, others their own)")
+async def analytics_rate_limits(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    from ..api import IP_RATE_PER_MIN
+    from ..quotas import parse
+
+    d = ctx.daemon
+    limiter = d.rate_limiter
+    admin = ctx.principal.role == "admin" or ctx.principal.kind in ("local", "master")
+    keys = [k for k in d.keys.list() if admin or k.id == ctx.principal.key_id]
+    per_key: list[dict[str, Any]] = []
+    headroom: list[tuple[int, str]] = []
+    for k in keys:
+        q = parse(k.quotas)
+        use = d.quotas.usage_of(k.id, q)
+        per_key.append({
+            "keyId": k.id, "keyName": k.name, "requestsPerMinute": k.rateLimit,
+            "requestsInLastMinute": limiter.count(f"p:key:{k.id}") if limiter else 0,
+            "activeSessions": use["activeSessions"],
+            "maxSessions": q.maxConcurrentSessions if q else None,
+            "tokensInWindow": use["tokensInWindow"], "maxTokens": q.maxTokensPerWindow if q else None,
+            "spendInWindowUsd": use["spendInWindowUsd"], "maxSpendUsd": q.maxSpendPerWindow if q else None,
+            "windowMs": use["windowMs"]})
+        if q is None:
+            continue
+        # sessions used in the window give the average cost of one; what is left divided by it is the forecast
+        recs = d.usage.select(since=use["windowStart"], key_id=k.id)
+        n = len({r.sessionId for r in recs}) or 1
+        if q.maxConcurrentSessions is not None:
+            headroom.append((max(0, q.maxConcurrentSessions - use["activeSessions"]), "concurrent_sessions"))
+        if q.maxTokensPerWindow is not None and use["tokensInWindow"]:
+            left = max(0, q.maxTokensPerWindow - use["tokensInWindow"])
+            headroom.append((int(left // (use["tokensInWindow"] / n)), "tokens_per_window"))
+        if q.maxSpendPerWindow is not None and use["spendInWindowUsd"]:
+            left_usd = max(0.0, q.maxSpendPerWindow - use["spendInWindowUsd"])
+            headroom.append((int(left_usd // (use["spendInWindowUsd"] / n)), "spend_per_window"))
+    best = min(headroom) if headroom else None
+    return {"global": {"max": IP_RATE_PER_MIN, "timeWindowMs": 60_000, "scope": "per client IP"},
+            "perKey": per_key,
+            "forecast": {"estimatedSessionsRemaining": best[0] if best else None,
+                         "bottleneck": best[1] if best else None},
+            "quotaRejections": d.quotas.rejections,
+            "generatedAt": _iso(int(time.time() * 1000))}
+
+
 # ---- notification channels -------------------------------------------------------------------------
 @op("channels.health", Empty, summary="Health of each notification channel (one entry per webhook endpoint)")
 async def channels_health(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:

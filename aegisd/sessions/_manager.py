@@ -25,6 +25,7 @@ from ..workdirs import WorkDirPolicy
 from ._runner import SessionRunner
 
 if TYPE_CHECKING:
+    from ..quotas import QuotaGuard
     from ..usage import UsageLedger
 
 log = structlog.get_logger("aegisd.sessions")
@@ -52,6 +53,7 @@ class SessionManager:
 
         self.metrics = Metrics()
         self.usage: UsageLedger | None = None  # metering, set by the daemon
+        self.quotas: QuotaGuard | None = None  # per-key quotas, set by the daemon
 
     def mcp_specs(self, rec: SessionRecord) -> list[dict[str, Any]]:
         """The session's MCP servers as ACP `mcpServers` entries (stdio)."""
@@ -178,10 +180,16 @@ class SessionManager:
                             and rec.mcpServers == list(dict.fromkeys(mcpServers or ()))):
                         delivery: dict[str, Any] = {"delivered": False, "attempts": 0}
                         if prompt:
+                            if self.quotas is not None:
+                                self.quotas.check_send(ownerKeyId)
                             res = await runner.command("send", text=prompt)
                             delivery = {"delivered": res["delivered"], "attempts": res["attempts"],
                                         "queued": res["queued"]}
                         return rec, True, delivery
+            if self.quotas is not None:
+                self.quotas.check_create(ownerKeyId)
+                if prompt:
+                    self.quotas.check_send(ownerKeyId)
             live = sum(1 for r in self.records.values() if r.status in LIVE)
             if live >= cfg.maxSessions:
                 raise CapacityExceeded(f"maxSessions ({cfg.maxSessions}) live sessions reached")
@@ -213,7 +221,13 @@ class SessionManager:
         return rec, False, delivery
 
     async def command(self, ident: str, kind: str, **args: Any) -> Any:
-        return await self.runner(ident).command(kind, **args)
+        runner = self.runner(ident)
+        if kind == "send" and self.quotas is not None:
+            self.quotas.check_send(runner.rec.ownerKeyId)
+        return await runner.command(kind, **args)
+
+    def live_owned_by(self, key_id: str) -> int:
+        return sum(1 for r in self.records.values() if r.status in LIVE and r.ownerKeyId == key_id)
 
     async def end(self, ident: str, status: State) -> SessionRecord:
         sid = self.resolve_id(ident)
