@@ -37,6 +37,14 @@ class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     passEnv: list[str] = []  # extra variable names (or prefixes ending in *) passed from the daemon
 
 
+class AlertingConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """See aegisd/alerts.py."""
+
+    webhooks: list[Any] = []  # URLs, or {url, secret}
+    failureThreshold: int = 5
+    cooldownMs: int = 600_000
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 9100
@@ -65,6 +73,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     stallThresholdMs: int = 120_000
     maxSessions: int = 1000
     webhooks: list[Any] = []
+    alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
     sseMaxConnections: int = 100
     sseMaxPerIp: int = 10
     acpPromptTimeoutMs: int = 120_000
@@ -135,6 +144,9 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_SSE_MAX_PER_IP": ("sseMaxPerIp", int),
     "AEGIS_WEBHOOKS": ("webhooks", lambda v: [u.strip() for u in v.split(",") if u.strip()]),
     "AEGIS_KILL_GRACE_MS": ("killGraceMs", int),
+    "AEGIS_ALERT_WEBHOOKS": ("alerting.webhooks", lambda v: [u.strip() for u in v.split(",") if u.strip()]),
+    "AEGIS_ALERT_FAILURE_THRESHOLD": ("alerting.failureThreshold", int),
+    "AEGIS_ALERT_COOLDOWN_MS": ("alerting.cooldownMs", int),
 }
 # Keys of the config file that are not Config fields but are accepted (the original's, or for later parts).
 KNOWN_EXTRA_KEYS = {"clientAuthToken", "rateLimit", "defaultSessionEnv", "name", "model"}
@@ -197,9 +209,14 @@ def load_config(*, env: Mapping[str, str] | None = None, config_path: str | Path
         if raw is None or raw == "":
             continue
         try:
-            values[key] = parse(raw)
+            value = parse(raw)
         except ValueError as exc:
             raise ValidationError(f"{var}: {exc}") from exc
+        if "." in key:  # one field of a section (alerting.webhooks): the file's other fields stay
+            section, field = key.split(".", 1)
+            values[section] = {**dict(values.get(section) or {}), field: value}
+        else:
+            values[key] = value
         sources[key] = f"env:{var}"
     for key, val in (overrides or {}).items():
         if val is not None:
@@ -230,6 +247,12 @@ def _validate(cfg: Config) -> None:
         parse_endpoints(cfg.webhooks)
     except (ValueError, msgspec.ValidationError) as exc:
         raise ValidationError(f"webhooks: {exc}") from None
+    try:
+        from .alerts import validate
+
+        validate(cfg.alerting)
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise ValidationError(f"alerting: {exc}") from None
     if cfg.acpPromptTimeoutMs < 1:
         raise ValidationError("AEGIS_ACP_PROMPT_TIMEOUT_MS must be positive")
 
@@ -243,7 +266,9 @@ def describe(cfg: Config, *, mask: bool = True) -> list[tuple[str, Any, str]]:
         val = getattr(cfg, key)
         if mask and key in _SECRET_KEYS and val:
             val = _mask(str(val))
-        rows.append((key, msgspec.to_builtins(val), cfg.sources.get(key, "default")))
+        source = cfg.sources.get(key) or ", ".join(sorted({v for k, v in cfg.sources.items()
+                                                            if k.startswith(key + ".")})) or "default"
+        rows.append((key, msgspec.to_builtins(val), source))
     return rows
 
 

@@ -111,6 +111,9 @@ class Daemon:
 
         self.quotas = QuotaGuard(self.usage, lambda key_id: self.manager.live_owned_by(key_id), self._quotas_of)
         self.rate_limiter: Any = None  # the HTTP app's RateLimiter, once it is built
+        from .alerts import Alerts
+
+        self.alerts = Alerts(config.alerting)
         from .auth._sse_tokens import SseTokens
 
         self.sse_tokens = SseTokens()
@@ -238,6 +241,7 @@ class Daemon:
                     self.manager.quotas = self.quotas
                     await self.manager.recover()
                     await root.start(self.webhooks.run)
+                    await root.start(self.alerts.run, self.bus)
                     from .pipelines import PipelineManager, default_stage_timeout
 
                     self.pipelines = PipelineManager(self, cfg.state_path / "pipelines",

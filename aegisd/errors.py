@@ -100,6 +100,13 @@ class QuotaExceeded(AegisError):
     status = 429
 
 
+class DeliveryFailed(AegisError):
+    """An outbound notification (alert webhook) could not be delivered."""
+
+    code = "DELIVERY_FAILED"
+    status = 502
+
+
 class NotImplementedYet(AegisError):
     code = "NOT_IMPLEMENTED"
     status = 501

@@ -215,3 +215,5 @@ class Webhooks:
         self._save_dlq()
         self.dlq_changed.set()
         self.dlq_changed = trio.Event()
+        self.daemon.alerts.record("webhook_dead_letter", f"webhook {ep.url} gave up on {name} after {attempts} "
+                                                         f"attempts: {error}")

@@ -97,6 +97,8 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("GET",), "/v1/analytics/tokens", "analytics.tokens", "none", 200),
     (("GET",), "/v1/channels/health", "channels.health", "none", 200),
     (("GET",), "/v1/analytics/rate-limits", "analytics.rate_limits", "none", 200),
+    (("GET",), "/v1/alerts/stats", "alerts.stats", "none", 200),
+    (("POST",), "/v1/alerts/test", "alerts.test", "none", 200),
     (("GET",), "/v1/hooks/<hid>/deliveries", "webhooks.deliveries", "id", 200),
     (("GET",), "/v2/", "v2", "none", 200),
     (("GET",), "/v1/webhooks/dead-letter", "webhooks.dead_letter", "none", 200),
@@ -269,6 +271,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
     async def _internal(exc: Exception) -> Response:
         rid = _request_id()
         log.exception("http.internal_error", path=request.path, request_id=rid, error=repr(exc))
+        daemon.alerts.record("api_error", f"{request.method} {request.path} answered 500 ({type(exc).__name__}; "
+                                          f"request {rid})")
         return _json({"error": "internal error", "code": "INTERNAL_ERROR", "message": "internal error",
                       "requestId": rid}, 500, rid)
 
@@ -403,6 +407,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         d = daemon
         text = d.manager.metrics.prometheus(by_state=d.manager.counts(), created=d.manager.created_total,
                                             dropped=d.bus.dropped_subscribers, events=d.bus.published)
+        text += d.alerts.prometheus()
         return Response(text, content_type="text/plain; version=0.0.4")
 
     @app.get("/v1/audit")

@@ -241,6 +241,29 @@ async def analytics_rate_limits(ctx: OpContext, p: Empty) -> dict[str, Any]:
             "generatedAt": _iso(int(time.time() * 1000))}
 
 
+# ---- alerting ----------------------------------------------------------------------------------------
+@op("alerts.stats", Empty, summary="Alerting: failures counted per kind, alerts fired, webhook deliveries")
+async def alerts_stats(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    return ctx.daemon.alerts.stats()
+
+
+@op("alerts.test", Empty, permission="operator",
+    summary="Send a test alert to every alert webhook now (no retries); 502 if one fails")
+async def alerts_test(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    from ..errors import DeliveryFailed
+
+    alerts = ctx.daemon.alerts
+    if not alerts.endpoints:
+        return {"sent": False, "webhookCount": 0,
+                "message": "no alert webhooks configured (set AEGIS_ALERT_WEBHOOKS or alerting.webhooks)"}
+    errors = (await alerts.test())["errors"]
+    ctx.daemon.audit_record(ctx, "alerts.test", detail={"webhooks": len(alerts.endpoints), "failed": len(errors)})
+    if errors:
+        raise DeliveryFailed(f"alert delivery failed: {'; '.join(errors)}",
+                             details={"webhookCount": len(alerts.endpoints), "errors": errors})
+    return {"sent": True, "webhookCount": len(alerts.endpoints)}
+
+
 # ---- notification channels -------------------------------------------------------------------------
 @op("channels.health", Empty, summary="Health of each notification channel (one entry per webhook endpoint)")
 async def channels_health(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
