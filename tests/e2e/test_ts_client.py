@@ -160,6 +160,7 @@ async def test_ts_client_generated_functions(daemon: DaemonHandle, workdir: Path
             "forkSession": {"path": {"id": sid}, "body": {"name": "fork"}},
             "createTemplate": {"body": {"name": "t1", "workDir": str(workdir)}},
             "updatePermissionProfile": {"path": {"id": sid}, "body": {"profile": "ask"}},
+            "getAlertStats": {}, "sendTestAlert": {}, "getAnalyticsRateLimits": {},
         }
         results = {fn: await ts.sdk(fn, **opts) for fn, opts in ok_calls.items()}
         failed = {fn: r for fn, r in results.items() if not r["ok"]}
@@ -171,6 +172,9 @@ async def test_ts_client_generated_functions(daemon: DaemonHandle, workdir: Path
         assert results["createSseToken"]["result"]["token"].startswith("sse_")
         assert results["updatePermissionProfile"]["result"]["permissionProfile"]["defaultBehavior"] == "ask"
         assert results["negotiateHandshake"]["result"]["compatible"] is True
+        assert results["sendTestAlert"]["result"]["sent"] is False  # no alert webhooks configured
+        assert "session_failure" in results["getAlertStats"]["result"]["trackers"]
+        assert results["getAnalyticsRateLimits"]["result"]["perKey"] == []
 
         # answered with an error envelope (never a 5xx): no question is pending; no browser to screenshot with
         answer = await ts.sdk("answerSessionQuestion", path={"id": sid}, body={"questionId": "q", "answer": "a"})
