@@ -89,6 +89,7 @@ class Daemon:
         self.store: Store = open_store(config)
         self.bus = EventBus(self.store)
         self.lifeline = Lifeline(grace=config.killGraceMs / 1000)
+        self.screenshot_limiter = trio.CapacityLimiter(2)  # browsers at once
         self.manager: SessionManager = None  # type: ignore[assignment]  # set in run()
         self.pipelines: Any = None  # set in run()
         from .templates import TemplateStore

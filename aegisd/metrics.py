@@ -36,6 +36,7 @@ class Metrics:
     auto_approvals: int = 0
     auto_rejections: int = 0
     crashes: int = 0
+    screenshots: int = 0
     permission_latency: Histogram = field(default_factory=Histogram)
     turn_duration: Histogram = field(default_factory=Histogram)
 
@@ -51,6 +52,7 @@ class Metrics:
             ("aegis_auto_approvals_total", self.auto_approvals, "Permission requests approved by the mode."),
             ("aegis_auto_rejections_total", self.auto_rejections, "Permission requests rejected by the mode."),
             ("aegis_agent_crashes_total", self.crashes, "Sessions that ended crashed."),
+            ("aegis_screenshots_total", self.screenshots, "Screenshots taken."),
             ("aegis_event_subscribers_dropped_total", dropped, "Event subscribers that fell behind."),
             ("aegis_events_published_total", events, "Events published on the bus."),
         ):

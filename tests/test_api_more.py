@@ -68,8 +68,8 @@ async def test_answer_screenshot_and_observability(daemon: DaemonHandle, workdir
     await daemon.wait_event(s["id"], "turn")
     r = await h.post(f"/v1/sessions/{s['id']}/answer", json={"questionId": "q1", "answer": "yes"})
     assert r.status_code == 409
-    r = await h.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": "http://127.0.0.1/"})
-    assert r.status_code == 501 and r.json()["code"] == "NOT_IMPLEMENTED" and "browser" in r.json()["message"]
+    r = await h.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": "http://169.254.169.254/"})
+    assert r.status_code == 400 and "link-local" in r.json()["message"]  # more in test_screenshot.py
     m = (await h.get("/v1/metrics")).json()
     assert m["sessions"]["total_created"] == 1 and m["turns"] == 1 and m["prompts"] == 1
     prom = (await h.get("/metrics")).text

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import msgspec
 
 from .. import __version__
-from ..errors import Conflict, NotImplementedYet, ValidationError
+from ..errors import Conflict, ValidationError
 from ..models import SessionRecord, now_ms
 from ..states import LIVE, STATUS_FILTERS, State
 from ..usage import estimate_cost
@@ -194,11 +194,30 @@ async def pane(ctx: OpContext, p: IdParams) -> dict[str, Any]:
     return {"pane": "\n".join(lines), "uiState": rec.status.value}
 
 
-@op("session.screenshot", ScreenshotParams, summary="Screenshot of a URL (needs a browser)")
+@op("session.screenshot", ScreenshotParams, permission="send",
+    summary="PNG screenshot (base64) of a web page, such as the session's dev server, in headless Chromium; "
+            "501 without a browser")
 async def screenshot(ctx: OpContext, p: ScreenshotParams) -> dict[str, Any]:
+    from .. import screenshot as shots
+
     ctx.daemon.session(ctx, p.id)
-    raise NotImplementedYet("screenshots need a headless browser, which this daemon does not drive yet "
-                            "(install chromium; support is planned)")
+    if not p.url:
+        raise ValidationError("url is required")
+    browser = shots.find_browser(ctx.daemon.environ)
+    if browser is None:
+        raise shots.unavailable(ctx.daemon.environ)
+    pr = ctx.principal
+    allow_loopback = pr.role == "admin" or pr.kind in ("local", "master")
+    width, height = p.width or 1280, p.height or 720
+    async with ctx.daemon.screenshot_limiter:
+        png = await shots.take(p.url, width=width, height=height, allow_loopback=allow_loopback,
+                               browser=browser, lifeline=ctx.daemon.lifeline)
+    ctx.daemon.manager.metrics.screenshots += 1
+    out = {**shots.encode(png), "url": p.url, "timestamp": now_ms(), "fullPage": False}
+    if p.fullPage:
+        out["note"] = "whole-page capture is not supported (Chromium's --screenshot takes the viewport); " \
+                      "ask for a larger height instead"
+    return out
 
 
 @op("session.answer", AnswerParams, summary="Answer a question the agent asked", permission="send")
@@ -267,6 +286,7 @@ async def metrics(ctx: OpContext, p: Empty) -> dict[str, Any]:
                 if ended else 0, "by_state": dict(by)},
             "turns": m.turns, "prompts": m.prompts, "approvals": m.approvals, "rejections": m.rejections,
             "auto_approvals": m.auto_approvals, "auto_rejections": m.auto_rejections, "agent_crashes": m.crashes,
+            "screenshots_taken": m.screenshots,
             "events": {"published": d.bus.published, "subscribers_dropped": d.bus.dropped_subscribers},
             "latency": {"permission_response_ms": m.permission_latency.summary(),
                         "turn_duration_ms": m.turn_duration.summary()}}

@@ -176,11 +176,11 @@ async def test_ts_client_generated_functions(daemon: DaemonHandle, workdir: Path
         assert "session_failure" in results["getAlertStats"]["result"]["trackers"]
         assert results["getAnalyticsRateLimits"]["result"]["perKey"] == []
 
-        # answered with an error envelope (never a 5xx): no question is pending; no browser to screenshot with
+        # answered with an error envelope (never a 5xx): no question is pending; cloud metadata is off limits
         answer = await ts.sdk("answerSessionQuestion", path={"id": sid}, body={"questionId": "q", "answer": "a"})
         assert answer["status"] == 409 and answer["error"]["code"] == "CONFLICT"
-        shot = await ts.sdk("takeScreenshot", path={"id": sid}, body={"url": "http://127.0.0.1/"})
-        assert shot["status"] == 501 and "browser" in shot["error"]["error"]
+        shot = await ts.sdk("takeScreenshot", path={"id": sid}, body={"url": "http://169.254.169.254/"})
+        assert shot["status"] == 400 and "link-local" in shot["error"]["error"]
         # routes of the original that have no ACP equivalent, or only exist in its spec
         for fn, opts in {"verifySession": {"path": {"id": sid}}, "sendBash": {"path": {"id": sid},
                          "body": {"command": "ls"}}, "getSwarmStatus": {}, "listModelTiers": {},

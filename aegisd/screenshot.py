@@ -1,0 +1,145 @@
+"""Screenshots of a web page (say, the dev server an agent started) with headless Chromium's own
+`--screenshot`, run as a child process: no browser driver, nothing asyncio-bound.
+
+SSRF guard: http(s) only; the host is resolved once and every address must be public, or loopback when the
+caller may reach this machine's own services (admins and local callers); private, link-local (cloud metadata),
+multicast and reserved addresses and `*.local` names are refused. Chromium is then pinned to the addresses
+checked (`--host-resolver-rules`), so a DNS answer that changes in between cannot redirect it."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+import trio
+
+from .errors import NotImplementedYet, ValidationError
+
+log = structlog.get_logger("aegisd.screenshot")
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "headless_shell")
+TIMEOUT_S = 30.0
+
+
+def find_browser(environ: dict[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    explicit = env.get("AEGIS_BROWSER")
+    if explicit:
+        return shutil.which(explicit) or (explicit if os.access(explicit, os.X_OK) else None)
+    for name in BROWSERS:
+        path = shutil.which(name, path=env.get("PATH"))
+        if path:
+            return path
+    return None
+
+
+def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> str | None:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None if allow_loopback else "loopback (only admins and local callers may shoot this machine)"
+    if ip.is_link_local:
+        return "link-local (cloud metadata lives there)"
+    if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+        return "not a unicast address"
+    if ip.is_private or not ip.is_global:
+        return "a private network"
+    return None
+
+
+async def check_url(url: str, *, allow_loopback: bool) -> tuple[str, list[str]]:
+    """The host and the addresses Chromium may use for it; ValidationError when the URL is not allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("url must be an http:// or https:// URL with a host")
+    host = parts.hostname.rstrip(".").lower()
+    if host.endswith(".local"):
+        raise ValidationError(f"refusing to screenshot {host}: .local names are on the local network")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValidationError("url has an invalid port") from None
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ValidationError(f"cannot resolve {host}: {exc}") from None
+    addrs = sorted({str(info[4][0]) for info in infos})
+    for a in addrs:
+        why = _refusal(ipaddress.ip_address(a.split("%")[0]), allow_loopback)
+        if why:
+            raise ValidationError(f"refusing to screenshot {host}: it resolves to {a}, {why}")
+    return host, addrs
+
+
+async def take(url: str, *, width: int, height: int, allow_loopback: bool, browser: str,
+               lifeline: Any = None) -> bytes:
+    """PNG bytes of the page at url, width x height. With a lifeline, the browser's process group dies with
+    the daemon even if the daemon is SIGKILLed mid-shot."""
+    host, addrs = await check_url(url, allow_loopback=allow_loopback)
+    with tempfile.TemporaryDirectory(prefix="aegis-shot-") as tmp:
+        out = Path(tmp) / "shot.png"
+        args = [browser, "--headless", "--disable-gpu", "--hide-scrollbars", "--mute-audio",
+                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+                "--disable-background-networking", "--disable-sync", f"--user-data-dir={tmp}/profile",
+                f"--window-size={width},{height}", f"--screenshot={out}"]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:  # a name: pin it to the addresses just checked
+            target = addrs[0] if ":" not in addrs[0] else f"[{addrs[0]}]"
+            args.append(f"--host-resolver-rules=MAP {host} {target}")
+        if os.geteuid() == 0:
+            args.append("--no-sandbox")  # Chromium's sandbox refuses to run as root
+        args.append(url)
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": tmp, "LANG": "C.UTF-8"}
+        proc: trio.Process | None = None
+        try:
+            with trio.move_on_after(TIMEOUT_S) as scope:
+                proc = await trio.lowlevel.open_process(args, env=env, stdin=subprocess.DEVNULL,
+                                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                        start_new_session=True)
+                if lifeline is not None:
+                    await lifeline.register(proc.pid)
+                await proc.wait()
+            if scope.cancelled_caught:
+                raise ValidationError(f"the page did not finish loading within {TIMEOUT_S:.0f} s")
+        finally:
+            if proc is not None:
+                try:  # the whole group: Chromium leaves helpers behind when it is cut short
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+                    if lifeline is not None:
+                        await lifeline.unregister(proc.pid)
+        if not out.exists():
+            raise ValidationError(f"the browser made no screenshot of {url} (exit {proc.returncode if proc else '?'})")
+        return out.read_bytes()
+
+
+def unavailable(environ: dict[str, str] | None = None) -> NotImplementedYet:
+    explicit = (os.environ if environ is None else environ).get("AEGIS_BROWSER")
+    if explicit:
+        return NotImplementedYet(f"screenshots need a headless Chromium: AEGIS_BROWSER={explicit} is not an "
+                                 "executable")
+    return NotImplementedYet("screenshots need a headless Chromium and none was found on PATH: install it "
+                             "(apt-get install chromium) or set AEGIS_BROWSER to its path")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def encode(data: bytes) -> dict[str, Any]:
+    w, h = png_size(data)
+    return {"screenshot": base64.b64encode(data).decode(), "width": w, "height": h}

@@ -1,0 +1,119 @@
+"""POST /v1/sessions/{id}/screenshot: a real headless Chromium shooting a real local page, the SSRF guard,
+and the 501 without a browser."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from aegisd.screenshot import find_browser
+
+from .conftest import DaemonHandle, agent_env
+from .test_auth import MASTER, bearer, make_key
+
+PAGE = b"<!doctype html><html><body style='margin:0;background:#00c853'></body></html>"
+
+
+async def serve_page(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            while b"\r\n\r\n" not in (await stream.receive_some(65536)):
+                pass
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nconnection: close\r\n"
+                                  b"content-length: %d\r\n\r\n" % len(PAGE) + PAGE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/")
+    await trio.serve_listeners(handle, listeners)
+
+
+def pixel(png: bytes, x: int, y: int) -> tuple[int, ...]:
+    """One RGB(A) pixel of an 8-bit truecolour PNG (what Chromium writes), undoing the row filters."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width, height, bpp = 8, b"", 0, 0, 0
+    while pos < len(png):
+        n, kind = int.from_bytes(png[pos:pos + 4], "big"), png[pos + 4:pos + 8]
+        data = png[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            width, height = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
+            assert data[8] == 8 and data[9] in (2, 6)
+            bpp = 3 if data[9] == 2 else 4
+        elif kind == b"IDAT":
+            idat += data
+        pos += 12 + n
+    raw, stride, prev = zlib.decompress(idat), width * bpp, bytearray(width * bpp)
+    for row in range(y + 1):
+        f, line = raw[row * (stride + 1)], bytearray(raw[row * (stride + 1) + 1:(row + 1) * (stride + 1)])
+        for i in range(stride):
+            a, b = (line[i - bpp] if i >= bpp else 0), prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            pred = {0: 0, 1: a, 2: b, 3: (a + b) // 2,
+                    4: min((a, b, c), key=lambda v: (abs(a + b - c - v), (a, b, c).index(v)))}[f]
+            line[i] = (line[i] + pred) & 0xFF
+        prev = line
+    return tuple(prev[x * bpp:x * bpp + 3])
+
+
+@pytest.mark.skipif(find_browser() is None, reason="no headless Chromium (make test installs it where it can)")
+async def test_screenshot_of_a_local_page(daemon: DaemonHandle, nursery: trio.Nursery, workdir: Path) -> None:
+    url = await nursery.start(serve_page)
+    s = await daemon.create(workdir)
+    r = await daemon.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": url, "width": 320,
+                                                                            "height": 200}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"], body["url"], body["fullPage"]) == (320, 200, url, False)
+    png = base64.b64decode(body["screenshot"])
+    assert pixel(png, 160, 100) == (0, 0xC8, 0x53)  # the page's own colour: it really rendered
+    assert (await daemon.http.get("/v1/metrics")).json()["screenshots_taken"] == 1
+    r = await daemon.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": url, "fullPage": True},
+                               timeout=60)
+    assert r.json()["fullPage"] is False and "not supported" in r.json()["note"]
+
+
+@pytest.mark.parametrize("url, why", [
+    ("file:///etc/passwd", "http"), ("ftp://example.com/", "http"), ("http:///nohost", "http"),
+    ("http://169.254.169.254/latest/meta-data", "link-local"), ("http://10.1.2.3/", "private"),
+    ("http://192.168.0.1/", "private"), ("http://[fe80::1]/", "link-local"), ("http://printer.local/", ".local"),
+    ("http://0.0.0.0/", "unicast"), ("http://[::ffff:10.0.0.1]/", "private"), ("http://127.0.0.1:99999/", "port"),
+])
+async def test_screenshot_ssrf_guard(daemon_factory: Any, workdir: Path, tmp_path: Path, url: str,
+                                     why: str) -> None:
+    # the guard runs before any browser starts: /bin/true stands in for one
+    d = await daemon_factory(env=agent_env(tmp_path, AEGIS_BROWSER=shutil.which("true") or "/bin/true"))
+    s = await d.create(workdir)
+    r = await d.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": url})
+    assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR", r.text
+    assert why in r.json()["error"]
+
+
+async def test_screenshot_loopback_needs_a_trusted_caller(daemon_factory: Any, workdir: Path,
+                                                         tmp_path: Path) -> None:
+    d = await daemon_factory(authToken=MASTER, env=agent_env(tmp_path, AEGIS_BROWSER=shutil.which("true") or ""))
+    k = await make_key(d, "operator", "op")
+    r = await d.http.post("/v1/sessions", json={"workDir": str(workdir)}, headers=bearer(k["key"]))
+    sid = r.json()["id"]
+    r = await d.http.post(f"/v1/sessions/{sid}/screenshot", json={"url": "http://127.0.0.1:9/"},
+                          headers=bearer(k["key"]))
+    assert r.status_code == 400 and "loopback" in r.json()["error"]
+    # the master token may: the stand-in browser then makes no picture, which is said plainly
+    r = await d.http.post(f"/v1/sessions/{sid}/screenshot", json={"url": "http://127.0.0.1:9/"},
+                          headers=bearer(MASTER))
+    assert r.status_code == 400 and "made no screenshot" in r.json()["error"]
+    r = await d.http.post(f"/v1/sessions/{sid}/screenshot", json={}, headers=bearer(MASTER))
+    assert r.status_code == 400 and "url is required" in r.json()["error"]
+
+
+async def test_screenshot_without_a_browser(daemon_factory: Any, workdir: Path, tmp_path: Path) -> None:
+    d = await daemon_factory(env=agent_env(tmp_path, AEGIS_BROWSER="/nonexistent/chromium"))
+    s = await d.create(workdir)
+    r = await d.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": "http://example.com/"})
+    assert r.status_code == 501 and r.json()["code"] == "NOT_IMPLEMENTED"
+    assert "AEGIS_BROWSER=/nonexistent/chromium" in r.json()["error"]
