@@ -48,6 +48,7 @@ def pixel(png: bytes, x: int, y: int) -> tuple[int, ...]:
         elif kind == b"IDAT":
             idat += data
         pos += 12 + n
+    assert 0 <= x < width and 0 <= y < height
     raw, stride, prev = zlib.decompress(idat), width * bpp, bytearray(width * bpp)
     for row in range(y + 1):
         f, line = raw[row * (stride + 1)], bytearray(raw[row * (stride + 1) + 1:(row + 1) * (stride + 1)])
