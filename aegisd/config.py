@@ -45,6 +45,14 @@ class AlertingConfig(msgspec.Struct, forbid_unknown_fields=True):
     cooldownMs: int = 600_000
 
 
+class VerificationConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """See aegisd/verify.py. The original's key was verificationProtocol; it is read too."""
+
+    steps: list[Any] = []  # [{name, command (list or string), timeoutMs?, critical?}]; empty: detect
+    criticalOnly: bool = False  # only typecheck and build steps, no tests
+    autoVerifyOnStop: bool = False  # the original's (never implemented there): accepted, not acted on
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 9100
@@ -74,6 +82,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     maxSessions: int = 1000
     webhooks: list[Any] = []
     alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
+    verification: VerificationConfig = msgspec.field(default_factory=VerificationConfig)
     sseMaxConnections: int = 100
     sseMaxPerIp: int = 10
     acpPromptTimeoutMs: int = 120_000
@@ -199,6 +208,8 @@ def load_config(*, env: Mapping[str, str] | None = None, config_path: str | Path
         fields = set(Config.__struct_fields__) - {"configPath", "sources", "agentCommand", "socket"}
         fields |= {"socket"}
         for key, val in data.items():
+            if key == "verificationProtocol" and "verification" not in data:
+                key = "verification"  # the original's name
             if key in fields:
                 values[key] = val
                 sources[key] = f"file:{path}"
@@ -253,6 +264,12 @@ def _validate(cfg: Config) -> None:
         validate(cfg.alerting)
     except (ValueError, msgspec.ValidationError) as exc:
         raise ValidationError(f"alerting: {exc}") from None
+    try:
+        from .verify import parse_steps
+
+        parse_steps(cfg.verification.steps)
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise ValidationError(f"verification: {exc}") from None
     if cfg.acpPromptTimeoutMs < 1:
         raise ValidationError("AEGIS_ACP_PROMPT_TIMEOUT_MS must be positive")
 

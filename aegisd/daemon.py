@@ -90,6 +90,7 @@ class Daemon:
         self.bus = EventBus(self.store)
         self.lifeline = Lifeline(grace=config.killGraceMs / 1000)
         self.screenshot_limiter = trio.CapacityLimiter(2)  # browsers at once
+        self.verifying: set[str] = set()  # sessions whose verification is running
         self.manager: SessionManager = None  # type: ignore[assignment]  # set in run()
         self.pipelines: Any = None  # set in run()
         from .templates import TemplateStore

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 class AegisError(Exception):
     code: ClassVar[str] = "INTERNAL_ERROR"
     status: ClassVar[int] = 500
+    spread_details: ClassVar[bool] = False  # HTTP: details' fields also at the top level (a result body)
 
     def __init__(self, message: str = "", *, details: Any = None) -> None:
         super().__init__(message or self.code)
@@ -105,6 +106,14 @@ class DeliveryFailed(AegisError):
 
     code = "DELIVERY_FAILED"
     status = 502
+
+
+class VerificationFailed(AegisError):
+    """The project's checks failed (the result is in details, and at the top level over HTTP)."""
+
+    code = "VERIFICATION_FAILED"
+    status = 422
+    spread_details = True
 
 
 class NotImplementedYet(AegisError):

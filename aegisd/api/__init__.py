@@ -69,6 +69,7 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/sessions/<sid>/command", "session.command", "id+body", 200),
     (("GET",), "/v1/sessions/<sid>/pane", "session.pane", "id", 200),
     (("POST",), "/v1/sessions/<sid>/screenshot", "session.screenshot", "id+body", 200),
+    (("POST",), "/v1/sessions/<sid>/verify", "session.verify", "id+body", 200),
     (("POST",), "/v1/sessions/<sid>/answer", "session.answer", "id+body", 200),
     (("POST",), "/v1/pipelines", "pipeline.create", "body", 201),
     (("GET",), "/v1/pipelines", "pipeline.list", "none", 200),
@@ -136,6 +137,8 @@ def error_response(exc: AegisError, request_id: str) -> Response:
                             "requestId": request_id}
     if exc.details is not None:
         body["details"] = exc.details
+        if exc.spread_details and isinstance(exc.details, dict):
+            body = {**exc.details, **body}
     resp = _json(body, exc.status, request_id)
     if exc.status == 429:
         retry = exc.details.get("retryAfter", 1) if isinstance(exc.details, dict) else 1

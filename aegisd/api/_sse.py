@@ -26,7 +26,8 @@ SSE_BUFFER = 1024
 # our bus event -> the original's per-session name and global name
 _NAMES = {"status": ("status", "session_status_change"), "message": ("message", "session_message"),
           "approval": ("approval", "session_approval"), "ended": ("ended", "session_ended"),
-          "stall": ("stall", "session_stall"), "created": ("created", "session_created")}
+          "stall": ("stall", "session_stall"), "created": ("created", "session_created"),
+          "verification": ("verification", "session_verification")}
 
 
 def _payload(ev: Event) -> dict[str, Any]:

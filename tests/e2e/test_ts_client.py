@@ -182,7 +182,9 @@ async def test_ts_client_generated_functions(daemon: DaemonHandle, workdir: Path
         shot = await ts.sdk("takeScreenshot", path={"id": sid}, body={"url": "http://169.254.169.254/"})
         assert shot["status"] == 400 and "link-local" in shot["error"]["error"]
         # routes of the original that have no ACP equivalent, or only exist in its spec
-        for fn, opts in {"verifySession": {"path": {"id": sid}}, "sendBash": {"path": {"id": sid},
+        verify = await ts.sdk("verifySession", path={"id": sid})  # an empty workDir: nothing to check
+        assert verify["status"] == 422 and "nothing to verify" in verify["error"]["summary"]
+        for fn, opts in {"sendBash": {"path": {"id": sid},
                          "body": {"command": "ls"}}, "getSwarmStatus": {}, "listModelTiers": {},
                          "routeTask": {"body": {"task": "x"}}}.items():
             r = await ts.sdk(fn, **opts)
