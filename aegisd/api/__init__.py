@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
-from quart import Response, request
+from quart import Response, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import ops
 from ..errors import AegisError, RateLimited, Unauthorized, ValidationError
-from . import _sse
+from . import _sse, _terminal
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
@@ -179,8 +179,12 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     failures: dict[str, list[float]] = {}
 
+    def _conn() -> Any:
+        """The request, or the websocket handshake (the terminal route)."""
+        return websocket if has_websocket_context() else request
+
     def _ip() -> str:
-        return request.remote_addr or "local"
+        return _conn().remote_addr or "local"
 
     def _throttled(ip: str) -> float:
         """Seconds until this IP may try again after AUTH_FAILURES_PER_MIN failed attempts, else 0."""
@@ -201,9 +205,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     def _principal(sse: bool = False, public: bool = False) -> ops.Principal:
         ip = _ip()
-        header = request.headers.get("Authorization", "")
+        header = _conn().headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        query_token = request.args.get("token", "") if sse else ""
+        query_token = _conn().args.get("token", "") if sse else ""
         if not token and not query_token:
             if public:
                 return ops.Principal(kind="anonymous", role="viewer", name="anonymous")
@@ -437,6 +441,36 @@ def create_app(daemon: Daemon) -> QuartTrio:
         if "integrity" in result:
             resp.headers["X-Aegis-Audit-Integrity"] = "ok" if result["integrity"]["ok"] else "broken"
         return resp
+
+    @app.websocket("/v1/sessions/<sid>/terminal")
+    async def terminal(sid: str) -> None:
+        """The original's live terminal, for ACP: see _terminal."""
+        _ip_limit()
+        rid = secrets.token_hex(8)
+
+        async def first_message_auth(token: str) -> ops.Principal:
+            ip = _ip()
+            if _throttled(ip):
+                raise RateLimited("too many failed authentication attempts; try again later")
+            principal = daemon.authenticate(token, ip=ip)
+            if principal is None:
+                raise _fail(ip, "invalid or expired token")
+            return principal
+
+        try:
+            principal: ops.Principal | None = _principal(sse=True)
+        except Unauthorized as exc:
+            if not daemon.auth_enabled or _conn().args.get("token") or _conn().headers.get("Authorization"):
+                await websocket.accept()
+                await _terminal.refuse(websocket, exc)
+                return
+            principal = None  # the first message may carry {type: "auth", token}
+        except AegisError as exc:
+            await websocket.accept()
+            await _terminal.refuse(websocket, exc)
+            return
+        await _terminal.serve(daemon, websocket, sid, principal, first_message_auth=first_message_auth,
+                              request_id=rid, ip=_ip())
 
     app.add_url_rule("/v1/events", endpoint="events_all", view_func=_events, methods=["GET"])
     app.add_url_rule("/v1/sessions/<sid>/events", endpoint="events_session", view_func=_events, methods=["GET"])

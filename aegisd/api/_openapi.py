@@ -108,6 +108,13 @@ EXTRA_PATHS: dict[str, Any] = {
                                           "parameters": [{"name": "sid", "in": "path", "required": True,
                                                           "schema": {"type": "string"}}],
                                           "responses": {"200": {"description": "text/event-stream"}}}},
+    "/v1/sessions/{sid}/terminal": {"get": {
+        "operationId": "session_terminal", "tags": ["events"],
+        "summary": "WebSocket (Upgrade: websocket): the session as a live terminal. Server: {type: pane|stream|"
+                   "status|ended|error}; client: {type: auth|input|approve|reject|resize}. See docs/http-api.md",
+        "parameters": [{"name": "sid", "in": "path", "required": True, "schema": {"type": "string"}},
+                       {"name": "token", "in": "query", "schema": {"type": "string"}}],
+        "responses": {"101": {"description": "Switching Protocols"}}}},
     "/v1/audit": {"get": {"operationId": "audit", "summary": "Query, export (format=json|csv|ndjson) and verify "
                           "the audit log", "tags": ["audit"], "x-aegis-operation": "audit.query",
                           "responses": {"200": {"description": "OK"}}}},
