@@ -83,6 +83,16 @@ def _create(srv: Server, a: dict[str, Any]) -> Any:
     return {**_compact(s), "promptDelivery": s.get("promptDelivery"), "reused": s.get("reused", False)}
 
 
+def _verify(srv: Server, a: dict[str, Any]) -> Any:
+    """A failed verification is an answer, not a tool error: the caller wants the steps and their output."""
+    try:
+        return srv.call("session.verify", id=a["sessionId"], criticalOnly=a.get("criticalOnly"))
+    except ToolError as exc:
+        if exc.code == "VERIFICATION_FAILED" and isinstance(exc.details, dict):
+            return exc.details
+        raise
+
+
 def _pipeline(srv: Server, a: dict[str, Any]) -> Any:
     stages: list[dict[str, Any]] = []
     for i, step in enumerate(a["steps"]):  # unnamed steps get a name (the original's server refused them)
@@ -154,6 +164,10 @@ TOOLS: list[Tool] = [
          read_only=False),
     Tool("state_delete", "Delete a memory-bridge value.", _schema({"key": S}, ["key"]),
          lambda srv, a: srv.call("memory.delete", key=a["key"]), read_only=False, destructive=True),
+    Tool("verify_session", "Run the project's own checks (type check, build, tests) in the session's workDir "
+         "and report each step's result and output; ok is false when one failed.",
+         _schema({**SID, "criticalOnly": {"type": "boolean", "description": "type check and build only"}},
+                 ["sessionId"]), _verify, read_only=False),
     Tool("kill_session", "Stop a session and its agent (status killed).", _schema(SID, ["sessionId"]),
          lambda srv, a: srv.call("session.kill", id=a["sessionId"]), read_only=False, destructive=True),
 ]
@@ -179,9 +193,9 @@ PROMPTS = [
 
 
 class ToolError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.details = code, message, details
 
 
 class Server:
@@ -203,7 +217,7 @@ class Server:
             self._local.client = None  # the daemon may come back: connect again next time
             raise ToolError("SERVER_UNREACHABLE", f"aegisd is not reachable: {exc.message}") from None
         except ClientError as exc:
-            raise ToolError(exc.code, exc.message) from None
+            raise ToolError(exc.code, exc.message, exc.details) from None
 
     def send(self, msg: dict[str, Any]) -> None:
         with self._lock:

@@ -330,6 +330,89 @@ cli.command("close", help="Close a session normally (status completed).")(_simpl
 
 
 @cli.command()
+@click.argument("session_id")
+@click.option("--critical-only", is_flag=True, help="Type check and build only, no tests.")
+@json_option
+@pass_ctx
+def verify(c: Ctx, session_id: str, critical_only: bool) -> None:
+    """Run the project's checks (type check, build, tests) in the session's workDir; exit 1 if one fails."""
+    try:
+        res = c.call("session.verify", id=session_id, criticalOnly=critical_only or None)
+    except ClientError as exc:
+        if exc.code != "VERIFICATION_FAILED" or not isinstance(exc.details, dict):
+            raise
+        res = exc.details
+    if c.json:
+        out.echo_json(res)
+    else:
+        out.table(["step", "result", "time", "command"],
+                  [[s["name"], out.style("ok", fg="green") if s["ok"] else out.style(s.get("error") or "failed",
+                                                                                     fg="red"),
+                    f"{s['durationMs'] / 1000:.1f} s", s["command"]] for s in res["steps"]])
+        for s in res["steps"]:
+            if not s["ok"] and s.get("output"):
+                click.echo(f"\n--- {s['name']}: last lines of output ---")
+                click.echo("\n".join(s["output"].rstrip().splitlines()[-20:]))
+        click.echo(("\n" if res["steps"] else "") + res["summary"])
+    if not res["ok"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("session_id")
+@click.argument("url")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default="screenshot.png",
+              show_default=True, help="Where to write the PNG.")
+@click.option("--width", type=click.IntRange(1, 7680), default=1280, show_default=True)
+@click.option("--height", type=click.IntRange(1, 4320), default=720, show_default=True)
+@pass_ctx
+def screenshot(c: Ctx, session_id: str, url: str, output: str, width: int, height: int) -> None:
+    """Take a PNG screenshot of URL (say, the session's dev server) in headless Chromium."""
+    import base64
+
+    res = c.call("session.screenshot", id=session_id, url=url, width=width, height=height)
+    Path(output).write_bytes(base64.b64decode(res["screenshot"]))
+    click.echo(f"Wrote {output} ({res['width']}x{res['height']}).")
+
+
+@cli.group("alerts")
+def alerts_group() -> None:
+    """Alerting: failures counted per kind, and alert webhooks."""
+
+
+@alerts_group.command("stats")
+@json_option
+@pass_ctx
+def alerts_stats(c: Ctx) -> None:
+    """Failures counted per kind, alerts fired and deliveries."""
+    res = c.call("alerts.stats")
+    if c.json:
+        out.echo_json(res)
+        return
+    click.echo(f"{res['webhookCount']} alert webhook(s); an alert fires after {res['failureThreshold']} failures "
+               f"of a kind within {res['cooldownMs'] // 1000} s. Delivered {res['delivered']}, failed "
+               f"{res['failed']}.")
+    out.table(["kind", "in window", "total", "fired", "last"],
+              [[k, str(t["count"]), str(t["total"]), str(t["fired"]), out.one_line(t.get("lastDetail") or "-", 60)]
+               for k, t in res["trackers"].items()])
+
+
+@alerts_group.command("test")
+@json_option
+@pass_ctx
+def alerts_test(c: Ctx) -> None:
+    """Send a test alert to every alert webhook now."""
+    res = c.call("alerts.test")
+    if c.json:
+        out.echo_json(res)
+    elif res["sent"]:
+        click.echo(f"Test alert delivered to {res['webhookCount']} webhook(s).")
+    else:
+        click.echo(res["message"])
+        sys.exit(1)
+
+
+@cli.command()
 @click.argument("session_id", required=False)
 @click.option("--after", type=int, help="Replay events after this id first.")
 @json_option

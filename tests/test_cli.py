@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pty
+import shutil
 import signal
 import socket
 import subprocess
@@ -467,3 +468,28 @@ async def test_service_install_runs_systemctl(tmp_path: Path) -> None:
         r = await trio.run_process([AG, "service", "uninstall"], env=env, capture_stdout=True, check=False)
     assert r.returncode == 0 and not unit.exists()
     assert "--user disable --now aegisd" in log.read_text()
+
+
+async def test_verify_screenshot_and_alerts_commands(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path) -> None:
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery,
+                                    extra_env={"AEGIS_BROWSER": shutil.which("true") or "/bin/true"})
+    work = tmp_path / "proj"
+    work.mkdir()
+    (work / "Makefile").write_text("build:\n\t@echo built\ntest:\n\t@echo 'FAILED test_x - boom'; exit 1\n")
+    sid = json.loads((await ag(dp, "create", "--cwd", str(work), "--json")).stdout)["id"]
+    r = await ag(dp, "verify", sid, check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "make test" in r.stdout and "FAILED test_x - boom" in r.stdout and "1 of 2 step(s) failed: test" in r.stdout
+    r = await ag(dp, "verify", sid, "--critical-only")
+    assert "all 1 step(s) passed: build" in r.stdout
+    res = json.loads((await ag(dp, "verify", sid, "--json", check=False)).stdout)
+    assert res["ok"] is False and [s["ok"] for s in res["steps"]] == [True, False]
+    # the SSRF guard answers before any browser starts
+    r = await ag(dp, "screenshot", sid, "http://169.254.169.254/", "-o", str(tmp_path / "x.png"), check=False)
+    assert r.returncode == 1 and "link-local" in r.stderr and not (tmp_path / "x.png").exists()
+    r = await ag(dp, "alerts", "stats")
+    assert "session_failure" in r.stdout and "0 alert webhook(s)" in r.stdout
+    r = await ag(dp, "alerts", "test", check=False)
+    assert r.returncode == 1 and "no alert webhooks configured" in r.stdout
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()

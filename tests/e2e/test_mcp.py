@@ -68,6 +68,15 @@ async def test_mcp_tools_drive_sessions(daemon: DaemonHandle, workdir: Path) -> 
             bad = await session.call_tool("create_session", {"workDir": "/etc"})
             assert bad.is_error and json.loads(bad.content[0].text)["code"] == "INVALID_WORKDIR"
 
+            # verification: the project's checks, pass and fail both answered as results
+            (workdir / "Makefile").write_text("build:\n\t@echo built\ntest:\n\t@echo 'E   boom'; exit 1\n")
+            verdict = await session.call_tool("verify_session", {"sessionId": sid})
+            assert not verdict.is_error
+            body = json.loads(verdict.content[0].text)
+            assert body["ok"] is False and "boom" in body["steps"][1]["output"]
+            body = _data(await session.call_tool("verify_session", {"sessionId": sid, "criticalOnly": True}))
+            assert body["ok"] is True and [s["name"] for s in body["steps"]] == ["build"]
+
             res = await session.read_resource("aegis://sessions")
             assert json.loads(res.contents[0].text)["total"] == 1
             prompt = await session.get_prompt("debug_session", {"sessionId": sid})
