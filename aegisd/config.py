@@ -83,6 +83,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     webhooks: list[Any] = []
     alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
     verification: VerificationConfig = msgspec.field(default_factory=VerificationConfig)
+    ipRateLimit: int = 1200  # requests per minute per client IP on HTTP; 0: none
     sseMaxConnections: int = 100
     sseMaxPerIp: int = 10
     acpPromptTimeoutMs: int = 120_000
@@ -150,6 +151,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_STALL_THRESHOLD_MS": ("stallThresholdMs", int),
     "AEGIS_MAX_SESSIONS": ("maxSessions", int),
     "AEGIS_SSE_MAX_CONNECTIONS": ("sseMaxConnections", int),
+    "AEGIS_IP_RATE_LIMIT": ("ipRateLimit", int),
     "AEGIS_SSE_MAX_PER_IP": ("sseMaxPerIp", int),
     "AEGIS_WEBHOOKS": ("webhooks", lambda v: [u.strip() for u in v.split(",") if u.strip()]),
     "AEGIS_KILL_GRACE_MS": ("killGraceMs", int),
@@ -270,6 +272,8 @@ def _validate(cfg: Config) -> None:
         parse_steps(cfg.verification.steps)
     except (ValueError, msgspec.ValidationError) as exc:
         raise ValidationError(f"verification: {exc}") from None
+    if cfg.ipRateLimit < 0:
+        raise ValidationError("ipRateLimit must be 0 (none) or a number of requests per minute")
     if cfg.acpPromptTimeoutMs < 1:
         raise ValidationError("AEGIS_ACP_PROMPT_TIMEOUT_MS must be positive")
 

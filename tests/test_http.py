@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -141,13 +143,30 @@ async def test_body_on_a_route_that_takes_none(daemon: DaemonHandle, workdir: Pa
     assert (await h.post(f"/v1/sessions/{s['id']}/interrupt", json={})).status_code == 200
 
 
-async def test_many_posts_on_one_client_all_answered(daemon: DaemonHandle, workdir: Path) -> None:
-    """Sequential POSTs with bodies from one client: every one is answered (hypercorn used to stall a
-    keep-alive connection now and then after such a request; see the Connection: close in api/__init__)."""
-    s = await daemon.create(workdir)
-    for _ in range(500):
-        with trio.fail_after(5):
-            r = await daemon.http.post("/v1/rpc", json={"id": 1, "op": "session.get", "params": {"id": s["id"]}})
-        assert r.status_code == 200 and r.headers["connection"] == "close"
-    r = await daemon.http.get("/v1/sessions")
-    assert "close" not in r.headers.get("connection", "")  # reads keep the connection
+async def test_keep_alive_survives_unread_bodies(daemon_factory: Any, workdir: Path) -> None:
+    """Answers sent before the request body was read (a 404 before any view, a 401 before the body is parsed)
+    used to leave hypercorn's keep-alive connection waiting forever: with a 500 kB body, every next request on
+    it hung. The body is now drained first; one too large to drain closes the connection instead."""
+    d = await daemon_factory(authToken="t" * 32)
+    auth = {"Authorization": "Bearer " + "t" * 32}
+    s = (await d.http.post("/v1/sessions", json={"workDir": str(workdir)}, headers=auth)).json()
+    big = b'{"text": "' + b"x" * 500_000 + b'"}'
+    cases = [("POST", "/v1/no-such-route", auth, 404), ("POST", f"/v1/sessions/{s['id']}/send", {}, 401),
+             ("PUT", "/v1/sessions", auth, 405), ("POST", f"/v1/sessions/{s['id']}/send", auth, 400)]
+    async with httpx.AsyncClient(base_url=d.daemon.http_url, timeout=20) as h:  # one connection throughout
+        for method, path, headers, status in cases:
+            for _ in range(5):
+                with trio.fail_after(5):
+                    r = await h.request(method, path, content=big,
+                                        headers={**headers, "Content-Type": "application/json"})
+                    assert r.status_code == status and "close" not in r.headers.get("connection", "")
+                    assert (await h.get("/v1/health")).status_code == 200
+        for _ in range(300):  # small POSTs keep the connection too
+            with trio.fail_after(5):
+                r = await h.post("/v1/rpc", json={"id": 1, "op": "session.get", "params": {"id": s["id"]}},
+                                 headers=auth)
+            assert r.status_code == 200 and "close" not in r.headers.get("connection", "")
+        with trio.fail_after(10):
+            r = await h.post("/v1/no-such-route", content=b"x" * 2_000_000, headers=auth)
+        assert r.status_code == 404 and r.headers["connection"] == "close"  # past MAX_BODY: not drained
+        assert (await h.get("/v1/health")).status_code == 200  # a new connection, transparently

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from .conftest import DaemonHandle
 from .test_auth import MASTER, bearer, make_key
@@ -116,3 +117,18 @@ async def test_quota_bad_input(authd: DaemonHandle) -> None:
     r = await d.http.get(f"/v1/auth/keys/{k['id']}/quotas", headers=bearer(k["key"]))
     assert r.status_code == 403
     assert (await d.http.get(f"/v1/auth/keys/{k['id']}/quotas", headers=bearer(MASTER))).json()["quotas"] is None
+
+
+async def test_ip_rate_limit_is_configurable(daemon_factory: Any) -> None:
+    d = await daemon_factory(ipRateLimit=5)
+    codes = [(await d.http.get("/v1/sessions")).status_code for _ in range(6)]
+    assert codes == [200] * 5 + [429]
+    r = await d.http.get("/v1/sessions")
+    assert r.json()["code"] == "RATE_LIMITED" and "5 requests per minute per IP" in r.json()["error"]
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    d.shutdown.set()
+    with trio.fail_after(15):
+        await d.done.wait()  # type: ignore[attr-defined]
+    d2 = await daemon_factory(ipRateLimit=0)  # none at all: a busy local dashboard, a benchmark
+    assert {(await d2.http.get("/v1/sessions")).status_code for _ in range(50)} == {200}
+    assert (await d2.http.get("/v1/analytics/rate-limits")).json()["global"]["max"] is None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
+import trio
 from quart import Response, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("aegisd.http")
 
 MAX_BODY = 1024 * 1024
+DRAIN_TIMEOUT_S = 10.0
 _encoder = msgspec.json.Encoder()
 
 # (methods, path, operation, where params come from, success status)
@@ -121,7 +123,6 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/auth/sse-token", "auth.sse_token", "none", 201),
 ]
 AUTH_FAILURES_PER_MIN = 5
-IP_RATE_PER_MIN = 1200
 MASTER_RATE_PER_MIN = 6000
 
 
@@ -241,24 +242,37 @@ def create_app(daemon: Daemon) -> QuartTrio:
         return principal
 
     def _ip_limit() -> None:
-        wait = limiter.hit(f"ip:{_ip()}", IP_RATE_PER_MIN, 60.0)
+        per_min = daemon.config.ipRateLimit
+        if per_min <= 0:
+            return
+        wait = limiter.hit(f"ip:{_ip()}", per_min, 60.0)
         if wait:
-            raise RateLimited(f"rate limit of {IP_RATE_PER_MIN} requests per minute per IP exceeded",
+            raise RateLimited(f"rate limit of {per_min} requests per minute per IP exceeded",
                               details={"retryAfter": int(wait) + 1})
 
     @app.after_request
     async def _headers(resp: Response) -> Response:
+        if not has_websocket_context() and not await _drained():
+            resp.headers["Connection"] = "close"
         resp.headers.setdefault("X-Aegis-API-Version", "1")
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Cache-Control", "no-store")
-        if request.method not in ("GET", "HEAD", "OPTIONS") and resp.mimetype != "text/event-stream":
-            # hypercorn 0.18's trio worker now and then stops answering a keep-alive connection after a
-            # request with a body (measured: 18 of 3000 sequential POSTs hung; none with the connection
-            # closed after each, none among 4000 GETs). Until that is fixed upstream, such connections close
-            # after the response; clients reconnect transparently.
-            resp.headers["Connection"] = "close"
         return resp
+
+    async def _drained() -> bool:
+        """Read what is left of the request body before answering. A response sent while the body is still
+        arriving (a 404 before any view, a 401 or 429 before the body is parsed) left hypercorn's keep-alive
+        connection waiting forever for the next request: every POST of 500 kB to an unknown route did. False
+        when the body could not be drained (too large, or the client stopped sending): then the connection
+        closes after this response."""
+        try:
+            with trio.move_on_after(DRAIN_TIMEOUT_S):
+                await request.body
+                return True
+        except HTTPException:  # larger than MAX_BODY: quart stops buffering it
+            pass
+        return False
 
     @app.errorhandler(AegisError)
     async def _aegis_error(exc: AegisError) -> Response:

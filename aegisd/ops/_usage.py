@@ -199,7 +199,6 @@ async def analytics_tokens(ctx: OpContext, p: Empty) -> dict[str, Any]:
     summary="Request rate limits and per-key quota usage, with how many more sessions fit (admins see every "
             "key, others their own)")
 async def analytics_rate_limits(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    from ..api import IP_RATE_PER_MIN
     from ..quotas import parse
 
     d = ctx.daemon
@@ -233,7 +232,7 @@ async def analytics_rate_limits(ctx: OpContext, p: Empty) -> dict[str, Any]:
             left_usd = max(0.0, q.maxSpendPerWindow - use["spendInWindowUsd"])
             headroom.append((int(left_usd // (use["spendInWindowUsd"] / n)), "spend_per_window"))
     best = min(headroom) if headroom else None
-    return {"global": {"max": IP_RATE_PER_MIN, "timeWindowMs": 60_000, "scope": "per client IP"},
+    return {"global": {"max": d.config.ipRateLimit or None, "timeWindowMs": 60_000, "scope": "per client IP"},
             "perKey": per_key,
             "forecast": {"estimatedSessionsRemaining": best[0] if best else None,
                          "bottleneck": best[1] if best else None},
