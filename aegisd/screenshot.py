@@ -12,7 +12,6 @@ import base64
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 import structlog
 import trio
 
+from ._proc import end_group
 from .errors import NotImplementedYet, ValidationError
 
 log = structlog.get_logger("aegisd.screenshot")
@@ -113,15 +113,8 @@ async def take(url: str, *, width: int, height: int, allow_loopback: bool, brows
             if scope.cancelled_caught:
                 raise ValidationError(f"the page did not finish loading within {TIMEOUT_S:.0f} s")
         finally:
-            if proc is not None:
-                try:  # the whole group: Chromium leaves helpers behind when it is cut short
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                with trio.CancelScope(shield=True):
-                    await proc.wait()
-                    if lifeline is not None:
-                        await lifeline.unregister(proc.pid)
+            if proc is not None:  # the whole group: Chromium leaves helpers behind when it is cut short
+                await end_group(proc, lifeline)
         if not out.exists():
             raise ValidationError(f"the browser made no screenshot of {url} (exit {proc.returncode if proc else '?'})")
         return out.read_bytes()

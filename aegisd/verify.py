@@ -5,10 +5,8 @@ project's files; each runs in its own process group with a time limit, and its o
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +14,8 @@ from typing import Any
 
 import msgspec
 import trio
+
+from ._proc import end_group
 
 OUTPUT_TAIL = 8_000  # characters of output kept per step
 DEFAULT_STEP_TIMEOUT_MS = 300_000
@@ -120,14 +120,7 @@ async def run_step(step: Step, work_dir: Path, env: dict[str, str], lifeline: An
             if code:
                 out["error"] = f"exited with {code}" if code > 0 else f"killed by signal {-code}"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # what the step started dies with it
-        except ProcessLookupError:
-            pass
-        with trio.CancelScope(shield=True):
-            await proc.wait()
-            if lifeline is not None:
-                await lifeline.unregister(proc.pid)
+        await end_group(proc, lifeline)  # what the step started dies with it
     out["exitCode"] = proc.returncode
     out["durationMs"] = int((time.monotonic() - started) * 1000)
     out["output"] = b"".join(chunks).decode(errors="replace")[-OUTPUT_TAIL:]
