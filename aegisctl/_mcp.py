@@ -101,6 +101,8 @@ def _pipeline(srv: Server, a: dict[str, Any]) -> Any:
             st["dependsOn"] = step["dependsOn"]
         elif i > 0 and a.get("sequential", True):
             st["dependsOn"] = [stages[-1]["name"]]
+        if step.get("verify"):
+            st["verify"] = True
         stages.append(st)
     return srv.call("pipeline.create", name=a["name"], workDir=a["workDir"], stages=stages)
 
@@ -156,7 +158,9 @@ TOOLS: list[Tool] = [
          "(or by their dependsOn).",
          _schema({"name": S, "workDir": S, "sequential": {"type": "boolean"},
                   "steps": {"type": "array", "minItems": 1, "maxItems": 50, "items": _schema(
-                      {"name": S, "prompt": S, "dependsOn": {"type": "array", "items": S}}, ["prompt"])}},
+                      {"name": S, "prompt": S, "dependsOn": {"type": "array", "items": S},
+                       "verify": {"type": "boolean", "description": "run the project's checks after the step; "
+                                  "failures go back to the step's session to fix"}}, ["prompt"])}},
                  ["name", "workDir", "steps"]), _pipeline, read_only=False),
     Tool("state_set", "Write a memory-bridge value.",
          _schema({"key": S, "value": S, "ttlSeconds": {"type": "integer", "minimum": 1}}, ["key", "value"]),

@@ -39,6 +39,11 @@ class StageSpec(msgspec.Struct, forbid_unknown_fields=True):
     agent: str | None = None
     retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
     timeoutMs: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)] = 0
+    # after the turn, run the project's checks (aegisd/verify.py); on failure hand them back to the same
+    # session up to verifyFixes times before the stage fails
+    verify: bool = False
+    verifyFixes: Annotated[int, msgspec.Meta(ge=0, le=5)] = 2
+    verifyCriticalOnly: bool = False
 
 
 class PipelineSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -57,7 +62,10 @@ class StageState(msgspec.Struct):
     agent: str | None = None
     retries: int = 0
     timeoutMs: int = 0
-    status: str = "pending"  # pending | running | completed | failed | skipped
+    verify: bool = False
+    verifyFixes: int = 0
+    verifyCriticalOnly: bool = False
+    status: str = "pending"  # pending | running | verifying | completed | failed | skipped
     sessionId: str | None = None
     sessions: list[str] = []
     attempts: int = 0
@@ -65,6 +73,12 @@ class StageState(msgspec.Struct):
     completedAt: int | None = None
     stopReason: str | None = None
     error: str | None = None
+    awaitTurn: int = 1  # the session's turn whose end finishes this attempt (later after a fix prompt)
+    fixes: int = 0  # fix prompts sent in this attempt
+    verification: dict[str, Any] | None = None  # the last verdict: {ok, summary, steps: [{name, ok}]}
+
+
+ACTIVE = ("running", "verifying")
 
 
 class PipelineRecord(msgspec.Struct):
@@ -120,6 +134,7 @@ class PipelineManager:
         self.dir = directory
         self.records: dict[str, PipelineRecord] = {}
         self.default_timeout_ms = default_timeout_ms
+        self._verdicts: dict[str, dict[str, Any]] = {}  # session id -> verification result not yet handled
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the pipeline tasks; loads and resumes stored pipelines. Cancel with :meth:`stop`."""
@@ -155,7 +170,7 @@ class PipelineManager:
             self.records[p.id] = p
             if p.status == "running":
                 for s in p.stages:
-                    if s.status == "running":  # its turn was lost with the old daemon: run it again
+                    if s.status in ACTIVE:  # its turn was lost with the old daemon: run it again
                         s.status, s.sessionId = "pending", None
                 self._start(p)
         log.info("pipelines.loaded", total=len(self.records))
@@ -172,7 +187,8 @@ class PipelineManager:
             stages.append(StageState(name=s.name, prompt=s.prompt, workDir=wd, dependsOn=list(s.dependsOn),
                                      permissionMode=mode, agent=s.agent,
                                      retries=s.retries if s.retries else (spec.maxRetries or 0),
-                                     timeoutMs=s.timeoutMs or self.default_timeout_ms))
+                                     timeoutMs=s.timeoutMs or self.default_timeout_ms, verify=s.verify,
+                                     verifyFixes=s.verifyFixes, verifyCriticalOnly=s.verifyCriticalOnly))
         ts = now_ms()
         p = PipelineRecord(id=str(uuid.uuid4()), name=spec.name, workDir=base, status="running", stages=stages,
                            createdAt=ts, updatedAt=ts, ownerKeyId=owner)
@@ -195,6 +211,7 @@ class PipelineManager:
     async def _start_stage(self, p: PipelineRecord, s: StageState) -> None:
         s.attempts += 1
         s.status, s.startedAt, s.stopReason, s.error = "running", now_ms(), None, None
+        s.awaitTurn, s.fixes, s.verification = 1, 0, None
         try:
             rec, _, _ = await self.daemon.manager.create(
                 workDir=s.workDir, name=f"pipeline-{p.name}-{s.name}", prompt=s.prompt,
@@ -221,7 +238,7 @@ class PipelineManager:
                 for s in ready_stages(p):
                     await self._start_stage(p, s)
                 self._settle(p)
-                running = [s for s in p.stages if s.status == "running"]
+                running = [s for s in p.stages if s.status in ACTIVE]
                 p.currentStage = running[0].name if running else None
                 self._save(p)
                 if p.status != "running":
@@ -245,26 +262,34 @@ class PipelineManager:
 
     async def _next_outcome(self, p: PipelineRecord, sub: Any) -> None:
         """Wait until a running stage's session finishes a turn or ends, and record it."""
-        by_session = {s.sessionId: s for s in p.stages if s.status == "running" and s.sessionId}
+        by_session = {s.sessionId: s for s in p.stages if s.status in ACTIVE and s.sessionId}
         # outcomes that happened before we listened (e.g. a very fast turn)
         for sid, s in by_session.items():
             rec = self.daemon.manager.records.get(sid)
             runner = self.daemon.manager.runners.get(sid)
             if rec is None:
                 continue
+            if s.status == "verifying":
+                if sid in self._verdicts:
+                    await self._verdict(p, s, self._verdicts.pop(sid))
+                    return
+                continue
             if rec.status in (State.COMPLETED, State.KILLED, State.CRASHED):
                 await self._finish_stage(p, s, None, ended=rec.status.value)
                 return
-            if rec.status == State.IDLE and rec.turns >= 1 and runner is not None and not runner.busy:
+            if rec.status == State.IDLE and rec.turns >= s.awaitTurn and runner is not None and not runner.busy:
                 await self._finish_stage(p, s, rec.stopReason)
                 return
         async for ev in sub:
             stage = by_session.get(ev.sessionId)
             if stage is None:
                 continue
-            if ev.event == "turn":
+            if ev.event == "verification" and stage.status == "verifying" and ev.data.get("status") != "running":
+                await self._verdict(p, stage, self._verdicts.pop(ev.sessionId, ev.data))
+                return
+            if ev.event == "turn" and stage.status == "running":
                 runner = self.daemon.manager.runners.get(ev.sessionId)
-                if runner is not None and runner.busy:
+                if (runner is not None and runner.busy) or int(ev.data.get("turn") or 0) < stage.awaitTurn:
                     continue
                 await self._finish_stage(p, stage, ev.data.get("stopReason"))
                 return
@@ -275,13 +300,56 @@ class PipelineManager:
     async def _finish_stage(self, p: PipelineRecord, s: StageState, stop: str | None, *,
                             ended: str | None = None) -> None:
         s.stopReason = stop
-        if ended is None and stop == "end_turn":
+        if ended is None and stop == "end_turn" and s.verify and s.sessionId:
+            s.status = "verifying"
+            assert self._nursery is not None
+            self._nursery.start_soon(self._verify, s.sessionId, s.verifyCriticalOnly)
+        elif ended is None and stop == "end_turn":
             s.status, s.completedAt = "completed", now_ms()
             await self._close(s.sessionId, State.COMPLETED)
         else:
             why = f"session {ended}" if ended else f"turn ended with {stop}"
             self._stage_failed(p, s, why)
             await self._close(s.sessionId, State.KILLED)
+
+    async def _verify(self, sid: str, critical_only: bool) -> None:
+        """Run the checks for a stage's session; the verdict is kept here and announced by the `verification`
+        event that wakes the pipeline."""
+        from .errors import AegisError
+        from .verify import run_verification
+
+        rec = self.daemon.manager.records.get(sid)
+        try:
+            if rec is None:
+                raise NotFound(f"session {sid} is gone")
+            self._verdicts[sid] = await run_verification(self.daemon, rec, critical_only=critical_only)
+        except AegisError as exc:
+            verdict = {"ok": False, "summary": f"could not verify: {exc.message}", "steps": [], "status": "failed"}
+            self._verdicts[sid] = verdict
+            self.daemon.bus.publish(sid, "verification", verdict)
+
+    async def _verdict(self, p: PipelineRecord, s: StageState, result: dict[str, Any]) -> None:
+        from .verify import fix_prompt
+
+        s.verification = {"ok": bool(result.get("ok")), "summary": result.get("summary"),
+                          "steps": [{"name": x.get("name"), "ok": x.get("ok")} for x in result.get("steps") or []]}
+        sid = s.sessionId
+        if result.get("ok"):
+            s.status, s.completedAt = "completed", now_ms()
+            await self._close(sid, State.COMPLETED)
+            return
+        rec = self.daemon.manager.records.get(sid or "")
+        if s.fixes < s.verifyFixes and rec is not None and sid and result.get("steps"):
+            s.fixes += 1
+            s.status, s.awaitTurn = "running", rec.turns + 1
+            try:
+                await self.daemon.manager.command(sid, "send", text=fix_prompt(result))
+                return
+            except Exception as exc:  # noqa: BLE001 - the session may have died meanwhile
+                self._stage_failed(p, s, f"could not hand the failed checks back: {getattr(exc, 'message', exc)}")
+        else:
+            self._stage_failed(p, s, f"verification failed after {s.fixes} fix(es): {result.get('summary')}")
+        await self._close(sid, State.KILLED)
 
     async def _close(self, sid: str | None, status: State) -> None:
         if sid and sid in self.daemon.manager.runners:
@@ -293,7 +361,7 @@ class PipelineManager:
     def _check_timeouts(self, p: PipelineRecord) -> None:
         now = now_ms()
         for s in p.stages:
-            if s.status == "running" and s.timeoutMs and s.startedAt and now - s.startedAt >= s.timeoutMs:
+            if s.status in ACTIVE and s.timeoutMs and s.startedAt and now - s.startedAt >= s.timeoutMs:
                 sid = s.sessionId
                 self._stage_failed(p, s, f"timed out after {s.timeoutMs} ms")
                 assert self._nursery is not None
@@ -304,7 +372,7 @@ class PipelineManager:
             for s in p.stages:
                 if s.status == "pending":
                     s.status = "skipped"
-            if not any(s.status == "running" for s in p.stages):
+            if not any(s.status in ACTIVE for s in p.stages):
                 failed = next(s for s in p.stages if s.status == "failed")
                 p.status, p.error, p.completedAt = "failed", f"stage {failed.name}: {failed.error}", now_ms()
         elif all(s.status == "completed" for s in p.stages):

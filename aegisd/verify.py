@@ -10,12 +10,17 @@ import shlex
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
 
 from ._proc import end_group
+from .errors import Conflict, ValidationError
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+    from .models import SessionRecord
 
 OUTPUT_TAIL = 8_000  # characters of output kept per step
 DEFAULT_STEP_TIMEOUT_MS = 300_000
@@ -134,3 +139,54 @@ def summarize(steps: list[dict[str, Any]]) -> str:
     if not failed:
         return f"all {len(steps)} step(s) passed: " + ", ".join(s["name"] for s in steps)
     return f"{len(failed)} of {len(steps)} step(s) failed: " + ", ".join(failed)
+
+
+async def run_verification(daemon: Daemon, rec: SessionRecord, *, critical_only: bool | None = None) -> dict[str, Any]:
+    """Run the checks for a session's workDir, publishing `verification` events on the session (running, then
+    passed or failed). A failed typecheck or build stops the run. One at a time per session (Conflict)."""
+    cfg = daemon.config.verification
+    work_dir = Path(rec.workDir)
+    if not work_dir.is_dir():
+        raise ValidationError(f"the session's workDir {rec.workDir} no longer exists")
+    steps = parse_steps(cfg.steps) or detect(work_dir)
+    critical = cfg.criticalOnly if critical_only is None else critical_only
+    if critical:
+        steps = [s for s in steps if s.is_critical()]
+    if rec.id in daemon.verifying:
+        raise Conflict(f"a verification of session {rec.id} is already running")
+    from .acp import agent_environment
+
+    daemon.verifying.add(rec.id)
+    daemon.bus.publish(rec.id, "verification", {"status": "running", "steps": [s.name for s in steps]})
+    started = time.monotonic()
+    results: list[dict[str, Any]] = []
+    try:
+        env = agent_environment(daemon.environ, markers={})
+        for step in steps:
+            res = await run_step(step, work_dir, env, daemon.lifeline)
+            results.append(res)
+            if not res["ok"] and step.is_critical():
+                break  # a failed build: its tests would only fail too
+    finally:
+        daemon.verifying.discard(rec.id)
+    skipped = [s.name for s in steps[len(results):]]
+    ok = bool(results) and all(r["ok"] for r in results)
+    summary = summarize(results) + (f"; skipped after it: {', '.join(skipped)}" if skipped else "")
+    out: dict[str, Any] = {"ok": ok, "steps": results, "skipped": skipped,
+                           "totalDurationMs": int((time.monotonic() - started) * 1000), "summary": summary,
+                           "criticalOnly": critical}
+    daemon.bus.publish(rec.id, "verification", {
+        "status": "passed" if ok else "failed", "ok": ok, "summary": summary, "totalDurationMs": out["totalDurationMs"],
+        "steps": [{k: r.get(k) for k in ("name", "ok", "exitCode", "durationMs")} for r in results]})
+    return out
+
+
+def fix_prompt(result: dict[str, Any], *, tail: int = 3000) -> str:
+    """The prompt that hands failed checks back to the agent."""
+    parts = [f"The project's checks failed after your changes ({result['summary']})."]
+    for step in result["steps"]:
+        if not step["ok"]:
+            output = (step.get("output") or "").strip()[-tail:]
+            parts.append(f"$ {step['command']}\n({step.get('error') or 'failed'})\n{output}")
+    parts.append("Fix the code so that these checks pass, then stop.")
+    return "\n\n".join(parts)

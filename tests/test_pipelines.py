@@ -105,3 +105,46 @@ async def test_resumed_after_restart(daemon_factory: Any, workdir: Path) -> None
     assert p["status"] == "completed"
     second = p["stages"][1]
     assert second["attempts"] == 2 and len(second["sessions"]) == 2
+
+
+FLAKY_MAKEFILE = ("build:\n\t@echo built\n"
+                  "test:\n\t@n=$$(cat .runs 2>/dev/null || echo 0); n=$$((n+1)); echo $$n > .runs; "
+                  "if [ $$n -lt {passes_at} ]; then echo \"FAIL run $$n\"; exit 1; fi; echo \"ok run $$n\"\n")
+
+
+async def test_verified_stage_gets_its_failures_back(daemon: DaemonHandle, workdir: Path) -> None:
+    """A stage with verify: its turn ends, the project's checks run, the failure goes back to the same session
+    as a prompt, and the stage completes once they pass."""
+    (workdir / "Makefile").write_text(FLAKY_MAKEFILE.replace("{passes_at}", "2"))
+    r = await daemon.http.post("/v1/pipelines", json={"name": "gate", "workDir": str(workdir), "stages": [
+        {"name": "impl", "prompt": "say:implemented", "verify": True},
+        {"name": "ship", "prompt": "say:shipped", "dependsOn": ["impl"]}]})
+    assert r.status_code == 201, r.text
+    p = await wait_pipeline(daemon, r.json()["id"])
+    assert p["status"] == "completed", p
+    impl = next(s for s in p["stages"] if s["name"] == "impl")
+    assert impl["fixes"] == 1 and impl["verification"]["ok"] is True and len(impl["sessions"]) == 1
+    assert impl["verification"]["steps"] == [{"name": "build", "ok": True}, {"name": "test", "ok": True}]
+    msgs = (await daemon.http.get(f"/v1/sessions/{impl['sessionId']}/transcript?limit=200")).json()["messages"]
+    fix = [m["text"] for m in msgs if m["role"] == "user"][1]
+    assert fix.startswith("The project's checks failed") and "$ make test" in fix and "FAIL run 1" in fix
+    verdicts = [e for e in daemon.daemon.bus._rings[impl["sessionId"]] if e.event == "verification"]
+    assert [e.data["status"] for e in verdicts] == ["running", "failed", "running", "passed"]
+
+
+async def test_verified_stage_fails_when_fixes_run_out(daemon: DaemonHandle, workdir: Path) -> None:
+    (workdir / "Makefile").write_text(FLAKY_MAKEFILE.replace("{passes_at}", "99"))
+    r = await daemon.http.post("/v1/pipelines", json={"name": "gate", "workDir": str(workdir), "stages": [
+        {"name": "impl", "prompt": "say:implemented", "verify": True, "verifyFixes": 1},
+        {"name": "ship", "prompt": "say:shipped", "dependsOn": ["impl"]}]})
+    p = await wait_pipeline(daemon, r.json()["id"])
+    assert p["status"] == "failed"
+    impl, ship = p["stages"]
+    assert impl["status"] == "failed" and impl["fixes"] == 1 and ship["status"] == "skipped"
+    assert impl["error"] == "verification failed after 1 fix(es): 1 of 2 step(s) failed: test"
+    assert (workdir / ".runs").read_text().strip() == "2"  # checked twice: after the turn, after the fix
+    # criticalOnly skips the tests: the same project passes
+    r = await daemon.http.post("/v1/pipelines", json={"name": "build-only", "workDir": str(workdir), "stages": [
+        {"name": "impl", "prompt": "say:implemented", "verify": True, "verifyCriticalOnly": True}]})
+    p = await wait_pipeline(daemon, r.json()["id"])
+    assert p["status"] == "completed" and p["stages"][0]["verification"]["steps"] == [{"name": "build", "ok": True}]

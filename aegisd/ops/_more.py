@@ -229,49 +229,15 @@ class VerifyParams(msgspec.Struct, forbid_unknown_fields=True):
     summary="Run the project's checks (type check, build, tests: configured or found from its files) in the "
             "session's workDir; 422 VERIFICATION_FAILED with the same result when one fails")
 async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
-    from pathlib import Path
-
-    from ..acp import agent_environment
     from ..errors import VerificationFailed
-    from ..verify import detect, parse_steps, run_step, summarize
+    from ..verify import run_verification
 
-    d = ctx.daemon
-    rec = d.session(ctx, p.id)
-    cfg = d.config.verification
-    work_dir = Path(rec.workDir)
-    if not work_dir.is_dir():
-        raise ValidationError(f"the session's workDir {rec.workDir} no longer exists")
-    steps = parse_steps(cfg.steps) or detect(work_dir)
-    critical_only = cfg.criticalOnly if p.criticalOnly is None else p.criticalOnly
-    if critical_only:
-        steps = [s for s in steps if s.is_critical()]
-    if rec.id in d.verifying:
-        raise Conflict(f"a verification of session {rec.id} is already running")
-    d.verifying.add(rec.id)
-    d.bus.publish(rec.id, "verification", {"status": "running", "steps": [s.name for s in steps]})
-    started = time.monotonic()
-    results: list[dict[str, Any]] = []
-    try:
-        env = agent_environment(d.environ, markers={})
-        for step in steps:
-            res = await run_step(step, work_dir, env, d.lifeline)
-            results.append(res)
-            if not res["ok"] and step.is_critical():
-                break  # a failed build: its tests would only fail too
-    finally:
-        d.verifying.discard(rec.id)
-    skipped = [s.name for s in steps[len(results):]]
-    ok = bool(results) and all(r["ok"] for r in results)
-    summary = summarize(results) + (f"; skipped after it: {', '.join(skipped)}" if skipped else "")
-    out: dict[str, Any] = {"ok": ok, "steps": results, "skipped": skipped,
-                           "totalDurationMs": int((time.monotonic() - started) * 1000), "summary": summary,
-                           "criticalOnly": critical_only}
-    d.bus.publish(rec.id, "verification", {
-        "status": "passed" if ok else "failed", "ok": ok, "summary": summary, "totalDurationMs": out["totalDurationMs"],
-        "steps": [{k: r.get(k) for k in ("name", "ok", "exitCode", "durationMs")} for r in results]})
-    d.audit_record(ctx, "session.verify", session_id=rec.id, detail={"ok": ok, "summary": summary})
-    if not ok:
-        raise VerificationFailed(summary, details=out)
+    rec = ctx.daemon.session(ctx, p.id)
+    out = await run_verification(ctx.daemon, rec, critical_only=p.criticalOnly)
+    ctx.daemon.audit_record(ctx, "session.verify", session_id=rec.id, detail={"ok": out["ok"],
+                                                                             "summary": out["summary"]})
+    if not out["ok"]:
+        raise VerificationFailed(out["summary"], details=out)
     return out
 
 
