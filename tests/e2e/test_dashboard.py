@@ -48,6 +48,7 @@ async def test_dashboard_drives_sessions(daemon: DaemonHandle, workdir: Path) ->
     base = daemon.daemon.http_url
     waiting = await daemon.create(workdir, name="needs-approval", prompt="tool:execute:Run:make all", reuse=False)
     await daemon.wait_status(waiting["id"], "permission_prompt")
+    (workdir / "Makefile").write_text("build:\n\t@echo built\ntest:\n\t@echo 'E  assert 6 == 7'; exit 1\n")
 
     def scenario(page: Any) -> None:
         from playwright.sync_api import expect
@@ -77,6 +78,12 @@ async def test_dashboard_drives_sessions(daemon: DaemonHandle, workdir: Path) ->
         page.fill("#send-text", "say:hello from the browser")
         page.click("#send-form button[type=submit]")
         expect(page.locator("#transcript")).to_contain_text("hello from the browser")
+        # run the project's checks from the page: the failing step and its output are shown
+        page.click("#verify")
+        expect(page.locator("#s-verify-summary")).to_have_text("Checks failed: 1 of 2 step(s) failed: test")
+        expect(page.locator("#s-verify-steps li.bad")).to_contain_text("test — exited with 2 (make test")
+        expect(page.locator("#s-verify-output")).to_contain_text("E  assert 6 == 7")
+        expect(page.locator("#verify")).to_have_text("Verify")
         # a new session from the keyboard shortcut and the form
         page.keyboard.press("Control+n")
         page.fill("#new-workdir", str(workdir))

@@ -176,6 +176,7 @@ function renderSessions() {
 }
 
 async function loadSession(id) {
+  if (state.current !== id) $("s-verify").hidden = true;  // a verdict belongs to the session it was run for
   state.current = id;
   const [s, tr] = await Promise.all([api("GET", "/v1/sessions/" + encodeURIComponent(id)),
                                      api("GET", "/v1/sessions/" + encodeURIComponent(id) + "/transcript/cursor?limit=200")]);
@@ -213,7 +214,9 @@ async function loadPipelines() {
   for (const p of data) {
     const tr = el("tr");
     const st = el("td"); st.append(badge(p.status));
-    tr.append(el("td", p.name), st, el("td", (p.stages || []).map((x) => x.name + ": " + x.status).join(", ")));
+    const stages = (p.stages || []).map((x) => x.name + ": " + x.status +
+      (x.verification ? " (checks " + (x.verification.ok ? "passed" : "failed") + (x.fixes ? ", " + x.fixes + " fix" + (x.fixes > 1 ? "es" : "") : "") + ")" : ""));
+    tr.append(el("td", p.name), st, el("td", stages.join(", ")));
     rows.append(tr);
   }
 }
@@ -241,6 +244,33 @@ async function act(verb, body) {
     await loadSession(id);
   } catch (e) { if (e.message !== "unauthorized") toast(verb + ": " + e.message); }
 }
+function showVerdict(v) {
+  const box = $("s-verify");
+  box.hidden = false;
+  box.className = "verify " + (v.ok ? "ok" : "bad");
+  $("s-verify-summary").textContent = (v.ok ? "Checks passed: " : "Checks failed: ") + v.summary;
+  const steps = $("s-verify-steps");
+  steps.replaceChildren();
+  for (const s of v.steps || []) {
+    steps.append(el("li", s.name + " — " + (s.ok ? "ok" : (s.error || "failed")) + " (" + s.command + ", " +
+                          (s.durationMs / 1000).toFixed(1) + " s)", s.ok ? "ok" : "bad"));
+  }
+  const failed = (v.steps || []).find((s) => !s.ok);
+  $("s-verify-output").textContent = failed && failed.output ? failed.output.split("\n").slice(-40).join("\n") : "";
+}
+$("verify").addEventListener("click", async () => {
+  const id = state.current;
+  const button = $("verify");
+  button.disabled = true; button.textContent = "Verifying…";
+  try {
+    const res = await fetch("/v1/sessions/" + encodeURIComponent(id) + "/verify", {
+      method: "POST", headers: state.token ? { Authorization: "Bearer " + state.token } : {} });
+    const body = await res.json();
+    if (res.ok || body.code === "VERIFICATION_FAILED") { if (state.current === id) showVerdict(body); }
+    else toast("verify: " + (body.error || res.status));
+  } catch (e) { toast("verify: " + e.message); }
+  finally { button.disabled = false; button.textContent = "Verify"; }
+});
 $("approve").addEventListener("click", () => act("approve"));
 $("reject").addEventListener("click", () => act("reject"));
 $("interrupt").addEventListener("click", () => act("interrupt"));
