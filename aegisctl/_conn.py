@@ -34,6 +34,10 @@ def connect(*, socket_path: str | None = None, url: str | None = None, port: int
     token = os.environ.get("AEGIS_AUTH_TOKEN") or None
     url = url or os.environ.get("AEGIS_URL") or None
     if url:
+        if token is None:
+            from ._login import stored_token
+
+            token = stored_token(url)  # from `ag login`
         return Client(url=url, token=token)
     client = Client(socket_path=socket_path or default_socket_path())
     if not probe:

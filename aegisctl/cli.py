@@ -49,7 +49,8 @@ def explain(exc: ClientError) -> NoReturn:
         fail(f"{exc.message}\n  start it with `ag serve` (foreground) or `ag run \"<prompt>\"` (starts it in the "
              "background); set AEGIS_SOCKET or --url if it runs elsewhere")
     if exc.status == 401:
-        fail(f"{exc.message}\n  set AEGIS_AUTH_TOKEN to the daemon's token (or an API key)")
+        fail(f"{exc.message}\n  set AEGIS_AUTH_TOKEN to the daemon's token (or an API key), or sign in with "
+             "`ag login` where single sign-on is set up")
     if exc.status == 403:
         fail(f"{exc.message}\n  your token's role does not allow this")
     fail(f"{exc.message} ({exc.code})")
@@ -373,6 +374,78 @@ def screenshot(c: Ctx, session_id: str, url: str, output: str, width: int, heigh
     res = c.call("session.screenshot", id=session_id, url=url, width=width, height=height)
     Path(output).write_bytes(base64.b64decode(res["screenshot"]))
     click.echo(f"Wrote {output} ({res['width']}x{res['height']}).")
+
+
+def _server_url(c: Ctx) -> str:
+    from ._conn import port_of
+
+    return (c.url or f"http://127.0.0.1:{port_of()}").rstrip("/")
+
+
+@cli.command()
+@click.option("--no-open", is_flag=True, help="Print the address instead of opening a browser.")
+@json_option
+@pass_ctx
+def login(c: Ctx, no_open: bool) -> None:
+    """Sign in with the organisation's identity provider (OAuth device flow; needs OIDC on the server)."""
+    import httpx
+
+    from ._login import LoginError, auth_file, device_login
+
+    url = _server_url(c)
+
+    def show(text: str) -> None:
+        click.echo(text, err=c.json)
+        if not no_open and os.environ.get("DISPLAY"):
+            import webbrowser
+
+            webbrowser.open(text.split()[1])
+    try:
+        with httpx.Client(timeout=30) as http:
+            entry = device_login(http, url, show=show)
+    except LoginError as exc:
+        fail(str(exc))
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach {url}: {exc}")
+    if c.json:
+        out.echo_json({"server": url, "expiresAt": entry["expires_at"], "file": str(auth_file())})
+    else:
+        click.echo(f"Signed in to {url}; the token is kept in {auth_file()} until it expires.")
+
+
+@cli.command()
+@pass_ctx
+def logout(c: Ctx) -> None:
+    """Forget the token `ag login` saved for this server."""
+    from ._login import forget
+
+    url = _server_url(c)
+    click.echo(f"Signed out of {url}." if forget(url) else f"Not signed in to {url}.")
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def whoami(c: Ctx) -> None:
+    """Who the server takes you for (the token from AEGIS_AUTH_TOKEN or `ag login`)."""
+    from ._login import stored_token
+
+    url = _server_url(c)
+    token = os.environ.get("AEGIS_AUTH_TOKEN") or stored_token(url)
+    if not token:
+        fail(f"no token for {url}: set AEGIS_AUTH_TOKEN or run `ag login`")
+    import httpx
+
+    try:
+        res = httpx.post(url + "/v1/auth/verify", json={"token": token}, timeout=30).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        fail(f"cannot ask {url}: {exc}")
+    if c.json:
+        out.echo_json(res)
+    elif res.get("valid"):
+        click.echo(f"{res['name']} ({res['role']}) on {url}")
+    else:
+        fail(f"the token for {url} is not valid (expired? run `ag login`)")
 
 
 @cli.group("alerts")

@@ -53,6 +53,22 @@ class VerificationConfig(msgspec.Struct, forbid_unknown_fields=True):
     autoVerifyOnStop: bool = False  # the original's (never implemented there): accepted, not acted on
 
 
+class OidcConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """See aegisd/oidc.py. On when issuer and clientId are set."""
+
+    issuer: str = ""
+    clientId: str = ""
+    clientSecret: str = ""  # confidential clients; public ones rely on PKCE
+    audience: str = ""  # the `aud` bearer tokens must carry (default: clientId)
+    roleClaim: str = "aegis_role"
+    defaultRole: str = "viewer"
+    scopes: str = "openid profile email"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer and self.clientId)
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 9100
@@ -83,6 +99,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     webhooks: list[Any] = []
     alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
     verification: VerificationConfig = msgspec.field(default_factory=VerificationConfig)
+    oidc: OidcConfig = msgspec.field(default_factory=OidcConfig)
     ipRateLimit: int = 1200  # requests per minute per client IP on HTTP; 0: none
     sseMaxConnections: int = 100
     sseMaxPerIp: int = 10
@@ -152,6 +169,12 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_MAX_SESSIONS": ("maxSessions", int),
     "AEGIS_SSE_MAX_CONNECTIONS": ("sseMaxConnections", int),
     "AEGIS_IP_RATE_LIMIT": ("ipRateLimit", int),
+    "AEGIS_OIDC_ISSUER": ("oidc.issuer", str),
+    "AEGIS_OIDC_CLIENT_ID": ("oidc.clientId", str),
+    "AEGIS_OIDC_CLIENT_SECRET": ("oidc.clientSecret", str),
+    "AEGIS_OIDC_AUDIENCE": ("oidc.audience", str),
+    "AEGIS_OIDC_ROLE_CLAIM": ("oidc.roleClaim", str),
+    "AEGIS_OIDC_DEFAULT_ROLE": ("oidc.defaultRole", str),
     "AEGIS_SSE_MAX_PER_IP": ("sseMaxPerIp", int),
     "AEGIS_WEBHOOKS": ("webhooks", lambda v: [u.strip() for u in v.split(",") if u.strip()]),
     "AEGIS_KILL_GRACE_MS": ("killGraceMs", int),
@@ -272,6 +295,12 @@ def _validate(cfg: Config) -> None:
         parse_steps(cfg.verification.steps)
     except (ValueError, msgspec.ValidationError) as exc:
         raise ValidationError(f"verification: {exc}") from None
+    if cfg.oidc.defaultRole not in ("admin", "operator", "viewer"):
+        raise ValidationError("oidc.defaultRole must be admin, operator or viewer")
+    if bool(cfg.oidc.issuer) != bool(cfg.oidc.clientId):
+        raise ValidationError("oidc needs both issuer and clientId (AEGIS_OIDC_ISSUER, AEGIS_OIDC_CLIENT_ID)")
+    if cfg.oidc.issuer and not cfg.oidc.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+        raise ValidationError("oidc.issuer must be an https:// URL (http only for a local test IdP)")
     if cfg.ipRateLimit < 0:
         raise ValidationError("ipRateLimit must be 0 (none) or a number of requests per minute")
     if cfg.acpPromptTimeoutMs < 1:
@@ -287,6 +316,8 @@ def describe(cfg: Config, *, mask: bool = True) -> list[tuple[str, Any, str]]:
         val = getattr(cfg, key)
         if mask and key in _SECRET_KEYS and val:
             val = _mask(str(val))
+        if mask and key == "oidc" and val.clientSecret:
+            val = msgspec.structs.replace(val, clientSecret=_mask(val.clientSecret))
         source = cfg.sources.get(key) or ", ".join(sorted({v for k, v in cfg.sources.items()
                                                             if k.startswith(key + ".")})) or "default"
         rows.append((key, msgspec.to_builtins(val), source))

@@ -31,6 +31,7 @@ from .sessions import SessionManager
 from .store import Store, open_store
 
 if TYPE_CHECKING:
+    from .oidc import Oidc
     from .ops import Op, OpContext, Principal
     from .quotas import Quotas
 
@@ -116,6 +117,15 @@ class Daemon:
         from .alerts import Alerts
 
         self.alerts = Alerts(config.alerting)
+        self.oidc: Oidc | None = None
+        if config.oidc.enabled:
+            try:
+                import jwt  # noqa: F401
+            except ImportError:
+                raise ValidationError("single sign-on (oidc) needs PyJWT: pip install 'aegis-py[oidc]'") from None
+            from .oidc import Oidc
+
+            self.oidc = Oidc(config.oidc, lambda: self.http_url)
         from .auth._sse_tokens import SseTokens
 
         self.sse_tokens = SseTokens()
@@ -144,7 +154,7 @@ class Daemon:
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.auth_token) or self.keys.has_keys()
+        return bool(self.auth_token) or self.keys.has_keys() or self.oidc is not None
 
     def authenticate(self, token: str, *, ip: str = "local") -> Principal | None:
         from .auth import effective_permissions
@@ -153,6 +163,11 @@ class Daemon:
         master = self.auth_token
         if master and hmac.compare_digest(token.encode(), master.encode()):
             return Principal(kind="master", role="admin", name="master")
+        if self.oidc is not None and token.startswith("ey"):
+            from .oidc import looks_like_jwt
+
+            if looks_like_jwt(token):
+                return self.oidc.authenticate(token)
         key = self.keys.authenticate(token) if token.startswith("aegis_") else None
         if key is None:
             return None
@@ -208,7 +223,8 @@ class Daemon:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def check_bind_safety(self) -> None:
-        if not is_loopback(self.config.host) and not self.config.authToken and not self.keys.has_keys():
+        if not is_loopback(self.config.host) and not self.config.authToken and not self.keys.has_keys() \
+                and self.oidc is None:
             raise ValidationError(
                 f"refusing to listen on non-loopback address {self.config.host} without authentication: "
                 "set AEGIS_AUTH_TOKEN (or authToken in the config), or bind 127.0.0.1")
@@ -244,6 +260,8 @@ class Daemon:
                     await self.manager.recover()
                     await root.start(self.webhooks.run)
                     await root.start(self.alerts.run, self.bus)
+                    if self.oidc is not None:
+                        await root.start(self.oidc.run)
                     from .pipelines import PipelineManager, default_stage_timeout
 
                     self.pipelines = PipelineManager(self, cfg.state_path / "pipelines",

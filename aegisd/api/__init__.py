@@ -16,8 +16,9 @@ from quart import Response, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from .. import oidc as oidc_mod
 from .. import ops
-from ..errors import AegisError, RateLimited, Unauthorized, ValidationError
+from ..errors import AegisError, Forbidden, NotFound, RateLimited, Unauthorized, ValidationError
 from . import _sse, _terminal
 
 if TYPE_CHECKING:
@@ -209,6 +210,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
         header = _conn().headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
         query_token = _conn().args.get("token", "") if sse else ""
+        if not token and not query_token and daemon.oidc is not None and _conn().cookies.get(oidc_mod.COOKIE):
+            return _cookie_principal(ip)
         if not token and not query_token:
             if public:
                 return ops.Principal(kind="anonymous", role="viewer", name="anonymous")
@@ -240,6 +243,19 @@ def create_app(daemon: Daemon) -> QuartTrio:
             raise RateLimited(f"rate limit of {limit} requests per minute exceeded",
                               details={"retryAfter": int(wait) + 1})
         return principal
+
+    def _cookie_principal(ip: str) -> ops.Principal:
+        """The dashboard's single sign-on session. Its cookie is SameSite=Strict; requests that change something
+        must also come from this origin (no cross-site form can ride on it)."""
+        assert daemon.oidc is not None
+        session = daemon.oidc.session(_conn().cookies.get(oidc_mod.COOKIE, ""))
+        if session is None:
+            raise _fail(ip, "your sign-in expired; sign in again")
+        origin = _conn().headers.get("Origin")
+        if getattr(_conn(), "method", "GET") not in ("GET", "HEAD", "OPTIONS") and origin is not None \
+                and origin.rstrip("/") != _conn().host_url.rstrip("/"):
+            raise Forbidden(f"cross-origin request from {origin} refused")
+        return session.principal
 
     def _ip_limit() -> None:
         per_min = daemon.config.ipRateLimit
@@ -455,6 +471,110 @@ def create_app(daemon: Daemon) -> QuartTrio:
         if "integrity" in result:
             resp.headers["X-Aegis-Audit-Integrity"] = "ok" if result["integrity"]["ok"] else "broken"
         return resp
+
+    # ---- single sign-on (OIDC): see aegisd/oidc.py --------------------------------------------------------
+    def _oidc() -> oidc_mod.Oidc:
+        if daemon.oidc is None:  # like the memory bridge when off: the feature is not there (404)
+            raise NotFound("single sign-on is not configured (AEGIS_OIDC_ISSUER, AEGIS_OIDC_CLIENT_ID)")
+        return daemon.oidc
+
+    def _secure() -> bool:
+        return request.scheme == "https"
+
+    @app.get("/v1/auth/oidc")
+    async def oidc_info() -> Response:
+        _ip_limit()
+        o = daemon.oidc
+        body: dict[str, Any] = {"enabled": o is not None}
+        if o is not None:
+            body.update(issuer=o.cfg.issuer, clientId=o.cfg.clientId, scopes=o.cfg.scopes,
+                        ready=o.discovery is not None, error=o.error)
+        return _json(body, 200, _request_id())
+
+    @app.get("/auth/login")
+    async def oidc_login() -> Response:
+        _ip_limit()
+        url, browser = _oidc().login_url()
+        resp = Response("", status=302, headers={"Location": url})
+        # Lax, not Strict: the IdP sends the browser back with a cross-site top-level redirect
+        resp.set_cookie(oidc_mod.STATE_COOKIE, browser, max_age=int(oidc_mod.LOGIN_TTL_S), httponly=True,
+                        samesite="Lax", secure=_secure(), path="/auth/")
+        return resp
+
+    @app.get("/auth/callback")
+    async def oidc_callback() -> Response:
+        _ip_limit()
+        o = _oidc()
+        if request.args.get("error"):
+            raise Unauthorized(f"sign-in refused by the identity provider: "
+                               f"{request.args.get('error_description') or request.args['error']}")
+        code, state = request.args.get("code", ""), request.args.get("state", "")
+        if not code or not state:
+            raise ValidationError("the callback needs code and state")
+        sid, session = await o.callback(code=code, state=state,
+                                        browser=request.cookies.get(oidc_mod.STATE_COOKIE, ""))
+        daemon.audit_record(ops.OpContext(daemon=daemon, principal=session.principal), "auth.sso_login",
+                            detail={"sub": session.identity.get("sub"), "role": session.principal.role})
+        resp = Response("", status=302, headers={"Location": "/dashboard/"})
+        resp.set_cookie(oidc_mod.COOKIE, sid, max_age=int(oidc_mod.SESSION_TTL_S), httponly=True, samesite="Strict",
+                        secure=_secure(), path="/")
+        resp.delete_cookie(oidc_mod.STATE_COOKIE, path="/auth/")
+        return resp
+
+    @app.get("/auth/session")
+    async def oidc_session() -> Response:
+        _ip_limit()
+        o = daemon.oidc
+        s = o.session(request.cookies.get(oidc_mod.COOKIE, "")) if o is not None else None
+        body: dict[str, Any] = {"authenticated": s is not None, "oidc": o is not None}
+        if s is not None:
+            body.update(identity=s.identity, role=s.principal.role, expiresAt=s.expires_at_ms)
+        return _json(body, 200, _request_id())
+
+    @app.post("/auth/logout")
+    async def oidc_logout() -> Response:
+        _ip_limit()
+        o = daemon.oidc
+        if o is not None:
+            o.sessions.pop(request.cookies.get(oidc_mod.COOKIE, ""), None)
+        resp = Response("", status=204)
+        resp.delete_cookie(oidc_mod.COOKIE, path="/")
+        return resp
+
+    class DeviceAuthorize(msgspec.Struct, forbid_unknown_fields=True):
+        client_id: str
+        scope: str | None = None
+
+    class DeviceToken(msgspec.Struct, forbid_unknown_fields=True):
+        grant_type: str
+        device_code: str
+        client_id: str
+
+    async def _form(kind: type) -> Any:
+        if request.mimetype == "application/x-www-form-urlencoded":
+            raw: Any = (await request.form).to_dict()
+        else:
+            raw = await _body()
+        try:
+            return msgspec.convert(raw, kind)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(str(exc)) from None
+
+    @app.post("/v1/auth/device/authorize")
+    async def device_authorize() -> Response:
+        _ip_limit()
+        p = await _form(DeviceAuthorize)
+        status, body = await _oidc().device_authorize(p.client_id, p.scope)
+        return _json(body, status, _request_id())
+
+    @app.post("/v1/auth/device/token")
+    async def device_token() -> Response:
+        _ip_limit()
+        p = await _form(DeviceToken)
+        if p.grant_type != "urn:ietf:params:oauth:grant-type:device_code":
+            raise ValidationError("grant_type must be urn:ietf:params:oauth:grant-type:device_code")
+        status, body = await _oidc().device_token(p.client_id, p.device_code)
+        return _json(body, status, _request_id())
 
     @app.websocket("/v1/sessions/<sid>/terminal")
     async def terminal(sid: str) -> None:

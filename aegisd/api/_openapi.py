@@ -115,6 +115,29 @@ EXTRA_PATHS: dict[str, Any] = {
         "parameters": [{"name": "sid", "in": "path", "required": True, "schema": {"type": "string"}},
                        {"name": "token", "in": "query", "schema": {"type": "string"}}],
         "responses": {"101": {"description": "Switching Protocols"}}}},
+    "/v1/auth/oidc": {"get": {"operationId": "oidc_info", "tags": ["auth"], "security": [{}],
+                              "summary": "Whether single sign-on is on: {enabled, issuer, clientId, scopes, ready}",
+                              "responses": {"200": {"description": "OK"}}}},
+    "/auth/login": {"get": {"operationId": "sso_login", "tags": ["auth"], "security": [{}],
+                            "summary": "Start the dashboard's single sign-on (redirect to the identity provider)",
+                            "responses": {"302": {"description": "to the IdP"}, "404": {"description": "no OIDC"}}}},
+    "/auth/callback": {"get": {"operationId": "sso_callback", "tags": ["auth"], "security": [{}],
+                               "summary": "Where the identity provider sends the browser back (code, state)",
+                               "responses": {"302": {"description": "to /dashboard/, with the session cookie"}}}},
+    "/auth/session": {"get": {"operationId": "sso_session", "tags": ["auth"], "security": [{}],
+                              "summary": "The browser's sign-in: {authenticated, oidc, identity?, role?, expiresAt?}",
+                              "responses": {"200": {"description": "OK"}}}},
+    "/auth/logout": {"post": {"operationId": "sso_logout", "tags": ["auth"], "security": [{}],
+                              "summary": "End the browser's sign-in", "responses": {"204": {"description": "done"}}}},
+    "/v1/auth/device/authorize": {"post": {
+        "operationId": "device_authorize", "tags": ["auth"], "security": [{}],
+        "summary": "RFC 8628 device authorization, proxied to the identity provider ({client_id, scope?}, JSON or "
+                   "form)", "responses": {"200": {"description": "the IdP's answer, passed on"}}}},
+    "/v1/auth/device/token": {"post": {
+        "operationId": "device_token", "tags": ["auth"], "security": [{}],
+        "summary": "RFC 8628 device token poll, proxied ({grant_type, device_code, client_id}); the IdP's answer "
+                   "and status", "responses": {"200": {"description": "tokens"},
+                                               "400": {"description": "authorization_pending, slow_down, ..."}}}},
     "/v1/audit": {"get": {"operationId": "audit", "summary": "Query, export (format=json|csv|ndjson) and verify "
                           "the audit log", "tags": ["audit"], "x-aegis-operation": "audit.query",
                           "responses": {"200": {"description": "OK"}}}},

@@ -47,13 +47,14 @@ def _payload(ev: Event) -> dict[str, Any]:
     return data
 
 
-_FRAME_CACHE: dict[tuple[int, str], bytes] = {}
+# keyed by what makes an event unique even across daemons in one process (tests run many): ids restart at 1
+_FRAME_CACHE: dict[tuple[int, int, str | None, str], bytes] = {}
 _FRAME_CACHE_MAX = 8192
 
 
 def frame(ev: Event, *, scope: str) -> bytes:
     """The SSE frame of an event, encoded once however many subscribers receive it."""
-    key = (ev.id, scope)
+    key = (ev.id, ev.timestamp, ev.sessionId, scope)
     cached = _FRAME_CACHE.get(key)
     if cached is None:
         if len(_FRAME_CACHE) >= _FRAME_CACHE_MAX:

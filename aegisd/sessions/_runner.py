@@ -505,6 +505,14 @@ class SessionRunner:
             f"{'approved' if allow else 'rejected'}: {option}", decision.info.toolCallId))
         self._bus.publish(self.rec.id, "approval", {"auto": False, "decision": "allow" if allow else "deny",
                                                     "optionId": option, "requestId": decision.info.requestId})
+        # settle the session before answering the caller: whoever asks next sees the decision taken (the
+        # request's own task, woken below, finds nothing left to do)
+        self._decisions.remove(decision)
+        rec = self.rec
+        rec.pendingPermission = self._decisions[0].info if self._decisions else None
+        if not self._decisions and rec.status == State.PERMISSION_PROMPT and self._end_request is None:
+            self._touch()
+            await self._set_state(State.RUNNING if self._turn_active else State.IDLE)
         decision.done.set()
         return {"ok": True, "optionId": option}
 

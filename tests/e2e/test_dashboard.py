@@ -158,3 +158,36 @@ async def test_dashboard_headers_and_switch(daemon_factory: Any) -> None:
     off = await daemon_factory(dashboardEnabled=False, stateDir=str(Path(d.daemon.config.stateDir).parent / "s2"),
                                socket=str(d.daemon.config.socket_path.parent / "off.sock"))
     assert (await off.http.get("/dashboard/")).status_code == 404
+
+
+async def test_dashboard_single_sign_on(daemon_factory: Any, nursery: trio.Nursery, workdir: Path) -> None:
+    pytest.importorskip("jwt", reason="PyJWT not installed (pip install 'aegis-py[oidc]')")
+    from ..fake_idp import CLIENT_ID, FakeIdp
+
+    idp = FakeIdp()
+    issuer = await nursery.start(idp.serve)
+    d = await daemon_factory(oidc={"issuer": issuer, "clientId": CLIENT_ID})
+    with trio.fail_after(10):
+        await d.daemon.oidc.ready.wait()
+    base = d.daemon.http_url
+    ada = idp.mint()
+
+    def scenario(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        page.goto(base + "/dashboard/")
+        expect(page.locator("#login")).to_be_visible()
+        page.click("#sso-link")  # to the IdP, which consents at once, and back through /auth/callback
+        expect(page.locator("#whoami-name")).to_have_text("ada@example.com (operator)")
+        assert page.url == base + "/dashboard/"
+        expect(page.locator("#live")).to_have_text("live")  # the event stream rides on the session cookie
+        with httpx.Client(base_url=base) as api:
+            r = api.post("/v1/sessions", json={"workDir": str(workdir), "name": "ada-made"},
+                         headers={"Authorization": f"Bearer {ada}"})
+            assert r.status_code == 201, r.text
+        expect(page.locator("#session-rows")).to_contain_text("ada-made")
+        page.click("#sign-out")
+        expect(page.locator("#login")).to_be_visible()
+
+    with trio.fail_after(90):
+        await trio.to_thread.run_sync(_browse, scenario)

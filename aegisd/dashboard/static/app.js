@@ -53,7 +53,21 @@ function showLogin(message) {
   $("login").hidden = false;
   $("login-error").textContent = state.token ? message : "";
   stopLive();
+  fetch("/auth/session").then((r) => r.json()).then((s) => { $("sso").hidden = !s.oidc; }).catch(() => {});
 }
+
+async function showIdentity() {  // signed in with single sign-on: who, and a way out
+  try {
+    const s = await (await fetch("/auth/session")).json();
+    if (!s.authenticated) return;
+    $("whoami-name").textContent = (s.identity.email || s.identity.sub) + " (" + s.role + ")";
+    $("whoami").hidden = false;
+  } catch (e) { /* no SSO */ }
+}
+$("sign-out").addEventListener("click", async () => {
+  await fetch("/auth/logout", { method: "POST" });
+  location.reload();
+});
 
 $("login-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -336,4 +350,5 @@ window.addEventListener("hashchange", route);
   } catch (e) { return; }  // the login form is showing
   startLive();
   route();
+  showIdentity();
 })();
