@@ -101,6 +101,10 @@ async def take(url: str, *, width: int, height: int, allow_loopback: bool, brows
             args.append("--no-sandbox")  # Chromium's sandbox refuses to run as root
         args.append(url)
         env = {"PATH": os.environ.get("PATH", ""), "HOME": tmp, "LANG": "C.UTF-8"}
+        if lifeline is not None:  # marked for the reaper, like agents
+            from .acp._reaper import MARKER
+
+            env[MARKER] = lifeline.token
         proc: trio.Process | None = None
         try:
             with trio.move_on_after(TIMEOUT_S) as scope:

@@ -161,7 +161,8 @@ async def run_verification(daemon: Daemon, rec: SessionRecord, *, critical_only:
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     try:
-        env = agent_environment(daemon.environ, markers={})
+        # marked like the session's agent: the reaper finds even a step's setsid escapees when the daemon dies
+        env = agent_environment(daemon.environ, markers=daemon.manager.markers(rec.id))
         for step in steps:
             res = await run_step(step, work_dir, env, daemon.lifeline)
             results.append(res)

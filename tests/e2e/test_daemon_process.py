@@ -203,3 +203,27 @@ async def test_logs_are_json_lines(nursery: trio.Nursery, tmp_path: Path, short_
     records = [_json.loads(line) for line in lines]
     assert {"event", "level", "timestamp"} <= set(records[0])
     assert any(r["event"] == "aegisd.ready" for r in records)
+
+
+async def test_sigkill_mid_verification_leaves_no_step_behind(nursery: trio.Nursery, tmp_path: Path,
+                                                              short_tmp: Path) -> None:
+    """A verification step is the daemon's child too: its group and a setsid escapee die with the daemon."""
+    work = tmp_path / "w"
+    work.mkdir()
+    fifo = tmp_path / "step-pids"
+    os.mkfifo(fifo)
+    (work / "Makefile").write_text(
+        f"test:\n\t@sleep 300 & a=$$!; setsid sleep 301 & b=$$!; echo $$a $$b > {fifo}; wait\n")
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    s = await call(dp, "session.create", workDir=str(work))
+
+    def verify() -> None:
+        with contextlib.suppress(Exception), client(dp) as c:
+            c.call("session.verify", id=s["id"])
+    nursery.start_soon(lambda: trio.to_thread.run_sync(verify, abandon_on_cancel=True))
+    with trio.fail_after(20):  # the step announces its pids through the fifo (opening it waits for the writer)
+        step_pids = [int(x) for x in (await trio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True)).split()]
+    assert len(step_pids) == 2 and all(pid_alive(p) for p in step_pids)
+    os.kill(dp.proc.pid, signal.SIGKILL)
+    await dp.proc.wait()
+    await wait_dead(step_pids, timeout=10)
