@@ -125,7 +125,7 @@ class Daemon:
                 raise ValidationError("single sign-on (oidc) needs PyJWT: pip install 'aegis-py[oidc]'") from None
             from .oidc import Oidc
 
-            self.oidc = Oidc(config.oidc, lambda: self.http_url)
+            self.oidc = Oidc(config.oidc, lambda: self.http_url, config.state_path / "sso-sessions.json")
         from .auth._sse_tokens import SseTokens
 
         self.sse_tokens = SseTokens()

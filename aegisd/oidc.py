@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -67,13 +69,18 @@ class _Login:
 class DashboardSession:
     principal: Principal
     identity: dict[str, Any]
-    expires: float  # monotonic
     expires_at_ms: int
 
 
+def _digest(sid: str) -> str:
+    """Sessions are stored under the SHA-256 of their cookie: the file alone signs nobody in."""
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
 class Oidc:
-    def __init__(self, cfg: OidcConfig, base_url: Callable[[], str]) -> None:
+    def __init__(self, cfg: OidcConfig, base_url: Callable[[], str], sessions_file: Path | None = None) -> None:
         self.cfg = cfg
+        self.sessions_file = sessions_file
         self._base_url = base_url  # the daemon's URL, known once it listens
         self.discovery: dict[str, Any] | None = None
         self._jwks: Any = None  # jwt.PyJWKSet
@@ -82,7 +89,45 @@ class Oidc:
         self.ready = trio.Event()  # set after the first successful fetch
         self.error: str | None = None
         self._logins: dict[str, _Login] = {}
-        self.sessions: dict[str, DashboardSession] = {}
+        self.sessions: dict[str, DashboardSession] = {}  # by _digest(cookie)
+        self._load_sessions()
+
+    # ---- dashboard sessions, kept across restarts ------------------------------------------------------
+    def _load_sessions(self) -> None:
+        from .ops import Principal
+
+        if self.sessions_file is None:
+            return
+        try:
+            raw = json.loads(self.sessions_file.read_text())
+        except (OSError, ValueError):
+            return
+        now = time.time() * 1000
+        for key, v in (raw.items() if isinstance(raw, dict) else ()):
+            try:
+                if v["expiresAt"] > now:
+                    p = v["principal"]
+                    self.sessions[key] = DashboardSession(
+                        principal=Principal(kind="oidc", key_id=p["keyId"], role=p["role"], name=p["name"]),
+                        identity=dict(v["identity"]), expires_at_ms=int(v["expiresAt"]))
+            except (KeyError, TypeError):
+                continue
+
+    def _save_sessions(self) -> None:
+        if self.sessions_file is None:
+            return
+        from ._fs import atomic_write
+
+        data = {k: {"principal": {"keyId": s.principal.key_id, "role": s.principal.role, "name": s.principal.name},
+                    "identity": s.identity, "expiresAt": s.expires_at_ms} for k, s in self.sessions.items()}
+        try:
+            atomic_write(self.sessions_file, json.dumps(data).encode())
+        except OSError as exc:  # sign-ins still work; they would not survive a restart
+            log.error("oidc.sessions_not_saved", error=str(exc))
+
+    def end_session(self, sid: str) -> None:
+        if self.sessions.pop(_digest(sid), None) is not None:
+            self._save_sessions()
 
     @property
     def audience(self) -> str:
@@ -213,21 +258,25 @@ class Oidc:
         except ValueError as exc:
             raise IdpError(f"the ID token was refused: {exc}") from None
         sid = "dsh_" + secrets.token_urlsafe(32)
-        now = time.monotonic()
-        for k in [k for k, v in self.sessions.items() if v.expires < now]:
+        now_ms = time.time() * 1000
+        for k in [k for k, v in self.sessions.items() if v.expires_at_ms < now_ms]:
             del self.sessions[k]
         identity = {k: claims.get(k) for k in ("sub", "email", "name") if claims.get(k) is not None}
-        session = DashboardSession(principal=self.principal(claims), identity=identity, expires=now + SESSION_TTL_S,
-                                   expires_at_ms=int((time.time() + SESSION_TTL_S) * 1000))
-        self.sessions[sid] = session
+        session = DashboardSession(principal=self.principal(claims), identity=identity,
+                                   expires_at_ms=int(now_ms + SESSION_TTL_S * 1000))
+        self.sessions[_digest(sid)] = session
+        self._save_sessions()
         return sid, session
 
     def session(self, sid: str) -> DashboardSession | None:
-        s = self.sessions.get(sid)
+        if not sid:
+            return None
+        key = _digest(sid)
+        s = self.sessions.get(key)
         if s is None:
             return None
-        if s.expires < time.monotonic():
-            del self.sessions[sid]
+        if s.expires_at_ms < time.time() * 1000:
+            del self.sessions[key]
             return None
         return s
 

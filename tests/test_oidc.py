@@ -71,7 +71,7 @@ async def test_bearer_tokens(daemon_factory: Any, nursery: trio.Nursery, workdir
     assert audit[0]["actor"] == "oidc:ada@example.com"
 
 
-async def test_dashboard_sign_in(daemon_factory: Any, nursery: trio.Nursery, workdir: Path) -> None:
+async def test_dashboard_sign_in(daemon_factory: Any, nursery: trio.Nursery, workdir: Path, tmp_path: Path) -> None:
     d, idp = await sso_daemon(daemon_factory, nursery, clientSecret="s3cret")
     base = d.daemon.http_url
     async with httpx.AsyncClient(base_url=base, timeout=20) as browser:
@@ -105,8 +105,19 @@ async def test_dashboard_sign_in(daemon_factory: Any, nursery: trio.Nursery, wor
         r = await browser.post("/v1/sessions", json={"workDir": str(workdir)},
                                headers={"Origin": "http://evil.example"})
         assert r.status_code == 403 and "cross-origin" in r.json()["error"]
+        # the sign-in survives a restart of the daemon; it is stored under a hash of the cookie, never the cookie
+        cookie_value = browser.cookies["aegis_session"]
+        stored = (tmp_path / "state" / "sso-sessions.json").read_text()
+        assert cookie_value not in stored and "ada@example.com" in stored
+        d.shutdown.set()
+        with trio.fail_after(15):
+            await d.done.wait()  # type: ignore[attr-defined]
+        d = await daemon_factory(oidc={"issuer": idp.issuer, "clientId": CLIENT_ID, "clientSecret": "s3cret"})
+        browser.base_url = httpx.URL(d.daemon.http_url)  # a new port; the cookie is the same
+        assert (await browser.get("/auth/session")).json()["authenticated"] is True
         assert (await browser.post("/auth/logout")).status_code == 204
         assert (await browser.get("/v1/sessions")).status_code == 401
+        assert "ada@example.com" not in (tmp_path / "state" / "sso-sessions.json").read_text()
     logins = (await d.http.get("/v1/audit?action=auth.sso_login",
                                headers=bearer(idp.mint({"aegis_role": "admin"})))).json()["records"]
     assert [(x["actor"], x["detail"]["role"]) for x in logins] == [("oidc:ada@example.com", "operator")]

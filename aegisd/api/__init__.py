@@ -536,7 +536,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         _ip_limit()
         o = daemon.oidc
         if o is not None:
-            o.sessions.pop(request.cookies.get(oidc_mod.COOKIE, ""), None)
+            o.end_session(request.cookies.get(oidc_mod.COOKIE, ""))
         resp = Response("", status=204)
         resp.delete_cookie(oidc_mod.COOKIE, path="/")
         return resp
