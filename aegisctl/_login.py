@@ -45,13 +45,36 @@ def _save(data: dict[str, Any]) -> None:
 
 
 def stored_token(url: str, now: float | None = None) -> str | None:
-    """The access token saved for this server, unless it has expired."""
-    entry = _load().get(origin(url))
+    """The access token saved for this server; an expired one is renewed with its refresh token when the
+    identity provider gave one (None when that fails: sign in again)."""
+    data = _load()
+    entry = data.get(origin(url))
     if not isinstance(entry, dict) or not entry.get("access_token"):
         return None
-    if entry.get("expires_at") and (now or time.time()) >= float(entry["expires_at"]) - 30:
+    if entry.get("expires_at") is None or (now or time.time()) < float(entry["expires_at"]) - 30:
+        return str(entry["access_token"])
+    if not entry.get("refresh_token") or not entry.get("client_id"):
         return None
-    return str(entry["access_token"])
+    import httpx
+
+    try:
+        r = httpx.post(url.rstrip("/") + "/v1/auth/device/token", timeout=30, json={
+            "grant_type": "refresh_token", "refresh_token": entry["refresh_token"], "client_id": entry["client_id"]})
+        body = r.json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    if r.status_code != 200 or not body.get("access_token"):
+        return None
+    data[origin(url)] = _entry(body, entry.get("issuer"), entry["client_id"], entry.get("refresh_token"))
+    _save(data)
+    return str(body["access_token"])
+
+
+def _entry(body: dict[str, Any], issuer: str | None, client_id: str, old_refresh: str | None = None) -> dict[str, Any]:
+    return {"access_token": body["access_token"], "id_token": body.get("id_token"),
+            "refresh_token": body.get("refresh_token") or old_refresh, "client_id": client_id,
+            "expires_at": time.time() + float(body.get("expires_in") or 3600), "obtained_at": time.time(),
+            "issuer": issuer}
 
 
 def forget(url: str) -> bool:
@@ -83,9 +106,7 @@ def device_login(http: Any, url: str, *, show: Callable[[str], None],
                       json={"grant_type": GRANT, "device_code": start["device_code"], "client_id": client_id})
         body = r.json()
         if r.status_code == 200 and body.get("access_token"):
-            entry = {"access_token": body["access_token"], "id_token": body.get("id_token"),
-                     "expires_at": time.time() + float(body.get("expires_in") or 3600), "obtained_at": time.time(),
-                     "issuer": info.get("issuer")}
+            entry = _entry(body, info.get("issuer"), client_id)
             data = _load()
             data[origin(url)] = entry
             _save(data)

@@ -313,6 +313,11 @@ class Oidc:
         return await self._post("token_endpoint", {"grant_type": "urn:ietf:params:oauth:grant-type:device_code",
                                                    "device_code": device_code, "client_id": client_id})
 
+    async def refresh(self, client_id: str, refresh_token: str) -> tuple[int, dict[str, Any]]:
+        self._check_client(client_id)
+        return await self._post("token_endpoint", {"grant_type": "refresh_token", "refresh_token": refresh_token,
+                                                   "client_id": client_id})
+
     def _check_client(self, client_id: str) -> None:
         if not secrets.compare_digest(client_id, self.cfg.clientId):
             raise ValidationError("client_id does not match this server's OIDC client")

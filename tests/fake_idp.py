@@ -30,6 +30,8 @@ class FakeIdp:
         self.codes: dict[str, dict[str, Any]] = {}
         self.devices: dict[str, dict[str, Any]] = {}  # device_code -> {user_code, approved}
         self.token_requests: list[dict[str, str]] = []
+        self.refresh_tokens: set[str] = set()
+        self.access_ttl = 300
         self.app = self._build()
 
     def mint(self, extra: dict[str, Any] | None = None, *, aud: str = CLIENT_ID, ttl: int = 300,
@@ -43,9 +45,11 @@ class FakeIdp:
             if d["user_code"] == user_code:
                 d["approved"] = True
 
-    def _tokens(self, nonce: str | None = None) -> dict[str, Any]:
-        return {"access_token": self.mint(), "id_token": self.mint({"nonce": nonce} if nonce else {}),
-                "token_type": "Bearer", "expires_in": 300}
+    def _tokens(self, nonce: str | None = None, ttl: int = 300) -> dict[str, Any]:
+        refresh = secrets.token_urlsafe(24)
+        self.refresh_tokens.add(refresh)
+        return {"access_token": self.mint(ttl=ttl), "id_token": self.mint({"nonce": nonce} if nonce else {}),
+                "refresh_token": refresh, "token_type": "Bearer", "expires_in": ttl}
 
     def _build(self) -> QuartTrio:
         app = QuartTrio("fake-idp")
@@ -103,7 +107,12 @@ class FakeIdp:
                     return {"error": "expired_token"}, 400
                 if not d["approved"]:
                     return {"error": "authorization_pending"}, 400
-                return idp._tokens()
+                return idp._tokens(ttl=idp.access_ttl)
+            if form.get("grant_type") == "refresh_token":
+                if form.get("refresh_token") not in idp.refresh_tokens:
+                    return {"error": "invalid_grant"}, 400
+                idp.refresh_tokens.discard(form["refresh_token"])  # rotated: each is good once
+                return idp._tokens(ttl=idp.access_ttl)
             return {"error": "unsupported_grant_type"}, 400
 
         return app

@@ -170,6 +170,19 @@ async def test_device_flow_and_ag_login(daemon_factory: Any, nursery: trio.Nurse
     assert r.returncode == 0 and "oidc:ada@example.com (operator)" in r.stdout
     r = await trio.to_thread.run_sync(run, "list", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["sessions"] == []
+    # short-lived access tokens are renewed with the refresh token (rotated by the IdP) through the proxy
+    idp.access_ttl = 20  # under the CLI's 30 s margin: every use renews it
+    saved = json.loads((tmp_path / "cli-state" / "auth.json").read_text())[d.daemon.http_url]
+    entry = {**saved, "expires_at": 0}
+    (tmp_path / "cli-state" / "auth.json").write_text(json.dumps({d.daemon.http_url: entry}))
+    r = await trio.to_thread.run_sync(run, "list", "--json")
+    assert r.returncode == 0, r.stderr
+    assert idp.token_requests[-1]["grant_type"] == "refresh_token"
+    renewed = json.loads((tmp_path / "cli-state" / "auth.json").read_text())[d.daemon.http_url]
+    assert renewed["refresh_token"] != saved["refresh_token"] and renewed["access_token"] != saved["access_token"]
+    idp.refresh_tokens.clear()  # revoked at the IdP: the CLI says to sign in again
+    r = await trio.to_thread.run_sync(run, "list")
+    assert r.returncode == 1 and "ag login" in r.stderr
     r = await trio.to_thread.run_sync(run, "logout")
     assert "Signed out" in r.stdout
     r = await trio.to_thread.run_sync(run, "list")

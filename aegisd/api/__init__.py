@@ -547,8 +547,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     class DeviceToken(msgspec.Struct, forbid_unknown_fields=True):
         grant_type: str
-        device_code: str
         client_id: str
+        device_code: str | None = None
+        refresh_token: str | None = None
 
     async def _form(kind: type) -> Any:
         if request.mimetype == "application/x-www-form-urlencoded":
@@ -571,9 +572,13 @@ def create_app(daemon: Daemon) -> QuartTrio:
     async def device_token() -> Response:
         _ip_limit()
         p = await _form(DeviceToken)
-        if p.grant_type != "urn:ietf:params:oauth:grant-type:device_code":
-            raise ValidationError("grant_type must be urn:ietf:params:oauth:grant-type:device_code")
-        status, body = await _oidc().device_token(p.client_id, p.device_code)
+        if p.grant_type == "urn:ietf:params:oauth:grant-type:device_code" and p.device_code:
+            status, body = await _oidc().device_token(p.client_id, p.device_code)
+        elif p.grant_type == "refresh_token" and p.refresh_token:  # `ag login`'s token, renewed
+            status, body = await _oidc().refresh(p.client_id, p.refresh_token)
+        else:
+            raise ValidationError("grant_type must be urn:ietf:params:oauth:grant-type:device_code (with "
+                                  "device_code) or refresh_token (with refresh_token)")
         return _json(body, status, _request_id())
 
     @app.websocket("/v1/sessions/<sid>/terminal")

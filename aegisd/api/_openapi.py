@@ -135,7 +135,8 @@ EXTRA_PATHS: dict[str, Any] = {
                    "form)", "responses": {"200": {"description": "the IdP's answer, passed on"}}}},
     "/v1/auth/device/token": {"post": {
         "operationId": "device_token", "tags": ["auth"], "security": [{}],
-        "summary": "RFC 8628 device token poll, proxied ({grant_type, device_code, client_id}); the IdP's answer "
+        "summary": "RFC 8628 device token poll ({grant_type: device_code grant, device_code, client_id}) or a "
+                   "refresh ({grant_type: refresh_token, refresh_token, client_id}), proxied; the IdP's answer "
                    "and status", "responses": {"200": {"description": "tokens"},
                                                "400": {"description": "authorization_pending, slow_down, ..."}}}},
     "/v1/audit": {"get": {"operationId": "audit", "summary": "Query, export (format=json|csv|ndjson) and verify "
