@@ -118,8 +118,42 @@ def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dic
         except AegisError as exc:
             results.append(_check("session store", "fail", exc.message,
                                   "start the server, or fix AEGIS_POSTGRES_URL / AEGIS_REDIS_URL"))
+        results.extend(_optional_checks(cfg))
         results.extend(_daemon_checks(cfg, Path(socket_path) if socket_path else cfg.socket_path))
     return results
+
+
+def _optional_checks(cfg: Any) -> list[dict[str, Any]]:
+    """What the optional features need: a browser for screenshots, PyJWT and a reachable IdP for SSO."""
+    from aegisd.screenshot import find_browser
+
+    out = []
+    browser = find_browser()
+    out.append(_check("screenshots", "ok" if browser else "warn",
+                      f"headless browser: {browser}" if browser else "no Chromium found: screenshots answer 501",
+                      "apt-get install chromium, or set AEGIS_BROWSER"))
+    if cfg.oidc.enabled:
+        try:
+            import jwt  # noqa: F401
+        except ImportError:
+            out.append(_check("single sign-on", "fail", "oidc is configured but PyJWT is missing",
+                              "pip install 'aegis-py[oidc]'"))
+            return out
+        import httpx
+
+        url = cfg.oidc.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        try:
+            disc = httpx.get(url, timeout=10).raise_for_status().json()
+            ok = disc.get("issuer", "").rstrip("/") == cfg.oidc.issuer.rstrip("/")
+            out.append(_check("single sign-on", "ok" if ok else "fail",
+                              f"{cfg.oidc.issuer}: discovery ok" + ("" if disc.get("device_authorization_endpoint")
+                                                                    else " (no device flow: `ag login` unavailable)")
+                              if ok else f"the IdP says its issuer is {disc.get('issuer')!r}",
+                              "set AEGIS_OIDC_ISSUER to exactly the issuer the IdP announces"))
+        except (httpx.HTTPError, ValueError) as exc:
+            out.append(_check("single sign-on", "fail", f"{url}: {exc}",
+                              "check AEGIS_OIDC_ISSUER and that the IdP is reachable from this host"))
+    return out
 
 
 def _daemon_checks(cfg: Any, sock_path: Path) -> list[dict[str, Any]]:

@@ -207,3 +207,21 @@ async def test_without_sso(daemon: DaemonHandle) -> None:
 def test_bad_oidc_config(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         load_config(env=env)
+
+
+async def test_doctor_checks_sso_and_browser(nursery: trio.Nursery, tmp_path: Path) -> None:
+    idp = FakeIdp()
+    issuer = await nursery.start(idp.serve)
+    base = {**os.environ, "AEGIS_STATE_DIR": str(tmp_path / "st"), "AEGIS_PORT": "0", "NO_COLOR": "1",
+            "AEGIS_OIDC_CLIENT_ID": CLIENT_ID, "AEGIS_BROWSER": "/nonexistent/chromium"}
+
+    def doctor(**env: str) -> dict[str, Any]:
+        r = subprocess.run([sys.executable, "-m", "aegisctl", "doctor", "--json"], env={**base, **env},
+                           capture_output=True, text=True, timeout=60)
+        return {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+
+    checks = await trio.to_thread.run_sync(lambda: doctor(AEGIS_OIDC_ISSUER=issuer))
+    assert checks["single sign-on"]["status"] == "ok" and "discovery ok" in checks["single sign-on"]["detail"]
+    assert checks["screenshots"]["status"] == "warn" and "501" in checks["screenshots"]["detail"]
+    checks = await trio.to_thread.run_sync(lambda: doctor(AEGIS_OIDC_ISSUER="http://127.0.0.1:1/realm"))
+    assert checks["single sign-on"]["status"] == "fail" and checks["single sign-on"]["fix"]
