@@ -57,46 +57,76 @@ def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: 
     return None
 
 
+class Unresolvable(LookupError):
+    """A name with no address: a network failure, not a refusal."""
+
+
+async def allowed_addresses(host: str, port: int, *, allow_loopback: bool) -> list[str]:
+    """The addresses of host that may be reached; ValueError saying why not (any address refused refuses
+    the name: a DNS answer mixing public and private addresses is an attack, not an accident)."""
+    host = host.rstrip(".").lower()
+    if host.endswith(".local"):
+        raise ValueError(".local names are on the local network")
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid port {port}")
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise Unresolvable(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    addrs = sorted({str(info[4][0]) for info in infos})
+    for a in addrs:
+        why = _refusal(ipaddress.ip_address(a.split("%")[0]), allow_loopback)
+        if why:
+            raise ValueError(f"it resolves to {a}, {why}")
+    return addrs
+
+
 async def check_url(url: str, *, allow_loopback: bool) -> tuple[str, list[str]]:
     """The host and the addresses Chromium may use for it; ValidationError when the URL is not allowed."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("url must be an http:// or https:// URL with a host")
-    host = parts.hostname.rstrip(".").lower()
-    if host.endswith(".local"):
-        raise ValidationError(f"refusing to screenshot {host}: .local names are on the local network")
+    host = parts.hostname
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ValidationError("url has an invalid port") from None
     try:
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ValidationError(f"cannot resolve {host}: {exc}") from None
-    addrs = sorted({str(info[4][0]) for info in infos})
-    for a in addrs:
-        why = _refusal(ipaddress.ip_address(a.split("%")[0]), allow_loopback)
-        if why:
-            raise ValidationError(f"refusing to screenshot {host}: it resolves to {a}, {why}")
-    return host, addrs
+        return host, await allowed_addresses(host, port, allow_loopback=allow_loopback)
+    except (ValueError, LookupError) as exc:
+        raise ValidationError(f"refusing to screenshot {host}: {exc}") from None
 
 
 async def take(url: str, *, width: int, height: int, allow_loopback: bool, browser: str,
-               lifeline: Any = None) -> bytes:
-    """PNG bytes of the page at url, width x height. With a lifeline, the browser's process group dies with
-    the daemon even if the daemon is SIGKILLed mid-shot."""
-    host, addrs = await check_url(url, allow_loopback=allow_loopback)
+               lifeline: Any = None) -> tuple[bytes, list[str]]:
+    """PNG bytes of the page at url, width x height, and the requests the page made that were refused.
+    Every connection of the browser goes through a guarded proxy (aegisd/_egress.py) that applies the same
+    rules as to the URL itself, to redirects and sub-resources too. With a lifeline, the browser's process group
+    dies with the daemon even if the daemon is SIGKILLed mid-shot."""
+    from ._egress import GuardedProxy
+
+    await check_url(url, allow_loopback=allow_loopback)
+    proxy = GuardedProxy(lambda h, p: allowed_addresses(h, p, allow_loopback=allow_loopback))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(proxy.serve)
+        try:
+            png = await _shoot(url, width, height, browser, lifeline, port)
+        finally:
+            nursery.cancel_scope.cancel()
+    return png, proxy.blocked
+
+
+async def _shoot(url: str, width: int, height: int, browser: str, lifeline: Any, proxy_port: int) -> bytes:
     with tempfile.TemporaryDirectory(prefix="aegis-shot-") as tmp:
         out = Path(tmp) / "shot.png"
         args = [browser, "--headless", "--disable-gpu", "--hide-scrollbars", "--mute-audio",
                 "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                "--disable-background-networking", "--disable-sync", f"--user-data-dir={tmp}/profile",
-                f"--window-size={width},{height}", f"--screenshot={out}"]
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:  # a name: pin it to the addresses just checked
-            target = addrs[0] if ":" not in addrs[0] else f"[{addrs[0]}]"
-            args.append(f"--host-resolver-rules=MAP {host} {target}")
+                "--disable-background-networking", "--disable-sync",
+                "--disable-component-update", "--disable-domain-reliability", "--no-pings",
+                "--disable-client-side-phishing-detection", "--disable-default-apps", f"--user-data-dir={tmp}/profile",
+                f"--window-size={width},{height}", f"--screenshot={out}",
+                # everything through the guard, loopback included (Chromium bypasses proxies for it otherwise)
+                f"--proxy-server=http://127.0.0.1:{proxy_port}", "--proxy-bypass-list=<-loopback>"]
         if os.geteuid() == 0:
             args.append("--no-sandbox")  # Chromium's sandbox refuses to run as root
         args.append(url)

@@ -18,15 +18,24 @@ from .conftest import DaemonHandle, agent_env
 from .test_auth import MASTER, bearer, make_key
 
 PAGE = b"<!doctype html><html><body style='margin:0;background:#00c853'></body></html>"
+# a page that reaches for the cloud metadata service, as a hostile page would
+NOSY = b"<!doctype html><html><body><img src='http://169.254.169.254/latest/meta-data/'></body></html>"
 
 
 async def serve_page(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            while b"\r\n\r\n" not in (await stream.receive_some(65536)):
-                pass
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some(65536)
+            path = head.split(b" ", 2)[1]
+            if path == b"/redirect":
+                await stream.send_all(b"HTTP/1.1 302 Found\r\nlocation: http://10.1.2.3:81/\r\n"
+                                      b"connection: close\r\ncontent-length: 0\r\n\r\n")
+                return
+            body = NOSY if path == b"/nosy" else PAGE
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nconnection: close\r\n"
-                                  b"content-length: %d\r\n\r\n" % len(PAGE) + PAGE)
+                                  b"content-length: %d\r\n\r\n" % len(body) + body)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -77,6 +86,14 @@ async def test_screenshot_of_a_local_page(daemon: DaemonHandle, nursery: trio.Nu
     r = await daemon.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": url, "fullPage": True},
                                timeout=60)
     assert r.json()["fullPage"] is False and "not supported" in r.json()["note"]
+    assert r.json()["blockedRequests"] == []
+    # what the page itself reaches for goes through the same guard: sub-resources and redirects
+    r = await daemon.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": url + "nosy"}, timeout=60)
+    assert r.status_code == 200 and any(b.startswith("169.254.169.254:80: ") and "link-local" in b
+                                        for b in r.json()["blockedRequests"]), r.json()["blockedRequests"]
+    r = await daemon.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": url + "redirect"}, timeout=60)
+    assert r.status_code == 200 and any(b.startswith("10.1.2.3:81: ") and "private" in b
+                                        for b in r.json()["blockedRequests"]), r.json()["blockedRequests"]
 
 
 @pytest.mark.parametrize("url, why", [
@@ -118,3 +135,55 @@ async def test_screenshot_without_a_browser(daemon_factory: Any, workdir: Path, 
     r = await d.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": "http://example.com/"})
     assert r.status_code == 501 and r.json()["code"] == "NOT_IMPLEMENTED"
     assert "AEGIS_BROWSER=/nonexistent/chromium" in r.json()["error"]
+
+
+async def test_guarded_proxy_connect_and_forward(nursery: trio.Nursery) -> None:
+    """The screenshot browser's egress guard on its own: CONNECT (https) tunnels only to allowed addresses;
+    plain requests are forwarded one per connection, without proxy headers."""
+    from aegisd._egress import GuardedProxy
+    from aegisd.screenshot import allowed_addresses
+
+    seen: list[bytes] = []
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        seen.append(data)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi")
+        await stream.aclose()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    up_port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, upstream, listeners)
+    proxy = GuardedProxy(lambda h, p: allowed_addresses(h, p, allow_loopback=True))
+    port = await nursery.start(proxy.serve)
+
+    async def exchange(request: bytes) -> bytes:
+        with trio.fail_after(10):
+            s = await trio.open_tcp_stream("127.0.0.1", port)
+            async with s:
+                await s.send_all(request)
+                out = b""
+                async for chunk in s:
+                    out += chunk
+                return out
+
+    r = await exchange(b"CONNECT 10.9.8.7:443 HTTP/1.1\r\nHost: 10.9.8.7:443\r\n\r\n")
+    assert r.startswith(b"HTTP/1.1 403") and b"a private network" in r
+    r = await exchange(f"GET http://127.0.0.1:{up_port}/x?y=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       "Proxy-Connection: keep-alive\r\n\r\n".encode())
+    assert r.endswith(b"hi") and seen[-1].startswith(b"GET /x?y=1 HTTP/1.1\r\n")
+    assert b"Proxy-Connection" not in seen[-1] and b"Connection: close" in seen[-1]
+    with trio.fail_after(10):
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        async with s:
+            await s.send_all(f"CONNECT 127.0.0.1:{up_port} HTTP/1.1\r\n\r\n".encode())
+            assert (await s.receive_some(100)).startswith(b"HTTP/1.1 200 Connection Established")
+            await s.send_all(b"GET /tunnelled HTTP/1.1\r\n\r\n")
+            reply = b""
+            async for chunk in s:
+                reply += chunk
+    assert reply.endswith(b"hi") and seen[-1].startswith(b"GET /tunnelled")
+    r = await exchange(b"GET http://no-such-host.invalid/ HTTP/1.1\r\n\r\n")
+    assert r.startswith(b"HTTP/1.1 502")  # a name that does not resolve is a failure, not a refusal
+    assert proxy.blocked == ["10.9.8.7:443: it resolves to 10.9.8.7, a private network"]
