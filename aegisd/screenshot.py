@@ -13,16 +13,13 @@ import ipaddress
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 import trio
 
-from ._proc import end_group
 from .errors import NotImplementedYet, ValidationError
 
 log = structlog.get_logger("aegisd.screenshot")
@@ -98,8 +95,9 @@ async def check_url(url: str, *, allow_loopback: bool) -> tuple[str, list[str]]:
 
 
 async def take(url: str, *, width: int, height: int, allow_loopback: bool, browser: str,
-               lifeline: Any = None) -> tuple[bytes, list[str]]:
-    """PNG bytes of the page at url, width x height, and the requests the page made that were refused.
+               lifeline: Any = None, full_page: bool = False) -> tuple[bytes, list[str], str | None]:
+    """PNG bytes of the page at url (the viewport width x height, or the whole page), the requests the page
+    made that were refused, and the navigation's error if it failed (the error page is what is captured).
     Every connection of the browser goes through a guarded proxy (aegisd/_egress.py) that applies the same
     rules as to the URL itself, to redirects and sub-resources too. With a lifeline, the browser's process group
     dies with the daemon even if the daemon is SIGKILLed mid-shot."""
@@ -110,48 +108,38 @@ async def take(url: str, *, width: int, height: int, allow_loopback: bool, brows
     async with trio.open_nursery() as nursery:
         port = await nursery.start(proxy.serve)
         try:
-            png = await _shoot(url, width, height, browser, lifeline, port)
+            png, error = await _shoot(url, width, height, full_page, browser, lifeline, port)
         finally:
             nursery.cancel_scope.cancel()
-    return png, proxy.blocked
+    return png, proxy.blocked, error
 
 
-async def _shoot(url: str, width: int, height: int, browser: str, lifeline: Any, proxy_port: int) -> bytes:
+async def _shoot(url: str, width: int, height: int, full_page: bool, browser: str, lifeline: Any,
+                 proxy_port: int) -> tuple[bytes, str | None]:
+    from ._cdp import CdpError
+    from ._cdp import screenshot as cdp_screenshot
+
     with tempfile.TemporaryDirectory(prefix="aegis-shot-") as tmp:
-        out = Path(tmp) / "shot.png"
         args = [browser, "--headless", "--disable-gpu", "--hide-scrollbars", "--mute-audio",
                 "--no-first-run", "--no-default-browser-check", "--disable-extensions",
                 "--disable-background-networking", "--disable-sync",
                 "--disable-component-update", "--disable-domain-reliability", "--no-pings",
                 "--disable-client-side-phishing-detection", "--disable-default-apps", f"--user-data-dir={tmp}/profile",
-                f"--window-size={width},{height}", f"--screenshot={out}",
+                f"--window-size={width},{height}",
                 # everything through the guard, loopback included (Chromium bypasses proxies for it otherwise)
                 f"--proxy-server=http://127.0.0.1:{proxy_port}", "--proxy-bypass-list=<-loopback>"]
         if os.geteuid() == 0:
             args.append("--no-sandbox")  # Chromium's sandbox refuses to run as root
-        args.append(url)
         env = {"PATH": os.environ.get("PATH", ""), "HOME": tmp, "LANG": "C.UTF-8"}
         if lifeline is not None:  # marked for the reaper, like agents
             from .acp._reaper import MARKER
 
             env[MARKER] = lifeline.token
-        proc: trio.Process | None = None
         try:
-            with trio.move_on_after(TIMEOUT_S) as scope:
-                proc = await trio.lowlevel.open_process(args, env=env, stdin=subprocess.DEVNULL,
-                                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                                        start_new_session=True)
-                if lifeline is not None:
-                    await lifeline.register(proc.pid)
-                await proc.wait()
-            if scope.cancelled_caught:
-                raise ValidationError(f"the page did not finish loading within {TIMEOUT_S:.0f} s")
-        finally:
-            if proc is not None:  # the whole group: Chromium leaves helpers behind when it is cut short
-                await end_group(proc, lifeline)
-        if not out.exists():
-            raise ValidationError(f"the browser made no screenshot of {url} (exit {proc.returncode if proc else '?'})")
-        return out.read_bytes()
+            return await cdp_screenshot(args, env, url=url, width=width, height=height, full_page=full_page,
+                                        timeout=TIMEOUT_S, lifeline=lifeline)
+        except (CdpError, OSError, ValueError) as exc:
+            raise ValidationError(f"the browser made no screenshot of {url}: {exc}") from None
 
 
 def unavailable(environ: dict[str, str] | None = None) -> NotImplementedYet:

@@ -18,6 +18,8 @@ from .conftest import DaemonHandle, agent_env
 from .test_auth import MASTER, bearer, make_key
 
 PAGE = b"<!doctype html><html><body style='margin:0;background:#00c853'></body></html>"
+TALL = b"<!doctype html><html><body style='margin:0'><div style='height:2500px;background:#3454d1'></div>" \
+       b"<div style='height:100px;background:#ff0000'></div></body></html>"
 # a page that reaches for the cloud metadata service, as a hostile page would
 NOSY = b"<!doctype html><html><body><img src='http://169.254.169.254/latest/meta-data/'></body></html>"
 
@@ -33,7 +35,7 @@ async def serve_page(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGN
                 await stream.send_all(b"HTTP/1.1 302 Found\r\nlocation: http://10.1.2.3:81/\r\n"
                                       b"connection: close\r\ncontent-length: 0\r\n\r\n")
                 return
-            body = NOSY if path == b"/nosy" else PAGE
+            body = NOSY if path == b"/nosy" else TALL if path == b"/tall" else PAGE
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nconnection: close\r\n"
                                   b"content-length: %d\r\n\r\n" % len(body) + body)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -83,10 +85,14 @@ async def test_screenshot_of_a_local_page(daemon: DaemonHandle, nursery: trio.Nu
     png = base64.b64decode(body["screenshot"])
     assert pixel(png, 160, 100) == (0, 0xC8, 0x53)  # the page's own colour: it really rendered
     assert (await daemon.http.get("/v1/metrics")).json()["screenshots_taken"] == 1
-    r = await daemon.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": url, "fullPage": True},
-                               timeout=60)
-    assert r.json()["fullPage"] is False and "not supported" in r.json()["note"]
-    assert r.json()["blockedRequests"] == []
+    assert body["blockedRequests"] == [] and body["loadError"] is None
+    # the whole page: 2600 px tall at a 320 px wide viewport, its last band red
+    r = await daemon.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": url + "tall", "fullPage": True,
+                                                                            "width": 320, "height": 200}, timeout=60)
+    body = r.json()
+    assert r.status_code == 200 and body["fullPage"] is True and (body["width"], body["height"]) == (320, 2600)
+    png = base64.b64decode(body["screenshot"])
+    assert pixel(png, 160, 100) == (0x34, 0x54, 0xD1) and pixel(png, 160, 2550) == (0xFF, 0, 0)
     # what the page itself reaches for goes through the same guard: sub-resources and redirects
     r = await daemon.http.post(f"/v1/sessions/{s['id']}/screenshot", json={"url": url + "nosy"}, timeout=60)
     assert r.status_code == 200 and any(b.startswith("169.254.169.254:80: ") and "link-local" in b

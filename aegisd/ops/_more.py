@@ -210,15 +210,12 @@ async def screenshot(ctx: OpContext, p: ScreenshotParams) -> dict[str, Any]:
     allow_loopback = pr.role == "admin" or pr.kind in ("local", "master")
     width, height = p.width or 1280, p.height or 720
     async with ctx.daemon.screenshot_limiter:
-        png, blocked = await shots.take(p.url, width=width, height=height, allow_loopback=allow_loopback,
-                                        browser=browser, lifeline=ctx.daemon.lifeline)
+        png, blocked, load_error = await shots.take(p.url, width=width, height=height,
+                                                    allow_loopback=allow_loopback, browser=browser,
+                                                    lifeline=ctx.daemon.lifeline, full_page=p.fullPage)
     ctx.daemon.manager.metrics.screenshots += 1
-    out = {**shots.encode(png), "url": p.url, "timestamp": now_ms(), "fullPage": False,
-           "blockedRequests": blocked}
-    if p.fullPage:
-        out["note"] = "whole-page capture is not supported (Chromium's --screenshot takes the viewport); " \
-                      "ask for a larger height instead"
-    return out
+    return {**shots.encode(png), "url": p.url, "timestamp": now_ms(), "fullPage": p.fullPage,
+            "blockedRequests": blocked, "loadError": load_error}
 
 
 class VerifyParams(msgspec.Struct, forbid_unknown_fields=True):
