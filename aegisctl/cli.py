@@ -366,14 +366,20 @@ def verify(c: Ctx, session_id: str, critical_only: bool) -> None:
               show_default=True, help="Where to write the PNG.")
 @click.option("--width", type=click.IntRange(1, 7680), default=1280, show_default=True)
 @click.option("--height", type=click.IntRange(1, 4320), default=720, show_default=True)
+@click.option("--full-page", is_flag=True, help="The whole page, not just the viewport.")
 @pass_ctx
-def screenshot(c: Ctx, session_id: str, url: str, output: str, width: int, height: int) -> None:
+def screenshot(c: Ctx, session_id: str, url: str, output: str, width: int, height: int, full_page: bool) -> None:
     """Take a PNG screenshot of URL (say, the session's dev server) in headless Chromium."""
     import base64
 
-    res = c.call("session.screenshot", id=session_id, url=url, width=width, height=height)
+    res = c.call("session.screenshot", id=session_id, url=url, width=width, height=height,
+                 fullPage=full_page or None)
     Path(output).write_bytes(base64.b64decode(res["screenshot"]))
     click.echo(f"Wrote {output} ({res['width']}x{res['height']}).")
+    if res.get("loadError"):
+        click.echo(f"warning: the page did not load ({res['loadError']}); that is what it shows", err=True)
+    for blocked in res.get("blockedRequests") or []:
+        click.echo(f"blocked: {blocked}", err=True)
 
 
 def _server_url(c: Ctx) -> str:

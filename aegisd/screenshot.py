@@ -1,10 +1,11 @@
-"""Screenshots of a web page (say, the dev server an agent started) with headless Chromium's own
-`--screenshot`, run as a child process: no browser driver, nothing asyncio-bound.
+"""Screenshots of a web page (say, the dev server an agent started) in headless Chromium, driven over the
+DevTools protocol on a pipe (aegisd/_cdp.py): no browser driver, nothing asyncio-bound.
 
-SSRF guard: http(s) only; the host is resolved once and every address must be public, or loopback when the
-caller may reach this machine's own services (admins and local callers); private, link-local (cloud metadata),
-multicast and reserved addresses and `*.local` names are refused. Chromium is then pinned to the addresses
-checked (`--host-resolver-rules`), so a DNS answer that changes in between cannot redirect it."""
+SSRF guard: http(s) only; the host is resolved and every address must be public, or loopback when the caller
+may reach this machine's own services (admins and local callers); private, link-local (cloud metadata),
+multicast and reserved addresses and `*.local` names are refused. Everything the page then loads goes through
+a guarding proxy (aegisd/_egress.py) that applies the same rules to each connection and connects only to the
+addresses it checked, so neither a redirect nor a DNS answer that changes can reach past it."""
 
 from __future__ import annotations
 
