@@ -39,6 +39,8 @@ class Endpoint(msgspec.Struct, forbid_unknown_fields=True):
     url: str
     secret: str | None = None
     events: list[str] | None = None
+    # json: the original's payload; slack / discord: a chat message for their incoming webhooks
+    format: str = "json"
 
 
 class DeadLetter(msgspec.Struct):
@@ -56,6 +58,8 @@ def parse_endpoints(raw: Any) -> list[Endpoint]:
         ep = Endpoint(url=item) if isinstance(item, str) else msgspec.convert(item, Endpoint)
         if not ep.url.startswith(("http://", "https://")):
             raise ValueError(f"webhook URL must be http(s): {ep.url}")
+        if ep.format not in FORMATS:
+            raise ValueError(f"webhook format must be one of {', '.join(FORMATS)}: {ep.format}")
         out.append(ep)
     return out
 
@@ -76,6 +80,25 @@ def verify(secret: str, body: bytes, header: str, *, tolerance_s: int = 300) -> 
     if abs(time.time() - t) > tolerance_s:
         return False
     return hmac.compare_digest(sign(secret, body, t), header)
+
+
+FORMATS = ("json", "slack", "discord")
+
+
+def chat_text(name: str, payload: dict[str, Any], data: dict[str, Any]) -> str:
+    """One line for a chat channel: what happened to which session."""
+    s = payload["session"]
+    who = f"{s['name'] or 'session'} ({str(s['id'])[:8]})"
+    what = {"session.created": "started", "status.idle": "is idle (turn done)", "status.working": "is working",
+            "status.stall": "stalled: no agent activity", "status.error": "crashed",
+            "status.permission": f"needs approval: {data.get('detail') or 'a tool'}"}.get(name)
+    if name == "session.ended":
+        what = f"ended ({data.get('status')}{': ' + str(data['reason']) if data.get('reason') else ''})"
+    elif name.startswith("message."):
+        text = str(data.get("text") or "")
+        what = f"says: {text[:300]}{'…' if len(text) > 300 else ''}" if name == "message.assistant" \
+            else f"uses a tool: {text[:200]}"
+    return f"[aegis] {who} {what or name}"
 
 
 def event_name(ev: Event) -> str | None:
@@ -180,7 +203,11 @@ class Webhooks:
     async def _deliver_once(self, client: Any, limiter: trio.CapacityLimiter, ep: Endpoint, name: str,
                             ev: Event) -> None:
         payload = self._payload(name, ev)
-        body = json.dumps(payload, separators=(",", ":")).encode()
+        if ep.format == "json":
+            body = json.dumps(payload, separators=(",", ":")).encode()
+        else:
+            text = chat_text(name, payload, ev.data)
+            body = json.dumps({"text": text} if ep.format == "slack" else {"content": text}).encode()
         error = ""
         attempts = 0
         async with limiter:

@@ -118,3 +118,30 @@ def test_bad_webhook_config() -> None:
 
     with pytest.raises(ValidationError, match="http"):
         load_config(env={}, overrides={"webhooks": ["ftp://x"]})
+
+
+async def test_chat_formats(daemon_factory: Any, nursery: trio.Nursery, workdir: Path) -> None:
+    slack, discord = Receiver([]), Receiver([])
+    slack_url, discord_url = await nursery.start(slack.serve), await nursery.start(discord.serve)
+    d = await daemon_factory(webhooks=[
+        {"url": slack_url, "format": "slack", "events": ["status.permission", "session.ended"]},
+        {"url": discord_url, "format": "discord", "events": ["status.permission"]}])
+    s = await d.create(workdir, name="deploy", prompt="tool:execute:Run:make deploy")
+    await wait_until(lambda: len(slack.requests) >= 1, slack)
+    await wait_until(lambda: len(discord.requests) >= 1, discord)
+    short = s["id"][:8]
+    assert slack.events()[0] == {"text": f"[aegis] deploy ({short}) needs approval: Run"}
+    assert discord.events()[0] == {"content": f"[aegis] deploy ({short}) needs approval: Run"}
+    await d.http.delete(f"/v1/sessions/{s['id']}")
+    await wait_until(lambda: len(slack.requests) >= 2, slack)
+    assert slack.events()[1]["text"].startswith(f"[aegis] deploy ({short}) ended (killed")
+
+
+def test_bad_webhook_format() -> None:
+    import pytest
+
+    from aegisd.config import load_config
+    from aegisd.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="format must be one of json, slack, discord"):
+        load_config(env={}, overrides={"webhooks": [{"url": "http://127.0.0.1:1/x", "format": "teams"}]})
