@@ -69,6 +69,19 @@ class OidcConfig(msgspec.Struct, forbid_unknown_fields=True):
         return bool(self.issuer and self.clientId)
 
 
+class TelegramConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """See aegisd/telegram.py. On when botToken and chatId are set."""
+
+    botToken: str = ""
+    chatId: str = ""
+    apiUrl: str = "https://api.telegram.org"
+    events: list[str] = msgspec.field(default_factory=lambda: ["permission", "stall", "ended"])
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.botToken and self.chatId)
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 9100
@@ -100,6 +113,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
     verification: VerificationConfig = msgspec.field(default_factory=VerificationConfig)
     oidc: OidcConfig = msgspec.field(default_factory=OidcConfig)
+    telegram: TelegramConfig = msgspec.field(default_factory=TelegramConfig)
     ipRateLimit: int = 1200  # requests per minute per client IP on HTTP; 0: none
     sseMaxConnections: int = 100
     sseMaxPerIp: int = 10
@@ -169,6 +183,9 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_MAX_SESSIONS": ("maxSessions", int),
     "AEGIS_SSE_MAX_CONNECTIONS": ("sseMaxConnections", int),
     "AEGIS_IP_RATE_LIMIT": ("ipRateLimit", int),
+    "AEGIS_TELEGRAM_BOT_TOKEN": ("telegram.botToken", str),
+    "AEGIS_TELEGRAM_CHAT_ID": ("telegram.chatId", str),
+    "AEGIS_TELEGRAM_API_URL": ("telegram.apiUrl", str),
     "AEGIS_OIDC_ISSUER": ("oidc.issuer", str),
     "AEGIS_OIDC_CLIENT_ID": ("oidc.clientId", str),
     "AEGIS_OIDC_CLIENT_SECRET": ("oidc.clientSecret", str),
@@ -301,6 +318,12 @@ def _validate(cfg: Config) -> None:
         raise ValidationError("oidc needs both issuer and clientId (AEGIS_OIDC_ISSUER, AEGIS_OIDC_CLIENT_ID)")
     if cfg.oidc.issuer and not cfg.oidc.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
         raise ValidationError("oidc.issuer must be an https:// URL (http only for a local test IdP)")
+    bad = set(cfg.telegram.events) - {"permission", "stall", "ended"}
+    if bad:
+        raise ValidationError(f"telegram.events: unknown {', '.join(sorted(bad))}; use permission, stall, ended")
+    if bool(cfg.telegram.botToken) != bool(cfg.telegram.chatId):
+        raise ValidationError("telegram needs both botToken and chatId "
+                              "(AEGIS_TELEGRAM_BOT_TOKEN, AEGIS_TELEGRAM_CHAT_ID)")
     if cfg.ipRateLimit < 0:
         raise ValidationError("ipRateLimit must be 0 (none) or a number of requests per minute")
     if cfg.acpPromptTimeoutMs < 1:
@@ -318,6 +341,8 @@ def describe(cfg: Config, *, mask: bool = True) -> list[tuple[str, Any, str]]:
             val = _mask(str(val))
         if mask and key == "oidc" and val.clientSecret:
             val = msgspec.structs.replace(val, clientSecret=_mask(val.clientSecret))
+        if mask and key == "telegram" and val.botToken:
+            val = msgspec.structs.replace(val, botToken=_mask(val.botToken))
         source = cfg.sources.get(key) or ", ".join(sorted({v for k, v in cfg.sources.items()
                                                             if k.startswith(key + ".")})) or "default"
         rows.append((key, msgspec.to_builtins(val), source))

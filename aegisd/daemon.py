@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .oidc import Oidc
     from .ops import Op, OpContext, Principal
     from .quotas import Quotas
+    from .telegram import Telegram
 
 _ROLE_PERMS = {"admin": frozenset({"create", "send", "approve", "reject", "kill", "audit"}),
                "operator": frozenset({"create", "send", "approve", "reject", "kill", "audit"}),
@@ -117,6 +118,11 @@ class Daemon:
         from .alerts import Alerts
 
         self.alerts = Alerts(config.alerting)
+        self.telegram: Telegram | None = None
+        if config.telegram.enabled:
+            from .telegram import Telegram
+
+            self.telegram = Telegram(self, config.telegram)
         self.oidc: Oidc | None = None
         if config.oidc.enabled:
             try:
@@ -262,6 +268,8 @@ class Daemon:
                     await root.start(self.alerts.run, self.bus)
                     if self.oidc is not None:
                         await root.start(self.oidc.run)
+                    if self.telegram is not None:
+                        await root.start(self.telegram.run)
                     from .pipelines import PipelineManager, default_stage_timeout
 
                     self.pipelines = PipelineManager(self, cfg.state_path / "pipelines",

@@ -266,7 +266,10 @@ async def alerts_test(ctx: OpContext, p: Empty) -> dict[str, Any]:
 # ---- notification channels -------------------------------------------------------------------------
 @op("channels.health", Empty, summary="Health of each notification channel (one entry per webhook endpoint)")
 async def channels_health(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
-    return ctx.daemon.webhooks.health()
+    out: list[dict[str, Any]] = ctx.daemon.webhooks.health()
+    if ctx.daemon.telegram is not None:
+        out.append(ctx.daemon.telegram.health())
+    return out
 
 
 class HookIndexParams(msgspec.Struct, forbid_unknown_fields=True):
