@@ -38,3 +38,7 @@ def setup_logging(level: str = "info", *, stream: object = None, json: bool | No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
+    # httpx logs every request's full URL at INFO: bot tokens (Telegram), secret webhook URLs (Slack), IdP
+    # URLs. Our own log lines say what was delivered where, with secrets masked; theirs stay at WARNING.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

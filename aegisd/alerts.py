@@ -20,7 +20,7 @@ import structlog
 import trio
 
 from .config import AlertingConfig
-from .webhooks import Endpoint, parse_endpoints, sign
+from .webhooks import Endpoint, log_url, parse_endpoints, sign
 
 if TYPE_CHECKING:
     from .events import EventBus
@@ -145,7 +145,7 @@ class Alerts:
                 break
         self.failed += 1
         self._changed()
-        log.error("alert.delivery_failed", url=ep.url, alert_type=event["type"], error=error)
+        log.error("alert.delivery_failed", url=log_url(ep.url), alert_type=event["type"], error=error)
         return error
 
     async def deliver(self, event: dict[str, Any], *, retries: bool = True) -> list[str]:
@@ -157,7 +157,7 @@ class Alerts:
             async def one(ep: Endpoint) -> None:
                 err = await self._post(client, ep, event, retries=retries)
                 if err is not None:
-                    errors.append(f"{ep.url}: {err}")
+                    errors.append(f"{log_url(ep.url)}: {err}")
             for ep in self.endpoints:
                 nursery.start_soon(one, ep)
         return errors

@@ -85,6 +85,15 @@ def verify(secret: str, body: bytes, header: str, *, tolerance_s: int = 300) -> 
 FORMATS = ("json", "slack", "discord")
 
 
+def log_url(url: str) -> str:
+    """A webhook URL fit for the log: the host, not the path or query (Slack and Discord put the secret there)."""
+    from urllib.parse import urlsplit
+
+    p = urlsplit(url)
+    host = p.hostname or "?"
+    return f"{p.scheme}://{host}{':' + str(p.port) if p.port else ''}/…"
+
+
 def chat_text(name: str, payload: dict[str, Any], data: dict[str, Any]) -> str:
     """One line for a chat channel: what happened to which session."""
     s = payload["session"]
@@ -174,7 +183,7 @@ class Webhooks:
         try:
             await self._deliver_once(client, limiter, ep, name, ev)
         except Exception:  # a bug in a delivery must not take the daemon down
-            log.exception("webhook.internal_error", url=ep.url, hook_event=name)
+            log.exception("webhook.internal_error", url=log_url(ep.url), hook_event=name)
         finally:
             state["pending"] -= 1
 
@@ -233,10 +242,10 @@ class Webhooks:
                 self._log_attempt(ep, name, attempt, "failed", resp.status_code, error)
                 if resp.status_code < 500:
                     self.failed += 1
-                    log.warning("webhook.rejected", url=ep.url, hook_event=name, status=resp.status_code)
+                    log.warning("webhook.rejected", url=log_url(ep.url), hook_event=name, status=resp.status_code)
                     return  # the receiver refused it: retrying will not help, and it is not dead-lettered
         self.failed += 1
-        log.warning("webhook.dead_letter", url=ep.url, hook_event=name, error=error)
+        log.warning("webhook.dead_letter", url=log_url(ep.url), hook_event=name, error=error)
         self.dlq.append(DeadLetter(timestamp=now_ms(), endpoint=ep.url, event=name, error=error, attempts=attempts,
                                    payload=payload))
         self._save_dlq()

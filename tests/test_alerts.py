@@ -90,7 +90,8 @@ async def test_alerts_test_endpoint(daemon_factory: Any, nursery: trio.Nursery) 
     d3 = await restart(d2, alerting={"webhooks": [ok_url, broken_url]})
     r = await d3.http.post("/v1/alerts/test")
     assert r.status_code == 502 and r.json()["code"] == "DELIVERY_FAILED"
-    assert r.json()["details"]["errors"] == [f"{broken_url}: HTTP 500"]  # no retry for a test
+    # no retry for a test; the URL's path (where chat services keep the secret) is not shown
+    assert r.json()["details"]["errors"] == [f"{broken_url.rsplit('/', 1)[0]}/…: HTTP 500"]
     assert (await d3.http.post("/v1/alerts/test", json={"x": 1})).status_code == 400
     assert (await d3.http.get("/v1/alerts/stats")).json()["failed"] == 1
 

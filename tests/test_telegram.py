@@ -3,6 +3,7 @@ approves that very request; other chats and stale buttons decide nothing. Agains
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,31 @@ async def test_approve_from_the_chat(daemon_factory: Any, nursery: trio.Nursery,
     await tg.wait_for(lambda: any("ended killed" in m["text"] for m in tg.sent()))
     health = (await d.http.get("/v1/channels/health")).json()
     assert [(h["channel"], h["healthy"]) for h in health] == [("telegram", True)]
+
+
+async def test_the_bot_token_stays_out_of_the_logs(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path) -> None:
+    """The token is part of every Bot API URL, and httpx logs each request's URL at INFO."""
+    from .conftest import start_daemon_process
+
+    tg = FakeTelegram(TOKEN)
+    url = await nursery.start(tg.serve)
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery, extra_env={
+        "AEGIS_TELEGRAM_BOT_TOKEN": TOKEN, "AEGIS_TELEGRAM_CHAT_ID": CHAT, "AEGIS_TELEGRAM_API_URL": url})
+    work = tmp_path / "w"
+    work.mkdir()
+    import httpx
+
+    async with httpx.AsyncClient(base_url=dp.http_url, timeout=20) as h:
+        r = await h.post("/v1/sessions", json={"workDir": str(work), "prompt": "tool:execute:Run:ls"})
+        assert r.status_code == 201
+        await tg.wait_for(lambda: any("asks to run" in m["text"] for m in tg.sent()))
+        r = await h.get("/v1/channels/health")  # a request after the send: the log has caught up with it
+        assert r.json()[0]["healthy"] is True
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()
+    log = dp.log_path.read_text()
+    assert "telegram" in log.lower() or "session" in log  # the log is there
+    assert TOKEN not in log and TOKEN.split(":")[1] not in log
 
 
 def test_bad_telegram_config() -> None:
