@@ -82,6 +82,19 @@ class TelegramConfig(msgspec.Struct, forbid_unknown_fields=True):
         return bool(self.botToken and self.chatId)
 
 
+class EmailConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """See aegisd/mail.py. On when smtpUrl and to are set."""
+
+    smtpUrl: str = ""
+    from_: str = msgspec.field(default="aegis@localhost", name="from")
+    to: list[str] = []
+    events: list[str] = msgspec.field(default_factory=lambda: ["permission", "stall", "ended"])
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.smtpUrl and self.to)
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 9100
@@ -114,6 +127,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     verification: VerificationConfig = msgspec.field(default_factory=VerificationConfig)
     oidc: OidcConfig = msgspec.field(default_factory=OidcConfig)
     telegram: TelegramConfig = msgspec.field(default_factory=TelegramConfig)
+    email: EmailConfig = msgspec.field(default_factory=EmailConfig)
     ipRateLimit: int = 1200  # requests per minute per client IP on HTTP; 0: none
     sseMaxConnections: int = 100
     sseMaxPerIp: int = 10
@@ -183,6 +197,9 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_MAX_SESSIONS": ("maxSessions", int),
     "AEGIS_SSE_MAX_CONNECTIONS": ("sseMaxConnections", int),
     "AEGIS_IP_RATE_LIMIT": ("ipRateLimit", int),
+    "AEGIS_EMAIL_SMTP_URL": ("email.smtpUrl", str),
+    "AEGIS_EMAIL_FROM": ("email.from", str),
+    "AEGIS_EMAIL_TO": ("email.to", lambda v: [a.strip() for a in v.split(",") if a.strip()]),
     "AEGIS_TELEGRAM_BOT_TOKEN": ("telegram.botToken", str),
     "AEGIS_TELEGRAM_CHAT_ID": ("telegram.chatId", str),
     "AEGIS_TELEGRAM_API_URL": ("telegram.apiUrl", str),
@@ -318,6 +335,17 @@ def _validate(cfg: Config) -> None:
         raise ValidationError("oidc needs both issuer and clientId (AEGIS_OIDC_ISSUER, AEGIS_OIDC_CLIENT_ID)")
     if cfg.oidc.issuer and not cfg.oidc.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
         raise ValidationError("oidc.issuer must be an https:// URL (http only for a local test IdP)")
+    if cfg.email.smtpUrl or cfg.email.to:
+        from .mail import check_url
+
+        if not (cfg.email.smtpUrl and cfg.email.to):
+            raise ValidationError("email needs both smtpUrl and to (AEGIS_EMAIL_SMTP_URL, AEGIS_EMAIL_TO)")
+        try:
+            check_url(cfg.email.smtpUrl)
+        except ValueError as exc:
+            raise ValidationError(f"email: {exc}") from None
+        if set(cfg.email.events) - {"permission", "stall", "ended"}:
+            raise ValidationError("email.events: use permission, stall, ended")
     bad = set(cfg.telegram.events) - {"permission", "stall", "ended"}
     if bad:
         raise ValidationError(f"telegram.events: unknown {', '.join(sorted(bad))}; use permission, stall, ended")
@@ -341,6 +369,8 @@ def describe(cfg: Config, *, mask: bool = True) -> list[tuple[str, Any, str]]:
             val = _mask(str(val))
         if mask and key == "oidc" and val.clientSecret:
             val = msgspec.structs.replace(val, clientSecret=_mask(val.clientSecret))
+        if mask and key == "email" and val.smtpUrl:
+            val = msgspec.structs.replace(val, smtpUrl=_mask(val.smtpUrl))
         if mask and key == "telegram" and val.botToken:
             val = msgspec.structs.replace(val, botToken=_mask(val.botToken))
         source = cfg.sources.get(key) or ", ".join(sorted({v for k, v in cfg.sources.items()

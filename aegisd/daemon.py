@@ -31,6 +31,7 @@ from .sessions import SessionManager
 from .store import Store, open_store
 
 if TYPE_CHECKING:
+    from .mail import Email
     from .oidc import Oidc
     from .ops import Op, OpContext, Principal
     from .quotas import Quotas
@@ -118,6 +119,11 @@ class Daemon:
         from .alerts import Alerts
 
         self.alerts = Alerts(config.alerting)
+        self.mail: Email | None = None
+        if config.email.enabled:
+            from .mail import Email
+
+            self.mail = Email(self, config.email)
         self.telegram: Telegram | None = None
         if config.telegram.enabled:
             from .telegram import Telegram
@@ -270,6 +276,8 @@ class Daemon:
                         await root.start(self.oidc.run)
                     if self.telegram is not None:
                         await root.start(self.telegram.run)
+                    if self.mail is not None:
+                        await root.start(self.mail.run)
                     from .pipelines import PipelineManager, default_stage_timeout
 
                     self.pipelines = PipelineManager(self, cfg.state_path / "pipelines",

@@ -269,6 +269,8 @@ async def channels_health(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = ctx.daemon.webhooks.health()
     if ctx.daemon.telegram is not None:
         out.append(ctx.daemon.telegram.health())
+    if ctx.daemon.mail is not None:
+        out.append(ctx.daemon.mail.health())
     return out
 
 

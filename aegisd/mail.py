@@ -1,0 +1,117 @@
+"""Email: a message when a session needs approval, stalls or ends, with a link to it in the dashboard.
+
+`email: {smtpUrl, from, to, events}`: `smtp://[user:password@]host[:port]` (STARTTLS when the server offers it),
+`smtps://…` (TLS from the start, port 465). Sent by the standard library's smtplib in a worker thread, one
+message per event, the same subject at most once a minute (a flapping session does not flood an inbox)."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import time
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import structlog
+import trio
+
+from .models import Event, now_ms
+
+if TYPE_CHECKING:
+    from .config import EmailConfig
+    from .daemon import Daemon
+
+log = structlog.get_logger("aegisd.mail")
+
+REPEAT_S = 60.0
+TIMEOUT_S = 15.0
+
+
+def check_url(url: str) -> None:
+    p = urlsplit(url)
+    if p.scheme not in ("smtp", "smtps") or not p.hostname:
+        raise ValueError("smtpUrl must be smtp://[user:password@]host[:port] or smtps://…")
+
+
+class Email:
+    def __init__(self, daemon: Daemon, cfg: EmailConfig) -> None:
+        self.daemon = daemon
+        self.cfg = cfg
+        self.sent = 0
+        self.failed = 0
+        self.last_success: int | None = None
+        self.last_error: str | None = None
+        self.last_error_at: int | None = None
+        self._recent: dict[str, float] = {}
+
+    def health(self) -> dict[str, Any]:
+        p = urlsplit(self.cfg.smtpUrl)
+        healthy = self.last_error_at is None or (self.last_success or 0) > self.last_error_at
+        return {"channel": "email", "endpoint": f"{p.scheme}://{p.hostname}:{p.port or ''} → {', '.join(self.cfg.to)}",
+                "healthy": healthy, "lastSuccess": self.last_success, "lastError": self.last_error,
+                "pendingCount": 0}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sub = await self.daemon.bus.subscribe(maxsize=100_000)
+        task_status.started()
+        async with sub:
+            async for ev in sub:
+                message = self._compose(ev)
+                if message is None:
+                    continue
+                subject, body, session_id = message
+                now = time.monotonic()
+                if now - self._recent.get(subject, -REPEAT_S) < REPEAT_S:
+                    continue
+                self._recent = {k: t for k, t in self._recent.items() if now - t < REPEAT_S}
+                self._recent[subject] = now
+                try:
+                    await trio.to_thread.run_sync(self._send, subject, body)
+                    self.sent += 1
+                    self.last_success = now_ms()
+                except Exception as exc:  # noqa: BLE001 - a mail server's trouble is reported, not raised
+                    self.failed += 1
+                    self.last_error, self.last_error_at = f"{type(exc).__name__}: {exc}", now_ms()
+                    log.warning("email.failed", session_id=session_id, error=self.last_error)
+
+    def _compose(self, ev: Event) -> tuple[str, str, str] | None:
+        want = set(self.cfg.events)
+        d = ev.data
+        rec = self.daemon.manager.records.get(ev.sessionId)
+        who = f"{rec.name if rec else 'session'} ({ev.sessionId[:8]})"
+        link = f"{self.daemon.http_url.rstrip('/')}/dashboard/#/sessions/{ev.sessionId}"
+        if ev.event == "approval" and "requestId" in d and "decision" not in d and "permission" in want:
+            subject = f"[aegis] {who} needs approval: {d.get('toolTitle')}"
+            body = (f"{who} asks to run {d.get('toolTitle')}.\n\nInput: {d.get('rawInput')}\n\n"
+                    f"Approve or reject: {link}\n(or `ag approve {ev.sessionId[:8]}` / `ag reject …`)\n")
+        elif ev.event == "status" and d.get("status") == "stalled" and "stall" in want:
+            subject = f"[aegis] {who} stalled"
+            body = f"{who} shows no agent activity.\n\n{link}\n"
+        elif ev.event == "ended" and "ended" in want:
+            subject = f"[aegis] {who} ended {d.get('status')}"
+            body = f"{who} ended {d.get('status')}" + (f": {d.get('reason')}" if d.get("reason") else "") + \
+                f".\n\n{link}\n"
+        else:
+            return None
+        return subject, body, ev.sessionId
+
+    def _send(self, subject: str, body: str) -> None:
+        p = urlsplit(self.cfg.smtpUrl)
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = self.cfg.from_, ", ".join(self.cfg.to), subject
+        msg.set_content(body)
+        context = ssl.create_default_context()
+        if p.scheme == "smtps":
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(p.hostname or "", p.port or 465, timeout=TIMEOUT_S,
+                                                  context=context)
+        else:
+            smtp = smtplib.SMTP(p.hostname or "", p.port or 25, timeout=TIMEOUT_S)
+        with smtp:
+            smtp.ehlo()
+            if p.scheme == "smtp" and smtp.has_extn("starttls"):
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if p.username:
+                smtp.login(unquote(p.username), unquote(p.password or ""))
+            smtp.send_message(msg)
