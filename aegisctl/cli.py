@@ -454,6 +454,24 @@ def whoami(c: Ctx) -> None:
         fail(f"the token for {url} is not valid (expired? run `ag login`)")
 
 
+@cli.command()
+@json_option
+@pass_ctx
+def channels(c: Ctx) -> None:
+    """Notification channels (webhooks, Telegram, email) and whether their last delivery worked."""
+    res = c.call("channels.health")
+    if c.json:
+        out.echo_json(res)
+        return
+    if not res:
+        click.echo("No notification channels configured (webhooks, telegram, email in the config).")
+        return
+    out.table(["channel", "where", "state", "last success", "last error"],
+              [[h["channel"], out.one_line(h["endpoint"], 50),
+                out.style("ok", fg="green") if h["healthy"] else out.style("failing", fg="red"),
+                out.age(h.get("lastSuccess")), out.one_line(h.get("lastError") or "-", 50)] for h in res])
+
+
 @cli.group("alerts")
 def alerts_group() -> None:
     """Alerting: failures counted per kind, and alert webhooks."""

@@ -487,6 +487,8 @@ async def test_verify_screenshot_and_alerts_commands(nursery: trio.Nursery, tmp_
     # the SSRF guard answers before any browser starts
     r = await ag(dp, "screenshot", sid, "http://169.254.169.254/", "-o", str(tmp_path / "x.png"), check=False)
     assert r.returncode == 1 and "link-local" in r.stderr and not (tmp_path / "x.png").exists()
+    r = await ag(dp, "channels")
+    assert "No notification channels configured" in r.stdout
     r = await ag(dp, "alerts", "stats")
     assert "session_failure" in r.stdout and "0 alert webhook(s)" in r.stdout
     r = await ag(dp, "alerts", "test", check=False)

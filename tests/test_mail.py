@@ -35,6 +35,15 @@ async def test_mail_on_approval_and_end(daemon_factory: Any, nursery: trio.Nurse
     health = (await d.http.get("/v1/channels/health")).json()
     assert [(h["channel"], h["healthy"]) for h in health] == [("email", True)]
     assert "p@ss" not in str(health) and "p%40ss" not in str(health)
+    # and from the CLI
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AEGIS_SOCKET": str(d.daemon.socket_path), "NO_COLOR": "1"}
+    r = await trio.to_thread.run_sync(lambda: subprocess.run([sys.executable, "-m", "aegisctl", "channels"], env=env,
+                                                             capture_output=True, text=True, timeout=60))
+    assert r.returncode == 0 and "email" in r.stdout and " ok " in f" {r.stdout} " and "p@ss" not in r.stdout
 
 
 @pytest.mark.parametrize("email, message", [
