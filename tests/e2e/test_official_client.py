@@ -36,10 +36,11 @@ async def test_ag_client_session_flow(daemon: DaemonHandle, workdir: Path) -> No
     await run(client.send_message, sid, "tool:execute:Run:ls")
     await daemon.wait_event(sid, "approval", match=lambda e: "requestId" in e.data and "decision" not in e.data)
     await run(client.approve_permission, sid)
-    await daemon.wait_event(sid, "turn", match=lambda e: e.data["turn"] == 2)
+    turn2 = await daemon.wait_event(sid, "turn", match=lambda e: e.data["turn"] == 2)
     await run(client.send_message, sid, "tool:execute:Run:rm")
-    await daemon.wait_event(sid, "approval", match=lambda e: "requestId" in e.data and "decision" not in e.data
-                            and e.data.get("toolTitle") == "Run" and e.id > 0)
+    # the new request, not the first one (events are replayed from the start of the session)
+    await daemon.wait_event(sid, "approval", after_id=turn2.id,
+                            match=lambda e: "requestId" in e.data and "decision" not in e.data)
     await run(client.reject_permission, sid)
     perms = await run(client.get_session_permissions, sid)
     assert perms["permissionPolicy"] == []
