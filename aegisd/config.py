@@ -219,6 +219,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
 # Keys of the config file that are not Config fields but are accepted (the original's, or for later parts).
 KNOWN_EXTRA_KEYS = {"clientAuthToken", "rateLimit", "defaultSessionEnv", "name", "model"}
 _SECRET_KEYS = {"authToken", "postgresUrl", "redisUrl", "clientAuthToken"}
+# secrets inside a section: section -> field
+_SECRET_FIELDS = {"oidc": "clientSecret", "email": "smtpUrl", "telegram": "botToken"}
 
 
 def config_file_candidates(cwd: Path | None = None) -> list[Path]:
@@ -367,12 +369,9 @@ def describe(cfg: Config, *, mask: bool = True) -> list[tuple[str, Any, str]]:
         val = getattr(cfg, key)
         if mask and key in _SECRET_KEYS and val:
             val = _mask(str(val))
-        if mask and key == "oidc" and val.clientSecret:
-            val = msgspec.structs.replace(val, clientSecret=_mask(val.clientSecret))
-        if mask and key == "email" and val.smtpUrl:
-            val = msgspec.structs.replace(val, smtpUrl=_mask(val.smtpUrl))
-        if mask and key == "telegram" and val.botToken:
-            val = msgspec.structs.replace(val, botToken=_mask(val.botToken))
+        field = _SECRET_FIELDS.get(key)
+        if mask and field and getattr(val, field):
+            val = msgspec.structs.replace(val, **{field: _mask(getattr(val, field))})
         source = cfg.sources.get(key) or ", ".join(sorted({v for k, v in cfg.sources.items()
                                                             if k.startswith(key + ".")})) or "default"
         rows.append((key, msgspec.to_builtins(val), source))

@@ -16,7 +16,8 @@ from urllib.parse import unquote, urlsplit
 import structlog
 import trio
 
-from .models import Event, now_ms
+from ._channel import ChannelHealth
+from .models import Event
 
 if TYPE_CHECKING:
     from .config import EmailConfig
@@ -38,19 +39,12 @@ class Email:
     def __init__(self, daemon: Daemon, cfg: EmailConfig) -> None:
         self.daemon = daemon
         self.cfg = cfg
-        self.sent = 0
-        self.failed = 0
-        self.last_success: int | None = None
-        self.last_error: str | None = None
-        self.last_error_at: int | None = None
+        self.state = ChannelHealth()
         self._recent: dict[str, float] = {}
 
     def health(self) -> dict[str, Any]:
         p = urlsplit(self.cfg.smtpUrl)
-        healthy = self.last_error_at is None or (self.last_success or 0) > self.last_error_at
-        return {"channel": "email", "endpoint": f"{p.scheme}://{p.hostname}:{p.port or ''} → {', '.join(self.cfg.to)}",
-                "healthy": healthy, "lastSuccess": self.last_success, "lastError": self.last_error,
-                "pendingCount": 0}
+        return self.state.report("email", f"{p.scheme}://{p.hostname}:{p.port or ''} → {', '.join(self.cfg.to)}")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sub = await self.daemon.bus.subscribe(maxsize=100_000)
@@ -68,12 +62,10 @@ class Email:
                 self._recent[subject] = now
                 try:
                     await trio.to_thread.run_sync(self._send, subject, body)
-                    self.sent += 1
-                    self.last_success = now_ms()
+                    self.state.ok()
                 except Exception as exc:  # noqa: BLE001 - a mail server's trouble is reported, not raised
-                    self.failed += 1
-                    self.last_error, self.last_error_at = f"{type(exc).__name__}: {exc}", now_ms()
-                    log.warning("email.failed", session_id=session_id, error=self.last_error)
+                    self.state.error(f"{type(exc).__name__}: {exc}")
+                    log.warning("email.failed", session_id=session_id, error=self.state.last_error)
 
     def _compose(self, ev: Event) -> tuple[str, str, str] | None:
         want = set(self.cfg.events)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from ._channel import ChannelHealth
 from .errors import AegisError
-from .models import Event, now_ms
+from .models import Event
 
 if TYPE_CHECKING:
     from .config import TelegramConfig
@@ -39,12 +40,7 @@ class Telegram:
         self.cfg = cfg
         self.base = f"{cfg.apiUrl.rstrip('/')}/bot{cfg.botToken}"
         self.client: Any = None
-        self.sent = 0
-        self.failed = 0
-        self.last_success: int | None = None
-        self.last_error: str | None = None
-        self.last_error_at: int | None = None
-        self.decided = 0
+        self.state = ChannelHealth()
 
     # ---- the Bot API ---------------------------------------------------------------------------------
     async def api(self, method: str, *, http_timeout: float = 20, **params: Any) -> Any:
@@ -57,18 +53,16 @@ class Telegram:
         if not body.get("ok"):
             self._failed(f"{method}: {body.get('description') or body}")
             raise TelegramError(str(body.get("description")))
-        self.last_success = now_ms()
+        self.state.ok()
         return body.get("result")
 
     def _failed(self, error: str) -> None:
-        self.failed += 1
-        self.last_error, self.last_error_at = error.replace(self.cfg.botToken, "***"), now_ms()
-        log.warning("telegram.api_failed", error=self.last_error)
+        error = error.replace(self.cfg.botToken, "***")
+        self.state.error(error)
+        log.warning("telegram.api_failed", error=error)
 
     def health(self) -> dict[str, Any]:
-        healthy = self.last_error_at is None or (self.last_success or 0) > self.last_error_at
-        return {"channel": "telegram", "endpoint": f"chat {self.cfg.chatId}", "healthy": healthy,
-                "lastSuccess": self.last_success, "lastError": self.last_error, "pendingCount": 0}
+        return self.state.report("telegram", f"chat {self.cfg.chatId}")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         import httpx
@@ -118,9 +112,7 @@ class Telegram:
         params: dict[str, Any] = {"chat_id": self.cfg.chatId, "text": text[:4000]}
         if keyboard:
             params["reply_markup"] = {"inline_keyboard": keyboard}
-        result = await self.api("sendMessage", **params)
-        self.sent += 1
-        return result
+        return await self.api("sendMessage", **params)
 
     # ---- in: button presses and commands ------------------------------------------------------------
     async def _inbound(self) -> None:
@@ -177,7 +169,6 @@ class Telegram:
         except AegisError as exc:
             await self.api("answerCallbackQuery", callback_query_id=cq["id"], text=exc.message[:190])
             return
-        self.decided += 1
         done = "✅ Approved" if verb == APPROVE else "❌ Rejected"
         await self.api("answerCallbackQuery", callback_query_id=cq["id"], text=done)
         await self._close_buttons(msg, f"{done} by @{name}")

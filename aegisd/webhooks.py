@@ -21,6 +21,7 @@ import msgspec
 import structlog
 import trio
 
+from ._channel import ChannelHealth
 from ._fs import atomic_write
 from .models import Event, now_ms
 
@@ -139,8 +140,7 @@ class Webhooks:
         # per endpoint (by index): the last DELIVERY_LOG attempts, and what channel health reports
         self.deliveries: list[collections.deque[dict[str, Any]]] = [
             collections.deque(maxlen=DELIVERY_LOG) for _ in endpoints]
-        self.state: list[dict[str, Any]] = [
-            {"lastSuccess": None, "lastError": None, "lastErrorAt": None, "pending": 0} for _ in endpoints]
+        self.state = [ChannelHealth() for _ in endpoints]
         self._delivery_seq = 0
         try:
             self.dlq: list[DeadLetter] = msgspec.json.decode(dlq_path.read_bytes(), type=list[DeadLetter])
@@ -179,13 +179,13 @@ class Webhooks:
     async def _deliver(self, client: Any, limiter: trio.CapacityLimiter, ep: Endpoint, name: str,
                        ev: Event) -> None:
         state = self.state[self.endpoints.index(ep)]
-        state["pending"] += 1
+        state.pending += 1
         try:
             await self._deliver_once(client, limiter, ep, name, ev)
         except Exception:  # a bug in a delivery must not take the daemon down
             log.exception("webhook.internal_error", url=log_url(ep.url), hook_event=name)
         finally:
-            state["pending"] -= 1
+            state.pending -= 1
 
     def _log_attempt(self, ep: Endpoint, name: str, attempt: int, status: str, code: int | None,
                      error: str | None) -> None:
@@ -195,19 +195,13 @@ class Webhooks:
         self.deliveries[i].append({"id": self._delivery_seq, "endpointUrl": ep.url, "event": name, "status": status,
                                    "responseCode": code, "error": error, "timestamp": ts, "attemptNumber": attempt})
         if status == "success":
-            self.state[i]["lastSuccess"] = ts
+            self.state[i].ok(ts)
         else:
-            self.state[i]["lastError"], self.state[i]["lastErrorAt"] = error, ts
+            self.state[i].error(error or status, ts)
 
     def health(self) -> list[dict[str, Any]]:
-        """One entry per endpoint: healthy unless its latest attempt failed."""
-        out = []
-        for ep, st in zip(self.endpoints, self.state, strict=True):
-            healthy = st["lastErrorAt"] is None or (st["lastSuccess"] or 0) > st["lastErrorAt"]
-            out.append({"channel": "webhook", "endpoint": ep.url, "healthy": healthy,
-                        "lastSuccess": st["lastSuccess"], "lastError": st["lastError"],
-                        "pendingCount": st["pending"]})
-        return out
+        """One entry per endpoint."""
+        return [st.report("webhook", ep.url) for ep, st in zip(self.endpoints, self.state, strict=True)]
 
     async def _deliver_once(self, client: Any, limiter: trio.CapacityLimiter, ep: Endpoint, name: str,
                             ev: Event) -> None:

@@ -63,13 +63,8 @@ class FakeTelegram:
         return app
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        from hypercorn.config import Config
-        from hypercorn.trio import serve
+        from ._asgi import serve_app
 
-        cfg = Config()
-        cfg.bind = ["127.0.0.1:0"]
-        cfg.accesslog = cfg.errorlog = None
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(serve, self.app, cfg)
-            self.url = binds[0].rstrip("/")
+            self.url = await nursery.start(serve_app, self.app)
             task_status.started(self.url)
