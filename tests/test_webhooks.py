@@ -145,3 +145,10 @@ def test_bad_webhook_format() -> None:
 
     with pytest.raises(ValidationError, match="format must be one of json, slack, discord"):
         load_config(env={}, overrides={"webhooks": [{"url": "http://127.0.0.1:1/x", "format": "teams"}]})
+
+
+async def test_channel_health_hides_webhook_paths_from_non_admins(daemon_factory: Any) -> None:
+    secret = "http://127.0.0.1:1/services/T000/B000/XXXXsecret"
+    d = await daemon_factory(strictRbac=True, webhooks=[{"url": secret, "format": "slack"}])  # local = viewer
+    health = (await d.http.get("/v1/channels/health")).json()
+    assert [h["endpoint"] for h in health] == ["http://127.0.0.1:1/…"]
