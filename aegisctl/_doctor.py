@@ -166,6 +166,14 @@ def _daemon_checks(cfg: Any, sock_path: Path) -> list[dict[str, Any]]:
             with Client(socket_path=sock_path, timeout=5) as c:
                 hello = c.call("hello")
             out.append(_check("socket", "ok", f"{sock_path}: aegisd {hello['version']} (pid {hello['pid']})"))
+            if "cgroups" in hello:
+                out.append(_check("isolation", "ok", f"one cgroup per session under {hello['cgroups']}: nothing an "
+                                  "agent starts outlives its session, and its tools are traced to it")
+                           if hello["cgroups"] else
+                           _check("isolation", "warn", "no per-session cgroups: agents' tools are traced by process "
+                                  "ancestry and environment markers, which a detached tool with a cleared "
+                                  "environment escapes", "run aegisd as a systemd service with Delegate=yes "
+                                  "(`ag service install`), or as root"))
         except ClientError as exc:
             out.append(_check("socket", "warn", f"{sock_path}: {exc.message} (stale socket?)",
                               "start aegisd (`ag serve`); a stale socket is replaced at start"))

@@ -122,6 +122,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     strictRbac: bool = False
     stallThresholdMs: int = 120_000
     maxSessions: int = 1000
+    maxChildSessions: int = 10  # live sessions one session's agent may have created (see aegisd/auth/_agents.py)
+    sessionCgroups: bool = True  # one cgroup per session where the daemon may create them (aegisd/acp/_cgroup.py)
     webhooks: list[Any] = []
     alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
     verification: VerificationConfig = msgspec.field(default_factory=VerificationConfig)
@@ -195,6 +197,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_ACP_PROMPT_TIMEOUT_MS": ("acpPromptTimeoutMs", int),
     "AEGIS_STALL_THRESHOLD_MS": ("stallThresholdMs", int),
     "AEGIS_MAX_SESSIONS": ("maxSessions", int),
+    "AEGIS_MAX_CHILD_SESSIONS": ("maxChildSessions", int),
+    "AEGIS_SESSION_CGROUPS": ("sessionCgroups", _bool),
     "AEGIS_SSE_MAX_CONNECTIONS": ("sseMaxConnections", int),
     "AEGIS_IP_RATE_LIMIT": ("ipRateLimit", int),
     "AEGIS_EMAIL_SMTP_URL": ("email.smtpUrl", str),
@@ -354,6 +358,8 @@ def _validate(cfg: Config) -> None:
     if bool(cfg.telegram.botToken) != bool(cfg.telegram.chatId):
         raise ValidationError("telegram needs both botToken and chatId "
                               "(AEGIS_TELEGRAM_BOT_TOKEN, AEGIS_TELEGRAM_CHAT_ID)")
+    if cfg.maxChildSessions < 0:
+        raise ValidationError("maxChildSessions must be 0 (agents create no sessions) or more")
     if cfg.ipRateLimit < 0:
         raise ValidationError("ipRateLimit must be 0 (none) or a number of requests per minute")
     if cfg.acpPromptTimeoutMs < 1:

@@ -1,8 +1,9 @@
 """The control plane: the control protocol (docs/control-protocol.md) on a Unix socket.
 
 The socket file is created 0600 inside a 0700 directory, and every peer's uid is checked with SO_PEERCRED
-(same uid as the daemon, or root). A live daemon's socket is never taken over: a second daemon finds it
-answering and refuses to start."""
+(same uid as the daemon, or root). Peers act as admin, except those that belong to a session's process tree
+(the agent, its tools, `ag mcp` started by it): they get that session's agent principal (aegisd/callers.py).
+A live daemon's socket is never taken over: a second daemon finds it answering and refuses to start."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import errno
 import os
 import socket as _socket
 import stat
-import struct
 from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ import structlog
 import trio
 
 from . import ops
+from .callers import unix_peer
 from .errors import AegisError, PayloadTooLarge, Unauthorized, Unavailable, ValidationError
 
 if TYPE_CHECKING:
@@ -48,12 +49,6 @@ def error_frame(req_id: Any, exc: BaseException) -> dict[str, Any]:
     else:
         err = {"code": "INTERNAL_ERROR", "message": "internal error", "status": 500}
     return {"id": req_id, "ok": False, "error": err}
-
-
-def peer_uid(sock: trio.socket.SocketType) -> int:
-    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -127,10 +122,14 @@ class _Conn:
 async def _connection(daemon: Daemon, stream: trio.SocketStream) -> None:
     conn = _Conn(stream)
     try:
-        uid = peer_uid(stream.socket)
+        pid, uid = unix_peer(stream.socket)  # type: ignore[arg-type]
         if uid not in (os.getuid(), 0):
             await conn.send(error_frame(None, Unauthorized(f"uid {uid} may not use this daemon's socket")))
             return
+        session_id = daemon.callers.session_of_pid(pid)
+        principal = daemon.agent_principal(session_id) if session_id is not None else ops.Principal()
+        if session_id is not None:
+            log.info("control.agent_caller", session_id=session_id, pid=pid)
         async with trio.open_nursery() as nursery:
             buf = bytearray()
             while True:
@@ -146,7 +145,7 @@ async def _connection(daemon: Daemon, stream: trio.SocketStream) -> None:
                     line = bytes(buf[:nl])
                     del buf[:nl + 1]
                     if line.strip():
-                        nursery.start_soon(_handle, daemon, conn, line)
+                        nursery.start_soon(_handle, daemon, conn, line, principal)
                 if len(buf) > MAX_FRAME:
                     await conn.send(error_frame(None, PayloadTooLarge(f"frame larger than {MAX_FRAME} bytes")))
                     nursery.cancel_scope.cancel()
@@ -157,13 +156,13 @@ async def _connection(daemon: Daemon, stream: trio.SocketStream) -> None:
             await stream.aclose()
 
 
-async def _handle(daemon: Daemon, conn: _Conn, line: bytes) -> None:
+async def _handle(daemon: Daemon, conn: _Conn, line: bytes, principal: ops.Principal) -> None:
     try:
         req = _req_decoder.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         await conn.send(error_frame(None, ValidationError(f"malformed request frame: {exc}")))
         return
-    ctx = ops.OpContext(daemon=daemon, principal=ops.Principal(), surface="socket")
+    ctx = ops.OpContext(daemon=daemon, principal=principal, surface="socket")
     try:
         o = ops.get_op(req.op)
         if o.stream:

@@ -23,6 +23,8 @@ import trio
 
 from . import __version__
 from .acp import Lifeline
+from .acp._cgroup import SessionCgroups
+from .callers import Callers
 from .config import Config, load_config
 from .errors import AegisError, Forbidden, SessionForbidden, Unauthorized, Unavailable, ValidationError
 from .events import EventBus
@@ -92,6 +94,8 @@ class Daemon:
         self.store: Store = open_store(config)
         self.bus = EventBus(self.store)
         self.lifeline = Lifeline(grace=config.killGraceMs / 1000)
+        self.cgroups: SessionCgroups | None = None  # set in run() where cgroups can be had
+        self.callers = Callers(token=self.lifeline.token, cgroups=None, agents=self._agent_pids)
         self.screenshot_limiter = trio.CapacityLimiter(2)  # browsers at once
         self.verifying: set[str] = set()  # sessions whose verification is running
         self.manager: SessionManager = None  # type: ignore[assignment]  # set in run()
@@ -143,6 +147,12 @@ class Daemon:
         self.sse_tokens = SseTokens()
         self._config_watch = ConfigWatch(config)
 
+    def _agent_pids(self) -> dict[int, str]:
+        """The pid of every live agent process, with its session (for tracing callers without cgroups)."""
+        if self.manager is None:
+            return {}
+        return {r.rec.pid: sid for sid, r in self.manager.runners.items() if r.rec.pid is not None}
+
     def _quotas_of(self, key_id: str) -> Quotas | None:
         from .errors import NotFound, QuotaExceeded
         from .quotas import parse
@@ -193,9 +203,12 @@ class Daemon:
         perm = op.permission
         if self.draining and perm == "create":
             raise Unavailable("the daemon is shutting down")
+        p = ctx.principal
+        if p.kind == "agent":
+            self._authorize_agent(ctx, op, params)
+            return
         if perm == "public":
             return
-        p = ctx.principal
         if p.kind == "anonymous":
             raise Unauthorized("authentication required")
         if perm == "admin" and p.role != "admin":
@@ -207,8 +220,29 @@ class Daemon:
             if perm not in allowed:
                 raise Forbidden(f"{op.name} needs the {perm!r} permission (role {p.role})")
 
+    def _authorize_agent(self, ctx: OpContext, op: Op, params: Any) -> None:
+        """A caller inside a session's process tree: see aegisd/auth/_agents.py."""
+        from .auth._agents import AGENT_ACCESS
+
+        access = AGENT_ACCESS.get(op.name)
+        if access is None:
+            raise Forbidden(f"{op.name} is not available to a session's agent or its tools (this caller runs "
+                            f"inside session {ctx.principal.session_id})")
+        target = getattr(params, "id", None)
+        if access == "act" and isinstance(target, str):
+            self.session(ctx, target, act=True)
+
+    def agent_principal(self, session_id: str) -> Principal:
+        from .ops import Principal
+
+        return Principal(kind="agent", role="agent", name=f"agent:{session_id}", session_id=session_id)
+
     def can_see(self, ctx: OpContext, session_id: str) -> bool:
         p = ctx.principal
+        if p.kind == "agent":
+            from .auth._agents import created_by
+
+            return session_id == p.session_id or created_by(self.manager.records, session_id, p.session_id or "")
         if p.role == "admin" or p.kind in ("master",) or (p.kind == "local" and p.role == "admin"):
             return True
         rec = self.manager.records.get(session_id)
@@ -216,14 +250,35 @@ class Daemon:
             return rec is not None
         return rec is not None and rec.ownerKeyId is not None and rec.ownerKeyId == p.key_id
 
+    def can_act(self, ctx: OpContext, session_id: str) -> bool:
+        """Whether the caller may change this session (beyond reading it). Only agents are limited here: never
+        their own session, only the ones they created; roles and permissions are checked in authorize()."""
+        p = ctx.principal
+        if p.kind != "agent":
+            return self.can_see(ctx, session_id)
+        from .auth._agents import created_by
+
+        return created_by(self.manager.records, session_id, p.session_id or "")
+
     def visible(self, ctx: OpContext, recs: Iterable[SessionRecord]) -> list[SessionRecord]:
         return [r for r in recs if self.can_see(ctx, r.id)]
 
-    def session(self, ctx: OpContext, ident: str) -> SessionRecord:
+    def session(self, ctx: OpContext, ident: str, *, act: bool = False) -> SessionRecord:
         rec = self.manager.get(ident)
         if not self.can_see(ctx, rec.id):
             raise SessionForbidden(f"session {rec.id} belongs to another key")
+        if act and not self.can_act(ctx, rec.id):
+            raise SessionForbidden(f"an agent may not act on its own session {rec.id}: only on sessions it created")
         return rec
+
+    def creator(self, ctx: OpContext) -> tuple[str | None, str | None]:
+        """(ownerKeyId, creatorSessionId) of a session this caller creates: an agent's sessions belong to the
+        key that owns the agent's own session, and record the agent's session as their creator."""
+        p = ctx.principal
+        if p.kind != "agent" or p.session_id is None:
+            return p.key_id, None
+        own = self.manager.records.get(p.session_id)
+        return (own.ownerKeyId if own is not None else None), p.session_id
 
     def audit_record(self, ctx: OpContext | None, action: str, *, session_id: str | None = None,
                      detail: Any = None) -> None:
@@ -259,6 +314,12 @@ class Daemon:
         try:
             await self.bus.open()
             await self.lifeline.start()
+            if cfg.sessionCgroups:
+                self.cgroups = SessionCgroups.create(self.lifeline.token)
+                if self.cgroups is not None:
+                    await self.lifeline.register_cgroups(self.cgroups.root)
+            self.callers.cgroups = self.cgroups
+            self.callers.self_test()
             async with trio.open_nursery() as root:
                 await root.start(self.bus.run_persister)
                 from .webhooks import Webhooks, parse_endpoints
@@ -266,7 +327,8 @@ class Daemon:
                 self.webhooks = Webhooks(self, parse_endpoints(cfg.webhooks), cfg.state_path / "webhooks-dlq.json")
                 async with trio.open_nursery() as sessions:
                     self.manager = SessionManager(config=cfg, store=self.store, bus=self.bus,
-                                                  lifeline=self.lifeline, nursery=sessions, environ=self.environ)
+                                                  lifeline=self.lifeline, nursery=sessions, environ=self.environ,
+                                                  cgroups=self.cgroups)
                     self.manager.usage = self.usage
                     self.manager.quotas = self.quotas
                     await self.manager.recover()
@@ -297,7 +359,8 @@ class Daemon:
                         await servers.start(serve_control, self, self.socket_path)
                         log.info("aegisd.ready", version=__version__, http=self.http_url,
                                  socket=str(self.socket_path), store=self.store.name, pid=self.pid,
-                                 sessions=len(self.manager.records))
+                                 sessions=len(self.manager.records),
+                                 cgroups=str(self.cgroups.root) if self.cgroups else None)
                         _systemd.notify("READY=1\nSTATUS=serving")
                         interval = _systemd.watchdog_interval()
                         if interval:
@@ -315,6 +378,8 @@ class Daemon:
                 root.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
+                if self.cgroups is not None:
+                    await self.cgroups.close()
                 await self.lifeline.close()
                 await self.store.close()
                 self.audit.close()

@@ -97,6 +97,9 @@ class SessionRecord(msgspec.Struct):
     forkedFrom: str | None = None
     forkMethod: str | None = None  # "acp" (session/fork in the agent) | "transcript" (seeded first prompt)
     ownerKeyId: str | None = None
+    # the session whose agent created this one (over `ag mcp`, the socket or loopback HTTP); that agent may act
+    # on it. Set by the daemon only, never by a request.
+    creatorSessionId: str | None = None
     permissionProfile: dict[str, Any] | None = None
     permissionPolicy: list[dict[str, Any]] | None = None  # the original's legacy rules, as sent
     mcpServers: list[str] = []  # names: "aegis" (built in) or keys of the config's mcpServers

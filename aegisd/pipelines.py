@@ -90,6 +90,7 @@ class PipelineRecord(msgspec.Struct):
     createdAt: int
     updatedAt: int
     ownerKeyId: str | None = None
+    creatorSessionId: str | None = None  # created by that session's agent (see aegisd/auth/_agents.py)
     currentStage: str | None = None
     completedAt: int | None = None
     error: str | None = None
@@ -176,7 +177,7 @@ class PipelineManager:
         log.info("pipelines.loaded", total=len(self.records))
 
     # ---- API -----------------------------------------------------------------------------------
-    def create(self, spec: PipelineSpec, *, owner: str | None) -> PipelineRecord:
+    def create(self, spec: PipelineSpec, *, owner: str | None, creator: str | None = None) -> PipelineRecord:
         check_graph(spec.stages)
         policy = self.daemon.manager.workdirs
         base = policy.validate(spec.workDir)
@@ -191,7 +192,7 @@ class PipelineManager:
                                      verifyFixes=s.verifyFixes, verifyCriticalOnly=s.verifyCriticalOnly))
         ts = now_ms()
         p = PipelineRecord(id=str(uuid.uuid4()), name=spec.name, workDir=base, status="running", stages=stages,
-                           createdAt=ts, updatedAt=ts, ownerKeyId=owner)
+                           createdAt=ts, updatedAt=ts, ownerKeyId=owner, creatorSessionId=creator)
         self.records[p.id] = p
         self._save(p)
         self._start(p)
@@ -215,7 +216,8 @@ class PipelineManager:
         try:
             rec, _, _ = await self.daemon.manager.create(
                 workDir=s.workDir, name=f"pipeline-{p.name}-{s.name}", prompt=s.prompt,
-                permissionMode=s.permissionMode, agent=s.agent, ownerKeyId=p.ownerKeyId, reuse=False)
+                permissionMode=s.permissionMode, agent=s.agent, ownerKeyId=p.ownerKeyId, reuse=False,
+                creatorSessionId=p.creatorSessionId)
         except Exception as exc:  # noqa: BLE001 - the stage fails, the daemon does not
             self._stage_failed(p, s, f"could not start: {getattr(exc, 'message', exc)}")
             return

@@ -4,9 +4,12 @@ project's files; each runs in its own process group with a time limit, and its o
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ import msgspec
 import trio
 
 from ._proc import end_group
+from .acp._cgroup import join_command
 from .errors import Conflict, ValidationError
 
 if TYPE_CHECKING:
@@ -92,14 +96,22 @@ def detect(work_dir: Path) -> list[Step]:
     return steps
 
 
-async def run_step(step: Step, work_dir: Path, env: dict[str, str], lifeline: Any = None) -> dict[str, Any]:
+async def run_step(step: Step, work_dir: Path, env: dict[str, str], lifeline: Any = None,
+                   cgroup_procs: Path | None = None) -> dict[str, Any]:
+    """Run one step; with ``cgroup_procs``, inside that cgroup (the session's: a step runs the project's code,
+    which the agent may have written, so it gets no more than the agent)."""
     started = time.monotonic()
     out: dict[str, Any] = {"name": step.name, "command": shlex.join(step.argv()), "ok": False}
     proc: trio.Process | None = None
     chunks: list[bytes] = []
     size = 0
+    argv = step.argv()
     try:
-        proc = await trio.lowlevel.open_process(step.argv(), cwd=str(work_dir), env=env, stdin=subprocess.DEVNULL,
+        if cgroup_procs is not None:
+            if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
+                raise FileNotFoundError(errno.ENOENT, "no such executable")
+            argv = join_command(argv, cgroup_procs)
+        proc = await trio.lowlevel.open_process(argv, cwd=str(work_dir), env=env, stdin=subprocess.DEVNULL,
                                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                 start_new_session=True)
     except OSError as exc:
@@ -163,13 +175,17 @@ async def run_verification(daemon: Daemon, rec: SessionRecord, *, critical_only:
     try:
         # marked like the session's agent: the reaper finds even a step's setsid escapees when the daemon dies
         env = agent_environment(daemon.environ, markers=daemon.manager.markers(rec.id))
+        procs = daemon.cgroups.make(rec.id) if daemon.cgroups is not None else None
         for step in steps:
-            res = await run_step(step, work_dir, env, daemon.lifeline)
+            res = await run_step(step, work_dir, env, daemon.lifeline, procs)
             results.append(res)
             if not res["ok"] and step.is_critical():
                 break  # a failed build: its tests would only fail too
     finally:
         daemon.verifying.discard(rec.id)
+        if daemon.cgroups is not None and rec.id not in daemon.manager.runners:
+            with trio.CancelScope(shield=True):
+                await daemon.cgroups.kill(rec.id)  # an ended session's cgroup exists only for its checks
     skipped = [s.name for s in steps[len(results):]]
     ok = bool(results) and all(r["ok"] for r in results)
     summary = summarize(results) + (f"; skipped after it: {', '.join(skipped)}" if skipped else "")

@@ -1,6 +1,10 @@
 """The workDir allow-list: a session's directory must resolve (realpath: no `..` tricks, no symlink escape)
 under one of `allowedWorkDirs`. Default: $HOME and the daemon's cwd, never /tmp or /var/tmp. The list is
-re-read from the config file when that file changes, so edits apply without a restart."""
+re-read from the config file when that file changes, so edits apply without a restart.
+
+Whatever the list says, a workDir is never the daemon's state dir, inside it or a directory holding it (an agent
+works on its workDir freely: it must not get the daemon's keys, audit log and transcripts), never the daemon's
+config directory or inside it, and never a well-known secret directory (~/.ssh, ~/.gnupg, ~/.aws, …)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ from .config import Config, read_config_file
 from .errors import InvalidWorkDir
 
 _NEVER_BY_DEFAULT = ("/tmp", "/var/tmp")
+# under $HOME: never a workDir, nor inside one of them
+SECRET_DIRS = (".ssh", ".gnupg", ".aws", ".config/gcloud", ".azure", ".kube", ".docker", ".config/gh",
+               ".password-store", ".aegis")
 
 
 def _has_dotdot(raw: str) -> bool:
@@ -35,6 +42,12 @@ class WorkDirPolicy:
     def __init__(self, config: Config, *, cwd: str | None = None) -> None:
         self._config = config
         self._cwd = cwd or os.getcwd()
+        self._state = os.path.realpath(config.state_path)
+        home = os.path.expanduser("~")
+        secret = {os.path.realpath(os.path.join(home, d)) for d in SECRET_DIRS}
+        if config.configPath and os.path.basename(config.configPath) != "aegis.config.json":
+            secret.add(os.path.realpath(os.path.dirname(config.configPath)))  # .aegis/, not a project's root
+        self._secret = sorted(secret)
         self._file = Path(config.configPath) if config.configPath else None
         self._env_override = config.sources.get("allowedWorkDirs", "").startswith(("env:", "flag"))
         self._mtime: float | None = None
@@ -94,6 +107,13 @@ class WorkDirPolicy:
             raise InvalidWorkDir(f"workDir does not exist: {raw}")
         if not os.path.isdir(real):
             raise InvalidWorkDir(f"workDir is not a directory: {raw}")
+        if _within(real, self._state) or _within(self._state, real):
+            raise InvalidWorkDir(f"workDir {real} would give the agent the daemon's state directory "
+                                 f"({self._state}: keys, audit log, transcripts); choose a project directory")
+        for secret in self._secret:
+            if _within(real, secret):
+                raise InvalidWorkDir(f"workDir {real} is inside {secret}, which holds secrets or the daemon's "
+                                     "configuration; choose a project directory")
         roots = self.roots
         if not any(_within(real, root) for root in roots):
             raise InvalidWorkDir(

@@ -109,7 +109,7 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
     directives = [d.strip() for d in text.split(";") if d.strip()]
     known = ("say:", "hang", "chunks:", "think:", "plan:", "tool:", "toolauto:", "sleep:", "wait-for-cancel", "stream:",
              "crash", "garbage", "bigline:", "badid", "unknown-request", "grandchild", "stop:", "error:", "title:",
-             "recall", "mcp-servers")
+             "recall", "mcp-servers", "sh:", "escape")
     try:
         if not any(d.startswith(known) for d in directives):
             said.append(f"echo: {text}")
@@ -200,6 +200,24 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
                     with open(pid_file, "a") as f:
                         f.write(f"{p.pid}\n")
                 text_chunk(sid, f"grandchild: {p.pid}")
+            elif name == "escape":
+                # what a tool bent on surviving does: a new session, an empty environment, a double fork (the
+                # survivor is reparented away from the agent), stdio closed
+                res = subprocess.run(["/bin/sh", "-c", "setsid env -i /bin/sleep 1000 </dev/null >/dev/null 2>&1 & "
+                                      "echo $!"], stdin=subprocess.DEVNULL, capture_output=True, check=True)
+                pid = int(res.stdout.strip())
+                pid_file = os.environ.get("FAKE_ACP_PID_FILE")
+                if pid_file:
+                    with open(pid_file, "a") as f:
+                        f.write(f"{pid}\n")
+                text_chunk(sid, f"escaped: {pid}")
+            elif name == "sh":  # a tool the agent runs: a shell command (base64), its output said back
+                import base64
+
+                res = subprocess.run(["/bin/sh", "-c", base64.b64decode(arg).decode()], stdin=subprocess.DEVNULL,
+                                     capture_output=True, cwd=sess["cwd"], timeout=60)
+                said.append(f"sh[{res.returncode}]: " + (res.stdout + res.stderr).decode(errors="replace"))
+                text_chunk(sid, said[-1])
             elif name == "stop":
                 stop = arg
             elif name == "error":

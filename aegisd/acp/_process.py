@@ -8,6 +8,7 @@ import collections
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import structlog
 import trio
 
 from . import _reaper
+from ._cgroup import SessionCgroups, join_command
 
 log = structlog.get_logger("aegisd.acp")
 
@@ -83,6 +85,10 @@ class Lifeline:
     async def unregister(self, pgid: int) -> None:
         await self._say(f"-{pgid}")
 
+    async def register_cgroups(self, tree: Path) -> None:
+        """The daemon's cgroup subtree: killed whole if the daemon dies."""
+        await self._say(f"c{tree}")
+
     async def close(self) -> None:
         """Clean shutdown: closing the pipe makes the reaper sweep (nothing should be left) and exit."""
         if self._proc is None:
@@ -104,8 +110,10 @@ class Lifeline:
 class AgentProcess:
     """One running agent: its pipes, its process group, its stderr tail."""
 
-    def __init__(self, proc: trio.Process, *, session_id: str, token: str, stderr_limit: int) -> None:
+    def __init__(self, proc: trio.Process, *, session_id: str, token: str, stderr_limit: int,
+                 cgroups: SessionCgroups | None = None) -> None:
         self.proc = proc
+        self.cgroups = cgroups
         self.pgid = proc.pid  # start_new_session: the child leads its own group
         self.session_id = session_id
         self._token = token
@@ -173,6 +181,8 @@ class AgentProcess:
                     await self.proc.wait()
             if self.proc.returncode is None or self.group_alive():
                 self._signal_group(signal.SIGTERM)
+                if self.cgroups is not None:
+                    self.cgroups.signal(self.session_id, signal.SIGTERM)
                 with trio.move_on_after(grace):
                     await self.proc.wait()
                     while self.group_alive():
@@ -182,20 +192,29 @@ class AgentProcess:
                 await self.proc.wait()
             markers = {_reaper.MARKER: self._token, _reaper.SESSION_MARKER: self.session_id}
             await trio.to_thread.run_sync(_reaper.kill_marked, markers, set(), grace)
+            if self.cgroups is not None:  # what left both the group and the markers (setsid env -i …)
+                await self.cgroups.kill(self.session_id)
 
     async def wait(self) -> int:
         return await self.proc.wait()
 
 
 async def spawn_agent(command: list[str], *, cwd: str, env: dict[str, str], session_id: str, token: str,
-                      stderr_limit: int = 64 * 1024) -> AgentProcess:
-    """Start an agent in its own process group (so a terminal's Ctrl-C and our group signals are separate).
+                      stderr_limit: int = 64 * 1024, cgroups: SessionCgroups | None = None) -> AgentProcess:
+    """Start an agent in its own process group (so a terminal's Ctrl-C and our group signals are separate) and,
+    with ``cgroups``, in the session's own cgroup from its first instruction on.
     Raises OSError (e.g. FileNotFoundError) when the command cannot be started."""
     if not command:
         raise FileNotFoundError("empty agent command")
     if not Path(cwd).is_dir():
         raise FileNotFoundError(f"working directory does not exist: {cwd}")
+    argv = command
+    if cgroups is not None:
+        # the shell that joins the cgroup would report a missing program only as exit 127: say it here
+        if shutil.which(command[0], path=env.get("PATH", os.defpath)) is None:
+            raise FileNotFoundError(f"no such executable: {command[0]}")
+        argv = join_command(command, cgroups.make(session_id))
     proc = await trio.lowlevel.open_process(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
         start_new_session=True)
-    return AgentProcess(proc, session_id=session_id, token=token, stderr_limit=stderr_limit)
+    return AgentProcess(proc, session_id=session_id, token=token, stderr_limit=stderr_limit, cgroups=cgroups)

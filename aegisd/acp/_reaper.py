@@ -4,9 +4,11 @@ Run as ``python -I -S _reaper.py <instance-token> <grace-seconds>`` with a pipe 
 the daemon holds. The kernel closes that pipe however the daemon dies (SIGKILL included); on EOF the reaper
 SIGTERMs every process group the daemon registered and every process whose environment carries
 ``AEGIS_DAEMON_INSTANCE=<token>`` (which catches grandchildren that left their process group with setsid),
-waits the grace period, SIGKILLs what is left, and exits.
+waits the grace period, SIGKILLs what is left, kills the daemon's cgroup subtree whole if it has one (which
+catches what left both, e.g. ``setsid env -i``; see :mod:`._cgroup`), and exits.
 
-Stdin protocol, one line each: ``+<pgid>`` (an agent group started), ``-<pgid>`` (it ended).
+Stdin protocol, one line each: ``+<pgid>`` (an agent group started), ``-<pgid>`` (it ended), ``c<path>`` (the
+daemon's cgroup subtree).
 
 This file is also imported by the daemon for :func:`find_marked` and :func:`kill_marked` (stdlib only).
 """
@@ -98,6 +100,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     pgids: set[int] = set()
+    cgroups: list[str] = []
     stdin = sys.stdin.buffer
     while True:
         line = stdin.readline()
@@ -109,10 +112,42 @@ def main(argv: list[str]) -> int:
                 pgids.add(int(line[1:]))
             elif line.startswith(b"-"):
                 pgids.discard(int(line[1:]))
+            elif line.startswith(b"c"):
+                cgroups.append(line[1:].decode())
         except ValueError:
             continue
     kill_marked({MARKER: token}, pgids, grace)
+    for tree in cgroups:
+        kill_cgroup_tree(tree)
     return 0
+
+
+def kill_cgroup_tree(tree: str, timeout: float = 5.0) -> None:
+    """SIGKILL every process in a cgroup subtree, wait until it is empty, remove its directories."""
+    try:
+        with open(os.path.join(tree, "cgroup.kill"), "w") as f:
+            f.write("1")
+    except OSError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(os.path.join(tree, "cgroup.events")) as f:
+                if "populated 0" in f.read():
+                    break
+        except OSError:
+            break
+        time.sleep(0.01)
+    for root, dirs, _files in os.walk(tree, topdown=False):
+        for d in dirs:
+            try:
+                os.rmdir(os.path.join(root, d))
+            except OSError:
+                pass
+    try:
+        os.rmdir(tree)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import oidc as oidc_mod
 from .. import ops
+from ..callers import tcp_peer
 from ..errors import AegisError, Forbidden, NotFound, RateLimited, Unauthorized, ValidationError
 from . import _sse, _terminal
 
@@ -207,6 +209,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     def _principal(sse: bool = False, public: bool = False) -> ops.Principal:
         ip = _ip()
+        agent = _local_caller()
+        if agent is not None:  # a session's agent or one of its tools: its scope, whatever it presents
+            return agent
         header = _conn().headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
         query_token = _conn().args.get("token", "") if sse else ""
@@ -216,7 +221,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
             if public:
                 return ops.Principal(kind="anonymous", role="viewer", name="anonymous")
             if not daemon.auth_enabled:
-                if is_loopback(ip):
+                if is_loopback(ip) and _conn().scope.get("aegis.peer_uid", os.getuid()) in (os.getuid(), 0):
                     role = "viewer" if daemon.config.strictRbac else "admin"
                     return ops.Principal(kind="local", role=role, name="local")
                 raise Unauthorized("authentication is not configured, so only loopback clients are served")
@@ -243,6 +248,32 @@ def create_app(daemon: Daemon) -> QuartTrio:
             raise RateLimited(f"rate limit of {limit} requests per minute exceeded",
                               details={"retryAfter": int(wait) + 1})
         return principal
+
+    def _local_caller() -> ops.Principal | None:
+        """The agent principal when this TCP client runs inside a session's process tree (aegisd/callers.py).
+        Also notes the local client's uid, so zero-config loopback trust is for the daemon's own user only."""
+        scope = _conn().scope
+        if "aegis.caller" in scope:
+            return scope["aegis.caller"]  # type: ignore[no-any-return]
+        client, server = scope.get("client"), scope.get("server")
+        found: ops.Principal | None = None
+        if daemon.callers.tcp_lookups and client and server:
+            try:
+                peer = tcp_peer((client[0], client[1]), (server[0], server[1]))
+            except (OSError, ValueError) as exc:
+                log.warning("http.caller_lookup_failed", error=str(exc))
+                peer = None
+            if peer is not None:
+                scope["aegis.peer_uid"] = peer.uid
+                sid = daemon.callers.session_of_tcp(peer)
+                if sid is not None:
+                    found = daemon.agent_principal(sid)
+            elif is_loopback(client[0]):
+                # a loopback client the kernel does not know has already gone (or is hiding): trust it with
+                # nothing, so a request sent just before a reset cannot pass for the user's
+                scope["aegis.peer_uid"] = -1
+        scope["aegis.caller"] = found
+        return found
 
     def _cookie_principal(ip: str) -> ops.Principal:
         """The dashboard's single sign-on session. Its cookie is SameSite=Strict; requests that change something
@@ -586,6 +617,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
         async def first_message_auth(token: str) -> ops.Principal:
             ip = _ip()
+            agent = _local_caller()
+            if agent is not None:
+                return agent
             if _throttled(ip):
                 raise RateLimited("too many failed authentication attempts; try again later")
             principal = daemon.authenticate(token, ip=ip)

@@ -151,7 +151,7 @@ async def tools(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 @op("session.children", IdParams, summary="Sessions spawned from this one")
 async def children(ctx: OpContext, p: IdParams) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)
-    kids = [r for r in ctx.daemon.manager.list() if r.parentId == rec.id]
+    kids = [r for r in ctx.daemon.visible(ctx, ctx.daemon.manager.list()) if r.parentId == rec.id]
     return {"children": [{"id": k.id, "name": k.name, "windowName": k.name, "status": k.status.value,
                           "createdAt": k.createdAt} for k in kids]}
 
@@ -269,14 +269,15 @@ async def batch_delete(ctx: OpContext, p: BatchDeleteParams) -> dict[str, Any]:
     not_found: list[str] = []
     for ident in p.ids or []:
         try:
-            targets.append(d.session(ctx, ident).id)
+            targets.append(d.session(ctx, ident, act=True).id)
         except Exception:  # noqa: BLE001
             not_found.append(ident)
     if p.status:
         states = STATUS_FILTERS.get(p.status)
         if states is None:
             raise ValidationError(f"invalid status {p.status!r}")
-        targets += [r.id for r in d.visible(ctx, d.manager.list(states)) if r.id not in targets]
+        targets += [r.id for r in d.visible(ctx, d.manager.list(states)) if r.id not in targets
+                    and d.can_act(ctx, r.id)]
     deleted, errors = 0, []
     for sid in targets:
         if d.manager.records[sid].status not in LIVE:
@@ -408,10 +409,11 @@ FORK_CONTEXT_CHARS = 50_000
 async def fork(ctx: OpContext, p: ForkParams) -> dict[str, Any]:
     src = ctx.daemon.session(ctx, p.id)
     mgr = ctx.daemon.manager
+    owner, creator = ctx.daemon.creator(ctx)
     rec, _, _ = await mgr.create(
         workDir=src.workDir, name=p.name or f"{src.name}-fork", permissionMode=src.permissionMode,
-        agent=src.agent, model=src.model, ownerKeyId=ctx.principal.key_id, reuse=False, forkedFrom=src.id,
-        mcpServers=src.mcpServers)
+        agent=src.agent, model=src.model, ownerKeyId=owner, reuse=False, forkedFrom=src.id,
+        mcpServers=src.mcpServers, creatorSessionId=creator)
     ctx.daemon.audit_record(ctx, "session.create", session_id=rec.id,
                             detail={"workDir": rec.workDir, "agent": rec.agent, "forkedFrom": src.id,
                                     "ownerKeyId": rec.ownerKeyId})

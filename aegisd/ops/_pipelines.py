@@ -20,12 +20,16 @@ class PipelineId(msgspec.Struct, forbid_unknown_fields=True):
 
 def _visible(ctx: OpContext, p: Any) -> bool:
     pr = ctx.principal
+    if pr.kind == "agent":  # its own pipelines, and those of the sessions it created
+        creator = p.creatorSessionId
+        return creator is not None and (creator == pr.session_id or ctx.daemon.can_act(ctx, creator))
     return pr.role == "admin" or pr.kind in ("local", "master") or p.ownerKeyId == pr.key_id
 
 
 @op("pipeline.create", PipelineSpec, summary="Create and start a pipeline of dependent stages", permission="create")
 async def create(ctx: OpContext, p: PipelineSpec) -> dict[str, Any]:
-    rec = ctx.daemon.pipelines.create(p, owner=ctx.principal.key_id)
+    owner, creator = ctx.daemon.creator(ctx)
+    rec = ctx.daemon.pipelines.create(p, owner=owner, creator=creator)
     ctx.daemon.audit_record(ctx, "pipeline.create", detail={"pipelineId": rec.id, "stages": len(rec.stages)})
     out: dict[str, Any] = msgspec.to_builtins(rec)
     return out

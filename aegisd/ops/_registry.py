@@ -18,13 +18,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class Principal:
-    """Who is calling. The Unix socket (same uid, 0600) acts as admin."""
+    """Who is calling. The Unix socket (same uid, 0600) acts as admin, unless the caller belongs to a session's
+    process tree: then it is that session's agent (kind "agent", see aegisd/auth/_agents.py)."""
 
-    kind: str = "local"  # local (socket, or loopback without auth) | master | key | anonymous
+    kind: str = "local"  # local (socket, or loopback without auth) | master | key | anonymous | agent
     key_id: str | None = None
     role: str = "admin"
     name: str = "local"
     permissions: frozenset[str] | None = None  # None: the role's defaults
+    session_id: str | None = None  # kind "agent": the session whose process tree is calling
 
 
 @dataclass

@@ -48,6 +48,8 @@ class Hello(msgspec.Struct):
     stateDir: str
     httpUrl: str
     socket: str
+    cgroups: str | None = None  # the daemon's per-session cgroup subtree, if it has one
+    session: str | None = None  # for a caller inside a session's process tree: that session
 
 
 class SessionHealth(msgspec.Struct):

@@ -108,8 +108,12 @@ def session_view(rec: SessionRecord, base_url: str = "") -> dict[str, Any]:
 @op("hello", Empty, summary="Daemon and protocol versions")
 async def hello(ctx: OpContext, p: Empty) -> dict[str, Any]:
     d = ctx.daemon
-    return {"daemon": "aegisd", "version": __version__, "protocol": PROTOCOL_VERSION, "pid": d.pid,
-            "stateDir": str(d.config.state_path), "httpUrl": d.http_url, "socket": str(d.config.socket_path)}
+    out = {"daemon": "aegisd", "version": __version__, "protocol": PROTOCOL_VERSION, "pid": d.pid,
+           "stateDir": str(d.config.state_path), "httpUrl": d.http_url, "socket": str(d.config.socket_path),
+           "cgroups": str(d.cgroups.root) if d.cgroups is not None else None}
+    if ctx.principal.kind == "agent":
+        out["session"] = ctx.principal.session_id  # a tool can learn which session it is scoped to
+    return out
 
 
 @op("health", Empty, summary="Server health", permission="public")
@@ -147,10 +151,11 @@ async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
         mode = "bypassPermissions"
     if p.mcpServers and "aegis" in p.mcpServers and ctx.principal.role != "admin":
         raise Forbidden("the aegis MCP server acts with the daemon's full rights, so only admins may attach it")
+    owner, creator = ctx.daemon.creator(ctx)
     rec, reused, delivery = await ctx.daemon.manager.create(
         workDir=p.workDir or "", name=p.name or p.label, prompt=p.prompt, permissionMode=mode, model=p.model,
         agent=p.agent, stallThresholdMs=p.stallThresholdMs, parentId=p.parentId,
-        ownerKeyId=ctx.principal.key_id, reuse=p.reuse, mcpServers=p.mcpServers)
+        ownerKeyId=owner, reuse=p.reuse, mcpServers=p.mcpServers, creatorSessionId=creator)
     if not reused:
         ctx.daemon.audit_record(ctx, "session.create", session_id=rec.id,
                                 detail={"workDir": rec.workDir, "agent": rec.agent, "mode": rec.permissionMode,

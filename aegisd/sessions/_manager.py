@@ -13,10 +13,18 @@ import structlog
 import trio
 
 from ..acp import Lifeline
+from ..acp._cgroup import SessionCgroups
 from ..acp._reaper import MARKER, SESSION_MARKER
 from ..agents import AgentLaunch, resolve_agent
 from ..config import PERMISSION_MODES, Config
-from ..errors import AmbiguousId, CapacityExceeded, SessionNotFound, SessionNotLive, ValidationError
+from ..errors import (
+    AmbiguousId,
+    CapacityExceeded,
+    QuotaExceeded,
+    SessionNotFound,
+    SessionNotLive,
+    ValidationError,
+)
 from ..events import EventBus
 from ..models import SessionRecord, now_ms
 from ..states import LIVE, TERMINAL, State
@@ -35,8 +43,10 @@ __all__ = ["AgentLaunch", "SessionManager"]
 
 class SessionManager:
     def __init__(self, *, config: Config, store: Store, bus: EventBus, lifeline: Lifeline,
-                 nursery: trio.Nursery, environ: Mapping[str, str] | None = None) -> None:
+                 nursery: trio.Nursery, environ: Mapping[str, str] | None = None,
+                 cgroups: SessionCgroups | None = None) -> None:
         self.config = config
+        self.cgroups = cgroups
         self.store = store
         self.bus = bus
         self.lifeline = lifeline
@@ -156,7 +166,7 @@ class SessionManager:
                      stallThresholdMs: int | None = None, parentId: str | None = None,
                      ownerKeyId: str | None = None, reuse: bool = True, wait_ready: float | None = None,
                      forkedFrom: str | None = None, mcpServers: Sequence[str] | None = None,
-                     ) -> tuple[SessionRecord, bool, dict[str, Any]]:
+                     creatorSessionId: str | None = None) -> tuple[SessionRecord, bool, dict[str, Any]]:
         """Create a session (or reuse an idle one in the same workDir). Returns (record, reused, delivery).
         Waits until the agent is ready (or failed) so the caller learns the outcome."""
         cfg = self.config
@@ -177,6 +187,7 @@ class SessionManager:
                     runner = self.runners.get(rec.id)
                     if (rec.workDir == real and runner is not None and runner.queue_length == 0
                             and rec.agent == launch.name and rec.ownerKeyId == ownerKeyId
+                            and rec.creatorSessionId == creatorSessionId
                             and rec.mcpServers == list(dict.fromkeys(mcpServers or ()))):
                         delivery: dict[str, Any] = {"delivered": False, "attempts": 0}
                         if prompt:
@@ -193,13 +204,21 @@ class SessionManager:
             live = sum(1 for r in self.records.values() if r.status in LIVE)
             if live >= cfg.maxSessions:
                 raise CapacityExceeded(f"maxSessions ({cfg.maxSessions}) live sessions reached")
+            if creatorSessionId is not None:
+                children = sum(1 for r in self.records.values()
+                               if r.status in LIVE and r.creatorSessionId == creatorSessionId)
+                if children >= cfg.maxChildSessions:
+                    raise QuotaExceeded(f"session {creatorSessionId} already has {children} live sessions it "
+                                        f"created (maxChildSessions {cfg.maxChildSessions}); end one first",
+                                        details={"quota": "maxChildSessions", "limit": cfg.maxChildSessions,
+                                                 "usage": children})
             sid = str(uuid.uuid4())
             ts = now_ms()
             rec = SessionRecord(
                 id=sid, workDir=real, name=name or f"session-{sid[:8]}", agent=launch.name,
                 permissionMode=mode, model=model,
                 stallThresholdMs=stallThresholdMs or cfg.stallThresholdMs, createdAt=ts, lastActivity=ts,
-                parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom,
+                parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom, creatorSessionId=creatorSessionId,
                 mcpServers=list(dict.fromkeys(mcpServers or ())))
             await self.store.save_session(rec)  # durable before anyone hears of it
             self.records[sid] = rec

@@ -161,7 +161,8 @@ class SessionRunner:
                                 markers=self.manager.markers(rec.id))
         try:
             self._proc = await spawn_agent(self.launch.command, cwd=rec.workDir, env=env, session_id=rec.id,
-                                           token=self.manager.lifeline.token, stderr_limit=cfg.stderrTailBytes)
+                                           token=self.manager.lifeline.token, stderr_limit=cfg.stderrTailBytes,
+                                           cgroups=self.manager.cgroups)
         except OSError as exc:
             self.end(State.CRASHED, "agent_spawn_failed",
                      CrashInfo(reason=f"agent_spawn_failed: cannot start {self.launch.command[0]!r}: {exc}"))
