@@ -127,6 +127,7 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
 ]
 AUTH_FAILURES_PER_MIN = 5
 MASTER_RATE_PER_MIN = 6000
+AGENT_RATE_PER_MIN = 1200  # a session's agent and its tools, over HTTP
 
 
 def _json(data: Any, status: int = 200, request_id: str | None = None) -> Response:
@@ -211,6 +212,10 @@ def create_app(daemon: Daemon) -> QuartTrio:
         ip = _ip()
         agent = _local_caller()
         if agent is not None:  # a session's agent or one of its tools: its scope, whatever it presents
+            wait = limiter.hit(f"p:agent:{agent.session_id}", AGENT_RATE_PER_MIN, 60.0)
+            if wait:
+                raise RateLimited(f"rate limit of {AGENT_RATE_PER_MIN} requests per minute per session's agent "
+                                  "exceeded", details={"retryAfter": int(wait) + 1})
             return agent
         header = _conn().headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
