@@ -120,6 +120,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     redisUrl: str = "redis://localhost:6379"
     redisKeyPrefix: str = "aegis"
     strictRbac: bool = False
+    # browser defences (aegisd/api/_browser.py): extra Host names served, web origins allowed (with CORS)
+    allowedHosts: tuple[str, ...] = ()
+    allowedOrigins: tuple[str, ...] = ()
     stallThresholdMs: int = 120_000
     maxSessions: int = 1000
     maxChildSessions: int = 10  # live sessions one session's agent may have created (see aegisd/auth/_agents.py)
@@ -169,6 +172,10 @@ def _bool(v: str) -> bool:
     raise ValueError(f"not a boolean: {v!r}")
 
 
+def _commas(v: str) -> tuple[str, ...]:
+    return tuple(p for p in (s.strip() for s in v.split(",")) if p)
+
+
 def _paths(v: str) -> tuple[str, ...]:
     sep = ";" if ";" in v else ":"
     return tuple(p for p in (s.strip() for s in v.split(sep)) if p)
@@ -194,6 +201,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_REDIS_URL": ("redisUrl", str),
     "AEGIS_REDIS_KEY_PREFIX": ("redisKeyPrefix", str),
     "AEGIS_STRICT_RBAC": ("strictRbac", _bool),
+    "AEGIS_ALLOWED_HOSTS": ("allowedHosts", _commas),
+    "AEGIS_ALLOWED_ORIGINS": ("allowedOrigins", _commas),
     "AEGIS_ACP_PROMPT_TIMEOUT_MS": ("acpPromptTimeoutMs", int),
     "AEGIS_STALL_THRESHOLD_MS": ("stallThresholdMs", int),
     "AEGIS_MAX_SESSIONS": ("maxSessions", int),
@@ -360,6 +369,13 @@ def _validate(cfg: Config) -> None:
                               "(AEGIS_TELEGRAM_BOT_TOKEN, AEGIS_TELEGRAM_CHAT_ID)")
     if cfg.maxChildSessions < 0:
         raise ValidationError("maxChildSessions must be 0 (agents create no sessions) or more")
+    if cfg.allowedHosts or cfg.allowedOrigins:
+        try:
+            from .api._browser import Policy
+
+            Policy.build(allowed_hosts=cfg.allowedHosts, allowed_origins=cfg.allowedOrigins)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
     if cfg.ipRateLimit < 0:
         raise ValidationError("ipRateLimit must be 0 (none) or a number of requests per minute")
     if cfg.acpPromptTimeoutMs < 1:

@@ -41,6 +41,12 @@ class SessionForbidden(Forbidden):
     code = "SESSION_FORBIDDEN"
 
 
+class OriginNotAllowed(Forbidden):
+    """A browser request from a web origin that is neither the daemon's own nor in allowedOrigins."""
+
+    code = "ORIGIN_NOT_ALLOWED"
+
+
 class NotFound(AegisError):
     code = "NOT_FOUND"
     status = 404
@@ -82,6 +88,20 @@ class AmbiguousId(Conflict):
 class PayloadTooLarge(AegisError):
     code = "PAYLOAD_TOO_LARGE"
     status = 413
+
+
+class UnsupportedMediaType(AegisError):
+    """A request body that is not JSON (what a web page can send without a CORS preflight)."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    status = 415
+
+
+class HostNotAllowed(AegisError):
+    """A Host header that is not a local name, an IP address or in allowedHosts (DNS rebinding)."""
+
+    code = "HOST_NOT_ALLOWED"
+    status = 421
 
 
 class RateLimited(AegisError):

@@ -11,6 +11,8 @@ import trio
 
 from .conftest import DaemonHandle
 
+JSON_TYPE = {"Content-Type": "application/json"}  # bodies of any other type are refused (415)
+
 
 @pytest.mark.parametrize("query", ["page=0", "page=-1", "limit=0", "limit=999", "limit=abc", "status=bogus"])
 async def test_list_bad_params(daemon: DaemonHandle, query: str) -> None:
@@ -59,7 +61,7 @@ async def test_malformed_and_oversized_bodies(daemon: DaemonHandle, workdir: Pat
 
     # its own connection: the server answers 413 before reading the body, then drops the connection
     async with httpx.AsyncClient(base_url=daemon.daemon.http_url, timeout=10) as fresh:
-        r = await fresh.post("/v1/sessions", content=b"x" * (1024 * 1024 + 10))
+        r = await fresh.post("/v1/sessions", content=b"x" * (1024 * 1024 + 10), headers=JSON_TYPE)
     assert r.status_code == 413 and r.json()["code"] == "PAYLOAD_TOO_LARGE"
     s = await daemon.create(workdir)
     r = await daemon.http.post(f"/v1/sessions/{s['id']}/send", json={"text": ""})
@@ -167,6 +169,6 @@ async def test_keep_alive_survives_unread_bodies(daemon_factory: Any, workdir: P
                                  headers=auth)
             assert r.status_code == 200 and "close" not in r.headers.get("connection", "")
         with trio.fail_after(10):
-            r = await h.post("/v1/no-such-route", content=b"x" * 2_000_000, headers=auth)
+            r = await h.post("/v1/no-such-route", content=b"x" * 2_000_000, headers={**auth, **JSON_TYPE})
         assert r.status_code == 404 and r.headers["connection"] == "close"  # past MAX_BODY: not drained
         assert (await h.get("/v1/health")).status_code == 200  # a new connection, transparently

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 import trio
-from quart import Response, has_websocket_context, request, websocket
+from quart import Response, g, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -21,7 +21,7 @@ from .. import oidc as oidc_mod
 from .. import ops
 from ..callers import tcp_peer
 from ..errors import AegisError, Forbidden, NotFound, RateLimited, Unauthorized, ValidationError
-from . import _sse, _terminal
+from . import _browser, _sse, _terminal
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
@@ -178,15 +178,15 @@ def create_app(daemon: Daemon) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
 
-    def _request_id() -> str:
-        rid = request.headers.get("X-Request-Id", "")
-        return rid if 0 < len(rid) <= 64 and rid.isprintable() else secrets.token_hex(8)
-
-    failures: dict[str, list[float]] = {}
-
     def _conn() -> Any:
         """The request, or the websocket handshake (the terminal route)."""
         return websocket if has_websocket_context() else request
+
+    def _request_id() -> str:
+        rid = _conn().headers.get("X-Request-Id", "")
+        return rid if 0 < len(rid) <= 64 and rid.isprintable() else secrets.token_hex(8)
+
+    failures: dict[str, list[float]] = {}
 
     def _ip() -> str:
         return _conn().remote_addr or "local"
@@ -281,16 +281,14 @@ def create_app(daemon: Daemon) -> QuartTrio:
         return found
 
     def _cookie_principal(ip: str) -> ops.Principal:
-        """The dashboard's single sign-on session. Its cookie is SameSite=Strict; requests that change something
-        must also come from this origin (no cross-site form can ride on it)."""
+        """The dashboard's single sign-on session. Its cookie is SameSite=Strict, and the browser guard refuses
+        foreign origins; an origin of allowedOrigins (a bearer-token client) cannot ride on the cookie either."""
         assert daemon.oidc is not None
         session = daemon.oidc.session(_conn().cookies.get(oidc_mod.COOKIE, ""))
         if session is None:
             raise _fail(ip, "your sign-in expired; sign in again")
-        origin = _conn().headers.get("Origin")
-        if getattr(_conn(), "method", "GET") not in ("GET", "HEAD", "OPTIONS") and origin is not None \
-                and origin.rstrip("/") != _conn().host_url.rstrip("/"):
-            raise Forbidden(f"cross-origin request from {origin} refused")
+        if g.get("cors_origin"):
+            raise Forbidden(f"the sign-in cookie is for the dashboard's own origin, not {g.cors_origin}")
         return session.principal
 
     def _ip_limit() -> None:
@@ -302,6 +300,35 @@ def create_app(daemon: Daemon) -> QuartTrio:
             raise RateLimited(f"rate limit of {per_min} requests per minute per IP exceeded",
                               details={"retryAfter": int(wait) + 1})
 
+    # ---- browsers: Host, Origin and Content-Type, before anything else (see _browser) ----------------------
+    policy = _browser.Policy.build(bind_host=daemon.config.host, base_url=daemon.config.baseUrl,
+                                   allowed_hosts=daemon.config.allowedHosts,
+                                   allowed_origins=daemon.config.allowedOrigins)
+
+    @app.before_request
+    async def _browser_guard() -> Response | None:
+        g.cors_origin = None
+        if _browser.check(policy, scheme=request.scheme, headers=request.headers) is _browser.OriginKind.ALLOWED:
+            g.cors_origin = request.headers["Origin"]  # its answers, errors included, carry CORS headers
+            if _browser.is_preflight(request.method, request.headers):
+                return Response("", status=204, headers=_browser.cors_headers(g.cors_origin, preflight=True))
+        _browser.check_body(method=request.method, path=request.path, headers=request.headers)
+        return None
+
+    @app.before_websocket
+    async def _browser_guard_ws() -> Response | None:
+        """Refuse the handshake itself (403/421): a refused page never gets an open socket."""
+        g.cors_origin = None
+        try:
+            if _browser.check(policy, scheme=websocket.scheme, headers=websocket.headers) \
+                    is _browser.OriginKind.ALLOWED:
+                g.cors_origin = websocket.headers["Origin"]
+        except AegisError as exc:
+            log.info("http.websocket_refused", path=websocket.path, code=exc.code, origin=websocket.headers.get(
+                "Origin"), host=websocket.headers.get("Host"))
+            return error_response(exc, _request_id())
+        return None
+
     @app.after_request
     async def _headers(resp: Response) -> Response:
         if not has_websocket_context() and not await _drained():
@@ -310,6 +337,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Cache-Control", "no-store")
+        origin = g.get("cors_origin")
+        if origin and "Access-Control-Allow-Origin" not in resp.headers:
+            resp.headers.update(_browser.cors_headers(origin))
         return resp
 
     async def _drained() -> bool:

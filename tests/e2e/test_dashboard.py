@@ -117,6 +117,33 @@ async def test_dashboard_drives_sessions(daemon: DaemonHandle, workdir: Path) ->
     assert names["needs-approval"].turns == 2 and "made-in-browser" in names
 
 
+async def test_dashboard_through_localhost(daemon: DaemonHandle, workdir: Path) -> None:
+    """The dashboard at http://localhost:PORT/ (another origin than 127.0.0.1:PORT) loads, streams and approves:
+    the browser defences serve the daemon's own origin under either name."""
+    port = daemon.daemon.http_url.rsplit(":", 1)[1]
+    base = f"http://localhost:{port}"
+    waiting = await daemon.create(workdir, name="approve-me", prompt="tool:execute:Run:make all", reuse=False)
+    await daemon.wait_status(waiting["id"], "permission_prompt")
+
+    def scenario(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        posts: list[tuple[str | None, int]] = []
+        page.on("response", lambda r: posts.append((r.request.header_value("origin"), r.status))
+                if r.request.method == "POST" else None)
+        page.goto(base + "/dashboard/")
+        expect(page.locator("#live")).to_have_text("live")
+        page.locator(f"tr[data-id='{waiting['id']}']").click()
+        expect(page.locator("#s-permission-tool")).to_have_text("Run")
+        page.click("#approve")
+        expect(page.locator("#s-status")).to_have_text("idle")
+        assert (base, 200) in posts, posts  # the approval carried the page's own origin, and was served
+
+    with trio.fail_after(90):
+        await trio.to_thread.run_sync(_browse, scenario)
+    assert daemon.daemon.manager.records[waiting["id"]].turns == 1
+
+
 async def test_dashboard_sign_in_with_a_token(daemon_factory: Any, workdir: Path) -> None:
     d = await daemon_factory(authToken=MASTER)
     r = await d.http.post("/v1/sessions", json={"workDir": str(workdir), "name": "behind-auth"},
