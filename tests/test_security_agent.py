@@ -234,3 +234,24 @@ async def test_workdirs_never_hold_the_daemons_state_or_secrets(daemon_factory: 
     r = await h.http.post("/v1/sessions", json={"workDir": str(home / "project")})
     assert r.status_code == 201, r.text
 
+
+
+@needs_cgroups
+async def test_daemons_on_one_machine_keep_each_others_cgroups() -> None:
+    from aegisd.acp._cgroup import SessionCgroups
+
+    first = SessionCgroups.create("a" * 24)
+    assert first is not None
+    try:
+        second = SessionCgroups.create("b" * 24)  # another daemon starting: the first's empty subtree stays
+        assert second is not None and first.root.exists()
+        gone = await trio.lowlevel.open_process(["true"])
+        await gone.wait()
+        stale = first.root.parent / f"aegis-{gone.pid}-cccccccc"  # a daemon that died with its reaper
+        stale.mkdir()
+        third = SessionCgroups.create("d" * 24)
+        assert third is not None and not stale.exists() and first.root.exists() and second.root.exists()
+        for c in (second, third):
+            await c.close()
+    finally:
+        await first.close()

@@ -7,7 +7,7 @@ whatever an agent's tools start stays in it. That gives two guarantees the daemo
 - a local caller (control socket, loopback HTTP) can be traced to the session it belongs to, from its pid
   (`/proc/<pid>/cgroup`) or from its socket (the cgroup id the kernel records on every socket).
 
-Layout: ``<cgroup2 mount><the daemon's own cgroup>/aegis-<instance>/<session id>``. Creating it needs write
+Layout: ``<cgroup2 mount><the daemon's own cgroup>/aegis-<daemon pid>-<instance>/<session id>``. Creating it needs write
 access to the daemon's cgroup: root, or a systemd unit with ``Delegate=yes``. No controller is enabled, so the
 "no internal processes" rule does not apply and the daemon stays where it is. Where cgroups cannot be had, the
 daemon falls back to process groups plus environment markers (see :mod:`._reaper`) and says so at start.
@@ -78,7 +78,7 @@ class SessionCgroups:
         if mount is None or own is None:
             log.info("cgroup.unavailable", reason="no cgroup v2 hierarchy is mounted")
             return None
-        relative = f"{own.rstrip('/')}/aegis-{instance[:12]}"
+        relative = f"{own.rstrip('/')}/aegis-{os.getpid()}-{instance[:8]}"
         root = Path(str(mount) + relative)
         try:
             root.mkdir(mode=0o755)
@@ -96,13 +96,16 @@ class SessionCgroups:
 
     @staticmethod
     def _sweep_stale(parent: Path, *, keep: str) -> None:
-        """Remove empty subtrees left by daemons that died with their reaper (a full ones belongs to a live
-        daemon, or will be emptied by its reaper)."""
+        """Remove the empty subtrees of daemons that died together with their reaper. A live daemon's subtree is
+        left alone, empty or not (its name carries its pid); a dead one's still holding processes too."""
         try:
             entries = [e for e in parent.iterdir() if e.name.startswith("aegis-") and e.name != keep]
         except OSError:
             return
         for tree in entries:
+            pid = tree.name.split("-")[1]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
             for child in [c for c in tree.iterdir() if c.is_dir()] if tree.is_dir() else []:
                 _rmdir(child)
             _rmdir(tree)
@@ -114,6 +117,7 @@ class SessionCgroups:
     def make(self, session_id: str) -> Path:
         """The session's cgroup (created if needed); returns its ``cgroup.procs``."""
         path = self.path(session_id)
+        self.root.mkdir(mode=0o755, exist_ok=True)  # put back if someone removed it while it was empty
         path.mkdir(mode=0o755, exist_ok=True)
         self._ids[path.stat().st_ino] = session_id
         return path / "cgroup.procs"
@@ -180,6 +184,16 @@ class SessionCgroups:
         for child in [c for c in self.root.iterdir() if c.is_dir()] if self.root.exists() else []:
             await self.kill(child.name)
         _rmdir(self.root)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _rmdir(path: Path) -> bool:
