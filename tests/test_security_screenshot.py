@@ -1,7 +1,7 @@
 """Issue 10, item 2: a screenshotted page cannot reach the daemon. Whoever asks, the page and everything it
-loads (fetch/XHR, images, forms, redirects, websockets, CONNECT) are refused the daemon's own listen addresses;
-loopback other than that only for a trusted caller, and then only the URL's own port and the ports of
-`screenshotLoopbackPorts`. Real Chromium, a real hostile page, the real daemon."""
+loads (fetch, images, forms, 307 redirects, websockets, https through CONNECT) are refused the daemon's own
+listen addresses; loopback other than that only for a trusted caller, and then only the URL's own port and the
+ports of `screenshotLoopbackPorts`. Real Chromium, a real hostile page, the real daemon."""
 
 from __future__ import annotations
 
@@ -78,6 +78,16 @@ class HostilePage:
                 f"fetch('{approve}', {{method: 'POST', mode: 'no-cors'}})",
                 f"new Promise((ok) => {{ const f = document.getElementById('sink{i}'); f.onload = ok; "
                 f"document.getElementById('form{i}').submit(); }})",
+                # a same-origin POST that the dev server redirects (307 keeps the method and body) to the API
+                f"fetch('/r307/{i}', {{method: 'POST', mode: 'no-cors', headers: {{'Content-Type': 'text/plain'}}, "
+                f"body: {json.dumps(create)}}})",
+                # https: the browser asks the proxy for a CONNECT tunnel
+                f"fetch('{base.replace('http://', 'https://')}/v1/sessions', {{method: 'POST', mode: 'no-cors', "
+                f"body: {json.dumps(create)}}})",
+                # the terminal WebSocket, which approves with one message
+                f"new Promise((ok) => {{ const ws = new WebSocket('{base.replace('http://', 'ws://')}"
+                f"/v1/sessions/{self.sid}/terminal'); ws.onopen = () => ws.send(JSON.stringify({{type: 'approve'}})); "
+                "ws.onmessage = () => ws.close(); ws.onclose = ok; ws.onerror = ok; })",
             ]
             forms.append(f"<iframe name='sink{i}' id='sink{i}' style='display:none'></iframe>"
                          f"<form id='form{i}' method='post' action='{approve}' target='sink{i}'>"
@@ -107,6 +117,11 @@ class HostilePage:
                     self.report.append(unquote(urlsplit(path).query))
                     self.done.set()
                     body, kind = b"", b"text/plain"
+                elif path.startswith("/r307/"):
+                    target = self.targets[int(path.rsplit("/", 1)[1])]
+                    await stream.send_all(f"HTTP/1.1 307 Temporary Redirect\r\nlocation: {target}/v1/sessions\r\n"
+                                          "connection: close\r\ncontent-length: 0\r\n\r\n".encode())
+                    return
                 elif path == "/gate":
                     with trio.move_on_after(30):  # the test fails on the missing report, not here
                         await self.done.wait()
@@ -159,7 +174,7 @@ async def test_a_hostile_page_cannot_drive_the_daemon_during_a_trusted_screensho
     assert pixel(base64.b64decode(body["screenshot"]), 160, 100) == (0, 0xC8, 0x53)
     assert body["loadError"] is None
     # every attack was tried (the page's script reported) ...
-    assert page.report and len(page.report[0].split(",")) == 8, page.report
+    assert page.report and len(page.report[0].split(",")) == 14, page.report
     # ... and none reached the daemon: nothing created, the pending request still pending
     sessions = (await d.http.get("/v1/sessions")).json()["sessions"]
     assert [s["id"] for s in sessions] == [sid]
