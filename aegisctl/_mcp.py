@@ -21,6 +21,8 @@ TERMINAL = ("completed", "killed", "crashed")
 
 S = {"type": "string"}
 SID = {"sessionId": {"type": "string", "description": "session id, or a unique prefix of at least 4 characters"}}
+REQ = {"requestId": {"type": "string", "minLength": 1, "description": "the pending request this decides "
+                     "(pendingPermission.requestId); a mismatch is an error PERMISSION_REQUEST_MISMATCH"}}
 
 
 def _schema(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -139,10 +141,16 @@ TOOLS: list[Tool] = [
                                                                  "bypassPermissions"]},
                   "reuse": {"type": "boolean", "description": "reuse an idle session in the same workDir"}},
                  ["workDir"]), _create, read_only=False),
-    Tool("approve_permission", "Approve the session's pending permission request (allow once).",
-         _schema(SID, ["sessionId"]), lambda srv, a: srv.call("session.approve", id=a["sessionId"]), read_only=False),
-    Tool("reject_permission", "Reject the session's pending permission request.", _schema(SID, ["sessionId"]),
-         lambda srv, a: srv.call("session.reject", id=a["sessionId"]), read_only=False),
+    Tool("approve_permission", "Approve the session's pending permission request (allow once). Pass the "
+         "requestId of the request you looked at (pendingPermission.requestId from get_status or "
+         "wait_for_session): if another one is pending by then, nothing is decided.",
+         _schema({**SID, **REQ}, ["sessionId"]),
+         lambda srv, a: srv.call("session.approve", id=a["sessionId"], requestId=a.get("requestId")),
+         read_only=False),
+    Tool("reject_permission", "Reject the session's pending permission request. Pass the requestId of the "
+         "request you looked at, as for approve_permission.", _schema({**SID, **REQ}, ["sessionId"]),
+         lambda srv, a: srv.call("session.reject", id=a["sessionId"], requestId=a.get("requestId")),
+         read_only=False),
     Tool("interrupt_session", "Cancel the session's current turn.", _schema(SID, ["sessionId"]),
          lambda srv, a: srv.call("session.interrupt", id=a["sessionId"]), read_only=False),
     Tool("escape_session", "Same as interrupt_session (the original's Escape key).", _schema(SID, ["sessionId"]),
@@ -262,7 +270,8 @@ class Server:
                 "serverInfo": {**SERVER_INFO, "version": version("aegis-py")},
                 "instructions": "Aegis supervises coding-agent sessions. Create one with create_session, follow it "
                                 "with wait_for_session, read it with get_transcript, and answer its permission "
-                                "requests with approve_permission / reject_permission."}
+                                "requests with approve_permission / reject_permission, passing the "
+                                "pendingPermission.requestId you looked at."}
 
     def _tools_list(self, p: dict[str, Any]) -> dict[str, Any]:
         return {"tools": [{"name": t.name, "description": t.description, "inputSchema": t.schema,

@@ -225,6 +225,7 @@ def show(c: Ctx, session_id: str) -> None:
     if s.get("pendingPermission"):
         p = s["pendingPermission"]
         click.echo(f"{'waiting for':>16}: {p['toolTitle']} {out.one_line(p.get('rawInput'))}")
+        click.echo(f"{'request':>16}: {p['requestId']}  (ag approve {_short(s['id'])} --request {p['requestId']})")
     if s.get("crash"):
         click.echo(f"{'crash':>16}: {s['crash'].get('reason')}")
         if s["crash"].get("stderrTail"):
@@ -287,32 +288,39 @@ def read(c: Ctx, session_id: str, follow: bool, everything: bool) -> None:
         sys.exit(code)
 
 
-def _decide(c: Ctx, op: str, session_id: str, option: str | None) -> None:
-    res = c.call(op, id=session_id, optionId=option)
+def _decide(c: Ctx, op: str, session_id: str, option: str | None, request: str | None) -> None:
+    res = c.call(op, id=session_id, optionId=option, requestId=request)
     if c.json:
         out.echo_json(res)
     else:
-        click.echo(f"{'Approved' if op == 'session.approve' else 'Rejected'} ({res['optionId']}).")
+        click.echo(f"{'Approved' if op == 'session.approve' else 'Rejected'} ({res['optionId']}): request "
+                   f"{res['requestId']}.")
+
+
+_REQUEST_HELP = ("Decide only this request (its requestId, as `ag show` or the notification gave it); if another "
+                 "one is pending, nothing is decided (exit 1, PERMISSION_REQUEST_MISMATCH).")
 
 
 @cli.command()
 @click.argument("session_id")
 @click.option("--option", help="Pick this option id instead of the least-privilege allow option.")
+@click.option("--request", "request", metavar="REQUEST_ID", help=_REQUEST_HELP)
 @json_option
 @pass_ctx
-def approve(c: Ctx, session_id: str, option: str | None) -> None:
+def approve(c: Ctx, session_id: str, option: str | None, request: str | None) -> None:
     """Approve the pending permission request."""
-    _decide(c, "session.approve", session_id, option)
+    _decide(c, "session.approve", session_id, option, request)
 
 
 @cli.command()
 @click.argument("session_id")
 @click.option("--option", help="Pick this option id instead of reject_once.")
+@click.option("--request", "request", metavar="REQUEST_ID", help=_REQUEST_HELP)
 @json_option
 @pass_ctx
-def reject(c: Ctx, session_id: str, option: str | None) -> None:
+def reject(c: Ctx, session_id: str, option: str | None, request: str | None) -> None:
     """Reject the pending permission request."""
-    _decide(c, "session.reject", session_id, option)
+    _decide(c, "session.reject", session_id, option, request)
 
 
 def _simple(op: str, done: str) -> Any:
@@ -572,16 +580,19 @@ def _stream_turn(c: Ctx, sid: str, *, interactive: bool, accept: bool, quiet: bo
                         click.echo()
                         mid_line = False
                     desc = f"{data['toolTitle']} {out.one_line(data.get('rawInput'), 160)}"
+                    req = str(data["requestId"])
                     if interactive:
                         ok = _ask(out.style(f"Allow {desc}? [y/N]", fg="yellow", bold=True))
-                        try:
-                            c.call("session.approve" if ok else "session.reject", id=sid)
+                        try:  # this very request: if it was decided elsewhere meanwhile, nothing else is
+                            c.call("session.approve" if ok else "session.reject", id=sid, requestId=req)
                         except ClientError as exc:
-                            if exc.code != "NO_PENDING_PERMISSION":
+                            if exc.code not in ("NO_PENDING_PERMISSION", "PERMISSION_REQUEST_MISMATCH"):
                                 raise
+                            click.echo(out.style("  (already decided elsewhere: your answer was not applied)",
+                                                 dim=True), err=True)
                     else:
-                        click.echo(f"Permission requested: {desc}\n  approve: ag approve {_short(sid)}   "
-                                   f"reject: ag reject {_short(sid)}", err=True)
+                        click.echo(f"Permission requested: {desc}\n  approve: ag approve {_short(sid)} --request {req}"
+                                   f"   reject: ag reject {_short(sid)} --request {req}", err=True)
                 elif kind == "turn":
                     stop_reason = data.get("stopReason")
                 elif kind == "ended":

@@ -136,6 +136,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     ipRateLimit: int = 1200  # requests per minute per client IP on HTTP; 0: none
     sseMaxConnections: int = 100
     sseMaxPerIp: int = 10
+    # loopback ports a trusted caller's screenshot may load from, besides its URL's own (aegisd/screenshot.py)
+    screenshotLoopbackPorts: tuple[int, ...] = ()
     acpPromptTimeoutMs: int = 120_000
     acpRequestTimeoutMs: int = 30_000
     acpInitTimeoutMs: int = 30_000
@@ -228,6 +230,8 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_ALERT_WEBHOOKS": ("alerting.webhooks", lambda v: [u.strip() for u in v.split(",") if u.strip()]),
     "AEGIS_ALERT_FAILURE_THRESHOLD": ("alerting.failureThreshold", int),
     "AEGIS_ALERT_COOLDOWN_MS": ("alerting.cooldownMs", int),
+    "AEGIS_SCREENSHOT_LOOPBACK_PORTS": ("screenshotLoopbackPorts",
+                                        lambda v: tuple(int(p) for p in v.replace(",", " ").split())),
 }
 # Keys of the config file that are not Config fields but are accepted (the original's, or for later parts).
 KNOWN_EXTRA_KEYS = {"clientAuthToken", "rateLimit", "defaultSessionEnv", "name", "model"}
@@ -380,6 +384,8 @@ def _validate(cfg: Config) -> None:
         raise ValidationError("ipRateLimit must be 0 (none) or a number of requests per minute")
     if cfg.acpPromptTimeoutMs < 1:
         raise ValidationError("AEGIS_ACP_PROMPT_TIMEOUT_MS must be positive")
+    if any(not 0 < p < 65536 for p in cfg.screenshotLoopbackPorts):
+        raise ValidationError("screenshotLoopbackPorts: ports are between 1 and 65535")
 
 
 def describe(cfg: Config, *, mask: bool = True) -> list[tuple[str, Any, str]]:

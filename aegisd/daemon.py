@@ -107,6 +107,7 @@ class Daemon:
 
         self.memory = MemoryStore(config.state_path / "memory.json")
         self.http_url = config.base_url
+        self.http_binds: tuple[str, ...] = ()  # every address the HTTP server listens on, as URLs
         self.socket_path = config.socket_path
         from .audit import AuditLog
         from .auth import KeyStore
@@ -355,6 +356,7 @@ class Daemon:
                         binds = await servers.start(partial(hypercorn_serve, create_app(self), hc,
                                                             shutdown_trigger=http_stop.wait))
                         self.http_url = cfg.baseUrl.rstrip("/") if cfg.baseUrl else str(binds[0])
+                        self.http_binds = tuple(map(str, binds))
                         # the socket last: once it answers, everything (HTTP included) is up
                         await servers.start(serve_control, self, self.socket_path)
                         log.info("aegisd.ready", version=__version__, http=self.http_url,

@@ -69,6 +69,13 @@ class NoPendingPermission(Conflict):
     code = "NO_PENDING_PERMISSION"
 
 
+class PermissionRequestMismatch(Conflict):
+    """Approve/reject named a permission request that is not the one pending (decided, newer, unknown): the
+    caller decided on something its user never saw, so nothing is decided."""
+
+    code = "PERMISSION_REQUEST_MISMATCH"
+
+
 class SessionNotLive(Conflict):
     code = "SESSION_NOT_LIVE"
 

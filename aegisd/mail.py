@@ -75,8 +75,9 @@ class Email:
         link = f"{self.daemon.http_url.rstrip('/')}/dashboard/#/sessions/{ev.sessionId}"
         if ev.event == "approval" and "requestId" in d and "decision" not in d and "permission" in want:
             subject = f"[aegis] {who} needs approval: {d.get('toolTitle')}"
+            cmd = f"{ev.sessionId[:8]} --request {d['requestId']}"  # this very request, not whatever is pending
             body = (f"{who} asks to run {d.get('toolTitle')}.\n\nInput: {d.get('rawInput')}\n\n"
-                    f"Approve or reject: {link}\n(or `ag approve {ev.sessionId[:8]}` / `ag reject …`)\n")
+                    f"Approve or reject: {link}\n(or `ag approve {cmd}` / `ag reject {cmd}`)\n")
         elif ev.event == "status" and d.get("status") == "stalled" and "stall" in want:
             subject = f"[aegis] {who} stalled"
             body = f"{who} shows no agent activity.\n\n{link}\n"

@@ -17,7 +17,7 @@ import structlog
 import trio
 
 from ._channel import ChannelHealth
-from .errors import AegisError
+from .errors import AegisError, NoPendingPermission, PermissionRequestMismatch, SessionNotLive
 from .models import Event
 
 if TYPE_CHECKING:
@@ -152,26 +152,36 @@ class Telegram:
             return
         verb, _, rest = str(cq.get("data") or "").partition("|")
         sid, _, request_id = rest.partition("|")
-        rec = self.daemon.manager.records.get(sid)
-        pending = rec.pendingPermission if rec is not None else None
-        if verb not in (APPROVE, REJECT) or pending is None or pending.requestId != request_id:
-            await self.api("answerCallbackQuery", callback_query_id=cq["id"],
-                           text="That request is no longer pending")
-            await self._close_buttons(msg, "(no longer pending)")
+        if verb not in (APPROVE, REJECT) or not request_id or sid not in self.daemon.manager.records:
+            await self._stale(cq, msg)
             return
         user = cq.get("from") or {}
         name = user.get("username") or user.get("first_name") or str(user.get("id"))
         ctx = OpContext(daemon=self.daemon, principal=Principal(kind="telegram", role="admin",
                                                                 name=f"telegram:{name}"), surface="telegram")
         op = "session.approve" if verb == APPROVE else "session.reject"
-        try:
-            await call(ctx, op, {"id": sid})
+        try:  # the request the button was sent for, and no other: the session's runner checks it atomically
+            await call(ctx, op, {"id": sid, "requestId": request_id})
+        except PermissionRequestMismatch as exc:
+            if (exc.details or {}).get("queued"):  # still pending, behind an earlier one: keep the buttons
+                await self.api("answerCallbackQuery", callback_query_id=cq["id"],
+                               text="An earlier request of this session waits: decide it first")
+            else:
+                await self._stale(cq, msg)
+            return
+        except (NoPendingPermission, SessionNotLive):
+            await self._stale(cq, msg)
+            return
         except AegisError as exc:
             await self.api("answerCallbackQuery", callback_query_id=cq["id"], text=exc.message[:190])
             return
         done = "✅ Approved" if verb == APPROVE else "❌ Rejected"
         await self.api("answerCallbackQuery", callback_query_id=cq["id"], text=done)
         await self._close_buttons(msg, f"{done} by @{name}")
+
+    async def _stale(self, cq: dict[str, Any], msg: dict[str, Any]) -> None:
+        await self.api("answerCallbackQuery", callback_query_id=cq["id"], text="That request is no longer pending")
+        await self._close_buttons(msg, "(no longer pending)")
 
     async def _close_buttons(self, msg: dict[str, Any], note: str) -> None:
         if msg.get("message_id") is None:

@@ -101,15 +101,27 @@ def check(sid: str) -> None:
         raise Cancelled()
 
 
+def ask_permission(sid: str, i: int, kind: str, title: str, arg: str, outcomes: list[str]) -> None:
+    """One of several permission requests asked at once (`tools:`): appends `i=<optionId or cancelled>`."""
+    res = ST.request("session/request_permission", {
+        "sessionId": sid,
+        "toolCall": {"toolCallId": f"tcp-{i}", "title": f"{title} {i}", "kind": kind,
+                     "rawInput": {"command": f"{arg} {i}"}},
+        "options": [{"optionId": "allow", "name": "Allow", "kind": "allow_once"},
+                    {"optionId": "reject", "name": "Reject", "kind": "reject_once"}]})
+    out = (res.get("result") or {}).get("outcome") or {}
+    outcomes.append(f"{i}={out.get('optionId') if out.get('outcome') == 'selected' else 'cancelled'}")
+
+
 def run_turn(req_id: int, sid: str, text: str) -> None:
     sess = ST.sessions[sid]
     sess["history"].append(["user", text])
     said: list[str] = []
     stop = "end_turn"
     directives = [d.strip() for d in text.split(";") if d.strip()]
-    known = ("say:", "hang", "chunks:", "think:", "plan:", "tool:", "toolauto:", "sleep:", "wait-for-cancel", "stream:",
-             "crash", "garbage", "bigline:", "badid", "unknown-request", "grandchild", "stop:", "error:", "title:",
-             "recall", "mcp-servers", "sh:", "escape")
+    known = ("say:", "hang", "chunks:", "think:", "plan:", "tool:", "tools:", "toolauto:", "sleep:", "wait-for-cancel",
+             "stream:", "crash", "garbage", "bigline:", "badid", "unknown-request", "grandchild", "stop:", "error:",
+             "title:", "recall", "mcp-servers", "sh:", "escape")
     try:
         if not any(d.startswith(known) for d in directives):
             said.append(f"echo: {text}")
@@ -165,6 +177,20 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
                     update(sid, {"sessionUpdate": "tool_call_update", "toolCallId": tcid, "status": "failed",
                                  "content": [{"type": "content",
                                               "content": {"type": "text", "text": "rejected by user"}}]})
+            elif name == "tools":  # N permission requests at once (parallel tool calls)
+                n, _, rest = arg.partition(":")
+                kind, title, targ = (rest.split(":", 2) + ["", ""])[:3]
+                outcomes: list[str] = []
+
+                asks = [threading.Thread(target=ask_permission, args=(sid, i, kind, title, targ, outcomes), daemon=True)
+                        for i in range(1, int(n) + 1)]
+                for t in asks:
+                    t.start()
+                for t in asks:
+                    t.join()
+                text_chunk(sid, "permissions: " + " ".join(sorted(outcomes)))
+                if any(o.endswith("=cancelled") for o in outcomes):
+                    raise Cancelled()
             elif name == "sleep":
                 if ST.cancelled[sid].wait(int(arg) / 1000):
                     raise Cancelled()

@@ -147,7 +147,7 @@ async def test_guarded_proxy_connect_and_forward(nursery: trio.Nursery) -> None:
     """The screenshot browser's egress guard on its own: CONNECT (https) tunnels only to allowed addresses;
     plain requests are forwarded one per connection, without proxy headers."""
     from aegisd._egress import GuardedProxy
-    from aegisd.screenshot import allowed_addresses
+    from aegisd.screenshot import Guard, Reach
 
     seen: list[bytes] = []
 
@@ -161,7 +161,7 @@ async def test_guarded_proxy_connect_and_forward(nursery: trio.Nursery) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     up_port = listeners[0].socket.getsockname()[1]
     nursery.start_soon(trio.serve_listeners, upstream, listeners)
-    proxy = GuardedProxy(lambda h, p: allowed_addresses(h, p, allow_loopback=True))
+    proxy = GuardedProxy(Guard(Reach(loopback_ports=frozenset({up_port}), trusted=True)).addresses)
     port = await nursery.start(proxy.serve)
 
     async def exchange(request: bytes) -> bytes:

@@ -3,8 +3,11 @@
 There is no tmux pane to mirror, so the "terminal" is the transcript as text: on connect the recent pane
 (`{type: "pane", content}`) and the status (`{type: "status", status}`), then the agent's words as they stream
 (`{type: "stream", data}`), status changes, and `{type: "ended"}` before the server closes. The client sends
-`{type: "input", text}` (a prompt; a lone Esc or Ctrl-C interrupts), `{type: "approve"}`, `{type: "reject"}`,
-and `{type: "resize", cols, rows}` (accepted, nothing to resize). Authentication as for SSE: a bearer header,
+`{type: "input", text}` (a prompt; a lone Esc or Ctrl-C interrupts), `{type: "approve", requestId?}`,
+`{type: "reject", requestId?}` and `{type: "resize", cols, rows}` (accepted, nothing to resize). A permission
+request is shown as a `stream` frame that also carries its `requestId` (and the first `pane` frame carries the
+pending one's as `pendingRequestId`): a client that sends it back decides that request and no other (409
+PERMISSION_REQUEST_MISMATCH as an error frame when another is pending). Authentication as for SSE: a bearer header,
 `?token=sse_…`, or, when neither is given, a first message `{type: "auth", token}` within 10 s."""
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def render(ev: Event) -> dict[str, Any] | None:
             return {"type": "stream", "data": f"\n# [{kind}] {text}\n"}
         return None
     if ev.event == "approval" and "requestId" in d and "decision" not in d:
-        return {"type": "stream", "data": f"\n? Allow {d.get('toolTitle')}? (approve / reject)\n"}
+        return {"type": "stream", "data": f"\n? Allow {d.get('toolTitle')}? (approve / reject)\n",
+                "requestId": d["requestId"]}
     if ev.event == "status":
         return {"type": "status", "status": d.get("status")}
     if ev.event == "turn":
@@ -85,7 +89,10 @@ async def serve(daemon: Daemon, ws: Any, sid: str, principal: ops.Principal | No
         return
     async with await daemon.bus.subscribe(session_id=rec.id, maxsize=10_000) as sub:  # live from here on
         pane = await ops.call(ctx, "session.pane", {"id": rec.id})
-        await ws.send(json.dumps({"type": "pane", "content": pane["pane"], "sessionId": rec.id}))
+        first: dict[str, Any] = {"type": "pane", "content": pane["pane"], "sessionId": rec.id}
+        if rec.pendingPermission is not None:
+            first["pendingRequestId"] = rec.pendingPermission.requestId
+        await ws.send(json.dumps(first))
         await ws.send(json.dumps({"type": "status", "status": rec.status.value}))
         if rec.status in TERMINAL:
             await ws.send(json.dumps({"type": "ended", "status": rec.status.value, "reason": rec.endReason}))
@@ -138,7 +145,10 @@ async def _handle(ctx: ops.OpContext, sid: str, msg: Any) -> None:
         if text:
             await ops.call(ctx, "session.send", {"id": sid, "text": text})
     elif kind in ("approve", "reject"):
-        await ops.call(ctx, f"session.{kind}", {"id": sid})
+        request_id = msg.get("requestId")
+        if request_id is not None and not isinstance(request_id, str):
+            raise ValidationError("requestId must be a string")
+        await ops.call(ctx, f"session.{kind}", {"id": sid, "requestId": request_id})
     elif kind == "resize":
         return
     elif kind == "auth":

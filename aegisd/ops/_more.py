@@ -207,12 +207,15 @@ async def screenshot(ctx: OpContext, p: ScreenshotParams) -> dict[str, Any]:
     if browser is None:
         raise shots.unavailable(ctx.daemon.environ)
     pr = ctx.principal
-    allow_loopback = pr.role == "admin" or pr.kind in ("local", "master")
+    # the daemon's own listeners are refused to every screenshot; loopback only to a trusted caller
+    reach = await shots.Reach.build(p.url, trusted=pr.role == "admin" or pr.kind in ("local", "master"),
+                                    daemon_urls=(ctx.daemon.http_url, *ctx.daemon.http_binds),
+                                    loopback_ports=ctx.daemon.config.screenshotLoopbackPorts)
     width, height = p.width or 1280, p.height or 720
     async with ctx.daemon.screenshot_limiter:
-        png, blocked, load_error = await shots.take(p.url, width=width, height=height,
-                                                    allow_loopback=allow_loopback, browser=browser,
-                                                    lifeline=ctx.daemon.lifeline, full_page=p.fullPage)
+        png, blocked, load_error = await shots.take(p.url, width=width, height=height, reach=reach,
+                                                    browser=browser, lifeline=ctx.daemon.lifeline,
+                                                    full_page=p.fullPage)
     ctx.daemon.manager.metrics.screenshots += 1
     return {**shots.encode(png), "url": p.url, "timestamp": now_ms(), "fullPage": p.fullPage,
             "blockedRequests": blocked, "loadError": load_error}

@@ -95,6 +95,7 @@ class TranscriptPage(msgspec.Struct):
 class Decision(msgspec.Struct):
     ok: bool
     optionId: str
+    requestId: str  # the request decided
 
 
 class Interrupted(msgspec.Struct):

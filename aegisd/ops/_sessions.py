@@ -78,6 +78,9 @@ class TranscriptParams(msgspec.Struct, forbid_unknown_fields=True):
 class DecisionParams(msgspec.Struct, forbid_unknown_fields=True):
     id: str
     optionId: str | None = None
+    # the pending request the caller's user saw (pendingPermission.requestId): when given and it is not the
+    # one pending, 409 PERMISSION_REQUEST_MISMATCH and nothing is decided
+    requestId: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
 class FollowParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -101,6 +104,9 @@ def session_view(rec: SessionRecord, base_url: str = "") -> dict[str, Any]:
             "approve": {"method": "POST", "url": f"{base}/approve", "description": "Approve the pending request"},
             "reject": {"method": "POST", "url": f"{base}/reject", "description": "Reject the pending request"},
         }
+        if rec.pendingPermission is not None:  # the body that decides this very request and no other
+            for hint in data["actionHints"].values():
+                hint["body"] = {"requestId": rec.pendingPermission.requestId}
     return data
 
 
@@ -260,8 +266,10 @@ async def transcript(ctx: OpContext, p: TranscriptParams) -> dict[str, Any]:
 
 async def _decide(ctx: OpContext, p: DecisionParams, verb: str) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)
-    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, verb, optionId=p.optionId)
-    ctx.daemon.audit_record(ctx, f"permission.{verb}", session_id=rec.id, detail={"optionId": result["optionId"]})
+    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, verb, optionId=p.optionId,
+                                                              requestId=p.requestId)
+    ctx.daemon.audit_record(ctx, f"permission.{verb}", session_id=rec.id,
+                            detail={"optionId": result["optionId"], "requestId": result["requestId"]})
     return result
 
 

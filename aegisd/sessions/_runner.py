@@ -8,6 +8,7 @@ and carried out in one place, :meth:`SessionRunner._finish`."""
 from __future__ import annotations
 
 import collections
+import itertools
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from ..errors import (
     AegisError,
     AgentError,
     NoPendingPermission,
+    PermissionRequestMismatch,
     ProtocolError,
     RequestTimeout,
     SessionNotLive,
@@ -93,6 +95,7 @@ class SessionRunner:
         self._turn_started = 0.0
         self._timeout_cancel_at: float | None = None
         self._decisions: collections.deque[_Decision] = collections.deque()
+        self._requests = itertools.count(1)  # permission request ids are never reused within a session
         self._native_mode = False
         self._loading = False
         self._last_activity = trio.current_time()
@@ -324,7 +327,7 @@ class SessionRunner:
         if cmd.kind == "send":
             return self._send_prompt(cmd.args["text"])
         if cmd.kind in ("approve", "reject"):
-            return await self._decide(cmd.kind == "approve", cmd.args.get("optionId"))
+            return await self._decide(cmd.kind == "approve", cmd.args.get("optionId"), cmd.args.get("requestId"))
         if cmd.kind == "interrupt":
             return await self._interrupt()
         if cmd.kind == "set_profile":
@@ -467,7 +470,7 @@ class SessionRunner:
                 return {"outcome": {"outcome": "selected", "optionId": option}}
         title = tc.title or tc.name or "tool"
         info = PendingPermission(
-            requestId=f"perm-{now_ms()}-{len(self._decisions)}", toolTitle=title, toolKind=tc.kind,
+            requestId=f"perm-{now_ms()}-{next(self._requests)}", toolTitle=title, toolKind=tc.kind,
             toolCallId=tc.toolCallId or None, rawInput=tc.rawInput,
             options=[PermissionOption(optionId=o.optionId, name=o.name, kind=o.kind) for o in params.options],
             since=now_ms(), toolName=title, prompt=title, startedAt=now_ms())
@@ -490,7 +493,22 @@ class SessionRunner:
             await self._set_state(State.RUNNING if self._turn_active else State.IDLE)
         return {"outcome": decision.outcome}
 
-    async def _decide(self, allow: bool, option_id: str | None) -> dict[str, Any]:
+    async def _decide(self, allow: bool, option_id: str | None, request_id: str | None = None) -> dict[str, Any]:
+        head = self._decisions[0].info if self._decisions else None
+        if request_id is not None and (head is None or head.requestId != request_id):
+            # the caller's user saw another request than the one pending: decide nothing
+            queued = any(d.info.requestId == request_id for d in self._decisions)
+            what = f"permission request {request_id} of session {self.rec.id}"
+            if head is None:
+                message = f"{what} is not pending: nothing is pending"
+            elif queued:
+                message = f"{what} waits behind {head.requestId} ({head.toolTitle}): decide that one first"
+            else:
+                message = f"{what} is not pending: the pending one is {head.requestId} ({head.toolTitle})"
+            raise PermissionRequestMismatch(
+                message,
+                details={"requestId": request_id, "pendingRequestId": head.requestId if head else None,
+                         "queued": queued})
         if not self._decisions:
             raise NoPendingPermission(f"session {self.rec.id} has no pending permission request")
         decision = self._decisions[0]
@@ -515,7 +533,7 @@ class SessionRunner:
             self._touch()
             await self._set_state(State.RUNNING if self._turn_active else State.IDLE)
         decision.done.set()
-        return {"ok": True, "optionId": option}
+        return {"ok": True, "optionId": option, "requestId": decision.info.requestId}
 
     def _resolve_all_decisions(self) -> None:
         for decision in list(self._decisions):

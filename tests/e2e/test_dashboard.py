@@ -218,3 +218,40 @@ async def test_dashboard_single_sign_on(daemon_factory: Any, nursery: trio.Nurse
 
     with trio.fail_after(90):
         await trio.to_thread.run_sync(_browse, scenario)
+
+
+async def test_dashboard_approves_the_request_it_shows(daemon: DaemonHandle, workdir: Path) -> None:
+    """Two requests pending; the page shows the first; it is decided elsewhere before the page hears of it.
+    Approve on the page names the request shown: the daemon decides nothing, and the second request, which the
+    page never showed, still waits until the user sees it and approves it."""
+    import re
+
+    from ..test_security_approve import pending, two_pending
+
+    sid, first, second = await two_pending(daemon, workdir)
+    base = daemon.daemon.http_url
+
+    def scenario(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        page.route(re.compile(r"/v1/events"), lambda route: route.abort())  # no live refresh: a stale tab
+        page.goto(base + f"/dashboard/#/sessions/{sid}")
+        expect(page.locator("#s-permission-id")).to_have_text(first)
+        with httpx.Client(base_url=base) as api:
+            assert api.post(f"/v1/sessions/{sid}/reject", json={"requestId": first}).status_code == 200
+        with page.expect_request(lambda r: r.url.endswith("/approve")) as req:
+            page.click("#approve")
+        assert req.value.post_data_json == {"requestId": first}
+        expect(page.locator("#toast")).to_contain_text(f"the pending one is {second}")
+        expect(page.locator("#s-permission-id")).to_have_text(second)  # the page shows what is true now
+        assert pending(daemon, sid) == second
+        with page.expect_request(lambda r: r.url.endswith("/reject")) as req:
+            page.click("#reject")
+        assert req.value.post_data_json == {"requestId": second}
+        expect(page.locator("#s-permission")).to_be_hidden()
+
+    with trio.fail_after(90):
+        await trio.to_thread.run_sync(_browse, scenario)
+    audit = (await daemon.http.get("/v1/audit?action=permission.*")).json()["records"]
+    assert [(a["action"], a["detail"]["requestId"]) for a in audit] == [("permission.reject", first),
+                                                                        ("permission.reject", second)]

@@ -202,8 +202,10 @@ async function loadSession(id) {
   $("s-workdir").textContent = s.workDir;
   const p = s.pendingPermission;
   $("s-permission").hidden = !p;
+  $("s-permission").dataset.requestId = p ? p.requestId : "";  // what Approve / Reject decide: this one only
   if (p) {
     $("s-permission-tool").textContent = p.toolTitle;
+    $("s-permission-id").textContent = p.requestId;
     $("s-permission-input").textContent = p.rawInput && Object.keys(p.rawInput).length ? JSON.stringify(p.rawInput, null, 1) : "";
   }
   $("s-crash").hidden = !s.crash;
@@ -256,7 +258,16 @@ async function act(verb, body) {
   try {
     await api("POST", "/v1/sessions/" + encodeURIComponent(id) + "/" + verb, body);
     await loadSession(id);
-  } catch (e) { if (e.message !== "unauthorized") toast(verb + ": " + e.message); }
+  } catch (e) {
+    if (e.message === "unauthorized") return;
+    toast(verb + ": " + e.message);
+    loadSession(id).catch(() => {});  // show what is true now (say, the request that is pending instead)
+  }
+}
+// Approve / Reject name the request shown: if another one is pending by then, the daemon decides nothing (409)
+function decide(verb) {
+  const requestId = $("s-permission").dataset.requestId;
+  act(verb, requestId ? { requestId } : undefined);
 }
 function showVerdict(v) {
   const box = $("s-verify");
@@ -285,8 +296,8 @@ $("verify").addEventListener("click", async () => {
   } catch (e) { toast("verify: " + e.message); }
   finally { button.disabled = false; button.textContent = "Verify"; }
 });
-$("approve").addEventListener("click", () => act("approve"));
-$("reject").addEventListener("click", () => act("reject"));
+$("approve").addEventListener("click", () => decide("approve"));
+$("reject").addEventListener("click", () => decide("reject"));
 $("interrupt").addEventListener("click", () => act("interrupt"));
 $("kill").addEventListener("click", () => { if (confirm("Kill this session?")) act("kill"); });
 $("send-form").addEventListener("submit", async (ev) => {
