@@ -103,6 +103,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     stateDir: str = "~/.aegis"
     socket: str = ""
     logLevel: str = "info"
+    logFormat: str = "auto"  # auto | console | json (auto: json under systemd/journald or when not a terminal)
     dashboardEnabled: bool = True
     allowedWorkDirs: tuple[str, ...] = ()
     defaultPermissionMode: str = "default"
@@ -180,6 +181,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_STATE_DIR": ("stateDir", str),
     "AEGIS_SOCKET": ("socket", str),
     "AEGIS_LOG_LEVEL": ("logLevel", str),
+    "AEGIS_LOG_FORMAT": ("logFormat", str),
     "AEGIS_DASHBOARD_ENABLED": ("dashboardEnabled", _bool),
     "AEGIS_ALLOWED_WORK_DIRS": ("allowedWorkDirs", _paths),
     "AEGIS_AGENT_COMMAND": ("agentCommand", lambda v: tuple(shlex.split(v))),
@@ -307,6 +309,10 @@ def load_config(*, env: Mapping[str, str] | None = None, config_path: str | Path
 def _validate(cfg: Config) -> None:
     if cfg.defaultPermissionMode not in PERMISSION_MODES:
         raise ValidationError(f"defaultPermissionMode must be one of {', '.join(PERMISSION_MODES)}")
+    if cfg.logFormat not in ("auto", "console", "json"):
+        raise ValidationError("logFormat must be auto, console or json")
+    if cfg.logLevel.lower() not in ("debug", "info", "warning", "warn", "error"):
+        raise ValidationError("logLevel must be debug, info, warning or error")
     if cfg.sessionStore not in STORES:
         raise ValidationError(f"sessionStore must be one of {', '.join(STORES)}")
     if not (0 <= cfg.port <= 65535):
