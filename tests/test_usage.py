@@ -10,14 +10,15 @@ import trio
 
 from aegisd.usage import estimate_cost
 
+from .conftest import agent_env
 from .test_auth import MASTER, bearer, make_key
 
 OPUS = estimate_cost("claude-opus-4", 10, 5)  # the fake agent reports 10 input and 5 output tokens a turn
 SONNET = estimate_cost(None, 10, 5)
 
 
-async def test_usage_and_analytics(daemon_factory: Any, workdir: Path) -> None:
-    d = await daemon_factory()
+async def test_usage_and_analytics(daemon_factory: Any, workdir: Path, tmp_path: Path) -> None:
+    d = await daemon_factory(env=agent_env(tmp_path, FAKE_ACP_MODELS="default,claude-opus-4"))
     h = d.http
     a = await d.create(workdir, prompt="say:one", model="claude-opus-4", reuse=False)
     b = await d.create(workdir, prompt="say:two", reuse=False)
@@ -33,7 +34,7 @@ async def test_usage_and_analytics(daemon_factory: Any, workdir: Path) -> None:
     per = (await h.get(f"/v1/usage/sessions/{a['id'][:8]}")).json()
     assert per["total_records"] == 2 and per["records"][0]["model"] == "claude-opus-4"
     by_model = (await h.get("/v1/metrics/aggregate?groupBy=model")).json()
-    assert {x["bucket"]: x["turns"] for x in by_model["buckets"]} == {"claude-opus-4": 2, "(default)": 1}
+    assert {x["bucket"]: x["turns"] for x in by_model["buckets"]} == {"claude-opus-4": 2, "default": 1}
     by_day = (await h.get("/v1/metrics/aggregate")).json()
     assert by_day["groupBy"] == "day" and len(by_day["buckets"]) == 1 and by_day["totals"]["turns"] == 3
     future = (await h.get("/v1/usage?from=2999-01-01")).json()

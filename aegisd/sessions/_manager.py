@@ -177,6 +177,7 @@ class SessionManager:
                     runner = self.runners.get(rec.id)
                     if (rec.workDir == real and runner is not None and runner.queue_length == 0
                             and rec.agent == launch.name and rec.ownerKeyId == ownerKeyId
+                            and model in (None, rec.model, rec.requestedModel)
                             and rec.mcpServers == list(dict.fromkeys(mcpServers or ()))):
                         delivery: dict[str, Any] = {"delivered": False, "attempts": 0}
                         if prompt:
@@ -197,7 +198,7 @@ class SessionManager:
             ts = now_ms()
             rec = SessionRecord(
                 id=sid, workDir=real, name=name or f"session-{sid[:8]}", agent=launch.name,
-                permissionMode=mode, model=model,
+                permissionMode=mode, model=model, requestedModel=model,
                 stallThresholdMs=stallThresholdMs or cfg.stallThresholdMs, createdAt=ts, lastActivity=ts,
                 parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom,
                 mcpServers=list(dict.fromkeys(mcpServers or ())))
@@ -216,6 +217,8 @@ class SessionManager:
         timeout = wait_ready if wait_ready is not None else cfg.acpInitTimeoutMs / 1000 * 3
         with trio.move_on_after(timeout):
             await runner.ready.wait()
+        if runner.start_error is not None:  # it could not start as asked (an unknown model): say why
+            raise runner.start_error
         if prompt and runner.delivered_prompts > 0:
             delivery = {"delivered": True, "attempts": 1, "queued": False}
         return rec, False, delivery
