@@ -151,7 +151,8 @@ async def test_claude_model_through_its_config_option(daemon_factory: Any, nurse
     s = await d.create(workdir, model="haiku", prompt="say hi", reuse=False)
     assert s["model"] == "haiku" and "haiku" in s["models"] and "sonnet" in s["models"], s
     await d.wait_event(s["id"], "turn", timeout=90)
-    asked = [r["body"].get("model", "") for r in mock.requests if isinstance(r.get("body"), dict) and r["body"].get("messages")]
+    bodies = [r["body"] for r in mock.requests if isinstance(r.get("body"), dict)]
+    asked = [b.get("model", "") for b in bodies if b.get("messages")]
     assert asked and "haiku" in asked[-1], asked  # the provider was asked for that model
     r = await d.http.post("/v1/sessions", json={"workDir": str(workdir), "model": "gpt-9", "reuse": False})
     assert r.status_code == 400 and r.json()["code"] == "INVALID_MODEL" and "haiku" in r.json()["message"]
