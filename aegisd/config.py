@@ -122,6 +122,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     redisKeyPrefix: str = "aegis"
     strictRbac: bool = False
     stallThresholdMs: int = 120_000
+    idleTimeoutMs: int = 1_800_000  # an idle session is closed (completed, idle_timeout) after this; 0: never
     maxSessions: int = 1000
     webhooks: list[Any] = []
     alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
@@ -196,6 +197,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_STRICT_RBAC": ("strictRbac", _bool),
     "AEGIS_ACP_PROMPT_TIMEOUT_MS": ("acpPromptTimeoutMs", int),
     "AEGIS_STALL_THRESHOLD_MS": ("stallThresholdMs", int),
+    "AEGIS_IDLE_TIMEOUT_MS": ("idleTimeoutMs", int),
     "AEGIS_MAX_SESSIONS": ("maxSessions", int),
     "AEGIS_SSE_MAX_CONNECTIONS": ("sseMaxConnections", int),
     "AEGIS_IP_RATE_LIMIT": ("ipRateLimit", int),
@@ -360,6 +362,8 @@ def _validate(cfg: Config) -> None:
     if bool(cfg.telegram.botToken) != bool(cfg.telegram.chatId):
         raise ValidationError("telegram needs both botToken and chatId "
                               "(AEGIS_TELEGRAM_BOT_TOKEN, AEGIS_TELEGRAM_CHAT_ID)")
+    if cfg.idleTimeoutMs < 0:
+        raise ValidationError("idleTimeoutMs must be 0 (never) or a number of milliseconds")
     if cfg.ipRateLimit < 0:
         raise ValidationError("ipRateLimit must be 0 (none) or a number of requests per minute")
     if cfg.acpPromptTimeoutMs < 1:

@@ -228,7 +228,11 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
     for s in said:
         sess["history"].append(["agent", s])
     ST.save(sid)
-    update(sid, {"sessionUpdate": "usage_update", "used": 15, "size": 200000})
+    usage_update = {"sessionUpdate": "usage_update", "used": 15, "size": 200000}
+    if os.environ.get("FAKE_ACP_COST_PER_TURN"):  # the agent's own cumulative cost report, as claude-agent-acp's
+        sess["cost"] = round(sess.get("cost", 0.0) + float(os.environ["FAKE_ACP_COST_PER_TURN"]), 6)
+        usage_update["cost"] = {"amount": sess["cost"], "currency": "USD"}
+    update(sid, usage_update)
     send({"id": req_id, "result": {"stopReason": stop,
                                    "usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}}})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from aegisd.usage import estimate_cost
@@ -82,3 +83,23 @@ async def test_usage_roles_and_keys(daemon_factory: Any, workdir: Path) -> None:
     assert (await h.get("/v1/analytics/tokens", headers=bearer(viewer["key"]))).json()["totals"]["turns"] == 0
     assert (await h.get(f"/v1/usage/sessions/{sid}", headers=bearer(viewer["key"]))).status_code == 403
     assert (await h.get("/v1/usage", headers=bearer(MASTER), params={"keyId": op_key["id"]})).json()["turns"] == 1
+
+
+@pytest.mark.parametrize("reported", [None, "0.0125"], ids=["estimated", "agent-reported"])
+async def test_the_session_the_ledger_and_the_reports_agree_on_cost(daemon_factory: Any, workdir: Path,
+                                                                     tmp_path: Path, reported: str | None) -> None:
+    extra = {"FAKE_ACP_COST_PER_TURN": reported} if reported else {}
+    d = await daemon_factory(env=agent_env(tmp_path, **extra))
+    s = await d.create(workdir, prompt="say:one", reuse=False)
+    await d.wait_event(s["id"], "turn")
+    after = d.daemon.bus.last_id
+    await d.http.post(f"/v1/sessions/{s['id']}/send", json={"text": "say:two"})
+    await d.wait_event(s["id"], "turn", after_id=after)
+    want = 2 * float(reported) if reported else 2 * estimate_cost(None, 10, 5)
+    session = (await d.http.get(f"/v1/sessions/{s['id']}")).json()["tokenUsage"]["costUsd"]
+    metrics = (await d.http.get(f"/v1/sessions/{s['id']}/metrics")).json()["tokenUsage"]["estimatedCostUsd"]
+    ledger = (await d.http.get("/v1/usage")).json()["estimatedCostUsd"]
+    per_session = sum(r["costUsd"] for r in (await d.http.get(f"/v1/usage/sessions/{s['id']}")).json()["records"])
+    costs = (await d.http.get("/v1/analytics/costs")).json()["totalCostUsd"]
+    for figure in (session, metrics, ledger, per_session, costs):
+        assert abs(figure - want) < 1e-9, (session, metrics, ledger, per_session, costs, want)

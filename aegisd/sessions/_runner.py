@@ -146,6 +146,8 @@ class SessionRunner:
         self._nursery: trio.Nursery | None = None
         self._end_request: tuple[State, str, CrashInfo | None] | None = None
         self._models = _ModelChoice()
+        self._state_changed = trio.Event()
+        self._cost_seen = 0.0  # the agent's cumulative cost report at the end of the last turn
         self.start_error: AegisError | None = None  # why the session could not start as asked (create says so)
         self.ready = trio.Event()  # idle for the first time, or ended
         self.finished = trio.Event()
@@ -504,11 +506,13 @@ class SessionRunner:
         cread = n("cachedReadTokens", "cacheReadTokens", "cache_read_input_tokens")
         cwrite = n("cachedWriteTokens", "cacheCreationTokens", "cache_creation_input_tokens")
         total = n("totalTokens") or (tin + tout)
+        cost = self._turn_cost(tin, tout, cread, cwrite)
         u.inputTokens += tin
         u.outputTokens += tout
         u.cacheReadTokens += cread
         u.cacheCreationTokens += cwrite
         u.totalTokens += total
+        u.costUsd = round(u.costUsd + cost, 6)
         self.rec.tokenUsage = u
         ledger = self.manager.usage
         if ledger is not None and total:
@@ -516,7 +520,19 @@ class SessionRunner:
             ledger.record(UsageRecord(
                 ts=now_ms(), sessionId=rec.id, keyId=rec.ownerKeyId, agent=rec.agent, model=rec.model,
                 inputTokens=tin, outputTokens=tout, cacheReadTokens=cread, cacheCreationTokens=cwrite,
-                totalTokens=total, costUsd=estimate_cost(rec.model, tin, tout, cread, cwrite)))
+                totalTokens=total, costUsd=cost))
+
+    def _turn_cost(self, tin: int, tout: int, cread: int, cwrite: int) -> float:
+        """One figure for the turn, used by the session, the metering ledger and every report alike: what the
+        agent says the session has cost since the last turn (usage_update `cost` in USD, cumulative), else an
+        estimate from list prices."""
+        cost = self.rec.contextUsage.cost if self.rec.contextUsage is not None else None
+        if isinstance(cost, dict) and str(cost.get("currency", "USD")).upper() == "USD" \
+                and isinstance(cost.get("amount"), (int, float)) and cost["amount"] >= self._cost_seen:
+            spent = round(float(cost["amount"]) - self._cost_seen, 6)
+            self._cost_seen = float(cost["amount"])
+            return spent
+        return estimate_cost(self.rec.model, tin, tout, cread, cwrite)
 
     async def _interrupt(self) -> dict[str, Any]:
         self._queue.clear()
@@ -666,11 +682,17 @@ class SessionRunner:
     # ---- stall detection and prompt timeout ----------------------------------------------------
     async def _watchdog(self) -> None:
         prompt_timeout = self._cfg.acpPromptTimeoutMs / 1000
+        idle_timeout = self._cfg.idleTimeoutMs / 1000
         while True:
             now = trio.current_time()
             idle_for = now - self._last_activity
             stall_after = self.rec.stallThresholdMs / 1000
             wake = now + min(stall_after, prompt_timeout, 30.0)
+            if idle_timeout > 0 and self.rec.status == State.IDLE and not self.busy:
+                if idle_for >= idle_timeout:  # its agent holds hundreds of MiB: give them back
+                    self.end(State.COMPLETED, "idle_timeout")
+                    return
+                wake = min(wake, self._last_activity + idle_timeout)
             if self._turn_active and self.rec.status == State.RUNNING:
                 if idle_for >= stall_after:
                     await self._set_state(State.STALLED, detail="no agent activity")
@@ -702,7 +724,8 @@ class SessionRunner:
                     return
                 else:
                     wake = min(wake, self._timeout_cancel_at + CANCEL_GRACE_S)
-            await trio.sleep_until(max(wake, trio.current_time() + 0.01))
+            with trio.move_on_at(max(wake, trio.current_time() + 0.01)):
+                await self._state_changed.wait()  # a new state may need an earlier look (idle: its timeout)
 
     # ---- state, persistence --------------------------------------------------------------------
     async def _set_state(self, new: State, *, detail: str | None = None) -> None:
@@ -713,6 +736,8 @@ class SessionRunner:
         check_transition(old, new)
         rec.status = new
         rec.lastActivity = now_ms()
+        self._state_changed.set()
+        self._state_changed = trio.Event()
         if new != State.PERMISSION_PROMPT:
             rec.pendingPermission = None if not self._decisions else rec.pendingPermission
         await self._save()
