@@ -1,63 +1,91 @@
 # Aegis for Python. `make run` starts the daemon, `make test` runs the tests; both install what they need.
+# `make help` lists the targets.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
-AGENTS_STAMP := $(VENV)/.agents-installed
+# (the build backend's note on editable installs of a flat layout is not a problem: silenced)
+PIP    := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --disable-pip-version-check
+# one stamp per layer: the daemon's own dependencies, then what only the tests or the linters need
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+DEV_STAMP  := $(VENV)/.installed-dev
+AGENT_STAMP      := $(VENV)/.agent-installed
+TEST_AGENT_STAMP := $(VENV)/.test-agents-installed
 
-.PHONY: install run test test-stores test-fast bench lint typecheck agents clean docs openapi
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-stores test-fast bench lint typecheck agents clean docs openapi wheel
 
-$(STAMP): pyproject.toml
+help: ## this list
+	@echo "Aegis for Python: make run (start aegisd), make test (the whole suite); both install what they need."
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:[^#]*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(RUN_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,dev]'
-	@touch $(STAMP)
+	$(PIP) --upgrade pip
+	$(PIP) -e .
+	@touch $@
 
-install: $(STAMP) ## create .venv and install the package, test and dev tools, and the ACP agents
-	@$(MAKE) --no-print-directory agents || echo "warning: ACP agents not installed (see docs/real-agents.md)"
+$(TEST_STAMP): $(RUN_STAMP)
+	$(PIP) -e '.[test]'
+	@touch $@
 
-$(AGENTS_STAMP): scripts/install-agents.sh $(STAMP)
+$(DEV_STAMP): $(RUN_STAMP)
+	$(PIP) -e '.[dev]'
+	@touch $@
+
+$(AGENT_STAMP): scripts/install-agents.sh $(RUN_STAMP)
 	PYTHON=$(PY) bash scripts/install-agents.sh
-	@touch $(AGENTS_STAMP)
+	@touch $@
 
-agents: $(AGENTS_STAMP) ## claude-agent-acp (npm) and the ACP Python SDK examples, for real-agent tests
+$(TEST_AGENT_STAMP): scripts/install-agents.sh $(TEST_STAMP)
+	PYTHON=$(PY) bash scripts/install-agents.sh --test
+	@touch $@
 
-run: $(STAMP) ## start aegisd in the foreground (Ctrl-C stops it)
+install: $(RUN_STAMP) ## .venv with the daemon and the CLI, and claude-agent-acp (what `make run` needs)
 	@$(MAKE) --no-print-directory agents || echo "warning: claude-agent-acp not installed; sessions will use npx"
+
+agents: $(AGENT_STAMP) ## claude-agent-acp (npm) into .venv/lib/aegis-npm
+
+run: install ## start aegisd in the foreground (Ctrl-C stops it)
 	$(VENV)/bin/aegisd
 
 STORE_SUITE := tests/test_sessions.py tests/test_http.py tests/test_sse.py tests/test_api_more.py tests/test_pipelines.py
 
-test: $(STAMP) ## the whole test suite (and the core of it again on PostgreSQL and Redis when they are reachable)
-	@$(MAKE) --no-print-directory agents || echo "warning: real-agent tests will be skipped"
+test: $(TEST_STAMP) ## the whole test suite (and its core again on PostgreSQL and Redis when they are reachable)
+	@$(MAKE) --no-print-directory $(TEST_AGENT_STAMP) || echo "warning: real-agent tests will be skipped"
 	@bash scripts/install-browser.sh
-	$(PY) -m pytest -q -ra
-	@$(MAKE) --no-print-directory test-stores
+	. scripts/test-env.sh && $(PY) -m pytest -q -ra && $(MAKE) --no-print-directory test-stores
 
-test-stores: $(STAMP) ## the session, HTTP, SSE and pipeline tests on each server store whose URL is set
-	@if [ -n "$$AEGIS_TEST_PG_URL" ]; then echo "== the core suite on PostgreSQL"; \
+test-stores: $(TEST_STAMP) ## the session, HTTP, SSE and pipeline tests on each server store whose URL is set
+	@set -e; . scripts/test-env.sh; if [ -n "$$AEGIS_TEST_PG_URL" ]; then echo "== the core suite on PostgreSQL"; \
 	  AEGIS_TEST_STORE=postgres $(PY) -m pytest -q $(STORE_SUITE); \
-	else echo "skipped: the core suite on PostgreSQL (AEGIS_TEST_PG_URL not set)"; fi
-	@if [ -n "$$AEGIS_TEST_REDIS_URL" ]; then echo "== the core suite on Redis"; \
+	else echo "skipped: the core suite on PostgreSQL (AEGIS_TEST_PG_URL not set)"; fi; \
+	if [ -n "$$AEGIS_TEST_REDIS_URL" ]; then echo "== the core suite on Redis"; \
 	  AEGIS_TEST_STORE=redis $(PY) -m pytest -q $(STORE_SUITE); \
 	else echo "skipped: the core suite on Redis (AEGIS_TEST_REDIS_URL not set)"; fi
 
-test-fast: $(STAMP) ## everything except the real-agent tests
-	$(PY) -m pytest -q -ra -m "not real_agent"
+test-fast: $(TEST_STAMP) ## everything except the real-agent tests
+	. scripts/test-env.sh && $(PY) -m pytest -q -ra -m "not real_agent"
 
-bench: $(STAMP) ## benchmarks; results go to bench/results/ and are summarised in docs/performance.md
+bench: $(TEST_STAMP) ## benchmarks; results go to bench/results/ and are summarised in docs/performance.md
 	$(PY) bench/run.py
 
-docs: $(STAMP) ## regenerate docs/cli.md and docs/openapi.json from the code
+docs: $(RUN_STAMP) ## regenerate docs/cli.md and docs/openapi.json from the code
 	$(PY) -m aegisctl._docs
 	$(PY) -m aegisd.api._openapi
 
-openapi: $(STAMP) ## write docs/openapi.json
+openapi: $(RUN_STAMP) ## write docs/openapi.json
 	$(PY) -m aegisd.api._openapi
 
-lint: $(STAMP)
+lint: $(DEV_STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check aegisd aegisctl tests
 	$(VENV)/bin/mypy aegisd aegisctl
 
-clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+typecheck: $(DEV_STAMP) ## mypy only
+	$(VENV)/bin/mypy aegisd aegisctl
+
+wheel: $(RUN_STAMP) ## build the wheel into dist/ (what pipx or pip install)
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir dist .
+
+clean: ## remove .venv and build output
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import click
@@ -14,29 +15,12 @@ UNIT_PATH = Path(os.path.expanduser("~/.config/systemd/user/aegisd.service"))
 
 
 def unit_text() -> str:
-    template = (Path(__file__).resolve().parent.parent / "systemd" / "aegisd.service")
-    text = template.read_text() if template.exists() else _FALLBACK
+    """systemd/aegisd.service (shipped in the package as aegisctl/data/aegisd.service), run by this install's
+    aegisd."""
+    text = (files(__package__) / "data" / "aegisd.service").read_text(encoding="utf-8")
     aegisd = Path(sys.executable).with_name("aegisd")
     exe = str(aegisd) if aegisd.exists() else f"{sys.executable} -m aegisd"
     return text.replace("ExecStart=%h/.local/bin/aegisd", f"ExecStart={exe}")
-
-
-_FALLBACK = """[Unit]
-Description=Aegis: supervisor for coding-agent sessions
-After=network.target
-
-[Service]
-Type=notify
-NotifyAccess=main
-ExecStart=%h/.local/bin/aegisd
-Restart=on-failure
-KillMode=mixed
-TimeoutStopSec=15
-WatchdogSec=30
-
-[Install]
-WantedBy=default.target
-"""
 
 
 def _systemctl(*args: str) -> int:

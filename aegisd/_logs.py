@@ -1,15 +1,24 @@
-"""structlog setup: JSON lines when stdout is not a TTY (journald, files), readable console on a TTY.
-Stdlib loggers (hypercorn, ...) go through the same pipeline."""
+"""structlog setup: readable console lines for people, JSON lines for journald and files (`logFormat`: auto picks
+JSON under systemd, where JOURNAL_STREAM is set, or when stdout is not a terminal). Stdlib loggers (hypercorn, ...)
+go through the same pipeline."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
            "error": logging.ERROR}
+
+
+def wants_json(log_format: str = "auto", stream: object = None) -> bool:
+    if log_format in ("json", "console"):
+        return log_format == "json"
+    out = stream or sys.stdout
+    return bool(os.environ.get("JOURNAL_STREAM")) or not getattr(out, "isatty", lambda: False)()
 
 
 def setup_logging(level: str = "info", *, stream: object = None, json: bool | None = None) -> None:

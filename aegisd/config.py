@@ -103,6 +103,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     stateDir: str = "~/.aegis"
     socket: str = ""
     logLevel: str = "info"
+    logFormat: str = "auto"  # auto | console | json (auto: json under systemd/journald or when not a terminal)
     dashboardEnabled: bool = True
     allowedWorkDirs: tuple[str, ...] = ()
     defaultPermissionMode: str = "default"
@@ -124,6 +125,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     allowedHosts: tuple[str, ...] = ()
     allowedOrigins: tuple[str, ...] = ()
     stallThresholdMs: int = 120_000
+    idleTimeoutMs: int = 1_800_000  # an idle session is closed (completed, idle_timeout) after this; 0: never
     maxSessions: int = 1000
     maxChildSessions: int = 10  # live sessions one session's agent may have created (see aegisd/auth/_agents.py)
     sessionCgroups: bool = True  # one cgroup per session where the daemon may create them (aegisd/acp/_cgroup.py)
@@ -191,6 +193,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_STATE_DIR": ("stateDir", str),
     "AEGIS_SOCKET": ("socket", str),
     "AEGIS_LOG_LEVEL": ("logLevel", str),
+    "AEGIS_LOG_FORMAT": ("logFormat", str),
     "AEGIS_DASHBOARD_ENABLED": ("dashboardEnabled", _bool),
     "AEGIS_ALLOWED_WORK_DIRS": ("allowedWorkDirs", _paths),
     "AEGIS_AGENT_COMMAND": ("agentCommand", lambda v: tuple(shlex.split(v))),
@@ -207,6 +210,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_ALLOWED_ORIGINS": ("allowedOrigins", _commas),
     "AEGIS_ACP_PROMPT_TIMEOUT_MS": ("acpPromptTimeoutMs", int),
     "AEGIS_STALL_THRESHOLD_MS": ("stallThresholdMs", int),
+    "AEGIS_IDLE_TIMEOUT_MS": ("idleTimeoutMs", int),
     "AEGIS_MAX_SESSIONS": ("maxSessions", int),
     "AEGIS_MAX_CHILD_SESSIONS": ("maxChildSessions", int),
     "AEGIS_SESSION_CGROUPS": ("sessionCgroups", _bool),
@@ -324,6 +328,10 @@ def load_config(*, env: Mapping[str, str] | None = None, config_path: str | Path
 def _validate(cfg: Config) -> None:
     if cfg.defaultPermissionMode not in PERMISSION_MODES:
         raise ValidationError(f"defaultPermissionMode must be one of {', '.join(PERMISSION_MODES)}")
+    if cfg.logFormat not in ("auto", "console", "json"):
+        raise ValidationError("logFormat must be auto, console or json")
+    if cfg.logLevel.lower() not in ("debug", "info", "warning", "warn", "error"):
+        raise ValidationError("logLevel must be debug, info, warning or error")
     if cfg.sessionStore not in STORES:
         raise ValidationError(f"sessionStore must be one of {', '.join(STORES)}")
     if not (0 <= cfg.port <= 65535):
@@ -380,6 +388,8 @@ def _validate(cfg: Config) -> None:
             Policy.build(allowed_hosts=cfg.allowedHosts, allowed_origins=cfg.allowedOrigins)
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
+    if cfg.idleTimeoutMs < 0:
+        raise ValidationError("idleTimeoutMs must be 0 (never) or a number of milliseconds")
     if cfg.ipRateLimit < 0:
         raise ValidationError("ipRateLimit must be 0 (none) or a number of requests per minute")
     if cfg.acpPromptTimeoutMs < 1:

@@ -359,9 +359,10 @@ class Daemon:
                         self.http_binds = tuple(map(str, binds))
                         # the socket last: once it answers, everything (HTTP included) is up
                         await servers.start(serve_control, self, self.socket_path)
-                        log.info("aegisd.ready", version=__version__, http=self.http_url,
-                                 socket=str(self.socket_path), store=self.store.name, pid=self.pid,
-                                 sessions=len(self.manager.records),
+                        log.info("aegisd.ready", http=self.http_url,
+                                 dashboard=f"{self.http_url}/dashboard/" if cfg.dashboardEnabled else None,
+                                 socket=str(self.socket_path), store=self.store.name, version=__version__,
+                                 pid=self.pid, sessions=len(self.manager.records),
                                  cgroups=str(self.cgroups.root) if self.cgroups else None)
                         _systemd.notify("READY=1\nSTATUS=serving")
                         interval = _systemd.watchdog_interval()
@@ -422,18 +423,25 @@ def main(argv: list[str] | None = None) -> None:
     @click.option("--state-dir", help="State directory (default ~/.aegis).")
     @click.option("--socket", "socket_path", help="Control socket path.")
     @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+    @click.option("--log-format", type=click.Choice(["auto", "console", "json"]),
+                  help="Log lines for people (console) or journald (json); auto: json under systemd or in a pipe.")
+    @click.option("--debug", is_flag=True, help="Debug logging, and tracebacks for failures.")
     @click.version_option(__version__, prog_name="aegisd")
     def cli(config_path: str | None, host: str | None, port: int | None, state_dir: str | None,
-            socket_path: str | None, log_level: str | None) -> None:
+            socket_path: str | None, log_level: str | None, log_format: str | None, debug: bool) -> None:
         """Run the Aegis daemon in the foreground."""
-        run_foreground(config_path=config_path, overrides={"host": host, "port": port, "stateDir": state_dir,
-                                                           "socket": socket_path, "logLevel": log_level})
+        run_foreground(config_path=config_path, overrides={
+            "host": host, "port": port, "stateDir": state_dir, "socket": socket_path,
+            "logLevel": "debug" if debug else log_level, "logFormat": log_format})
 
     cli.main(args=argv, prog_name="aegisd")
 
 
 def run_foreground(*, config_path: str | None = None, overrides: dict[str, Any] | None = None) -> None:
-    from ._logs import setup_logging
+    """Run the daemon until it is stopped. A failure is one line on stderr naming the cause and the setting to
+    change (and a JSON log event for journald); the traceback only at debug level."""
+    from ._explain import explain
+    from ._logs import setup_logging, wants_json
 
     warnings: list[str] = []
     try:
@@ -441,19 +449,20 @@ def run_foreground(*, config_path: str | None = None, overrides: dict[str, Any] 
     except AegisError as exc:
         print(f"aegisd: {exc.message}", file=sys.stderr)
         sys.exit(2)
-    setup_logging(config.logLevel)
+    json_logs = wants_json(config.logFormat)
+    setup_logging(config.logLevel, json=json_logs)
     for w in warnings:
         log.warning("config.warning", detail=w)
     try:
         code = trio.run(_main, config)
-    except AegisError as exc:
-        log.error("aegisd.failed", error=exc.message, code=exc.code)
-        print(f"aegisd: {exc.message}", file=sys.stderr)
-        sys.exit(2 if isinstance(exc, ValidationError) else 1)
-    except OSError as exc:
-        log.error("aegisd.failed", error=str(exc))
-        print(f"aegisd: {exc}", file=sys.stderr)
-        sys.exit(1)
+    except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - every failure becomes one readable line
+        message, code = explain(exc, config)
+        if config.logLevel == "debug":
+            log.exception("aegisd.failed", error=message)
+        elif json_logs:
+            log.error("aegisd.failed", error=message)
+        print(f"aegisd: {message}", file=sys.stderr)
+        sys.exit(code)
     sys.exit(code)
 
 

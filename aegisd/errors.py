@@ -22,6 +22,12 @@ class ValidationError(AegisError):
     status = 400
 
 
+class InvalidModel(ValidationError):
+    """The agent offers no such model (details: {models}), or no way to choose one."""
+
+    code = "INVALID_MODEL"
+
+
 class InvalidWorkDir(AegisError):
     code = "INVALID_WORKDIR"
     status = 400

@@ -62,6 +62,14 @@ class CrashInfo(msgspec.Struct, omit_defaults=True):
     stderrTail: str | None = None
 
 
+class LastError(msgspec.Struct):
+    """The last thing that went wrong with the agent, as one line with the fix (see sessions/_failures.py)."""
+
+    kind: str  # auth | rate_limit | model | agent_missing | agent
+    message: str
+    at: int
+
+
 class SessionRecord(msgspec.Struct):
     """One session as persisted and as served by `GET /v1/sessions/{id}`."""
 
@@ -71,7 +79,9 @@ class SessionRecord(msgspec.Struct):
     name: str = ""
     agent: str = "claude"
     permissionMode: str = "default"
-    model: str | None = None
+    model: str | None = None  # the model the agent reports it uses (before it has started: the one asked for)
+    requestedModel: str | None = None  # the model asked for on create (None: the agent's default)
+    models: list[str] = []  # the models the agent offers (empty: it offers no choice)
     stallThresholdMs: int = 120_000
     createdAt: int = 0
     lastActivity: int = 0
@@ -84,6 +94,7 @@ class SessionRecord(msgspec.Struct):
     forkSupported: bool = False
     pendingPermission: PendingPermission | None = None
     crash: CrashInfo | None = None
+    lastError: LastError | None = None  # cleared by the next turn that ends well
     endReason: str | None = None
     stopReason: str | None = None
     turns: int = 0

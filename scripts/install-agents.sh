@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the real ACP agents used by the real-agent tests and by `ag run` (idempotent, quiet when done):
-#   - claude-agent-acp (npm) into the project-managed npm prefix, where aegisd looks for it
-#   - the official ACP Python SDK, and the example agents shipped in its sdist
+# Installs the real ACP agents (idempotent, quiet when done):
+#   - claude-agent-acp (npm) into the project-managed npm prefix, where aegisd looks for it (`make run`)
+#   - with `--test`: also the official ACP Python SDK and the example agents shipped in its sdist, which only the
+#     real-agent tests use (`make test`)
 # PYTHON: the interpreter of the environment to fill (default .venv/bin/python).
 set -euo pipefail
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -31,6 +32,8 @@ else
   npm install --prefix "$PREFIX" --no-audit --no-fund --loglevel=error \
     "@agentclientprotocol/claude-agent-acp@$CLAUDE_ACP_VERSION"
 fi
+
+[ "${1:-}" = "--test" ] || exit 0
 
 if ! "$PYTHON" -c "import acp" 2>/dev/null; then
   echo "install-agents: agent-client-protocol==$ACP_SDK_VERSION (Python SDK)"

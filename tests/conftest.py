@@ -22,6 +22,11 @@ from aegisd.config import Config, load_config
 from aegisd.daemon import Daemon
 from aegisd.states import State
 
+# Hermetic: the user's shell may export AEGIS_PORT, AEGIS_AUTH_TOKEN… (the README tells them to). Tests build
+# their own environment; only the AEGIS_TEST_* switches (which services to test against) come from outside.
+USER_AEGIS_ENV = {k: os.environ.pop(k) for k in list(os.environ)
+                  if k.startswith("AEGIS_") and not k.startswith("AEGIS_TEST_")}
+
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_AGENT = str(ROOT / "tests" / "fake_agent.py")
 FAKE_AGENT_CMD = [sys.executable, FAKE_AGENT]

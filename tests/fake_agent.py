@@ -24,6 +24,11 @@ FORK = os.environ.get("FAKE_ACP_FORK", "1")  # "1": session/fork works, "0": not
 _modes_env = os.environ.get("FAKE_ACP_MODES")
 MODES = (["default", "acceptEdits", "plan", "dontAsk", "bypassPermissions"] if _modes_env is None
          else [m for m in _modes_env.split(",") if m])
+# models: FAKE_ACP_MODELS="default,sonnet,haiku" offers them (the first is current) through the mechanism
+# FAKE_ACP_MODEL_API names: "config" (a `model` config option, as claude-agent-acp 0.101 does) or "models"
+# (the unstable `models` field and session/set_model); unset: no model can be chosen
+MODELS = [m for m in os.environ.get("FAKE_ACP_MODELS", "").split(",") if m]
+MODEL_API = os.environ.get("FAKE_ACP_MODEL_API", "config")
 
 
 def log(msg: str) -> None:
@@ -246,8 +251,9 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
                 text_chunk(sid, said[-1])
             elif name == "stop":
                 stop = arg
-            elif name == "error":
-                send({"id": req_id, "error": {"code": int(arg), "message": f"scripted error {arg}"}})
+            elif name == "error":  # error:CODE or error:CODE:MESSAGE (e.g. error:-32000:Authentication required)
+                code, _, message = arg.partition(":")
+                send({"id": req_id, "error": {"code": int(code), "message": message or f"scripted error {code}"}})
                 return
             elif name == "title":
                 update(sid, {"sessionUpdate": "session_info_update", "title": arg})
@@ -266,9 +272,30 @@ def run_turn(req_id: int, sid: str, text: str) -> None:
     for s in said:
         sess["history"].append(["agent", s])
     ST.save(sid)
-    update(sid, {"sessionUpdate": "usage_update", "used": 15, "size": 200000})
+    usage_update = {"sessionUpdate": "usage_update", "used": 15, "size": 200000}
+    if os.environ.get("FAKE_ACP_COST_PER_TURN"):  # the agent's own cumulative cost report, as claude-agent-acp's
+        sess["cost"] = round(sess.get("cost", 0.0) + float(os.environ["FAKE_ACP_COST_PER_TURN"]), 6)
+        usage_update["cost"] = {"amount": sess["cost"], "currency": "USD"}
+    update(sid, usage_update)
     send({"id": req_id, "result": {"stopReason": stop,
                                    "usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15}}})
+
+
+def config_options(sid: str) -> list[dict]:
+    current = ST.sessions[sid].get("model") or MODELS[0]
+    return [{"id": "model", "name": "Model", "category": "model", "type": "select", "currentValue": current,
+             "options": [{"value": m, "name": m.title()} for m in MODELS]},
+            {"id": "effort", "name": "Effort", "category": "thought_level", "type": "select",
+             "currentValue": "default", "options": [{"value": "default", "name": "Default"}]}]
+
+
+def model_fields(sid: str) -> dict:
+    if not MODELS:
+        return {}
+    if MODEL_API == "models":
+        return {"models": {"availableModels": [{"modelId": m, "name": m.title()} for m in MODELS],
+                           "currentModelId": ST.sessions[sid].get("model") or MODELS[0]}}
+    return {"configOptions": config_options(sid)}
 
 
 def handle(msg: dict) -> None:
@@ -298,7 +325,7 @@ def handle(msg: dict) -> None:
                             "mcpServers": [m.get("name") for m in params.get("mcpServers") or []]}
         ST.cancelled[sid] = threading.Event()
         ST.save(sid)
-        result: dict = {"sessionId": sid}
+        result: dict = {"sessionId": sid, **model_fields(sid)}
         if modes_obj():
             result["modes"] = modes_obj()
         send({"id": mid, "result": result})
@@ -317,6 +344,9 @@ def handle(msg: dict) -> None:
         for role, text in ST.sessions[sid]["history"]:
             text_chunk(sid, text, "user_message_chunk" if role == "user" else "agent_message_chunk")
         result = {"modes": modes_obj()} if modes_obj() else {}
+        result.update(model_fields(sid))
+        if os.environ.get("FAKE_ACP_LOAD_NULL") == "1":  # older agents answered session/load with null
+            result = None
         send({"id": mid, "result": result})
     elif method == "session/fork" and FORK != "0":
         src, cwd = params.get("sessionId"), params.get("cwd") or "/"
@@ -338,6 +368,23 @@ def handle(msg: dict) -> None:
         if modes_obj():
             result["modes"] = modes_obj()
         send({"id": mid, "result": result})
+    elif method == "session/set_config_option" and MODELS and MODEL_API == "config":
+        sid, cid, value = params.get("sessionId"), params.get("configId"), params.get("value")
+        if sid not in ST.sessions or cid != "model" or value not in MODELS:
+            send({"id": mid, "error": {"code": -32602,
+                                       "message": f"Invalid params: Invalid value for config option {cid}: {value}"}})
+            return
+        ST.sessions[sid]["model"] = value
+        ST.save(sid)
+        send({"id": mid, "result": {"configOptions": config_options(sid)}})
+    elif method == "session/set_model" and MODELS and MODEL_API == "models":
+        sid, model = params.get("sessionId"), params.get("modelId")
+        if sid not in ST.sessions or model not in MODELS:
+            send({"id": mid, "error": {"code": -32602, "message": f"unknown model {model}"}})
+            return
+        ST.sessions[sid]["model"] = model
+        ST.save(sid)
+        send({"id": mid, "result": {}})
     elif method == "session/set_mode":
         sid, mode = params.get("sessionId"), params.get("modeId")
         if sid not in ST.sessions or mode not in MODES:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from aegisd.states import State
 
-from .conftest import DaemonHandle, agent_env
+from .conftest import DaemonHandle, agent_env, wait_dead
 
 
 async def test_create_prompt_read(daemon: DaemonHandle, workdir: Path) -> None:
@@ -387,3 +389,45 @@ async def test_mcp_servers_for_a_session(daemon_factory: Any, workdir: Path) -> 
     assert r.status_code == 400 and "unknown MCP server 'nope'" in r.json()["message"]
     r = await d.http.post("/v1/sessions", json={"workDir": str(workdir), "mcpServers": "aegis"})
     assert r.status_code == 400
+
+
+async def test_idle_sessions_close_after_idle_timeout(daemon_factory: Any, workdir: Path) -> None:
+    d = await daemon_factory(idleTimeoutMs=400)
+    s = await d.create(workdir, prompt="say:done", reuse=False)
+    ended = await d.wait_event(s["id"], "ended", timeout=10)
+    assert ended.data["reason"] == "idle_timeout" and ended.data["status"] == "completed"
+    assert d.manager.records[s["id"]].endReason == "idle_timeout"
+    await wait_dead([s["pid"]])  # its agent is gone
+    # a session at work is not idle: a turn longer than the timeout runs to its end
+    busy = await d.create(workdir, prompt="sleep:900;say:still here", reuse=False)
+    turn = await d.wait_event(busy["id"], "turn", timeout=10)
+    assert turn.data["stopReason"] == "end_turn"
+
+
+def test_idle_timeout_config(tmp_path: Path) -> None:
+    from aegisd.config import load_config
+    from aegisd.errors import ValidationError
+
+    assert load_config(env={}, cwd=tmp_path).idleTimeoutMs == 1_800_000  # 30 minutes
+    assert load_config(env={"AEGIS_IDLE_TIMEOUT_MS": "0"}, cwd=tmp_path).idleTimeoutMs == 0  # never
+    with pytest.raises(ValidationError, match="idleTimeoutMs"):
+        load_config(env={"AEGIS_IDLE_TIMEOUT_MS": "-1"}, cwd=tmp_path)
+
+
+async def test_names_come_from_the_first_prompt_and_are_unique(daemon: DaemonHandle, workdir: Path) -> None:
+    prompt = "Analyze this project and list the main technologies."
+    a = await daemon.create(workdir, prompt=prompt, reuse=False)
+    b = await daemon.create(workdir, prompt=prompt, reuse=False)
+    c = await daemon.create(workdir, reuse=False)
+    named = await daemon.create(workdir, prompt=prompt, name="mine", reuse=False)
+    assert a["name"] == "cc-analyze-this-projec" and b["name"] == "cc-analyze-this-projec-2"
+    assert c["name"] == f"session-{c['id'][:8]}" and named["name"] == "mine"
+    odd = await daemon.create(workdir, prompt="!!! ???", reuse=False)
+    assert odd["name"] == "cc-session"
+
+
+async def test_short_prefixes_are_too_short_not_missing(daemon: DaemonHandle, workdir: Path) -> None:
+    s = await daemon.create(workdir, reuse=False)
+    r = await daemon.http.get(f"/v1/sessions/{s['id'][:3]}")
+    assert r.status_code == 400 and "too short" in r.json()["message"]
+    assert (await daemon.http.get(f"/v1/sessions/{s['id'][:4]}")).json()["id"] == s["id"]

@@ -6,18 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from aegisd.usage import estimate_cost
 
+from .conftest import agent_env
 from .test_auth import MASTER, bearer, make_key
 
 OPUS = estimate_cost("claude-opus-4", 10, 5)  # the fake agent reports 10 input and 5 output tokens a turn
 SONNET = estimate_cost(None, 10, 5)
 
 
-async def test_usage_and_analytics(daemon_factory: Any, workdir: Path) -> None:
-    d = await daemon_factory()
+async def test_usage_and_analytics(daemon_factory: Any, workdir: Path, tmp_path: Path) -> None:
+    d = await daemon_factory(env=agent_env(tmp_path, FAKE_ACP_MODELS="default,claude-opus-4"))
     h = d.http
     a = await d.create(workdir, prompt="say:one", model="claude-opus-4", reuse=False)
     b = await d.create(workdir, prompt="say:two", reuse=False)
@@ -33,7 +35,7 @@ async def test_usage_and_analytics(daemon_factory: Any, workdir: Path) -> None:
     per = (await h.get(f"/v1/usage/sessions/{a['id'][:8]}")).json()
     assert per["total_records"] == 2 and per["records"][0]["model"] == "claude-opus-4"
     by_model = (await h.get("/v1/metrics/aggregate?groupBy=model")).json()
-    assert {x["bucket"]: x["turns"] for x in by_model["buckets"]} == {"claude-opus-4": 2, "(default)": 1}
+    assert {x["bucket"]: x["turns"] for x in by_model["buckets"]} == {"claude-opus-4": 2, "default": 1}
     by_day = (await h.get("/v1/metrics/aggregate")).json()
     assert by_day["groupBy"] == "day" and len(by_day["buckets"]) == 1 and by_day["totals"]["turns"] == 3
     future = (await h.get("/v1/usage?from=2999-01-01")).json()
@@ -81,3 +83,23 @@ async def test_usage_roles_and_keys(daemon_factory: Any, workdir: Path) -> None:
     assert (await h.get("/v1/analytics/tokens", headers=bearer(viewer["key"]))).json()["totals"]["turns"] == 0
     assert (await h.get(f"/v1/usage/sessions/{sid}", headers=bearer(viewer["key"]))).status_code == 403
     assert (await h.get("/v1/usage", headers=bearer(MASTER), params={"keyId": op_key["id"]})).json()["turns"] == 1
+
+
+@pytest.mark.parametrize("reported", [None, "0.0125"], ids=["estimated", "agent-reported"])
+async def test_the_session_the_ledger_and_the_reports_agree_on_cost(daemon_factory: Any, workdir: Path,
+                                                                     tmp_path: Path, reported: str | None) -> None:
+    extra = {"FAKE_ACP_COST_PER_TURN": reported} if reported else {}
+    d = await daemon_factory(env=agent_env(tmp_path, **extra))
+    s = await d.create(workdir, prompt="say:one", reuse=False)
+    await d.wait_event(s["id"], "turn")
+    after = d.daemon.bus.last_id
+    await d.http.post(f"/v1/sessions/{s['id']}/send", json={"text": "say:two"})
+    await d.wait_event(s["id"], "turn", after_id=after)
+    want = 2 * float(reported) if reported else 2 * estimate_cost(None, 10, 5)
+    session = (await d.http.get(f"/v1/sessions/{s['id']}")).json()["tokenUsage"]["costUsd"]
+    metrics = (await d.http.get(f"/v1/sessions/{s['id']}/metrics")).json()["tokenUsage"]["estimatedCostUsd"]
+    ledger = (await d.http.get("/v1/usage")).json()["estimatedCostUsd"]
+    per_session = sum(r["costUsd"] for r in (await d.http.get(f"/v1/usage/sessions/{s['id']}")).json()["records"])
+    costs = (await d.http.get("/v1/analytics/costs")).json()["totalCostUsd"]
+    for figure in (session, metrics, ledger, per_session, costs):
+        assert abs(figure - want) < 1e-9, (session, metrics, ledger, per_session, costs, want)

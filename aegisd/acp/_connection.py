@@ -44,6 +44,7 @@ class RemoteError(AgentError):
         super().__init__(f"agent answered {method} with error {error.code}: {error.message}{detail}")
         self.rpc_code = error.code
         self.rpc_message = error.message
+        self.rpc_data = error.data
 
 
 class _Pending:

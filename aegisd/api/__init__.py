@@ -48,6 +48,7 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/sessions/<sid>/approve", "session.approve", "id+body", 200),
     (("POST",), "/v1/sessions/<sid>/reject", "session.reject", "id+body", 200),
     (("POST",), "/v1/sessions/<sid>/interrupt", "session.interrupt", "id", 200),
+    (("POST",), "/v1/sessions/<sid>/model", "session.set_model", "id+body", 200),
     (("POST",), "/v1/sessions/<sid>/escape", "session.interrupt", "id", 200),
     (("DELETE",), "/v1/sessions/<sid>", "session.kill", "id", 200),
     (("POST",), "/v1/sessions/<sid>/kill", "session.kill", "id", 200),

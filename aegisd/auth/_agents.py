@@ -35,7 +35,7 @@ AGENT_ACCESS: dict[str, Access] = {
     **dict.fromkeys((
         "session.send", "session.approve", "session.reject", "session.interrupt", "session.kill", "session.close",
         "session.command", "session.verify", "session.screenshot", "sessions.batch_delete", "session.answer",
-        "session.permissions.set", "session.permission_profile.set",
+        "session.permissions.set", "session.permission_profile.set", "session.set_model",
     ), "act"),
 }
 

@@ -283,6 +283,20 @@ async def reject(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
     return await _decide(ctx, p, "reject")
 
 
+class ModelParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+@op("session.set_model", ModelParams, permission="send",
+    summary="Switch a live session's model (through the agent's model config option or session/set_model); "
+            "400 INVALID_MODEL lists the models the agent offers")
+async def set_model(ctx: OpContext, p: ModelParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "set_model", model=p.model)
+    return result
+
+
 @op("session.interrupt", IdParams, summary="Cancel the current turn (ACP session/cancel)", permission="send")
 async def interrupt(ctx: OpContext, p: IdParams) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)

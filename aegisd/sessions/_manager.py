@@ -4,6 +4,7 @@ daemon's root nursery. It is the only place sessions are added or looked up."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from ..usage import UsageLedger
 
 log = structlog.get_logger("aegisd.sessions")
+
+NAME_SLUG = 19  # characters of the prompt's slug in a derived name
+MIN_PREFIX = 4  # shortest id prefix accepted
 
 __all__ = ["AgentLaunch", "SessionManager"]
 
@@ -98,13 +102,28 @@ class SessionManager:
     def resolve_id(self, ident: str) -> str:
         if ident in self.records:
             return ident
-        if len(ident) >= 4:
+        if len(ident) < MIN_PREFIX:
+            raise ValidationError(f"session id prefix {ident!r} is too short: give at least {MIN_PREFIX} characters "
+                                  "(`ag list` shows the ids)")
+        if len(ident) >= MIN_PREFIX:
             matches = [sid for sid in self.records if sid.startswith(ident)]
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
                 raise AmbiguousId(f"session id prefix {ident!r} matches {len(matches)} sessions")
         raise SessionNotFound(f"session {ident} not found")
+
+    def _name_for(self, prompt: str | None) -> str | None:
+        """`cc-<slug of the first prompt>` (as the original named them: "cc-analyze-this-projec"), unique among
+        this daemon's sessions."""
+        if not prompt:
+            return None
+        slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:NAME_SLUG].strip("-") or "session"
+        base = f"cc-{slug}"
+        taken = {r.name for r in self.records.values()}
+        if base not in taken:
+            return base
+        return next(f"{base}-{n}" for n in range(2, len(taken) + 3) if f"{base}-{n}" not in taken)
 
     def get(self, ident: str) -> SessionRecord:
         return self.records[self.resolve_id(ident)]
@@ -188,6 +207,7 @@ class SessionManager:
                     if (rec.workDir == real and runner is not None and runner.queue_length == 0
                             and rec.agent == launch.name and rec.ownerKeyId == ownerKeyId
                             and rec.creatorSessionId == creatorSessionId
+                            and model in (None, rec.model, rec.requestedModel)
                             and rec.mcpServers == list(dict.fromkeys(mcpServers or ()))):
                         delivery: dict[str, Any] = {"delivered": False, "attempts": 0}
                         if prompt:
@@ -215,8 +235,8 @@ class SessionManager:
             sid = str(uuid.uuid4())
             ts = now_ms()
             rec = SessionRecord(
-                id=sid, workDir=real, name=name or f"session-{sid[:8]}", agent=launch.name,
-                permissionMode=mode, model=model,
+                id=sid, workDir=real, name=name or self._name_for(prompt) or f"session-{sid[:8]}", agent=launch.name,
+                permissionMode=mode, model=model, requestedModel=model,
                 stallThresholdMs=stallThresholdMs or cfg.stallThresholdMs, createdAt=ts, lastActivity=ts,
                 parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom, creatorSessionId=creatorSessionId,
                 mcpServers=list(dict.fromkeys(mcpServers or ())))
@@ -235,6 +255,8 @@ class SessionManager:
         timeout = wait_ready if wait_ready is not None else cfg.acpInitTimeoutMs / 1000 * 3
         with trio.move_on_after(timeout):
             await runner.ready.wait()
+        if runner.start_error is not None:  # it could not start as asked (an unknown model): say why
+            raise runner.start_error
         if prompt and runner.delivered_prompts > 0:
             delivery = {"delivered": True, "attempts": 1, "queued": False}
         return rec, False, delivery

@@ -22,6 +22,7 @@ from ..acp import wire as w
 from ..errors import (
     AegisError,
     AgentError,
+    InvalidModel,
     NoPendingPermission,
     PermissionRequestMismatch,
     ProtocolError,
@@ -39,6 +40,7 @@ from ..models import (
 )
 from ..states import LIVE, TERMINAL, State, check_transition
 from ..usage import UsageRecord, estimate_cost
+from . import _failures as failures
 from ._permissions import PermissionProfile, Policy, choose_option, daemon_policy, evaluate_profile
 from ._transcript import TranscriptBuilder
 
@@ -73,6 +75,51 @@ class _Decision:
         self.outcome: dict[str, Any] = {"outcome": "cancelled"}
 
 
+class _ModelChoice:
+    """How the agent lets a client choose its model, and what it offers: a `model` config option (stable ACP;
+    claude-agent-acp 0.101), else the unstable `models` field with session/set_model, else nothing."""
+
+    def __init__(self, values: list[str] | None = None, names: dict[str, str] | None = None,
+                 current: str | None = None, config_id: str | None = None) -> None:
+        self.values = values or []
+        self.names = names or {}
+        self.current = current
+        self.config_id = config_id
+
+    @classmethod
+    def of(cls, config_options: Any, models: Any) -> _ModelChoice:
+        for opt in config_options if isinstance(config_options, list) else []:
+            if isinstance(opt, dict) and (opt.get("category") == "model" or opt.get("id") == "model") \
+                    and opt.get("type", "select") == "select" and isinstance(opt.get("options"), list):
+                flat = [o for o in opt["options"] if isinstance(o, dict) and isinstance(o.get("value"), str)]
+                for group in opt["options"]:  # grouped selects: {group, name, options: [...]}
+                    if isinstance(group, dict) and isinstance(group.get("options"), list):
+                        flat += [o for o in group["options"] if isinstance(o, dict) and isinstance(o.get("value"), str)]
+                return cls([o["value"] for o in flat], {o["value"]: str(o.get("name") or "") for o in flat},
+                           opt.get("currentValue") if isinstance(opt.get("currentValue"), str) else None,
+                           str(opt.get("id")))
+        if isinstance(models, dict) and isinstance(models.get("availableModels"), list):
+            avail = [m for m in models["availableModels"] if isinstance(m, dict) and isinstance(m.get("modelId"), str)]
+            current = models.get("currentModelId")
+            return cls([m["modelId"] for m in avail], {m["modelId"]: str(m.get("name") or "") for m in avail},
+                       current if isinstance(current, str) else None)
+        return cls()
+
+    def match(self, wanted: str) -> str | None:
+        if wanted in self.values:
+            return wanted
+        low = wanted.strip().lower()
+        for value in self.values:
+            if low in (value.lower(), self.names.get(value, "").lower()):
+                return value
+        return None
+
+    def report(self, rec: SessionRecord) -> None:
+        rec.models = list(self.values)
+        if self.current is not None:
+            rec.model = self.current
+
+
 class SessionRunner:
     def __init__(self, manager: SessionManager, record: SessionRecord, launch: AgentLaunch, *,
                  resume: bool = False) -> None:
@@ -101,6 +148,10 @@ class SessionRunner:
         self._last_activity = trio.current_time()
         self._nursery: trio.Nursery | None = None
         self._end_request: tuple[State, str, CrashInfo | None] | None = None
+        self._models = _ModelChoice()
+        self._state_changed = trio.Event()
+        self._cost_seen = 0.0  # the agent's cumulative cost report at the end of the last turn
+        self.start_error: AegisError | None = None  # why the session could not start as asked (create says so)
         self.ready = trio.Event()  # idle for the first time, or ended
         self.finished = trio.Event()
         self.delivered_prompts = 0
@@ -167,8 +218,9 @@ class SessionRunner:
                                            token=self.manager.lifeline.token, stderr_limit=cfg.stderrTailBytes,
                                            cgroups=self.manager.cgroups)
         except OSError as exc:
-            self.end(State.CRASHED, "agent_spawn_failed",
-                     CrashInfo(reason=f"agent_spawn_failed: cannot start {self.launch.command[0]!r}: {exc}"))
+            said = f"cannot start {self.launch.command[0]!r}: {exc.strerror or exc}"
+            rec.lastError = failures.explain(failures.AGENT_MISSING, said, agent=rec.agent)
+            self.end(State.CRASHED, "agent_spawn_failed", CrashInfo(reason=f"agent_spawn_failed: {said}"))
             return
         proc = self._proc
         await self.manager.lifeline.register(proc.pgid)
@@ -200,12 +252,20 @@ class SessionRunner:
                 finally:
                     self._loading = False
                 modes = loaded.modes
+                self._models = _ModelChoice.of(loaded.configOptions, loaded.models)
+                self._models.report(rec)
             else:
                 new = await self._new_or_fork(conn, init, init_timeout * 2)
                 rec.acpSessionId = new.sessionId
                 modes = new.modes
-                if rec.model and new.models:
-                    await self._try_set_model(rec.model)
+                self._models = _ModelChoice.of(new.configOptions, new.models)
+                try:
+                    await self._set_model(rec.requestedModel)
+                except InvalidModel as exc:
+                    self.start_error = exc
+                    rec.lastError = failures.explain(failures.MODEL, exc.message, agent=rec.agent)
+                    self.end(State.CRASHED, "model_unavailable", CrashInfo(reason=f"model_unavailable: {exc.message}"))
+                    return
             await self._apply_mode(modes)
         except RequestTimeout as exc:
             self.end(State.CRASHED, "acp_start_timeout", CrashInfo(reason=f"acp_start_timeout: {exc.message}"))
@@ -274,13 +334,39 @@ class SessionRunner:
                 except RemoteError as exc:
                     self.log.warning("session.set_mode_failed", mode="default", error=exc.message)
 
-    async def _try_set_model(self, model: str) -> None:
-        assert self._conn is not None and self.rec.acpSessionId is not None
-        try:
-            await self._conn.request("session/set_model", {"sessionId": self.rec.acpSessionId, "modelId": model},
-                                     timeout=self._cfg.acpRequestTimeoutMs / 1000)
-        except AegisError as exc:
-            self.log.warning("session.set_model_failed", model=model, error=str(exc))
+    async def _set_model(self, wanted: str | None) -> dict[str, Any]:
+        """Choose the model through whatever the agent offers (a `model` config option, or session/set_model);
+        the record then shows what the agent reports. InvalidModel when it offers no choice or not that one."""
+        rec, choice = self.rec, self._models
+        if wanted is None:
+            choice.report(rec)
+            return {"ok": True, "model": rec.model, "models": rec.models}
+        if not choice.values:
+            raise InvalidModel(f"the agent {rec.agent!r} offers no way to choose a model; leave the model out",
+                               details={"models": []})
+        value = choice.match(wanted)
+        if value is None:
+            raise InvalidModel(f"the agent {rec.agent!r} has no model {wanted!r}; it offers: "
+                               f"{', '.join(choice.values)}", details={"models": choice.values})
+        if value != choice.current:
+            assert self._conn is not None and rec.acpSessionId is not None
+            timeout = self._cfg.acpRequestTimeoutMs / 1000
+            try:
+                if choice.config_id is not None:
+                    res = await self._conn.request("session/set_config_option", {
+                        "sessionId": rec.acpSessionId, "configId": choice.config_id, "value": value},
+                        timeout=timeout)
+                    updated = _ModelChoice.of(res.get("configOptions") if isinstance(res, dict) else None, None)
+                    choice.current = updated.current if updated.values else value
+                else:
+                    await self._conn.request("session/set_model", {"sessionId": rec.acpSessionId, "modelId": value},
+                                             timeout=timeout)
+                    choice.current = value
+            except RemoteError as exc:
+                raise InvalidModel(f"the agent refused model {value!r}: {exc.rpc_message}",
+                                   details={"models": choice.values}) from None
+        choice.report(rec)
+        return {"ok": True, "model": rec.model, "models": rec.models}
 
     async def _run_connection(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         assert self._conn is not None
@@ -335,6 +421,11 @@ class SessionRunner:
             self.rec.permissionPolicy = cmd.args.get("legacy")
             await self._save()
             return {"permissionProfile": self.rec.permissionProfile, "permissionPolicy": self.rec.permissionPolicy}
+        if cmd.kind == "set_model":
+            result = await self._set_model(cmd.args["model"])
+            self.rec.requestedModel = cmd.args["model"]
+            await self._save()
+            return result
         if cmd.kind == "set_permission_mode":
             self.rec.permissionMode = cmd.args["mode"]
             await self._save()
@@ -379,7 +470,8 @@ class SessionRunner:
             stop, usage = result.stopReason, result.usage
         except RemoteError as exc:
             stop = "error"
-            await self._append(self._builder.system(f"agent error: {exc.message}", "error"))
+            rec.lastError = failures.from_prompt_error(exc.rpc_code, exc.rpc_message, exc.rpc_data, agent=rec.agent)
+            await self._append(self._builder.system(rec.lastError.message, "error"))
         except AgentError:
             return  # the agent died or broke the protocol: the session is ending
         if self._timeout_cancel_at is not None and stop == "cancelled":
@@ -390,10 +482,15 @@ class SessionRunner:
         self.manager.metrics.turn_duration.observe((trio.current_time() - self._turn_started) * 1000)
         self._resolve_all_decisions()
         rec.stopReason = stop
+        if stop != "error":
+            rec.lastError = None
         if usage:
             self._add_usage(usage)
         await self._append(self._builder.turn_end(stop, usage))
-        self._bus.publish(rec.id, "turn", {"stopReason": stop, "usage": usage, "turn": rec.turns})
+        turn: dict[str, Any] = {"stopReason": stop, "usage": usage, "turn": rec.turns}
+        if stop == "error" and rec.lastError is not None:
+            turn.update(error=rec.lastError.message, errorKind=rec.lastError.kind)
+        self._bus.publish(rec.id, "turn", turn)
         if rec.status in (State.RUNNING, State.STALLED, State.PERMISSION_PROMPT):
             rec.pendingPermission = None
             await self._set_state(State.IDLE, detail=stop)
@@ -413,11 +510,13 @@ class SessionRunner:
         cread = n("cachedReadTokens", "cacheReadTokens", "cache_read_input_tokens")
         cwrite = n("cachedWriteTokens", "cacheCreationTokens", "cache_creation_input_tokens")
         total = n("totalTokens") or (tin + tout)
+        cost = self._turn_cost(tin, tout, cread, cwrite)
         u.inputTokens += tin
         u.outputTokens += tout
         u.cacheReadTokens += cread
         u.cacheCreationTokens += cwrite
         u.totalTokens += total
+        u.costUsd = round(u.costUsd + cost, 6)
         self.rec.tokenUsage = u
         ledger = self.manager.usage
         if ledger is not None and total:
@@ -425,7 +524,19 @@ class SessionRunner:
             ledger.record(UsageRecord(
                 ts=now_ms(), sessionId=rec.id, keyId=rec.ownerKeyId, agent=rec.agent, model=rec.model,
                 inputTokens=tin, outputTokens=tout, cacheReadTokens=cread, cacheCreationTokens=cwrite,
-                totalTokens=total, costUsd=estimate_cost(rec.model, tin, tout, cread, cwrite)))
+                totalTokens=total, costUsd=cost))
+
+    def _turn_cost(self, tin: int, tout: int, cread: int, cwrite: int) -> float:
+        """One figure for the turn, used by the session, the metering ledger and every report alike: what the
+        agent says the session has cost since the last turn (usage_update `cost` in USD, cumulative), else an
+        estimate from list prices."""
+        cost = self.rec.contextUsage.cost if self.rec.contextUsage is not None else None
+        if isinstance(cost, dict) and str(cost.get("currency", "USD")).upper() == "USD" \
+                and isinstance(cost.get("amount"), (int, float)) and cost["amount"] >= self._cost_seen:
+            spent = round(float(cost["amount"]) - self._cost_seen, 6)
+            self._cost_seen = float(cost["amount"])
+            return spent
+        return estimate_cost(self.rec.model, tin, tout, cread, cwrite)
 
     async def _interrupt(self) -> dict[str, Any]:
         self._queue.clear()
@@ -563,6 +674,11 @@ class SessionRunner:
                 rec.title = update.title
         elif isinstance(update, w.UsageUpdate):
             rec.contextUsage = ContextUsage(used=update.used, size=update.size, cost=update.cost)
+        elif isinstance(update, w.ConfigOptionUpdate):
+            changed = _ModelChoice.of(update.configOptions, None)
+            if changed.values:
+                self._models = changed
+                changed.report(rec)
         if self._loading:
             return  # a session/load replay: our transcript already holds it
         if rec.status == State.STALLED:
@@ -585,11 +701,17 @@ class SessionRunner:
     # ---- stall detection and prompt timeout ----------------------------------------------------
     async def _watchdog(self) -> None:
         prompt_timeout = self._cfg.acpPromptTimeoutMs / 1000
+        idle_timeout = self._cfg.idleTimeoutMs / 1000
         while True:
             now = trio.current_time()
             idle_for = now - self._last_activity
             stall_after = self.rec.stallThresholdMs / 1000
             wake = now + min(stall_after, prompt_timeout, 30.0)
+            if idle_timeout > 0 and self.rec.status == State.IDLE and not self.busy:
+                if idle_for >= idle_timeout:  # its agent holds hundreds of MiB: give them back
+                    self.end(State.COMPLETED, "idle_timeout")
+                    return
+                wake = min(wake, self._last_activity + idle_timeout)
             if self._turn_active and self.rec.status == State.RUNNING:
                 if idle_for >= stall_after:
                     await self._set_state(State.STALLED, detail="no agent activity")
@@ -621,7 +743,8 @@ class SessionRunner:
                     return
                 else:
                     wake = min(wake, self._timeout_cancel_at + CANCEL_GRACE_S)
-            await trio.sleep_until(max(wake, trio.current_time() + 0.01))
+            with trio.move_on_at(max(wake, trio.current_time() + 0.01)):
+                await self._state_changed.wait()  # a new state may need an earlier look (idle: its timeout)
 
     # ---- state, persistence --------------------------------------------------------------------
     async def _set_state(self, new: State, *, detail: str | None = None) -> None:
@@ -632,6 +755,8 @@ class SessionRunner:
         check_transition(old, new)
         rec.status = new
         rec.lastActivity = now_ms()
+        self._state_changed.set()
+        self._state_changed = trio.Event()
         if new != State.PERMISSION_PROMPT:
             rec.pendingPermission = None if not self._decisions else rec.pendingPermission
         await self._save()

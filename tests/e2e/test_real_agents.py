@@ -141,3 +141,34 @@ async def test_claude_drives_aegis_through_mcp(daemon_factory: Any, nursery: tri
     assert len(children) == 1, said
     assert children[0].id in said  # the tool's result (the new session) went back to the model
     assert any(m["contentType"] == "tool_use" and "create_session" in m["text"] for m in msgs), msgs
+
+
+async def test_claude_model_through_its_config_option(daemon_factory: Any, nursery: trio.Nursery, tmp_path: Path,
+                                                      workdir: Path) -> None:
+    """claude-agent-acp 0.101 offers the model only as a `model` config option: --model must reach it that way,
+    and an unknown one is refused with the agent's own list."""
+    d, mock = await claude_daemon(daemon_factory, nursery, tmp_path)
+    s = await d.create(workdir, model="haiku", prompt="say hi", reuse=False)
+    assert s["model"] == "haiku" and "haiku" in s["models"] and "sonnet" in s["models"], s
+    await d.wait_event(s["id"], "turn", timeout=90)
+    bodies = [r["body"] for r in mock.requests if isinstance(r.get("body"), dict)]
+    asked = [b.get("model", "") for b in bodies if b.get("messages")]
+    assert asked and "haiku" in asked[-1], asked  # the provider was asked for that model
+    r = await d.http.post("/v1/sessions", json={"workDir": str(workdir), "model": "gpt-9", "reuse": False})
+    assert r.status_code == 400 and r.json()["code"] == "INVALID_MODEL" and "haiku" in r.json()["message"]
+
+
+async def test_claude_without_credentials_says_how_to_sign_in(daemon_factory: Any, nursery: trio.Nursery,
+                                                              tmp_path: Path, workdir: Path) -> None:
+    cmd = claude_agent_command()
+    if cmd is None:
+        pytest.skip(SKIP_CLAUDE)
+    mock = MockAnthropic()
+    url = await nursery.start(mock.serve)
+    env = claude_agent_env(url, tmp_path / "claude-home")
+    del env["ANTHROPIC_API_KEY"]
+    d = await daemon_factory(agentCommand=[], acpInitTimeoutMs=60_000, agents={"claude": {"command": cmd, "env": env}})
+    s = await d.create(workdir, prompt="say hi", reuse=False)
+    ev = await d.wait_event(s["id"], "turn", timeout=90)
+    assert ev.data["stopReason"] == "error" and ev.data["errorKind"] == "auth", ev.data
+    assert "claude login" in ev.data["error"] and "ANTHROPIC_API_KEY" in ev.data["error"]
