@@ -137,15 +137,21 @@ async def health(ctx: OpContext, p: Empty) -> dict[str, Any]:
 @op("session.create", CreateParams, summary="Create a session (or reuse an idle one in the same workDir)",
     permission="create")
 async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
+    d = ctx.daemon
     if p.templateId:
-        t = ctx.daemon.templates.get(p.templateId)
+        from ._templates import owned_template
+
+        t = owned_template(ctx, p.templateId)
         fill = {k: getattr(t, k) for k in ("workDir", "prompt", "permissionMode", "autoApprove", "agent", "model",
                                             "stallThresholdMs") if getattr(p, k) is None and getattr(t, k) is not None}
         p = msgspec.structs.replace(p, **fill)
     if not p.workDir:
         raise ValidationError("workDir is required")
-    if p.memoryKeys and p.prompt and ctx.daemon.config.memoryBridge.get("enabled"):
-        p = msgspec.structs.replace(p, prompt=ctx.daemon.memory.context(p.memoryKeys) + p.prompt)
+    if p.parentId:  # a child of a session this caller can see (by full id, as it is stored)
+        p = msgspec.structs.replace(p, parentId=d.session(ctx, p.parentId).id)
+    if p.memoryKeys and p.prompt and d.config.memoryBridge.get("enabled"):
+        # the caller's own entries only (the new session's owner)
+        p = msgspec.structs.replace(p, prompt=d.memory.context(p.memoryKeys, owner=d.owner_of(ctx)) + p.prompt)
     mode = p.permissionMode
     if mode is None and p.autoApprove:
         mode = "bypassPermissions"

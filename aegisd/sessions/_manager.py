@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -95,11 +95,13 @@ class SessionManager:
             await self.store.save_session(rec)
 
     # ---- lookup --------------------------------------------------------------------------------
-    def resolve_id(self, ident: str) -> str:
-        if ident in self.records:
+    def resolve_id(self, ident: str, *, among: Callable[[str], bool] | None = None) -> str:
+        """A full id, or a unique prefix (4+ characters) of one; ``among`` limits the sessions a prefix may
+        name (the caller's own)."""
+        if ident in self.records and (among is None or among(ident)):
             return ident
         if len(ident) >= 4:
-            matches = [sid for sid in self.records if sid.startswith(ident)]
+            matches = [sid for sid in self.records if sid.startswith(ident) and (among is None or among(sid))]
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
