@@ -145,6 +145,13 @@ class Daemon:
         from .auth._sse_tokens import SseTokens
 
         self.sse_tokens = SseTokens()
+        from .auth import CredentialWatch
+
+        # open streams end when the credential that opened them does (revoked, expired, rotated, signed out)
+        self.credentials = CredentialWatch(self.keys, lambda: self.oidc)
+        self.keys.on_change = self.credentials.changed
+        if self.oidc is not None:
+            self.oidc.on_change = self.credentials.changed
         self._config_watch = ConfigWatch(config)
 
     def _agent_pids(self) -> dict[int, str]:
@@ -179,7 +186,7 @@ class Daemon:
         return bool(self.auth_token) or self.keys.has_keys() or self.oidc is not None
 
     def authenticate(self, token: str, *, ip: str = "local") -> Principal | None:
-        from .auth import effective_permissions
+        from .auth import Credential, effective_permissions, secret_digest
         from .ops import Principal
 
         master = self.auth_token
@@ -194,7 +201,7 @@ class Daemon:
         if key is None:
             return None
         return Principal(kind="key", key_id=key.id, role=key.role, name=f"key:{key.name}",
-                         permissions=effective_permissions(key))
+                         permissions=effective_permissions(key), credential=Credential("key", secret_digest(token)))
 
     def note_auth_failure(self, ip: str) -> None:
         self.audit_record(None, "auth.failure", detail={"ip": ip})
@@ -346,6 +353,7 @@ class Daemon:
             self.callers.self_test()
             async with trio.open_nursery() as root:
                 await root.start(self.bus.run_persister)
+                await root.start(self.credentials.run)
                 from .webhooks import Webhooks, parse_endpoints
 
                 self.webhooks = Webhooks(self, parse_endpoints(cfg.webhooks), cfg.state_path / "webhooks-dlq.json")

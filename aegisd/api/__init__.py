@@ -240,6 +240,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
         if query_token:
             # ?token= (EventSource cannot send headers) takes only short-lived single-use sse_ tokens
             principal = daemon.sse_tokens.consume(query_token) if query_token.startswith("sse_") else None
+            if principal is not None and daemon.credentials.ended(principal):
+                principal = None  # minted by a key revoked (or a sign-in ended) since
             if principal is None:
                 raise _fail(ip, "invalid or expired SSE token (get one from POST /v1/auth/sse-token)")
         else:
@@ -493,7 +495,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
         ip = request.remote_addr or "local"
         limits.acquire(ip)
         body = _sse.stream(daemon, session_id=session_id, after_id=after, limits=limits, ip=ip,
-                           can_see=None if session_id else (lambda s: daemon.can_see(ctx, s)))
+                           can_see=None if session_id else (lambda s: daemon.can_see(ctx, s)),
+                           principal=ctx.principal)
         resp = Response(body, content_type="text/event-stream")
         resp.headers["Cache-Control"] = "no-cache"
         resp.headers["X-Accel-Buffering"] = "no"

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from .. import PROTOCOL_VERSION, __version__
-from ..errors import Forbidden, SessionNotFound, ValidationError
+from ..errors import Forbidden, SessionNotFound, Unauthorized, ValidationError
 from ..models import Event, SessionRecord, now_ms
 from ..states import LIVE, STATUS_FILTERS, TERMINAL, State
 from ._registry import OpContext, op
@@ -309,23 +309,41 @@ async def close(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 FOLLOW_BUFFER = 4096  # events a follower may fall behind before it skips ahead
 
 
-async def _follow(d: Any, session_id: str | None, after_id: int | None) -> AsyncGenerator[Any, None]:
+async def _follow(ctx: OpContext, session_id: str | None, after_id: int | None) -> AsyncGenerator[Any, None]:
     """Events from the bus; a subscriber that falls behind is dropped by the bus, and here it resubscribes
-    from the last event it delivered, after an ``overflow`` marker saying how many events were skipped."""
+    from the last event it delivered, after an ``overflow`` marker saying how many events were skipped. Ends
+    with 401 as soon as the caller's credential stops working (auth/_credentials.py)."""
+    d = ctx.daemon
     last = after_id
-    while True:
-        sub = await d.bus.subscribe(session_id=session_id, after_id=last, maxsize=FOLLOW_BUFFER)
-        async with sub:
-            async for ev in sub:
-                last = ev.id
-                yield ev
-            if not sub.overflowed:
-                return
-        resumed = await d.bus.subscribe(session_id=session_id, after_id=last)
-        first = resumed._replay[0].id if resumed._replay else d.bus.last_id + 1
-        resumed.close()
-        yield Event(id=last or 0, event="overflow", sessionId=session_id or "", timestamp=now_ms(),
-                    data={"reason": "slow consumer", "resumedAfter": last, "firstAvailable": first})
+    revoked: list[str] = []
+    live: list[Any] = []
+
+    def revoke(why: str) -> None:
+        revoked.append(why)
+        for sub in live:
+            sub.close()  # wakes the wait for the next event
+
+    with d.credentials.watch(ctx.principal, revoke):
+        while True:
+            sub = await d.bus.subscribe(session_id=session_id, after_id=last, maxsize=FOLLOW_BUFFER)
+            live[:] = [sub]
+            if revoked:  # while it subscribed
+                sub.close()
+            async with sub:
+                async for ev in sub:
+                    if revoked:
+                        break
+                    last = ev.id
+                    yield ev
+                if revoked:
+                    raise Unauthorized(f"{revoked[0]}; the stream is closed")
+                if not sub.overflowed:
+                    return
+            resumed = await d.bus.subscribe(session_id=session_id, after_id=last)
+            first = resumed._replay[0].id if resumed._replay else d.bus.last_id + 1
+            resumed.close()
+            yield Event(id=last or 0, event="overflow", sessionId=session_id or "", timestamp=now_ms(),
+                        data={"reason": "slow consumer", "resumedAfter": last, "firstAvailable": first})
 
 
 @op("session.follow", FollowParams, stream=True,
@@ -339,7 +357,7 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any
         runner = d.manager.runners.get(rec.id)
         if runner is None or (rec.status == State.IDLE and not runner.busy):
             return
-    async with aclosing(_follow(d, rec.id, p.afterId)) as evs:
+    async with aclosing(_follow(ctx, rec.id, p.afterId)) as evs:
         async for ev in evs:
             yield msgspec.to_builtins(ev)
             if ev.event == "ended":
@@ -354,7 +372,7 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any
 async def events(ctx: OpContext, p: EventsParams) -> AsyncIterator[dict[str, Any]]:
     d = ctx.daemon
     sid = d.session(ctx, p.sessionId).id if p.sessionId else None
-    async with aclosing(_follow(d, sid, p.afterId)) as evs:
+    async with aclosing(_follow(ctx, sid, p.afterId)) as evs:
         async for ev in evs:
             if sid is None and ev.sessionId and not d.can_see(ctx, ev.sessionId):
                 continue
