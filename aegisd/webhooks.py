@@ -189,11 +189,12 @@ class Webhooks:
     def _payload(self, name: str, ev: Event) -> tuple[dict[str, Any], dict[str, Any]]:
         """The delivery's payload, and the event's data it was made from, both without the workDir."""
         rec = self.daemon.manager.records.get(ev.sessionId)
-        data: dict[str, Any] = redact(ev.data, rec.workDir.rstrip("/") if rec else None)
+        workdir = rec.workDir.rstrip("/") if rec else None
+        data: dict[str, Any] = redact(ev.data, workdir)
         detail = json.dumps(data, ensure_ascii=False)[:2000]
         return {"event": name, "timestamp": ev.timestamp, "eventId": ev.id,
-                "session": {"id": ev.sessionId, "name": rec.name if rec else "", "workDir": REDACTED},
-                "detail": detail}, data
+                "session": {"id": ev.sessionId, "name": redact(rec.name, workdir) if rec else "",
+                            "workDir": REDACTED}, "detail": detail}, data
 
     async def _deliver(self, client: Any, limiter: trio.CapacityLimiter, ep: Endpoint, name: str,
                        ev: Event) -> None:

@@ -243,7 +243,8 @@ async def test_webhook_payloads_never_carry_the_workdir(daemon_factory: Any, nur
     recv_ = Receiver([])
     url = await nursery.start(recv_.serve)
     d = await daemon_factory(webhooks=[{"url": url, "format": fmt, "events": ["*"]}])
-    s = await d.create(workdir, prompt=f"say:working in {workdir};tool:execute:Run {workdir}/deploy.sh:ls")
+    s = await d.create(workdir, prompt=f"say:working in {workdir};tool:execute:Run {workdir}/deploy.sh:ls",
+                       name=f"build of {workdir}")
     await d.wait_status(s["id"], "permission_prompt")
     await d.http.post(f"/v1/sessions/{s['id']}/approve")
     await d.wait_event(s["id"], "turn")
