@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -44,13 +45,22 @@ def validate(cfg: AlertingConfig) -> list[Endpoint]:
     return eps
 
 
+RECENT = 50  # details kept per kind, so a non-admin's view can show the last one about its own sessions
+
+
 class _Tracker:
     def __init__(self) -> None:
         self.times: collections.deque[float] = collections.deque()
         self.total = 0
         self.fired = 0
         self.last_alert_at = 0  # epoch ms, 0: never
-        self.last_detail: str | None = None
+        self.recent: collections.deque[tuple[str, str | None]] = collections.deque(maxlen=RECENT)  # (detail, sid)
+
+    def last_detail(self, visible: Callable[[str | None], bool] | None) -> str | None:
+        for detail, sid in reversed(self.recent):
+            if visible is None or visible(sid):
+                return detail
+        return None
 
 
 class Alerts:
@@ -69,8 +79,9 @@ class Alerts:
         self.changed = trio.Event()
 
     # ---- recording ---------------------------------------------------------------------------------
-    def record(self, kind: str, detail: str, *, now: float | None = None) -> bool:
-        """Count one failure; returns True when it fires an alert. Never blocks, never raises."""
+    def record(self, kind: str, detail: str, *, session_id: str | None = None, now: float | None = None) -> bool:
+        """Count one failure (of ``session_id``'s, if it concerns one session); returns True when it fires an
+        alert. Never blocks, never raises."""
         t = self.trackers[kind]
         now = time.monotonic() if now is None else now
         window = self.cfg.cooldownMs / 1000
@@ -78,7 +89,7 @@ class Alerts:
         while t.times and now - t.times[0] > window:
             t.times.popleft()
         t.total += 1
-        t.last_detail = detail
+        t.recent.append((detail, session_id))
         self._changed()
         last = self._last_fire_mono.get(kind)
         if len(t.times) < self.cfg.failureThreshold or (last is not None and now - last < window):
@@ -100,11 +111,13 @@ class Alerts:
                 "detail": detail[:2000], "failureCount": count, "threshold": self.cfg.failureThreshold,
                 "source": "aegis"}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, visible: Callable[[str | None], bool] | None = None) -> dict[str, Any]:
+        """The counters, and each kind's last detail; with ``visible``, the last detail about a session it
+        accepts (a non-admin's own), never one about another's session or about none (an API error's path)."""
         return {"delivered": self.delivered, "failed": self.failed, "webhookCount": len(self.endpoints),
                 "failureThreshold": self.cfg.failureThreshold, "cooldownMs": self.cfg.cooldownMs,
                 "trackers": {k: {"count": len(t.times), "total": t.total, "fired": t.fired,
-                                 "lastAlertAt": t.last_alert_at, "lastDetail": t.last_detail}
+                                 "lastAlertAt": t.last_alert_at, "lastDetail": t.last_detail(visible)}
                              for k, t in self.trackers.items()}}
 
     def prometheus(self) -> str:
@@ -187,6 +200,8 @@ class Alerts:
                         continue
                     status, sid = ev.data.get("status"), (ev.sessionId or "")[:8]
                     if status == "crashed":
-                        self.record("session_failure", f"session {sid} crashed: {ev.data.get('detail') or '?'}")
+                        self.record("session_failure", f"session {sid} crashed: {ev.data.get('detail') or '?'}",
+                                    session_id=ev.sessionId)
                     elif status == "stalled":
-                        self.record("session_stall", f"session {sid} stalled: {ev.data.get('detail') or '?'}")
+                        self.record("session_stall", f"session {sid} stalled: {ev.data.get('detail') or '?'}",
+                                    session_id=ev.sessionId)

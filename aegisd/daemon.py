@@ -146,6 +146,13 @@ class Daemon:
         from .auth._sse_tokens import SseTokens
 
         self.sse_tokens = SseTokens()
+        from .auth import CredentialWatch
+
+        # open streams end when the credential that opened them does (revoked, expired, rotated, signed out)
+        self.credentials = CredentialWatch(self.keys, lambda: self.oidc)
+        self.keys.on_change = self.credentials.changed
+        if self.oidc is not None:
+            self.oidc.on_change = self.credentials.changed
         self._config_watch = ConfigWatch(config)
 
     def _agent_pids(self) -> dict[int, str]:
@@ -180,7 +187,7 @@ class Daemon:
         return bool(self.auth_token) or self.keys.has_keys() or self.oidc is not None
 
     def authenticate(self, token: str, *, ip: str = "local") -> Principal | None:
-        from .auth import effective_permissions
+        from .auth import Credential, effective_permissions, secret_digest
         from .ops import Principal
 
         master = self.auth_token
@@ -195,7 +202,7 @@ class Daemon:
         if key is None:
             return None
         return Principal(kind="key", key_id=key.id, role=key.role, name=f"key:{key.name}",
-                         permissions=effective_permissions(key))
+                         permissions=effective_permissions(key), credential=Credential("key", secret_digest(token)))
 
     def note_auth_failure(self, ip: str) -> None:
         self.audit_record(None, "auth.failure", detail={"ip": ip})
@@ -238,18 +245,35 @@ class Daemon:
 
         return Principal(kind="agent", role="agent", name=f"agent:{session_id}", session_id=session_id)
 
+    # Ownership: every object a caller creates (session, template, memory entry, pipeline) records
+    # owner_of(ctx); owns() decides who may see and act on it. Every ownership check goes through these two
+    # (sessions through can_see, which scopes agents to their own session tree first).
+    def owner_of(self, ctx: OpContext) -> str | None:
+        """The owner id recorded on what this caller creates: its key (None: the master token and local callers);
+        an agent's is the owner of its own session."""
+        return self.creator(ctx)[0]
+
+    def owns(self, ctx: OpContext, owner: str | None) -> bool:
+        """May this caller see (and, with the role's permission, act on) an object recorded with ``owner``?
+        Admins and local callers (a strict-RBAC local viewer reads everything): all; keys and SSO principals:
+        only their own; an agent: its session owner's (what it may do at all is auth/_agents.py's allow-list)."""
+        p = ctx.principal
+        if p.kind == "agent":
+            return owner == self.owner_of(ctx)
+        if p.role == "admin" or p.kind in ("master", "local"):
+            return True
+        return owner is not None and owner == p.key_id
+
     def can_see(self, ctx: OpContext, session_id: str) -> bool:
         p = ctx.principal
         if p.kind == "agent":
             from .auth._agents import created_by
 
             return session_id == p.session_id or created_by(self.manager.records, session_id, p.session_id or "")
-        if p.role == "admin" or p.kind in ("master",) or (p.kind == "local" and p.role == "admin"):
-            return True
         rec = self.manager.records.get(session_id)
-        if p.kind == "local":  # strict RBAC without auth: a local viewer may read everything
-            return rec is not None
-        return rec is not None and rec.ownerKeyId is not None and rec.ownerKeyId == p.key_id
+        if rec is None:  # not a session (a pipeline's events): admins only
+            return p.role == "admin"
+        return self.owns(ctx, rec.ownerKeyId)
 
     def can_act(self, ctx: OpContext, session_id: str) -> bool:
         """Whether the caller may change this session (beyond reading it). Only agents are limited here: never
@@ -265,9 +289,16 @@ class Daemon:
         return [r for r in recs if self.can_see(ctx, r.id)]
 
     def session(self, ctx: OpContext, ident: str, *, act: bool = False) -> SessionRecord:
-        rec = self.manager.get(ident)
-        if not self.can_see(ctx, rec.id):
-            raise SessionForbidden(f"session {rec.id} belongs to another key")
+        """The session a full id or a unique prefix names. A prefix is resolved among the sessions this caller
+        can see only, so neither the answer nor an ambiguity error tells anything about other keys' sessions;
+        another key's session named by its full id is 403."""
+        records = self.manager.records
+        if ident in records:
+            if not self.can_see(ctx, ident):
+                raise SessionForbidden(f"session {ident} belongs to another key")
+            rec = records[ident]
+        else:
+            rec = records[self.manager.resolve_id(ident, among=lambda sid: self.can_see(ctx, sid))]
         if act and not self.can_act(ctx, rec.id):
             raise SessionForbidden(f"an agent may not act on its own session {rec.id}: only on sessions it created")
         return rec
@@ -323,6 +354,7 @@ class Daemon:
             self.callers.self_test()
             async with trio.open_nursery() as root:
                 await root.start(self.bus.run_persister)
+                await root.start(self.credentials.run)
                 from .webhooks import Webhooks, parse_endpoints
 
                 self.webhooks = Webhooks(self, parse_endpoints(cfg.webhooks), cfg.state_path / "webhooks-dlq.json")

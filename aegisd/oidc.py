@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 import structlog
 import trio
 
+from .auth import Credential
 from .errors import AegisError, Unavailable, ValidationError
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ REFRESH_S = 600.0
 MIN_REFETCH_S = 30.0
 LOGIN_TTL_S = 600.0
 SESSION_TTL_S = 8 * 3600.0
+LEEWAY_S = 60  # clock skew allowed on exp and nbf
 ROLES = ("admin", "operator", "viewer")
 COOKIE = "aegis_session"
 STATE_COOKIE = "aegis_oidc_state"
@@ -90,6 +92,7 @@ class Oidc:
         self.error: str | None = None
         self._logins: dict[str, _Login] = {}
         self.sessions: dict[str, DashboardSession] = {}  # by _digest(cookie)
+        self.on_change: Callable[[], None] | None = None  # a session ended: its streams close (auth/_credentials)
         self._load_sessions()
 
     # ---- dashboard sessions, kept across restarts ------------------------------------------------------
@@ -108,7 +111,8 @@ class Oidc:
                 if v["expiresAt"] > now:
                     p = v["principal"]
                     self.sessions[key] = DashboardSession(
-                        principal=Principal(kind="oidc", key_id=p["keyId"], role=p["role"], name=p["name"]),
+                        principal=Principal(kind="oidc", key_id=p["keyId"], role=p["role"], name=p["name"],
+                                            credential=Credential("sso", key)),
                         identity=dict(v["identity"]), expires_at_ms=int(v["expiresAt"]))
             except (KeyError, TypeError):
                 continue
@@ -128,6 +132,8 @@ class Oidc:
     def end_session(self, sid: str) -> None:
         if self.sessions.pop(_digest(sid), None) is not None:
             self._save_sessions()
+            if self.on_change is not None:
+                self.on_change()
 
     @property
     def audience(self) -> str:
@@ -197,7 +203,7 @@ class Oidc:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, key.key, algorithms=["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"],
-                audience=audience or self.audience, issuer=self.cfg.issuer.rstrip("/"), leeway=60,
+                audience=audience or self.audience, issuer=self.cfg.issuer.rstrip("/"), leeway=LEEWAY_S,
                 options={"require": ["exp", "iss", "sub"]})
         except jwt.PyJWTError as exc:
             raise ValueError(str(exc)) from None
@@ -212,7 +218,10 @@ class Oidc:
         if role not in ROLES:
             role = self.cfg.defaultRole
         who = claims.get("email") or claims.get("preferred_username") or claims["sub"]
-        return Principal(kind="oidc", key_id=f"oidc:{claims['sub']}", role=str(role), name=f"oidc:{who}")
+        # a bearer token works until its exp (and the leeway verify() grants); a dashboard session replaces this
+        until = (int(claims["exp"]) + LEEWAY_S) * 1000 if isinstance(claims.get("exp"), (int, float)) else None
+        return Principal(kind="oidc", key_id=f"oidc:{claims['sub']}", role=str(role), name=f"oidc:{who}",
+                         credential=Credential("jwt", str(claims["sub"]), until))
 
     def authenticate(self, token: str) -> Principal | None:
         try:
@@ -262,7 +271,9 @@ class Oidc:
         for k in [k for k, v in self.sessions.items() if v.expires_at_ms < now_ms]:
             del self.sessions[k]
         identity = {k: claims.get(k) for k in ("sub", "email", "name") if claims.get(k) is not None}
-        session = DashboardSession(principal=self.principal(claims), identity=identity,
+        principal = self.principal(claims)
+        principal.credential = Credential("sso", _digest(sid))  # ends with the session, not the ID token
+        session = DashboardSession(principal=principal, identity=identity,
                                    expires_at_ms=int(now_ms + SESSION_TTL_S * 1000))
         self.sessions[_digest(sid)] = session
         self._save_sessions()

@@ -1,10 +1,10 @@
 """Webhooks: session events POSTed to configured endpoints, signed, retried, dead-lettered.
 
 Config (`webhooks:`): a list of URLs, or of `{url, secret?, events?: [names or prefixes*]}`. Each delivery is
-`{event, timestamp, session: {id, name, workDir: "[REDACTED]"}, detail}` with, when a secret is set,
-`X-Aegis-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`. Up to 3 attempts with backoff
-(1 s, 5 s, 30 s); a 4xx answer is not retried; what still fails after a 5xx or a network error goes to the
-dead-letter queue (`<state>/webhooks-dlq.json`, the last 100, kept across restarts)."""
+`{event, timestamp, session: {id, name, workDir: "[REDACTED]"}, detail}` (the workDir is masked in detail too)
+with, when a secret is set, `X-Aegis-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`. Up to 3
+attempts with backoff (1 s, 5 s, 30 s); a 4xx answer is not retried; what still fails after a 5xx or a network
+error goes to the dead-letter queue (`<state>/webhooks-dlq.json`, the last 100, kept across restarts)."""
 
 from __future__ import annotations
 
@@ -111,6 +111,23 @@ def chat_text(name: str, payload: dict[str, Any], data: dict[str, Any]) -> str:
     return f"[aegis] {who} {what or name}"
 
 
+REDACTED = "[REDACTED]"
+_DIR_KEYS = frozenset({"workDir", "cwd"})
+
+
+def redact(value: Any, workdir: str | None) -> Any:
+    """``value`` without the session's workDir: fields that hold a directory are masked, and the path is replaced
+    wherever a string quotes it (the created event's record, tool titles in status details, messages, crash
+    reasons)."""
+    if isinstance(value, dict):
+        return {k: REDACTED if k in _DIR_KEYS and v else redact(v, workdir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, workdir) for v in value]
+    if isinstance(value, str) and workdir and workdir != "/" and workdir in value:
+        return value.replace(workdir, REDACTED)
+    return value
+
+
 def event_name(ev: Event) -> str | None:
     if ev.event == "created":
         return "session.created"
@@ -169,12 +186,15 @@ class Webhooks:
                         continue
                     nursery.start_soon(self._deliver, client, limiter, ep, name, ev)
 
-    def _payload(self, name: str, ev: Event) -> dict[str, Any]:
+    def _payload(self, name: str, ev: Event) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The delivery's payload, and the event's data it was made from, both without the workDir."""
         rec = self.daemon.manager.records.get(ev.sessionId)
-        detail = json.dumps(ev.data, ensure_ascii=False)[:2000]
+        workdir = rec.workDir.rstrip("/") if rec else None
+        data: dict[str, Any] = redact(ev.data, workdir)
+        detail = json.dumps(data, ensure_ascii=False)[:2000]
         return {"event": name, "timestamp": ev.timestamp, "eventId": ev.id,
-                "session": {"id": ev.sessionId, "name": rec.name if rec else "", "workDir": "[REDACTED]"},
-                "detail": detail}
+                "session": {"id": ev.sessionId, "name": redact(rec.name, workdir) if rec else "",
+                            "workDir": REDACTED}, "detail": detail}, data
 
     async def _deliver(self, client: Any, limiter: trio.CapacityLimiter, ep: Endpoint, name: str,
                        ev: Event) -> None:
@@ -205,11 +225,11 @@ class Webhooks:
 
     async def _deliver_once(self, client: Any, limiter: trio.CapacityLimiter, ep: Endpoint, name: str,
                             ev: Event) -> None:
-        payload = self._payload(name, ev)
+        payload, data = self._payload(name, ev)
         if ep.format == "json":
             body = json.dumps(payload, separators=(",", ":")).encode()
         else:
-            text = chat_text(name, payload, ev.data)
+            text = chat_text(name, payload, data)
             body = json.dumps({"text": text} if ep.format == "slack" else {"content": text}).encode()
         error = ""
         attempts = 0
@@ -245,5 +265,7 @@ class Webhooks:
         self._save_dlq()
         self.dlq_changed.set()
         self.dlq_changed = trio.Event()
-        self.daemon.alerts.record("webhook_dead_letter", f"webhook {ep.url} gave up on {name} after {attempts} "
-                                                         f"attempts: {error}")
+        # by host only: the alert goes to another service, and Slack or Discord keep the secret in the path
+        self.daemon.alerts.record("webhook_dead_letter",
+                                  f"webhook {self.endpoints.index(ep)} ({log_url(ep.url)}) gave up on {name} after "
+                                  f"{attempts} attempts: {error}", session_id=ev.sessionId)

@@ -89,8 +89,8 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("DELETE",), "/v1/templates/<tid>", "template.delete", "id", 200),
     (("POST",), "/v1/memory", "memory.set", "body", 200),
     (("GET",), "/v1/memory", "memory.list", "query", 200),
-    (("GET",), "/v1/memory/<path:mkey>", "memory.get", "id", 200),
-    (("DELETE",), "/v1/memory/<path:mkey>", "memory.delete", "id", 200),
+    (("GET",), "/v1/memory/<path:mkey>", "memory.get", "id+query", 200),
+    (("DELETE",), "/v1/memory/<path:mkey>", "memory.delete", "id+query", 200),
     (("GET",), "/v1/memories", "memory.scope", "query", 200),
     (("POST",), "/v1/sessions/<sid>/memories", "session.memories.set", "id+body", 200),
     (("GET",), "/v1/sessions/<sid>/memories", "session.memories.list", "id", 200),
@@ -241,6 +241,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
         if query_token:
             # ?token= (EventSource cannot send headers) takes only short-lived single-use sse_ tokens
             principal = daemon.sse_tokens.consume(query_token) if query_token.startswith("sse_") else None
+            if principal is not None and daemon.credentials.ended(principal):
+                principal = None  # minted by a key revoked (or a sign-in ended) since
             if principal is None:
                 raise _fail(ip, "invalid or expired SSE token (get one from POST /v1/auth/sse-token)")
         else:
@@ -494,7 +496,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
         ip = request.remote_addr or "local"
         limits.acquire(ip)
         body = _sse.stream(daemon, session_id=session_id, after_id=after, limits=limits, ip=ip,
-                           can_see=None if session_id else (lambda s: daemon.can_see(ctx, s)))
+                           can_see=None if session_id else (lambda s: daemon.can_see(ctx, s)),
+                           principal=ctx.principal)
         resp = Response(body, content_type="text/event-stream")
         resp.headers["Cache-Control"] = "no-cache"
         resp.headers["X-Accel-Buffering"] = "no"

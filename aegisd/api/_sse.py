@@ -2,12 +2,15 @@
 with the original Aegis payloads: `data: {json}` frames with an `id:` line, the event type inside the JSON
 (no `event:` field, so `EventSource.onmessage` sees everything), a `connected` first frame, `heartbeat` frames
 every 30 s, and `Last-Event-ID` (or `?lastEventId=`) replay. A subscriber that falls behind skips ahead with an
-`overflow` frame and never slows the sessions or other subscribers."""
+`overflow` frame and never slows the sessions or other subscribers. A stream opened with a credential that
+stops working (a key revoked, expired or rotated past its grace, a dashboard sign-in ended) ends at once with a
+`revoked` frame (aegisd/auth/_credentials.py)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -102,51 +105,69 @@ class SseLimits:
 
 
 async def stream(daemon: Daemon, *, session_id: str | None, after_id: int | None, limits: SseLimits, ip: str,
-                 can_see: Any = None) -> AsyncGenerator[bytes, None]:
+                 can_see: Any = None, principal: Any = None) -> AsyncGenerator[bytes, None]:
+    """The frames of one stream. It ends with a `revoked` frame as soon as the credential that opened it stops
+    working (``principal``'s: a key revoked, expired or rotated past its grace, a sign-in ended)."""
     scope = "session" if session_id else "global"
+    revoked: list[str] = []  # why, once the credential ended
+    live: list[Any] = []  # the current subscription: closing it wakes the wait for the next event
+
+    def revoke(why: str) -> None:
+        revoked.append(why)
+        for sub in live:
+            sub.close()
+
     try:
-        first: dict[str, Any] = {"event": "connected", "timestamp": now_ms()}
-        if session_id:
-            first["sessionId"] = session_id
-        else:
-            first["data"] = {"activeSessions": len(daemon.manager.runners)}
-        yield _plain(first)
-        last = after_id
-        while True:
-            sub = await daemon.bus.subscribe(session_id=session_id, after_id=last, maxsize=SSE_BUFFER)
-            try:
-                while True:
-                    with trio.move_on_after(HEARTBEAT_S) as timer:
-                        try:
-                            ev: Event | None = await sub.__anext__()  # cancel-safe: a channel receive
-                        except StopAsyncIteration:
+        with daemon.credentials.watch(principal, revoke) if principal is not None else nullcontext():
+            first: dict[str, Any] = {"event": "connected", "timestamp": now_ms()}
+            if session_id:
+                first["sessionId"] = session_id
+            else:
+                first["data"] = {"activeSessions": len(daemon.manager.runners)}
+            yield _plain(first)
+            last = after_id
+            while not revoked:
+                sub = await daemon.bus.subscribe(session_id=session_id, after_id=last, maxsize=SSE_BUFFER)
+                live[:] = [sub]
+                try:
+                    while not revoked:
+                        with trio.move_on_after(HEARTBEAT_S) as timer:
+                            try:
+                                ev: Event | None = await sub.__anext__()  # cancel-safe: a channel receive
+                            except StopAsyncIteration:
+                                break
+                        if revoked:
                             break
-                    if timer.cancelled_caught:
-                        beat: dict[str, Any] = {"event": "heartbeat", "timestamp": now_ms()}
-                        if session_id:
-                            beat["sessionId"] = session_id
-                        yield _plain(beat)
-                        continue
-                    # a burst goes out as one write: hypercorn's cost is per write, not per byte
-                    batch: list[bytes] = []
-                    ended = False
-                    while ev is not None and len(batch) < BATCH_MAX:
-                        last = ev.id
-                        if can_see is None or can_see(ev.sessionId):
-                            batch.append(frame(ev, scope=scope))
-                        if session_id and ev.event == "ended":
-                            ended = True
-                            break
-                        ev = sub.next_nowait()
-                    if batch:
-                        yield b"".join(batch)
-                    if ended:
-                        return
-            finally:
-                sub.close()
-            if not sub.overflowed:
-                return  # the bus closed: the daemon is shutting down
-            yield _plain({"event": "overflow", "timestamp": now_ms(), "sessionId": session_id or "",
-                          "data": {"reason": "slow consumer", "resumedAfter": last}})
+                        if timer.cancelled_caught:
+                            beat: dict[str, Any] = {"event": "heartbeat", "timestamp": now_ms()}
+                            if session_id:
+                                beat["sessionId"] = session_id
+                            yield _plain(beat)
+                            continue
+                        # a burst goes out as one write: hypercorn's cost is per write, not per byte
+                        batch: list[bytes] = []
+                        ended = False
+                        while ev is not None and len(batch) < BATCH_MAX:
+                            last = ev.id
+                            if can_see is None or can_see(ev.sessionId):
+                                batch.append(frame(ev, scope=scope))
+                            if session_id and ev.event == "ended":
+                                ended = True
+                                break
+                            ev = sub.next_nowait()
+                        if batch:
+                            yield b"".join(batch)
+                        if ended:
+                            return
+                finally:
+                    sub.close()
+                if revoked:
+                    break
+                if not sub.overflowed:
+                    return  # the bus closed: the daemon is shutting down
+                yield _plain({"event": "overflow", "timestamp": now_ms(), "sessionId": session_id or "",
+                              "data": {"reason": "slow consumer", "resumedAfter": last}})
+            yield _plain({"event": "revoked", "timestamp": now_ms(), "sessionId": session_id or "",
+                          "data": {"reason": revoked[0]}})
     finally:
         limits.release(ip)

@@ -8,7 +8,9 @@ There is no tmux pane to mirror, so the "terminal" is the transcript as text: on
 request is shown as a `stream` frame that also carries its `requestId` (and the first `pane` frame carries the
 pending one's as `pendingRequestId`): a client that sends it back decides that request and no other (409
 PERMISSION_REQUEST_MISMATCH as an error frame when another is pending). Authentication as for SSE: a bearer header,
-`?token=sse_…`, or, when neither is given, a first message `{type: "auth", token}` within 10 s."""
+`?token=sse_…`, or, when neither is given, a first message `{type: "auth", token}` within 10 s. When that
+credential stops working (key revoked, expired or rotated past its grace, sign-in ended), the server sends
+`{type: "error", code: "UNAUTHORIZED"}` and closes with 4401."""
 
 from __future__ import annotations
 
@@ -87,6 +89,21 @@ async def serve(daemon: Daemon, ws: Any, sid: str, principal: ops.Principal | No
     except AegisError as exc:
         await refuse(ws, exc)
         return
+    revoked: list[str] = []
+    with trio.CancelScope() as scope:
+        def revoke(why: str) -> None:
+            revoked.append(why)
+            scope.cancel()
+
+        with daemon.credentials.watch(principal, revoke):
+            await _serve(ctx, ws, rec, principal)
+    if revoked:  # the credential that opened it stopped working: so does the terminal
+        log.info("terminal.revoked", session_id=rec.id, principal=principal.name, reason=revoked[0])
+        await refuse(ws, Unauthorized(f"{revoked[0]}; the terminal is closed"))
+
+
+async def _serve(ctx: ops.OpContext, ws: Any, rec: Any, principal: ops.Principal) -> None:
+    daemon = ctx.daemon
     async with await daemon.bus.subscribe(session_id=rec.id, maxsize=10_000) as sub:  # live from here on
         pane = await ops.call(ctx, "session.pane", {"id": rec.id})
         first: dict[str, Any] = {"type": "pane", "content": pane["pane"], "sessionId": rec.id}

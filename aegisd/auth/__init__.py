@@ -1,8 +1,10 @@
-"""Access control: API keys and rate limits."""
+"""Access control: API keys, the credentials of open streams, rate limits."""
 
 from __future__ import annotations
 
-from ._keys import ROLE_PERMISSIONS, KeyInfo, KeyStore, effective_permissions, has_permission
+from ._credentials import Credential, CredentialWatch
+from ._keys import ROLE_PERMISSIONS, KeyInfo, KeyStore, effective_permissions, has_permission, secret_digest
 from ._ratelimit import RateLimiter
 
-__all__ = ["ROLE_PERMISSIONS", "KeyInfo", "KeyStore", "RateLimiter", "effective_permissions", "has_permission"]
+__all__ = ["ROLE_PERMISSIONS", "Credential", "CredentialWatch", "KeyInfo", "KeyStore", "RateLimiter",
+           "effective_permissions", "has_permission", "secret_digest"]

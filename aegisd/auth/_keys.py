@@ -8,6 +8,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,10 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _digest(secret: str) -> str:
+def secret_digest(secret: str) -> str:
+    """How a secret is stored (and how a stream remembers which secret opened it)."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
 
 
 @dataclass
@@ -65,24 +68,35 @@ class KeyStore:
         self._stamp: tuple[float, int] | None = None
         self._dirty_used = False
         self._last_flush = 0.0
+        # called when keys may have stopped working (revoked, rotated, keys.json changed): see _credentials
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # ---- persistence ---------------------------------------------------------------------------
-    def reload_if_changed(self) -> None:
+    def reload_if_changed(self) -> bool:
+        """Re-read keys.json if another process changed it (one stat() when it did not); True if it did."""
         try:
             st = self.path.stat()
         except FileNotFoundError:
             if self._stamp is not None:
                 self._keys, self._stamp = {}, None
-            return
+                self._changed()
+                return True
+            return False
         stamp = (st.st_mtime, st.st_size)
         if stamp == self._stamp:
-            return
+            return False
         try:
             data = json.loads(self.path.read_text() or "{}")
             keys = {k["id"]: KeyInfo(**k) for k in data.get("keys", [])}
         except (OSError, ValueError, TypeError, KeyError):
-            return  # keep the last good set on a broken edit
+            return False  # keep the last good set on a broken edit
         self._keys, self._stamp = keys, stamp
+        self._changed()
+        return True
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -109,7 +123,9 @@ class KeyStore:
             raise NotFound(f"API key {key_id} not found") from None
 
     def create(self, name: str, *, role: str = "viewer", permissions: builtins.list[str] | None = None,
-               ttl_days: int | None = None, rate_limit: int | None = None) -> tuple[KeyInfo, str]:
+               ttl_days: int | None = None, rate_limit: int | None = None,
+               ttl_ms: int | None = None) -> tuple[KeyInfo, str]:
+        """A new key. ``ttl_ms`` (internal, not offered by the API) lets tests make one that expires soon."""
         if not name or len(name) > 100:
             raise ValidationError("key name must be 1-100 characters")
         if role not in ROLE_PERMISSIONS:
@@ -119,9 +135,10 @@ class KeyStore:
         self.reload_if_changed()
         secret = "aegis_" + secrets.token_hex(32)
         now = _now_ms()
-        key = KeyInfo(id=secrets.token_hex(8), name=name, role=role, hash=_digest(secret),
+        key = KeyInfo(id=secrets.token_hex(8), name=name, role=role, hash=secret_digest(secret),
                       permissions=list(permissions) if permissions is not None else None, createdAt=now,
-                      expiresAt=now + ttl_days * 86_400_000 if ttl_days else None, rateLimit=rate_limit or 100)
+                      expiresAt=now + ttl_days * 86_400_000 if ttl_days else (now + ttl_ms if ttl_ms else None),
+                      rateLimit=rate_limit or 100)
         self._keys[key.id] = key
         self._save()
         return key, secret
@@ -131,6 +148,7 @@ class KeyStore:
         if self._keys.pop(key_id, None) is None:
             return False
         self._save()
+        self._changed()
         return True
 
     def rotate(self, key_id: str, *, grace_seconds: int = 3600, ttl_days: int | None = None) -> tuple[KeyInfo, str]:
@@ -141,10 +159,11 @@ class KeyStore:
             key.graceHash, key.graceExpiresAt = key.hash, now + grace_seconds * 1000
         else:
             key.graceHash = key.graceExpiresAt = None
-        key.hash = _digest(secret)
+        key.hash = secret_digest(secret)
         if ttl_days:
             key.expiresAt = now + ttl_days * 86_400_000
         self._save()
+        self._changed()
         return key, secret
 
     def set_quotas(self, key_id: str, quotas: dict[str, object] | None) -> KeyInfo:
@@ -157,7 +176,7 @@ class KeyStore:
         """The key this secret belongs to (current, or the previous one within its rotation grace)."""
         self.reload_if_changed()
         now = _now_ms() if now_ms is None else now_ms
-        digest = _digest(secret)
+        digest = secret_digest(secret)
         found = None
         for key in self._keys.values():  # compare against every key: no early exit to time
             current = hmac.compare_digest(digest, key.hash)

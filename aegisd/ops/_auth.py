@@ -107,8 +107,7 @@ async def rotate_key(ctx: OpContext, p: RotateParams) -> dict[str, Any]:
         raise ValidationError("keyId is required")
     info, secret = ctx.daemon.keys.rotate(key_id, grace_seconds=p.gracePeriodSeconds, ttl_days=p.ttlDays)
     ctx.daemon.audit_record(ctx, "key.rotate", detail={"keyId": key_id, "graceSeconds": p.gracePeriodSeconds})
-    return {**key_view(info), "key": secret,
-            "graceExpiresAt": now_ms() + p.gracePeriodSeconds * 1000 if p.gracePeriodSeconds else None}
+    return {**key_view(info), "key": secret, "graceExpiresAt": info.graceExpiresAt}  # when the old secret stops
 
 
 @op("auth.keys.quotas.get", KeyIdParams, permission="admin",

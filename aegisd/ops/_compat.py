@@ -53,11 +53,10 @@ async def history(ctx: OpContext, p: HistoryParams) -> dict[str, Any]:
                          "finalStatus": info.get("finalStatus", "unknown"), "endReason": None, "source": "audit"}
         else:
             row["source"] += "+audit"
-    principal = ctx.principal
-    admin = principal.role == "admin" or principal.kind in ("master", "local")
     out = []
     for row in rows.values():
-        if not admin and (row["ownerKeyId"] is None or row["ownerKeyId"] != principal.key_id):
+        known = row["id"] in d.manager.records
+        if not (d.can_see(ctx, row["id"]) if known else d.owns(ctx, row["ownerKeyId"])):
             continue
         if p.ownerKeyId is not None and row["ownerKeyId"] != p.ownerKeyId:
             continue

@@ -1,7 +1,10 @@
-"""Memory bridge operations (404 unless `memoryBridge.enabled`)."""
+"""Memory bridge operations (404 unless `memoryBridge.enabled`). Each owner has its own key space
+(aegisd/memory.py): a caller reads and writes its own entries; admins list everyone's and may name another
+owner's entry with `ownerKeyId`. A session's entries live in its owner's space."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -19,6 +22,7 @@ class SetParams(msgspec.Struct, forbid_unknown_fields=True):
 
 class KeyParams(msgspec.Struct, forbid_unknown_fields=True):
     key: str
+    ownerKeyId: str | None = None  # another owner's entry (admins); default: the caller's own
 
 
 class ListParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,24 +50,42 @@ def _store(ctx: OpContext) -> Any:
     return ctx.daemon.memory
 
 
-@op("memory.set", SetParams, summary="Set a memory entry (namespace/key, optional TTL)", permission="send")
+def _owner(ctx: OpContext, p: KeyParams) -> str | None:
+    """Whose entry ``p`` names: the caller's own, or the one ``ownerKeyId`` gives if the caller may see it
+    (another key's entry is as absent as a missing one)."""
+    d = ctx.daemon
+    if p.ownerKeyId is None or p.ownerKeyId == "":
+        return d.owner_of(ctx)
+    if not d.owns(ctx, p.ownerKeyId):
+        raise NotFound(f"no memory entry {p.key!r}")
+    return p.ownerKeyId
+
+
+def _mine(ctx: OpContext) -> Callable[[str | None], bool]:
+    return lambda owner: ctx.daemon.owns(ctx, owner)
+
+
+@op("memory.set", SetParams, summary="Set a memory entry (namespace/key, optional TTL) in the caller's own space",
+    permission="send")
 async def set_entry(ctx: OpContext, p: SetParams) -> dict[str, Any]:
-    return {"ok": True, "entry": entry_view(_store(ctx).set(p.key, p.value, p.ttlSeconds))}
+    entry = _store(ctx).set(p.key, p.value, p.ttlSeconds, owner=ctx.daemon.owner_of(ctx))
+    return {"ok": True, "entry": entry_view(entry)}
 
 
-@op("memory.list", ListParams, summary="List memory entries (optionally by key prefix)")
+@op("memory.list", ListParams, summary="List memory entries (optionally by key prefix): the caller's own, or "
+                                       "everyone's for admins")
 async def list_entries(ctx: OpContext, p: ListParams) -> dict[str, Any]:
-    return {"entries": [entry_view(e) for e in _store(ctx).list(p.prefix)]}
+    return {"entries": [entry_view(e) for e in _store(ctx).list(p.prefix, owners=_mine(ctx))]}
 
 
 @op("memory.get", KeyParams, summary="One memory entry")
 async def get_entry(ctx: OpContext, p: KeyParams) -> dict[str, Any]:
-    return {"entry": entry_view(_store(ctx).get(p.key))}
+    return {"entry": entry_view(_store(ctx).get(p.key, owner=_owner(ctx, p)))}
 
 
 @op("memory.delete", KeyParams, summary="Delete a memory entry", permission="send")
 async def delete_entry(ctx: OpContext, p: KeyParams) -> dict[str, Any]:
-    _store(ctx).delete(p.key)
+    _store(ctx).delete(p.key, owner=_owner(ctx, p))
     return {"ok": True}
 
 
@@ -71,16 +93,18 @@ async def delete_entry(ctx: OpContext, p: KeyParams) -> dict[str, Any]:
 async def scoped(ctx: OpContext, p: ScopeParams) -> dict[str, Any]:
     if p.scope not in ("project", "user", "team"):
         raise ValidationError("scope must be project, user or team")
-    return {"scope": p.scope, "entries": [entry_view(e) for e in _store(ctx).list(p.scope + "/")]}
+    return {"scope": p.scope, "entries": [entry_view(e) for e in _store(ctx).list(p.scope + "/", owners=_mine(ctx))]}
 
 
 @op("session.memories.set", SessionSetParams, summary="A memory entry linked to a session", permission="send")
 async def session_set(ctx: OpContext, p: SessionSetParams) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)
-    return {"ok": True, "entry": entry_view(_store(ctx).set(f"session:{rec.id}/{p.key}", p.value, p.ttlSeconds))}
+    entry = _store(ctx).set(f"session:{rec.id}/{p.key}", p.value, p.ttlSeconds, owner=rec.ownerKeyId)
+    return {"ok": True, "entry": entry_view(entry)}
 
 
 @op("session.memories.list", SessionParams, summary="The memory entries linked to a session")
 async def session_list(ctx: OpContext, p: SessionParams) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)
-    return {"sessionId": rec.id, "entries": [entry_view(e) for e in _store(ctx).list(f"session:{rec.id}/")]}
+    entries = _store(ctx).list(f"session:{rec.id}/", owners=lambda owner: owner == rec.ownerKeyId)
+    return {"sessionId": rec.id, "entries": [entry_view(e) for e in entries]}

@@ -318,7 +318,8 @@ async def metrics(ctx: OpContext, p: Empty) -> dict[str, Any]:
 @op("diagnostics", DiagnosticsParams, summary="Recent problems (crashes), without personal data")
 async def diagnostics(ctx: OpContext, p: DiagnosticsParams) -> dict[str, Any]:
     events = []
-    for r in sorted(ctx.daemon.manager.records.values(), key=lambda r: r.endedAt or 0, reverse=True):
+    recs = ctx.daemon.visible(ctx, ctx.daemon.manager.records.values())  # others' sessions are not a viewer's
+    for r in sorted(recs, key=lambda r: r.endedAt or 0, reverse=True):
         if r.crash is not None:
             events.append({"event": "session_crashed", "level": "error", "component": "session",
                            "operation": r.endReason, "sessionId": r.id, "errorCode": r.endReason,
@@ -456,6 +457,20 @@ async def _fork_seed(ctx: OpContext, src: SessionRecord) -> tuple[str, int]:
             + "\n".join(lines)), len(lines)
 
 
-@op("webhooks.dead_letter", Empty, summary="Webhook deliveries that failed every attempt (kept across restarts)")
+@op("webhooks.dead_letter", Empty, summary="Webhook deliveries that failed every attempt (kept across restarts); "
+                                          "non-admins see their own sessions' only, with endpoints by host")
 async def dead_letter(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
-    return [msgspec.to_builtins(d) for d in ctx.daemon.webhooks.dlq]
+    from ..webhooks import log_url
+
+    d = ctx.daemon
+    out = []
+    for item in d.webhooks.dlq:
+        session = item.payload.get("session")
+        sid = session.get("id") if isinstance(session, dict) else None
+        if not (isinstance(sid, str) and d.can_see(ctx, sid)):
+            continue
+        entry: dict[str, Any] = msgspec.to_builtins(item)
+        if ctx.principal.role != "admin":  # chat services keep the secret in the URL's path
+            entry["endpoint"] = log_url(item.endpoint)
+        out.append(entry)
+    return out

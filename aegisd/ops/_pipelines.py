@@ -23,7 +23,7 @@ def _visible(ctx: OpContext, p: Any) -> bool:
     if pr.kind == "agent":  # its own pipelines, and those of the sessions it created
         creator = p.creatorSessionId
         return creator is not None and (creator == pr.session_id or ctx.daemon.can_act(ctx, creator))
-    return pr.role == "admin" or pr.kind in ("local", "master") or p.ownerKeyId == pr.key_id
+    return ctx.daemon.owns(ctx, p.ownerKeyId)
 
 
 @op("pipeline.create", PipelineSpec, summary="Create and start a pipeline of dependent stages", permission="create")

@@ -13,6 +13,7 @@ import msgspec
 from ..errors import QuotaExceeded, UnknownOperation, ValidationError
 
 if TYPE_CHECKING:
+    from ..auth import Credential
     from ..daemon import Daemon
 
 
@@ -27,6 +28,7 @@ class Principal:
     name: str = "local"
     permissions: frozenset[str] | None = None  # None: the role's defaults
     session_id: str | None = None  # kind "agent": the session whose process tree is calling
+    credential: Credential | None = None  # what it authenticated with, if that can end (auth/_credentials.py)
 
 
 @dataclass

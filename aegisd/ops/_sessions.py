@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from .. import PROTOCOL_VERSION, __version__
-from ..errors import Forbidden, SessionNotFound, ValidationError
+from ..errors import Forbidden, SessionNotFound, Unauthorized, ValidationError
 from ..models import Event, SessionRecord, now_ms
 from ..states import LIVE, STATUS_FILTERS, TERMINAL, State
 from ._registry import OpContext, op
@@ -143,15 +143,21 @@ async def health(ctx: OpContext, p: Empty) -> dict[str, Any]:
 @op("session.create", CreateParams, summary="Create a session (or reuse an idle one in the same workDir)",
     permission="create")
 async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
+    d = ctx.daemon
     if p.templateId:
-        t = ctx.daemon.templates.get(p.templateId)
+        from ._templates import owned_template
+
+        t = owned_template(ctx, p.templateId)
         fill = {k: getattr(t, k) for k in ("workDir", "prompt", "permissionMode", "autoApprove", "agent", "model",
                                             "stallThresholdMs") if getattr(p, k) is None and getattr(t, k) is not None}
         p = msgspec.structs.replace(p, **fill)
     if not p.workDir:
         raise ValidationError("workDir is required")
-    if p.memoryKeys and p.prompt and ctx.daemon.config.memoryBridge.get("enabled"):
-        p = msgspec.structs.replace(p, prompt=ctx.daemon.memory.context(p.memoryKeys) + p.prompt)
+    if p.parentId:  # a child of a session this caller can see (by full id, as it is stored)
+        p = msgspec.structs.replace(p, parentId=d.session(ctx, p.parentId).id)
+    if p.memoryKeys and p.prompt and d.config.memoryBridge.get("enabled"):
+        # the caller's own entries only (the new session's owner)
+        p = msgspec.structs.replace(p, prompt=d.memory.context(p.memoryKeys, owner=d.owner_of(ctx)) + p.prompt)
     mode = p.permissionMode
     if mode is None and p.autoApprove:
         mode = "bypassPermissions"
@@ -325,23 +331,41 @@ async def close(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 FOLLOW_BUFFER = 4096  # events a follower may fall behind before it skips ahead
 
 
-async def _follow(d: Any, session_id: str | None, after_id: int | None) -> AsyncGenerator[Any, None]:
+async def _follow(ctx: OpContext, session_id: str | None, after_id: int | None) -> AsyncGenerator[Any, None]:
     """Events from the bus; a subscriber that falls behind is dropped by the bus, and here it resubscribes
-    from the last event it delivered, after an ``overflow`` marker saying how many events were skipped."""
+    from the last event it delivered, after an ``overflow`` marker saying how many events were skipped. Ends
+    with 401 as soon as the caller's credential stops working (auth/_credentials.py)."""
+    d = ctx.daemon
     last = after_id
-    while True:
-        sub = await d.bus.subscribe(session_id=session_id, after_id=last, maxsize=FOLLOW_BUFFER)
-        async with sub:
-            async for ev in sub:
-                last = ev.id
-                yield ev
-            if not sub.overflowed:
-                return
-        resumed = await d.bus.subscribe(session_id=session_id, after_id=last)
-        first = resumed._replay[0].id if resumed._replay else d.bus.last_id + 1
-        resumed.close()
-        yield Event(id=last or 0, event="overflow", sessionId=session_id or "", timestamp=now_ms(),
-                    data={"reason": "slow consumer", "resumedAfter": last, "firstAvailable": first})
+    revoked: list[str] = []
+    live: list[Any] = []
+
+    def revoke(why: str) -> None:
+        revoked.append(why)
+        for sub in live:
+            sub.close()  # wakes the wait for the next event
+
+    with d.credentials.watch(ctx.principal, revoke):
+        while True:
+            sub = await d.bus.subscribe(session_id=session_id, after_id=last, maxsize=FOLLOW_BUFFER)
+            live[:] = [sub]
+            if revoked:  # while it subscribed
+                sub.close()
+            async with sub:
+                async for ev in sub:
+                    if revoked:
+                        break
+                    last = ev.id
+                    yield ev
+                if revoked:
+                    raise Unauthorized(f"{revoked[0]}; the stream is closed")
+                if not sub.overflowed:
+                    return
+            resumed = await d.bus.subscribe(session_id=session_id, after_id=last)
+            first = resumed._replay[0].id if resumed._replay else d.bus.last_id + 1
+            resumed.close()
+            yield Event(id=last or 0, event="overflow", sessionId=session_id or "", timestamp=now_ms(),
+                        data={"reason": "slow consumer", "resumedAfter": last, "firstAvailable": first})
 
 
 @op("session.follow", FollowParams, stream=True,
@@ -355,7 +379,7 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any
         runner = d.manager.runners.get(rec.id)
         if runner is None or (rec.status == State.IDLE and not runner.busy):
             return
-    async with aclosing(_follow(d, rec.id, p.afterId)) as evs:
+    async with aclosing(_follow(ctx, rec.id, p.afterId)) as evs:
         async for ev in evs:
             yield msgspec.to_builtins(ev)
             if ev.event == "ended":
@@ -370,7 +394,7 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any
 async def events(ctx: OpContext, p: EventsParams) -> AsyncIterator[dict[str, Any]]:
     d = ctx.daemon
     sid = d.session(ctx, p.sessionId).id if p.sessionId else None
-    async with aclosing(_follow(d, sid, p.afterId)) as evs:
+    async with aclosing(_follow(ctx, sid, p.afterId)) as evs:
         async for ev in evs:
             if sid is None and ev.sessionId and not d.can_see(ctx, ev.sessionId):
                 continue

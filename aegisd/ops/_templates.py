@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from ..errors import ValidationError
-from ..templates import TemplateFields
+from ..errors import NotFound, ValidationError
+from ..templates import Template, TemplateFields
 from ._registry import OpContext, op
 
 
@@ -27,6 +27,14 @@ class UpdateTemplate(TemplateFields, forbid_unknown_fields=True, kw_only=True):
     id: str
 
 
+def owned_template(ctx: OpContext, tid: str) -> Template:
+    """A template this caller may see, use and change; another key's template is as absent as a missing one."""
+    t = ctx.daemon.templates.get(tid)
+    if not ctx.daemon.owns(ctx, t.ownerKeyId):
+        raise NotFound(f"template {tid} not found")
+    return t
+
+
 @op("template.create", CreateTemplate, summary="Create a session template", permission="create")
 async def create(ctx: OpContext, p: CreateTemplate) -> dict[str, Any]:
     defaults: dict[str, Any] = {}
@@ -41,24 +49,25 @@ async def create(ctx: OpContext, p: CreateTemplate) -> dict[str, Any]:
         ctx.daemon.manager.workdirs.validate(fields.workDir)
     elif not defaults.get("workDir"):
         raise ValidationError("workDir is required (or sessionId to copy it from)")
-    t = ctx.daemon.templates.create(fields, owner=ctx.principal.key_id, defaults=defaults)
+    t = ctx.daemon.templates.create(fields, owner=ctx.daemon.owner_of(ctx), defaults=defaults)
     out: dict[str, Any] = msgspec.to_builtins(t)
     return out
 
 
 @op("template.list", Empty, summary="List templates")
 async def list_templates(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
-    return [msgspec.to_builtins(t) for t in ctx.daemon.templates.list()]
+    return [msgspec.to_builtins(t) for t in ctx.daemon.templates.list() if ctx.daemon.owns(ctx, t.ownerKeyId)]
 
 
 @op("template.get", TemplateId, summary="One template")
 async def get(ctx: OpContext, p: TemplateId) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(ctx.daemon.templates.get(p.id))
+    out: dict[str, Any] = msgspec.to_builtins(owned_template(ctx, p.id))
     return out
 
 
 @op("template.update", UpdateTemplate, summary="Change a template (only the fields given)", permission="create")
 async def update(ctx: OpContext, p: UpdateTemplate) -> dict[str, Any]:
+    owned_template(ctx, p.id)
     fields = msgspec.convert({k: v for k, v in msgspec.to_builtins(p).items() if k != "id"}, TemplateFields)
     if fields.workDir:
         ctx.daemon.manager.workdirs.validate(fields.workDir)
@@ -68,5 +77,6 @@ async def update(ctx: OpContext, p: UpdateTemplate) -> dict[str, Any]:
 
 @op("template.delete", TemplateId, summary="Delete a template", permission="create")
 async def delete(ctx: OpContext, p: TemplateId) -> dict[str, Any]:
+    owned_template(ctx, p.id)
     ctx.daemon.templates.delete(p.id)
     return {"ok": True}

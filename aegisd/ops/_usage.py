@@ -243,7 +243,10 @@ async def analytics_rate_limits(ctx: OpContext, p: Empty) -> dict[str, Any]:
 # ---- alerting ----------------------------------------------------------------------------------------
 @op("alerts.stats", Empty, summary="Alerting: failures counted per kind, alerts fired, webhook deliveries")
 async def alerts_stats(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    return ctx.daemon.alerts.stats()
+    d = ctx.daemon
+    if ctx.principal.role == "admin":
+        return d.alerts.stats()
+    return d.alerts.stats(lambda sid: sid is not None and d.can_see(ctx, sid))
 
 
 @op("alerts.test", Empty, permission="operator",

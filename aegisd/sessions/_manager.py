@@ -7,7 +7,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -99,14 +99,16 @@ class SessionManager:
             await self.store.save_session(rec)
 
     # ---- lookup --------------------------------------------------------------------------------
-    def resolve_id(self, ident: str) -> str:
-        if ident in self.records:
+    def resolve_id(self, ident: str, *, among: Callable[[str], bool] | None = None) -> str:
+        """A full id, or a unique prefix (4+ characters) of one; ``among`` limits the sessions a prefix may
+        name (the caller's own)."""
+        if ident in self.records and (among is None or among(ident)):
             return ident
         if len(ident) < MIN_PREFIX:
             raise ValidationError(f"session id prefix {ident!r} is too short: give at least {MIN_PREFIX} characters "
                                   "(`ag list` shows the ids)")
         if len(ident) >= MIN_PREFIX:
-            matches = [sid for sid in self.records if sid.startswith(ident)]
+            matches = [sid for sid in self.records if sid.startswith(ident) and (among is None or among(sid))]
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
