@@ -9,13 +9,14 @@ import os
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import msgspec
 
 from .errors import ValidationError
 
-PERMISSION_MODES = ("default", "plan", "acceptEdits", "bypassPermissions", "dontAsk", "auto")
+PermissionMode = Literal["default", "plan", "acceptEdits", "bypassPermissions", "dontAsk", "auto"]
+PERMISSION_MODES: tuple[str, ...] = get_args(PermissionMode)
 STORES = ("file", "postgres", "redis", "memory")
 
 # The built-in default agent: claude-agent-acp (npm @agentclientprotocol/claude-agent-acp).

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("aegisd.pipelines")
 
 
-class StageSpec(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+class StageSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100,
+                                      description="default: stage-N (its position, from 1)")] | None = None
     prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
     workDir: str | None = None
     dependsOn: list[str] = []
@@ -51,6 +52,25 @@ class PipelineSpec(msgspec.Struct, forbid_unknown_fields=True):
     workDir: str
     stages: Annotated[list[StageSpec], msgspec.Meta(min_length=1, max_length=50)]
     maxRetries: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
+    sequential: Annotated[bool, msgspec.Meta(
+        description="stages without dependsOn depend on the stage before them (default: they start at once)")] = False
+
+
+def stage_name(i: int, s: StageSpec) -> str:
+    return s.name or f"stage-{i + 1}"
+
+
+def resolve_stages(spec: PipelineSpec) -> list[StageSpec]:
+    """The stages with their default names (stage-N) and, for a sequential pipeline, their implied dependencies."""
+    out: list[StageSpec] = []
+    for i, s in enumerate(spec.stages):
+        changes: dict[str, Any] = {}
+        if s.name is None:
+            changes["name"] = stage_name(i, s)
+        if spec.sequential and i > 0 and not s.dependsOn:
+            changes["dependsOn"] = [stage_name(i - 1, spec.stages[i - 1])]
+        out.append(msgspec.structs.replace(s, **changes) if changes else s)
+    return out
 
 
 class StageState(msgspec.Struct):
@@ -98,18 +118,18 @@ class PipelineRecord(msgspec.Struct):
 
 def check_graph(stages: list[StageSpec]) -> None:
     """Unique names, known dependencies, no cycles. Raises ValidationError saying what is wrong."""
-    names = [s.name for s in stages]
+    names = [stage_name(i, s) for i, s in enumerate(stages)]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValidationError(f"duplicate stage names: {', '.join(dupes)}")
     known = set(names)
-    for s in stages:
+    for name, s in zip(names, stages, strict=True):
         unknown = [d for d in s.dependsOn if d not in known]
         if unknown:
-            raise ValidationError(f"stage {s.name!r} depends on unknown stage(s): {', '.join(unknown)}")
-        if s.name in s.dependsOn:
-            raise ValidationError(f"stage {s.name!r} depends on itself")
-    deps = {s.name: set(s.dependsOn) for s in stages}
+            raise ValidationError(f"stage {name!r} depends on unknown stage(s): {', '.join(unknown)}")
+        if name in s.dependsOn:
+            raise ValidationError(f"stage {name!r} depends on itself")
+    deps = {name: set(s.dependsOn) for name, s in zip(names, stages, strict=True)}
     done: set[str] = set()
     while len(done) < len(deps):
         ready = [n for n, d in deps.items() if n not in done and d <= done]
@@ -178,14 +198,15 @@ class PipelineManager:
 
     # ---- API -----------------------------------------------------------------------------------
     def create(self, spec: PipelineSpec, *, owner: str | None, creator: str | None = None) -> PipelineRecord:
+        spec = msgspec.structs.replace(spec, stages=resolve_stages(spec))
         check_graph(spec.stages)
         policy = self.daemon.manager.workdirs
         base = policy.validate(spec.workDir)
         stages = []
-        for s in spec.stages:
+        for i, s in enumerate(spec.stages):
             wd = policy.validate(s.workDir) if s.workDir else base
             mode = s.permissionMode or ("bypassPermissions" if s.autoApprove else None)
-            stages.append(StageState(name=s.name, prompt=s.prompt, workDir=wd, dependsOn=list(s.dependsOn),
+            stages.append(StageState(name=stage_name(i, s), prompt=s.prompt, workDir=wd, dependsOn=list(s.dependsOn),
                                      permissionMode=mode, agent=s.agent,
                                      retries=s.retries if s.retries else (spec.maxRetries or 0),
                                      timeoutMs=s.timeoutMs or self.default_timeout_ms, verify=s.verify,

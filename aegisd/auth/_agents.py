@@ -28,7 +28,7 @@ AGENT_ACCESS: dict[str, Access] = {
         "session.metrics", "session.latency", "session.tools", "session.children", "session.pane",
         "session.stats", "sessions.health", "session.permissions.get", "session.permission_profile.get",
         "usage.session", "pipeline.list", "pipeline.get", "auth.sse_token", "template.list", "template.get",
-        "usage.tiers",
+        "usage.tiers", "session.wait", "events.poll", "permissions.pending",
     ), "read"),
     **dict.fromkeys(("session.create", "sessions.batch_create", "session.spawn", "session.fork",
                      "pipeline.create"), "create"),
@@ -36,6 +36,7 @@ AGENT_ACCESS: dict[str, Access] = {
         "session.send", "session.approve", "session.reject", "session.interrupt", "session.kill", "session.close",
         "session.command", "session.verify", "session.screenshot", "sessions.batch_delete", "session.answer",
         "session.permissions.set", "session.permission_profile.set", "session.set_model",
+        "session.set_mode",
     ), "act"),
 }
 

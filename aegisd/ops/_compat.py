@@ -11,7 +11,7 @@ import msgspec
 from ..errors import ValidationError
 from ..states import LIVE, State
 from ._registry import OpContext, op
-from ._sessions import IdParams, session_view
+from ._sessions import IdParams, SessionRef, session_view
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -112,7 +112,7 @@ class LegacyRule(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LegacyPermissionsParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     rules: Annotated[list[LegacyRule], msgspec.Meta(max_length=100)] = []
 
 
@@ -144,7 +144,7 @@ async def set_permissions(ctx: OpContext, p: LegacyPermissionsParams) -> dict[st
 
 # ---- transcript back-paging ------------------------------------------------------------------------
 class CursorParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     before_id: Annotated[int, msgspec.Meta(ge=1)] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
     role: str | None = None

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 
 from .. import __version__
+from ..config import PermissionMode
 from ..errors import Conflict, ValidationError
 from ..models import SessionRecord, now_ms
 from ..states import LIVE, STATUS_FILTERS, State
 from ..usage import estimate_cost
 from ._registry import REGISTRY, OpContext, op
-from ._sessions import CreateParams, IdParams, create, session_health, session_view
+from ._sessions import CreateParams, IdParams, SessionRef, create, session_health, session_view
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -23,26 +24,26 @@ class Empty(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class SpawnParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
     workDir: str | None = None
-    permissionMode: str | None = None
+    permissionMode: PermissionMode | None = None
 
 
 class CommandParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     command: Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
 
 
 class AnswerParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     questionId: str
     answer: str
 
 
 class ScreenshotParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     url: str | None = None
     fullPage: bool = False
     width: Annotated[int, msgspec.Meta(ge=1, le=7680)] | None = None
@@ -159,9 +160,10 @@ async def children(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 @op("session.spawn", SpawnParams, summary="Create a child session (parentId set)", permission="create")
 async def spawn(ctx: OpContext, p: SpawnParams) -> dict[str, Any]:
     parent = ctx.daemon.session(ctx, p.id)
+    mode = p.permissionMode or cast(PermissionMode, parent.permissionMode)
     params = CreateParams(workDir=p.workDir or parent.workDir, name=p.name or f"{parent.name}-child",
-                          prompt=p.prompt, permissionMode=p.permissionMode or parent.permissionMode,
-                          agent=parent.agent, model=parent.model, parentId=parent.id, reuse=False)
+                          prompt=p.prompt, permissionMode=mode, agent=parent.agent, model=parent.model,
+                          parentId=parent.id, reuse=False)
     return await create(ctx, params)
 
 
@@ -222,7 +224,7 @@ async def screenshot(ctx: OpContext, p: ScreenshotParams) -> dict[str, Any]:
 
 
 class VerifyParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     criticalOnly: bool | None = None  # only typecheck/build steps (default: the config's)
 
 
@@ -363,7 +365,7 @@ _ = session_view
 
 
 class ProfileParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     defaultBehavior: str | None = None
     rules: list[Any] = []
     # the original TypeScript client's spec sends {profile: allow|deny|ask}: the default behaviour, no rules
@@ -399,7 +401,7 @@ async def set_profile(ctx: OpContext, p: ProfileParams) -> dict[str, Any]:
 
 
 class ForkParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
 

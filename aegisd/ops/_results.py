@@ -17,6 +17,28 @@ class SessionView(SessionRecord, kw_only=True):
     promptDelivery: dict[str, Any] | None = None
 
 
+class SessionWait(SessionView, kw_only=True):
+    timedOut: bool  # the timeout passed before the session needed attention
+
+
+class ModeSet(msgspec.Struct):
+    ok: bool
+    permissionMode: str
+    currentMode: str | None  # the agent's own mode id, when it has modes
+    appliedBy: str  # agent (ACP session/set_mode) | daemon
+
+
+class PendingRequest(PendingPermission, kw_only=True):
+    sessionId: str
+    sessionName: str
+    position: int  # 0: the request approve/reject decides now; others wait behind it
+
+
+class PendingList(msgspec.Struct):
+    pending: list[PendingRequest]
+    total: int
+
+
 class Pagination(msgspec.Struct):
     page: int
     limit: int
@@ -157,6 +179,12 @@ class EventFrame(msgspec.Struct):
     data: dict[str, Any] = {}
 
 
+class EventsPage(msgspec.Struct):
+    events: list[EventFrame]
+    lastId: int  # pass it as afterId next time
+    timedOut: bool  # no event came within the timeout
+
+
 class ErrorEnvelope(msgspec.Struct):
     error: str
     code: str
@@ -185,4 +213,6 @@ RESULTS: dict[str, Any] = {
     "auth.keys.create": NewKey, "auth.keys.list": list[KeyView], "auth.keys.revoke": Ok,
     "session.permissions.get": PermissionsView, "session.permissions.set": PermissionsView,
     "auth.keys.rotate": NewKey, "auth.verify": Verified, "auth.sse_token": SseToken, "audit.query": AuditPage,
+    "session.wait": SessionWait, "session.set_mode": ModeSet, "permissions.pending": PendingList,
+    "events.poll": EventsPage,
 }

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from .. import PROTOCOL_VERSION, __version__
+from ..config import PermissionMode
 from ..errors import Forbidden, SessionNotFound, Unauthorized, ValidationError
 from ..models import Event, SessionRecord, now_ms
 from ..states import LIVE, STATUS_FILTERS, TERMINAL, State
@@ -20,6 +21,7 @@ from ._registry import OpContext, op
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
 Page = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+SessionRef = Annotated[str, msgspec.Meta(description="session id, or a unique prefix of at least 4 characters")]
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -32,13 +34,14 @@ class CreateParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     label: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
-    permissionMode: str | None = None
+    permissionMode: PermissionMode | None = None
     autoApprove: bool | None = None
     model: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     agent: Annotated[str, msgspec.Meta(max_length=100)] | None = None
     stallThresholdMs: Annotated[int, msgspec.Meta(ge=1000, le=3_600_000)] | None = None
     parentId: str | None = None
-    reuse: bool = True
+    reuse: Annotated[bool, msgspec.Meta(
+        description="use an idle session of the same agent and owner in the same workDir if there is one")] = True
     # MCP servers the agent gets: "aegis" (this daemon's `ag mcp`, admins only) or names from the config
     mcpServers: Annotated[list[Annotated[str, msgspec.Meta(max_length=100)]], msgspec.Meta(max_length=10)] | None = None
     # accepted for compatibility with the original's clients; not used by ACP sessions
@@ -60,31 +63,35 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class IdParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
 
 
 class SendParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     text: Text
 
 
 class TranscriptParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     page: Page = 1
     limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
     role: str | None = None
 
 
 class DecisionParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
-    optionId: str | None = None
+    id: SessionRef
+    optionId: Annotated[str, msgspec.Meta(
+        description="an option of the pending request to pick (default: the least privilege one)")] | None = None
     # the pending request the caller's user saw (pendingPermission.requestId): when given and it is not the
     # one pending, 409 PERMISSION_REQUEST_MISMATCH and nothing is decided
-    requestId: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    requestId: Annotated[str, msgspec.Meta(
+        min_length=1, max_length=200,
+        description="the request this decides (pendingPermission.requestId); if another one is pending, the "
+                    "answer is PERMISSION_REQUEST_MISMATCH and nothing is decided")] | None = None
 
 
 class FollowParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     afterId: int | None = None
     untilIdle: bool = False
 
@@ -290,7 +297,7 @@ async def reject(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
 
 
 class ModelParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionRef
     model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
@@ -300,6 +307,23 @@ class ModelParams(msgspec.Struct, forbid_unknown_fields=True):
 async def set_model(ctx: OpContext, p: ModelParams) -> dict[str, Any]:
     rec = ctx.daemon.session(ctx, p.id)
     result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "set_model", model=p.model)
+    return result
+
+
+class ModeParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: SessionRef
+    mode: PermissionMode
+
+
+@op("session.set_mode", ModeParams, permission="approve",
+    summary="Change a live session's permission mode: applied by the agent (ACP session/set_mode) when it "
+            "offers that mode, by the daemon otherwise (appliedBy says which)")
+async def set_mode(ctx: OpContext, p: ModeParams) -> dict[str, Any]:
+    rec = ctx.daemon.session(ctx, p.id)
+    previous = rec.permissionMode
+    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "set_permission_mode", mode=p.mode)
+    ctx.daemon.audit_record(ctx, "session.mode", session_id=rec.id,
+                            detail={"mode": p.mode, "previous": previous, "appliedBy": result["appliedBy"]})
     return result
 
 

@@ -308,9 +308,15 @@ class SessionRunner:
             return
         rec.agentModes = [m.id for m in modes.availableModes]
         rec.currentMode = modes.currentModeId
+        await self._sync_mode()
+
+    async def _sync_mode(self) -> None:
+        """Put the agent in the session's permission mode when it offers that mode (then the agent applies it);
+        otherwise the daemon applies it (see _permissions.daemon_policy)."""
+        rec = self.rec
         want = rec.permissionMode
         if want in rec.agentModes:
-            if modes.currentModeId != want:
+            if rec.currentMode != want:
                 assert self._conn is not None and rec.acpSessionId is not None
                 try:
                     await self._conn.set_mode(rec.acpSessionId, want, timeout=self._cfg.acpRequestTimeoutMs / 1000)
@@ -321,11 +327,12 @@ class SessionRunner:
                     return
             self._native_mode = True
         else:
-            # the agent cannot apply it: the daemon does (see _permissions.daemon_policy). An agent that
-            # starts in its own auto-approving mode (claude-agent-acp 0.101 starts in "auto") is put back in
-            # "default" so requests reach the daemon's policy instead of being decided silently.
+            # the agent cannot apply it: the daemon does (see _permissions.daemon_policy). An agent in another
+            # mode of its own (claude-agent-acp 0.101 starts in "auto"; or the session's previous mode, such as
+            # bypassPermissions) is put back in "default" so requests reach the daemon's policy instead of
+            # being decided silently.
             self._native_mode = False
-            if modes.currentModeId != "default" and "default" in rec.agentModes and want != "auto":
+            if rec.currentMode not in ("default", want) and "default" in rec.agentModes:
                 assert self._conn is not None and rec.acpSessionId is not None
                 try:
                     await self._conn.set_mode(rec.acpSessionId, "default",
@@ -428,8 +435,10 @@ class SessionRunner:
             return result
         if cmd.kind == "set_permission_mode":
             self.rec.permissionMode = cmd.args["mode"]
+            await self._sync_mode()
             await self._save()
-            return {"ok": True}
+            return {"ok": True, "permissionMode": self.rec.permissionMode, "currentMode": self.rec.currentMode,
+                    "appliedBy": "agent" if self._native_mode else "daemon"}
         raise AegisError(f"unknown session command {cmd.kind!r}")
 
     # ---- prompts and turns ---------------------------------------------------------------------
@@ -849,6 +858,11 @@ class SessionRunner:
     def busy(self) -> bool:
         """A turn is in flight or queued."""
         return self._turn_active or bool(self._queue)
+
+    @property
+    def pending_permissions(self) -> list[PendingPermission]:
+        """The permission requests waiting for a decision, oldest (the one approve/reject decides) first."""
+        return [d.info for d in self._decisions]
 
     @property
     def queue_length(self) -> int:

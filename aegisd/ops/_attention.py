@@ -1,0 +1,137 @@
+"""What needs a caller's attention, for callers that cannot hold a stream open (MCP tools, scripts, cron):
+a bounded wait for a session to need attention, the events after an id (waiting up to a timeout for the first
+one), and every permission request waiting for a decision across the caller's sessions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+import trio
+
+from ..errors import Unauthorized
+from ..models import Event, PendingPermission, SessionRecord
+from ..states import TERMINAL, State
+from ._registry import OpContext, op
+from ._sessions import SessionRef, session_view
+
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]
+
+
+class Empty(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class WaitParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: SessionRef
+    timeoutSeconds: Annotated[Seconds, msgspec.Meta(description="give up after this long (timedOut: true)")] = 300.0
+
+
+class PollParams(msgspec.Struct, forbid_unknown_fields=True):
+    sessionId: Annotated[str, msgspec.Meta(
+        description="one session's events (id or unique prefix); default: every session the caller sees")] | None = None
+    afterId: Annotated[int, msgspec.Meta(
+        ge=0, description="return the events after this id (the lastId of the previous call); default: from now "
+                          "on")] | None = None
+    timeoutSeconds: Annotated[float, msgspec.Meta(
+        ge=0, le=600, description="how long to wait for a first event when none is there yet")] = 30.0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+def needs_attention(ctx: OpContext, rec: SessionRecord) -> bool:
+    """Ended, waiting for a permission decision, stalled, or idle with nothing in flight or queued."""
+    if rec.status in TERMINAL or rec.status in (State.PERMISSION_PROMPT, State.STALLED):
+        return True
+    if rec.status != State.IDLE:
+        return False
+    runner = ctx.daemon.manager.runners.get(rec.id)
+    return runner is None or not runner.busy
+
+
+class _Revocable:
+    """Ends a wait when the caller's credential stops working (auth/_credentials.py), as streams end."""
+
+    def __init__(self) -> None:
+        self.scope: trio.CancelScope | None = None
+        self.why = ""
+
+    def __call__(self, why: str) -> None:
+        self.why = why
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def check(self) -> None:
+        if self.why:
+            raise Unauthorized(f"{self.why}; the wait is over")
+
+
+@op("session.wait", WaitParams,
+    summary="Wait until a session needs attention: its turn ended and nothing is queued (idle), it waits for a "
+            "permission decision, it stalled, or it ended; or until timeoutSeconds (timedOut: true). Returns the "
+            "session")
+async def wait(ctx: OpContext, p: WaitParams) -> dict[str, Any]:
+    d = ctx.daemon
+    rec = d.session(ctx, p.id)
+    revoked = _Revocable()
+    with trio.move_on_after(p.timeoutSeconds) as revoked.scope, d.credentials.watch(ctx.principal, revoked):
+        while not needs_attention(ctx, rec):
+            # subscribed before looking again, so no change slips between the look and the wait
+            async with await d.bus.subscribe(session_id=rec.id) as sub:
+                while not needs_attention(ctx, rec):
+                    try:
+                        await sub.__anext__()
+                    except StopAsyncIteration:  # fell behind (overflow): subscribe again
+                        break
+    revoked.check()
+    out = session_view(rec, d.http_url)
+    out["timedOut"] = not needs_attention(ctx, rec)
+    return out
+
+
+@op("events.poll", PollParams,
+    summary="The events after afterId (of one session, or of every session the caller sees), up to limit; "
+            "when there are none yet, waits up to timeoutSeconds for the first. lastId is the afterId of the "
+            "next call")
+async def poll(ctx: OpContext, p: PollParams) -> dict[str, Any]:
+    d = ctx.daemon
+    sid = d.session(ctx, p.sessionId).id if p.sessionId else None
+    last = d.bus.last_id if p.afterId is None else p.afterId
+    out: list[Event] = []
+    revoked = _Revocable()
+    with trio.move_on_after(p.timeoutSeconds) as revoked.scope, d.credentials.watch(ctx.principal, revoked):
+        async with await d.bus.subscribe(session_id=sid, after_id=last) as sub:
+            while len(out) < p.limit:
+                ev = sub.next_nowait()
+                if ev is None:
+                    if out:
+                        break  # what was there already: no waiting for more
+                    try:
+                        ev = await sub.__anext__()
+                    except StopAsyncIteration:
+                        break
+                # another key's sessions (and events of no session, for non-admins) are skipped, as in
+                # events.follow; lastId only moves past what was delivered
+                if sid is not None or (d.can_see(ctx, ev.sessionId) if ev.sessionId else True):
+                    out.append(ev)
+                    last = ev.id
+    revoked.check()
+    return {"events": [msgspec.to_builtins(e) for e in out], "lastId": last, "timedOut": not out}
+
+
+@op("permissions.pending", Empty,
+    summary="Every permission request waiting for a decision, across the sessions the caller sees, oldest "
+            "first: each with its sessionId and requestId (position 0 of a session is the one its approve/reject "
+            "decides now; the others wait behind it)")
+async def pending(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    d = ctx.daemon
+    found: list[tuple[int, str, int, SessionRecord, PendingPermission]] = []
+    for rec in d.visible(ctx, d.manager.records.values()):
+        runner = d.manager.runners.get(rec.id)
+        if rec.status in TERMINAL or runner is None:
+            continue
+        for pos, req in enumerate(runner.pending_permissions):
+            found.append((req.since, rec.id, pos, rec, req))
+    found.sort(key=lambda f: f[:3])
+    items = [{**msgspec.to_builtins(req), "sessionId": rec.id, "sessionName": rec.name, "position": pos}
+             for _, _, pos, rec, req in found]
+    return {"pending": items, "total": len(items)}
