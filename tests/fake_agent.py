@@ -361,10 +361,10 @@ def handle(msg: dict) -> None:
             return
         sid = str(uuid.uuid4())
         ST.sessions[sid] = {"cwd": cwd, "history": copied["history"], "mode": copied.get("mode", "default"),
-                            "forkedFrom": src}
+                            "forkedFrom": src, "model": copied.get("model")}
         ST.cancelled[sid] = threading.Event()
         ST.save(sid)
-        result = {"sessionId": sid}
+        result = {"sessionId": sid, **model_fields(sid)}
         if modes_obj():
             result["modes"] = modes_obj()
         send({"id": mid, "result": result})
