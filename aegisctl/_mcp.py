@@ -1,194 +1,256 @@
 """`ag mcp`: an MCP server on stdio (JSON-RPC 2.0, one message per line) so that an agent can drive other
-agents: `claude mcp add aegis -- ag mcp`. A thin client of the daemon: every tool is one or two operations
-over the control socket (or HTTP with AEGIS_URL + AEGIS_AUTH_TOKEN), so the daemon's roles, ownership and
-audit apply. Tools of the original's set keep their names and arguments; tmux-only ones are left out, and
-`wait_for_session` is added so a driving agent need not poll."""
+agents: `claude mcp add aegis -- ag mcp`. A thin client of the daemon: every tool is an operation of the
+registry (aegisd/ops) called over the control socket (or HTTP with AEGIS_URL + AEGIS_AUTH_TOKEN), so the
+daemon's roles, ownership, agent scope and audit apply.
+
+Tools are generated from the registry: a tool's input schema is its operation's params struct
+(msgspec.json.schema, made self-contained), its description the operation's summary. ``TOOLS`` is the only
+MCP-specific metadata: which operation a tool calls, the original Aegis argument names it keeps (``sessionId``
+for the operation's ``id``), the params it fixes or defaults differently, the params it does not offer, a line
+of guidance for the model, and, for the few tools that compose operations, the function that does."""
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import sys
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .client import Client, ClientError, ConnectError
 
 PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 SERVER_INFO = {"name": "aegis", "title": "Aegis", "version": ""}
-TERMINAL = ("completed", "killed", "crashed")
+CALL_TIMEOUT = 60.0  # seconds a daemon has to answer; operations that wait get their wait on top
+VERIFY_WAIT = 3600.0
 
-S = {"type": "string"}
-SID = {"sessionId": {"type": "string", "description": "session id, or a unique prefix of at least 4 characters"}}
-REQ = {"requestId": {"type": "string", "minLength": 1, "description": "the pending request this decides "
-                     "(pendingPermission.requestId); a mismatch is an error PERMISSION_REQUEST_MISMATCH"}}
+Runner = Callable[["Server", "Tool", dict[str, Any]], Any]
 
 
-def _schema(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required or [], "additionalProperties": False}
-
-
+@dataclass(frozen=True)
 class Tool:
-    def __init__(self, name: str, description: str, schema: dict[str, Any],
-                 run: Callable[[Server, dict[str, Any]], Any], *, read_only: bool = True,
-                 destructive: bool = False) -> None:
-        self.name, self.description, self.schema, self.run = name, description, schema, run
-        self.annotations = {"readOnlyHint": read_only, "destructiveHint": destructive}
+    """One MCP tool over one operation. ``rename`` maps the tool's argument names to the operation's param names
+    (the original's ``sessionId`` for ``id``); ``fixed`` params are always sent and not offered; ``defaults``
+    replace the operation's default; ``hide`` params are not offered (compatibility fields a model has no use
+    for); ``hint`` is appended to the operation's summary; ``run`` composes operations (default: call ``op``)."""
+
+    name: str
+    op: str
+    rename: Mapping[str, str] = field(default_factory=dict)
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    hide: tuple[str, ...] = ()
+    hint: str = ""
+    run: Runner | None = None
 
 
+# ---- the tools that compose operations -------------------------------------------------------------
 def _compact(s: dict[str, Any]) -> dict[str, Any]:
-    keep = ("id", "name", "status", "workDir", "agent", "permissionMode", "createdAt", "lastActivity", "turns",
-            "stopReason", "parentId", "pendingPermission", "crash")
+    keep = ("id", "name", "status", "workDir", "agent", "model", "permissionMode", "createdAt", "lastActivity",
+            "turns", "stopReason", "parentId", "pendingPermission", "crash", "lastError")
     return {k: s.get(k) for k in keep if s.get(k) is not None}
 
 
-def _list(srv: Server, a: dict[str, Any]) -> Any:
+def _list_all(srv: Server, tool: Tool, p: dict[str, Any]) -> Any:
     out: list[dict[str, Any]] = []
     page = 1
     while True:  # every page (the original returned only the first 20)
-        res = srv.call("session.list", status=a.get("status"), workDir=a.get("workDir"), page=page, limit=100)
+        res = srv.call(tool.op, **p, page=page, limit=100)
         out.extend(_compact(s) for s in res["sessions"])
         if page >= res["pagination"]["totalPages"]:
             return {"sessions": out, "total": res["pagination"]["total"]}
         page += 1
 
 
-def _status(srv: Server, a: dict[str, Any]) -> Any:
-    s = srv.call("session.get", id=a["sessionId"])
-    health = srv.call("session.health", id=s["id"])
-    return {**_compact(s), "health": health}
+def _status(srv: Server, tool: Tool, p: dict[str, Any]) -> Any:
+    s = srv.call(tool.op, **p)
+    return {**s, "health": srv.call("session.health", id=s["id"])}
 
 
-def _wait(srv: Server, a: dict[str, Any]) -> Any:
-    """Until the session needs attention: idle (turn over, nothing queued), waiting for a permission decision,
-    or ended; or until the timeout."""
-    timeout = min(max(float(a.get("timeoutSeconds", 300)), 0.0), 3600.0)
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        s = srv.call("session.get", id=a["sessionId"])
-        h = srv.call("session.health", id=s["id"]) if s["status"] == "idle" else {}
-        if s["status"] in TERMINAL or s["status"] == "permission_prompt" or (
-                s["status"] == "idle" and not h.get("queuedPrompts")):
-            return {**_compact(s), "timedOut": False}
-        if time.monotonic() >= deadline:
-            return {**_compact(s), "timedOut": True}
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 1.0)
-
-
-def _create(srv: Server, a: dict[str, Any]) -> Any:
-    s = srv.call("session.create", workDir=a["workDir"], name=a.get("name"), prompt=a.get("prompt"),
-                 permissionMode=a.get("permissionMode"), agent=a.get("agent"), model=a.get("model"),
-                 reuse=a.get("reuse", False))
-    return {**_compact(s), "promptDelivery": s.get("promptDelivery"), "reused": s.get("reused", False)}
-
-
-def _verify(srv: Server, a: dict[str, Any]) -> Any:
+def _verify(srv: Server, tool: Tool, p: dict[str, Any]) -> Any:
     """A failed verification is an answer, not a tool error: the caller wants the steps and their output."""
     try:
-        return srv.call("session.verify", id=a["sessionId"], criticalOnly=a.get("criticalOnly"))
+        return srv.call(tool.op, waits=VERIFY_WAIT, **p)  # the project's tests may take a while
     except ToolError as exc:
         if exc.code == "VERIFICATION_FAILED" and isinstance(exc.details, dict):
             return exc.details
         raise
 
 
-def _pipeline(srv: Server, a: dict[str, Any]) -> Any:
-    stages: list[dict[str, Any]] = []
-    for i, step in enumerate(a["steps"]):  # unnamed steps get a name (the original's server refused them)
-        st = {"name": step.get("name") or f"step-{i + 1}", "prompt": step["prompt"]}
-        if step.get("dependsOn"):
-            st["dependsOn"] = step["dependsOn"]
-        elif i > 0 and a.get("sequential", True):
-            st["dependsOn"] = [stages[-1]["name"]]
-        if step.get("verify"):
-            st["verify"] = True
-        stages.append(st)
-    return srv.call("pipeline.create", name=a["name"], workDir=a["workDir"], stages=stages)
+SID = {"sessionId": "id"}
+REQUEST = ("Pass the requestId of the request you looked at (pendingPermission.requestId from get_status, "
+           "wait_for_session or list_pending_permissions): if another one is pending by then, nothing is decided.")
+
+TOOLS: tuple[Tool, ...] = (
+    # the original Aegis tools with their names and arguments (not its tmux-only send_bash and get_swarm), and
+    # wait_for_session and verify_session
+    Tool("list_sessions", "session.list", hide=("page", "limit", "pageSize"), run=_list_all,
+         hint="Every page, each session in brief. status: a state, or active / ended."),
+    Tool("get_status", "session.get", SID, run=_status,
+         hint="With the session's health: whether its agent runs, queued prompts, its stderr tail."),
+    Tool("get_transcript", "session.transcript.cursor", SID,
+         hint="Moves no read cursor; page back with before_id set to the oldest_id you got."),
+    Tool("wait_for_session", "session.wait", SID,
+         hint="Use it instead of polling get_status; then read get_transcript or answer the pending request."),
+    Tool("server_health", "health"),
+    Tool("capture_pane", "session.pane", SID),
+    Tool("get_session_metrics", "session.metrics", SID),
+    Tool("get_session_summary", "session.summary", SID),
+    Tool("get_session_latency", "session.latency", SID),
+    Tool("list_pipelines", "pipeline.list"),
+    Tool("state_get", "memory.get"),
+    Tool("state_set", "memory.set"),
+    Tool("state_delete", "memory.delete"),
+    Tool("send_message", "session.send", SID),
+    Tool("create_session", "session.create", defaults={"reuse": False},
+         hide=("label", "env", "claudeCommand", "resumeSessionId", "prd"),
+         hint="Then follow it with wait_for_session."),
+    Tool("approve_permission", "session.approve", SID, hint=REQUEST),
+    Tool("reject_permission", "session.reject", SID, hint=REQUEST),
+    Tool("interrupt_session", "session.interrupt", SID),
+    Tool("escape_session", "session.interrupt", SID, hint="The original's Escape key: the same as interrupt_session."),
+    Tool("send_command", "session.command", SID, hint="list_commands shows the commands the agent offers."),
+    Tool("batch_create_sessions", "sessions.batch_create"),
+    Tool("create_pipeline", "pipeline.create", {"steps": "stages"}, defaults={"sequential": True},
+         hint="steps are the pipeline's stages; here they run one after another unless they say dependsOn or "
+              "sequential is false. Follow it with get_pipeline."),
+    Tool("verify_session", "session.verify", SID, run=_verify,
+         hint="A failed check is a result with ok: false and each step's output (not a tool error): send the "
+              "failure to the session to fix."),
+    Tool("kill_session", "session.kill", SID),
+    # ACP-native control
+    Tool("close_session", "session.close", SID),
+    Tool("set_permission_mode", "session.set_mode", SID),
+    Tool("set_model", "session.set_model", SID),
+    Tool("fork_session", "session.fork", SID),
+    Tool("list_children", "session.children", SID),
+    Tool("read_messages", "session.read", SID, hint="Only what is new since the previous read_messages."),
+    Tool("list_commands", "session.commands", SID),
+    Tool("list_pending_permissions", "permissions.pending",
+         hint="Answer each with approve_permission or reject_permission and its sessionId and requestId."),
+    Tool("follow_events", "events.poll",
+         hint="Pass the lastId you got as afterId next time to continue where you stopped."),
+    Tool("get_permission_profile", "session.permission_profile.get", SID),
+    Tool("set_permission_profile", "session.permission_profile.set", SID, hide=("profile",),
+         hint="rules: [{tool: '*' | a tool kind (read, edit, execute...) | a tool name, behavior: allow | deny | "
+              "ask, pattern?: a glob on the command or path}]; defaultBehavior: allow | deny | ask | mode."),
+    # pipelines, templates, the memory bridge, the daemon
+    Tool("get_pipeline", "pipeline.get", {"pipelineId": "id"}),
+    Tool("list_templates", "template.list"),
+    Tool("get_template", "template.get", {"templateId": "id"}),
+    Tool("create_template", "template.create", hide=("claudeCommand", "env"),
+         hint="Use it with create_session's templateId."),
+    Tool("delete_template", "template.delete", {"templateId": "id"}),
+    Tool("state_list", "memory.list"),
+    Tool("server_info", "hello", hint="Inside a session, session names the session this caller is scoped to."),
+)
 
 
-TOOLS: list[Tool] = [
-    Tool("list_sessions", "List sessions (all pages), optionally by status (a state, or active/ended) or workDir.",
-         _schema({"status": S, "workDir": S}), _list),
-    Tool("get_status", "One session's state, pending permission request, crash details and health.",
-         _schema(SID, ["sessionId"]), _status),
-    Tool("get_transcript", "The session's transcript (newest `limit` entries, default 50).",
-         _schema({**SID, "limit": {"type": "integer", "minimum": 1, "maximum": 200}}, ["sessionId"]),
-         lambda srv, a: srv.call("session.transcript.cursor", id=a["sessionId"], limit=a.get("limit", 50))),
-    Tool("wait_for_session", "Block until the session needs attention: its turn ended (idle), it waits for a "
-         "permission decision, or it ended; or until timeoutSeconds (default 300). Use instead of polling.",
-         _schema({**SID, "timeoutSeconds": {"type": "number", "minimum": 0, "maximum": 3600}}, ["sessionId"]), _wait),
-    Tool("server_health", "The daemon's health.", _schema({}), lambda srv, a: srv.call("health")),
-    Tool("capture_pane", "A plain-text rendering of the session's recent transcript.", _schema(SID, ["sessionId"]),
-         lambda srv, a: srv.call("session.pane", id=a["sessionId"])),
-    Tool("get_session_metrics", "Duration, messages, tool calls, approvals, token usage and cost.",
-         _schema(SID, ["sessionId"]), lambda srv, a: srv.call("session.metrics", id=a["sessionId"])),
-    Tool("get_session_summary", "Status and the last entries of a session.", _schema(SID, ["sessionId"]),
-         lambda srv, a: srv.call("session.summary", id=a["sessionId"])),
-    Tool("get_session_latency", "Permission response latencies of a session.", _schema(SID, ["sessionId"]),
-         lambda srv, a: srv.call("session.latency", id=a["sessionId"])),
-    Tool("list_pipelines", "Pipelines and their stages.", _schema({}), lambda srv, a: srv.call("pipeline.list")),
-    Tool("state_get", "Read a memory-bridge value ('namespace/key').", _schema({"key": S}, ["key"]),
-         lambda srv, a: srv.call("memory.get", key=a["key"])),
-    Tool("send_message", "Send a prompt to a session (queued if a turn is running).",
-         _schema({**SID, "text": S}, ["sessionId", "text"]),
-         lambda srv, a: srv.call("session.send", id=a["sessionId"], text=a["text"]), read_only=False),
-    Tool("create_session", "Start a new agent session in workDir, optionally with a first prompt.",
-         _schema({"workDir": S, "name": S, "prompt": S, "agent": S, "model": S,
-                  "permissionMode": {"type": "string", "enum": ["default", "acceptEdits", "plan", "dontAsk",
-                                                                 "bypassPermissions"]},
-                  "reuse": {"type": "boolean", "description": "reuse an idle session in the same workDir"}},
-                 ["workDir"]), _create, read_only=False),
-    Tool("approve_permission", "Approve the session's pending permission request (allow once). Pass the "
-         "requestId of the request you looked at (pendingPermission.requestId from get_status or "
-         "wait_for_session): if another one is pending by then, nothing is decided.",
-         _schema({**SID, **REQ}, ["sessionId"]),
-         lambda srv, a: srv.call("session.approve", id=a["sessionId"], requestId=a.get("requestId")),
-         read_only=False),
-    Tool("reject_permission", "Reject the session's pending permission request. Pass the requestId of the "
-         "request you looked at, as for approve_permission.", _schema({**SID, **REQ}, ["sessionId"]),
-         lambda srv, a: srv.call("session.reject", id=a["sessionId"], requestId=a.get("requestId")),
-         read_only=False),
-    Tool("interrupt_session", "Cancel the session's current turn.", _schema(SID, ["sessionId"]),
-         lambda srv, a: srv.call("session.interrupt", id=a["sessionId"]), read_only=False),
-    Tool("escape_session", "Same as interrupt_session (the original's Escape key).", _schema(SID, ["sessionId"]),
-         lambda srv, a: srv.call("session.interrupt", id=a["sessionId"]), read_only=False),
-    Tool("send_command", "Run one of the agent's slash commands in the session.",
-         _schema({**SID, "command": S}, ["sessionId", "command"]),
-         lambda srv, a: srv.call("session.command", id=a["sessionId"], command=a["command"]), read_only=False),
-    Tool("batch_create_sessions", "Create up to 50 sessions at once.",
-         _schema({"sessions": {"type": "array", "minItems": 1, "maxItems": 50, "items": _schema(
-             {"workDir": S, "name": S, "prompt": S}, ["workDir"])}}, ["sessions"]),
-         lambda srv, a: srv.call("sessions.batch_create", sessions=a["sessions"]), read_only=False),
-    Tool("create_pipeline", "Run prompts as a pipeline of sessions in workDir: steps run one after another "
-         "(or by their dependsOn).",
-         _schema({"name": S, "workDir": S, "sequential": {"type": "boolean"},
-                  "steps": {"type": "array", "minItems": 1, "maxItems": 50, "items": _schema(
-                      {"name": S, "prompt": S, "dependsOn": {"type": "array", "items": S},
-                       "verify": {"type": "boolean", "description": "run the project's checks after the step; "
-                                  "failures go back to the step's session to fix"}}, ["prompt"])}},
-                 ["name", "workDir", "steps"]), _pipeline, read_only=False),
-    Tool("state_set", "Write a memory-bridge value.",
-         _schema({"key": S, "value": S, "ttlSeconds": {"type": "integer", "minimum": 1}}, ["key", "value"]),
-         lambda srv, a: srv.call("memory.set", key=a["key"], value=a["value"], ttlSeconds=a.get("ttlSeconds")),
-         read_only=False),
-    Tool("state_delete", "Delete a memory-bridge value.", _schema({"key": S}, ["key"]),
-         lambda srv, a: srv.call("memory.delete", key=a["key"]), read_only=False, destructive=True),
-    Tool("verify_session", "Run the project's own checks (type check, build, tests) in the session's workDir "
-         "and report each step's result and output; ok is false when one failed.",
-         _schema({**SID, "criticalOnly": {"type": "boolean", "description": "type check and build only"}},
-                 ["sessionId"]), _verify, read_only=False),
-    Tool("kill_session", "Stop a session and its agent (status killed).", _schema(SID, ["sessionId"]),
-         lambda srv, a: srv.call("session.kill", id=a["sessionId"]), read_only=False, destructive=True),
-]
-TOOLS_BY_NAME = {t.name: t for t in TOOLS}
+# ---- schemas from the registry ---------------------------------------------------------------------
+def _inline(node: Any, defs: dict[str, Any], seen: tuple[str, ...] = ()) -> Any:
+    """Replace every ``$ref`` by the definition it names (MCP clients want self-contained schemas), drop
+    titles, and turn ``anyOf [X, null]`` with a null default into X: leaving a param out means the same."""
+    if isinstance(node, list):
+        return [_inline(x, defs, seen) for x in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        name = ref.rsplit("/", 1)[-1]
+        if name in seen:
+            raise ValueError(f"recursive schema {name} cannot be inlined")
+        return _inline({**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}, defs, (*seen, name))
+    out = {k: _inline(v, defs, seen) for k, v in node.items() if k not in ("title", "$defs")}
+    alts = out.get("anyOf")
+    if isinstance(alts, list) and {"type": "null"} in alts and "default" in out and out["default"] is None:
+        rest = [a for a in alts if a != {"type": "null"}]
+        del out["default"]
+        out.pop("anyOf")
+        out = {**rest[0], **out} if len(rest) == 1 else {**out, "anyOf": rest}
+    return out
 
+
+def op_schema(params: type) -> dict[str, Any]:
+    """The self-contained JSON schema of an operation's params struct."""
+    import msgspec
+
+    raw = msgspec.json.schema(params)
+    schema: dict[str, Any] = _inline(raw, raw.get("$defs", {}))
+    return schema
+
+
+def tool_schema(tool: Tool) -> dict[str, Any]:
+    from aegisd.ops import get_op
+
+    base = op_schema(get_op(tool.op).params)
+    to_tool = {v: k for k, v in tool.rename.items()}
+    drop = set(tool.hide) | set(tool.fixed)
+    props: dict[str, Any] = {}
+    for name, prop in base.get("properties", {}).items():
+        if name in drop:
+            continue
+        prop = copy.deepcopy(prop)
+        if name in tool.defaults:
+            prop["default"] = tool.defaults[name]
+        props[to_tool.get(name, name)] = prop
+    required = [to_tool.get(n, n) for n in base.get("required", []) if n not in drop]
+    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+
+def description(tool: Tool) -> str:
+    from aegisd.ops import get_op
+
+    summary = get_op(tool.op).summary.rstrip(".") + "."
+    return f"{summary}\n{tool.hint}" if tool.hint else summary
+
+
+def tool_annotations(tool: Tool) -> dict[str, Any]:
+    from aegisd.ops import get_op
+
+    o = get_op(tool.op)
+    return {"readOnlyHint": o.permission in (None, "public"),
+            "destructiveHint": o.permission == "kill" or o.name.endswith(".delete")}
+
+
+# ---- arguments -------------------------------------------------------------------------------------
+class ToolError(Exception):
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.details = code, message, details
+
+
+def op_params(tool: Tool, schema: dict[str, Any], args: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The operation's params for these tool arguments, and them decoded into the operation's own struct (the
+    daemon checks them again); ToolError INVALID_ARGUMENTS names the tool's arguments, not the operation's."""
+    from aegisd.errors import ValidationError
+    from aegisd.ops import decode_params, get_op
+
+    props = schema["properties"]
+    unknown = [a for a in args if a not in props]
+    if unknown:
+        raise ToolError("INVALID_ARGUMENTS",
+                        f"unknown argument {unknown[0]!r} (expected: {', '.join(props) or 'none'})")
+    params = {**tool.defaults, **{tool.rename.get(k, k): v for k, v in args.items()}, **tool.fixed}
+    try:
+        decoded = decode_params(get_op(tool.op), params)
+    except ValidationError as exc:
+        message = exc.message.split(": ", 1)[-1]  # without "invalid params for <op>"
+        for arg, param in tool.rename.items():  # `$.id` / field `id` -> the tool's name for it
+            message = re.sub(rf"`(\$\.)?{re.escape(param)}(?=[`.\[])", rf"`\g<1>{arg}", message)
+        raise ToolError("INVALID_ARGUMENTS", message) from None
+    return params, decoded
+
+
+# ---- the server ------------------------------------------------------------------------------------
 RESOURCES = [
     {"uri": "aegis://sessions", "name": "sessions", "description": "Every session, compact", "mimeType":
      "application/json"},
     {"uri": "aegis://health", "name": "health", "description": "The daemon's health", "mimeType": "application/json"},
+    {"uri": "aegis://permissions/pending", "name": "pending-permissions", "mimeType": "application/json",
+     "description": "Every permission request waiting for a decision"},
 ]
 RESOURCE_TEMPLATES = [
     {"uriTemplate": "aegis://sessions/{id}/transcript", "name": "transcript", "mimeType": "application/json",
@@ -204,24 +266,22 @@ PROMPTS = [
 ]
 
 
-class ToolError(Exception):
-    def __init__(self, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.details = code, message, details
-
-
 class Server:
     def __init__(self, connect: Callable[[], Client], out: IO[str]) -> None:
         self._connect = connect
         self._local = threading.local()  # one daemon connection per worker thread
         self._out = out
         self._lock = threading.Lock()
+        self.tools = {t.name: t for t in TOOLS}
+        self.schemas = {t.name: tool_schema(t) for t in TOOLS}
 
-    def call(self, op: str, **params: Any) -> Any:
+    def call(self, op: str, *, waits: float = 0.0, **params: Any) -> Any:
+        """One operation; ``waits``: seconds the operation itself may take on top of the usual answer time."""
         client: Client | None = getattr(self._local, "client", None)
         try:
             if client is None:
                 client = self._local.client = self._connect()
+            client.timeout = CALL_TIMEOUT + waits
             return client.call(op, **params)
         except ConnectError as exc:
             if client is not None:
@@ -271,26 +331,28 @@ class Server:
                 "instructions": "Aegis supervises coding-agent sessions. Create one with create_session, follow it "
                                 "with wait_for_session, read it with get_transcript, and answer its permission "
                                 "requests with approve_permission / reject_permission, passing the "
-                                "pendingPermission.requestId you looked at."}
+                                "pendingPermission.requestId you looked at (list_pending_permissions shows every "
+                                "waiting request)."}
 
     def _tools_list(self, p: dict[str, Any]) -> dict[str, Any]:
-        return {"tools": [{"name": t.name, "description": t.description, "inputSchema": t.schema,
-                           "annotations": t.annotations} for t in TOOLS]}
+        return {"tools": [{"name": t.name, "description": description(t), "inputSchema": self.schemas[t.name],
+                           "annotations": tool_annotations(t)} for t in TOOLS]}
 
     def _tools_call(self, p: dict[str, Any]) -> dict[str, Any]:
-        tool = TOOLS_BY_NAME.get(p.get("name", ""))
+        tool = self.tools.get(p.get("name", ""))
         if tool is None:
             raise ToolError("UNKNOWN_TOOL", f"no tool {p.get('name')!r}")
         args = p.get("arguments") or {}
         if not isinstance(args, dict):
             raise ToolError("INVALID_ARGUMENTS", "arguments must be an object")
-        problem = _check(tool.schema, args)
-        if problem:
-            return _tool_error("INVALID_ARGUMENTS", problem)
         try:
-            result = tool.run(self, args)
+            params, decoded = op_params(tool, self.schemas[tool.name], args)
+            if tool.run is not None:
+                result = tool.run(self, tool, params)
+            else:  # an operation that waits (session.wait, events.poll) may take its timeout to answer
+                result = self.call(tool.op, waits=float(getattr(decoded, "timeoutSeconds", 0)), **params)
         except ToolError as exc:  # errors of the tool go back to the model as a result it can read
-            return _tool_error(exc.code, exc.message)
+            return _tool_error(exc)
         text = json.dumps(result, indent=1, ensure_ascii=False)
         out: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": False}
         if isinstance(result, dict):
@@ -300,9 +362,11 @@ class Server:
     def _resources_read(self, p: dict[str, Any]) -> dict[str, Any]:
         uri = p["uri"]
         if uri == "aegis://sessions":
-            data: Any = _list(self, {})
+            data: Any = _list_all(self, self.tools["list_sessions"], {})
         elif uri == "aegis://health":
             data = self.call("health")
+        elif uri == "aegis://permissions/pending":
+            data = self.call("permissions.pending")
         elif uri.startswith("aegis://sessions/") and uri.endswith("/transcript"):
             data = self.call("session.transcript.cursor", id=uri.split("/")[3], limit=200)
         elif uri.startswith("aegis://sessions/") and uri.endswith("/pane"):
@@ -327,27 +391,11 @@ class Server:
         return {"messages": [{"role": "user", "content": {"type": "text", "text": text}}]}
 
 
-def _tool_error(code: str, message: str) -> dict[str, Any]:
-    return {"content": [{"type": "text", "text": json.dumps({"code": code, "message": message})}], "isError": True}
-
-
-def _check(schema: dict[str, Any], args: dict[str, Any]) -> str | None:
-    """The few JSON-schema rules our tool schemas use: required, no extra properties, basic types."""
-    props = schema.get("properties", {})
-    for name in schema.get("required", []):
-        if name not in args:
-            return f"missing argument {name!r}"
-    types: dict[str, Any] = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
-                             "array": list, "object": dict}
-    for name, value in args.items():
-        if name not in props:
-            return f"unknown argument {name!r} (expected: {', '.join(props) or 'none'})"
-        want = props[name].get("type")
-        if want and (not isinstance(value, types[want]) or (want in ("integer", "number") and isinstance(value, bool))):
-            return f"argument {name!r} must be {want}"
-        if "enum" in props[name] and value not in props[name]["enum"]:
-            return f"argument {name!r} must be one of {', '.join(props[name]['enum'])}"
-    return None
+def _tool_error(exc: ToolError) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.details is not None:
+        body["details"] = exc.details
+    return {"content": [{"type": "text", "text": json.dumps(body, ensure_ascii=False)}], "isError": True}
 
 
 def serve(connect: Callable[[], Client], stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:

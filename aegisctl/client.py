@@ -116,6 +116,7 @@ class Client:
             self._sock, self._rfile = self._connect(self.timeout)
         req_id = next(self._ids)
         try:
+            self._sock.settimeout(self.timeout)  # the caller may have changed it for this call
             self._sock.sendall(json.dumps({"id": req_id, "op": op, "params": params}).encode() + b"\n")
             while True:
                 line = self._rfile.readline()

@@ -4,8 +4,9 @@ session's process tree. Run by the fake agent's `sh:` directive (tests/test_secu
 
     agent_mcp_probe.py SOCKET WORKDIR OWN_SESSION_ID
 
-Creates a worker session that asks for a permission, waits for it, approves it, tries to approve its own
-session's prompt, lists what it sees; prints one JSON line with what happened."""
+Creates a worker session that asks for a permission, waits for it, lists the pending requests it sees,
+approves it, tries to approve its own session's prompt, sets the worker's permission mode and tries its own,
+lists what it sees and the events it may follow; prints one JSON line with what happened."""
 
 from __future__ import annotations
 
@@ -36,9 +37,17 @@ async def main(sock: str, workdir: str, own: str) -> None:
             out["create"] = child
             cid = child["body"]["id"]
             out["wait"] = _data(await session.call_tool("wait_for_session", {"sessionId": cid, "timeoutSeconds": 20}))
+            out["info"] = _data(await session.call_tool("server_info", {}))
+            out["pending"] = _data(await session.call_tool("list_pending_permissions", {}))
             out["approveChild"] = _data(await session.call_tool("approve_permission", {"sessionId": cid}))
             out["approveOwn"] = _data(await session.call_tool("approve_permission", {"sessionId": own}))
+            out["modeChild"] = _data(await session.call_tool("set_permission_mode", {"sessionId": cid,
+                                                                                     "mode": "acceptEdits"}))
+            out["modeOwn"] = _data(await session.call_tool("set_permission_mode", {"sessionId": own,
+                                                                                   "mode": "bypassPermissions"}))
             out["list"] = _data(await session.call_tool("list_sessions", {}))
+            out["events"] = _data(await session.call_tool("follow_events", {"afterId": 0, "timeoutSeconds": 1,
+                                                                            "limit": 1000}))
     print(json.dumps(out))
 
 

@@ -145,16 +145,26 @@ async def test_agent_over_loopback_http_is_scoped_whatever_token_it_shows(daemon
 
 async def test_orchestrator_over_ag_mcp_inside_the_agent(daemon: DaemonHandle, workdir: Path) -> None:
     pytest.importorskip("mcp", reason="the MCP Python SDK is not installed (make install)")
+    other = (await daemon.create(workdir, reuse=False, prompt="tool:edit:Edit:secret.txt"))["id"]
+    await daemon.wait_status(other, "permission_prompt")  # not the orchestrator's: it must not see it
     me = await idle(daemon, workdir, name="orchestrator")
     cmd = " ".join(shlex.quote(a) for a in (sys.executable, MCP_PROBE, str(daemon.daemon.socket_path),
                                             str(workdir), me))
     out = json.loads(await run_tool(daemon, me, cmd))
     assert not out["create"]["error"], out["create"]
-    assert daemon.manager.records[out["create"]["body"]["id"]].creatorSessionId == me
+    child = out["create"]["body"]["id"]
+    assert daemon.manager.records[child].creatorSessionId == me
     assert out["wait"]["body"]["status"] == "permission_prompt"
+    assert out["info"]["body"]["session"] == me
+    assert [(p["sessionId"], p["toolTitle"]) for p in out["pending"]["body"]["pending"]] == [(child, "Run")]
     assert not out["approveChild"]["error"], out["approveChild"]
     assert out["approveOwn"]["error"] and out["approveOwn"]["body"]["code"] == "SESSION_FORBIDDEN"
-    assert {s["id"] for s in out["list"]["body"]["sessions"]} == {me, out["create"]["body"]["id"]}
+    assert out["modeChild"]["body"]["permissionMode"] == "acceptEdits", out["modeChild"]
+    assert out["modeOwn"]["error"] and out["modeOwn"]["body"]["code"] == "SESSION_FORBIDDEN"
+    assert daemon.manager.records[me].permissionMode == "default"
+    assert {s["id"] for s in out["list"]["body"]["sessions"]} == {me, child}
+    seen = {e["sessionId"] for e in out["events"]["body"]["events"]}
+    assert child in seen and other not in seen and seen <= {me, child}
 
 
 async def test_without_cgroups_callers_are_traced_by_ancestry(daemon_factory: Any, workdir: Path) -> None:
