@@ -180,7 +180,12 @@ async def test_set_mode_applies_the_mode_to_a_live_session(daemon: DaemonHandle,
     assert r.status_code == 409
 
 
-async def test_create_accepts_every_permission_mode_and_refuses_others(daemon: DaemonHandle, workdir: Path) -> None:
+async def test_the_create_schema_names_every_permission_mode(daemon: DaemonHandle, workdir: Path) -> None:
+    """The modes are part of the create schema (so generated clients and MCP tools offer them all)."""
+    spec = (await daemon.http.get("/v1/openapi.json")).json()
+    body = spec["paths"]["/v1/sessions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    [modes] = [alt["enum"] for alt in body["properties"]["permissionMode"]["anyOf"] if "enum" in alt]
+    assert sorted(modes) == sorted(["default", "plan", "acceptEdits", "bypassPermissions", "dontAsk", "auto"])
     s = await daemon.create(workdir, permissionMode="auto", reuse=False)
     assert s["permissionMode"] == "auto"
     r = await daemon.http.post("/v1/sessions", json={"workDir": str(workdir), "permissionMode": "yolo"})
