@@ -127,7 +127,7 @@ BODIES: dict[str, Any] = {  # a valid body for each route that needs one, so onl
     "session.send": {"text": "say:x"}, "session.command": {"command": "review"},
     "session.answer": {"questionId": "q", "answer": "a"}, "session.memories.set": {"key": "k", "value": "v"},
     "session.permissions.set": [], "session.screenshot": {"url": "https://example.com/"},
-    "session.set_model": {"model": "sonnet"},
+    "session.set_model": {"model": "sonnet"}, "session.set_mode": {"mode": "plan"},
 }
 
 
