@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import oidc as oidc_mod
 from .. import ops
+from .._input import INT_MAX, decode_json
 from ..callers import tcp_peer
 from ..errors import AegisError, Forbidden, NotFound, RateLimited, Unauthorized, ValidationError
 from . import _browser, _sse, _terminal
@@ -158,10 +159,7 @@ async def _body(list_key: str | None = None) -> dict[str, Any]:
     data = await request.get_data(cache=False)
     if not data or not data.strip():
         return {}
-    try:
-        parsed = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ValidationError(f"request body is not valid JSON: {exc}") from None
+    parsed = decode_json(data, what="request body")
     if list_key is not None and isinstance(parsed, list):
         return {list_key: parsed}
     if not isinstance(parsed, dict):
@@ -184,8 +182,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
         return websocket if has_websocket_context() else request
 
     def _request_id() -> str:
-        rid = _conn().headers.get("X-Request-Id", "")
-        return rid if 0 < len(rid) <= 64 and rid.isprintable() else secrets.token_hex(8)
+        rid = _conn().headers.get("X-Request-Id", "")  # a client's own id is echoed only if it is plain ASCII
+        return rid if 0 < len(rid) <= 64 and rid.isascii() and rid.isprintable() else secrets.token_hex(8)
 
     failures: dict[str, list[float]] = {}
 
@@ -376,8 +374,12 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.errorhandler(Exception)
     async def _internal(exc: Exception) -> Response:
         rid = _request_id()
-        log.exception("http.internal_error", path=request.path, request_id=rid, error=repr(exc))
-        daemon.alerts.record("api_error", f"{request.method} {request.path} answered 500 ({type(exc).__name__}; "
+        conn = _conn()  # the terminal's WebSocket has no `request`
+        method = getattr(conn, "method", "WEBSOCKET")
+        log.exception("http.internal_error", path=conn.path, request_id=rid, error=repr(exc))
+        # the one place api_error is counted: a server fault. Client errors (4xx) are answered by the
+        # handlers above and never count toward alerts.
+        daemon.alerts.record("api_error", f"{method} {conn.path} answered 500 ({type(exc).__name__}; "
                                           f"request {rid})")
         return _json({"error": "internal error", "code": "INTERNAL_ERROR", "message": "internal error",
                       "requestId": rid}, 500, rid)
@@ -482,8 +484,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
             value = int(raw)
         except ValueError:
             raise ValidationError("Last-Event-ID must be an integer event id") from None
-        if value < 0:
-            raise ValidationError("Last-Event-ID must not be negative")
+        if not 0 <= value <= INT_MAX:
+            raise ValidationError("Last-Event-ID must be an event id between 0 and 2**63-1")
         return value
 
     async def _events(sid: str | None = None) -> Response:
