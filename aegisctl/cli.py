@@ -451,9 +451,12 @@ def whoami(c: Ctx) -> None:
     import httpx
 
     try:
-        res = httpx.post(url + "/v1/auth/verify", json={"token": token}, timeout=30).json()
+        resp = httpx.post(url + "/v1/auth/verify", json={"token": token}, timeout=30)
+        res = resp.json()
     except (httpx.HTTPError, ValueError) as exc:
         fail(f"cannot ask {url}: {exc}")
+    if resp.status_code == 429:  # too many failed attempts from here
+        fail(f"{url}: {res.get('message')} (retry in {resp.headers.get('Retry-After', '?')} s)")
     if c.json:
         out.echo_json(res)
     elif res.get("valid"):

@@ -153,6 +153,9 @@ class Daemon:
         self.keys.on_change = self.credentials.changed
         if self.oidc is not None:
             self.oidc.on_change = self.credentials.changed
+        from .auth import AuthThrottle
+
+        self.auth_throttle = AuthThrottle()  # failed authentications, per IP and credential (every surface)
         self._config_watch = ConfigWatch(config)
 
     def _agent_pids(self) -> dict[int, str]:
@@ -204,8 +207,8 @@ class Daemon:
         return Principal(kind="key", key_id=key.id, role=key.role, name=f"key:{key.name}",
                          permissions=effective_permissions(key), credential=Credential("key", secret_digest(token)))
 
-    def note_auth_failure(self, ip: str) -> None:
-        self.audit_record(None, "auth.failure", detail={"ip": ip})
+    def note_auth_failure(self, ip: str, *, via: str | None = None) -> None:
+        self.audit_record(None, "auth.failure", detail={"ip": ip} if via is None else {"ip": ip, "via": via})
 
     def authorize(self, ctx: OpContext, op: Op, params: Any) -> None:
         perm = op.permission
@@ -322,8 +325,8 @@ class Daemon:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def check_bind_safety(self) -> None:
-        if not is_loopback(self.config.host) and not self.config.authToken and not self.keys.has_keys() \
-                and self.oidc is None:
+        if not is_loopback(self.config.host) and not self.config.authToken and not self.keys.has_usable_keys() \
+                and self.oidc is None:  # expired keys authenticate nobody: they do not count
             raise ValidationError(
                 f"refusing to listen on non-loopback address {self.config.host} without authentication: "
                 "set AEGIS_AUTH_TOKEN (or authToken in the config), or bind 127.0.0.1")
@@ -425,6 +428,7 @@ class Daemon:
 async def _main(config: Config) -> int:
     shutdown = trio.Event()
     daemon = Daemon(config)
+    daemon.check_bind_safety()  # refused plainly (exit 2), not from inside a nursery's exception group
     # The receiver wraps the nursery, so a second signal during cleanup is ours too (not a default death).
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:

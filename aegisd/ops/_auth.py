@@ -141,11 +141,18 @@ async def set_quotas(ctx: OpContext, p: QuotaParams) -> dict[str, Any]:
     return key_view(key)
 
 
-@op("auth.verify", VerifyParams, summary="Is this token valid, and with which role?", permission="public")
+@op("auth.verify", VerifyParams, permission="public",
+    summary="Is this token valid, and with which role? (Throttled and audited like any failed authentication)")
 async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
-    principal = ctx.daemon.authenticate(p.token, ip=ctx.ip)
+    # an oracle for guessing tokens unless it is throttled and audited like any failed authentication
+    d = ctx.daemon
+    d.auth_throttle.guard(ctx.ip, p.token)
+    principal = d.authenticate(p.token, ip=ctx.ip)
     if principal is None:
+        d.auth_throttle.failed(ctx.ip, p.token)
+        d.note_auth_failure(ctx.ip, via="auth.verify")
         return {"valid": False}
+    d.auth_throttle.succeeded(ctx.ip, p.token)
     return {"valid": True, "role": principal.role, "name": principal.name}
 
 
@@ -153,6 +160,7 @@ async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
 async def sse_token(ctx: OpContext, p: Empty) -> dict[str, Any]:
     owner = f"{ctx.principal.kind}:{ctx.principal.key_id}"
     token, ttl = ctx.daemon.sse_tokens.mint(ctx.principal, owner)
+    ctx.daemon.auth_throttle.vouch(ctx.ip, token)  # minted by a caller proven valid from there
     return {"token": token, "expiresAt": now_ms() + int(ttl * 1000)}
 
 
