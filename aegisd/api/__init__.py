@@ -125,6 +125,8 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/auth/keys/rotate", "auth.keys.rotate", "body", 200),
     (("POST",), "/v1/auth/verify", "auth.verify", "body", 200),
     (("POST",), "/v1/auth/sse-token", "auth.sse_token", "none", 201),
+    (("GET",), "/v1/auth/whoami", "auth.whoami", "none", 200),
+    (("GET",), "/v1/auth/users", "auth.users", "none", 200),
 ]
 MASTER_RATE_PER_MIN = 6000
 AGENT_RATE_PER_MIN = 1200  # a session's agent and its tools, over HTTP
