@@ -396,6 +396,12 @@ async def test_overview_leads_with_what_needs_attention(daemon_factory: Any, wor
         assert sent.value.post_data_json == {"requestId": req}
         expect(item).to_have_count(0)
         expect(page.locator("#toast")).to_contain_text("Approved Run in wants-make")
+        # a request made now shows up without a reload (SSE)
+        with httpx.Client(base_url=base) as api:
+            assert api.post("/v1/sessions", json={"workDir": str(workdir), "name": "asks-later",
+                                                  "prompt": "tool:edit:Edit:notes.md", "reuse": False}
+                            ).status_code == 201
+        expect(page.locator(".pending-item", has_text="asks-later")).to_contain_text("Edit")
         # the session view shows what the agent reports: its model, the ones it offers, and the last error
         page.locator(f".trouble-item[data-session='{failed['id']}'] a").click()
         expect(page.locator("#s-name")).to_have_text("not-signed-in")
@@ -590,3 +596,43 @@ async def test_pipelines_empty_state_and_stage_links(daemon: DaemonHandle, workd
     with trio.fail_after(90):
         pid = await trio.to_thread.run_sync(partial(_browse, scenario, viewport(width)))
     assert (await daemon.http.get(f"/v1/pipelines/{pid}")).json()["status"] == "completed"
+
+
+async def test_overview_approves_the_request_it_shows(daemon: DaemonHandle, workdir: Path, tmp_path: Path) -> None:
+    """In place as on the session page: two requests pending, the Overview shows the first, which is decided
+    elsewhere before the page hears of it. Approve names the request shown: nothing is decided, the page says which
+    one is pending and shows it; approving that one then works. At a phone's width."""
+    import re
+
+    from ..test_security_approve import pending, two_pending
+
+    sid, first, second = await two_pending(daemon, workdir)
+    base = daemon.daemon.http_url
+
+    def scenario(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        page.route(re.compile(r"/v1/events"), lambda route: route.abort())  # no live refresh: a stale tab
+        page.goto(base + "/dashboard/#/overview")
+        item = page.locator(f".pending-item[data-session='{sid}']")
+        expect(item).to_have_attribute("data-request-id", first)
+        check_layout(page, 390, buttons=".pending-item button")
+        with httpx.Client(base_url=base) as api:
+            assert api.post(f"/v1/sessions/{sid}/reject", json={"requestId": first}).status_code == 200
+        with page.expect_request(lambda r: r.url.endswith("/approve")) as req:
+            item.locator("button.approve").click()
+        assert req.value.post_data_json == {"requestId": first}
+        expect(page.locator("#toast")).to_contain_text(f"the pending one is {second}")
+        expect(item).to_have_attribute("data-request-id", second)  # what is true now
+        assert pending(daemon, sid) == second
+        with page.expect_request(lambda r: r.url.endswith("/approve")) as req:
+            item.locator("button.approve").click()
+        assert req.value.post_data_json == {"requestId": second}
+        expect(item).to_have_count(0)
+        shot(page, tmp_path, "overview-decided-390")
+
+    with trio.fail_after(90):
+        await trio.to_thread.run_sync(partial(_browse, scenario, viewport(390)))
+    audit = (await daemon.http.get("/v1/audit?action=permission.*")).json()["records"]
+    assert [(a["action"], a["detail"]["requestId"]) for a in audit] == [("permission.reject", first),
+                                                                        ("permission.approve", second)]

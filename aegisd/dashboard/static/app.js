@@ -4,7 +4,8 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { token: sessionStorage.getItem("aegis.token") || "", sessions: [], current: null, me: null,
-                source: null, refreshTimer: null, refreshViews: new Set(), gPending: false, range: "day" };
+                source: null, refreshTimer: null, refreshViews: new Set(), usageChanged: false,
+                gPending: false, range: "day" };
 const VIEWS = ["overview", "sessions", "pipelines", "audit", "users"];
 const ENDED = ["completed", "killed", "crashed"];
 // global events that change what the Overview, Pipelines and Users views show (not every chunk of text)
@@ -153,6 +154,8 @@ function stopLive() {
   $("live").textContent = "offline"; $("live").className = "live off";
 }
 
+// Many events in a burst: one refresh. The session list and the open session follow within 150 ms; the Overview,
+// Pipelines and Users views (several requests each) at most once a second, and only when a state changed.
 function scheduleRefresh(ev) {
   const view = currentView();
   const changesState = STATE_EVENTS.has(ev.event);
@@ -160,15 +163,23 @@ function scheduleRefresh(ev) {
   else if (view === "sessions" || (changesState && ["overview", "pipelines", "users"].includes(view))) {
     state.refreshViews.add(view);
   }
+  if (ev.event === "session_turn") state.usageChanged = true;  // the plots change with turns only
   if (!state.refreshViews.size || state.refreshTimer) return;
-  state.refreshTimer = setTimeout(async () => {  // many events in a burst: one refresh
+  const delay = ["session", "sessions"].includes(view) ? 150 : 1000;
+  state.refreshTimer = setTimeout(async () => {
     state.refreshTimer = null;
     const due = state.refreshViews;
     state.refreshViews = new Set();
     const now = currentView();
     if (!due.has(now)) return;
-    try { await load(now); } catch (e) { /* shown by the next explicit action */ }
-  }, 150);
+    try {
+      if (now === "overview") {
+        const plots = state.usageChanged;
+        state.usageChanged = false;
+        await loadOverview({ plots, health: false });
+      } else await load(now);
+    } catch (e) { /* shown by the next explicit action */ }
+  }, delay);
 }
 
 // ---- views -------------------------------------------------------------------------------------
@@ -209,16 +220,16 @@ async function route() {
 }
 
 // ---- Overview: what needs attention first, then counts and activity -----------------------------
-async function loadOverview() {
+async function loadOverview(what) {
+  const { plots = true, health = true } = what || {};
   const list = (status, limit) => api("GET", "/v1/sessions?status=" + status + "&limit=" + limit);
-  const [waiting, stalled, crashed, live, stats, health] = await Promise.all([
-    list("permission_prompt", 100), list("stalled", 100), list("crashed", 20), list("active", 100),
-    api("GET", "/v1/sessions/stats"), api("GET", "/v1/health")]);
+  const [waiting, live, crashed, stats] = await Promise.all([
+    list("permission_prompt", 100), list("active", 100), list("crashed", 20), api("GET", "/v1/sessions/stats")]);
   renderPending(waiting.sessions.filter((s) => s.pendingPermission));
   const dayAgo = Date.now() - 86400000;
-  const trouble = [...stalled.sessions,
+  const trouble = [...live.sessions.filter((s) => s.status === "stalled"),
                    ...crashed.sessions.filter((s) => (s.endedAt || s.lastActivity) >= dayAgo),
-                   ...live.sessions.filter((s) => s.lastError && s.status !== "stalled")];
+                   ...live.sessions.filter((s) => s.lastError && !["stalled", "permission_prompt"].includes(s.status))];
   renderTrouble(trouble);
   $("all-clear").hidden = $("pending-list").children.length + trouble.length > 0;
   const cards = $("cards");
@@ -227,8 +238,11 @@ async function loadOverview() {
   add("active", stats.active);
   for (const [status, n] of Object.entries(stats.byStatus)) add(status, n);
   add("created", stats.totalCreated);
-  $("health").textContent = `aegisd ${health.version} · ${health.status} · up ${Math.round(health.uptime)} s · store ${health.store}`;
-  await loadPlots();
+  if (health) {
+    const h = await api("GET", "/v1/health");
+    $("health").textContent = `aegisd ${h.version} · ${h.status} · started ${when(Date.now() - h.uptime * 1000)} · store ${h.store}`;
+  }
+  if (plots) await loadPlots();
 }
 
 function renderPending(sessions) {
@@ -267,7 +281,7 @@ async function decideInPlace(s, verb, buttons) {
   } catch (e) {
     if (e.message !== "unauthorized") toast(verb + ": " + e.message);
   }
-  loadOverview().catch(() => {});
+  loadOverview({ plots: false, health: false }).catch(() => {});  // what is true now
 }
 
 function troubleLine(s) {
