@@ -91,6 +91,7 @@ class Daemon:
         self.pid = os.getpid()
         self.started_at = time.time()
         self.draining = False
+        self._shutdown: trio.Event | None = None  # run()'s; set by request_stop (the daemon.stop operation)
         self.store: Store = open_store(config)
         self.bus = EventBus(self.store)
         self.lifeline = Lifeline(grace=config.killGraceMs / 1000)
@@ -188,6 +189,12 @@ class Daemon:
     @property
     def auth_enabled(self) -> bool:
         return bool(self.auth_token) or self.keys.has_keys() or self.oidc is not None
+
+    def request_stop(self) -> None:
+        """Stop as SIGTERM does: the `daemon.stop` operation (`ag stop`)."""
+        if self._shutdown is not None and not self._shutdown.is_set():
+            log.info("aegisd.stop_requested")
+            self._shutdown.set()
 
     def authenticate(self, token: str, *, ip: str = "local") -> Principal | None:
         from .auth import Credential, effective_permissions, secret_digest
@@ -341,6 +348,7 @@ class Daemon:
         from .control import serve_control
 
         self.check_bind_safety()
+        self._shutdown = shutdown
         cfg = self.config
         cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.store.open()

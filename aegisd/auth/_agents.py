@@ -28,7 +28,7 @@ AGENT_ACCESS: dict[str, Access] = {
         "session.metrics", "session.latency", "session.tools", "session.children", "session.pane",
         "session.stats", "sessions.health", "session.permissions.get", "session.permission_profile.get",
         "usage.session", "pipeline.list", "pipeline.get", "auth.sse_token", "template.list", "template.get",
-        "usage.tiers",
+        "usage.tiers", "auth.whoami",
     ), "read"),
     **dict.fromkeys(("session.create", "sessions.batch_create", "session.spawn", "session.fork",
                      "pipeline.create"), "create"),

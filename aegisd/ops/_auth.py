@@ -166,14 +166,20 @@ async def sse_token(ctx: OpContext, p: Empty) -> dict[str, Any]:
     return {"token": token, "expiresAt": now_ms() + int(ttl * 1000)}
 
 
-@op("auth.whoami", Empty, summary="Who the caller is: kind, role, name, key id and permissions")
+@op("auth.whoami", Empty, summary="Who the caller is: kind (local, master, key, oidc, agent), role, name, key id, "
+                                  "permissions, its session (an agent), and whether the daemon asks for "
+                                  "authentication at all")
 async def whoami(ctx: OpContext, p: Empty) -> dict[str, Any]:
     from ..auth import ROLE_PERMISSIONS
 
+    d = ctx.daemon
     pr = ctx.principal
     perms = pr.permissions if pr.permissions is not None else ROLE_PERMISSIONS.get(pr.role, frozenset())
     return {"kind": pr.kind, "role": pr.role, "name": pr.name, "keyId": pr.key_id,
-            "permissions": sorted(ROLE_PERMISSIONS["admin"] if pr.role == "admin" else perms)}
+            "permissions": sorted(ROLE_PERMISSIONS["admin"] if pr.role == "admin" else perms),
+            # for `ag whoami`: an agent's session; and whether this daemon wants a credential at all
+            "sessionId": pr.session_id, "authRequired": d.auth_enabled, "sso": d.oidc is not None,
+            "strictRbac": d.config.strictRbac}
 
 
 USER_SESSIONS = 20  # sessions listed per owner (newest first); sessionCount has them all

@@ -137,11 +137,15 @@ class Verified(msgspec.Struct):
 
 
 class WhoAmI(msgspec.Struct):
-    kind: str  # local | master | key | oidc
+    kind: str  # local | master | key | oidc | agent
     role: str
     name: str
     keyId: str | None
     permissions: list[str]
+    sessionId: str | None = None  # kind agent: the session whose process tree is calling
+    authRequired: bool = False  # whether this daemon asks for a credential at all (false: zero-config)
+    sso: bool = False  # single sign-on is set up
+    strictRbac: bool = False
 
 
 class QuotaUsage(msgspec.Struct):
