@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import subprocess
@@ -18,19 +20,72 @@ def state_dir(env: dict[str, str] | None = None) -> Path:
     return Path(os.path.expanduser(env.get("AEGIS_STATE_DIR") or "~/.aegis"))
 
 
-def port_of(port: int | None = None) -> int:
+def requested_port(port: int | None = None) -> int | None:
+    """The HTTP port the user named: --port, else AEGIS_PORT (0, "any free port", names no daemon)."""
     if port:
         return port
     try:
-        return int(os.environ.get("AEGIS_PORT") or 9100)
+        return int(os.environ.get("AEGIS_PORT") or 0) or None
     except ValueError:
-        return 9100
+        return None
+
+
+def port_of(port: int | None = None) -> int:
+    return requested_port(port) or 9100
+
+
+def health_at(port: int, timeout: float = 3.0) -> dict[str, Any] | None:
+    """`GET /v1/health` (public) of whatever listens on 127.0.0.1:port; None when nothing answers there.
+    Raises ConnectError when something answers that is not aegisd."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/v1/health", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        body = resp.read()
+    except ConnectionRefusedError:
+        return None
+    except OSError as exc:
+        raise ConnectError(f"127.0.0.1:{port} does not answer as aegisd ({exc})") from None
+    finally:
+        conn.close()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if resp.status != 200 or not isinstance(data, dict) or "pid" not in data:
+        raise ConnectError(f"127.0.0.1:{port} is not aegisd (HTTP {resp.status} to /v1/health)")
+    return data
+
+
+def _connect_port(port: int, socket_path: str | None, token: str | None) -> Client:
+    """The daemon on this HTTP port: through its control socket when this user can reach it (learnt from its
+    `hello`, or the configured socket when that is the same daemon), else over HTTP."""
+    health = health_at(port)
+    if health is None:
+        raise ConnectError(f"aegisd is not running on port {port} (nothing answers on 127.0.0.1:{port})")
+    http_client = Client(url=f"http://127.0.0.1:{port}", token=token, timeout=60)
+    sockets: list[str] = []
+    try:
+        sockets.append(http_client.call("hello")["socket"])
+    except ClientError:
+        pass  # it wants a token we do not have: maybe the socket needs none
+    sockets.append(str(socket_path or default_socket_path()))
+    for path in dict.fromkeys(sockets):
+        sock = Client(socket_path=path)
+        try:
+            if sock.call("hello").get("pid") == health["pid"]:
+                return sock
+        except ClientError:
+            pass
+        sock.close()
+    return http_client
 
 
 def connect(*, socket_path: str | None = None, url: str | None = None, port: int | None = None,
             probe: bool = True) -> Client:
-    """A client for the daemon: --url / AEGIS_URL means HTTP; otherwise the socket, falling back to HTTP on
-    127.0.0.1:<port> when only TCP answers. Raises ConnectError when nothing answers."""
+    """A client for the daemon: --url / AEGIS_URL means HTTP; --port / AEGIS_PORT the daemon on that port
+    (through its socket when possible); otherwise the socket, falling back to HTTP on 127.0.0.1:9100 when only
+    TCP answers. Raises ConnectError when nothing answers."""
     token = os.environ.get("AEGIS_AUTH_TOKEN") or None
     url = url or os.environ.get("AEGIS_URL") or None
     if url:
@@ -39,6 +94,9 @@ def connect(*, socket_path: str | None = None, url: str | None = None, port: int
 
             token = stored_token(url)  # from `ag login`
         return Client(url=url, token=token)
+    wanted = requested_port(port)
+    if wanted is not None and probe:
+        return _connect_port(wanted, socket_path, token)
     client = Client(socket_path=socket_path or default_socket_path())
     if not probe:
         return client
@@ -68,9 +126,9 @@ def systemd_unit_installed() -> bool:
 
 def start_background(*, port: int | None = None, quiet: bool = False, timeout: float = 30.0) -> dict[str, Any]:
     """Start aegisd detached (or through `systemctl --user` when the unit is installed) and wait until it
-    answers. Returns the daemon's `hello`."""
+    answers. Returns the daemon's `hello`. With a port, aegisd is started on that port (the unit has its own)."""
     log_path = state_dir() / "aegisd.log"
-    if systemd_unit_installed():
+    if systemd_unit_installed() and not port:
         subprocess.run(["systemctl", "--user", "start", "aegisd"], check=False)
         proc = None
     else:
@@ -98,4 +156,48 @@ def start_background(*, port: int | None = None, quiet: bool = False, timeout: f
         if time.monotonic() > deadline:
             raise ConnectError(f"aegisd did not answer within {timeout:g} s; see {log_path}")
         time.sleep(delay)  # waiting on another process to come up: a bounded poll with backoff
+        delay = min(delay * 2, 0.25)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def is_local(client: Client) -> bool:
+    """Whether the daemon behind this client runs on this machine (its pid means something here)."""
+    if client.url is None:
+        return True
+    from urllib.parse import urlsplit
+
+    host = urlsplit(client.url).hostname or ""
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def wait_gone(client: Client, pid: int, timeout: float) -> bool:
+    """Wait until the daemon has exited: its pid is gone (local), or it stops answering (remote). Another
+    process's death gives no event, so this polls, bounded by the timeout. True when it is gone."""
+    local = is_local(client)
+    client.close()
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        if local:
+            if not pid_alive(pid):
+                return True
+        else:
+            try:
+                client.call("health")
+            except ConnectError:
+                return True
+            except ClientError:
+                pass
+            client.close()
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
         delay = min(delay * 2, 0.25)

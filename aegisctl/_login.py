@@ -90,7 +90,7 @@ def device_login(http: Any, url: str, *, show: Callable[[str], None],
     """Run the device flow against the server at url with an httpx.Client; saves and returns the entry."""
     info = http.get(url + "/v1/auth/oidc").json()
     if not info.get("enabled"):
-        raise LoginError(f"{url} has no single sign-on configured (AEGIS_OIDC_ISSUER, AEGIS_OIDC_CLIENT_ID)")
+        raise LoginError(no_sso_message(url))
     client_id = info["clientId"]
     r = http.post(url + "/v1/auth/device/authorize", json={"client_id": client_id, "scope": info.get("scopes")})
     start = r.json()
@@ -121,5 +121,25 @@ def device_login(http: Any, url: str, *, show: Callable[[str], None],
     raise LoginError("the sign-in was not confirmed in time")
 
 
+def no_sso_message(url: str) -> str:
+    """Single sign-on is the daemon's setting, not the CLI's: say where it goes."""
+    here = [v for v in ("AEGIS_OIDC_ISSUER", "AEGIS_OIDC_CLIENT_ID") if os.environ.get(v)]
+    note = (f"\n  ({' and '.join(here)} {'is' if len(here) == 1 else 'are'} set in this shell, but only the daemon "
+            "reads them)") if here else ""
+    return (f"the daemon at {url} has no single sign-on. The OIDC settings belong to the daemon, not to `ag`: set "
+            "AEGIS_OIDC_ISSUER and AEGIS_OIDC_CLIENT_ID in the daemon's environment (or `oidc: {issuer, "
+            "clientId}` in its config file), restart it (`ag stop`, then start it again; under systemd add them with "
+            "`systemctl --user edit aegisd` as Environment= lines, then `systemctl --user restart aegisd`), then run "
+            "`ag login` again." + note)
+
+
 class LoginError(Exception):
     pass
+
+
+def token_expiry(url: str, now: float | None = None) -> float | None:
+    """Seconds until the token saved for this server expires (None: none saved, or no expiry known)."""
+    entry = _load().get(origin(url))
+    if not isinstance(entry, dict) or entry.get("expires_at") is None:
+        return None
+    return float(entry["expires_at"]) - (now or time.time())

@@ -146,6 +146,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("delete_template", "template.delete", {"templateId": "id"}),
     Tool("state_list", "memory.list"),
     Tool("server_info", "hello", hint="Inside a session, session names the session this caller is scoped to."),
+    Tool("whoami", "auth.whoami", hint="What these tools may do: as a session's agent, only its own session tree."),
 )
 
 

@@ -62,6 +62,29 @@ def uninstall() -> int:
     return 0
 
 
+def unit_main_pid() -> int | None:
+    """The pid of the daemon the user unit runs (systemd's MainPID), or None: no unit, no systemctl, or the unit
+    is not running. A daemon whose pid this is runs under the unit, so `systemctl --user` must stop it (else
+    Restart=on-failure or a later `start` would surprise the user)."""
+    if not UNIT_PATH.exists() or shutil.which("systemctl") is None:
+        return None
+    try:
+        p = subprocess.run(["systemctl", "--user", "show", "--property=MainPID", "--value", "aegisd"],
+                           capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    try:
+        pid = int(p.stdout.strip() or 0) if p.returncode == 0 else 0
+    except ValueError:
+        return None
+    return pid or None
+
+
+def stop_unit() -> int:
+    """`systemctl --user stop aegisd` (it returns once the unit has stopped)."""
+    return subprocess.run(["systemctl", "--user", "stop", "aegisd"], check=False).returncode
+
+
 def status() -> int:
     if not UNIT_PATH.exists():
         click.echo(f"Not installed ({UNIT_PATH} missing). Install with `ag service install`.")

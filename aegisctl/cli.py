@@ -53,6 +53,8 @@ def explain(exc: ClientError) -> NoReturn:
              "`ag login` where single sign-on is set up")
     if exc.status == 403:
         fail(f"{exc.message}\n  your token's role does not allow this")
+    if exc.code == "VALIDATION_ERROR":  # the daemon's message says what to give instead: as is
+        fail(exc.message)
     fail(f"{exc.message} ({exc.code})")
 
 
@@ -77,7 +79,14 @@ class AegisGroup(click.Group):
 @click.version_option(None, "-v", "--version", package_name="aegis-py", prog_name="ag")
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str | None, url: str | None, json_out: bool) -> None:
-    """Aegis: supervise coding-agent sessions. With no command, runs the server in the foreground."""
+    """Aegis: supervise coding-agent sessions. With no command, runs the server in the foreground.
+
+    \b
+    Which daemon the commands talk to:
+      --url / AEGIS_URL   that daemon, over HTTP (AEGIS_AUTH_TOKEN, or the token of `ag login`);
+      AEGIS_PORT          the daemon on that port of this machine (also --port of run, stop, mcp),
+                          through its socket when this user can reach it;
+      otherwise           the control socket (--socket / AEGIS_SOCKET, default ~/.aegis/aegisd.sock)."""
     ctx.obj = Ctx(socket_path, url, json_out)
     if ctx.invoked_subcommand is None:
         ctx.invoke(serve)
@@ -120,7 +129,52 @@ def serve(host: str | None = None, port: int | None = None, config_path: str | N
 
 
 @cli.command()
-@click.option("--port", type=int, help="HTTP port to fall back to when the socket does not answer.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True,
+              help="Seconds to wait until the daemon is gone (it ends its sessions' agents first).")
+@click.option("--port", type=int, help="The daemon on this HTTP port (also AEGIS_PORT).")
+@json_option
+@pass_ctx
+def stop(c: Ctx, timeout: float, port: int | None) -> None:
+    """Stop the daemon the CLI talks to, and wait until it is gone.
+
+    Under the systemd user unit (`ag service install`) through `systemctl --user stop aegisd`, else by asking the
+    daemon (admins only; never a session's agent). Exit 1 when no daemon answers."""
+    from ._conn import is_local, wait_gone
+    from ._service import stop_unit, unit_main_pid
+
+    try:
+        client = c.client(port)
+        hello = client.call("hello")
+    except ConnectError as exc:
+        fail(f"no daemon running: {exc.message}")
+    pid, where = int(hello["pid"]), hello.get("httpUrl") or client.target
+    if is_local(client) and unit_main_pid() == pid:
+        via = "systemd"
+        if not c.json:
+            click.echo(f"aegisd (pid {pid}) runs under the systemd user unit: systemctl --user stop aegisd", err=True)
+        code = stop_unit()
+        if code != 0:
+            fail(f"`systemctl --user stop aegisd` failed (exit code {code}); see `ag service status`")
+    else:
+        via = "daemon.stop"
+        answered = False
+        try:  # one event, sent before the daemon starts stopping; then it closes the stream
+            for _ev in client.stream("daemon.stop"):
+                answered = True
+        except ConnectError:
+            if not answered:
+                raise
+    if not wait_gone(client, pid, timeout):
+        fail(f"aegisd (pid {pid}) is still stopping after {timeout:g} s (it stops its sessions' agents first); "
+             f"wait, or end it with `kill {pid}`")
+    if c.json:
+        out.echo_json({"stopped": True, "pid": pid, "httpUrl": where, "via": via})
+    else:
+        click.echo(f"Stopped aegisd (pid {pid}, {where}).")
+
+
+@cli.command()
+@click.option("--port", type=int, help="The daemon on this HTTP port (also AEGIS_PORT; default: the socket).")
 @click.pass_obj
 def mcp(obj: Ctx, port: int | None) -> None:
     """Serve MCP on stdin/stdout, so an agent can drive sessions: `claude mcp add aegis -- ag mcp`.
@@ -134,6 +188,10 @@ def mcp(obj: Ctx, port: int | None) -> None:
 
 
 # ---- sessions -------------------------------------------------------------------------------------------
+_REUSE_HELP = ("Reuse an idle session of the same workDir and agent (and model) when there is one, instead of "
+               "starting a new agent. Without it the CLI always starts a new session (the API reuses by default).")
+
+
 def _short(sid: str) -> str:
     return sid[:8]
 
@@ -152,9 +210,47 @@ def _next_steps(s: dict[str, Any], base_url: str | None) -> None:
 
 
 def _create_params(cwd: str, prompt: str | None, name: str | None, model: str | None, agent: str | None,
-                   mode: str | None) -> dict[str, Any]:
-    return {"workDir": str(Path(cwd).expanduser().absolute()), "prompt": prompt, "name": name, "model": model,
-            "agent": agent, "permissionMode": mode, "reuse": False}
+                   mode: str | None, reuse: bool = False) -> dict[str, Any]:
+    """session.create's params. Unlike the API, the CLI reuses an idle session only when asked (--reuse); the
+    project's .aegis/config.yaml gives the default name and model (`ag init --name/--model`)."""
+    from ._init import project_defaults
+
+    work = Path(cwd).expanduser().absolute()
+    defaults = project_defaults(work)
+    return {"workDir": str(work), "prompt": prompt, "name": name or defaults.get("name"),
+            "model": model or defaults.get("model"), "agent": agent, "permissionMode": mode, "reuse": reuse}
+
+
+def _check_prompt(prompt: str | None, example: str) -> None:
+    """An empty or blank prompt is a usage error: the agent would get nothing to do (and `ag run` would wait for
+    a turn that never comes)."""
+    if prompt is not None and not prompt.strip():
+        fail(f"the prompt is empty: tell the agent what to do, e.g. {example}", EXIT_USAGE)
+
+
+def _failure_lines(s: dict[str, Any]) -> list[str]:
+    """Why a session failed, for people: the crash reason, then lastError (one line with the fix)."""
+    lines = []
+    crash = s.get("crash") or {}
+    if crash.get("reason"):
+        lines.append(str(crash["reason"]))
+    last = (s.get("lastError") or {}).get("message")
+    if last and last not in lines:
+        lines.append(str(last))
+    return lines
+
+
+def _fail_start(s: dict[str, Any]) -> NoReturn:
+    lines = _failure_lines(s) or ["unknown reason"]
+    fail("the agent failed to start: " + "\n  ".join(lines))
+
+
+def _say_created(s: dict[str, Any]) -> None:
+    if s.get("reused"):
+        click.echo(f"Reused idle session: {s['name']} (its agent was waiting in {s['workDir']}; --reuse)")
+    else:
+        click.echo(f"Session created: {s['name']}")
+    click.echo(f"ID: {s['id']}")
 
 
 @cli.command()
@@ -165,19 +261,25 @@ def _create_params(cwd: str, prompt: str | None, name: str | None, model: str | 
 @click.option("--agent", help="Agent to run (default: the configured default, claude).")
 @click.option("--permission-mode", type=click.Choice(["default", "plan", "acceptEdits", "bypassPermissions",
                                                       "dontAsk", "auto"]))
+@click.option("--reuse", is_flag=True, help=_REUSE_HELP)
 @json_option
 @pass_ctx
 def create(c: Ctx, prompt: str | None, cwd: str, name: str | None, model: str | None, agent: str | None,
-           permission_mode: str | None) -> None:
-    """Create a session (optionally with a first prompt) and print its id."""
-    s = c.call("session.create", **_create_params(cwd, prompt, name, model, agent, permission_mode))
+           permission_mode: str | None, reuse: bool) -> None:
+    """Create a session (optionally with a first prompt) and print its id.
+
+    Without PROMPT the session waits for `ag send`; an empty or blank PROMPT is a usage error. The name and
+    model default to `name`/`model` of the project's .aegis/config.yaml (`ag init --name/--model`)."""
+    _check_prompt(prompt, f'ag create "List the main technologies." --cwd {cwd}')
+    s = c.call("session.create", **_create_params(cwd, prompt, name, model, agent, permission_mode, reuse))
     if c.json:
         out.echo_json(s)
+        if s["status"] == "crashed":
+            sys.exit(EXIT_ERROR)
         return
-    click.echo(f"Session created: {s['name']}")
-    click.echo(f"ID: {s['id']}")
+    _say_created(s)
     if s["status"] == "crashed":
-        fail(f"the agent failed to start: {(s.get('crash') or {}).get('reason', 'unknown reason')}")
+        _fail_start(s)
     hello = c.call("hello")
     _next_steps(s, hello.get("httpUrl"))
 
@@ -216,12 +318,20 @@ def show(c: Ctx, session_id: str) -> None:
     if c.json:
         out.echo_json(s)
         return
-    for key in ("id", "name", "status", "agent", "workDir", "permissionMode", "model", "turns",
+    for key in ("id", "name", "status", "agent", "workDir", "permissionMode", "model", "requestedModel", "turns",
                 "transcriptCount", "pid", "endReason"):
+        if key == "requestedModel" and s.get(key) == s.get("model"):
+            continue  # the agent reports the model asked for
         if s.get(key) not in (None, ""):
             val = out.status_text(s[key]) if key == "status" else s[key]
             click.echo(f"{key:>16}: {val}")
+    if s.get("models"):
+        click.echo(f"{'models offered':>16}: {', '.join(s['models'])}")
     click.echo(f"{'created':>16}: {out.age(s['createdAt'])} ago")
+    if s.get("lastError"):
+        err = s["lastError"]
+        click.echo(f"{'last error':>16}: {out.style(err['message'], fg='red')} ({err['kind']}, "
+                   f"{out.age(err.get('at'))} ago)")
     if s.get("pendingPermission"):
         p = s["pendingPermission"]
         click.echo(f"{'waiting for':>16}: {p['toolTitle']} {out.one_line(p.get('rawInput'))}")
@@ -391,9 +501,18 @@ def screenshot(c: Ctx, session_id: str, url: str, output: str, width: int, heigh
 
 
 def _server_url(c: Ctx) -> str:
+    """The HTTP address of the daemon the CLI talks to: --url, else the one the daemon gives in its `hello`."""
     from ._conn import port_of
 
-    return (c.url or f"http://127.0.0.1:{port_of()}").rstrip("/")
+    if c.url:
+        return c.url.rstrip("/")
+    try:
+        client = c.client()
+        if client.url:
+            return client.url.rstrip("/")
+        return str(client.call("hello")["httpUrl"]).rstrip("/")
+    except ClientError:
+        return f"http://127.0.0.1:{port_of()}"
 
 
 @cli.command()
@@ -441,25 +560,48 @@ def logout(c: Ctx) -> None:
 @json_option
 @pass_ctx
 def whoami(c: Ctx) -> None:
-    """Who the server takes you for (the token from AEGIS_AUTH_TOKEN or `ag login`)."""
-    from ._login import stored_token
+    """Who the daemon takes you for: the local user (the socket, or zero-config loopback), a key, a single
+    sign-on identity (`ag login`), or the agent of a session when run inside one."""
+    import getpass
 
-    url = _server_url(c)
-    token = os.environ.get("AEGIS_AUTH_TOKEN") or stored_token(url)
-    if not token:
-        fail(f"no token for {url}: set AEGIS_AUTH_TOKEN or run `ag login`")
-    import httpx
-
-    try:
-        res = httpx.post(url + "/v1/auth/verify", json={"token": token}, timeout=30).json()
-    except (httpx.HTTPError, ValueError) as exc:
-        fail(f"cannot ask {url}: {exc}")
+    client = c.client()
+    res = client.call("auth.whoami")
+    target = client.target
     if c.json:
-        out.echo_json(res)
-    elif res.get("valid"):
-        click.echo(f"{res['name']} ({res['role']}) on {url}")
-    else:
-        fail(f"the token for {url} is not valid (expired? run `ag login`)")
+        out.echo_json({**res, "server": target})
+        return
+    kind, role = res["kind"], res["role"]
+    if kind == "agent":
+        click.echo(f"the agent of session {res['sessionId']} on {target}")
+        click.echo("  you run inside that session: you may read it, and create and drive sessions of your own; "
+                   "never approve its prompts, send to it or end it, manage keys, or see other sessions")
+        return
+    if kind == "local":
+        click.echo(f"{getpass.getuser()} ({role}) on {target}")
+        how = "the control socket lets your user in" if client.url is None else \
+            "loopback clients of the daemon's own user are let in"
+        if not res["authRequired"]:
+            click.echo(f"  the local user, zero-config: {how} without a token (this daemon has no token, API keys "
+                       "or single sign-on)")
+        elif client.url is None:
+            click.echo(f"  the local user: {how} without a token; HTTP clients need one (AEGIS_AUTH_TOKEN, an API "
+                       "key, or `ag login`)")
+        if role != "admin":
+            click.echo("  strictRbac is on: local callers are viewers")
+        return
+    line = f"{res['name']} ({role}) on {target}"
+    if kind == "oidc" and client.url:
+        from ._login import token_expiry
+
+        left = token_expiry(client.url)
+        if left is not None:
+            line += f" (token expires in {max(0, int(left // 60))}m)"
+    click.echo(line)
+    if kind == "master":
+        click.echo("  the master token (AEGIS_AUTH_TOKEN of the daemon)")
+    elif kind == "key":
+        click.echo(f"  API key {res['keyId']}" + (f", permissions {', '.join(res['permissions'])}"
+                                                  if res.get("permissions") is not None else ""))
 
 
 @cli.command()
@@ -553,6 +695,7 @@ def _stream_turn(c: Ctx, sid: str, *, interactive: bool, accept: bool, quiet: bo
     last_id = after
     interrupts = 0
     stop_reason: str | None = None
+    turn_error: str | None = None
     mid_line = False
     while True:
         stream: Iterator[dict[str, Any]] = c.client().stream("session.follow", id=sid, untilIdle=True,
@@ -595,12 +738,13 @@ def _stream_turn(c: Ctx, sid: str, *, interactive: bool, accept: bool, quiet: bo
                                    f"   reject: ag reject {_short(sid)} --request {req}", err=True)
                 elif kind == "turn":
                     stop_reason = data.get("stopReason")
+                    turn_error = data.get("error")
                 elif kind == "ended":
                     if mid_line:
                         click.echo()
                     s = c.call("session.get", id=sid)
-                    reason = (s.get("crash") or {}).get("reason") or data.get("reason")
-                    click.echo(f"error: session {data.get('status')}: {reason}", err=True)
+                    lines = _failure_lines(s) or [str(data.get("reason"))]
+                    click.echo(f"error: session {data.get('status')}: " + "\n  ".join(lines), err=True)
                     return EXIT_ERROR
             break
         except KeyboardInterrupt:
@@ -621,6 +765,11 @@ def _stream_turn(c: Ctx, sid: str, *, interactive: bool, accept: bool, quiet: bo
         click.echo()
     if stop_reason in (None, "end_turn"):
         return EXIT_OK if interrupts == 0 else 130
+    if stop_reason == "error":  # the agent refused the prompt: why, and the fix (the session's lastError)
+        if turn_error is None:
+            turn_error = (c.call("session.get", id=sid).get("lastError") or {}).get("message")
+        click.echo(f"error: {turn_error or 'the agent ended the turn with an error and gave no reason'}", err=True)
+        return EXIT_ERROR
     click.echo(f"turn ended: {stop_reason}", err=True)
     return 130 if stop_reason == "cancelled" else EXIT_ERROR
 
@@ -640,56 +789,74 @@ def _kill_quietly(c: Ctx, sid: str) -> None:
 @cli.command()
 @click.argument("prompt")
 @click.option("--cwd", default=".", show_default=True, help="Working directory (default: current directory).")
-@click.option("--port", type=int, help="Server port (when it must be started, or reached over HTTP).")
+@click.option("--port", type=int,
+              help="The daemon on this HTTP port (also AEGIS_PORT); one is started there when none answers.")
 @click.option("--no-stream", is_flag=True, help="Don't stream: print the session id and next steps instead.")
-@click.option("--model", help="Model for this session.")
-@click.option("--name", help="Display name for the session.")
+@click.option("--model", help="Model for this session (default: `model` of the project's .aegis/config.yaml).")
+@click.option("--name", help="Display name for the session (default: `name` of the project's .aegis/config.yaml).")
 @click.option("--agent", help="Agent to run (default: claude).")
 @click.option("--yes", "quiet", is_flag=True, help="No status messages (for CI and scripts).")
 @click.option("--accept-permissions", "-y", "accept", is_flag=True,
               help="Auto-approve every permission prompt (permissionMode bypassPermissions).")
 @click.option("--keep", is_flag=True, help="Keep the session open after the turn.")
+@click.option("--reuse", is_flag=True, help=_REUSE_HELP)
 @pass_ctx
 def run(c: Ctx, prompt: str, cwd: str, port: int | None, no_stream: bool, model: str | None, name: str | None,
-        agent: str | None, quiet: bool, accept: bool, keep: bool) -> None:
-    """Do everything in one command: config, server, session, streamed output."""
-    from ._conn import start_background
+        agent: str | None, quiet: bool, accept: bool, keep: bool, reuse: bool) -> None:
+    """Do everything in one command: server, session, streamed output, and the project's config.
+
+    Starts aegisd in the background when none answers (on --port / AEGIS_PORT when given). Writes
+    <cwd>/.aegis/config.yaml if it is missing, with the port of the daemon used, once that daemon has accepted
+    the directory. Exits 0 when the turn ends, 1 with the reason and its fix when the agent fails or refuses the
+    prompt (not signed in, rate-limited, unknown model, not installed), 2 when PROMPT is empty."""
+    from ._conn import requested_port, start_background
     from ._init import bootstrap_config
 
     def status(msg: str) -> None:
         if not quiet:
             click.echo(out.style(msg, dim=True), err=True)
 
+    _check_prompt(prompt, 'ag run "Analyze this project and list the main technologies."')
     work = Path(cwd).expanduser().absolute()
     if not work.is_dir():
         fail(f"--cwd {work} is not a directory", EXIT_USAGE)
-    created = bootstrap_config(work)
-    if created:
-        status(f"Created {created}")
+    hello: dict[str, Any] | None = None
     try:
         c.client(port)
     except ConnectError:
         if c.url:
             raise
-        status("Starting aegisd in the background…")
-        hello = start_background(port=port)
+        wanted = requested_port(port)
+        if wanted is not None:
+            _refuse_second_daemon(c, wanted)
+        status("Starting aegisd in the background…" if wanted is None else
+               f"Starting aegisd in the background on port {wanted}…")
+        hello = start_background(port=wanted)
         status(f"aegisd {hello['version']} on {hello['httpUrl']} (pid {hello['pid']})")
         c._client = None
         c.client(port)
     mode = "bypassPermissions" if accept else None
-    s = c.call("session.create", **_create_params(str(work), prompt, name, model, agent, mode))
+    s = c.call("session.create", **_create_params(str(work), prompt, name, model, agent, mode, reuse))
+    # only now, the workDir accepted: the project's config, with the port of the daemon that serves it
+    created = bootstrap_config(work, port=_port_of_url((hello or c.call("hello")).get("httpUrl")))
+    if created:
+        status(f"Created {created}")
     if s["status"] == "crashed":
-        fail(f"the agent failed to start: {(s.get('crash') or {}).get('reason', 'unknown reason')}")
+        _fail_start(s)
     if no_stream:
-        click.echo(f"Session created: {s['name']}")
-        click.echo(f"ID: {s['id']}")
+        _say_created(s)
         _next_steps(s, c.call("hello").get("httpUrl"))
         return
-    status(f"Session {_short(s['id'])} ({s['agent']}) in {s['workDir']}")
+    if s.get("reused"):
+        status(f"Reusing idle session {_short(s['id'])} ({s['name']}, {s['agent']}) in {s['workDir']}")
+    else:
+        status(f"Session {_short(s['id'])} ({s['agent']}) in {s['workDir']}")
     # SIGINT must reach us as KeyboardInterrupt even if a parent ignored it
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # a reused session has older turns: follow only the events after this prompt was given
+    after = int((s.get("promptDelivery") or {}).get("afterEventId") or 0) if s.get("reused") else 0
     code = _stream_turn(c, s["id"], interactive=sys.stdin.isatty() and not accept, accept=accept, quiet=quiet,
-                        after=0)
+                        after=after)
     if not keep:
         try:
             c.call("session.close", id=s["id"])
@@ -700,11 +867,37 @@ def run(c: Ctx, prompt: str, cwd: str, port: int | None, no_stream: bool, model:
     sys.exit(code)
 
 
+def _port_of_url(url: str | None) -> int:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url or "").port or 9100
+    except ValueError:
+        return 9100
+
+
+def _refuse_second_daemon(c: Ctx, port: int) -> None:
+    """Nothing answers on the port asked for. A daemon on the default socket owns the state directory, and one
+    state directory serves one daemon: starting another would fail, so say what to do instead."""
+    from .client import default_socket_path
+
+    try:
+        with Client(socket_path=c.socket or default_socket_path()) as other:
+            hello = other.call("hello")
+    except ClientError:
+        return
+    fail(f"nothing answers on port {port}, and aegisd (pid {hello['pid']}) already runs on "
+         f"{hello.get('httpUrl')} with the state directory {hello.get('stateDir')}; a state directory serves one "
+         "daemon. Use that one (leave out --port / AEGIS_PORT), stop it first (`ag stop`), or start a second one "
+         "with its own AEGIS_STATE_DIR.")
+
+
 # ---- setup ------------------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--cwd", default=".", help="Project directory (the config goes to <cwd>/.aegis/config.yaml).")
-@click.option("--model", help="Default model for new sessions.")
-@click.option("--name", help="A display name for this setup.")
+@click.option("--model", help="Model of the sessions `ag run` and `ag create` start here (written as `model:`).")
+@click.option("--name", help="Name of the sessions `ag run` and `ag create` start here without --name (written as "
+              "`name:`).")
 @click.option("--host", help="Bind address; a non-loopback host gets an auth token.")
 @click.option("--port", type=int, help="HTTP port.")
 @click.option("--force", is_flag=True, help="Replace an existing config (and its token).")

@@ -201,7 +201,7 @@ class Client:
                 raise ClientError(frame.get("code", "HTTP_ERROR"), frame.get("message", f"HTTP {resp.status}"),
                                   resp.status)
             yield from self._events(resp)
-        except OSError as exc:
-            raise ConnectError(f"lost the stream from {self.url}: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: the daemon went away
+            raise ConnectError(f"lost the stream from {self.url}: {exc!r}") from None
         finally:
             conn.close()

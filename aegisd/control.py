@@ -8,6 +8,7 @@ A live daemon's socket is never taken over: a second daemon finds it answering a
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket as _socket
 import stat
@@ -20,8 +21,16 @@ import structlog
 import trio
 
 from . import ops
+from ._input import INT_MAX, INT_MIN, check, decode_json
 from .callers import unix_peer
-from .errors import AegisError, PayloadTooLarge, Unauthorized, Unavailable, ValidationError
+from .errors import (
+    AegisError,
+    CapacityExceeded,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from .daemon import Daemon
@@ -29,6 +38,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("aegisd.control")
 
 MAX_FRAME = 16 * 1024 * 1024
+FRAME_TIMEOUT_S = 60.0  # a frame begun must end (with its newline) within this
+MAX_IN_FLIGHT = 256  # requests running at once on one connection (streams included)
 
 
 class Request(msgspec.Struct):
@@ -38,7 +49,6 @@ class Request(msgspec.Struct):
 
 
 _encoder = msgspec.json.Encoder()
-_req_decoder = msgspec.json.Decoder(Request)
 
 
 def error_frame(req_id: Any, exc: BaseException) -> dict[str, Any]:
@@ -107,9 +117,14 @@ class _Conn:
         self.stream = stream
         self.lock = trio.Lock()
         self.closed = False
+        self.in_flight = 0  # requests received on this connection and not yet answered
 
     async def send(self, frame: dict[str, Any]) -> None:
-        data = _encoder.encode(frame) + b"\n"
+        try:
+            data = _encoder.encode(frame) + b"\n"
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be encoded is our fault: say so
+            log.exception("control.encode_failed", error=repr(exc))
+            data = _encoder.encode(error_frame(frame.get("id"), exc)) + b"\n"
         async with self.lock:
             if self.closed:
                 return
@@ -119,7 +134,37 @@ class _Conn:
                 self.closed = True
 
 
+class _BadFrame(Exception):
+    def __init__(self, req_id: int | str | None, error: AegisError) -> None:
+        super().__init__(error.message)
+        self.req_id = req_id
+        self.error = error
+
+
+def parse_frame(line: bytes) -> Request:
+    """One request frame, or _BadFrame carrying its id when it had a usable one."""
+    try:
+        value = decode_json(line, what="request frame", checked=False)
+    except ValidationError as exc:
+        raise _BadFrame(None, exc) from None
+    if not isinstance(value, dict):
+        raise _BadFrame(None, ValidationError('a request frame is a JSON object: {"id", "op", "params"}'))
+    req_id = value.get("id")
+    if not (isinstance(req_id, str) and len(req_id) <= 200
+            or isinstance(req_id, int) and not isinstance(req_id, bool) and INT_MIN <= req_id <= INT_MAX):
+        req_id = None  # echoed only when it is one the client can match
+    try:
+        check(value, what="request frame")
+        return msgspec.convert(value, Request)
+    except ValidationError as exc:
+        raise _BadFrame(req_id, exc) from None
+    except msgspec.ValidationError as exc:
+        raise _BadFrame(req_id, ValidationError(f"malformed request frame: {exc}")) from None
+
+
 async def _connection(daemon: Daemon, stream: trio.SocketStream) -> None:
+    """One client. Whatever it sends fails that frame (an error frame) or, at worst, this connection (a frame
+    too large or never finished); nothing it sends reaches the daemon's other connections."""
     conn = _Conn(stream)
     try:
         pid, uid = unix_peer(stream.socket)  # type: ignore[arg-type]
@@ -130,38 +175,76 @@ async def _connection(daemon: Daemon, stream: trio.SocketStream) -> None:
         principal = daemon.agent_principal(session_id) if session_id is not None else ops.Principal()
         if session_id is not None:
             log.info("control.agent_caller", session_id=session_id, pid=pid)
-        async with trio.open_nursery() as nursery:
-            buf = bytearray()
-            while True:
-                try:
-                    chunk = await stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    chunk = b""
-                if not chunk:
-                    nursery.cancel_scope.cancel()  # client gone: end its streams
-                    return
-                buf += chunk
-                while (nl := buf.find(b"\n")) >= 0:
-                    line = bytes(buf[:nl])
-                    del buf[:nl + 1]
-                    if line.strip():
-                        nursery.start_soon(_handle, daemon, conn, line, principal)
-                if len(buf) > MAX_FRAME:
-                    await conn.send(error_frame(None, PayloadTooLarge(f"frame larger than {MAX_FRAME} bytes")))
-                    nursery.cancel_scope.cancel()
-                    return
+        async with trio.open_nursery() as requests:
+            async with trio.open_nursery() as streams:
+                await _read_frames(daemon, conn, principal, requests, streams)
+                streams.cancel_scope.cancel()  # the client closed (or half-closed) its side: end its streams
+            # requests already received still run and answer: a client that half-closes after writing
+            # (`printf '...' | nc -U -N`) gets its answers
+    except Exception as exc:  # noqa: BLE001 - a bug serving one connection must not take the daemon down
+        log.exception("control.connection_failed", error=repr(exc))
     finally:
         conn.closed = True
         with trio.CancelScope(shield=True):
             await stream.aclose()
 
 
-async def _handle(daemon: Daemon, conn: _Conn, line: bytes, principal: ops.Principal) -> None:
+async def _read_frames(daemon: Daemon, conn: _Conn, principal: ops.Principal, requests: trio.Nursery,
+                       streams: trio.Nursery) -> None:
+    """Read newline-terminated frames until the client closes its side, a frame exceeds MAX_FRAME, or one
+    stays unfinished for FRAME_TIMEOUT_S."""
+    buf = bytearray()
+    scanned = 0  # bytes of buf known to hold no newline
+    deadline = math.inf  # set while a frame is partly received
+    while True:
+        chunk: bytes | None = None
+        with trio.move_on_at(deadline):  # only the wait for bytes: answers being sent are never cut
+            try:
+                chunk = await conn.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                chunk = b""
+        if chunk is None:
+            await conn.send(error_frame(None, ValidationError(
+                f"a frame stayed unfinished for {FRAME_TIMEOUT_S:g} s (frames end with a newline)")))
+            return
+        if not chunk:
+            return
+        buf += chunk
+        began = deadline == math.inf  # a new frame begins in this chunk
+        while (nl := buf.find(b"\n", scanned)) >= 0:
+            line = bytes(buf[:nl])
+            del buf[:nl + 1]
+            scanned, began = 0, True
+            if line.strip():
+                await _dispatch(daemon, conn, principal, line, requests, streams)
+        scanned = len(buf)
+        if len(buf) > MAX_FRAME:
+            await conn.send(error_frame(None, PayloadTooLarge(f"frame larger than {MAX_FRAME} bytes")))
+            return
+        if not buf:
+            deadline = math.inf
+        elif began:
+            deadline = trio.current_time() + FRAME_TIMEOUT_S
+
+
+async def _dispatch(daemon: Daemon, conn: _Conn, principal: ops.Principal, line: bytes, requests: trio.Nursery,
+                    streams: trio.Nursery) -> None:
     try:
-        req = _req_decoder.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        await conn.send(error_frame(None, ValidationError(f"malformed request frame: {exc}")))
+        req = parse_frame(line)
+    except _BadFrame as bad:  # answered here: a flood of bad frames is paced by the client's own reading
+        await conn.send(error_frame(bad.req_id, bad.error))
         return
+    if conn.in_flight >= MAX_IN_FLIGHT:
+        await conn.send(error_frame(req.id, CapacityExceeded(
+            f"{MAX_IN_FLIGHT} requests are already running on this connection; wait for answers, or open "
+            "another connection")))
+        return
+    o = ops.REGISTRY.get(req.op)
+    conn.in_flight += 1
+    (streams if o is not None and o.stream else requests).start_soon(_handle, daemon, conn, req, principal)
+
+
+async def _handle(daemon: Daemon, conn: _Conn, req: Request, principal: ops.Principal) -> None:
     ctx = ops.OpContext(daemon=daemon, principal=principal, surface="socket")
     try:
         o = ops.get_op(req.op)
@@ -180,3 +263,5 @@ async def _handle(daemon: Daemon, conn: _Conn, line: bytes, principal: ops.Princ
     except Exception as exc:  # a bug in one operation must not take the daemon down
         log.exception("control.op_failed", op=req.op, error=repr(exc))
         await conn.send(error_frame(req.id, exc))
+    finally:
+        conn.in_flight -= 1

@@ -91,6 +91,7 @@ class Daemon:
         self.pid = os.getpid()
         self.started_at = time.time()
         self.draining = False
+        self._shutdown: trio.Event | None = None  # run()'s; set by request_stop (the daemon.stop operation)
         self.store: Store = open_store(config)
         self.bus = EventBus(self.store)
         self.lifeline = Lifeline(grace=config.killGraceMs / 1000)
@@ -153,6 +154,9 @@ class Daemon:
         self.keys.on_change = self.credentials.changed
         if self.oidc is not None:
             self.oidc.on_change = self.credentials.changed
+        from .auth import AuthThrottle
+
+        self.auth_throttle = AuthThrottle()  # failed authentications, per IP and credential (every surface)
         self._config_watch = ConfigWatch(config)
 
     def _agent_pids(self) -> dict[int, str]:
@@ -186,6 +190,12 @@ class Daemon:
     def auth_enabled(self) -> bool:
         return bool(self.auth_token) or self.keys.has_keys() or self.oidc is not None
 
+    def request_stop(self) -> None:
+        """Stop as SIGTERM does: the `daemon.stop` operation (`ag stop`)."""
+        if self._shutdown is not None and not self._shutdown.is_set():
+            log.info("aegisd.stop_requested")
+            self._shutdown.set()
+
     def authenticate(self, token: str, *, ip: str = "local") -> Principal | None:
         from .auth import Credential, effective_permissions, secret_digest
         from .ops import Principal
@@ -204,8 +214,8 @@ class Daemon:
         return Principal(kind="key", key_id=key.id, role=key.role, name=f"key:{key.name}",
                          permissions=effective_permissions(key), credential=Credential("key", secret_digest(token)))
 
-    def note_auth_failure(self, ip: str) -> None:
-        self.audit_record(None, "auth.failure", detail={"ip": ip})
+    def note_auth_failure(self, ip: str, *, via: str | None = None) -> None:
+        self.audit_record(None, "auth.failure", detail={"ip": ip} if via is None else {"ip": ip, "via": via})
 
     def authorize(self, ctx: OpContext, op: Op, params: Any) -> None:
         perm = op.permission
@@ -322,8 +332,8 @@ class Daemon:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def check_bind_safety(self) -> None:
-        if not is_loopback(self.config.host) and not self.config.authToken and not self.keys.has_keys() \
-                and self.oidc is None:
+        if not is_loopback(self.config.host) and not self.config.authToken and not self.keys.has_usable_keys() \
+                and self.oidc is None:  # expired keys authenticate nobody: they do not count
             raise ValidationError(
                 f"refusing to listen on non-loopback address {self.config.host} without authentication: "
                 "set AEGIS_AUTH_TOKEN (or authToken in the config), or bind 127.0.0.1")
@@ -338,6 +348,7 @@ class Daemon:
         from .control import serve_control
 
         self.check_bind_safety()
+        self._shutdown = shutdown
         cfg = self.config
         cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.store.open()
@@ -425,6 +436,7 @@ class Daemon:
 async def _main(config: Config) -> int:
     shutdown = trio.Event()
     daemon = Daemon(config)
+    daemon.check_bind_safety()  # refused plainly (exit 2), not from inside a nursery's exception group
     # The receiver wraps the nursery, so a second signal during cleanup is ours too (not a default death).
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:

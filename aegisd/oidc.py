@@ -40,6 +40,8 @@ REFRESH_S = 600.0
 MIN_REFETCH_S = 30.0
 LOGIN_TTL_S = 600.0
 SESSION_TTL_S = 8 * 3600.0
+SEEN_FLUSH_S = 60.0  # a dashboard session's lastSeenAt reaches the file at most this often
+MAX_SEEN = 1000  # bearer-token users remembered (in memory) for the Users view
 LEEWAY_S = 60  # clock skew allowed on exp and nbf
 ROLES = ("admin", "operator", "viewer")
 COOKIE = "aegis_session"
@@ -53,6 +55,10 @@ class IdpError(AegisError):
 
 def looks_like_jwt(token: str) -> bool:
     return token.startswith("ey") and token.count(".") == 2
+
+
+def _identity(claims: dict[str, Any]) -> dict[str, Any]:
+    return {k: claims.get(k) for k in ("sub", "email", "name") if claims.get(k) is not None}
 
 
 def _b64url(data: bytes) -> str:
@@ -72,6 +78,17 @@ class DashboardSession:
     principal: Principal
     identity: dict[str, Any]
     expires_at_ms: int
+    created_at_ms: int = 0
+    last_seen_ms: int = 0  # the last request made with it
+
+
+@dataclass
+class SeenUser:
+    """A single sign-on user seen on a bearer token (`ag login`): kept in memory, for the Users view."""
+
+    identity: dict[str, Any]
+    role: str
+    last_seen_ms: int
 
 
 def _digest(sid: str) -> str:
@@ -92,6 +109,8 @@ class Oidc:
         self.error: str | None = None
         self._logins: dict[str, _Login] = {}
         self.sessions: dict[str, DashboardSession] = {}  # by _digest(cookie)
+        self.bearer_users: dict[str, SeenUser] = {}  # by sub
+        self._seen_flushed = 0.0
         self.on_change: Callable[[], None] | None = None  # a session ended: its streams close (auth/_credentials)
         self._load_sessions()
 
@@ -113,8 +132,9 @@ class Oidc:
                     self.sessions[key] = DashboardSession(
                         principal=Principal(kind="oidc", key_id=p["keyId"], role=p["role"], name=p["name"],
                                             credential=Credential("sso", key)),
-                        identity=dict(v["identity"]), expires_at_ms=int(v["expiresAt"]))
-            except (KeyError, TypeError):
+                        identity=dict(v["identity"]), expires_at_ms=int(v["expiresAt"]),
+                        created_at_ms=int(v.get("createdAt") or 0), last_seen_ms=int(v.get("lastSeenAt") or 0))
+            except (KeyError, TypeError, ValueError):
                 continue
 
     def _save_sessions(self) -> None:
@@ -123,7 +143,8 @@ class Oidc:
         from ._fs import atomic_write
 
         data = {k: {"principal": {"keyId": s.principal.key_id, "role": s.principal.role, "name": s.principal.name},
-                    "identity": s.identity, "expiresAt": s.expires_at_ms} for k, s in self.sessions.items()}
+                    "identity": s.identity, "expiresAt": s.expires_at_ms, "createdAt": s.created_at_ms,
+                    "lastSeenAt": s.last_seen_ms} for k, s in self.sessions.items()}
         try:
             atomic_write(self.sessions_file, json.dumps(data).encode())
         except OSError as exc:  # sign-ins still work; they would not survive a restart
@@ -225,10 +246,49 @@ class Oidc:
 
     def authenticate(self, token: str) -> Principal | None:
         try:
-            return self.principal(self.verify(token))
+            claims = self.verify(token)
         except ValueError as exc:
             log.info("oidc.token_refused", reason=str(exc))
             return None
+        principal = self.principal(claims)
+        sub = str(claims["sub"])
+        if sub not in self.bearer_users and len(self.bearer_users) >= MAX_SEEN:
+            oldest = min(self.bearer_users, key=lambda k: self.bearer_users[k].last_seen_ms)
+            del self.bearer_users[oldest]
+        self.bearer_users[sub] = SeenUser(identity=_identity(claims), role=principal.role,
+                                          last_seen_ms=int(time.time() * 1000))
+        return principal
+
+    def users(self) -> list[dict[str, Any]]:
+        """Everyone seen through single sign-on, one entry per subject: dashboard sign-ins (kept across restarts)
+        and bearer tokens (since the daemon started). Identity and role only: never a cookie or its digest."""
+        now_ms = time.time() * 1000
+        out: dict[str, dict[str, Any]] = {}
+
+        def entry(sub: str, identity: dict[str, Any], role: str) -> dict[str, Any]:
+            return out.setdefault(sub, {"principal": f"oidc:{sub}", "sub": sub, "email": identity.get("email"),
+                                        "name": identity.get("name"), "role": role, "lastSeenAt": None,
+                                        "signedInAt": None, "expiresAt": None, "signIns": 0, "via": []})
+
+        for s in sorted(self.sessions.values(), key=lambda s: s.created_at_ms):
+            if s.expires_at_ms < now_ms:
+                continue
+            sub = str(s.identity.get("sub") or (s.principal.key_id or "")[len("oidc:"):])
+            u = entry(sub, s.identity, s.principal.role)
+            u["role"] = s.principal.role  # the latest sign-in's
+            u["signIns"] += 1
+            u["signedInAt"] = max(u["signedInAt"] or 0, s.created_at_ms) or None
+            u["expiresAt"] = max(u["expiresAt"] or 0, s.expires_at_ms)
+            u["lastSeenAt"] = max(u["lastSeenAt"] or 0, s.last_seen_ms, s.created_at_ms) or None
+            if "dashboard" not in u["via"]:
+                u["via"].append("dashboard")
+        for sub, seen in self.bearer_users.items():
+            u = entry(sub, seen.identity, seen.role)
+            if seen.last_seen_ms >= (u["lastSeenAt"] or 0):
+                u["role"] = seen.role
+            u["lastSeenAt"] = max(u["lastSeenAt"] or 0, seen.last_seen_ms)
+            u["via"].append("bearer")
+        return sorted(out.values(), key=lambda u: -(u["lastSeenAt"] or 0))
 
     # ---- the dashboard's sign-in (authorization code + PKCE) ---------------------------------------
     def _endpoint(self, name: str) -> str:
@@ -270,11 +330,11 @@ class Oidc:
         now_ms = time.time() * 1000
         for k in [k for k, v in self.sessions.items() if v.expires_at_ms < now_ms]:
             del self.sessions[k]
-        identity = {k: claims.get(k) for k in ("sub", "email", "name") if claims.get(k) is not None}
         principal = self.principal(claims)
         principal.credential = Credential("sso", _digest(sid))  # ends with the session, not the ID token
-        session = DashboardSession(principal=principal, identity=identity,
-                                   expires_at_ms=int(now_ms + SESSION_TTL_S * 1000))
+        session = DashboardSession(principal=principal, identity=_identity(claims),
+                                   expires_at_ms=int(now_ms + SESSION_TTL_S * 1000), created_at_ms=int(now_ms),
+                                   last_seen_ms=int(now_ms))
         self.sessions[_digest(sid)] = session
         self._save_sessions()
         return sid, session
@@ -286,9 +346,14 @@ class Oidc:
         s = self.sessions.get(key)
         if s is None:
             return None
-        if s.expires_at_ms < time.time() * 1000:
+        now_ms = time.time() * 1000
+        if s.expires_at_ms < now_ms:
             del self.sessions[key]
             return None
+        s.last_seen_ms = int(now_ms)
+        if time.monotonic() - self._seen_flushed > SEEN_FLUSH_S:  # like API keys' lastUsedAt: not every request
+            self._seen_flushed = time.monotonic()
+            self._save_sessions()
         return s
 
     # ---- the device flow, proxied ------------------------------------------------------------------

@@ -38,6 +38,7 @@ async def main(sock: str, workdir: str, own: str) -> None:
             cid = child["body"]["id"]
             out["wait"] = _data(await session.call_tool("wait_for_session", {"sessionId": cid, "timeoutSeconds": 20}))
             out["info"] = _data(await session.call_tool("server_info", {}))
+            out["whoami"] = _data(await session.call_tool("whoami", {}))
             out["pending"] = _data(await session.call_tool("list_pending_permissions", {}))
             out["approveChild"] = _data(await session.call_tool("approve_permission", {"sessionId": cid}))
             out["approveOwn"] = _data(await session.call_tool("approve_permission", {"sessionId": own}))

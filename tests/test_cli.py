@@ -495,3 +495,307 @@ async def test_verify_screenshot_and_alerts_commands(nursery: trio.Nursery, tmp_
     assert r.returncode == 1 and "no alert webhooks configured" in r.stdout
     dp.proc.send_signal(signal.SIGTERM)
     await dp.proc.wait()
+
+
+# ---- the first hour of a new user (issue 11) ------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _tty_output(proc: trio.Process, master: int, timeout: float = 30) -> tuple[int, str]:
+    """Everything `ag` writes to its terminal until it exits, and its exit code."""
+    buf = b""
+    with trio.fail_after(timeout):
+        while True:
+            await trio.lowlevel.wait_readable(master)
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other side closed (the process exited)
+                break
+            if not chunk:
+                break
+            buf += chunk
+        code = await proc.wait()
+    return code, buf.decode(errors="replace").replace("\r\n", "\n")
+
+
+def _sid(stdout: str) -> str:
+    return next(line.split()[1] for line in stdout.splitlines() if line.startswith("ID: "))
+
+
+async def test_ag_run_says_why_the_turn_failed_on_a_tty(nursery: trio.Nursery, tmp_path: Path,
+                                                       short_tmp: Path) -> None:
+    """An agent that refuses the prompt (no Claude credentials) or cannot start: `ag run` prints the session's
+    lastError line, with the fix, and exits 1; `ag show` shows it with the models the agent reports and offers."""
+    work = tmp_path / "w"
+    work.mkdir()
+    cfg = tmp_path / "cfg" / "aegis.yaml"  # the config's directory is never a workDir
+    cfg.parent.mkdir()
+    cfg.write_text("agents:\n  missing:\n    command: [/nonexistent/agent-acp]\n")
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery, extra_env={
+        "AEGIS_CONFIG": str(cfg), "FAKE_ACP_MODELS": "default,sonnet,haiku"})
+    async with ag_on_a_tty(dp, "run", "--keep", "--model", "sonnet", "error:-32000:Authentication required",
+                           "--cwd", str(work)) as (proc, master):
+        code, text = await _tty_output(proc, master)
+    assert code == 1, text
+    assert "turn ended: error" not in text
+    assert "error: the agent is not signed in to its model provider (Authentication required)" in text
+    assert "claude login" in text and "ANTHROPIC_API_KEY" in text
+    sid = json.loads((await ag(dp, "list", "--json")).stdout)["sessions"][0]["id"]
+    r = await ag(dp, "show", sid[:8])
+    fields = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in r.stdout.splitlines()
+              if ":" in line}
+    assert fields["model"] == "sonnet"  # what the agent reports
+    assert fields["models offered"] == "default, sonnet, haiku"
+    assert fields["last error"].startswith("the agent is not signed in") and "claude login" in fields["last error"]
+    # an agent that is not installed: the crash reason and the fix
+    async with ag_on_a_tty(dp, "run", "--agent", "missing", "say:x", "--cwd", str(work)) as (proc, master):
+        code, text = await _tty_output(proc, master)
+    assert code == 1, text
+    assert "the agent failed to start" in text and "/nonexistent/agent-acp" in text
+    assert "the agent could not be started" in text and "check the command of agent 'missing'" in text
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()
+
+
+async def test_an_empty_prompt_is_a_usage_error(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path) -> None:
+    work = tmp_path / "w"
+    work.mkdir()
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    for args in (["run", ""], ["run", "  \n "], ["create", ""], ["create", "   "]):
+        r = await ag(dp, *args, "--cwd", str(work), check=False, timeout=15)  # `ag run ""` used to wait forever
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "the prompt is empty: tell the agent what to do" in r.stderr
+    assert json.loads((await ag(dp, "list", "--json")).stdout)["sessions"] == []
+    assert not (work / ".aegis").exists()
+    r = await ag(dp, "create", "--cwd", str(work))  # no PROMPT at all: a session that waits for `ag send`
+    assert "Session created: session-" in r.stdout
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()
+
+
+async def test_cli_reuses_an_idle_session_only_when_asked(nursery: trio.Nursery, tmp_path: Path,
+                                                          short_tmp: Path) -> None:
+    work = tmp_path / "w"
+    work.mkdir()
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    r = await ag(dp, "run", "--keep", "say:first answer", "--cwd", str(work))
+    first = json.loads((await ag(dp, "list", "--json")).stdout)["sessions"][0]["id"]
+    r = await ag(dp, "create", "say:second answer", "--cwd", str(work))  # idle one there, but not asked to reuse
+    second = _sid(r.stdout)
+    assert "Session created" in r.stdout and second != first
+    r = await ag(dp, "run", "--keep", "--reuse", "say:third answer", "--cwd", str(work))
+    # the newest idle one, and only this prompt's turn is streamed
+    assert "third answer" in r.stdout and "first answer" not in r.stdout and "second answer" not in r.stdout
+    assert f"Reusing idle session {second[:8]}" in r.stderr
+    r = await ag(dp, "create", "--reuse", "say:fourth answer", "--cwd", str(work))
+    assert "Reused idle session" in r.stdout and _sid(r.stdout) in (first, second)
+    sessions = json.loads((await ag(dp, "list", "--json")).stdout)["sessions"]
+    assert len(sessions) == 2
+    created = json.loads((await ag(dp, "create", "--json", "say:x", "--cwd", str(work))).stdout)
+    assert created["reused"] is False
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()
+
+
+@pytest.mark.parametrize("surface", ["socket", "http"])
+async def test_ag_stop_asks_the_daemon_and_waits(nursery: trio.Nursery, tmp_path: Path, short_tmp: Path,
+                                                 surface: str) -> None:
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    if surface == "http":
+        dp.env["AEGIS_URL"] = dp.http_url
+    work = tmp_path / "w"
+    work.mkdir()
+    await ag(dp, "create", "say:hi", "--cwd", str(work))
+    pid = dp.proc.pid
+    r = await ag(dp, "stop")
+    assert f"Stopped aegisd (pid {pid}" in r.stdout
+    assert not pid_alive(pid)  # `ag stop` returned only once it was gone
+    with trio.fail_after(5):
+        assert await dp.proc.wait() == 0  # a clean stop, as SIGTERM gives
+    audit = [json.loads(line) for line in (dp.state_dir / "audit" / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["action"] == "daemon.stop" and audit[-1]["actor"] == "local"
+    r = await ag(dp, "stop", check=False)
+    assert r.returncode == 1 and "no daemon running" in r.stderr
+
+
+async def test_ag_stop_goes_through_systemd_for_the_unit(nursery: trio.Nursery, tmp_path: Path,
+                                                         short_tmp: Path) -> None:
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    unit = tmp_path / ".config" / "systemd" / "user" / "aegisd.service"  # HOME is tmp_path
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Service]\n")
+    bin_dir, log = tmp_path / "bin", tmp_path / "systemctl.log"
+    # a stand-in systemctl whose unit runs our daemon: `show` gives its pid, `stop` stops it
+    _stub(bin_dir, "systemctl", f'echo "$@" >> {log}\ncase "$*" in\n  *show*) echo {dp.proc.pid} ;;\n'
+                                f'  *stop*) kill -TERM {dp.proc.pid} ;;\nesac\n')
+    env = {**dp.env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "NO_COLOR": "1"}
+    with trio.fail_after(30):
+        r = await trio.run_process([AG, "stop"], env=env, capture_stdout=True, capture_stderr=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert b"runs under the systemd user unit" in r.stderr and b"Stopped aegisd" in r.stdout
+    assert "--user stop aegisd" in log.read_text().splitlines()
+    with trio.fail_after(5):
+        await dp.proc.wait()
+    assert "daemon.stop" not in (dp.state_dir / "audit" / "audit.jsonl").read_text()  # systemd stopped it
+
+
+async def _agent_runs(h: Any, sid: str, cmd: str) -> tuple[int, str]:
+    """The session's agent runs a shell command as one of its tools: (exit code, output)."""
+    import base64
+
+    after = h.daemon.bus.last_id
+    r = await h.http.post(f"/v1/sessions/{sid}/send", json={"text": "sh:" + base64.b64encode(cmd.encode()).decode()})
+    assert r.status_code == 200, r.text
+    ev = await h.wait_event(sid, "message", after_id=after, timeout=60,
+                            match=lambda e: str(e.data.get("text", "")).startswith("sh["))
+    head, _, text = str(ev.data["text"]).partition(": ")
+    return int(head[3:-1]), text
+
+
+async def test_an_agent_cannot_stop_the_daemon_and_whoami_says_its_scope(daemon: Any, workdir: Path) -> None:
+    s = await daemon.create(workdir, reuse=False)
+    await daemon.wait_status(s["id"], "idle")
+    cli = f"AEGIS_SOCKET={daemon.daemon.socket_path} NO_COLOR=1 {AG}"
+    code, text = await _agent_runs(daemon, s["id"], f"{cli} whoami")
+    assert code == 0, text
+    assert f"the agent of session {s['id']}" in text and "never approve its prompts" in text
+    code, text = await _agent_runs(daemon, s["id"], f"{cli} stop")
+    assert code == 1 and "daemon.stop is not available to a session's agent" in text, text
+    assert not daemon.shutdown.is_set() and (await daemon.http.get("/v1/health")).status_code == 200
+    code, text = await _agent_runs(daemon, s["id"], f"{cli} --json whoami")
+    assert json.loads(text)["kind"] == "agent"
+
+
+async def test_ag_run_port_talks_to_the_daemon_on_that_port(nursery: trio.Nursery, tmp_path: Path,
+                                                            short_tmp: Path) -> None:
+    port = _free_port()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    work = tmp_path / "w"
+    work.mkdir()
+    allowed = {"AEGIS_ALLOWED_WORK_DIRS": str(tmp_path)}
+    a = await start_daemon_process(tmp_path / "a", short_tmp / "a", nursery=nursery, extra_env=allowed)
+    b = await start_daemon_process(tmp_path / "b", short_tmp / "b", nursery=nursery,
+                                   extra_env={**allowed, "AEGIS_PORT": str(port)})
+    # the CLI's environment names A's socket; --port names B: B it is
+    r = await ag(a, "run", "--port", str(port), "say:on b", "--cwd", str(work))
+    assert "on b" in r.stdout
+    assert json.loads((await ag(a, "list", "--json")).stdout)["sessions"] == []
+    assert [s["name"] for s in json.loads((await ag(b, "list", "--json")).stdout)["sessions"]] == ["cc-say-on-b"]
+    assert f"\nport: {port}\n" in (work / ".aegis" / "config.yaml").read_text()  # the port of the daemon used
+    # AEGIS_PORT too, for every command
+    with trio.fail_after(20):
+        res = await trio.run_process([AG, "list", "--json"], env={**a.env, "AEGIS_PORT": str(port)},
+                                     capture_stdout=True, check=False)
+    assert [s["name"] for s in json.loads(res.stdout)["sessions"]] == ["cc-say-on-b"]
+    # nothing on another port, while A owns the state directory: no second daemon, a clear message
+    other = _free_port()
+    r = await ag(a, "run", "--port", str(other), "say:x", "--cwd", str(work), check=False)
+    assert r.returncode == 1 and f"nothing answers on port {other}" in r.stderr and "AEGIS_STATE_DIR" in r.stderr
+    for dp in (a, b):
+        dp.proc.send_signal(signal.SIGTERM)
+        await dp.proc.wait()
+
+
+async def test_ag_run_port_starts_a_daemon_on_that_port(tmp_path: Path, short_tmp: Path) -> None:
+    port = _free_port()
+    work = tmp_path / "w"
+    work.mkdir()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "NO_COLOR": "1",
+           "AEGIS_STATE_DIR": str(tmp_path / "state"), "AEGIS_SOCKET": str(short_tmp / "d" / "s.sock"),
+           "AEGIS_ALLOWED_WORK_DIRS": str(tmp_path), "AEGIS_AGENT_COMMAND": " ".join(FAKE_AGENT_CMD),
+           "FAKE_ACP_STATE_DIR": str(tmp_path / "fake")}
+    with trio.fail_after(60):
+        r = await trio.run_process([AG, "run", "--port", str(port), "say:hello", "--cwd", str(work)], env=env,
+                                   capture_stdout=True, capture_stderr=True, check=False)
+    from aegisctl.client import Client
+
+    with Client(url=f"http://127.0.0.1:{port}") as c:
+        pid = c.call("health")["pid"]  # it listens on that port
+    try:
+        assert r.returncode == 0, r.stderr
+        assert f"\nport: {port}\n" in (work / ".aegis" / "config.yaml").read_text()  # not 9100
+        assert b"hello" in r.stdout and f"on port {port}".encode() in r.stderr
+        with trio.fail_after(30):
+            r = await trio.run_process([AG, "stop"], env=env, capture_stdout=True, capture_stderr=True, check=False)
+        assert r.returncode == 0 and f"Stopped aegisd (pid {pid}, http://127.0.0.1:{port})".encode() in r.stdout
+        assert not pid_alive(pid)
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_init_name_is_the_default_session_name(nursery: trio.Nursery, tmp_path: Path,
+                                                     short_tmp: Path) -> None:
+    work = tmp_path / "w"
+    work.mkdir()
+    r = CliRunner().invoke(cli, ["init", "--cwd", str(work), "--name", "payments-api"], env=runner_env(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert "\nname: payments-api\n" in (work / ".aegis" / "config.yaml").read_text()
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    await ag(dp, "run", "say:x", "--cwd", str(work))
+    r = await ag(dp, "create", "say:y", "--cwd", str(work))
+    assert "Session created: payments-api" in r.stdout
+    r = await ag(dp, "create", "say:z", "--cwd", str(work), "--name", "mine")
+    assert "Session created: mine" in r.stdout
+    names = [s["name"] for s in json.loads((await ag(dp, "list", "--json")).stdout)["sessions"]]
+    assert names == ["mine", "payments-api", "payments-api"]
+    # the config `ag run` writes names the port of the daemon it used (here a random one), not 9100
+    other = tmp_path / "other"
+    other.mkdir()
+    await ag(dp, "run", "say:x", "--cwd", str(other))
+    port = int(dp.http_url.rsplit(":", 1)[1])
+    assert port != 9100 and f"\nport: {port}\n" in (other / ".aegis" / "config.yaml").read_text()
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()
+
+
+async def test_a_refused_workdir_gets_no_config_and_messages_arrive_as_is(nursery: trio.Nursery, tmp_path: Path,
+                                                                       short_tmp: Path) -> None:
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    refused = short_tmp / "x"  # under /tmp: never an allowed workDir
+    refused.mkdir()
+    r = await ag(dp, "run", "say:x", "--cwd", str(refused), check=False)
+    assert r.returncode == 1 and "INVALID_WORKDIR" in r.stderr
+    assert not (refused / ".aegis").exists()
+    # an id prefix under 4 characters: the daemon's message, as it is
+    for surface in ({}, {"AEGIS_URL": dp.http_url}):
+        with trio.fail_after(20):
+            res = await trio.run_process([AG, "show", "abc"], env={**dp.env, **surface, "NO_COLOR": "1"},
+                                         capture_stderr=True, check=False)
+        assert res.returncode == 1
+        assert res.stderr.decode() == ("error: session id prefix 'abc' is too short: give at least 4 characters "
+                                       "(`ag list` shows the ids)\n")
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()
+
+
+async def test_whoami_and_login_on_a_daemon_without_auth(nursery: trio.Nursery, tmp_path: Path,
+                                                         short_tmp: Path) -> None:
+    import getpass
+
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery)
+    r = await ag(dp, "whoami")
+    assert r.stdout.startswith(f"{getpass.getuser()} (admin) on unix:{dp.socket}\n")
+    assert "zero-config" in r.stdout and "no token, API keys or single sign-on" in r.stdout
+    http = {**dp.env, "AEGIS_URL": dp.http_url, "NO_COLOR": "1"}
+    with trio.fail_after(20):
+        res = await trio.run_process([AG, "whoami"], env=http, capture_stdout=True, check=False)
+    assert res.returncode == 0 and f"(admin) on {dp.http_url}".encode() in res.stdout
+    key = json.loads((await ag(dp, "keys", "create", "ci", "--role", "operator", "--json")).stdout)
+    with trio.fail_after(20):
+        res = await trio.run_process([AG, "whoami"], env={**http, "AEGIS_AUTH_TOKEN": key["key"]},
+                                     capture_stdout=True, check=False)
+    assert res.returncode == 0 and res.stdout.decode().startswith(f"key:ci (operator) on {dp.http_url}\n")
+    await ag(dp, "keys", "revoke", key["id"])
+    # single sign-on is the daemon's: say which variables to set there, and that it needs a restart
+    r = await ag(dp, "login", "--no-open", check=False)
+    assert r.returncode == 1
+    assert f"the daemon at {dp.http_url} has no single sign-on" in r.stderr
+    assert "AEGIS_OIDC_ISSUER and AEGIS_OIDC_CLIENT_ID in the daemon's environment" in r.stderr
+    assert "restart" in r.stderr
+    dp.proc.send_signal(signal.SIGTERM)
+    await dp.proc.wait()

@@ -156,6 +156,7 @@ async def test_orchestrator_over_ag_mcp_inside_the_agent(daemon: DaemonHandle, w
     assert daemon.manager.records[child].creatorSessionId == me
     assert out["wait"]["body"]["status"] == "permission_prompt"
     assert out["info"]["body"]["session"] == me
+    assert out["whoami"]["body"]["kind"] == "agent" and out["whoami"]["body"]["sessionId"] == me
     assert [(p["sessionId"], p["toolTitle"]) for p in out["pending"]["body"]["pending"]] == [(child, "Run")]
     assert not out["approveChild"]["error"], out["approveChild"]
     assert out["approveOwn"]["error"] and out["approveOwn"]["body"]["code"] == "SESSION_FORBIDDEN"

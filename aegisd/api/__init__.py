@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import oidc as oidc_mod
 from .. import ops
+from .._input import INT_MAX, decode_json
 from ..callers import tcp_peer
 from ..errors import AegisError, Forbidden, NotFound, RateLimited, Unauthorized, ValidationError
 from . import _browser, _sse, _terminal
@@ -129,8 +129,9 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/auth/keys/rotate", "auth.keys.rotate", "body", 200),
     (("POST",), "/v1/auth/verify", "auth.verify", "body", 200),
     (("POST",), "/v1/auth/sse-token", "auth.sse_token", "none", 201),
+    (("GET",), "/v1/auth/whoami", "auth.whoami", "none", 200),
+    (("GET",), "/v1/auth/users", "auth.users", "none", 200),
 ]
-AUTH_FAILURES_PER_MIN = 5
 MASTER_RATE_PER_MIN = 6000
 AGENT_RATE_PER_MIN = 1200  # a session's agent and its tools, over HTTP
 
@@ -162,10 +163,7 @@ async def _body(list_key: str | None = None) -> dict[str, Any]:
     data = await request.get_data(cache=False)
     if not data or not data.strip():
         return {}
-    try:
-        parsed = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ValidationError(f"request body is not valid JSON: {exc}") from None
+    parsed = decode_json(data, what="request body")
     if list_key is not None and isinstance(parsed, list):
         return {list_key: parsed}
     if not isinstance(parsed, dict):
@@ -188,30 +186,26 @@ def create_app(daemon: Daemon) -> QuartTrio:
         return websocket if has_websocket_context() else request
 
     def _request_id() -> str:
-        rid = _conn().headers.get("X-Request-Id", "")
-        return rid if 0 < len(rid) <= 64 and rid.isprintable() else secrets.token_hex(8)
+        rid = _conn().headers.get("X-Request-Id", "")  # a client's own id is echoed only if it is plain ASCII
+        return rid if 0 < len(rid) <= 64 and rid.isascii() and rid.isprintable() else secrets.token_hex(8)
 
-    failures: dict[str, list[float]] = {}
+    throttle = daemon.auth_throttle  # per IP and credential: see aegisd/auth/_throttle.py
 
     def _ip() -> str:
         return _conn().remote_addr or "local"
 
-    def _throttled(ip: str) -> float:
-        """Seconds until this IP may try again after AUTH_FAILURES_PER_MIN failed attempts, else 0."""
-        now = time.monotonic()
-        recent = [t for t in failures.get(ip, ()) if now - t < 60]
-        if recent:
-            failures[ip] = recent
-        else:
-            failures.pop(ip, None)
-        return 60 - (now - recent[0]) if len(recent) >= AUTH_FAILURES_PER_MIN else 0.0
-
-    def _fail(ip: str, message: str) -> Unauthorized:
-        failures.setdefault(ip, []).append(time.monotonic())
-        if len(failures) > 100_000:
-            failures.clear()
-        daemon.note_auth_failure(ip)
-        return Unauthorized(message)
+    def _verified(ip: str, credential: str, check: Callable[[str], ops.Principal | None], message: str, *,
+                  remember: bool = True) -> ops.Principal:
+        """The principal of a presented credential: throttled (429) before it is checked, audited and counted
+        when it fails."""
+        throttle.guard(ip, credential)
+        principal = check(credential)
+        if principal is None:
+            throttle.failed(ip, credential)
+            daemon.note_auth_failure(ip)
+            raise Unauthorized(message)
+        throttle.succeeded(ip, credential, remember=remember)
+        return principal
 
     def _principal(sse: bool = False, public: bool = False) -> ops.Principal:
         ip = _ip()
@@ -237,22 +231,18 @@ def create_app(daemon: Daemon) -> QuartTrio:
                 raise Unauthorized("authentication is not configured, so only loopback clients are served")
             raise Unauthorized("missing bearer token; set AEGIS_AUTH_TOKEN or send 'Authorization: Bearer "
                                "<token>'")
-        wait = _throttled(ip)
-        if wait:
-            raise RateLimited("too many failed authentication attempts; try again later",
-                              details={"retryAfter": int(wait) + 1})
-        principal: ops.Principal | None
         if query_token:
             # ?token= (EventSource cannot send headers) takes only short-lived single-use sse_ tokens
-            principal = daemon.sse_tokens.consume(query_token) if query_token.startswith("sse_") else None
-            if principal is not None and daemon.credentials.ended(principal):
-                principal = None  # minted by a key revoked (or a sign-in ended) since
-            if principal is None:
-                raise _fail(ip, "invalid or expired SSE token (get one from POST /v1/auth/sse-token)")
+            def sse_principal(t: str) -> ops.Principal | None:
+                minted = daemon.sse_tokens.consume(t) if t.startswith("sse_") else None
+                if minted is not None and daemon.credentials.ended(minted):
+                    return None  # minted by a key revoked (or a sign-in ended) since
+                return minted
+            principal = _verified(ip, query_token, sse_principal,
+                                  "invalid or expired SSE token (get one from POST /v1/auth/sse-token)",
+                                  remember=False)
         else:
-            principal = daemon.authenticate(token, ip=ip)
-            if principal is None:
-                raise _fail(ip, "invalid or expired token")
+            principal = _verified(ip, token, lambda t: daemon.authenticate(t, ip=ip), "invalid or expired token")
         limit = daemon.keys.get(principal.key_id).rateLimit if principal.kind == "key" and principal.key_id \
             else MASTER_RATE_PER_MIN
         wait = limiter.hit(f"p:{principal.kind}:{principal.key_id}", limit or 100, 60.0)
@@ -290,13 +280,14 @@ def create_app(daemon: Daemon) -> QuartTrio:
     def _cookie_principal(ip: str) -> ops.Principal:
         """The dashboard's single sign-on session. Its cookie is SameSite=Strict, and the browser guard refuses
         foreign origins; an origin of allowedOrigins (a bearer-token client) cannot ride on the cookie either."""
-        assert daemon.oidc is not None
-        session = daemon.oidc.session(_conn().cookies.get(oidc_mod.COOKIE, ""))
-        if session is None:
-            raise _fail(ip, "your sign-in expired; sign in again")
+        oidc = daemon.oidc
+        assert oidc is not None
+        principal = _verified(ip, _conn().cookies.get(oidc_mod.COOKIE, ""),
+                              lambda c: s.principal if (s := oidc.session(c)) is not None else None,
+                              "your sign-in expired; sign in again")
         if g.get("cors_origin"):
             raise Forbidden(f"the sign-in cookie is for the dashboard's own origin, not {g.cors_origin}")
-        return session.principal
+        return principal
 
     def _ip_limit() -> None:
         per_min = daemon.config.ipRateLimit
@@ -380,8 +371,12 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.errorhandler(Exception)
     async def _internal(exc: Exception) -> Response:
         rid = _request_id()
-        log.exception("http.internal_error", path=request.path, request_id=rid, error=repr(exc))
-        daemon.alerts.record("api_error", f"{request.method} {request.path} answered 500 ({type(exc).__name__}; "
+        conn = _conn()  # the terminal's WebSocket has no `request`
+        method = getattr(conn, "method", "WEBSOCKET")
+        log.exception("http.internal_error", path=conn.path, request_id=rid, error=repr(exc))
+        # the one place api_error is counted: a server fault. Client errors (4xx) are answered by the
+        # handlers above and never count toward alerts.
+        daemon.alerts.record("api_error", f"{method} {conn.path} answered 500 ({type(exc).__name__}; "
                                           f"request {rid})")
         return _json({"error": "internal error", "code": "INTERNAL_ERROR", "message": "internal error",
                       "requestId": rid}, 500, rid)
@@ -486,8 +481,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
             value = int(raw)
         except ValueError:
             raise ValidationError("Last-Event-ID must be an integer event id") from None
-        if value < 0:
-            raise ValidationError("Last-Event-ID must not be negative")
+        if not 0 <= value <= INT_MAX:
+            raise ValidationError("Last-Event-ID must be an event id between 0 and 2**63-1")
         return value
 
     async def _events(sid: str | None = None) -> Response:
@@ -663,12 +658,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
             agent = _local_caller()
             if agent is not None:
                 return agent
-            if _throttled(ip):
-                raise RateLimited("too many failed authentication attempts; try again later")
-            principal = daemon.authenticate(token, ip=ip)
-            if principal is None:
-                raise _fail(ip, "invalid or expired token")
-            return principal
+            return _verified(ip, token, lambda t: daemon.authenticate(t, ip=ip), "invalid or expired token")
 
         try:
             principal: ops.Principal | None = _principal(sse=True)

@@ -22,6 +22,7 @@ import structlog
 import trio
 
 from .. import ops
+from .._input import decode_json
 from ..errors import AegisError, Unauthorized, ValidationError
 from ..models import Event
 from ..states import TERMINAL
@@ -76,8 +77,8 @@ async def serve(daemon: Daemon, ws: Any, sid: str, principal: ops.Principal | No
             with trio.move_on_after(AUTH_TIMEOUT_S):
                 raw = await ws.receive()
                 try:
-                    msg = json.loads(raw)
-                except (TypeError, ValueError):
+                    msg = decode_json(raw, what="the message") if len(raw) <= MAX_MESSAGE else None
+                except ValidationError:
                     msg = None
                 if not isinstance(msg, dict) or msg.get("type") != "auth" or not isinstance(msg.get("token"), str):
                     raise Unauthorized("send {type: 'auth', token} first, or connect with a bearer token")
@@ -120,16 +121,10 @@ async def _serve(ctx: ops.OpContext, ws: Any, rec: Any, principal: ops.Principal
             nursery.start_soon(_forward, ws, sub, nursery.cancel_scope)
             while True:
                 raw = await ws.receive()
-                if isinstance(raw, (bytes, bytearray)):
-                    raw = bytes(raw).decode(errors="replace")
                 try:
                     if len(raw) > MAX_MESSAGE:
                         raise ValidationError(f"message larger than {MAX_MESSAGE} characters")
-                    try:
-                        msg = json.loads(raw)
-                    except ValueError:
-                        raise ValidationError("messages must be JSON") from None
-                    await _handle(ctx, rec.id, msg)
+                    await _handle(ctx, rec.id, decode_json(raw, what="the message"))
                 except AegisError as exc:
                     await ws.send(_error(exc))
 

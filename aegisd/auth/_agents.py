@@ -28,7 +28,7 @@ AGENT_ACCESS: dict[str, Access] = {
         "session.metrics", "session.latency", "session.tools", "session.children", "session.pane",
         "session.stats", "sessions.health", "session.permissions.get", "session.permission_profile.get",
         "usage.session", "pipeline.list", "pipeline.get", "auth.sse_token", "template.list", "template.get",
-        "usage.tiers", "session.wait", "events.poll", "permissions.pending",
+        "usage.tiers", "auth.whoami", "session.wait", "events.poll", "permissions.pending",
     ), "read"),
     **dict.fromkeys(("session.create", "sessions.batch_create", "session.spawn", "session.fork",
                      "pipeline.create"), "create"),

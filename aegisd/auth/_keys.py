@@ -111,6 +111,12 @@ class KeyStore:
         self.reload_if_changed()
         return bool(self._keys)
 
+    def has_usable_keys(self, now_ms: int | None = None) -> bool:
+        """Whether a key that has not expired exists (one that can still authenticate someone)."""
+        self.reload_if_changed()
+        now = _now_ms() if now_ms is None else now_ms
+        return any(k.expiresAt is None or now < k.expiresAt for k in self._keys.values())
+
     def list(self) -> list[KeyInfo]:
         self.reload_if_changed()
         return sorted(self._keys.values(), key=lambda k: (k.createdAt, k.id))

@@ -1,4 +1,5 @@
-"""Access control operations: API keys, token verification, SSE tokens, the audit log."""
+"""Access control operations: API keys, token verification, SSE tokens, who is calling, the Users view, the
+audit log."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Annotated, Any
 import msgspec
 
 from ..errors import Forbidden, NotFound, ValidationError
-from ..models import now_ms
+from ..models import SessionRecord, now_ms
+from ..states import LIVE
 from ._registry import OpContext, op
 
 Role = Annotated[str, msgspec.Meta(pattern="^(admin|operator|viewer)$")]
@@ -141,11 +143,18 @@ async def set_quotas(ctx: OpContext, p: QuotaParams) -> dict[str, Any]:
     return key_view(key)
 
 
-@op("auth.verify", VerifyParams, summary="Is this token valid, and with which role?", permission="public")
+@op("auth.verify", VerifyParams, permission="public",
+    summary="Is this token valid, and with which role? (Throttled and audited like any failed authentication)")
 async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
-    principal = ctx.daemon.authenticate(p.token, ip=ctx.ip)
+    # an oracle for guessing tokens unless it is throttled and audited like any failed authentication
+    d = ctx.daemon
+    d.auth_throttle.guard(ctx.ip, p.token)
+    principal = d.authenticate(p.token, ip=ctx.ip)
     if principal is None:
+        d.auth_throttle.failed(ctx.ip, p.token)
+        d.note_auth_failure(ctx.ip, via="auth.verify")
         return {"valid": False}
+    d.auth_throttle.succeeded(ctx.ip, p.token)
     return {"valid": True, "role": principal.role, "name": principal.name}
 
 
@@ -153,7 +162,58 @@ async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
 async def sse_token(ctx: OpContext, p: Empty) -> dict[str, Any]:
     owner = f"{ctx.principal.kind}:{ctx.principal.key_id}"
     token, ttl = ctx.daemon.sse_tokens.mint(ctx.principal, owner)
+    ctx.daemon.auth_throttle.vouch(ctx.ip, token)  # minted by a caller proven valid from there
     return {"token": token, "expiresAt": now_ms() + int(ttl * 1000)}
+
+
+@op("auth.whoami", Empty, summary="Who the caller is: kind (local, master, key, oidc, agent), role, name, key id, "
+                                  "permissions, its session (an agent), and whether the daemon asks for "
+                                  "authentication at all")
+async def whoami(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    from ..auth import ROLE_PERMISSIONS
+
+    d = ctx.daemon
+    pr = ctx.principal
+    perms = pr.permissions if pr.permissions is not None else ROLE_PERMISSIONS.get(pr.role, frozenset())
+    return {"kind": pr.kind, "role": pr.role, "name": pr.name, "keyId": pr.key_id,
+            "permissions": sorted(ROLE_PERMISSIONS["admin"] if pr.role == "admin" else perms),
+            # for `ag whoami`: an agent's session; and whether this daemon wants a credential at all
+            "sessionId": pr.session_id, "authRequired": d.auth_enabled, "sso": d.oidc is not None,
+            "strictRbac": d.config.strictRbac}
+
+
+USER_SESSIONS = 20  # sessions listed per owner (newest first); sessionCount has them all
+
+
+def _owned(recs: list[SessionRecord]) -> dict[str, Any]:
+    return {"sessionCount": len(recs), "liveSessions": sum(1 for r in recs if r.status in LIVE),
+            "sessions": [{"id": r.id, "name": r.name, "status": r.status.value, "createdAt": r.createdAt}
+                         for r in recs[:USER_SESSIONS]]}
+
+
+@op("auth.users", Empty, permission="admin",
+    summary="The Users view: API keys with their quotas and use, single sign-on users seen, and the sessions each "
+            "owns (never a secret or a hash)")
+async def users(ctx: OpContext, p: Empty) -> dict[str, Any]:
+    from ..quotas import parse
+
+    d = ctx.daemon
+    by_owner: dict[str | None, list[SessionRecord]] = {}
+    for rec in d.manager.list():  # newest first
+        by_owner.setdefault(rec.ownerKeyId, []).append(rec)
+    keys = []
+    for k in d.keys.list():
+        keys.append({**key_view(k), "usage": d.quotas.usage_of(k.id, parse(k.quotas)),
+                     **_owned(by_owner.pop(k.id, []))})
+    sso = d.oidc.users() if d.oidc is not None else []
+    for u in sso:
+        u.update(_owned(by_owner.pop(u["principal"], [])))
+    # the master token and local callers (no owner), and owners no longer listed (a revoked key, an SSO user
+    # whose sign-in ended)
+    others = [{"owner": owner, **_owned(recs)}
+              for owner, recs in sorted(by_owner.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))]
+    return {"keys": keys, "ssoUsers": sso, "otherOwners": others, "oidc": d.oidc is not None,
+            "generatedAt": now_ms()}
 
 
 @op("audit.query", AuditParams, summary="Query (and verify) the hash-chained audit log", permission="audit_admin")

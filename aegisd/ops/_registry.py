@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .._input import check
 from ..errors import QuotaExceeded, UnknownOperation, ValidationError
 
 if TYPE_CHECKING:
@@ -86,10 +87,15 @@ def decode_params(o: Op, raw: Any, *, strict: bool = True) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ValidationError(f"{o.name}: params must be an object")
+    what = f"params of {o.name}"
+    check(raw, what=what)  # whichever surface they came from (a WebSocket, Telegram, the MCP server...)
     try:
-        return msgspec.convert(raw, o.params, strict=strict)
+        params: Any = msgspec.convert(raw, o.params, strict=strict)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid params for {o.name}: {exc}") from None
+    if not strict:  # strings converted to numbers (query strings): "1e400", twenty-digit integers
+        check(msgspec.to_builtins(params), what=what)
+    return params
 
 
 async def call(ctx: OpContext, name: str, raw: Any, *, strict: bool = True) -> Any:

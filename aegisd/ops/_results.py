@@ -158,6 +158,73 @@ class Verified(msgspec.Struct):
     name: str | None = None
 
 
+class WhoAmI(msgspec.Struct):
+    kind: str  # local | master | key | oidc | agent
+    role: str
+    name: str
+    keyId: str | None
+    permissions: list[str]
+    sessionId: str | None = None  # kind agent: the session whose process tree is calling
+    authRequired: bool = False  # whether this daemon asks for a credential at all (false: zero-config)
+    sso: bool = False  # single sign-on is set up
+    strictRbac: bool = False
+
+
+class QuotaUsage(msgspec.Struct):
+    activeSessions: int
+    tokensInWindow: int
+    spendInWindowUsd: float
+    windowMs: int
+    windowStart: int
+    windowFreesAt: int | None
+
+
+class SessionRef(msgspec.Struct):
+    id: str
+    name: str
+    status: str
+    createdAt: int
+
+
+class UserKey(KeyView, kw_only=True):
+    quotas: dict[str, Any] | None
+    usage: QuotaUsage  # over the key's quota window (an hour without one)
+    sessionCount: int
+    liveSessions: int
+    sessions: list[SessionRef]  # the newest 20
+
+
+class SsoUser(msgspec.Struct):
+    principal: str  # oidc:<sub>: the owner recorded on the sessions it creates
+    sub: str
+    email: str | None
+    name: str | None
+    role: str
+    lastSeenAt: int | None
+    signedInAt: int | None  # the latest dashboard sign-in still open
+    expiresAt: int | None
+    signIns: int  # dashboard sign-ins open
+    via: list[str]  # dashboard | bearer
+    sessionCount: int
+    liveSessions: int
+    sessions: list[SessionRef]
+
+
+class OtherOwner(msgspec.Struct):
+    owner: str | None  # None: the master token and local callers; else a key or SSO user no longer listed
+    sessionCount: int
+    liveSessions: int
+    sessions: list[SessionRef]
+
+
+class UsersView(msgspec.Struct):
+    keys: list[UserKey]
+    ssoUsers: list[SsoUser]
+    otherOwners: list[OtherOwner]
+    oidc: bool
+    generatedAt: int
+
+
 class SseToken(msgspec.Struct):
     token: str
     expiresAt: int
@@ -213,6 +280,7 @@ RESULTS: dict[str, Any] = {
     "auth.keys.create": NewKey, "auth.keys.list": list[KeyView], "auth.keys.revoke": Ok,
     "session.permissions.get": PermissionsView, "session.permissions.set": PermissionsView,
     "auth.keys.rotate": NewKey, "auth.verify": Verified, "auth.sse_token": SseToken, "audit.query": AuditPage,
+    "auth.whoami": WhoAmI, "auth.users": UsersView,
     "session.wait": SessionWait, "session.set_mode": ModeSet, "permissions.pending": PendingList,
     "events.poll": EventsPage,
 }

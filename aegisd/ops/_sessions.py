@@ -146,6 +146,18 @@ async def health(ctx: OpContext, p: Empty) -> dict[str, Any]:
     }
 
 
+@op("daemon.stop", Empty, stream=True, permission="admin",
+    summary="Stop the daemon as SIGTERM does (`ag stop`): one event {stopping, pid, httpUrl}, sent before it starts "
+            "stopping; admins only, never a session's agent")
+async def daemon_stop(ctx: OpContext, p: Empty) -> AsyncIterator[dict[str, Any]]:
+    d = ctx.daemon
+    d.audit_record(ctx, "daemon.stop")
+    # a stream, so that the answer is on the wire before the shutdown closes the connection: the surface sends
+    # this event, then resumes the generator
+    yield {"stopping": True, "pid": d.pid, "httpUrl": d.http_url}
+    d.request_stop()
+
+
 # ---- sessions --------------------------------------------------------------------------------------
 @op("session.create", CreateParams, summary="Create a session (or reuse an idle one in the same workDir)",
     permission="create")

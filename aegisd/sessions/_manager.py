@@ -211,13 +211,16 @@ class SessionManager:
                             and rec.creatorSessionId == creatorSessionId
                             and model in (None, rec.model, rec.requestedModel)
                             and rec.mcpServers == list(dict.fromkeys(mcpServers or ()))):
-                        delivery: dict[str, Any] = {"delivered": False, "attempts": 0}
+                        # afterEventId: the events of this session after it are the new prompt's (a client
+                        # follows only its own turn, e.g. `ag run --reuse`)
+                        delivery: dict[str, Any] = {"delivered": False, "attempts": 0,
+                                                    "afterEventId": self.bus.last_id}
                         if prompt:
                             if self.quotas is not None:
                                 self.quotas.check_send(ownerKeyId)
                             res = await runner.command("send", text=prompt)
-                            delivery = {"delivered": res["delivered"], "attempts": res["attempts"],
-                                        "queued": res["queued"]}
+                            delivery.update(delivered=res["delivered"], attempts=res["attempts"],
+                                            queued=res["queued"])
                         return rec, True, delivery
             if self.quotas is not None:
                 self.quotas.check_create(ownerKeyId)
@@ -252,8 +255,11 @@ class SessionManager:
         delivery = {"delivered": False, "attempts": 0}
         if prompt:
             # queued now, sent by the runner as soon as the agent is ready
-            res = await runner.command("send", text=prompt)
-            delivery = {"delivered": res["delivered"], "attempts": res["attempts"], "queued": res["queued"]}
+            try:
+                res = await runner.command("send", text=prompt)
+                delivery = {"delivered": res["delivered"], "attempts": res["attempts"], "queued": res["queued"]}
+            except SessionNotLive:
+                pass  # the agent failed to start (not installed…): the crashed record says why, as without a prompt
         timeout = wait_ready if wait_ready is not None else cfg.acpInitTimeoutMs / 1000 * 3
         with trio.move_on_after(timeout):
             await runner.ready.wait()

@@ -159,7 +159,8 @@ class SessionRunner:
     # ---- public, called from other tasks -------------------------------------------------------
     async def command(self, kind: str, **args: Any) -> Any:
         if self.finished.is_set() or self._end_request is not None:
-            raise SessionNotLive(f"session {self.rec.id} is {self.rec.status.value}")
+            raise SessionNotLive(f"session {self.rec.id} is ending" if not self.finished.is_set()
+                                 else f"session {self.rec.id} is {self.rec.status.value}")
         cmd = _Command(kind, args)
         try:
             self._cmd_send.send_nowait(cmd)
@@ -413,6 +414,12 @@ class SessionRunner:
                 cmd.result = await self._handle(cmd)
             except AegisError as exc:
                 cmd.error = exc
+            except trio.Cancelled:  # the session is ending: the command did not take effect
+                cmd.error = SessionNotLive(f"session {self.rec.id} ended before {cmd.kind} took effect")
+                raise
+            except BaseException:  # a bug: the session ends (see run), and its caller gets a 500
+                cmd.error = AegisError(f"internal error in session {self.rec.id} during {cmd.kind}")
+                raise
             finally:
                 cmd.done.set()
 
@@ -553,7 +560,10 @@ class SessionRunner:
             return {"ok": True, "interrupted": False}
         assert self._conn is not None and self.rec.acpSessionId is not None
         if self._prompt_sent:
-            await self._conn.cancel(self.rec.acpSessionId)
+            try:
+                await self._conn.cancel(self.rec.acpSessionId)
+            except AgentError:  # its stdin is closed: the agent is exiting, and the session with it
+                raise SessionNotLive(f"session {self.rec.id} is ending: its agent is gone") from None
         else:
             self._cancel_early = True
         self._resolve_all_decisions()

@@ -160,6 +160,8 @@ async def test_sessions_permissions_and_events(daemon: DaemonHandle, workdir: Pa
         assert (await call(s, "server_health"))["status"] == "ok"
         info = await call(s, "server_info")
         assert info["daemon"] == "aegisd" and "session" not in info  # not called from inside a session
+        me = await call(s, "whoami")
+        assert me["kind"] == "local" and me["role"] == "admin" and me["sessionId"] is None
 
         created = await call(s, "create_session", {"workDir": str(workdir), "name": "from-mcp",
                                                    "prompt": "say:working;tool:execute:Run:make"})
