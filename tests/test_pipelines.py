@@ -148,3 +148,19 @@ async def test_verified_stage_fails_when_fixes_run_out(daemon: DaemonHandle, wor
         {"name": "impl", "prompt": "say:implemented", "verify": True, "verifyCriticalOnly": True}]})
     p = await wait_pipeline(daemon, r.json()["id"])
     assert p["status"] == "completed" and p["stages"][0]["verification"]["steps"] == [{"name": "build", "ok": True}]
+
+
+async def test_shutdown_while_a_stage_starts_ends_promptly(daemon_factory: Any, workdir: Path) -> None:
+    """A pipeline starting its next stage as the daemon stops: the stop still ends within its bound, and no agent
+    is left running (a stage session created after the shutdown began used to keep it waiting)."""
+    for _ in range(4):  # the window is narrow: a few rounds make it likely
+        h = await daemon_factory()
+        r = await h.http.post("/v1/pipelines", json={"name": "race", "workDir": str(workdir), "sequential": True,
+                                                     "stages": [{"prompt": "say:one"}, {"prompt": "say:two"}]})
+        assert r.status_code == 201, r.text
+        first = await h.wait_event(None, "turn")
+        h.shutdown.set()
+        with trio.fail_after(10):
+            await h.done.wait()  # type: ignore[attr-defined]
+        pids = [p for p in (getattr(rec, "pid", None) for rec in h.manager.records.values()) if p]
+        assert pids == [] and first.sessionId in h.manager.records

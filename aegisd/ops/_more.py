@@ -418,7 +418,7 @@ async def fork(ctx: OpContext, p: ForkParams) -> dict[str, Any]:
     owner, creator = ctx.daemon.creator(ctx)
     rec, _, _ = await mgr.create(
         workDir=src.workDir, name=p.name or f"{src.name}-fork", permissionMode=src.permissionMode,
-        agent=src.agent, model=src.model, ownerKeyId=owner, reuse=False, forkedFrom=src.id,
+        agent=src.agent, model=src.requestedModel, ownerKeyId=owner, reuse=False, forkedFrom=src.id,
         mcpServers=src.mcpServers, creatorSessionId=creator)
     ctx.daemon.audit_record(ctx, "session.create", session_id=rec.id,
                             detail={"workDir": rec.workDir, "agent": rec.agent, "forkedFrom": src.id,

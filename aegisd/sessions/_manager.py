@@ -24,6 +24,7 @@ from ..errors import (
     QuotaExceeded,
     SessionNotFound,
     SessionNotLive,
+    Unavailable,
     ValidationError,
 )
 from ..events import EventBus
@@ -60,6 +61,7 @@ class SessionManager:
         self.records: dict[str, SessionRecord] = {}
         self.runners: dict[str, SessionRunner] = {}
         self._create_lock = trio.Lock()
+        self.closing = False  # the daemon is stopping: no new session starts
         self._save_locks: dict[str, trio.Lock] = {}
         self.started_at = now_ms()
         self.created_total = 0
@@ -226,6 +228,8 @@ class SessionManager:
                 self.quotas.check_create(ownerKeyId)
                 if prompt:
                     self.quotas.check_send(ownerKeyId)
+            if self.closing:
+                raise Unavailable("the daemon is shutting down")
             live = sum(1 for r in self.records.values() if r.status in LIVE)
             if live >= cfg.maxSessions:
                 raise CapacityExceeded(f"maxSessions ({cfg.maxSessions}) live sessions reached")
@@ -290,10 +294,14 @@ class SessionManager:
         return rec
 
     async def shutdown(self) -> None:
-        """Stop every agent, keeping session states for the next daemon to resume."""
-        runners = list(self.runners.values())
-        for runner in runners:
-            runner.end(None, "daemon_shutdown")
+        """Stop every agent, keeping session states for the next daemon to resume. No session starts once this
+        began (a pipeline starting a stage, a create in flight): each is refused, and any that slipped in is
+        stopped too."""
+        self.closing = True
         with trio.CancelScope(shield=True):
-            for runner in runners:
-                await runner.finished.wait()
+            while self.runners:
+                runners = list(self.runners.values())
+                for runner in runners:
+                    runner.end(None, "daemon_shutdown")
+                for runner in runners:
+                    await runner.finished.wait()
