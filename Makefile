@@ -72,10 +72,10 @@ bench: $(TEST_STAMP) ## benchmarks; results go to bench/results/ and are summari
 
 docs: $(RUN_STAMP) ## regenerate docs/cli.md and docs/openapi.json from the code
 	$(PY) -m aegisctl._docs
-	$(PY) -m aegisd.api._openapi
+	$(PY) -m aegisd.surfaces.http._openapi
 
 openapi: $(RUN_STAMP) ## write docs/openapi.json
-	$(PY) -m aegisd.api._openapi
+	$(PY) -m aegisd.surfaces.http._openapi
 
 lint: $(DEV_STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check aegisd aegisctl tests

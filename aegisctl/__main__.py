@@ -1,5 +1,5 @@
 """`python -m aegisctl` = `ag`."""
 
-from .cli import main
+from aegisctl.cli import main
 
 main()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .client import Client, ClientError, ConnectError, default_socket_path
+from aegisctl.client import Client, ClientError, ConnectError, default_socket_path
 
 
 def state_dir(env: dict[str, str] | None = None) -> Path:
@@ -90,7 +90,7 @@ def connect(*, socket_path: str | None = None, url: str | None = None, port: int
     url = url or os.environ.get("AEGIS_URL") or None
     if url:
         if token is None:
-            from ._login import stored_token
+            from aegisctl._login import stored_token
 
             token = stored_token(url)  # from `ag login`
         return Client(url=url, token=token)

@@ -14,7 +14,7 @@ def _walk(cmd: click.Command, path: list[str]) -> list[tuple[list[str], click.Co
 
 
 def render_cli_reference() -> str:
-    from .cli import cli
+    from aegisctl.cli import cli
 
     parts = ["# CLI reference\n",
              "Generated from the click commands by `make docs` (`python -m aegisctl._docs`); "

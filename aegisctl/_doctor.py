@@ -24,9 +24,9 @@ def _run(cmd: list[str], timeout: float = 10) -> tuple[int, str]:
 
 
 def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dict[str, Any]]:
-    from aegisd.agents import find_claude_agent, npm_prefix, resolve_agent
-    from aegisd.config import CLAUDE_PACKAGE, load_config
-    from aegisd.errors import AegisError
+    from aegisd.core.config import CLAUDE_PACKAGE, load_config
+    from aegisd.core.errors import AegisError
+    from aegisd.sessions._agents import find_claude_agent, npm_prefix, resolve_agent
 
     results = []
     v = sys.version_info
@@ -101,7 +101,7 @@ def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dic
             results.append(_check("state dir", "fail", f"{state}: {exc}", "set AEGIS_STATE_DIR to a writable dir"))
         audit_file = state / "audit" / "audit.jsonl"
         if audit_file.exists():
-            from aegisd.audit import AuditLog
+            from aegisd.auth.audit import AuditLog
 
             chain = AuditLog(state / "audit").verify()
             results.append(_check("audit chain", "ok" if chain["ok"] else "fail",
@@ -125,7 +125,7 @@ def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dic
 
 def _optional_checks(cfg: Any) -> list[dict[str, Any]]:
     """What the optional features need: a browser for screenshots, PyJWT and a reachable IdP for SSO."""
-    from aegisd.screenshot import find_browser
+    from aegisd.browser.screenshot import find_browser
 
     out = []
     browser = find_browser()
@@ -157,7 +157,7 @@ def _optional_checks(cfg: Any) -> list[dict[str, Any]]:
 
 
 def _daemon_checks(cfg: Any, sock_path: Path) -> list[dict[str, Any]]:
-    from .client import Client, ClientError
+    from aegisctl.client import Client, ClientError
 
     out = []
     hello = None

@@ -48,7 +48,7 @@ def config_path(project: Path) -> Path:
 
 
 def _is_loopback(host: str) -> bool:
-    from aegisd.daemon import is_loopback
+    from aegisd.app.daemon import is_loopback
 
     return is_loopback(host)
 
@@ -93,7 +93,7 @@ def project_defaults(project: Path) -> dict[str, Any]:
     path = config_path(project)
     if not path.is_file():
         return {}
-    from aegisd.config import read_config_file
+    from aegisd.core.config import read_config_file
 
     try:
         data = read_config_file(path)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .client import Client, ClientError, ConnectError
+from aegisctl.client import Client, ClientError, ConnectError
 
 PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 SERVER_INFO = {"name": "aegis", "title": "Aegis", "version": ""}
@@ -226,7 +226,7 @@ class ToolError(Exception):
 def op_params(tool: Tool, schema: dict[str, Any], args: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """The operation's params for these tool arguments, and them decoded into the operation's own struct (the
     daemon checks them again); ToolError INVALID_ARGUMENTS names the tool's arguments, not the operation's."""
-    from aegisd.errors import ValidationError
+    from aegisd.core.errors import ValidationError
     from aegisd.ops import decode_params, get_op
 
     props = schema["properties"]

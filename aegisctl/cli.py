@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 
 import click
 
-from . import _output as out
-from .client import Client, ClientError, ConnectError
+from aegisctl import _output as out
+from aegisctl.client import Client, ClientError, ConnectError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -30,7 +30,7 @@ class Ctx:
 
     def client(self, port: int | None = None) -> Client:
         if self._client is None:
-            from ._conn import connect
+            from aegisctl._conn import connect
 
             self._client = connect(socket_path=self.socket, url=self.url, port=port)
         return self._client
@@ -123,7 +123,7 @@ def json_option(fn: Any) -> Any:
 def serve(host: str | None = None, port: int | None = None, config_path: str | None = None,
           state_dir: str | None = None) -> None:
     """Run aegisd in the foreground (Ctrl-C stops it)."""
-    from aegisd.daemon import run_foreground
+    from aegisd.app.daemon import run_foreground
 
     run_foreground(config_path=config_path, overrides={"host": host, "port": port, "stateDir": state_dir})
 
@@ -139,8 +139,8 @@ def stop(c: Ctx, timeout: float, port: int | None) -> None:
 
     Under the systemd user unit (`ag service install`) through `systemctl --user stop aegisd`, else by asking the
     daemon (admins only; never a session's agent). Exit 1 when no daemon answers."""
-    from ._conn import is_local, wait_gone
-    from ._service import stop_unit, unit_main_pid
+    from aegisctl._conn import is_local, wait_gone
+    from aegisctl._service import stop_unit, unit_main_pid
 
     try:
         client = c.client(port)
@@ -181,8 +181,8 @@ def mcp(obj: Ctx, port: int | None) -> None:
 
     Talks to the running daemon (the socket, or --url / AEGIS_URL with AEGIS_AUTH_TOKEN); tools that need it
     report SERVER_UNREACHABLE until a daemon answers."""
-    from ._conn import connect
-    from ._mcp import serve as serve_mcp
+    from aegisctl._conn import connect
+    from aegisctl._mcp import serve as serve_mcp
 
     sys.exit(serve_mcp(lambda: connect(socket_path=obj.socket, url=obj.url, port=port)))
 
@@ -213,7 +213,7 @@ def _create_params(cwd: str, prompt: str | None, name: str | None, model: str | 
                    mode: str | None, reuse: bool = False) -> dict[str, Any]:
     """session.create's params. Unlike the API, the CLI reuses an idle session only when asked (--reuse); the
     project's .aegis/config.yaml gives the default name and model (`ag init --name/--model`)."""
-    from ._init import project_defaults
+    from aegisctl._init import project_defaults
 
     work = Path(cwd).expanduser().absolute()
     defaults = project_defaults(work)
@@ -502,7 +502,7 @@ def screenshot(c: Ctx, session_id: str, url: str, output: str, width: int, heigh
 
 def _server_url(c: Ctx) -> str:
     """The HTTP address of the daemon the CLI talks to: --url, else the one the daemon gives in its `hello`."""
-    from ._conn import port_of
+    from aegisctl._conn import port_of
 
     if c.url:
         return c.url.rstrip("/")
@@ -523,7 +523,7 @@ def login(c: Ctx, no_open: bool) -> None:
     """Sign in with the organisation's identity provider (OAuth device flow; needs OIDC on the server)."""
     import httpx
 
-    from ._login import LoginError, auth_file, device_login
+    from aegisctl._login import LoginError, auth_file, device_login
 
     url = _server_url(c)
 
@@ -550,7 +550,7 @@ def login(c: Ctx, no_open: bool) -> None:
 @pass_ctx
 def logout(c: Ctx) -> None:
     """Forget the token `ag login` saved for this server."""
-    from ._login import forget
+    from aegisctl._login import forget
 
     url = _server_url(c)
     click.echo(f"Signed out of {url}." if forget(url) else f"Not signed in to {url}.")
@@ -591,7 +591,7 @@ def whoami(c: Ctx) -> None:
         return
     line = f"{res['name']} ({role}) on {target}"
     if kind == "oidc" and client.url:
-        from ._login import token_expiry
+        from aegisctl._login import token_expiry
 
         left = token_expiry(client.url)
         if left is not None:
@@ -809,8 +809,8 @@ def run(c: Ctx, prompt: str, cwd: str, port: int | None, no_stream: bool, model:
     <cwd>/.aegis/config.yaml if it is missing, with the port of the daemon used, once that daemon has accepted
     the directory. Exits 0 when the turn ends, 1 with the reason and its fix when the agent fails or refuses the
     prompt (not signed in, rate-limited, unknown model, not installed), 2 when PROMPT is empty."""
-    from ._conn import requested_port, start_background
-    from ._init import bootstrap_config
+    from aegisctl._conn import requested_port, start_background
+    from aegisctl._init import bootstrap_config
 
     def status(msg: str) -> None:
         if not quiet:
@@ -879,7 +879,7 @@ def _port_of_url(url: str | None) -> int:
 def _refuse_second_daemon(c: Ctx, port: int) -> None:
     """Nothing answers on the port asked for. A daemon on the default socket owns the state directory, and one
     state directory serves one daemon: starting another would fail, so say what to do instead."""
-    from .client import default_socket_path
+    from aegisctl.client import default_socket_path
 
     try:
         with Client(socket_path=c.socket or default_socket_path()) as other:
@@ -906,7 +906,7 @@ def _refuse_second_daemon(c: Ctx, port: int) -> None:
 def init(c: Ctx, cwd: str, model: str | None, name: str | None, host: str | None, port: int | None,
          force: bool) -> None:
     """Write .aegis/config.yaml (zero-config on localhost: no token)."""
-    from ._init import write_config
+    from aegisctl._init import write_config
 
     path, token = write_config(Path(cwd).expanduser().absolute(), model=model, name=name, host=host, port=port,
                                force=force)
@@ -927,7 +927,7 @@ def init(c: Ctx, cwd: str, model: str | None, name: str | None, host: str | None
 @pass_ctx
 def doctor(c: Ctx, fix: bool) -> None:
     """Check the setup; each problem comes with its fix. Exit 1 on any failure."""
-    from ._doctor import run_checks
+    from aegisctl._doctor import run_checks
 
     results = run_checks(socket_path=c.socket, fix=fix)
     if c.json:
@@ -953,8 +953,8 @@ def config_group() -> None:
 @click.pass_obj
 def config_show(c: Ctx, config_path: str | None) -> None:
     """Print the resolved configuration and where each value came from (secrets masked)."""
-    from aegisd.config import describe, load_config
-    from aegisd.errors import AegisError
+    from aegisd.core.config import describe, load_config
+    from aegisd.core.errors import AegisError
 
     warnings: list[str] = []
     try:
@@ -1092,7 +1092,7 @@ def service_group() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the unit and the commands instead.")
 def service_install(dry_run: bool) -> None:
     """Write ~/.config/systemd/user/aegisd.service and enable it."""
-    from ._service import install
+    from aegisctl._service import install
 
     sys.exit(install(dry_run=dry_run))
 
@@ -1100,7 +1100,7 @@ def service_install(dry_run: bool) -> None:
 @service_group.command("uninstall")
 def service_uninstall() -> None:
     """Disable and remove the user unit."""
-    from ._service import uninstall
+    from aegisctl._service import uninstall
 
     sys.exit(uninstall())
 
@@ -1108,7 +1108,7 @@ def service_uninstall() -> None:
 @service_group.command("status")
 def service_status() -> None:
     """Show the unit's status."""
-    from ._service import status
+    from aegisctl._service import status
 
     sys.exit(status())
 

@@ -1,3 +1,3 @@
-from aegisd.daemon import main
+from aegisd.app.daemon import main
 
 main()

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import trio
 
-from aegisd.config import Config, load_config
-from aegisd.daemon import Daemon
-from aegisd.states import State
+from aegisd.app.daemon import Daemon
+from aegisd.core.config import Config, load_config
+from aegisd.core.states import State
 
 # Hermetic: the user's shell may export AEGIS_PORT, AEGIS_AUTH_TOKEN… (the README tells them to). Tests build
 # their own environment; only the AEGIS_TEST_* switches (which services to test against) come from outside.

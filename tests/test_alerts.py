@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import trio
 
-from aegisd import webhooks
-from aegisd.alerts import Alerts
-from aegisd.config import AlertingConfig, load_config
-from aegisd.errors import ValidationError
+from aegisd.core.config import AlertingConfig, load_config
+from aegisd.core.errors import ValidationError
+from aegisd.notify import webhooks
+from aegisd.notify.alerts import Alerts
 
 from .conftest import DaemonHandle
 from .test_webhooks import Receiver, wait_until

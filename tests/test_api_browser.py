@@ -1,12 +1,13 @@
-"""The browser defences' pure functions (aegisd/api/_browser.py), without a daemon: what each Host, Origin and
+"""The browser defences' pure functions (aegisd/surfaces/http/_browser.py), without a daemon: what each Host, Origin and
 Content-Type is judged to be. tests/test_security_browser.py shows them over real HTTP and in Chromium."""
 
 from __future__ import annotations
 
 import pytest
 
-from aegisd.api._browser import OriginKind as K
-from aegisd.api._browser import (
+from aegisd.core.errors import HostNotAllowed, OriginNotAllowed, UnsupportedMediaType
+from aegisd.surfaces.http._browser import OriginKind as K
+from aegisd.surfaces.http._browser import (
     Policy,
     check,
     check_body,
@@ -18,7 +19,6 @@ from aegisd.api._browser import (
     origin_entry,
     origin_of,
 )
-from aegisd.errors import HostNotAllowed, OriginNotAllowed, UnsupportedMediaType
 
 
 @pytest.mark.parametrize(("header", "name"), [

@@ -130,7 +130,7 @@ async def test_sse_token_single_use(authd: DaemonHandle) -> None:
 
 async def test_sse_token_expiry_with_autojump_clock(autojump_clock: Any) -> None:
     from aegisd.auth._sse_tokens import SseTokens
-    from aegisd.errors import RateLimited
+    from aegisd.core.errors import RateLimited
 
     tokens = SseTokens()
     t, ttl = tokens.mint("alice", "key:a")
@@ -232,9 +232,9 @@ async def test_audit_log_records_and_detects_tampering(authd: DaemonHandle, work
 
 
 async def test_refuses_non_loopback_without_auth_and_allows_with_keys(tmp_path: Path, short_tmp: Path) -> None:
+    from aegisd.app.daemon import Daemon
     from aegisd.auth import KeyStore
-    from aegisd.daemon import Daemon
-    from aegisd.errors import ValidationError
+    from aegisd.core.errors import ValidationError
 
     from .conftest import make_config
 

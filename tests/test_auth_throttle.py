@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aegisd.auth._throttle import AuthThrottle, fingerprint
-from aegisd.errors import RateLimited
+from aegisd.core.errors import RateLimited
 
 
 class Clock:

@@ -62,7 +62,7 @@ def test_init_is_idempotent(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["init", "--cwd", str(tmp_path), "--force", "--host", "0.0.0.0"], env=env)
     assert r.exit_code == 0 and "Auth token" in r.output
     assert "authToken:" in cfg.read_text() and oct(cfg.stat().st_mode & 0o777) == "0o600"
-    from aegisd.config import load_config
+    from aegisd.core.config import load_config
 
     assert load_config(env={}, cwd=tmp_path).host == "0.0.0.0"  # the written file is a valid config
 

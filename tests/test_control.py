@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from aegisd.errors import Unavailable
+from aegisd.core.errors import Unavailable
 
 from .conftest import DaemonHandle
 
@@ -122,7 +122,7 @@ async def test_rpc_over_http_same_frames(daemon: DaemonHandle) -> None:
 
 
 async def test_second_daemon_refuses_live_socket(daemon: DaemonHandle, tmp_path: Path) -> None:
-    from aegisd.control import prepare_socket_path
+    from aegisd.surfaces.control import prepare_socket_path
 
     with pytest.raises(Unavailable, match="already listening"):
         prepare_socket_path(daemon.daemon.socket_path)
@@ -132,7 +132,7 @@ async def test_second_daemon_refuses_live_socket(daemon: DaemonHandle, tmp_path:
 async def test_stale_socket_is_replaced(tmp_path: Path, short_tmp: Path) -> None:
     import socket
 
-    from aegisd.control import prepare_socket_path
+    from aegisd.surfaces.control import prepare_socket_path
 
     path = short_tmp / "stale.sock"
     s = socket.socket(socket.AF_UNIX)

@@ -118,8 +118,8 @@ async def test_auth_token_required_when_set(daemon_factory, workdir: Path) -> No
 
 
 async def test_refuses_non_loopback_without_auth(tmp_path: Path, short_tmp: Path) -> None:
-    from aegisd.daemon import Daemon
-    from aegisd.errors import ValidationError
+    from aegisd.app.daemon import Daemon
+    from aegisd.core.errors import ValidationError
 
     from .conftest import make_config
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import trio
 
-from aegisd.config import load_config
-from aegisd.errors import ValidationError
+from aegisd.core.config import load_config
+from aegisd.core.errors import ValidationError
 
 from .conftest import DaemonHandle
 from .fake_smtp import FakeSmtp
@@ -57,7 +57,7 @@ def test_bad_email_config(email: dict[str, Any], message: str) -> None:
 
 
 def test_email_env_and_masking() -> None:
-    from aegisd.config import describe
+    from aegisd.core.config import describe
 
     cfg = load_config(env={"AEGIS_EMAIL_SMTP_URL": "smtps://u:secretpw@mail.example", "AEGIS_EMAIL_TO": "a@b, c@d",
                            "AEGIS_EMAIL_FROM": "x@y"})

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from aegisd.sessions._failures import AGENT, AUTH, MODEL, RATE_LIMIT, classify
+from aegisd.sessions.failures import AGENT, AUTH, MODEL, RATE_LIMIT, classify
 
 from .conftest import DaemonHandle, agent_env
 

@@ -15,8 +15,8 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from aegisd.config import load_config
-from aegisd.errors import ValidationError
+from aegisd.core.config import load_config
+from aegisd.core.errors import ValidationError
 
 from .conftest import DaemonHandle
 from .fake_idp import CLIENT_ID, FakeIdp

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_docs_openapi_is_current() -> None:
-    from aegisd.api._openapi import document
+    from aegisd.surfaces.http._openapi import document
 
     on_disk = json.loads((ROOT / "docs" / "openapi.json").read_text())
     assert on_disk == json.loads(json.dumps(document())), "docs/openapi.json is stale: run `make openapi`"
@@ -27,14 +27,14 @@ def test_docs_openapi_is_current() -> None:
 async def test_every_route_is_in_the_spec(daemon: DaemonHandle) -> None:
     spec = (await daemon.http.get("/v1/openapi.json")).json()
     assert spec["openapi"].startswith("3.1")
-    from aegisd.api import create_app
+    from aegisd.surfaces.http import create_app
 
     app = create_app(daemon.daemon)
     missing = []
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static" or rule.endpoint.startswith("dashboard_"):
             continue  # pages of the web dashboard, not API routes
-        from aegisd.api._openapi import _path
+        from aegisd.surfaces.http._openapi import _path
 
         path = _path(rule.rule)[0]
         for method in rule.methods - {"HEAD", "OPTIONS"}:

@@ -4,8 +4,8 @@ import msgspec
 import pytest
 
 from aegisd.acp import wire as w
-from aegisd.errors import Conflict
-from aegisd.sessions._permissions import Policy, choose_option, daemon_policy
+from aegisd.core.errors import Conflict
+from aegisd.core.permissions import Policy, choose_option, daemon_policy
 
 OPTS = [w.PermissionOption(optionId="allow_always", kind="allow_always"),
         w.PermissionOption(optionId="allow", kind="allow_once"),
@@ -42,7 +42,7 @@ def test_daemon_policy(mode: str, kind: str, native: bool, want: Policy) -> None
 
 
 def test_profile_rules() -> None:
-    from aegisd.sessions._permissions import PermissionProfile, evaluate_profile
+    from aegisd.core.permissions import PermissionProfile, evaluate_profile
 
     prof = msgspec.convert({"defaultBehavior": "ask", "rules": [
         {"tool": "execute", "behavior": "deny", "pattern": "rm *"},

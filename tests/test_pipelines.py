@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import trio
 
-from aegisd.errors import ValidationError
-from aegisd.pipelines import StageSpec, check_graph
+from aegisd.core.errors import ValidationError
+from aegisd.features.pipelines import StageSpec, check_graph
 
 from .conftest import DaemonHandle
 

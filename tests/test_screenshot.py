@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from aegisd.screenshot import find_browser
+from aegisd.browser.screenshot import find_browser
 
 from .conftest import DaemonHandle, agent_env
 from .test_auth import MASTER, bearer, make_key
@@ -146,8 +146,8 @@ async def test_screenshot_without_a_browser(daemon_factory: Any, workdir: Path, 
 async def test_guarded_proxy_connect_and_forward(nursery: trio.Nursery) -> None:
     """The screenshot browser's egress guard on its own: CONNECT (https) tunnels only to allowed addresses;
     plain requests are forwarded one per connection, without proxy headers."""
-    from aegisd._egress import GuardedProxy
-    from aegisd.screenshot import Guard, Reach
+    from aegisd.browser.egress import GuardedProxy
+    from aegisd.browser.screenshot import Guard, Reach
 
     seen: list[bytes] = []
 

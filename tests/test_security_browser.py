@@ -231,8 +231,8 @@ async def test_configured_origin_gets_cors(daemon_factory: Any, workdir: Path) -
 
 
 def test_bad_browser_config_is_a_clear_error(tmp_path: Path) -> None:
-    from aegisd.config import load_config
-    from aegisd.errors import ValidationError
+    from aegisd.core.config import load_config
+    from aegisd.core.errors import ValidationError
 
     for env, word in (({"AEGIS_ALLOWED_ORIGINS": "https://app.example/path"}, "allowedOrigins"),
                       ({"AEGIS_ALLOWED_ORIGINS": "*"}, "allowedOrigins"),

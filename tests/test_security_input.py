@@ -18,9 +18,9 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from aegisd import control
-from aegisd.api import ROUTES
-from aegisd.states import State
+from aegisd.core.states import State
+from aegisd.surfaces import control
+from aegisd.surfaces.http import ROUTES
 
 from .conftest import DaemonHandle, start_daemon_process
 from .test_control import AsyncControl, connect

@@ -14,9 +14,9 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from aegisd import webhooks
-from aegisd.api import ROUTES
-from aegisd.sessions import _manager
+from aegisd.notify import webhooks
+from aegisd.sessions import manager as _manager
+from aegisd.surfaces.http import ROUTES
 
 from .conftest import DaemonHandle
 from .test_auth import MASTER, bearer, make_key

@@ -16,7 +16,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from aegisd import oidc as oidc_mod
+from aegisd.auth import oidc as oidc_mod
 
 from .conftest import DaemonHandle
 from .test_auth import MASTER, bearer, make_key

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import trio
 
-from aegisd.screenshot import Reach, find_browser, is_local_address
+from aegisd.browser.screenshot import Reach, find_browser, is_local_address
 
 from .conftest import DaemonHandle, agent_env
 from .test_auth import MASTER, bearer, make_key
@@ -288,8 +288,8 @@ async def test_reach_rules() -> None:
 async def test_the_proxy_speaks_tcp_to_http_urls_only(nursery: trio.Nursery) -> None:
     """The control socket is a Unix socket: the proxy never opens anything but TCP, and refuses every
     non-http scheme a browser might hand it."""
-    from aegisd._egress import GuardedProxy
-    from aegisd.screenshot import Guard
+    from aegisd.browser.egress import GuardedProxy
+    from aegisd.browser.screenshot import Guard
 
     proxy = GuardedProxy(Guard(Reach(loopback_ports=frozenset({1}), trusted=True)).addresses)
     port = await nursery.start(proxy.serve)

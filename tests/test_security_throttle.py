@@ -163,7 +163,7 @@ async def test_bind_safety_ignores_expired_keys(tmp_path: Path, short_tmp: Path)
     assert b"refusing to listen on non-loopback address 0.0.0.0" in proc.stderr
     assert not os.path.exists(cfg.socket_path)
     # a key that has not expired (or a master token) is enough
-    from aegisd.daemon import Daemon
+    from aegisd.app.daemon import Daemon
 
     KeyStore(cfg.state_path / "keys.json").create("current", role="admin", ttl_days=1)
     Daemon(cfg).check_bind_safety()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from aegisd.states import State
+from aegisd.core.states import State
 
 from .conftest import DaemonHandle, agent_env, wait_dead
 
@@ -280,7 +280,7 @@ async def test_prompt_timeout_cancels_silent_turn(daemon_factory: Any, workdir: 
 
 async def test_agent_ignoring_cancel_after_timeout_crashes(daemon_factory: Any, workdir: Path,
                                                            monkeypatch: Any) -> None:
-    from aegisd.sessions import _runner
+    from aegisd.sessions import runner as _runner
 
     monkeypatch.setattr(_runner, "CANCEL_GRACE_S", 0.5)
     d = await daemon_factory(acpPromptTimeoutMs=500, killGraceMs=300)
@@ -405,8 +405,8 @@ async def test_idle_sessions_close_after_idle_timeout(daemon_factory: Any, workd
 
 
 def test_idle_timeout_config(tmp_path: Path) -> None:
-    from aegisd.config import load_config
-    from aegisd.errors import ValidationError
+    from aegisd.core.config import load_config
+    from aegisd.core.errors import ValidationError
 
     assert load_config(env={}, cwd=tmp_path).idleTimeoutMs == 1_800_000  # 30 minutes
     assert load_config(env={"AEGIS_IDLE_TIMEOUT_MS": "0"}, cwd=tmp_path).idleTimeoutMs == 0  # never

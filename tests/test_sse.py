@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import trio
 
-from aegisd.states import State
+from aegisd.core.states import State
 
 from .conftest import DaemonHandle
 
@@ -123,7 +123,7 @@ async def test_replay_across_restart(daemon_factory: Any, workdir: Path, tmp_pat
 
 
 async def test_heartbeat(daemon: DaemonHandle, monkeypatch: Any) -> None:
-    from aegisd.api import _sse
+    from aegisd.surfaces.http import _sse
 
     monkeypatch.setattr(_sse, "HEARTBEAT_S", 0.2)
     async with daemon.http.stream("GET", "/v1/events") as resp:

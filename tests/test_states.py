@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from aegisd.errors import IllegalTransition
-from aegisd.states import ACTIVE, LIVE, TERMINAL, TRANSITIONS, State, check_transition
+from aegisd.core.errors import IllegalTransition
+from aegisd.core.states import ACTIVE, LIVE, TERMINAL, TRANSITIONS, State, check_transition
 
 
 def test_every_state_has_a_row() -> None:

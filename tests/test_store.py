@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from aegisd.errors import Unavailable
-from aegisd.models import Event, PendingPermission, PermissionOption, SessionRecord, TranscriptEntry
-from aegisd.states import State
+from aegisd.core.errors import Unavailable
+from aegisd.core.models import Event, PendingPermission, PermissionOption, SessionRecord, TranscriptEntry
+from aegisd.core.states import State
 from aegisd.store._file import EVENT_RING, FileStore
 
 

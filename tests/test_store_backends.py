@@ -13,9 +13,16 @@ from typing import Any
 import pytest
 import trio
 
-from aegisd.config import load_config
-from aegisd.errors import Unavailable
-from aegisd.models import SCHEMA_VERSION, Event, PendingPermission, PermissionOption, SessionRecord, TranscriptEntry
+from aegisd.core.config import load_config
+from aegisd.core.errors import Unavailable
+from aegisd.core.models import (
+    SCHEMA_VERSION,
+    Event,
+    PendingPermission,
+    PermissionOption,
+    SessionRecord,
+    TranscriptEntry,
+)
 from aegisd.store import Store, open_store
 from aegisd.store._file import EVENT_RING
 

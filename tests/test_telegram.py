@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import trio
 
-from aegisd.config import load_config
-from aegisd.errors import ValidationError
+from aegisd.core.config import load_config
+from aegisd.core.errors import ValidationError
 
 from .conftest import DaemonHandle
 from .fake_telegram import FakeTelegram

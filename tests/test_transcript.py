@@ -3,7 +3,7 @@ from __future__ import annotations
 import msgspec
 
 from aegisd.acp import wire as w
-from aegisd.sessions._transcript import TranscriptBuilder
+from aegisd.core.transcript import TranscriptBuilder
 
 
 def upd(**kw: object) -> w.SessionUpdate | w.UnknownUpdate:

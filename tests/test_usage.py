@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from aegisd.usage import estimate_cost
+from aegisd.features.metering import estimate_cost
 
 from .conftest import agent_env
 from .test_auth import MASTER, bearer, make_key

@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 
-from aegisd import webhooks
+from aegisd.notify import webhooks
 
 
 class Receiver:
@@ -113,8 +113,8 @@ async def test_retries_dead_letters_and_4xx(daemon_factory: Any, nursery: trio.N
 def test_bad_webhook_config() -> None:
     import pytest
 
-    from aegisd.config import load_config
-    from aegisd.errors import ValidationError
+    from aegisd.core.config import load_config
+    from aegisd.core.errors import ValidationError
 
     with pytest.raises(ValidationError, match="http"):
         load_config(env={}, overrides={"webhooks": ["ftp://x"]})
@@ -140,8 +140,8 @@ async def test_chat_formats(daemon_factory: Any, nursery: trio.Nursery, workdir:
 def test_bad_webhook_format() -> None:
     import pytest
 
-    from aegisd.config import load_config
-    from aegisd.errors import ValidationError
+    from aegisd.core.config import load_config
+    from aegisd.core.errors import ValidationError
 
     with pytest.raises(ValidationError, match="format must be one of json, slack, discord"):
         load_config(env={}, overrides={"webhooks": [{"url": "http://127.0.0.1:1/x", "format": "teams"}]})

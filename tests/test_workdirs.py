@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from aegisd.config import load_config
-from aegisd.errors import InvalidWorkDir
-from aegisd.workdirs import WorkDirPolicy
+from aegisd.core.config import load_config
+from aegisd.core.errors import InvalidWorkDir
+from aegisd.sessions._workdirs import WorkDirPolicy
 
 
 def policy(tmp_path: Path, dirs: list[str] | None = None, cwd: str | None = None) -> WorkDirPolicy:

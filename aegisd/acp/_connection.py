@@ -15,8 +15,8 @@ import msgspec
 import structlog
 import trio
 
-from ..errors import AgentError, ProtocolError, RequestTimeout
-from . import _wire as w
+from aegisd.acp import _wire as w
+from aegisd.core.errors import AgentError, ProtocolError, RequestTimeout
 
 log = structlog.get_logger("aegisd.acp")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import structlog
 import trio
 
-from . import _reaper
-from ._cgroup import SessionCgroups, join_command
+from aegisd.acp import _reaper
+from aegisd.acp._cgroup import SessionCgroups, join_command
 
 log = structlog.get_logger("aegisd.acp")
 

@@ -3,10 +3,17 @@ authentication failures."""
 
 from __future__ import annotations
 
-from ._credentials import Credential, CredentialWatch
-from ._keys import ROLE_PERMISSIONS, KeyInfo, KeyStore, effective_permissions, has_permission, secret_digest
-from ._ratelimit import RateLimiter
-from ._throttle import AuthThrottle
+from aegisd.auth._credentials import Credential, CredentialWatch
+from aegisd.auth._keys import (
+    ROLE_PERMISSIONS,
+    KeyInfo,
+    KeyStore,
+    effective_permissions,
+    has_permission,
+    secret_digest,
+)
+from aegisd.auth._ratelimit import RateLimiter
+from aegisd.auth._throttle import AuthThrottle
 
 __all__ = ["ROLE_PERMISSIONS", "AuthThrottle", "Credential", "CredentialWatch", "KeyInfo", "KeyStore", "RateLimiter",
            "effective_permissions", "has_permission", "secret_digest"]

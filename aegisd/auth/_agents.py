@@ -1,7 +1,7 @@
 """What a session's own agent (and every tool it runs) may do through the daemon.
 
 Agents run as the daemon's user, so they can reach the control socket and the loopback HTTP port like the user
-can. A caller traced to a session's process tree (aegisd/callers.py) is never the user: it gets a principal
+can. A caller traced to a session's process tree (aegisd/auth/callers.py) is never the user: it gets a principal
 scoped to that session. It may read its own session, create sessions (which record it as their creator, count
 against its owner key's quotas and against ``maxChildSessions``), and act fully on the sessions it created and
 on theirs in turn (an orchestrating agent over `ag mcp` approves its workers' prompts). It may never approve or
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from ..models import SessionRecord
+from aegisd.core.models import SessionRecord
 
 Access = Literal["read", "create", "act"]
 

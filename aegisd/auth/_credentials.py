@@ -28,9 +28,9 @@ import structlog
 import trio
 
 if TYPE_CHECKING:
-    from ..oidc import Oidc
-    from ..ops import Principal
-    from ._keys import KeyStore
+    from aegisd.auth._keys import KeyStore
+    from aegisd.auth.oidc import Oidc
+    from aegisd.ops import Principal
 
 log = structlog.get_logger("aegisd.auth")
 

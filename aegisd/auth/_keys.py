@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .._fs import atomic_write
-from ..errors import NotFound, ValidationError
+from aegisd.core.errors import NotFound, ValidationError
+from aegisd.store._fs import atomic_write
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"create", "send", "approve", "reject", "kill", "audit"}),

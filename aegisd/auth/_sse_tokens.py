@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from ..errors import RateLimited
+from aegisd.core.errors import RateLimited
 
 TTL_S = 60.0
 PER_OWNER = 5

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable
 
-from ..errors import RateLimited
+from aegisd.core.errors import RateLimited
 
 
 def fingerprint(credential: str) -> str:

@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import msgspec
 import trio
 
-from ..errors import Unauthorized
-from ..models import Event, PendingPermission, SessionRecord
-from ..states import TERMINAL, State
-from ._registry import OpContext, op
-from ._sessions import SessionRef, session_view
+from aegisd.core.errors import Unauthorized
+from aegisd.core.models import Event, PendingPermission, SessionRecord
+from aegisd.core.states import TERMINAL, State
+from aegisd.ops._registry import OpContext, op
+from aegisd.ops._sessions import SessionRef, session_view
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]
 

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ..errors import Forbidden, NotFound, ValidationError
-from ..models import SessionRecord, now_ms
-from ..states import LIVE
-from ._registry import OpContext, op
+from aegisd.core.errors import Forbidden, NotFound, ValidationError
+from aegisd.core.models import SessionRecord, now_ms
+from aegisd.core.states import LIVE
+from aegisd.ops._registry import OpContext, op
 
 Role = Annotated[str, msgspec.Meta(pattern="^(admin|operator|viewer)$")]
 PERMISSIONS = ("create", "send", "approve", "reject", "kill", "audit")
@@ -115,7 +115,7 @@ async def rotate_key(ctx: OpContext, p: RotateParams) -> dict[str, Any]:
 @op("auth.keys.quotas.get", KeyIdParams, permission="admin",
     summary="A key's quotas (concurrent sessions; tokens and estimated spend per window) and its usage now")
 async def get_quotas(ctx: OpContext, p: KeyIdParams) -> dict[str, Any]:
-    from ..quotas import parse
+    from aegisd.features.quotas import parse
 
     key = ctx.daemon.keys.get(p.id)
     quotas = parse(key.quotas)
@@ -125,7 +125,7 @@ async def get_quotas(ctx: OpContext, p: KeyIdParams) -> dict[str, Any]:
 @op("auth.keys.quotas.set", QuotaParams, permission="admin",
     summary="Set a key's quotas; fields left out keep their value, null removes one, clear removes all")
 async def set_quotas(ctx: OpContext, p: QuotaParams) -> dict[str, Any]:
-    from ..quotas import parse
+    from aegisd.features.quotas import parse
 
     key = ctx.daemon.keys.get(p.id)
     merged: dict[str, Any] = {} if p.clear else dict(key.quotas or {})
@@ -170,7 +170,7 @@ async def sse_token(ctx: OpContext, p: Empty) -> dict[str, Any]:
                                   "permissions, its session (an agent), and whether the daemon asks for "
                                   "authentication at all")
 async def whoami(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    from ..auth import ROLE_PERMISSIONS
+    from aegisd.auth import ROLE_PERMISSIONS
 
     d = ctx.daemon
     pr = ctx.principal
@@ -195,7 +195,7 @@ def _owned(recs: list[SessionRecord]) -> dict[str, Any]:
     summary="The Users view: API keys with their quotas and use, single sign-on users seen, and the sessions each "
             "owns (never a secret or a hash)")
 async def users(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    from ..quotas import parse
+    from aegisd.features.quotas import parse
 
     d = ctx.daemon
     by_owner: dict[str | None, list[SessionRecord]] = {}

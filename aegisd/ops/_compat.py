@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ..errors import ValidationError
-from ..states import LIVE, State
-from ._registry import OpContext, op
-from ._sessions import IdParams, SessionRef, session_view
+from aegisd.core.errors import ValidationError
+from aegisd.core.states import LIVE, State
+from aegisd.ops._registry import OpContext, op
+from aegisd.ops._sessions import IdParams, SessionRef, session_view
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -128,7 +128,7 @@ async def get_permissions(ctx: OpContext, p: IdParams) -> dict[str, Any]:
             "enforced: they become the session's permission profile, and what no rule matches is left to the "
             "permission mode")
 async def set_permissions(ctx: OpContext, p: LegacyPermissionsParams) -> dict[str, Any]:
-    from ..sessions._permissions import PermissionProfile, ProfileRule, validate_profile
+    from aegisd.core.permissions import PermissionProfile, ProfileRule, validate_profile
 
     rec = ctx.daemon.session(ctx, p.id)
     profile = PermissionProfile(defaultBehavior="mode", rules=[

@@ -1,5 +1,5 @@
 """Memory bridge operations (404 unless `memoryBridge.enabled`). Each owner has its own key space
-(aegisd/memory.py): a caller reads and writes its own entries; admins list everyone's and may name another
+(aegisd/features/memory.py): a caller reads and writes its own entries; admins list everyone's and may name another
 owner's entry with `ownerKeyId`. A session's entries live in its owner's space."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ..errors import NotFound, ValidationError
-from ..memory import entry_view
-from ._registry import OpContext, op
+from aegisd.core.errors import NotFound, ValidationError
+from aegisd.features.memory import entry_view
+from aegisd.ops._registry import OpContext, op
 
 
 class SetParams(msgspec.Struct, forbid_unknown_fields=True):

@@ -9,14 +9,14 @@ from typing import Annotated, Any, cast
 
 import msgspec
 
-from .. import __version__
-from ..config import PermissionMode
-from ..errors import Conflict, ValidationError
-from ..models import SessionRecord, now_ms
-from ..states import LIVE, STATUS_FILTERS, State
-from ..usage import estimate_cost
-from ._registry import REGISTRY, OpContext, op
-from ._sessions import CreateParams, IdParams, SessionRef, create, session_health, session_view
+from aegisd import __version__
+from aegisd.core.config import PermissionMode
+from aegisd.core.errors import Conflict, ValidationError
+from aegisd.core.models import SessionRecord, now_ms
+from aegisd.core.states import LIVE, STATUS_FILTERS, State
+from aegisd.features.metering import estimate_cost
+from aegisd.ops._registry import REGISTRY, OpContext, op
+from aegisd.ops._sessions import CreateParams, IdParams, SessionRef, create, session_health, session_view
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -200,7 +200,7 @@ async def pane(ctx: OpContext, p: IdParams) -> dict[str, Any]:
     summary="PNG screenshot (base64) of a web page, such as the session's dev server, in headless Chromium; "
             "501 without a browser")
 async def screenshot(ctx: OpContext, p: ScreenshotParams) -> dict[str, Any]:
-    from .. import screenshot as shots
+    from aegisd.browser import screenshot as shots
 
     ctx.daemon.session(ctx, p.id)
     if not p.url:
@@ -232,8 +232,8 @@ class VerifyParams(msgspec.Struct, forbid_unknown_fields=True):
     summary="Run the project's checks (type check, build, tests: configured or found from its files) in the "
             "session's workDir; 422 VERIFICATION_FAILED with the same result when one fails")
 async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
-    from ..errors import VerificationFailed
-    from ..verify import run_verification
+    from aegisd.core.errors import VerificationFailed
+    from aegisd.features.verify import run_verification
 
     rec = ctx.daemon.session(ctx, p.id)
     out = await run_verification(ctx.daemon, rec, critical_only=p.criticalOnly)
@@ -382,7 +382,7 @@ async def get_profile(ctx: OpContext, p: IdParams) -> dict[str, Any]:
     summary="Set the permission rules (allow/deny/ask by tool kind or name, command/path globs, read-only, "
             "path and size constraints) the daemon enforces on the session's permission requests")
 async def set_profile(ctx: OpContext, p: ProfileParams) -> dict[str, Any]:
-    from ..sessions._permissions import PermissionProfile, validate_profile
+    from aegisd.core.permissions import PermissionProfile, validate_profile
 
     rec = ctx.daemon.session(ctx, p.id)
     if p.profile is not None and p.defaultBehavior is not None and p.profile != p.defaultBehavior:
@@ -462,7 +462,7 @@ async def _fork_seed(ctx: OpContext, src: SessionRecord) -> tuple[str, int]:
 @op("webhooks.dead_letter", Empty, summary="Webhook deliveries that failed every attempt (kept across restarts); "
                                           "non-admins see their own sessions' only, with endpoints by host")
 async def dead_letter(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
-    from ..webhooks import log_url
+    from aegisd.notify.webhooks import log_url
 
     d = ctx.daemon
     out = []

@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from ..pipelines import PipelineSpec
-from ._registry import OpContext, op
+from aegisd.features.pipelines import PipelineSpec
+from aegisd.ops._registry import OpContext, op
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,7 +45,7 @@ async def list_pipelines(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
 async def get(ctx: OpContext, p: PipelineId) -> dict[str, Any]:
     rec = ctx.daemon.pipelines.get(p.id)
     if not _visible(ctx, rec):
-        from ..errors import Forbidden
+        from aegisd.core.errors import Forbidden
 
         raise Forbidden(f"pipeline {p.id} belongs to another key")
     out: dict[str, Any] = msgspec.to_builtins(rec)

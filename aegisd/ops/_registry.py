@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .._input import check
-from ..errors import QuotaExceeded, UnknownOperation, ValidationError
+from aegisd.core.errors import QuotaExceeded, UnknownOperation, ValidationError
+from aegisd.core.input import check
 
 if TYPE_CHECKING:
-    from ..auth import Credential
-    from ..daemon import Daemon
+    from aegisd.app.daemon import Daemon
+    from aegisd.auth import Credential
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ..models import PendingPermission, SessionRecord, TranscriptEntry
+from aegisd.core.models import PendingPermission, SessionRecord, TranscriptEntry
 
 
 class SessionView(SessionRecord, kw_only=True):
@@ -265,8 +265,8 @@ class PermissionsView(msgspec.Struct):
     permissionProfile: dict[str, Any] | None
 
 
-from ..pipelines import PipelineRecord  # noqa: E402
-from ..templates import Template  # noqa: E402
+from aegisd.features.pipelines import PipelineRecord  # noqa: E402
+from aegisd.features.templates import Template  # noqa: E402
 
 RESULTS: dict[str, Any] = {
     "template.create": Template, "template.list": list[Template], "template.get": Template,

@@ -12,12 +12,12 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .. import PROTOCOL_VERSION, __version__
-from ..config import PermissionMode
-from ..errors import Forbidden, SessionNotFound, Unauthorized, ValidationError
-from ..models import Event, SessionRecord, now_ms
-from ..states import LIVE, STATUS_FILTERS, TERMINAL, State
-from ._registry import OpContext, op
+from aegisd import PROTOCOL_VERSION, __version__
+from aegisd.core.config import PermissionMode
+from aegisd.core.errors import Forbidden, SessionNotFound, Unauthorized, ValidationError
+from aegisd.core.models import Event, SessionRecord, now_ms
+from aegisd.core.states import LIVE, STATUS_FILTERS, TERMINAL, State
+from aegisd.ops._registry import OpContext, op
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
 Page = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
@@ -164,7 +164,7 @@ async def daemon_stop(ctx: OpContext, p: Empty) -> AsyncIterator[dict[str, Any]]
 async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
     d = ctx.daemon
     if p.templateId:
-        from ._templates import owned_template
+        from aegisd.ops._templates import owned_template
 
         t = owned_template(ctx, p.templateId)
         fill = {k: getattr(t, k) for k in ("workDir", "prompt", "permissionMode", "autoApprove", "agent", "model",

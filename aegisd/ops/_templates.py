@@ -6,9 +6,9 @@ from typing import Any
 
 import msgspec
 
-from ..errors import NotFound, ValidationError
-from ..templates import Template, TemplateFields
-from ._registry import OpContext, op
+from aegisd.core.errors import NotFound, ValidationError
+from aegisd.features.templates import Template, TemplateFields
+from aegisd.ops._registry import OpContext, op
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,4 +1,4 @@
-"""Metering and analytics from the usage ledger (aegisd/usage.py): /v1/usage*, /v1/analytics/*,
+"""Metering and analytics from the usage ledger (aegisd/features/metering.py): /v1/usage*, /v1/analytics/*,
 /v1/metrics/aggregate; and the notification side: channel health and webhook delivery logs."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ..errors import NotFound, ValidationError
-from ..states import LIVE
-from ..usage import DEFAULT_TIER, RATE_TIERS, UsageRecord, tier_of, totals
-from ._registry import OpContext, op
+from aegisd.core.errors import NotFound, ValidationError
+from aegisd.core.states import LIVE
+from aegisd.features.metering import DEFAULT_TIER, RATE_TIERS, UsageRecord, tier_of, totals
+from aegisd.ops._registry import OpContext, op
 
 SCHEMA_VERSION = 1
 DAY_MS = 86_400_000
@@ -199,7 +199,7 @@ async def analytics_tokens(ctx: OpContext, p: Empty) -> dict[str, Any]:
     summary="Request rate limits and per-key quota usage, with how many more sessions fit (admins see every "
             "key, others their own)")
 async def analytics_rate_limits(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    from ..quotas import parse
+    from aegisd.features.quotas import parse
 
     d = ctx.daemon
     limiter = d.rate_limiter
@@ -252,7 +252,7 @@ async def alerts_stats(ctx: OpContext, p: Empty) -> dict[str, Any]:
 @op("alerts.test", Empty, permission="operator",
     summary="Send a test alert to every alert webhook now (no retries); 502 if one fails")
 async def alerts_test(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    from ..errors import DeliveryFailed
+    from aegisd.core.errors import DeliveryFailed
 
     alerts = ctx.daemon.alerts
     if not alerts.endpoints:
@@ -271,7 +271,7 @@ async def alerts_test(ctx: OpContext, p: Empty) -> dict[str, Any]:
 async def channels_health(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = ctx.daemon.webhooks.health()
     if ctx.principal.role != "admin":  # chat services keep the secret in the URL's path: admins only see it
-        from ..webhooks import log_url
+        from aegisd.notify.webhooks import log_url
 
         out = [{**h, "endpoint": log_url(h["endpoint"])} for h in out]
     if ctx.daemon.telegram is not None:

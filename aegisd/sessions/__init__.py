@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._manager import SessionManager
-from ._runner import SessionRunner
+from aegisd.sessions.manager import SessionManager
+from aegisd.sessions.runner import SessionRunner
 
 __all__ = ["SessionManager", "SessionRunner"]

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from ..models import Event, SessionRecord, TranscriptEntry
+from aegisd.core.models import Event, SessionRecord, TranscriptEntry
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from aegisd.core.config import Config
 
 
 class Store(Protocol):
@@ -67,25 +67,25 @@ def open_store(config: Config) -> Store:
     """The store named by ``config.sessionStore`` (not yet opened)."""
     kind = config.sessionStore
     if kind == "file":
-        from ._file import FileStore
+        from aegisd.store._file import FileStore
 
         return FileStore(config.state_path)
     if kind in ("postgres", "redis"):
         try:
             if kind == "postgres":
-                from ._postgres import PostgresStore  # type: ignore[import-not-found]
+                from aegisd.store._postgres import PostgresStore  # type: ignore[import-not-found]
 
                 return PostgresStore(config)  # type: ignore[no-any-return]
-            from ._redis import RedisStore  # type: ignore[import-not-found]
+            from aegisd.store._redis import RedisStore  # type: ignore[import-not-found]
 
             return RedisStore(config)  # type: ignore[no-any-return]
         except ImportError as exc:
-            from ..errors import ValidationError
+            from aegisd.core.errors import ValidationError
 
             raise ValidationError(f"sessionStore {kind!r} is not available in this version of aegisd ({exc}); "
                                   "use 'file'") from None
     if kind == "memory":
-        from ._memory import MemoryStore
+        from aegisd.store._memory import MemoryStore
 
         return MemoryStore()
     raise ValueError(f"unknown session store {kind!r}")
@@ -94,12 +94,12 @@ def open_store(config: Config) -> Store:
 def probe_store(config: Config) -> str:
     """Can the configured server store be reached (for `ag doctor`)? Returns a description, raises
     Unavailable with the reason. Does not take the store's lock: the daemon may be running."""
-    from ..errors import Unavailable
+    from aegisd.core.errors import Unavailable
 
     if config.sessionStore == "postgres":
         import psycopg
 
-        from ._postgres import mask_url
+        from aegisd.store._postgres import mask_url
 
         try:
             with psycopg.connect(config.postgresUrl, connect_timeout=5) as conn:
@@ -111,7 +111,7 @@ def probe_store(config: Config) -> str:
     if config.sessionStore == "redis":
         import redis
 
-        from ._postgres import mask_url
+        from aegisd.store._postgres import mask_url
 
         try:
             with redis.Redis.from_url(config.redisUrl, socket_connect_timeout=5, socket_timeout=5) as r:

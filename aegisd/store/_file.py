@@ -21,9 +21,9 @@ import msgspec
 import structlog
 import trio
 
-from .._fs import atomic_write as _atomic_write
-from ..errors import Unavailable
-from ..models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
+from aegisd.core.errors import Unavailable
+from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
+from aegisd.store._fs import atomic_write as _atomic_write
 
 log = structlog.get_logger("aegisd.store")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ..models import Event, SessionRecord, TranscriptEntry
+from aegisd.core.models import Event, SessionRecord, TranscriptEntry
 
 
 class MemoryStore:

@@ -23,14 +23,14 @@ import msgspec
 import structlog
 import trio
 
-from ..errors import Unavailable
-from ..models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
-from ._file import EVENT_RING
+from aegisd.core.errors import Unavailable
+from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
+from aegisd.store._file import EVENT_RING
 
 if TYPE_CHECKING:
     import psycopg
 
-    from ..config import Config
+    from aegisd.core.config import Config
 
 log = structlog.get_logger("aegisd.store.postgres")
 

@@ -25,13 +25,13 @@ import msgspec
 import structlog
 import trio
 
-from ..errors import Unavailable
-from ..models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
-from ._file import EVENT_RING
-from ._postgres import mask_url
+from aegisd.core.errors import Unavailable
+from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
+from aegisd.store._file import EVENT_RING
+from aegisd.store._postgres import mask_url
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from aegisd.core.config import Config
 
 log = structlog.get_logger("aegisd.store.redis")
 

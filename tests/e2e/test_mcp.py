@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from aegisctl._mcp import TOOLS
-from aegisd.errors import ValidationError
+from aegisd.core.errors import ValidationError
 from aegisd.ops import REGISTRY, decode_params
 from aegisd.ops._results import RESULTS
 

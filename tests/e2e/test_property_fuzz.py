@@ -71,7 +71,7 @@ SKIP = {"/v1/events", "/v1/sessions/{sid}/events", "/v1/sessions/{sid}/stream", 
 
 
 def _routes() -> list[tuple[str, str, tuple[str, ...]]]:
-    from aegisd.api._openapi import document
+    from aegisd.surfaces.http._openapi import document
 
     out = []
     for path, item in document()["paths"].items():
@@ -204,7 +204,7 @@ DESTRUCTIVE = {"session.kill", "session.close", "sessions.batch_delete", "auth.k
 
 
 def _raw_routes() -> list[tuple[str, str]]:
-    from aegisd.api import ROUTES as API_ROUTES
+    from aegisd.surfaces.http import ROUTES as API_ROUTES
 
     out = [(m, p) for methods, p, op, _src, _status in API_ROUTES for m in methods
            if op not in DESTRUCTIVE and not p.endswith("/screenshot")]

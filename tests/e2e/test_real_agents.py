@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from aegisd.states import State
+from aegisd.core.states import State
 
 from ..realagent.agents import (
     SKIP_CLAUDE,

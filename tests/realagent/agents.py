@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from aegisd.agents import npm_prefix
+from aegisd.sessions._agents import npm_prefix
 
 
 def claude_agent_command() -> list[str] | None:

@@ -1,0 +1,1 @@
+"""Features built on sessions: pipelines, verification, templates, the memory bridge, quotas and metering."""

@@ -1,0 +1,110 @@
+"""The memory bridge: a small key-value store shared by sessions (opt-in: `memoryBridge: {enabled: true}`).
+
+Keys are `namespace/key`; entries may expire (TTL up to 30 days, checked lazily); persisted to
+`<state>/memory.json` on every change (atomic replace). Each owner (the API key or SSO principal that wrote an
+entry; None for the master token and local callers) has a key space of its own: two keys may both keep
+`project/notes` without seeing or overwriting each other's."""
+
+from __future__ import annotations
+
+import builtins
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from aegisd.core.errors import NotFound, PayloadTooLarge, ValidationError
+from aegisd.core.models import now_ms
+from aegisd.store._fs import atomic_write
+
+KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)+$")
+MAX_VALUE = 100 * 1024
+MAX_TTL_S = 30 * 86_400
+
+
+class MemoryEntry(msgspec.Struct):
+    key: str
+    value: str
+    namespace: str
+    created_at: int
+    updated_at: int
+    expires_at: int | None = None
+    ownerKeyId: str | None = None
+
+
+Slot = tuple[str | None, str]  # (owner, key)
+
+
+class MemoryStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._items: dict[Slot, MemoryEntry] | None = None
+
+    def _load(self) -> dict[Slot, MemoryEntry]:
+        if self._items is None:
+            try:
+                items = msgspec.json.decode(self.path.read_bytes(), type=list[MemoryEntry])
+            except FileNotFoundError:
+                items = []
+            self._items = {(e.ownerKeyId, e.key): e for e in items}
+        now = now_ms()
+        expired = [k for k, e in self._items.items() if e.expires_at is not None and e.expires_at <= now]
+        for k in expired:
+            del self._items[k]
+        return self._items
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self.path, msgspec.json.encode(list(self._load().values())))
+
+    @staticmethod
+    def check_key(key: str) -> str:
+        if len(key) > 256 or not KEY_RE.match(key):
+            raise ValidationError("memory keys look like 'namespace/key' (letters, digits, _ . : -), at most 256")
+        return key
+
+    def set(self, key: str, value: str, ttl_seconds: int | None = None, *, owner: str | None) -> MemoryEntry:
+        self.check_key(key)
+        if len(value.encode()) > MAX_VALUE:
+            raise PayloadTooLarge(f"memory values are at most {MAX_VALUE} bytes")
+        if ttl_seconds is not None and not (1 <= ttl_seconds <= MAX_TTL_S):
+            raise ValidationError(f"ttlSeconds must be between 1 and {MAX_TTL_S}")
+        items = self._load()
+        now = now_ms()
+        old = items.get((owner, key))
+        entry = MemoryEntry(key=key, value=value, namespace=key.split("/", 1)[0],
+                            created_at=old.created_at if old else now, updated_at=now,
+                            expires_at=now + ttl_seconds * 1000 if ttl_seconds else None, ownerKeyId=owner)
+        items[(owner, key)] = entry
+        self._save()
+        return entry
+
+    def get(self, key: str, *, owner: str | None) -> MemoryEntry:
+        entry = self._load().get((owner, key))
+        if entry is None:
+            raise NotFound(f"no memory entry {key!r}")
+        return entry
+
+    def delete(self, key: str, *, owner: str | None) -> None:
+        self.get(key, owner=owner)
+        del self._load()[(owner, key)]
+        self._save()
+
+    def list(self, prefix: str | None = None, *, owners: Callable[[str | None], bool]) -> list[MemoryEntry]:
+        """Entries whose owner passes ``owners`` (a caller's: its own, or every one for an admin)."""
+        return sorted((e for e in self._load().values()
+                       if owners(e.ownerKeyId) and (not prefix or e.key.startswith(prefix))),
+                      key=lambda e: (e.key, e.ownerKeyId or ""))
+
+    def context(self, keys: builtins.list[str], *, owner: str | None) -> str:
+        """The `[Memory context]` block prepended to a prompt for `memoryKeys`: the owner's entries only."""
+        found = [self._load().get((owner, k)) for k in keys]
+        lines = [f"{e.key}: {e.value}" for e in found if e is not None]
+        return "[Memory context]\n" + "\n".join(lines) + "\n\n" if lines else ""
+
+
+def entry_view(e: MemoryEntry) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(e)
+    return out

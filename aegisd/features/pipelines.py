@@ -1,0 +1,409 @@
+"""Pipelines: a DAG of stages, each run as a session once its dependencies completed.
+
+A stage completes when its session's turn ends with `end_turn`; it fails on any other stop reason (refusal,
+max_tokens, cancelled, error, timeout), when its session ends (crash, kill), or when it runs longer than its
+timeout. A failed stage is retried (a new session) up to `retries` times; after that the pipeline fails and
+the stages that had not started are marked `skipped`. Pipelines are persisted (one JSON file each, replaced
+atomically) and resumed after a daemon restart: a stage that was running is started again in a new session.
+Finished pipelines stay listed (the original evicted them after 30 s)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+import structlog
+import trio
+
+from aegisd.core.errors import NotFound, ValidationError
+from aegisd.core.models import now_ms
+from aegisd.core.states import State
+from aegisd.store._fs import atomic_write
+
+if TYPE_CHECKING:
+    from aegisd.app.daemon import Daemon
+
+log = structlog.get_logger("aegisd.pipelines")
+
+
+class StageSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100,
+                                      description="default: stage-N (its position, from 1)")] | None = None
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
+    workDir: str | None = None
+    dependsOn: list[str] = []
+    permissionMode: str | None = None
+    autoApprove: bool | None = None
+    agent: str | None = None
+    retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
+    timeoutMs: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)] = 0
+    # after the turn, run the project's checks (aegisd/features/verify.py); on failure hand them back to the same
+    # session up to verifyFixes times before the stage fails
+    verify: bool = False
+    verifyFixes: Annotated[int, msgspec.Meta(ge=0, le=5)] = 2
+    verifyCriticalOnly: bool = False
+
+
+class PipelineSpec(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    workDir: str
+    stages: Annotated[list[StageSpec], msgspec.Meta(min_length=1, max_length=50)]
+    maxRetries: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
+    sequential: Annotated[bool, msgspec.Meta(
+        description="stages without dependsOn depend on the stage before them (default: they start at once)")] = False
+
+
+def stage_name(i: int, s: StageSpec) -> str:
+    return s.name or f"stage-{i + 1}"
+
+
+def resolve_stages(spec: PipelineSpec) -> list[StageSpec]:
+    """The stages with their default names (stage-N) and, for a sequential pipeline, their implied dependencies."""
+    out: list[StageSpec] = []
+    for i, s in enumerate(spec.stages):
+        changes: dict[str, Any] = {}
+        if s.name is None:
+            changes["name"] = stage_name(i, s)
+        if spec.sequential and i > 0 and not s.dependsOn:
+            changes["dependsOn"] = [stage_name(i - 1, spec.stages[i - 1])]
+        out.append(msgspec.structs.replace(s, **changes) if changes else s)
+    return out
+
+
+class StageState(msgspec.Struct):
+    name: str
+    prompt: str
+    workDir: str
+    dependsOn: list[str]
+    permissionMode: str | None = None
+    agent: str | None = None
+    retries: int = 0
+    timeoutMs: int = 0
+    verify: bool = False
+    verifyFixes: int = 0
+    verifyCriticalOnly: bool = False
+    status: str = "pending"  # pending | running | verifying | completed | failed | skipped
+    sessionId: str | None = None
+    sessions: list[str] = []
+    attempts: int = 0
+    startedAt: int | None = None
+    completedAt: int | None = None
+    stopReason: str | None = None
+    error: str | None = None
+    awaitTurn: int = 1  # the session's turn whose end finishes this attempt (later after a fix prompt)
+    fixes: int = 0  # fix prompts sent in this attempt
+    verification: dict[str, Any] | None = None  # the last verdict: {ok, summary, steps: [{name, ok}]}
+
+
+ACTIVE = ("running", "verifying")
+
+
+class PipelineRecord(msgspec.Struct):
+    id: str
+    name: str
+    workDir: str
+    status: str  # running | completed | failed
+    stages: list[StageState]
+    createdAt: int
+    updatedAt: int
+    ownerKeyId: str | None = None
+    creatorSessionId: str | None = None  # created by that session's agent (see aegisd/auth/_agents.py)
+    currentStage: str | None = None
+    completedAt: int | None = None
+    error: str | None = None
+
+
+def check_graph(stages: list[StageSpec]) -> None:
+    """Unique names, known dependencies, no cycles. Raises ValidationError saying what is wrong."""
+    names = [stage_name(i, s) for i, s in enumerate(stages)]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValidationError(f"duplicate stage names: {', '.join(dupes)}")
+    known = set(names)
+    for name, s in zip(names, stages, strict=True):
+        unknown = [d for d in s.dependsOn if d not in known]
+        if unknown:
+            raise ValidationError(f"stage {name!r} depends on unknown stage(s): {', '.join(unknown)}")
+        if name in s.dependsOn:
+            raise ValidationError(f"stage {name!r} depends on itself")
+    deps = {name: set(s.dependsOn) for name, s in zip(names, stages, strict=True)}
+    done: set[str] = set()
+    while len(done) < len(deps):
+        ready = [n for n, d in deps.items() if n not in done and d <= done]
+        if not ready:
+            cycle = sorted(n for n in deps if n not in done)
+            raise ValidationError(f"the stages' dependencies form a cycle among: {', '.join(cycle)}")
+        done.update(ready)
+
+
+def ready_stages(p: PipelineRecord) -> list[StageState]:
+    completed = {s.name for s in p.stages if s.status == "completed"}
+    return [s for s in p.stages if s.status == "pending" and set(s.dependsOn) <= completed]
+
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(PipelineRecord)
+
+
+class PipelineManager:
+    def __init__(self, daemon: Daemon, directory: Path, *, default_timeout_ms: int = 0) -> None:
+        self.daemon = daemon
+        self._nursery: trio.Nursery | None = None
+        self.dir = directory
+        self.records: dict[str, PipelineRecord] = {}
+        self.default_timeout_ms = default_timeout_ms
+        self._verdicts: dict[str, dict[str, Any]] = {}  # session id -> verification result not yet handled
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the pipeline tasks; loads and resumes stored pipelines. Cancel with :meth:`stop`."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.load()
+            task_status.started()
+            await trio.sleep_forever()
+
+    def stop(self) -> None:
+        """Daemon shutdown: stop driving pipelines (their state is kept; the next daemon resumes them)."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def _save(self, p: PipelineRecord) -> None:
+        p.updatedAt = now_ms()
+        if not self.dir.is_dir():
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self.dir / f"{p.id}.json", _enc.encode(p))
+        self.daemon.bus.publish(p.id, "pipeline", {"status": p.status, "currentStage": p.currentStage,
+                                                   "stages": {s.name: s.status for s in p.stages}})
+
+    def load(self) -> None:
+        if not self.dir.exists():
+            return
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                p = _dec.decode(path.read_bytes())
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("pipelines.unreadable", file=str(path), error=str(exc))
+                continue
+            self.records[p.id] = p
+            if p.status == "running":
+                for s in p.stages:
+                    if s.status in ACTIVE:  # its turn was lost with the old daemon: run it again
+                        s.status, s.sessionId = "pending", None
+                self._start(p)
+        log.info("pipelines.loaded", total=len(self.records))
+
+    # ---- API -----------------------------------------------------------------------------------
+    def create(self, spec: PipelineSpec, *, owner: str | None, creator: str | None = None) -> PipelineRecord:
+        spec = msgspec.structs.replace(spec, stages=resolve_stages(spec))
+        check_graph(spec.stages)
+        policy = self.daemon.manager.workdirs
+        base = policy.validate(spec.workDir)
+        stages = []
+        for i, s in enumerate(spec.stages):
+            wd = policy.validate(s.workDir) if s.workDir else base
+            mode = s.permissionMode or ("bypassPermissions" if s.autoApprove else None)
+            stages.append(StageState(name=stage_name(i, s), prompt=s.prompt, workDir=wd, dependsOn=list(s.dependsOn),
+                                     permissionMode=mode, agent=s.agent,
+                                     retries=s.retries if s.retries else (spec.maxRetries or 0),
+                                     timeoutMs=s.timeoutMs or self.default_timeout_ms, verify=s.verify,
+                                     verifyFixes=s.verifyFixes, verifyCriticalOnly=s.verifyCriticalOnly))
+        ts = now_ms()
+        p = PipelineRecord(id=str(uuid.uuid4()), name=spec.name, workDir=base, status="running", stages=stages,
+                           createdAt=ts, updatedAt=ts, ownerKeyId=owner, creatorSessionId=creator)
+        self.records[p.id] = p
+        self._save(p)
+        self._start(p)
+        return p
+
+    def get(self, pid: str) -> PipelineRecord:
+        p = self.records.get(pid)
+        if p is None:
+            raise NotFound(f"pipeline {pid} not found")
+        return p
+
+    # ---- running -------------------------------------------------------------------------------
+    def _start(self, p: PipelineRecord) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run, p)
+
+    async def _start_stage(self, p: PipelineRecord, s: StageState) -> None:
+        s.attempts += 1
+        s.status, s.startedAt, s.stopReason, s.error = "running", now_ms(), None, None
+        s.awaitTurn, s.fixes, s.verification = 1, 0, None
+        try:
+            rec, _, _ = await self.daemon.manager.create(
+                workDir=s.workDir, name=f"pipeline-{p.name}-{s.name}", prompt=s.prompt,
+                permissionMode=s.permissionMode, agent=s.agent, ownerKeyId=p.ownerKeyId, reuse=False,
+                creatorSessionId=p.creatorSessionId)
+        except Exception as exc:  # noqa: BLE001 - the stage fails, the daemon does not
+            self._stage_failed(p, s, f"could not start: {getattr(exc, 'message', exc)}")
+            return
+        s.sessionId = rec.id
+        s.sessions = [*s.sessions, rec.id]
+        if rec.status == State.CRASHED:
+            self._stage_failed(p, s, f"agent failed to start: {rec.crash.reason if rec.crash else ''}")
+
+    def _stage_failed(self, p: PipelineRecord, s: StageState, error: str) -> None:
+        if s.attempts <= s.retries:
+            s.status, s.error, s.sessionId = "pending", error, None  # retried in a new session
+        else:
+            s.status, s.error, s.completedAt = "failed", error, now_ms()
+
+    async def _run(self, p: PipelineRecord) -> None:
+        bus = self.daemon.bus
+        sub = await bus.subscribe(maxsize=100_000)
+        try:
+            while p.status == "running":
+                for s in ready_stages(p):
+                    await self._start_stage(p, s)
+                self._settle(p)
+                running = [s for s in p.stages if s.status in ACTIVE]
+                p.currentStage = running[0].name if running else None
+                self._save(p)
+                if p.status != "running":
+                    break
+                deadlines = [s.startedAt / 1000 + s.timeoutMs / 1000 for s in running if s.timeoutMs and s.startedAt]
+                wait = max(0.0, min(deadlines) - now_ms() / 1000) if deadlines else float("inf")
+                with trio.move_on_after(wait):
+                    await self._next_outcome(p, sub)
+                if sub.closed:
+                    if not sub.overflowed:
+                        return  # the bus closed: the daemon is shutting down; the next one resumes us
+                    sub = await bus.subscribe(maxsize=100_000)  # fell behind: states are re-read above
+                self._check_timeouts(p)
+        except Exception as exc:  # a bug here fails this pipeline, never the daemon
+            log.exception("pipeline.internal_error", pipeline=p.id)
+            p.status, p.error, p.completedAt = "failed", f"internal error: {exc!r}", now_ms()
+            self._save(p)
+        finally:
+            sub.close()
+        log.info("pipeline.finished", pipeline=p.id, status=p.status)
+
+    async def _next_outcome(self, p: PipelineRecord, sub: Any) -> None:
+        """Wait until a running stage's session finishes a turn or ends, and record it."""
+        by_session = {s.sessionId: s for s in p.stages if s.status in ACTIVE and s.sessionId}
+        # outcomes that happened before we listened (e.g. a very fast turn)
+        for sid, s in by_session.items():
+            rec = self.daemon.manager.records.get(sid)
+            runner = self.daemon.manager.runners.get(sid)
+            if rec is None:
+                continue
+            if s.status == "verifying":
+                if sid in self._verdicts:
+                    await self._verdict(p, s, self._verdicts.pop(sid))
+                    return
+                continue
+            if rec.status in (State.COMPLETED, State.KILLED, State.CRASHED):
+                await self._finish_stage(p, s, None, ended=rec.status.value)
+                return
+            if rec.status == State.IDLE and rec.turns >= s.awaitTurn and runner is not None and not runner.busy:
+                await self._finish_stage(p, s, rec.stopReason)
+                return
+        async for ev in sub:
+            stage = by_session.get(ev.sessionId)
+            if stage is None:
+                continue
+            if ev.event == "verification" and stage.status == "verifying" and ev.data.get("status") != "running":
+                await self._verdict(p, stage, self._verdicts.pop(ev.sessionId, ev.data))
+                return
+            if ev.event == "turn" and stage.status == "running":
+                runner = self.daemon.manager.runners.get(ev.sessionId)
+                if (runner is not None and runner.busy) or int(ev.data.get("turn") or 0) < stage.awaitTurn:
+                    continue
+                await self._finish_stage(p, stage, ev.data.get("stopReason"))
+                return
+            if ev.event == "ended":
+                await self._finish_stage(p, stage, None, ended=str(ev.data.get("status")))
+                return
+
+    async def _finish_stage(self, p: PipelineRecord, s: StageState, stop: str | None, *,
+                            ended: str | None = None) -> None:
+        s.stopReason = stop
+        if ended is None and stop == "end_turn" and s.verify and s.sessionId:
+            s.status = "verifying"
+            assert self._nursery is not None
+            self._nursery.start_soon(self._verify, s.sessionId, s.verifyCriticalOnly)
+        elif ended is None and stop == "end_turn":
+            s.status, s.completedAt = "completed", now_ms()
+            await self._close(s.sessionId, State.COMPLETED)
+        else:
+            why = f"session {ended}" if ended else f"turn ended with {stop}"
+            self._stage_failed(p, s, why)
+            await self._close(s.sessionId, State.KILLED)
+
+    async def _verify(self, sid: str, critical_only: bool) -> None:
+        """Run the checks for a stage's session; the verdict is kept here and announced by the `verification`
+        event that wakes the pipeline."""
+        from aegisd.core.errors import AegisError
+        from aegisd.features.verify import run_verification
+
+        rec = self.daemon.manager.records.get(sid)
+        try:
+            if rec is None:
+                raise NotFound(f"session {sid} is gone")
+            self._verdicts[sid] = await run_verification(self.daemon, rec, critical_only=critical_only)
+        except AegisError as exc:
+            verdict = {"ok": False, "summary": f"could not verify: {exc.message}", "steps": [], "status": "failed"}
+            self._verdicts[sid] = verdict
+            self.daemon.bus.publish(sid, "verification", verdict)
+
+    async def _verdict(self, p: PipelineRecord, s: StageState, result: dict[str, Any]) -> None:
+        from aegisd.features.verify import fix_prompt
+
+        s.verification = {"ok": bool(result.get("ok")), "summary": result.get("summary"),
+                          "steps": [{"name": x.get("name"), "ok": x.get("ok")} for x in result.get("steps") or []]}
+        sid = s.sessionId
+        if result.get("ok"):
+            s.status, s.completedAt = "completed", now_ms()
+            await self._close(sid, State.COMPLETED)
+            return
+        rec = self.daemon.manager.records.get(sid or "")
+        if s.fixes < s.verifyFixes and rec is not None and sid and result.get("steps"):
+            s.fixes += 1
+            s.status, s.awaitTurn = "running", rec.turns + 1
+            try:
+                await self.daemon.manager.command(sid, "send", text=fix_prompt(result))
+                return
+            except Exception as exc:  # noqa: BLE001 - the session may have died meanwhile
+                self._stage_failed(p, s, f"could not hand the failed checks back: {getattr(exc, 'message', exc)}")
+        else:
+            self._stage_failed(p, s, f"verification failed after {s.fixes} fix(es): {result.get('summary')}")
+        await self._close(sid, State.KILLED)
+
+    async def _close(self, sid: str | None, status: State) -> None:
+        if sid and sid in self.daemon.manager.runners:
+            try:
+                await self.daemon.manager.end(sid, status)
+            except Exception:  # noqa: BLE001 - it may have ended meanwhile
+                pass
+
+    def _check_timeouts(self, p: PipelineRecord) -> None:
+        now = now_ms()
+        for s in p.stages:
+            if s.status in ACTIVE and s.timeoutMs and s.startedAt and now - s.startedAt >= s.timeoutMs:
+                sid = s.sessionId
+                self._stage_failed(p, s, f"timed out after {s.timeoutMs} ms")
+                assert self._nursery is not None
+                self._nursery.start_soon(self._close, sid, State.KILLED)
+
+    def _settle(self, p: PipelineRecord) -> None:
+        if any(s.status == "failed" for s in p.stages):
+            for s in p.stages:
+                if s.status == "pending":
+                    s.status = "skipped"
+            if not any(s.status in ACTIVE for s in p.stages):
+                failed = next(s for s in p.stages if s.status == "failed")
+                p.status, p.error, p.completedAt = "failed", f"stage {failed.name}: {failed.error}", now_ms()
+        elif all(s.status == "completed" for s in p.stages):
+            p.status, p.completedAt = "completed", now_ms()
+
+
+def default_stage_timeout() -> int:
+    try:
+        return int(os.environ.get("AEGIS_PIPELINE_STAGE_TIMEOUT_MS") or 0)
+    except ValueError:
+        return 0

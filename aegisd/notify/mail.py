@@ -1,0 +1,110 @@
+"""Email: a message when a session needs approval, stalls or ends, with a link to it in the dashboard.
+
+`email: {smtpUrl, from, to, events}`: `smtp://[user:password@]host[:port]` (STARTTLS when the server offers it),
+`smtps://…` (TLS from the start, port 465). Sent by the standard library's smtplib in a worker thread, one
+message per event, the same subject at most once a minute (a flapping session does not flood an inbox)."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import time
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import structlog
+import trio
+
+from aegisd.core.models import Event
+from aegisd.notify.health import ChannelHealth
+
+if TYPE_CHECKING:
+    from aegisd.app.daemon import Daemon
+    from aegisd.core.config import EmailConfig
+
+log = structlog.get_logger("aegisd.mail")
+
+REPEAT_S = 60.0
+TIMEOUT_S = 15.0
+
+
+def check_url(url: str) -> None:
+    p = urlsplit(url)
+    if p.scheme not in ("smtp", "smtps") or not p.hostname:
+        raise ValueError("smtpUrl must be smtp://[user:password@]host[:port] or smtps://…")
+
+
+class Email:
+    def __init__(self, daemon: Daemon, cfg: EmailConfig) -> None:
+        self.daemon = daemon
+        self.cfg = cfg
+        self.state = ChannelHealth()
+        self._recent: dict[str, float] = {}
+
+    def health(self) -> dict[str, Any]:
+        p = urlsplit(self.cfg.smtpUrl)
+        return self.state.report("email", f"{p.scheme}://{p.hostname}:{p.port or ''} → {', '.join(self.cfg.to)}")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sub = await self.daemon.bus.subscribe(maxsize=100_000)
+        task_status.started()
+        async with sub:
+            async for ev in sub:
+                message = self._compose(ev)
+                if message is None:
+                    continue
+                subject, body, session_id = message
+                now = time.monotonic()
+                if now - self._recent.get(subject, -REPEAT_S) < REPEAT_S:
+                    continue
+                self._recent = {k: t for k, t in self._recent.items() if now - t < REPEAT_S}
+                self._recent[subject] = now
+                try:
+                    await trio.to_thread.run_sync(self._send, subject, body)
+                    self.state.ok()
+                except Exception as exc:  # noqa: BLE001 - a mail server's trouble is reported, not raised
+                    self.state.error(f"{type(exc).__name__}: {exc}")
+                    log.warning("email.failed", session_id=session_id, error=self.state.last_error)
+
+    def _compose(self, ev: Event) -> tuple[str, str, str] | None:
+        want = set(self.cfg.events)
+        d = ev.data
+        rec = self.daemon.manager.records.get(ev.sessionId)
+        who = f"{rec.name if rec else 'session'} ({ev.sessionId[:8]})"
+        link = f"{self.daemon.http_url.rstrip('/')}/dashboard/#/sessions/{ev.sessionId}"
+        if ev.event == "approval" and "requestId" in d and "decision" not in d and "permission" in want:
+            subject = f"[aegis] {who} needs approval: {d.get('toolTitle')}"
+            cmd = f"{ev.sessionId[:8]} --request {d['requestId']}"  # this very request, not whatever is pending
+            body = (f"{who} asks to run {d.get('toolTitle')}.\n\nInput: {d.get('rawInput')}\n\n"
+                    f"Approve or reject: {link}\n(or `ag approve {cmd}` / `ag reject {cmd}`)\n")
+        elif ev.event == "status" and d.get("status") == "stalled" and "stall" in want:
+            subject = f"[aegis] {who} stalled"
+            body = f"{who} shows no agent activity.\n\n{link}\n"
+        elif ev.event == "ended" and "ended" in want:
+            subject = f"[aegis] {who} ended {d.get('status')}"
+            body = f"{who} ended {d.get('status')}" + (f": {d.get('reason')}" if d.get("reason") else "") + \
+                f".\n\n{link}\n"
+        else:
+            return None
+        return subject, body, ev.sessionId
+
+    def _send(self, subject: str, body: str) -> None:
+        p = urlsplit(self.cfg.smtpUrl)
+        msg = EmailMessage()
+        msg["From"], msg["To"], msg["Subject"] = self.cfg.from_, ", ".join(self.cfg.to), subject
+        msg.set_content(body)
+        context = ssl.create_default_context()
+        if p.scheme == "smtps":
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(p.hostname or "", p.port or 465, timeout=TIMEOUT_S,
+                                                  context=context)
+        else:
+            smtp = smtplib.SMTP(p.hostname or "", p.port or 25, timeout=TIMEOUT_S)
+        with smtp:
+            smtp.ehlo()
+            if p.scheme == "smtp" and smtp.has_extn("starttls"):
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if p.username:
+                smtp.login(unquote(p.username), unquote(p.password or ""))
+            smtp.send_message(msg)

@@ -1,0 +1,267 @@
+"""The control plane: the control protocol (docs/control-protocol.md) on a Unix socket.
+
+The socket file is created 0600 inside a 0700 directory, and every peer's uid is checked with SO_PEERCRED
+(same uid as the daemon, or root). Peers act as admin, except those that belong to a session's process tree
+(the agent, its tools, `ag mcp` started by it): they get that session's agent principal (aegisd/auth/callers.py).
+A live daemon's socket is never taken over: a second daemon finds it answering and refuses to start."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import socket as _socket
+import stat
+from contextlib import aclosing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+import trio
+
+from aegisd import ops
+from aegisd.auth.callers import unix_peer
+from aegisd.core.errors import (
+    AegisError,
+    CapacityExceeded,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    ValidationError,
+)
+from aegisd.core.input import INT_MAX, INT_MIN, check, decode_json
+
+if TYPE_CHECKING:
+    from aegisd.app.daemon import Daemon
+
+log = structlog.get_logger("aegisd.control")
+
+MAX_FRAME = 16 * 1024 * 1024
+FRAME_TIMEOUT_S = 60.0  # a frame begun must end (with its newline) within this
+MAX_IN_FLIGHT = 256  # requests running at once on one connection (streams included)
+
+
+class Request(msgspec.Struct):
+    op: str
+    id: int | str | None = None
+    params: dict[str, Any] | None = None
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def error_frame(req_id: Any, exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, AegisError):
+        err: dict[str, Any] = {"code": exc.code, "message": exc.message, "status": exc.status}
+        if exc.details is not None:
+            err["details"] = exc.details
+    else:
+        err = {"code": "INTERNAL_ERROR", "message": "internal error", "status": 500}
+    return {"id": req_id, "ok": False, "error": err}
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make the parent dir 0700 (creating it), and clear a stale socket; refuse if a live daemon answers."""
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = parent.stat()
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(parent, 0o700)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise Unavailable(f"{path} exists and is not a socket; refusing to replace it")
+        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        probe.settimeout(1)
+        try:
+            probe.connect(str(path))
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                path.unlink(missing_ok=True)  # stale: nobody listens
+            else:
+                raise Unavailable(f"cannot probe {path}: {exc}") from exc
+        else:
+            raise Unavailable(f"another aegisd is already listening on {path}")
+        finally:
+            probe.close()
+
+
+async def serve_control(daemon: Daemon, path: Path, *,
+                        task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
+    prepare_socket_path(path)
+    sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    old = os.umask(0o177)  # created 0600, never briefly wider
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(1024)  # bursts of clients (e.g. 200 parallel `ag create`) must not see EAGAIN
+    inode = path.stat().st_ino
+    listener = trio.SocketListener(sock)
+    log.info("control.listening", socket=str(path))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, lambda s: _connection(daemon, s), [listener])
+            task_status.started(path)
+    finally:
+        try:
+            if path.stat().st_ino == inode:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class _Conn:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.lock = trio.Lock()
+        self.closed = False
+        self.in_flight = 0  # requests received on this connection and not yet answered
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        try:
+            data = _encoder.encode(frame) + b"\n"
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be encoded is our fault: say so
+            log.exception("control.encode_failed", error=repr(exc))
+            data = _encoder.encode(error_frame(frame.get("id"), exc)) + b"\n"
+        async with self.lock:
+            if self.closed:
+                return
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.closed = True
+
+
+class _BadFrame(Exception):
+    def __init__(self, req_id: int | str | None, error: AegisError) -> None:
+        super().__init__(error.message)
+        self.req_id = req_id
+        self.error = error
+
+
+def parse_frame(line: bytes) -> Request:
+    """One request frame, or _BadFrame carrying its id when it had a usable one."""
+    try:
+        value = decode_json(line, what="request frame", checked=False)
+    except ValidationError as exc:
+        raise _BadFrame(None, exc) from None
+    if not isinstance(value, dict):
+        raise _BadFrame(None, ValidationError('a request frame is a JSON object: {"id", "op", "params"}'))
+    req_id = value.get("id")
+    if not (isinstance(req_id, str) and len(req_id) <= 200
+            or isinstance(req_id, int) and not isinstance(req_id, bool) and INT_MIN <= req_id <= INT_MAX):
+        req_id = None  # echoed only when it is one the client can match
+    try:
+        check(value, what="request frame")
+        return msgspec.convert(value, Request)
+    except ValidationError as exc:
+        raise _BadFrame(req_id, exc) from None
+    except msgspec.ValidationError as exc:
+        raise _BadFrame(req_id, ValidationError(f"malformed request frame: {exc}")) from None
+
+
+async def _connection(daemon: Daemon, stream: trio.SocketStream) -> None:
+    """One client. Whatever it sends fails that frame (an error frame) or, at worst, this connection (a frame
+    too large or never finished); nothing it sends reaches the daemon's other connections."""
+    conn = _Conn(stream)
+    try:
+        pid, uid = unix_peer(stream.socket)  # type: ignore[arg-type]
+        if uid not in (os.getuid(), 0):
+            await conn.send(error_frame(None, Unauthorized(f"uid {uid} may not use this daemon's socket")))
+            return
+        session_id = daemon.callers.session_of_pid(pid)
+        principal = daemon.agent_principal(session_id) if session_id is not None else ops.Principal()
+        if session_id is not None:
+            log.info("control.agent_caller", session_id=session_id, pid=pid)
+        async with trio.open_nursery() as requests:
+            async with trio.open_nursery() as streams:
+                await _read_frames(daemon, conn, principal, requests, streams)
+                streams.cancel_scope.cancel()  # the client closed (or half-closed) its side: end its streams
+            # requests already received still run and answer: a client that half-closes after writing
+            # (`printf '...' | nc -U -N`) gets its answers
+    except Exception as exc:  # noqa: BLE001 - a bug serving one connection must not take the daemon down
+        log.exception("control.connection_failed", error=repr(exc))
+    finally:
+        conn.closed = True
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def _read_frames(daemon: Daemon, conn: _Conn, principal: ops.Principal, requests: trio.Nursery,
+                       streams: trio.Nursery) -> None:
+    """Read newline-terminated frames until the client closes its side, a frame exceeds MAX_FRAME, or one
+    stays unfinished for FRAME_TIMEOUT_S."""
+    buf = bytearray()
+    scanned = 0  # bytes of buf known to hold no newline
+    deadline = math.inf  # set while a frame is partly received
+    while True:
+        chunk: bytes | None = None
+        with trio.move_on_at(deadline):  # only the wait for bytes: answers being sent are never cut
+            try:
+                chunk = await conn.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                chunk = b""
+        if chunk is None:
+            await conn.send(error_frame(None, ValidationError(
+                f"a frame stayed unfinished for {FRAME_TIMEOUT_S:g} s (frames end with a newline)")))
+            return
+        if not chunk:
+            return
+        buf += chunk
+        began = deadline == math.inf  # a new frame begins in this chunk
+        while (nl := buf.find(b"\n", scanned)) >= 0:
+            line = bytes(buf[:nl])
+            del buf[:nl + 1]
+            scanned, began = 0, True
+            if line.strip():
+                await _dispatch(daemon, conn, principal, line, requests, streams)
+        scanned = len(buf)
+        if len(buf) > MAX_FRAME:
+            await conn.send(error_frame(None, PayloadTooLarge(f"frame larger than {MAX_FRAME} bytes")))
+            return
+        if not buf:
+            deadline = math.inf
+        elif began:
+            deadline = trio.current_time() + FRAME_TIMEOUT_S
+
+
+async def _dispatch(daemon: Daemon, conn: _Conn, principal: ops.Principal, line: bytes, requests: trio.Nursery,
+                    streams: trio.Nursery) -> None:
+    try:
+        req = parse_frame(line)
+    except _BadFrame as bad:  # answered here: a flood of bad frames is paced by the client's own reading
+        await conn.send(error_frame(bad.req_id, bad.error))
+        return
+    if conn.in_flight >= MAX_IN_FLIGHT:
+        await conn.send(error_frame(req.id, CapacityExceeded(
+            f"{MAX_IN_FLIGHT} requests are already running on this connection; wait for answers, or open "
+            "another connection")))
+        return
+    o = ops.REGISTRY.get(req.op)
+    conn.in_flight += 1
+    (streams if o is not None and o.stream else requests).start_soon(_handle, daemon, conn, req, principal)
+
+
+async def _handle(daemon: Daemon, conn: _Conn, req: Request, principal: ops.Principal) -> None:
+    ctx = ops.OpContext(daemon=daemon, principal=principal, surface="socket")
+    try:
+        o = ops.get_op(req.op)
+        if o.stream:
+            async with aclosing(ops.stream(ctx, req.op, req.params)) as events:
+                async for event in events:
+                    await conn.send({"id": req.id, "event": event})
+                    if conn.closed:
+                        return
+            await conn.send({"id": req.id, "ok": True, "result": {"end": "done"}})
+        else:
+            result = await ops.call(ctx, req.op, req.params)
+            await conn.send({"id": req.id, "ok": True, "result": result})
+    except AegisError as exc:
+        await conn.send(error_frame(req.id, exc))
+    except Exception as exc:  # a bug in one operation must not take the daemon down
+        log.exception("control.op_failed", op=req.op, error=repr(exc))
+        await conn.send(error_frame(req.id, exc))
+    finally:
+        conn.in_flight -= 1

@@ -1,0 +1,247 @@
+"""Browser defences: a web page the user visits must not drive or read the API, whatever the auth mode.
+
+Three checks run on every HTTP request and WebSocket handshake, before authentication:
+
+- **Host** (DNS rebinding): a page on ``attacker.example`` that re-resolves its name to 127.0.0.1 sends
+  same-origin requests carrying ``Host: attacker.example:<port>``. Only ``localhost`` (and ``*.localhost``),
+  IP literals (rebinding needs a DNS name), the configured bind host, the host of ``baseUrl`` and the names
+  in ``allowedHosts`` are served; others get 421 ``HOST_NOT_ALLOWED``. A request without Host (HTTP/1.0) is
+  served.
+- **Origin** (CSRF, cross-site WebSocket hijacking): browsers send ``Origin`` on cross-origin requests, on
+  every POST and on WebSocket handshakes. A request carrying one is served only when it is the daemon's own
+  origin (the dashboard: the request's scheme and Host) or the origin of ``baseUrl``, or is listed in
+  ``allowedOrigins``; ``Origin: null`` (sandboxed or file pages) never is. Others: 403 ``ORIGIN_NOT_ALLOWED``.
+- **Content-Type** (simple requests): a request with a body must say ``application/json``, so a page can only
+  send one after a CORS preflight, which is granted to ``allowedOrigins`` alone. Others: 415
+  ``UNSUPPORTED_MEDIA_TYPE``. The OAuth device-flow proxy also takes form bodies (RFC 8628 clients).
+
+Pure functions over header values; ``aegisd/surfaces/http/__init__.py`` wires :func:`check` (Host, Origin) and
+:func:`check_body` in as a before-request hook, :func:`check` as a before-websocket hook, and adds
+:func:`cors_headers` to the answers to configured origins."""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from aegisd.core.errors import HostNotAllowed, OriginNotAllowed, UnsupportedMediaType
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+# routes that also take form bodies: the OAuth 2.0 device-flow proxy (RFC 8628 clients post forms)
+FORM_PATHS = frozenset({"/v1/auth/device/authorize", "/v1/auth/device/token"})
+WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "*"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+CORS_METHODS = "GET, POST, PUT, DELETE"
+CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-Request-Id"
+CORS_EXPOSE = "X-Request-Id, Retry-After, X-Aegis-API-Version"
+CORS_MAX_AGE = "600"
+
+
+class Headers(Protocol):
+    """Request headers, looked up case-insensitively (werkzeug's Headers; a dict in unit tests)."""
+
+    def get(self, key: str) -> str | None: ...
+
+
+class OriginKind(Enum):
+    NONE = "none"  # no Origin header: not a browser's cross-origin request
+    OWN = "own"  # the daemon's own origin (the dashboard)
+    ALLOWED = "allowed"  # listed in allowedOrigins: gets CORS headers
+
+
+def host_name(host: str) -> str | None:
+    """The name in a Host header value, lowercased, without port or trailing dot (IPv6 without brackets);
+    None when it is not a valid host."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0 or not _port_ok(host[end + 1:]):
+            return None
+        try:
+            return str(ipaddress.IPv6Address(host[1:end]))
+        except ValueError:
+            return None
+    colon = host.find(":")
+    name, rest = (host, "") if colon < 0 else (host[:colon], host[colon:])
+    name = name.rstrip(".")
+    if not _port_ok(rest) or not name or not name.isascii() or any(c in name for c in "/\\@?#[]%* \t"):
+        return None
+    return name
+
+
+def _port_ok(rest: str) -> bool:
+    """What follows the host in a Host header: nothing, or ``:`` and a port (possibly empty)."""
+    return rest == "" or (rest[0] == ":" and (rest[1:] == "" or (rest[1:].isdigit() and len(rest) <= 6)))
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_entry(entry: str) -> str:
+    """One allowedHosts entry, normalized: a name, or ``.name`` for the name and its subdomains (``*.name``
+    is read the same way). Raises ValueError on anything else."""
+    raw = entry.strip().lower()
+    if raw.startswith("*."):
+        raw = raw[1:]
+    suffix = raw.startswith(".")
+    name = host_name(raw[1:] if suffix else raw)
+    if name is None or ":" in raw:
+        raise ValueError(f"allowedHosts takes host names (example.com, .example.com), not {entry!r}")
+    return "." + name if suffix else name
+
+
+def origin_of(value: str) -> str | None:
+    """``scheme://host[:port]`` normalized (lowercase, default port dropped); None when ``value`` is not an
+    http(s) origin (``null``, a path, credentials, another scheme)."""
+    try:
+        u = urllib.parse.urlsplit(value.strip())
+        port = u.port
+    except ValueError:
+        return None
+    if u.scheme not in DEFAULT_PORTS or not u.hostname or u.username is not None or u.password is not None:
+        return None
+    if u.path not in ("", "/") or u.query or u.fragment:
+        return None
+    name = host_name(f"[{u.hostname}]" if ":" in u.hostname else u.hostname)
+    if name is None:
+        return None
+    shown = f"[{name}]" if ":" in name else name
+    return f"{u.scheme}://{shown}" + (f":{port}" if port is not None and port != DEFAULT_PORTS[u.scheme] else "")
+
+
+def origin_entry(entry: str) -> str:
+    """One allowedOrigins entry, normalized; raises ValueError unless it is exactly ``scheme://host[:port]``."""
+    origin = origin_of(entry)
+    if origin is None or "*" in entry:
+        raise ValueError(f"allowedOrigins takes exact origins such as https://app.example.com:8443, not {entry!r}")
+    return origin
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What is served, from the configuration (built once when the app is made)."""
+
+    hosts: frozenset[str] = frozenset()  # exact names
+    suffixes: tuple[str, ...] = ()  # ".example.com": that name and its subdomains
+    origins: frozenset[str] = frozenset()  # allowedOrigins, normalized: these get CORS headers
+    own_origins: frozenset[str] = frozenset()  # baseUrl's origin: the dashboard behind a proxy
+
+    @classmethod
+    def build(cls, *, bind_host: str = "", base_url: str = "", allowed_hosts: Iterable[str] = (),
+              allowed_origins: Iterable[str] = ()) -> Policy:
+        hosts: set[str] = set()
+        suffixes: list[str] = []
+        for entry in allowed_hosts:
+            h = host_entry(entry)
+            if h.startswith("."):
+                suffixes.append(h)
+            else:
+                hosts.add(h)
+        if bind_host.strip().strip("[]") not in WILDCARD_BINDS:
+            name = host_name(f"[{bind_host.strip('[]')}]" if ":" in bind_host else bind_host)
+            if name:
+                hosts.add(name)
+        own: set[str] = set()
+        if base_url:
+            base = urllib.parse.urlsplit(base_url)
+            name = host_name(base.netloc.rpartition("@")[2])
+            if name:
+                hosts.add(name)
+            origin = origin_of(f"{base.scheme}://{base.netloc}")
+            if origin:
+                own.add(origin)
+        return cls(hosts=frozenset(hosts), suffixes=tuple(suffixes),
+                   origins=frozenset(origin_entry(o) for o in allowed_origins), own_origins=frozenset(own))
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a request with this Host header is served (None: no header, HTTP/1.0)."""
+        if host is None:
+            return True
+        name = host_name(host)
+        if name is None:
+            return False
+        if name == "localhost" or name.endswith(".localhost") or _is_ip(name) or name in self.hosts:
+            return True
+        return any(name == s[1:] or name.endswith(s) for s in self.suffixes)
+
+    def origin_kind(self, origin: str | None, *, scheme: str, host: str | None) -> OriginKind | None:
+        """How a request carrying this Origin is served; None: refused. ``scheme`` is the request's (ws and
+        wss count as http and https), ``host`` its Host header."""
+        if origin is None:
+            return OriginKind.NONE
+        normal = origin_of(origin)
+        if normal is None:
+            return None
+        if host is not None:
+            web = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+            if normal == origin_of(f"{web}://{host}"):
+                return OriginKind.OWN
+        if normal in self.own_origins:
+            return OriginKind.OWN
+        if normal in self.origins:
+            return OriginKind.ALLOWED
+        return None
+
+
+def json_body_ok(headers: Headers, *, form_ok: bool = False) -> bool:
+    """True when the request has no body, or says its body is JSON (form too when ``form_ok``)."""
+    length = (headers.get("Content-Length") or "").strip()
+    chunked = "chunked" in (headers.get("Transfer-Encoding") or "").lower()
+    if not chunked and (not length or (length.isdigit() and int(length) == 0)):
+        return True
+    mime = (headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    return mime == JSON or (form_ok and mime == FORM)
+
+
+def check(policy: Policy, *, scheme: str, headers: Headers) -> OriginKind:
+    """Refuse a request or WebSocket handshake whose Host or Origin is not served (HostNotAllowed,
+    OriginNotAllowed); else say how its Origin is served."""
+    host = headers.get("Host")
+    if not policy.host_allowed(host):
+        shown = host_name(host or "") or (host or "")
+        raise HostNotAllowed(
+            f"Host {shown[:100]!r} is not served (a DNS-rebinding defence): use localhost or an IP address, or "
+            f"add the name to allowedHosts (AEGIS_ALLOWED_HOSTS)")
+    origin = headers.get("Origin")
+    kind = policy.origin_kind(origin, scheme=scheme, host=host)
+    if kind is None:
+        if (origin or "").strip().lower() == "null":
+            raise OriginNotAllowed("requests from pages with Origin: null (sandboxed or local files) are refused")
+        raise OriginNotAllowed(f"cross-origin request from {(origin or '')[:100]!r} refused; add that origin to "
+                               f"allowedOrigins (AEGIS_ALLOWED_ORIGINS) to allow it")
+    return kind
+
+
+def check_body(*, method: str, path: str, headers: Headers) -> None:
+    """Refuse a request body that is not JSON (UnsupportedMediaType); form bodies only on FORM_PATHS."""
+    form_ok = method == "POST" and path in FORM_PATHS
+    if not json_body_ok(headers, form_ok=form_ok):
+        also = f" (or {FORM})" if form_ok else ""
+        raise UnsupportedMediaType(
+            f"request bodies must be JSON: send Content-Type: {JSON}{also}, not "
+            f"{(headers.get('Content-Type') or 'none')[:100]!r}")
+
+
+def is_preflight(method: str, headers: Headers) -> bool:
+    return method == "OPTIONS" and bool(headers.get("Origin")) and bool(headers.get("Access-Control-Request-Method"))
+
+
+def cors_headers(origin: str, *, preflight: bool = False) -> dict[str, str]:
+    """The CORS answer for a configured origin (never with credentials)."""
+    out = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    if preflight:
+        out.update({"Access-Control-Allow-Methods": CORS_METHODS, "Access-Control-Allow-Headers": CORS_HEADERS,
+                    "Access-Control-Max-Age": CORS_MAX_AGE})
+    else:
+        out["Access-Control-Expose-Headers"] = CORS_EXPOSE
+    return out

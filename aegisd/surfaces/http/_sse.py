@@ -1,0 +1,173 @@
+"""Server-Sent Events: `GET /v1/events` (all sessions) and `GET /v1/sessions/{id}/events` (also `/stream`),
+with the original Aegis payloads: `data: {json}` frames with an `id:` line, the event type inside the JSON
+(no `event:` field, so `EventSource.onmessage` sees everything), a `connected` first frame, `heartbeat` frames
+every 30 s, and `Last-Event-ID` (or `?lastEventId=`) replay. A subscriber that falls behind skips ahead with an
+`overflow` frame and never slows the sessions or other subscribers. A stream opened with a credential that
+stops working (a key revoked, expired or rotated past its grace, a dashboard sign-in ended) ends at once with a
+`revoked` frame (aegisd/auth/_credentials.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+
+from aegisd.core.errors import CapacityExceeded, RateLimited
+from aegisd.core.models import Event, now_ms
+
+if TYPE_CHECKING:
+    from aegisd.app.daemon import Daemon
+
+HEARTBEAT_S = 30.0
+BATCH_MAX = 256
+SSE_BUFFER = 1024
+
+# our bus event -> the original's per-session name and global name
+_NAMES = {"status": ("status", "session_status_change"), "message": ("message", "session_message"),
+          "approval": ("approval", "session_approval"), "ended": ("ended", "session_ended"),
+          "stall": ("stall", "session_stall"), "created": ("created", "session_created"),
+          "verification": ("verification", "session_verification")}
+
+
+def _payload(ev: Event) -> dict[str, Any]:
+    """The original's `data` for an event (our extra fields kept alongside)."""
+    data = dict(ev.data)
+    if ev.event == "message":
+        out = {"role": data.get("role"), "text": data.get("text"), "contentType": data.get("contentType")}
+        if data.get("toolName"):
+            out["tool_name"] = data["toolName"]
+        if data.get("toolUseId"):
+            out["tool_id"] = data["toolUseId"]
+        out["entryId"] = data.get("id")
+        return out
+    if ev.event == "approval" and "toolTitle" in data:
+        data.setdefault("prompt", f"{data['toolTitle']} {json.dumps(data.get('rawInput'))}"
+                                  if data.get("rawInput") not in (None, {}) else data["toolTitle"])
+    return data
+
+
+# keyed by what makes an event unique even across daemons in one process (tests run many): ids restart at 1
+_FRAME_CACHE: dict[tuple[int, int, str | None, str], bytes] = {}
+_FRAME_CACHE_MAX = 8192
+
+
+def frame(ev: Event, *, scope: str) -> bytes:
+    """The SSE frame of an event, encoded once however many subscribers receive it."""
+    key = (ev.id, ev.timestamp, ev.sessionId, scope)
+    cached = _FRAME_CACHE.get(key)
+    if cached is None:
+        if len(_FRAME_CACHE) >= _FRAME_CACHE_MAX:
+            for old in list(_FRAME_CACHE)[: _FRAME_CACHE_MAX // 2]:
+                del _FRAME_CACHE[old]
+        cached = _FRAME_CACHE[key] = _encode_frame(ev, scope)
+    return cached
+
+
+def _encode_frame(ev: Event, scope: str) -> bytes:
+    per_session, global_name = _NAMES.get(ev.event, (ev.event, f"session_{ev.event}"))
+    body = {"event": global_name if scope == "global" else per_session, "sessionId": ev.sessionId,
+            "timestamp": ev.timestamp, "emittedAt": now_ms(), "id": ev.id, "data": _payload(ev)}
+    return f"id: {ev.id}\n".encode() + b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+
+def _plain(body: dict[str, Any]) -> bytes:
+    return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+
+class SseLimits:
+    """Concurrent SSE connections, in total and per client IP."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total, self.per_ip = total, per_ip
+        self.by_ip: dict[str, int] = {}
+        self.count = 0
+
+    def acquire(self, ip: str) -> None:
+        if self.count >= self.total:
+            raise CapacityExceeded(f"too many event streams ({self.total})", details={"reason": "global_limit"})
+        if self.by_ip.get(ip, 0) >= self.per_ip:
+            raise RateLimited(f"too many event streams from {ip} ({self.per_ip})",
+                              details={"reason": "per_ip_limit"})
+        self.count += 1
+        self.by_ip[ip] = self.by_ip.get(ip, 0) + 1
+
+    def release(self, ip: str) -> None:
+        self.count -= 1
+        left = self.by_ip.get(ip, 1) - 1
+        if left <= 0:
+            self.by_ip.pop(ip, None)
+        else:
+            self.by_ip[ip] = left
+
+
+async def stream(daemon: Daemon, *, session_id: str | None, after_id: int | None, limits: SseLimits, ip: str,
+                 can_see: Any = None, principal: Any = None) -> AsyncGenerator[bytes, None]:
+    """The frames of one stream. It ends with a `revoked` frame as soon as the credential that opened it stops
+    working (``principal``'s: a key revoked, expired or rotated past its grace, a sign-in ended)."""
+    scope = "session" if session_id else "global"
+    revoked: list[str] = []  # why, once the credential ended
+    live: list[Any] = []  # the current subscription: closing it wakes the wait for the next event
+
+    def revoke(why: str) -> None:
+        revoked.append(why)
+        for sub in live:
+            sub.close()
+
+    try:
+        with daemon.credentials.watch(principal, revoke) if principal is not None else nullcontext():
+            first: dict[str, Any] = {"event": "connected", "timestamp": now_ms()}
+            if session_id:
+                first["sessionId"] = session_id
+            else:
+                first["data"] = {"activeSessions": len(daemon.manager.runners)}
+            yield _plain(first)
+            last = after_id
+            while not revoked:
+                sub = await daemon.bus.subscribe(session_id=session_id, after_id=last, maxsize=SSE_BUFFER)
+                live[:] = [sub]
+                try:
+                    while not revoked:
+                        with trio.move_on_after(HEARTBEAT_S) as timer:
+                            try:
+                                ev: Event | None = await sub.__anext__()  # cancel-safe: a channel receive
+                            except StopAsyncIteration:
+                                break
+                        if revoked:
+                            break
+                        if timer.cancelled_caught:
+                            beat: dict[str, Any] = {"event": "heartbeat", "timestamp": now_ms()}
+                            if session_id:
+                                beat["sessionId"] = session_id
+                            yield _plain(beat)
+                            continue
+                        # a burst goes out as one write: hypercorn's cost is per write, not per byte
+                        batch: list[bytes] = []
+                        ended = False
+                        while ev is not None and len(batch) < BATCH_MAX:
+                            last = ev.id
+                            if can_see is None or can_see(ev.sessionId):
+                                batch.append(frame(ev, scope=scope))
+                            if session_id and ev.event == "ended":
+                                ended = True
+                                break
+                            ev = sub.next_nowait()
+                        if batch:
+                            yield b"".join(batch)
+                        if ended:
+                            return
+                finally:
+                    sub.close()
+                if revoked:
+                    break
+                if not sub.overflowed:
+                    return  # the bus closed: the daemon is shutting down
+                yield _plain({"event": "overflow", "timestamp": now_ms(), "sessionId": session_id or "",
+                              "data": {"reason": "slow consumer", "resumedAfter": last}})
+            yield _plain({"event": "revoked", "timestamp": now_ms(), "sessionId": session_id or "",
+                          "data": {"reason": revoked[0]}})
+    finally:
+        limits.release(ip)
