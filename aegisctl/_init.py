@@ -48,7 +48,7 @@ def config_path(project: Path) -> Path:
 
 
 def _is_loopback(host: str) -> bool:
-    from aegisd.app.daemon import is_loopback
+    from aegisd.core.config import is_loopback
 
     return is_loopback(host)
 

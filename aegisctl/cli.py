@@ -123,7 +123,7 @@ def json_option(fn: Any) -> Any:
 def serve(host: str | None = None, port: int | None = None, config_path: str | None = None,
           state_dir: str | None = None) -> None:
     """Run aegisd in the foreground (Ctrl-C stops it)."""
-    from aegisd.app.daemon import run_foreground
+    from aegisd.app.main import run_foreground
 
     run_foreground(config_path=config_path, overrides={"host": host, "port": port, "stateDir": state_dir})
 

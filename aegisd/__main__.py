@@ -1,3 +1,3 @@
-from aegisd.app.daemon import main
+from aegisd.app.main import main
 
 main()

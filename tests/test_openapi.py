@@ -29,7 +29,7 @@ async def test_every_route_is_in_the_spec(daemon: DaemonHandle) -> None:
     assert spec["openapi"].startswith("3.1")
     from aegisd.surfaces.http import create_app
 
-    app = create_app(daemon.daemon)
+    app = create_app(daemon.daemon.services)
     missing = []
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static" or rule.endpoint.startswith("dashboard_"):

@@ -3,7 +3,7 @@ authentication failures."""
 
 from __future__ import annotations
 
-from aegisd.auth._credentials import Credential, CredentialWatch
+from aegisd.auth._credentials import CredentialWatch
 from aegisd.auth._keys import (
     ROLE_PERMISSIONS,
     KeyInfo,
@@ -14,6 +14,7 @@ from aegisd.auth._keys import (
 )
 from aegisd.auth._ratelimit import RateLimiter
 from aegisd.auth._throttle import AuthThrottle
+from aegisd.auth.principal import Credential, Principal, agent_principal
 
-__all__ = ["ROLE_PERMISSIONS", "AuthThrottle", "Credential", "CredentialWatch", "KeyInfo", "KeyStore", "RateLimiter",
-           "effective_permissions", "has_permission", "secret_digest"]
+__all__ = ["ROLE_PERMISSIONS", "AuthThrottle", "Credential", "CredentialWatch", "KeyInfo", "KeyStore", "Principal",
+           "RateLimiter", "agent_principal", "effective_permissions", "has_permission", "secret_digest"]

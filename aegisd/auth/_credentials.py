@@ -21,29 +21,20 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
+from aegisd.auth.principal import Principal
+
 if TYPE_CHECKING:
     from aegisd.auth._keys import KeyStore
     from aegisd.auth.oidc import Oidc
-    from aegisd.ops import Principal
 
 log = structlog.get_logger("aegisd.auth")
 
 POLL_S = 0.5  # how often keys.json is stat()ed while a key-authenticated stream is open
-
-
-@dataclass(frozen=True)
-class Credential:
-    """What a principal authenticated with, so that what it opened can end when that does."""
-
-    kind: str  # key | sso | jwt
-    ref: str  # key: SHA-256 of the secret; sso: SHA-256 of the cookie; jwt: the subject
-    expires_at_ms: int | None = None  # jwt: when it stops being accepted
 
 
 def _now_ms() -> int:

@@ -27,12 +27,12 @@ from urllib.parse import urlencode
 import structlog
 import trio
 
-from aegisd.auth import Credential
+from aegisd.auth.principal import Credential
 from aegisd.core.errors import AegisError, Unavailable, ValidationError
 
 if TYPE_CHECKING:
+    from aegisd.auth.principal import Principal
     from aegisd.core.config import OidcConfig
-    from aegisd.ops import Principal
 
 log = structlog.get_logger("aegisd.oidc")
 
@@ -116,7 +116,7 @@ class Oidc:
 
     # ---- dashboard sessions, kept across restarts ------------------------------------------------------
     def _load_sessions(self) -> None:
-        from aegisd.ops import Principal
+        from aegisd.auth.principal import Principal
 
         if self.sessions_file is None:
             return
@@ -233,7 +233,7 @@ class Oidc:
         return claims
 
     def principal(self, claims: dict[str, Any]) -> Principal:
-        from aegisd.ops import Principal
+        from aegisd.auth.principal import Principal
 
         role = claims.get(self.cfg.roleClaim)
         if role not in ROLES:

@@ -4,6 +4,7 @@ Every value remembers where it came from (`sources`), so `ag config show` can pr
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -71,7 +72,7 @@ class OidcConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TelegramConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """See aegisd/notify/telegram.py. On when botToken and chatId are set."""
+    """See aegisd/surfaces/telegram.py. On when botToken and chatId are set."""
 
     botToken: str = ""
     chatId: str = ""
@@ -243,6 +244,16 @@ KNOWN_EXTRA_KEYS = {"clientAuthToken", "rateLimit", "defaultSessionEnv", "name",
 _SECRET_KEYS = {"authToken", "postgresUrl", "redisUrl", "clientAuthToken"}
 # secrets inside a section: section -> field
 _SECRET_FIELDS = {"oidc": "clientSecret", "email": "smtpUrl", "telegram": "botToken"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine's loopback."""
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def config_file_candidates(cwd: Path | None = None) -> list[Path]:

@@ -12,19 +12,19 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
 import trio
 
+from aegisd.bus import EventBus
 from aegisd.core.errors import NotFound, ValidationError
 from aegisd.core.models import now_ms
 from aegisd.core.states import State
+from aegisd.features.verify import Verifier
+from aegisd.sessions import SessionManager
 from aegisd.store._fs import atomic_write
-
-if TYPE_CHECKING:
-    from aegisd.app.daemon import Daemon
 
 log = structlog.get_logger("aegisd.pipelines")
 
@@ -149,8 +149,11 @@ _dec = msgspec.json.Decoder(PipelineRecord)
 
 
 class PipelineManager:
-    def __init__(self, daemon: Daemon, directory: Path, *, default_timeout_ms: int = 0) -> None:
-        self.daemon = daemon
+    def __init__(self, *, sessions: SessionManager, bus: EventBus, verifier: Verifier, directory: Path,
+                 default_timeout_ms: int = 0) -> None:
+        self.sessions = sessions
+        self.bus = bus
+        self.verifier = verifier
         self._nursery: trio.Nursery | None = None
         self.dir = directory
         self.records: dict[str, PipelineRecord] = {}
@@ -176,7 +179,7 @@ class PipelineManager:
         if not self.dir.is_dir():
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(self.dir / f"{p.id}.json", _enc.encode(p))
-        self.daemon.bus.publish(p.id, "pipeline", {"status": p.status, "currentStage": p.currentStage,
+        self.bus.publish(p.id, "pipeline", {"status": p.status, "currentStage": p.currentStage,
                                                    "stages": {s.name: s.status for s in p.stages}})
 
     def load(self) -> None:
@@ -200,7 +203,7 @@ class PipelineManager:
     def create(self, spec: PipelineSpec, *, owner: str | None, creator: str | None = None) -> PipelineRecord:
         spec = msgspec.structs.replace(spec, stages=resolve_stages(spec))
         check_graph(spec.stages)
-        policy = self.daemon.manager.workdirs
+        policy = self.sessions.workdirs
         base = policy.validate(spec.workDir)
         stages = []
         for i, s in enumerate(spec.stages):
@@ -235,7 +238,7 @@ class PipelineManager:
         s.status, s.startedAt, s.stopReason, s.error = "running", now_ms(), None, None
         s.awaitTurn, s.fixes, s.verification = 1, 0, None
         try:
-            rec, _, _ = await self.daemon.manager.create(
+            rec, _, _ = await self.sessions.create(
                 workDir=s.workDir, name=f"pipeline-{p.name}-{s.name}", prompt=s.prompt,
                 permissionMode=s.permissionMode, agent=s.agent, ownerKeyId=p.ownerKeyId, reuse=False,
                 creatorSessionId=p.creatorSessionId)
@@ -254,7 +257,7 @@ class PipelineManager:
             s.status, s.error, s.completedAt = "failed", error, now_ms()
 
     async def _run(self, p: PipelineRecord) -> None:
-        bus = self.daemon.bus
+        bus = self.bus
         sub = await bus.subscribe(maxsize=100_000)
         try:
             while p.status == "running":
@@ -288,8 +291,8 @@ class PipelineManager:
         by_session = {s.sessionId: s for s in p.stages if s.status in ACTIVE and s.sessionId}
         # outcomes that happened before we listened (e.g. a very fast turn)
         for sid, s in by_session.items():
-            rec = self.daemon.manager.records.get(sid)
-            runner = self.daemon.manager.runners.get(sid)
+            rec = self.sessions.records.get(sid)
+            runner = self.sessions.runners.get(sid)
             if rec is None:
                 continue
             if s.status == "verifying":
@@ -311,7 +314,7 @@ class PipelineManager:
                 await self._verdict(p, stage, self._verdicts.pop(ev.sessionId, ev.data))
                 return
             if ev.event == "turn" and stage.status == "running":
-                runner = self.daemon.manager.runners.get(ev.sessionId)
+                runner = self.sessions.runners.get(ev.sessionId)
                 if (runner is not None and runner.busy) or int(ev.data.get("turn") or 0) < stage.awaitTurn:
                     continue
                 await self._finish_stage(p, stage, ev.data.get("stopReason"))
@@ -339,17 +342,16 @@ class PipelineManager:
         """Run the checks for a stage's session; the verdict is kept here and announced by the `verification`
         event that wakes the pipeline."""
         from aegisd.core.errors import AegisError
-        from aegisd.features.verify import run_verification
 
-        rec = self.daemon.manager.records.get(sid)
+        rec = self.sessions.records.get(sid)
         try:
             if rec is None:
                 raise NotFound(f"session {sid} is gone")
-            self._verdicts[sid] = await run_verification(self.daemon, rec, critical_only=critical_only)
+            self._verdicts[sid] = await self.verifier.run(rec, critical_only=critical_only)
         except AegisError as exc:
             verdict = {"ok": False, "summary": f"could not verify: {exc.message}", "steps": [], "status": "failed"}
             self._verdicts[sid] = verdict
-            self.daemon.bus.publish(sid, "verification", verdict)
+            self.bus.publish(sid, "verification", verdict)
 
     async def _verdict(self, p: PipelineRecord, s: StageState, result: dict[str, Any]) -> None:
         from aegisd.features.verify import fix_prompt
@@ -361,12 +363,12 @@ class PipelineManager:
             s.status, s.completedAt = "completed", now_ms()
             await self._close(sid, State.COMPLETED)
             return
-        rec = self.daemon.manager.records.get(sid or "")
+        rec = self.sessions.records.get(sid or "")
         if s.fixes < s.verifyFixes and rec is not None and sid and result.get("steps"):
             s.fixes += 1
             s.status, s.awaitTurn = "running", rec.turns + 1
             try:
-                await self.daemon.manager.command(sid, "send", text=fix_prompt(result))
+                await self.sessions.command(sid, "send", text=fix_prompt(result))
                 return
             except Exception as exc:  # noqa: BLE001 - the session may have died meanwhile
                 self._stage_failed(p, s, f"could not hand the failed checks back: {getattr(exc, 'message', exc)}")
@@ -375,9 +377,9 @@ class PipelineManager:
         await self._close(sid, State.KILLED)
 
     async def _close(self, sid: str | None, status: State) -> None:
-        if sid and sid in self.daemon.manager.runners:
+        if sid and sid in self.sessions.runners:
             try:
-                await self.daemon.manager.end(sid, status)
+                await self.sessions.end(sid, status)
             except Exception:  # noqa: BLE001 - it may have ended meanwhile
                 pass
 

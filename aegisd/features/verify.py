@@ -12,19 +12,21 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import trio
 
-from aegisd.acp._cgroup import join_command
+from aegisd.acp import Lifeline, agent_environment
+from aegisd.acp._cgroup import SessionCgroups, join_command
 from aegisd.acp._groups import end_group
+from aegisd.bus import EventBus
+from aegisd.core.config import VerificationConfig
 from aegisd.core.errors import Conflict, ValidationError
-
-if TYPE_CHECKING:
-    from aegisd.app.daemon import Daemon
-    from aegisd.core.models import SessionRecord
+from aegisd.core.models import SessionRecord
+from aegisd.sessions import SessionManager
 
 OUTPUT_TAIL = 8_000  # characters of output kept per step
 DEFAULT_STEP_TIMEOUT_MS = 300_000
@@ -153,49 +155,63 @@ def summarize(steps: list[dict[str, Any]]) -> str:
     return f"{len(failed)} of {len(steps)} step(s) failed: " + ", ".join(failed)
 
 
-async def run_verification(daemon: Daemon, rec: SessionRecord, *, critical_only: bool | None = None) -> dict[str, Any]:
-    """Run the checks for a session's workDir, publishing `verification` events on the session (running, then
-    passed or failed). A failed typecheck or build stops the run. One at a time per session (Conflict)."""
-    cfg = daemon.config.verification
-    work_dir = Path(rec.workDir)
-    if not work_dir.is_dir():
-        raise ValidationError(f"the session's workDir {rec.workDir} no longer exists")
-    steps = parse_steps(cfg.steps) or detect(work_dir)
-    critical = cfg.criticalOnly if critical_only is None else critical_only
-    if critical:
-        steps = [s for s in steps if s.is_critical()]
-    if rec.id in daemon.verifying:
-        raise Conflict(f"a verification of session {rec.id} is already running")
-    from aegisd.acp import agent_environment
+class Verifier:
+    """Runs a session's checks, one verification at a time per session, each step in the session's cgroup."""
 
-    daemon.verifying.add(rec.id)
-    daemon.bus.publish(rec.id, "verification", {"status": "running", "steps": [s.name for s in steps]})
-    started = time.monotonic()
-    results: list[dict[str, Any]] = []
-    try:
-        # marked like the session's agent: the reaper finds even a step's setsid escapees when the daemon dies
-        env = agent_environment(daemon.environ, markers=daemon.manager.markers(rec.id))
-        procs = daemon.cgroups.make(rec.id) if daemon.cgroups is not None else None
-        for step in steps:
-            res = await run_step(step, work_dir, env, daemon.lifeline, procs)
-            results.append(res)
-            if not res["ok"] and step.is_critical():
-                break  # a failed build: its tests would only fail too
-    finally:
-        daemon.verifying.discard(rec.id)
-        if daemon.cgroups is not None and rec.id not in daemon.manager.runners:
-            with trio.CancelScope(shield=True):
-                await daemon.cgroups.kill(rec.id)  # an ended session's cgroup exists only for its checks
-    skipped = [s.name for s in steps[len(results):]]
-    ok = bool(results) and all(r["ok"] for r in results)
-    summary = summarize(results) + (f"; skipped after it: {', '.join(skipped)}" if skipped else "")
-    out: dict[str, Any] = {"ok": ok, "steps": results, "skipped": skipped,
-                           "totalDurationMs": int((time.monotonic() - started) * 1000), "summary": summary,
-                           "criticalOnly": critical}
-    daemon.bus.publish(rec.id, "verification", {
-        "status": "passed" if ok else "failed", "ok": ok, "summary": summary, "totalDurationMs": out["totalDurationMs"],
-        "steps": [{k: r.get(k) for k in ("name", "ok", "exitCode", "durationMs")} for r in results]})
-    return out
+    def __init__(self, *, config: VerificationConfig, bus: EventBus, sessions: SessionManager, environ: dict[str, str],
+                 lifeline: Lifeline, cgroups: Callable[[], SessionCgroups | None] = lambda: None) -> None:
+        self.config = config
+        self.bus = bus
+        self.sessions = sessions
+        self.environ = environ
+        self.lifeline = lifeline
+        self._cgroups = cgroups
+        self.running: set[str] = set()  # sessions whose verification is running
+
+    async def run(self, rec: SessionRecord, *, critical_only: bool | None = None) -> dict[str, Any]:
+        """Run the checks for a session's workDir, publishing `verification` events on the session (running,
+        then passed or failed). A failed typecheck or build stops the run. One at a time per session
+        (Conflict)."""
+        cfg = self.config
+        work_dir = Path(rec.workDir)
+        if not work_dir.is_dir():
+            raise ValidationError(f"the session's workDir {rec.workDir} no longer exists")
+        steps = parse_steps(cfg.steps) or detect(work_dir)
+        critical = cfg.criticalOnly if critical_only is None else critical_only
+        if critical:
+            steps = [s for s in steps if s.is_critical()]
+        if rec.id in self.running:
+            raise Conflict(f"a verification of session {rec.id} is already running")
+        self.running.add(rec.id)
+        self.bus.publish(rec.id, "verification", {"status": "running", "steps": [s.name for s in steps]})
+        started = time.monotonic()
+        results: list[dict[str, Any]] = []
+        cgroups = self._cgroups()
+        try:
+            # marked like the session's agent: the reaper finds even a step's setsid escapees when the daemon dies
+            env = agent_environment(self.environ, markers=self.sessions.markers(rec.id))
+            procs = cgroups.make(rec.id) if cgroups is not None else None
+            for step in steps:
+                res = await run_step(step, work_dir, env, self.lifeline, procs)
+                results.append(res)
+                if not res["ok"] and step.is_critical():
+                    break  # a failed build: its tests would only fail too
+        finally:
+            self.running.discard(rec.id)
+            if cgroups is not None and rec.id not in self.sessions.runners:
+                with trio.CancelScope(shield=True):
+                    await cgroups.kill(rec.id)  # an ended session's cgroup exists only for its checks
+        skipped = [s.name for s in steps[len(results):]]
+        ok = bool(results) and all(r["ok"] for r in results)
+        summary = summarize(results) + (f"; skipped after it: {', '.join(skipped)}" if skipped else "")
+        out: dict[str, Any] = {"ok": ok, "steps": results, "skipped": skipped,
+                               "totalDurationMs": int((time.monotonic() - started) * 1000), "summary": summary,
+                               "criticalOnly": critical}
+        self.bus.publish(rec.id, "verification", {
+            "status": "passed" if ok else "failed", "ok": ok, "summary": summary,
+            "totalDurationMs": out["totalDurationMs"],
+            "steps": [{k: r.get(k) for k in ("name", "ok", "exitCode", "durationMs")} for r in results]})
+        return out
 
 
 def fix_prompt(result: dict[str, Any], *, tail: int = 3000) -> str:

@@ -9,19 +9,18 @@ from __future__ import annotations
 import smtplib
 import ssl
 import time
+from collections.abc import Callable, Mapping
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import structlog
 import trio
 
-from aegisd.core.models import Event
+from aegisd.bus import EventBus
+from aegisd.core.config import EmailConfig
+from aegisd.core.models import Event, SessionRecord
 from aegisd.notify.health import ChannelHealth
-
-if TYPE_CHECKING:
-    from aegisd.app.daemon import Daemon
-    from aegisd.core.config import EmailConfig
 
 log = structlog.get_logger("aegisd.mail")
 
@@ -36,8 +35,11 @@ def check_url(url: str) -> None:
 
 
 class Email:
-    def __init__(self, daemon: Daemon, cfg: EmailConfig) -> None:
-        self.daemon = daemon
+    def __init__(self, *, bus: EventBus, records: Mapping[str, SessionRecord], http_url: Callable[[], str],
+                 cfg: EmailConfig) -> None:
+        self.bus = bus
+        self.records = records
+        self.http_url = http_url
         self.cfg = cfg
         self.state = ChannelHealth()
         self._recent: dict[str, float] = {}
@@ -47,7 +49,7 @@ class Email:
         return self.state.report("email", f"{p.scheme}://{p.hostname}:{p.port or ''} → {', '.join(self.cfg.to)}")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sub = await self.daemon.bus.subscribe(maxsize=100_000)
+        sub = await self.bus.subscribe(maxsize=100_000)
         task_status.started()
         async with sub:
             async for ev in sub:
@@ -70,9 +72,9 @@ class Email:
     def _compose(self, ev: Event) -> tuple[str, str, str] | None:
         want = set(self.cfg.events)
         d = ev.data
-        rec = self.daemon.manager.records.get(ev.sessionId)
+        rec = self.records.get(ev.sessionId)
         who = f"{rec.name if rec else 'session'} ({ev.sessionId[:8]})"
-        link = f"{self.daemon.http_url.rstrip('/')}/dashboard/#/sessions/{ev.sessionId}"
+        link = f"{self.http_url().rstrip('/')}/dashboard/#/sessions/{ev.sessionId}"
         if ev.event == "approval" and "requestId" in d and "decision" not in d and "permission" in want:
             subject = f"[aegis] {who} needs approval: {d.get('toolTitle')}"
             cmd = f"{ev.sessionId[:8]} --request {d['requestId']}"  # this very request, not whatever is pending

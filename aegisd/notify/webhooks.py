@@ -14,21 +14,22 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import structlog
 import trio
 
-from aegisd.core.models import Event, now_ms
+from aegisd.bus import EventBus
+from aegisd.core.models import Event, SessionRecord, now_ms
 from aegisd.notify.health import ChannelHealth
 from aegisd.store._fs import atomic_write
 
-if TYPE_CHECKING:
-    from aegisd.app.daemon import Daemon
-
 log = structlog.get_logger("aegisd.webhooks")
+
+Alert = Callable[..., object]  # Alerts.record(kind, detail, session_id=…)
 
 BACKOFF_S = (1.0, 5.0, 30.0)
 DLQ_MAX = 100
@@ -147,8 +148,11 @@ def event_name(ev: Event) -> str | None:
 
 
 class Webhooks:
-    def __init__(self, daemon: Daemon, endpoints: list[Endpoint], dlq_path: Path) -> None:
-        self.daemon = daemon
+    def __init__(self, *, bus: EventBus, records: Mapping[str, SessionRecord], alert: Alert,
+                 endpoints: list[Endpoint], dlq_path: Path) -> None:
+        self.bus = bus
+        self.records = records
+        self.alert = alert  # a dead letter counts toward alerting (aegisd/notify/alerts.py)
         self.endpoints = endpoints
         self.dlq_path = dlq_path
         self.sent = 0
@@ -173,7 +177,7 @@ class Webhooks:
             return
         import httpx
 
-        sub = await self.daemon.bus.subscribe(maxsize=100_000)
+        sub = await self.bus.subscribe(maxsize=100_000)
         limiter = trio.CapacityLimiter(8)
         async with httpx.AsyncClient(timeout=TIMEOUT_S) as client, trio.open_nursery() as nursery:
             task_status.started()
@@ -188,7 +192,7 @@ class Webhooks:
 
     def _payload(self, name: str, ev: Event) -> tuple[dict[str, Any], dict[str, Any]]:
         """The delivery's payload, and the event's data it was made from, both without the workDir."""
-        rec = self.daemon.manager.records.get(ev.sessionId)
+        rec = self.records.get(ev.sessionId)
         workdir = rec.workDir.rstrip("/") if rec else None
         data: dict[str, Any] = redact(ev.data, workdir)
         detail = json.dumps(data, ensure_ascii=False)[:2000]
@@ -266,6 +270,6 @@ class Webhooks:
         self.dlq_changed.set()
         self.dlq_changed = trio.Event()
         # by host only: the alert goes to another service, and Slack or Discord keep the secret in the path
-        self.daemon.alerts.record("webhook_dead_letter",
+        self.alert("webhook_dead_letter",
                                   f"webhook {self.endpoints.index(ep)} ({log_url(ep.url)}) gave up on {name} after "
                                   f"{attempts} attempts: {error}", session_id=ev.sessionId)

@@ -44,7 +44,7 @@ def needs_attention(ctx: OpContext, rec: SessionRecord) -> bool:
         return True
     if rec.status != State.IDLE:
         return False
-    runner = ctx.daemon.manager.runners.get(rec.id)
+    runner = ctx.services.manager.runners.get(rec.id)
     return runner is None or not runner.busy
 
 
@@ -70,8 +70,8 @@ class _Revocable:
             "permission decision, it stalled, or it ended; or until timeoutSeconds (timedOut: true). Returns the "
             "session")
 async def wait(ctx: OpContext, p: WaitParams) -> dict[str, Any]:
-    d = ctx.daemon
-    rec = d.session(ctx, p.id)
+    d = ctx.services
+    rec = ctx.session(p.id)
     revoked = _Revocable()
     with trio.move_on_after(p.timeoutSeconds) as revoked.scope, d.credentials.watch(ctx.principal, revoked):
         while not needs_attention(ctx, rec):
@@ -93,8 +93,8 @@ async def wait(ctx: OpContext, p: WaitParams) -> dict[str, Any]:
             "when there are none yet, waits up to timeoutSeconds for the first. lastId is the afterId of the "
             "next call")
 async def poll(ctx: OpContext, p: PollParams) -> dict[str, Any]:
-    d = ctx.daemon
-    sid = d.session(ctx, p.sessionId).id if p.sessionId else None
+    d = ctx.services
+    sid = ctx.session(p.sessionId).id if p.sessionId else None
     last = d.bus.last_id if p.afterId is None else p.afterId
     out: list[Event] = []
     revoked = _Revocable()
@@ -111,7 +111,7 @@ async def poll(ctx: OpContext, p: PollParams) -> dict[str, Any]:
                         break
                 # another key's sessions (and events of no session, for non-admins) are skipped, as in
                 # events.follow; lastId only moves past what was delivered
-                if sid is not None or (d.can_see(ctx, ev.sessionId) if ev.sessionId else True):
+                if sid is not None or (ctx.can_see(ev.sessionId) if ev.sessionId else True):
                     out.append(ev)
                     last = ev.id
     revoked.check()
@@ -123,9 +123,9 @@ async def poll(ctx: OpContext, p: PollParams) -> dict[str, Any]:
             "first: each with its sessionId and requestId (position 0 of a session is the one its approve/reject "
             "decides now; the others wait behind it)")
 async def pending(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    d = ctx.daemon
+    d = ctx.services
     found: list[tuple[int, str, int, SessionRecord, PendingPermission]] = []
-    for rec in d.visible(ctx, d.manager.records.values()):
+    for rec in ctx.visible(d.manager.records.values()):
         runner = d.manager.runners.get(rec.id)
         if rec.status in TERMINAL or runner is None:
             continue

@@ -82,22 +82,22 @@ def _check_permissions(perms: list[str] | None) -> None:
 @op("auth.keys.create", CreateKeyParams, summary="Create an API key (the secret is shown once)", permission="admin")
 async def create_key(ctx: OpContext, p: CreateKeyParams) -> dict[str, Any]:
     _check_permissions(p.permissions)
-    info, secret = ctx.daemon.keys.create(p.name, role=p.role, permissions=p.permissions, ttl_days=p.ttlDays,
+    info, secret = ctx.services.keys.create(p.name, role=p.role, permissions=p.permissions, ttl_days=p.ttlDays,
                                           rate_limit=p.rateLimit)
-    ctx.daemon.audit_record(ctx, "key.create", detail={"keyId": info.id, "name": info.name, "role": info.role})
+    ctx.audit("key.create", detail={"keyId": info.id, "name": info.name, "role": info.role})
     return {**key_view(info), "key": secret, "tenantId": p.tenantId}
 
 
 @op("auth.keys.list", Empty, summary="List API keys (never their secrets)", permission="admin")
 async def list_keys(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
-    return [key_view(k) for k in ctx.daemon.keys.list()]
+    return [key_view(k) for k in ctx.services.keys.list()]
 
 
 @op("auth.keys.revoke", KeyIdParams, summary="Revoke an API key", permission="admin")
 async def revoke_key(ctx: OpContext, p: KeyIdParams) -> dict[str, Any]:
-    if not ctx.daemon.keys.revoke(p.id):
+    if not ctx.services.keys.revoke(p.id):
         raise NotFound(f"API key {p.id} not found")
-    ctx.daemon.audit_record(ctx, "key.revoke", detail={"keyId": p.id})
+    ctx.audit("key.revoke", detail={"keyId": p.id})
     return {"ok": True}
 
 
@@ -107,8 +107,8 @@ async def rotate_key(ctx: OpContext, p: RotateParams) -> dict[str, Any]:
     key_id = p.id or p.keyId
     if not key_id:
         raise ValidationError("keyId is required")
-    info, secret = ctx.daemon.keys.rotate(key_id, grace_seconds=p.gracePeriodSeconds, ttl_days=p.ttlDays)
-    ctx.daemon.audit_record(ctx, "key.rotate", detail={"keyId": key_id, "graceSeconds": p.gracePeriodSeconds})
+    info, secret = ctx.services.keys.rotate(key_id, grace_seconds=p.gracePeriodSeconds, ttl_days=p.ttlDays)
+    ctx.audit("key.rotate", detail={"keyId": key_id, "graceSeconds": p.gracePeriodSeconds})
     return {**key_view(info), "key": secret, "graceExpiresAt": info.graceExpiresAt}  # when the old secret stops
 
 
@@ -117,9 +117,9 @@ async def rotate_key(ctx: OpContext, p: RotateParams) -> dict[str, Any]:
 async def get_quotas(ctx: OpContext, p: KeyIdParams) -> dict[str, Any]:
     from aegisd.features.quotas import parse
 
-    key = ctx.daemon.keys.get(p.id)
+    key = ctx.services.keys.get(p.id)
     quotas = parse(key.quotas)
-    return {"keyId": key.id, "quotas": key.quotas, "usage": ctx.daemon.quotas.usage_of(key.id, quotas)}
+    return {"keyId": key.id, "quotas": key.quotas, "usage": ctx.services.quotas.usage_of(key.id, quotas)}
 
 
 @op("auth.keys.quotas.set", QuotaParams, permission="admin",
@@ -127,7 +127,7 @@ async def get_quotas(ctx: OpContext, p: KeyIdParams) -> dict[str, Any]:
 async def set_quotas(ctx: OpContext, p: QuotaParams) -> dict[str, Any]:
     from aegisd.features.quotas import parse
 
-    key = ctx.daemon.keys.get(p.id)
+    key = ctx.services.keys.get(p.id)
     merged: dict[str, Any] = {} if p.clear else dict(key.quotas or {})
     given = {f: getattr(p, f) for f in ("maxConcurrentSessions", "maxTokensPerWindow", "maxSpendPerWindow",
                                         "quotaWindowMs")}
@@ -138,8 +138,8 @@ async def set_quotas(ctx: OpContext, p: QuotaParams) -> dict[str, Any]:
             merged[name] = value
     quotas = parse(merged)
     stored = {**msgspec.to_builtins(quotas), "quotaWindowMs": quotas.quotaWindowMs} if quotas is not None else None
-    key = ctx.daemon.keys.set_quotas(p.id, stored)
-    ctx.daemon.audit_record(ctx, "key.quotas", detail={"keyId": p.id, "quotas": stored})
+    key = ctx.services.keys.set_quotas(p.id, stored)
+    ctx.audit("key.quotas", detail={"keyId": p.id, "quotas": stored})
     return key_view(key)
 
 
@@ -147,12 +147,12 @@ async def set_quotas(ctx: OpContext, p: QuotaParams) -> dict[str, Any]:
     summary="Is this token valid, and with which role? (Throttled and audited like any failed authentication)")
 async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
     # an oracle for guessing tokens unless it is throttled and audited like any failed authentication
-    d = ctx.daemon
+    d = ctx.services
     d.auth_throttle.guard(ctx.ip, p.token)
-    principal = d.authenticate(p.token, ip=ctx.ip)
+    principal = d.access.authenticate(p.token)
     if principal is None:
         d.auth_throttle.failed(ctx.ip, p.token)
-        d.note_auth_failure(ctx.ip, via="auth.verify")
+        d.access.note_auth_failure(ctx.ip, via="auth.verify")
         return {"valid": False}
     d.auth_throttle.succeeded(ctx.ip, p.token)
     return {"valid": True, "role": principal.role, "name": principal.name}
@@ -161,8 +161,8 @@ async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
 @op("auth.sse_token", Empty, summary="A short-lived single-use token for EventSource (?token=)")
 async def sse_token(ctx: OpContext, p: Empty) -> dict[str, Any]:
     owner = f"{ctx.principal.kind}:{ctx.principal.key_id}"
-    token, ttl = ctx.daemon.sse_tokens.mint(ctx.principal, owner)
-    ctx.daemon.auth_throttle.vouch(ctx.ip, token)  # minted by a caller proven valid from there
+    token, ttl = ctx.services.sse_tokens.mint(ctx.principal, owner)
+    ctx.services.auth_throttle.vouch(ctx.ip, token)  # minted by a caller proven valid from there
     return {"token": token, "expiresAt": now_ms() + int(ttl * 1000)}
 
 
@@ -172,13 +172,13 @@ async def sse_token(ctx: OpContext, p: Empty) -> dict[str, Any]:
 async def whoami(ctx: OpContext, p: Empty) -> dict[str, Any]:
     from aegisd.auth import ROLE_PERMISSIONS
 
-    d = ctx.daemon
+    d = ctx.services
     pr = ctx.principal
     perms = pr.permissions if pr.permissions is not None else ROLE_PERMISSIONS.get(pr.role, frozenset())
     return {"kind": pr.kind, "role": pr.role, "name": pr.name, "keyId": pr.key_id,
             "permissions": sorted(ROLE_PERMISSIONS["admin"] if pr.role == "admin" else perms),
             # for `ag whoami`: an agent's session; and whether this daemon wants a credential at all
-            "sessionId": pr.session_id, "authRequired": d.auth_enabled, "sso": d.oidc is not None,
+            "sessionId": pr.session_id, "authRequired": d.access.auth_enabled, "sso": d.oidc is not None,
             "strictRbac": d.config.strictRbac}
 
 
@@ -197,7 +197,7 @@ def _owned(recs: list[SessionRecord]) -> dict[str, Any]:
 async def users(ctx: OpContext, p: Empty) -> dict[str, Any]:
     from aegisd.features.quotas import parse
 
-    d = ctx.daemon
+    d = ctx.services
     by_owner: dict[str | None, list[SessionRecord]] = {}
     for rec in d.manager.list():  # newest first
         by_owner.setdefault(rec.ownerKeyId, []).append(rec)
@@ -220,7 +220,7 @@ async def users(ctx: OpContext, p: Empty) -> dict[str, Any]:
 async def audit_query(ctx: OpContext, p: AuditParams) -> dict[str, Any]:
     if ctx.principal.role != "admin":
         raise Forbidden("the audit log is for admins")
-    log = ctx.daemon.audit
+    log = ctx.services.audit
     records, cursor = log.query(actor=p.actor, action=p.action, session_id=p.sessionId, since=p.since,
                                 until=p.until, cursor=p.cursor, limit=p.limit, reverse=p.reverse)
     out: dict[str, Any] = {"count": len(records), "records": records, "cursor": cursor,

@@ -35,7 +35,7 @@ class HistoryParams(msgspec.Struct, forbid_unknown_fields=True):
 async def history(ctx: OpContext, p: HistoryParams) -> dict[str, Any]:
     if p.status is not None and p.status not in HISTORY_STATUSES:
         raise ValidationError(f"status must be one of {', '.join(HISTORY_STATUSES)}")
-    d = ctx.daemon
+    d = ctx.services
     rows: dict[str, dict[str, Any]] = {}
     for rec in d.manager.records.values():
         final = "active" if rec.status in LIVE else rec.status.value
@@ -56,7 +56,7 @@ async def history(ctx: OpContext, p: HistoryParams) -> dict[str, Any]:
     out = []
     for row in rows.values():
         known = row["id"] in d.manager.records
-        if not (d.can_see(ctx, row["id"]) if known else d.owns(ctx, row["ownerKeyId"])):
+        if not (ctx.can_see(row["id"]) if known else ctx.owns(row["ownerKeyId"])):
             continue
         if p.ownerKeyId is not None and row["ownerKeyId"] != p.ownerKeyId:
             continue
@@ -81,7 +81,7 @@ async def _audit_sessions(ctx: OpContext) -> tuple[dict[str, dict[str, Any]], in
     """What the audit log says about each session: created (when, by whom, where), ended (how)."""
     import trio
 
-    records = await trio.to_thread.run_sync(ctx.daemon.audit.read_all)
+    records = await trio.to_thread.run_sync(ctx.services.audit.read_all)
     out: dict[str, dict[str, Any]] = {}
     for r in records:
         sid = r.get("sessionId")
@@ -119,7 +119,7 @@ class LegacyPermissionsParams(msgspec.Struct, forbid_unknown_fields=True):
 @op("session.permissions.get", IdParams,
     summary="The original's legacy permission policy ([{source, ruleBehavior, toolName, commandPattern}])")
 async def get_permissions(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     return {"permissionPolicy": rec.permissionPolicy or [], "permissionProfile": rec.permissionProfile}
 
 
@@ -130,14 +130,14 @@ async def get_permissions(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 async def set_permissions(ctx: OpContext, p: LegacyPermissionsParams) -> dict[str, Any]:
     from aegisd.core.permissions import PermissionProfile, ProfileRule, validate_profile
 
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     profile = PermissionProfile(defaultBehavior="mode", rules=[
         ProfileRule(tool=r.toolName or "*", behavior=r.ruleBehavior, pattern=r.commandPattern) for r in p.rules])
     validate_profile(profile)
     legacy = [msgspec.to_builtins(r) for r in p.rules]
-    result: dict[str, Any] = await ctx.daemon.manager.command(
+    result: dict[str, Any] = await ctx.services.manager.command(
         rec.id, "set_profile", profile=msgspec.to_builtins(profile), legacy=legacy)
-    ctx.daemon.audit_record(ctx, "session.permission_profile", session_id=rec.id,
+    ctx.audit("session.permission_profile", session_id=rec.id,
                             detail={"rules": len(profile.rules), "default": "mode", "legacy": True})
     return result
 
@@ -159,8 +159,8 @@ CURSOR_SCAN = 500
 async def transcript_cursor(ctx: OpContext, p: CursorParams) -> dict[str, Any]:
     if p.role is not None and p.role not in ("user", "assistant", "system"):
         raise ValidationError("role must be user, assistant or system")
-    d = ctx.daemon
-    rec = d.session(ctx, p.id)
+    d = ctx.services
+    rec = ctx.session(p.id)
     end = rec.transcriptCount if p.before_id is None else min(p.before_id - 1, rec.transcriptCount)
     picked: list[Any] = []
     has_more = False
@@ -190,15 +190,15 @@ async def transcript_cursor(ctx: OpContext, p: CursorParams) -> dict[str, Any]:
 # ---- legacy list and command discovery -------------------------------------------------------------
 @op("session.list_legacy", Empty, summary="The original's legacy GET /sessions: a bare array of every session")
 async def list_legacy(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
-    recs = ctx.daemon.visible(ctx, ctx.daemon.manager.list())
-    return [session_view(r, ctx.daemon.http_url) for r in recs]
+    recs = ctx.visible(ctx.services.manager.list())
+    return [session_view(r, ctx.services.http_url) for r in recs]
 
 
 @op("session.commands", IdParams, permission="send",
     summary="The slash commands the agent advertised (ACP available_commands_update); the original scraped "
             "them from the terminal")
 async def discover_commands(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     return {"commands": [{"name": c.get("name", ""), "description": c.get("description", "")}
                          for c in rec.availableCommands], "live": rec.status not in (
                 State.COMPLETED, State.KILLED, State.CRASHED)}

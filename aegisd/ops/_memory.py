@@ -45,30 +45,29 @@ class SessionParams(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _store(ctx: OpContext) -> Any:
-    if not ctx.daemon.config.memoryBridge.get("enabled"):
+    if not ctx.services.config.memoryBridge.get("enabled"):
         raise NotFound("the memory bridge is off (set memoryBridge: {enabled: true} in the config)")
-    return ctx.daemon.memory
+    return ctx.services.memory
 
 
 def _owner(ctx: OpContext, p: KeyParams) -> str | None:
     """Whose entry ``p`` names: the caller's own, or the one ``ownerKeyId`` gives if the caller may see it
     (another key's entry is as absent as a missing one)."""
-    d = ctx.daemon
     if p.ownerKeyId is None or p.ownerKeyId == "":
-        return d.owner_of(ctx)
-    if not d.owns(ctx, p.ownerKeyId):
+        return ctx.owner_of()
+    if not ctx.owns(p.ownerKeyId):
         raise NotFound(f"no memory entry {p.key!r}")
     return p.ownerKeyId
 
 
 def _mine(ctx: OpContext) -> Callable[[str | None], bool]:
-    return lambda owner: ctx.daemon.owns(ctx, owner)
+    return lambda owner: ctx.owns(owner)
 
 
 @op("memory.set", SetParams, summary="Set a memory entry (namespace/key, optional TTL) in the caller's own space",
     permission="send")
 async def set_entry(ctx: OpContext, p: SetParams) -> dict[str, Any]:
-    entry = _store(ctx).set(p.key, p.value, p.ttlSeconds, owner=ctx.daemon.owner_of(ctx))
+    entry = _store(ctx).set(p.key, p.value, p.ttlSeconds, owner=ctx.owner_of())
     return {"ok": True, "entry": entry_view(entry)}
 
 
@@ -98,13 +97,13 @@ async def scoped(ctx: OpContext, p: ScopeParams) -> dict[str, Any]:
 
 @op("session.memories.set", SessionSetParams, summary="A memory entry linked to a session", permission="send")
 async def session_set(ctx: OpContext, p: SessionSetParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     entry = _store(ctx).set(f"session:{rec.id}/{p.key}", p.value, p.ttlSeconds, owner=rec.ownerKeyId)
     return {"ok": True, "entry": entry_view(entry)}
 
 
 @op("session.memories.list", SessionParams, summary="The memory entries linked to a session")
 async def session_list(ctx: OpContext, p: SessionParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     entries = _store(ctx).list(f"session:{rec.id}/", owners=lambda owner: owner == rec.ownerKeyId)
     return {"sessionId": rec.id, "entries": [entry_view(e) for e in entries]}

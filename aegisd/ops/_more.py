@@ -70,12 +70,12 @@ class HandshakeParams(msgspec.Struct, forbid_unknown_fields=True):
 
 
 async def _entries(ctx: OpContext, sid: str) -> list[Any]:
-    return await ctx.daemon.store.read_transcript(sid, 0, None)
+    return await ctx.services.store.read_transcript(sid, 0, None)
 
 
 @op("session.stats", Empty, summary="Session counts by status")
 async def stats(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    recs = ctx.daemon.visible(ctx, ctx.daemon.manager.records.values())
+    recs = ctx.visible(ctx.services.manager.records.values())
     by = Counter(r.status.value for r in recs)
     return {"active": sum(1 for r in recs if r.status in LIVE), "byStatus": dict(by),
             "totalCreated": len(recs), "totalCompleted": by.get("completed", 0),
@@ -85,16 +85,16 @@ async def stats(ctx: OpContext, p: Empty) -> dict[str, Any]:
 @op("sessions.health", Empty, summary="Health of every session")
 async def bulk_health(ctx: OpContext, p: Empty) -> dict[str, Any]:
     out = {}
-    for rec in ctx.daemon.visible(ctx, ctx.daemon.manager.records.values()):
+    for rec in ctx.visible(ctx.services.manager.records.values()):
         out[rec.id] = await session_health(ctx, IdParams(id=rec.id))
     return out
 
 
 @op("session.summary", IdParams, summary="A condensed view: status and the last 20 entries")
 async def summary(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     start = max(0, rec.transcriptCount - 20)
-    last = await ctx.daemon.store.read_transcript(rec.id, start, 20)
+    last = await ctx.services.store.read_transcript(rec.id, start, 20)
     return {"sessionId": rec.id, "windowName": rec.name, "name": rec.name, "status": rec.status.value,
             "totalMessages": rec.transcriptCount,
             "messages": [{"role": e.role, "contentType": e.contentType, "text": e.text} for e in last],
@@ -103,7 +103,7 @@ async def summary(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 
 @op("session.metrics", IdParams, summary="Per-session metrics: duration, messages, tool calls, approvals, tokens")
 async def session_metrics(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     entries = await _entries(ctx, rec.id)
     kinds = Counter(e.contentType for e in entries)
     decisions = [e.text for e in entries if e.contentType == "permission_decision"]
@@ -126,7 +126,7 @@ async def session_metrics(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 
 @op("session.latency", IdParams, summary="Permission response latency of a session")
 async def latency(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     entries = await _entries(ctx, rec.id)
     waits, opened = [], None
     for e in entries:
@@ -143,7 +143,7 @@ async def latency(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 
 @op("session.tools", IdParams, summary="Tool usage of a session")
 async def tools(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     uses = Counter(e.toolName or "tool" for e in await _entries(ctx, rec.id) if e.contentType == "tool_use")
     return {"sessionId": rec.id, "tools": [{"name": n, "count": c} for n, c in uses.most_common()],
             "totalCalls": sum(uses.values())}
@@ -151,15 +151,15 @@ async def tools(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 
 @op("session.children", IdParams, summary="Sessions spawned from this one")
 async def children(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    kids = [r for r in ctx.daemon.visible(ctx, ctx.daemon.manager.list()) if r.parentId == rec.id]
+    rec = ctx.session(p.id)
+    kids = [r for r in ctx.visible(ctx.services.manager.list()) if r.parentId == rec.id]
     return {"children": [{"id": k.id, "name": k.name, "windowName": k.name, "status": k.status.value,
                           "createdAt": k.createdAt} for k in kids]}
 
 
 @op("session.spawn", SpawnParams, summary="Create a child session (parentId set)", permission="create")
 async def spawn(ctx: OpContext, p: SpawnParams) -> dict[str, Any]:
-    parent = ctx.daemon.session(ctx, p.id)
+    parent = ctx.session(p.id)
     mode = p.permissionMode or cast(PermissionMode, parent.permissionMode)
     params = CreateParams(workDir=p.workDir or parent.workDir, name=p.name or f"{parent.name}-child",
                           prompt=p.prompt, permissionMode=mode, agent=parent.agent, model=parent.model,
@@ -170,23 +170,23 @@ async def spawn(ctx: OpContext, p: SpawnParams) -> dict[str, Any]:
 @op("session.command", CommandParams, summary="Send a slash command (the agent's available_commands)",
     permission="send")
 async def command(ctx: OpContext, p: CommandParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     text = p.command if p.command.startswith("/") else "/" + p.command
     name = text[1:].split()[0] if len(text) > 1 else ""
     known = {c.get("name") for c in rec.availableCommands}
     if known and name not in known:
         raise ValidationError(f"unknown command /{name}; the agent offers: "
                               f"{', '.join('/' + str(k) for k in sorted(known, key=str))}")
-    res = await ctx.daemon.manager.command(rec.id, "send", text=text)
+    res = await ctx.services.manager.command(rec.id, "send", text=text)
     return {"ok": True, "delivered": res["delivered"], "queued": res["queued"]}
 
 
 @op("session.pane", IdParams, summary="A plain-text rendering of the recent transcript (for tmux-era clients)")
 async def pane(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     start = max(0, rec.transcriptCount - 40)
     lines = []
-    for e in await ctx.daemon.store.read_transcript(rec.id, start, 40):
+    for e in await ctx.services.store.read_transcript(rec.id, start, 40):
         prefix = {"user": "> ", "assistant": ""}.get(e.role, "# ")
         if e.contentType not in ("text",):
             prefix += f"[{e.contentType}] "
@@ -202,23 +202,23 @@ async def pane(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 async def screenshot(ctx: OpContext, p: ScreenshotParams) -> dict[str, Any]:
     from aegisd.browser import screenshot as shots
 
-    ctx.daemon.session(ctx, p.id)
+    ctx.session(p.id)
     if not p.url:
         raise ValidationError("url is required")
-    browser = shots.find_browser(ctx.daemon.environ)
+    browser = shots.find_browser(ctx.services.environ)
     if browser is None:
-        raise shots.unavailable(ctx.daemon.environ)
+        raise shots.unavailable(ctx.services.environ)
     pr = ctx.principal
     # the daemon's own listeners are refused to every screenshot; loopback only to a trusted caller
     reach = await shots.Reach.build(p.url, trusted=pr.role == "admin" or pr.kind in ("local", "master"),
-                                    daemon_urls=(ctx.daemon.http_url, *ctx.daemon.http_binds),
-                                    loopback_ports=ctx.daemon.config.screenshotLoopbackPorts)
+                                    daemon_urls=(ctx.services.http_url, *ctx.services.http_binds),
+                                    loopback_ports=ctx.services.config.screenshotLoopbackPorts)
     width, height = p.width or 1280, p.height or 720
-    async with ctx.daemon.screenshot_limiter:
+    async with ctx.services.screenshot_limiter:
         png, blocked, load_error = await shots.take(p.url, width=width, height=height, reach=reach,
-                                                    browser=browser, lifeline=ctx.daemon.lifeline,
+                                                    browser=browser, lifeline=ctx.services.lifeline,
                                                     full_page=p.fullPage)
-    ctx.daemon.manager.metrics.screenshots += 1
+    ctx.services.manager.metrics.screenshots += 1
     return {**shots.encode(png), "url": p.url, "timestamp": now_ms(), "fullPage": p.fullPage,
             "blockedRequests": blocked, "loadError": load_error}
 
@@ -233,11 +233,10 @@ class VerifyParams(msgspec.Struct, forbid_unknown_fields=True):
             "session's workDir; 422 VERIFICATION_FAILED with the same result when one fails")
 async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
     from aegisd.core.errors import VerificationFailed
-    from aegisd.features.verify import run_verification
 
-    rec = ctx.daemon.session(ctx, p.id)
-    out = await run_verification(ctx.daemon, rec, critical_only=p.criticalOnly)
-    ctx.daemon.audit_record(ctx, "session.verify", session_id=rec.id, detail={"ok": out["ok"],
+    rec = ctx.session(p.id)
+    out = await ctx.services.verifier.run(rec, critical_only=p.criticalOnly)
+    ctx.audit("session.verify", session_id=rec.id, detail={"ok": out["ok"],
                                                                              "summary": out["summary"]})
     if not out["ok"]:
         raise VerificationFailed(out["summary"], details=out)
@@ -246,7 +245,7 @@ async def verify(ctx: OpContext, p: VerifyParams) -> dict[str, Any]:
 
 @op("session.answer", AnswerParams, summary="Answer a question the agent asked", permission="send")
 async def answer(ctx: OpContext, p: AnswerParams) -> dict[str, Any]:
-    ctx.daemon.session(ctx, p.id)
+    ctx.session(p.id)
     raise Conflict(f"no pending question {p.questionId!r} on this session (ACP agents ask through permission "
                    "requests; use approve/reject)")
 
@@ -269,27 +268,27 @@ async def batch_create(ctx: OpContext, p: BatchCreateParams) -> dict[str, Any]:
 async def batch_delete(ctx: OpContext, p: BatchDeleteParams) -> dict[str, Any]:
     if not p.ids and not p.status:
         raise ValidationError("give ids or status")
-    d = ctx.daemon
+    d = ctx.services
     targets: list[str] = []
     not_found: list[str] = []
     for ident in p.ids or []:
         try:
-            targets.append(d.session(ctx, ident, act=True).id)
+            targets.append(ctx.session(ident, act=True).id)
         except Exception:  # noqa: BLE001
             not_found.append(ident)
     if p.status:
         states = STATUS_FILTERS.get(p.status)
         if states is None:
             raise ValidationError(f"invalid status {p.status!r}")
-        targets += [r.id for r in d.visible(ctx, d.manager.list(states)) if r.id not in targets
-                    and d.can_act(ctx, r.id)]
+        targets += [r.id for r in ctx.visible(d.manager.list(states)) if r.id not in targets
+                    and ctx.can_act(r.id)]
     deleted, errors = 0, []
     for sid in targets:
         if d.manager.records[sid].status not in LIVE:
             continue
         try:
             await d.manager.end(sid, State.KILLED)
-            d.audit_record(ctx, "session.kill", session_id=sid, detail={"batch": True})
+            ctx.audit("session.kill", session_id=sid, detail={"batch": True})
             deleted += 1
         except Exception as exc:  # noqa: BLE001
             errors.append({"id": sid, "error": getattr(exc, "message", str(exc))})
@@ -298,7 +297,7 @@ async def batch_delete(ctx: OpContext, p: BatchDeleteParams) -> dict[str, Any]:
 
 @op("metrics", Empty, summary="Daemon metrics (JSON)")
 async def metrics(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    d = ctx.daemon
+    d = ctx.services
     m = d.manager.metrics
     recs = list(d.manager.records.values())
     ended = [r for r in recs if r.endedAt]
@@ -320,7 +319,7 @@ async def metrics(ctx: OpContext, p: Empty) -> dict[str, Any]:
 @op("diagnostics", DiagnosticsParams, summary="Recent problems (crashes), without personal data")
 async def diagnostics(ctx: OpContext, p: DiagnosticsParams) -> dict[str, Any]:
     events = []
-    recs = ctx.daemon.visible(ctx, ctx.daemon.manager.records.values())  # others' sessions are not a viewer's
+    recs = ctx.visible(ctx.services.manager.records.values())  # others' sessions are not a viewer's
     for r in sorted(recs, key=lambda r: r.endedAt or 0, reverse=True):
         if r.crash is not None:
             events.append({"event": "session_crashed", "level": "error", "component": "session",
@@ -374,7 +373,7 @@ class ProfileParams(msgspec.Struct, forbid_unknown_fields=True):
 
 @op("session.permission_profile.get", IdParams, summary="The permission rules the daemon enforces for a session")
 async def get_profile(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     return {"permissionProfile": rec.permissionProfile}
 
 
@@ -384,7 +383,7 @@ async def get_profile(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 async def set_profile(ctx: OpContext, p: ProfileParams) -> dict[str, Any]:
     from aegisd.core.permissions import PermissionProfile, validate_profile
 
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     if p.profile is not None and p.defaultBehavior is not None and p.profile != p.defaultBehavior:
         raise ValidationError("give defaultBehavior or its alias profile, not two different values")
     default = p.defaultBehavior or p.profile or "ask"
@@ -393,9 +392,9 @@ async def set_profile(ctx: OpContext, p: ProfileParams) -> dict[str, Any]:
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid permission profile: {exc}") from None
     validate_profile(profile)
-    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "set_profile",
+    result: dict[str, Any] = await ctx.services.manager.command(rec.id, "set_profile",
                                                               profile=msgspec.to_builtins(profile))
-    ctx.daemon.audit_record(ctx, "session.permission_profile", session_id=rec.id,
+    ctx.audit("session.permission_profile", session_id=rec.id,
                             detail={"rules": len(profile.rules), "default": profile.defaultBehavior})
     return result
 
@@ -413,14 +412,14 @@ FORK_CONTEXT_CHARS = 50_000
     summary="A new session that continues from this one: through ACP session/fork when the agent supports "
             "it (forkMethod \"acp\"), else seeded with this session's transcript (forkMethod \"transcript\")")
 async def fork(ctx: OpContext, p: ForkParams) -> dict[str, Any]:
-    src = ctx.daemon.session(ctx, p.id)
-    mgr = ctx.daemon.manager
-    owner, creator = ctx.daemon.creator(ctx)
+    src = ctx.session(p.id)
+    mgr = ctx.services.manager
+    owner, creator = ctx.creator()
     rec, _, _ = await mgr.create(
         workDir=src.workDir, name=p.name or f"{src.name}-fork", permissionMode=src.permissionMode,
         agent=src.agent, model=src.requestedModel, ownerKeyId=owner, reuse=False, forkedFrom=src.id,
         mcpServers=src.mcpServers, creatorSessionId=creator)
-    ctx.daemon.audit_record(ctx, "session.create", session_id=rec.id,
+    ctx.audit("session.create", session_id=rec.id,
                             detail={"workDir": rec.workDir, "agent": rec.agent, "forkedFrom": src.id,
                                     "ownerKeyId": rec.ownerKeyId})
     seeded = 0
@@ -433,7 +432,7 @@ async def fork(ctx: OpContext, p: ForkParams) -> dict[str, Any]:
     if prompt and runner is not None:
         res = await runner.command("send", text=prompt)
         delivery = {"delivered": res["delivered"], "attempts": res["attempts"], "queued": res["queued"]}
-    out = session_view(rec, ctx.daemon.http_url)
+    out = session_view(rec, ctx.services.http_url)
     out["reused"] = False
     out["promptDelivery"] = delivery
     out["forkedFrom"] = src.id
@@ -464,12 +463,12 @@ async def _fork_seed(ctx: OpContext, src: SessionRecord) -> tuple[str, int]:
 async def dead_letter(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
     from aegisd.notify.webhooks import log_url
 
-    d = ctx.daemon
+    d = ctx.services
     out = []
     for item in d.webhooks.dlq:
         session = item.payload.get("session")
         sid = session.get("id") if isinstance(session, dict) else None
-        if not (isinstance(sid, str) and d.can_see(ctx, sid)):
+        if not (isinstance(sid, str) and ctx.can_see(sid)):
             continue
         entry: dict[str, Any] = msgspec.to_builtins(item)
         if ctx.principal.role != "admin":  # chat services keep the secret in the URL's path

@@ -4,41 +4,56 @@ the control socket, `POST /v1/rpc`, the REST routes and (later) the MCP tools.""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from aegisd.auth.principal import Principal
 from aegisd.core.errors import QuotaExceeded, UnknownOperation, ValidationError
 from aegisd.core.input import check
 
 if TYPE_CHECKING:
-    from aegisd.app.daemon import Daemon
-    from aegisd.auth import Credential
-
-
-@dataclass
-class Principal:
-    """Who is calling. The Unix socket (same uid, 0600) acts as admin, unless the caller belongs to a session's
-    process tree: then it is that session's agent (kind "agent", see aegisd/auth/_agents.py)."""
-
-    kind: str = "local"  # local (socket, or loopback without auth) | master | key | anonymous | agent
-    key_id: str | None = None
-    role: str = "admin"
-    name: str = "local"
-    permissions: frozenset[str] | None = None  # None: the role's defaults
-    session_id: str | None = None  # kind "agent": the session whose process tree is calling
-    credential: Credential | None = None  # what it authenticated with, if that can end (auth/_credentials.py)
+    from aegisd.core.models import SessionRecord
+    from aegisd.ops._services import Services
 
 
 @dataclass
 class OpContext:
-    daemon: Daemon
+    """One call of an operation: the services it runs on, who calls, and through what. Access control reads as
+    plain calls: ``ctx.session(id)`` (the session, if the caller may see it), ``ctx.visible(records)``,
+    ``ctx.owns(owner)``, ``ctx.audit(action, …)`` — all decided by aegisd/auth/access.py."""
+
+    services: Services
     principal: Principal = field(default_factory=Principal)
     request_id: str = field(default_factory=lambda: secrets.token_hex(8))
     surface: str = "socket"  # socket | http | rpc
     ip: str = "local"
+
+    def session(self, ident: str, *, act: bool = False) -> SessionRecord:
+        return self.services.access.session(self.principal, ident, act=act)
+
+    def visible(self, recs: Iterable[SessionRecord]) -> list[SessionRecord]:
+        return self.services.access.visible(self.principal, recs)
+
+    def can_see(self, session_id: str) -> bool:
+        return self.services.access.can_see(self.principal, session_id)
+
+    def can_act(self, session_id: str) -> bool:
+        return self.services.access.can_act(self.principal, session_id)
+
+    def owns(self, owner: str | None) -> bool:
+        return self.services.access.owns(self.principal, owner)
+
+    def owner_of(self) -> str | None:
+        return self.services.access.owner_of(self.principal)
+
+    def creator(self) -> tuple[str | None, str | None]:
+        return self.services.access.creator(self.principal)
+
+    def audit(self, action: str, *, session_id: str | None = None, detail: Any = None) -> None:
+        self.services.access.record(self.principal, action, session_id=session_id, detail=detail)
 
 
 Handler = Callable[[OpContext, Any], Awaitable[Any]]
@@ -103,11 +118,11 @@ async def call(ctx: OpContext, name: str, raw: Any, *, strict: bool = True) -> A
     if o.stream:
         raise ValidationError(f"{name} is a streaming operation")
     params = decode_params(o, raw, strict=strict)
-    ctx.daemon.authorize(ctx, o, params)
+    ctx.services.access.authorize(ctx.principal, o.name, o.permission, params)
     try:
         return await o.handler(ctx, params)
     except QuotaExceeded as exc:
-        ctx.daemon.audit_record(ctx, "session.quota.rejected", session_id=getattr(params, "id", None),
+        ctx.audit("session.quota.rejected", session_id=getattr(params, "id", None),
                                 detail={"operation": name, "keyId": ctx.principal.key_id, **(exc.details or {})})
         raise
 
@@ -117,5 +132,5 @@ def stream(ctx: OpContext, name: str, raw: Any) -> AsyncGenerator[Any, None]:
     if not o.stream:
         raise ValidationError(f"{name} is not a streaming operation")
     params = decode_params(o, raw)
-    ctx.daemon.authorize(ctx, o, params)
+    ctx.services.access.authorize(ctx.principal, o.name, o.permission, params)
     return o.handler(ctx, params)  # type: ignore[no-any-return]

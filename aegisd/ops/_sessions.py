@@ -120,7 +120,7 @@ def session_view(rec: SessionRecord, base_url: str = "") -> dict[str, Any]:
 # ---- daemon ----------------------------------------------------------------------------------------
 @op("hello", Empty, summary="Daemon and protocol versions")
 async def hello(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    d = ctx.daemon
+    d = ctx.services
     out = {"daemon": "aegisd", "version": __version__, "protocol": PROTOCOL_VERSION, "pid": d.pid,
            "stateDir": str(d.config.state_path), "httpUrl": d.http_url, "socket": str(d.config.socket_path),
            "cgroups": str(d.cgroups.root) if d.cgroups is not None else None}
@@ -131,7 +131,7 @@ async def hello(ctx: OpContext, p: Empty) -> dict[str, Any]:
 
 @op("health", Empty, summary="Server health", permission="public")
 async def health(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    d = ctx.daemon
+    d = ctx.services
     m = d.manager
     return {
         "status": "draining" if d.draining else "ok",
@@ -150,8 +150,8 @@ async def health(ctx: OpContext, p: Empty) -> dict[str, Any]:
     summary="Stop the daemon as SIGTERM does (`ag stop`): one event {stopping, pid, httpUrl}, sent before it starts "
             "stopping; admins only, never a session's agent")
 async def daemon_stop(ctx: OpContext, p: Empty) -> AsyncIterator[dict[str, Any]]:
-    d = ctx.daemon
-    d.audit_record(ctx, "daemon.stop")
+    d = ctx.services
+    ctx.audit("daemon.stop")
     # a stream, so that the answer is on the wire before the shutdown closes the connection: the surface sends
     # this event, then resumes the generator
     yield {"stopping": True, "pid": d.pid, "httpUrl": d.http_url}
@@ -162,7 +162,7 @@ async def daemon_stop(ctx: OpContext, p: Empty) -> AsyncIterator[dict[str, Any]]
 @op("session.create", CreateParams, summary="Create a session (or reuse an idle one in the same workDir)",
     permission="create")
 async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
-    d = ctx.daemon
+    d = ctx.services
     if p.templateId:
         from aegisd.ops._templates import owned_template
 
@@ -173,25 +173,25 @@ async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
     if not p.workDir:
         raise ValidationError("workDir is required")
     if p.parentId:  # a child of a session this caller can see (by full id, as it is stored)
-        p = msgspec.structs.replace(p, parentId=d.session(ctx, p.parentId).id)
+        p = msgspec.structs.replace(p, parentId=ctx.session(p.parentId).id)
     if p.memoryKeys and p.prompt and d.config.memoryBridge.get("enabled"):
         # the caller's own entries only (the new session's owner)
-        p = msgspec.structs.replace(p, prompt=d.memory.context(p.memoryKeys, owner=d.owner_of(ctx)) + p.prompt)
+        p = msgspec.structs.replace(p, prompt=d.memory.context(p.memoryKeys, owner=ctx.owner_of()) + p.prompt)
     mode = p.permissionMode
     if mode is None and p.autoApprove:
         mode = "bypassPermissions"
     if p.mcpServers and "aegis" in p.mcpServers and ctx.principal.role != "admin":
         raise Forbidden("the aegis MCP server acts with the daemon's full rights, so only admins may attach it")
-    owner, creator = ctx.daemon.creator(ctx)
-    rec, reused, delivery = await ctx.daemon.manager.create(
+    owner, creator = ctx.creator()
+    rec, reused, delivery = await ctx.services.manager.create(
         workDir=p.workDir or "", name=p.name or p.label, prompt=p.prompt, permissionMode=mode, model=p.model,
         agent=p.agent, stallThresholdMs=p.stallThresholdMs, parentId=p.parentId,
         ownerKeyId=owner, reuse=p.reuse, mcpServers=p.mcpServers, creatorSessionId=creator)
     if not reused:
-        ctx.daemon.audit_record(ctx, "session.create", session_id=rec.id,
+        ctx.audit("session.create", session_id=rec.id,
                                 detail={"workDir": rec.workDir, "agent": rec.agent, "mode": rec.permissionMode,
                                         "ownerKeyId": rec.ownerKeyId})
-    view = session_view(rec, ctx.daemon.http_url)
+    view = session_view(rec, ctx.services.http_url)
     view["reused"] = reused
     view["promptDelivery"] = delivery
     return view
@@ -204,7 +204,7 @@ async def list_sessions(ctx: OpContext, p: ListParams) -> dict[str, Any]:
         states = STATUS_FILTERS.get(p.status)
         if states is None:
             raise ValidationError(f"invalid status {p.status!r}; use one of {', '.join(sorted(STATUS_FILTERS))}")
-    recs = ctx.daemon.visible(ctx, ctx.daemon.manager.list(states))
+    recs = ctx.visible(ctx.services.manager.list(states))
     if p.project:
         recs = [r for r in recs if p.project in r.workDir]
     if p.workDir:
@@ -212,20 +212,20 @@ async def list_sessions(ctx: OpContext, p: ListParams) -> dict[str, Any]:
     limit = p.pageSize or p.limit
     total = len(recs)
     start = (p.page - 1) * limit
-    return {"sessions": [session_view(r, ctx.daemon.http_url) for r in recs[start:start + limit]],
+    return {"sessions": [session_view(r, ctx.services.http_url) for r in recs[start:start + limit]],
             "pagination": {"page": p.page, "limit": limit, "total": total,
                            "totalPages": max(1, math.ceil(total / limit))}}
 
 
 @op("session.get", IdParams, summary="One session")
 async def get(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    return session_view(ctx.daemon.session(ctx, p.id), ctx.daemon.http_url)
+    return session_view(ctx.session(p.id), ctx.services.http_url)
 
 
 @op("session.health", IdParams, summary="Health of one session")
 async def session_health(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    runner = ctx.daemon.manager.runners.get(rec.id)
+    rec = ctx.session(p.id)
+    runner = ctx.services.manager.runners.get(rec.id)
     alive = bool(runner and runner.alive)
     now = now_ms()
     details = {State.PENDING: "agent starting", State.IDLE: "waiting for a prompt",
@@ -243,8 +243,8 @@ async def session_health(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 
 @op("session.send", SendParams, summary="Send a prompt (queued if a turn is in flight)", permission="send")
 async def send(ctx: OpContext, p: SendParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "send", text=p.text)
+    rec = ctx.session(p.id)
+    result: dict[str, Any] = await ctx.services.manager.command(rec.id, "send", text=p.text)
     return result
 
 
@@ -255,8 +255,8 @@ _STATUS_TEXT = {State.PENDING: "Starting the agent", State.IDLE: "Idle", State.R
 
 @op("session.read", IdParams, summary="Transcript entries new since the last read")
 async def read(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    d = ctx.daemon
-    rec = d.session(ctx, p.id)
+    d = ctx.services
+    rec = ctx.session(p.id)
     start, end = rec.readOffset, rec.transcriptCount
     messages = await d.store.read_transcript(rec.id, start, end - start) if end > start else []
     if end != start:
@@ -272,8 +272,8 @@ async def read(ctx: OpContext, p: IdParams) -> dict[str, Any]:
 
 @op("session.transcript", TranscriptParams, summary="Page through the whole transcript")
 async def transcript(ctx: OpContext, p: TranscriptParams) -> dict[str, Any]:
-    d = ctx.daemon
-    rec = d.session(ctx, p.id)
+    d = ctx.services
+    rec = ctx.session(p.id)
     if p.role is not None and p.role not in ("user", "assistant", "system"):
         raise ValidationError("role must be user, assistant or system")
     if p.role is None:
@@ -290,10 +290,10 @@ async def transcript(ctx: OpContext, p: TranscriptParams) -> dict[str, Any]:
 
 
 async def _decide(ctx: OpContext, p: DecisionParams, verb: str) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, verb, optionId=p.optionId,
+    rec = ctx.session(p.id)
+    result: dict[str, Any] = await ctx.services.manager.command(rec.id, verb, optionId=p.optionId,
                                                               requestId=p.requestId)
-    ctx.daemon.audit_record(ctx, f"permission.{verb}", session_id=rec.id,
+    ctx.audit(f"permission.{verb}", session_id=rec.id,
                             detail={"optionId": result["optionId"], "requestId": result["requestId"]})
     return result
 
@@ -317,8 +317,8 @@ class ModelParams(msgspec.Struct, forbid_unknown_fields=True):
     summary="Switch a live session's model (through the agent's model config option or session/set_model); "
             "400 INVALID_MODEL lists the models the agent offers")
 async def set_model(ctx: OpContext, p: ModelParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "set_model", model=p.model)
+    rec = ctx.session(p.id)
+    result: dict[str, Any] = await ctx.services.manager.command(rec.id, "set_model", model=p.model)
     return result
 
 
@@ -331,25 +331,25 @@ class ModeParams(msgspec.Struct, forbid_unknown_fields=True):
     summary="Change a live session's permission mode: applied by the agent (ACP session/set_mode) when it "
             "offers that mode, by the daemon otherwise (appliedBy says which)")
 async def set_mode(ctx: OpContext, p: ModeParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     previous = rec.permissionMode
-    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "set_permission_mode", mode=p.mode)
-    ctx.daemon.audit_record(ctx, "session.mode", session_id=rec.id,
+    result: dict[str, Any] = await ctx.services.manager.command(rec.id, "set_permission_mode", mode=p.mode)
+    ctx.audit("session.mode", session_id=rec.id,
                             detail={"mode": p.mode, "previous": previous, "appliedBy": result["appliedBy"]})
     return result
 
 
 @op("session.interrupt", IdParams, summary="Cancel the current turn (ACP session/cancel)", permission="send")
 async def interrupt(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    result: dict[str, Any] = await ctx.daemon.manager.command(rec.id, "interrupt")
+    rec = ctx.session(p.id)
+    result: dict[str, Any] = await ctx.services.manager.command(rec.id, "interrupt")
     return result
 
 
 async def _end(ctx: OpContext, p: IdParams, status: State, action: str) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
-    await ctx.daemon.manager.end(rec.id, status)
-    ctx.daemon.audit_record(ctx, action, session_id=rec.id)
+    rec = ctx.session(p.id)
+    await ctx.services.manager.end(rec.id, status)
+    ctx.audit(action, session_id=rec.id)
     return {"ok": True, "id": rec.id, "status": rec.status.value}
 
 
@@ -371,7 +371,7 @@ async def _follow(ctx: OpContext, session_id: str | None, after_id: int | None) 
     """Events from the bus; a subscriber that falls behind is dropped by the bus, and here it resubscribes
     from the last event it delivered, after an ``overflow`` marker saying how many events were skipped. Ends
     with 401 as soon as the caller's credential stops working (auth/_credentials.py)."""
-    d = ctx.daemon
+    d = ctx.services
     last = after_id
     revoked: list[str] = []
     live: list[Any] = []
@@ -407,8 +407,8 @@ async def _follow(ctx: OpContext, session_id: str | None, after_id: int | None) 
 @op("session.follow", FollowParams, stream=True,
     summary="Stream a session's events until it ends (or, with untilIdle, until its turn ends)")
 async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any]]:
-    d = ctx.daemon
-    rec = d.session(ctx, p.id)
+    d = ctx.services
+    rec = ctx.session(p.id)
     if rec.status in TERMINAL and p.afterId is None:
         return
     if p.untilIdle and p.afterId is None:
@@ -428,11 +428,10 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any
 
 @op("events.follow", EventsParams, stream=True, summary="Stream events of all sessions, or of one")
 async def events(ctx: OpContext, p: EventsParams) -> AsyncIterator[dict[str, Any]]:
-    d = ctx.daemon
-    sid = d.session(ctx, p.sessionId).id if p.sessionId else None
+    sid = ctx.session(p.sessionId).id if p.sessionId else None
     async with aclosing(_follow(ctx, sid, p.afterId)) as evs:
         async for ev in evs:
-            if sid is None and ev.sessionId and not d.can_see(ctx, ev.sessionId):
+            if sid is None and ev.sessionId and not ctx.can_see(ev.sessionId):
                 continue
             yield msgspec.to_builtins(ev)
 

@@ -29,8 +29,8 @@ class UpdateTemplate(TemplateFields, forbid_unknown_fields=True, kw_only=True):
 
 def owned_template(ctx: OpContext, tid: str) -> Template:
     """A template this caller may see, use and change; another key's template is as absent as a missing one."""
-    t = ctx.daemon.templates.get(tid)
-    if not ctx.daemon.owns(ctx, t.ownerKeyId):
+    t = ctx.services.templates.get(tid)
+    if not ctx.owns(t.ownerKeyId):
         raise NotFound(f"template {tid} not found")
     return t
 
@@ -39,24 +39,24 @@ def owned_template(ctx: OpContext, tid: str) -> Template:
 async def create(ctx: OpContext, p: CreateTemplate) -> dict[str, Any]:
     defaults: dict[str, Any] = {}
     if p.sessionId:
-        rec = ctx.daemon.session(ctx, p.sessionId)
+        rec = ctx.session(p.sessionId)
         defaults = {"workDir": rec.workDir, "permissionMode": rec.permissionMode, "agent": rec.agent,
                     "model": rec.model, "stallThresholdMs": rec.stallThresholdMs}
     fields = msgspec.convert({k: v for k, v in msgspec.to_builtins(p).items() if k != "sessionId"}, TemplateFields)
     if not fields.name:
         raise ValidationError("name is required")
     if fields.workDir:
-        ctx.daemon.manager.workdirs.validate(fields.workDir)
+        ctx.services.manager.workdirs.validate(fields.workDir)
     elif not defaults.get("workDir"):
         raise ValidationError("workDir is required (or sessionId to copy it from)")
-    t = ctx.daemon.templates.create(fields, owner=ctx.daemon.owner_of(ctx), defaults=defaults)
+    t = ctx.services.templates.create(fields, owner=ctx.owner_of(), defaults=defaults)
     out: dict[str, Any] = msgspec.to_builtins(t)
     return out
 
 
 @op("template.list", Empty, summary="List templates")
 async def list_templates(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
-    return [msgspec.to_builtins(t) for t in ctx.daemon.templates.list() if ctx.daemon.owns(ctx, t.ownerKeyId)]
+    return [msgspec.to_builtins(t) for t in ctx.services.templates.list() if ctx.owns(t.ownerKeyId)]
 
 
 @op("template.get", TemplateId, summary="One template")
@@ -70,13 +70,13 @@ async def update(ctx: OpContext, p: UpdateTemplate) -> dict[str, Any]:
     owned_template(ctx, p.id)
     fields = msgspec.convert({k: v for k, v in msgspec.to_builtins(p).items() if k != "id"}, TemplateFields)
     if fields.workDir:
-        ctx.daemon.manager.workdirs.validate(fields.workDir)
-    out: dict[str, Any] = msgspec.to_builtins(ctx.daemon.templates.update(p.id, fields))
+        ctx.services.manager.workdirs.validate(fields.workDir)
+    out: dict[str, Any] = msgspec.to_builtins(ctx.services.templates.update(p.id, fields))
     return out
 
 
 @op("template.delete", TemplateId, summary="Delete a template", permission="create")
 async def delete(ctx: OpContext, p: TemplateId) -> dict[str, Any]:
     owned_template(ctx, p.id)
-    ctx.daemon.templates.delete(p.id)
+    ctx.services.templates.delete(p.id)
     return {"ok": True}

@@ -85,7 +85,7 @@ def _tiers() -> list[dict[str, Any]]:
     summary="Metered token usage and estimated cost over a period (default: everything kept, 90 days)")
 async def usage_summary(ctx: OpContext, p: RangeParams) -> dict[str, Any]:
     since, until = _range(p)
-    recs = _visible(ctx, ctx.daemon.usage.select(since=since, until=until, key_id=p.keyId))
+    recs = _visible(ctx, ctx.services.usage.select(since=since, until=until, key_id=p.keyId))
     return {"schema_version": SCHEMA_VERSION, "from": _iso(since), "to": _iso(until), "keyId": p.keyId,
             **totals(recs), "rate_tiers": _tiers()}
 
@@ -94,7 +94,7 @@ async def usage_summary(ctx: OpContext, p: RangeParams) -> dict[str, Any]:
 async def usage_by_key(ctx: OpContext, p: RangeParams) -> dict[str, Any]:
     since, until = _range(p)
     groups: dict[str | None, list[UsageRecord]] = defaultdict(list)
-    for r in ctx.daemon.usage.select(since=since, until=until, key_id=p.keyId):
+    for r in ctx.services.usage.select(since=since, until=until, key_id=p.keyId):
         groups[r.keyId].append(r)
     keys = [{"keyId": k, "keyName": _key_name(ctx, k), **totals(v)} for k, v in groups.items()]
     keys.sort(key=lambda x: x["estimatedCostUsd"], reverse=True)
@@ -106,16 +106,16 @@ def _key_name(ctx: OpContext, key_id: str | None) -> str | None:
     if key_id is None:
         return None
     try:
-        return ctx.daemon.keys.get(key_id).name
+        return ctx.services.keys.get(key_id).name
     except Exception:  # noqa: BLE001 - a revoked key keeps its usage but has no name any more
         return None
 
 
 @op("usage.session", SessionUsageParams, summary="Metered usage records (one per turn) of one session")
 async def usage_session(ctx: OpContext, p: SessionUsageParams) -> dict[str, Any]:
-    rec = ctx.daemon.session(ctx, p.id)
+    rec = ctx.session(p.id)
     since, until = _range(p)
-    recs = ctx.daemon.usage.select(since=since, until=until, session_id=rec.id)
+    recs = ctx.services.usage.select(since=since, until=until, session_id=rec.id)
     return {"schema_version": SCHEMA_VERSION, "sessionId": rec.id, **totals(recs),
             "records": [msgspec.to_builtins(r) for r in recs], "total_records": len(recs)}
 
@@ -134,7 +134,7 @@ async def aggregate(ctx: OpContext, p: AggregateParams) -> dict[str, Any]:
     if p.groupBy not in ("day", "hour", "key", "model"):
         raise ValidationError("groupBy must be day, hour, key or model")
     since, until = _range(p, default_days=7)
-    recs = _visible(ctx, ctx.daemon.usage.select(since=since, until=until, key_id=p.keyId))
+    recs = _visible(ctx, ctx.services.usage.select(since=since, until=until, key_id=p.keyId))
     groups: dict[str, list[UsageRecord]] = defaultdict(list)
     for r in recs:
         if p.groupBy in _BUCKETS:
@@ -164,8 +164,8 @@ def _by(recs: list[UsageRecord], key: Any) -> dict[str, dict[str, Any]]:
 
 @op("analytics.summary", Empty, summary="Dashboard summary: sessions by status, turns, tokens and cost")
 async def analytics_summary(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    d = ctx.daemon
-    sessions = d.visible(ctx, d.manager.records.values())
+    d = ctx.services
+    sessions = ctx.visible(d.manager.records.values())
     by_status: dict[str, int] = defaultdict(int)
     for r in sessions:
         by_status[r.status.value] += 1
@@ -177,7 +177,7 @@ async def analytics_summary(ctx: OpContext, p: Empty) -> dict[str, Any]:
 
 @op("analytics.costs", Empty, summary="Estimated cost: total, by model, by key, and per day")
 async def analytics_costs(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    recs = _visible(ctx, ctx.daemon.usage.records)
+    recs = _visible(ctx, ctx.services.usage.records)
     t = totals(recs)
     return {"totalCostUsd": t["estimatedCostUsd"], "totalSessions": t["sessions"],
             "byModel": {k: v["estimatedCostUsd"] for k, v in _by(recs, lambda r: tier_of(r.model)).items()},
@@ -189,7 +189,7 @@ async def analytics_costs(ctx: OpContext, p: Empty) -> dict[str, Any]:
 
 @op("analytics.tokens", Empty, summary="Token usage: totals, by model, by key, and per day")
 async def analytics_tokens(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    recs = _visible(ctx, ctx.daemon.usage.records)
+    recs = _visible(ctx, ctx.services.usage.records)
     return {"totals": totals(recs), "byModel": _by(recs, lambda r: tier_of(r.model)),
             "byKey": _by(recs, lambda r: r.keyId or "(none)"), "dailyTrends": _daily(recs),
             "generatedAt": _iso(int(time.time() * 1000))}
@@ -201,7 +201,7 @@ async def analytics_tokens(ctx: OpContext, p: Empty) -> dict[str, Any]:
 async def analytics_rate_limits(ctx: OpContext, p: Empty) -> dict[str, Any]:
     from aegisd.features.quotas import parse
 
-    d = ctx.daemon
+    d = ctx.services
     limiter = d.rate_limiter
     admin = ctx.principal.role == "admin" or ctx.principal.kind in ("local", "master")
     keys = [k for k in d.keys.list() if admin or k.id == ctx.principal.key_id]
@@ -243,10 +243,10 @@ async def analytics_rate_limits(ctx: OpContext, p: Empty) -> dict[str, Any]:
 # ---- alerting ----------------------------------------------------------------------------------------
 @op("alerts.stats", Empty, summary="Alerting: failures counted per kind, alerts fired, webhook deliveries")
 async def alerts_stats(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    d = ctx.daemon
+    d = ctx.services
     if ctx.principal.role == "admin":
         return d.alerts.stats()
-    return d.alerts.stats(lambda sid: sid is not None and d.can_see(ctx, sid))
+    return d.alerts.stats(lambda sid: sid is not None and ctx.can_see(sid))
 
 
 @op("alerts.test", Empty, permission="operator",
@@ -254,12 +254,12 @@ async def alerts_stats(ctx: OpContext, p: Empty) -> dict[str, Any]:
 async def alerts_test(ctx: OpContext, p: Empty) -> dict[str, Any]:
     from aegisd.core.errors import DeliveryFailed
 
-    alerts = ctx.daemon.alerts
+    alerts = ctx.services.alerts
     if not alerts.endpoints:
         return {"sent": False, "webhookCount": 0,
                 "message": "no alert webhooks configured (set AEGIS_ALERT_WEBHOOKS or alerting.webhooks)"}
     errors = (await alerts.test())["errors"]
-    ctx.daemon.audit_record(ctx, "alerts.test", detail={"webhooks": len(alerts.endpoints), "failed": len(errors)})
+    ctx.audit("alerts.test", detail={"webhooks": len(alerts.endpoints), "failed": len(errors)})
     if errors:
         raise DeliveryFailed(f"alert delivery failed: {'; '.join(errors)}",
                              details={"webhookCount": len(alerts.endpoints), "errors": errors})
@@ -269,15 +269,12 @@ async def alerts_test(ctx: OpContext, p: Empty) -> dict[str, Any]:
 # ---- notification channels -------------------------------------------------------------------------
 @op("channels.health", Empty, summary="Health of each notification channel (one entry per webhook endpoint)")
 async def channels_health(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = ctx.daemon.webhooks.health()
+    out: list[dict[str, Any]] = ctx.services.webhooks.health()
     if ctx.principal.role != "admin":  # chat services keep the secret in the URL's path: admins only see it
         from aegisd.notify.webhooks import log_url
 
         out = [{**h, "endpoint": log_url(h["endpoint"])} for h in out]
-    if ctx.daemon.telegram is not None:
-        out.append(ctx.daemon.telegram.health())
-    if ctx.daemon.mail is not None:
-        out.append(ctx.daemon.mail.health())
+    out += [health() for health in ctx.services.channels]
     return out
 
 
@@ -288,7 +285,7 @@ class HookIndexParams(msgspec.Struct, forbid_unknown_fields=True):
 @op("webhooks.deliveries", HookIndexParams, permission="admin",
     summary="The last delivery attempts to one webhook endpoint (by its index in the configuration, from 0)")
 async def deliveries(ctx: OpContext, p: HookIndexParams) -> list[dict[str, Any]]:
-    wh = ctx.daemon.webhooks
+    wh = ctx.services.webhooks
     i = int(p.id)
     if i >= len(wh.endpoints):
         raise NotFound(f"no webhook endpoint {i} (there are {len(wh.endpoints)})")

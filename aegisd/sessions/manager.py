@@ -48,14 +48,14 @@ __all__ = ["AgentLaunch", "SessionManager"]
 
 class SessionManager:
     def __init__(self, *, config: Config, store: Store, bus: EventBus, lifeline: Lifeline,
-                 nursery: trio.Nursery, environ: Mapping[str, str] | None = None,
+                 nursery: trio.Nursery | None = None, environ: Mapping[str, str] | None = None,
                  cgroups: SessionCgroups | None = None) -> None:
         self.config = config
         self.cgroups = cgroups
         self.store = store
         self.bus = bus
         self.lifeline = lifeline
-        self._nursery = nursery
+        self._nursery = nursery  # where runners run: run()'s, or the one given
         self.environ = dict(os.environ if environ is None else environ)
         self.workdirs = WorkDirPolicy(config)
         self.records: dict[str, SessionRecord] = {}
@@ -152,6 +152,20 @@ class SessionManager:
         return out
 
     # ---- lifecycle -----------------------------------------------------------------------------
+    def _host(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError("the session manager is not running (start SessionManager.run first)")
+        return self._nursery
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the sessions: recover the stored ones (resuming the live), then run their runners until
+        cancelled — after shutdown() has stopped them."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.recover()
+            task_status.started()
+            await trio.sleep_forever()
+
     async def recover(self) -> None:
         """At daemon start: list every stored session again; resume the ones that were live."""
         for rec in await self.store.load_sessions():
@@ -171,13 +185,13 @@ class SessionManager:
 
             rec.status, rec.endReason, rec.endedAt = State.CRASHED, "daemon_restart", now_ms()
             rec.crash = CrashInfo(reason=f"daemon_restart: {exc.message}")
-            self._nursery.start_soon(self.store.save_session, rec)
+            self._host().start_soon(self.store.save_session, rec)
             return None
 
     def _start_runner(self, rec: SessionRecord, launch: AgentLaunch, *, resume: bool) -> SessionRunner:
         runner = SessionRunner(self, rec, launch, resume=resume)
         self.runners[rec.id] = runner
-        self._nursery.start_soon(runner.run)
+        self._host().start_soon(runner.run)
         return runner
 
     def _runner_finished(self, runner: SessionRunner) -> None:

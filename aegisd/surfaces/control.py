@@ -1,9 +1,9 @@
 """The control plane: the control protocol (docs/control-protocol.md) on a Unix socket.
 
 The socket file is created 0600 inside a 0700 directory, and every peer's uid is checked with SO_PEERCRED
-(same uid as the daemon, or root). Peers act as admin, except those that belong to a session's process tree
+(same uid as the services, or root). Peers act as admin, except those that belong to a session's process tree
 (the agent, its tools, `ag mcp` started by it): they get that session's agent principal (aegisd/auth/callers.py).
-A live daemon's socket is never taken over: a second daemon finds it answering and refuses to start."""
+A live daemon's socket is never taken over: a second services finds it answering and refuses to start."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import trio
 
 from aegisd import ops
 from aegisd.auth.callers import unix_peer
+from aegisd.auth.principal import agent_principal
 from aegisd.core.errors import (
     AegisError,
     CapacityExceeded,
@@ -33,7 +34,7 @@ from aegisd.core.errors import (
 from aegisd.core.input import INT_MAX, INT_MIN, check, decode_json
 
 if TYPE_CHECKING:
-    from aegisd.app.daemon import Daemon
+    from aegisd.ops._services import Services
 
 log = structlog.get_logger("aegisd.control")
 
@@ -62,7 +63,7 @@ def error_frame(req_id: Any, exc: BaseException) -> dict[str, Any]:
 
 
 def prepare_socket_path(path: Path) -> None:
-    """Make the parent dir 0700 (creating it), and clear a stale socket; refuse if a live daemon answers."""
+    """Make the parent dir 0700 (creating it), and clear a stale socket; refuse if a live services answers."""
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     st = parent.stat()
@@ -86,7 +87,7 @@ def prepare_socket_path(path: Path) -> None:
             probe.close()
 
 
-async def serve_control(daemon: Daemon, path: Path, *,
+async def serve_control(services: Services, path: Path, *,
                         task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
     prepare_socket_path(path)
     sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -102,7 +103,7 @@ async def serve_control(daemon: Daemon, path: Path, *,
     log.info("control.listening", socket=str(path))
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, lambda s: _connection(daemon, s), [listener])
+            nursery.start_soon(trio.serve_listeners, lambda s: _connection(services, s), [listener])
             task_status.started(path)
     finally:
         try:
@@ -162,7 +163,7 @@ def parse_frame(line: bytes) -> Request:
         raise _BadFrame(req_id, ValidationError(f"malformed request frame: {exc}")) from None
 
 
-async def _connection(daemon: Daemon, stream: trio.SocketStream) -> None:
+async def _connection(services: Services, stream: trio.SocketStream) -> None:
     """One client. Whatever it sends fails that frame (an error frame) or, at worst, this connection (a frame
     too large or never finished); nothing it sends reaches the daemon's other connections."""
     conn = _Conn(stream)
@@ -171,17 +172,17 @@ async def _connection(daemon: Daemon, stream: trio.SocketStream) -> None:
         if uid not in (os.getuid(), 0):
             await conn.send(error_frame(None, Unauthorized(f"uid {uid} may not use this daemon's socket")))
             return
-        session_id = daemon.callers.session_of_pid(pid)
-        principal = daemon.agent_principal(session_id) if session_id is not None else ops.Principal()
+        session_id = services.callers.session_of_pid(pid)
+        principal = agent_principal(session_id) if session_id is not None else ops.Principal()
         if session_id is not None:
             log.info("control.agent_caller", session_id=session_id, pid=pid)
         async with trio.open_nursery() as requests:
             async with trio.open_nursery() as streams:
-                await _read_frames(daemon, conn, principal, requests, streams)
+                await _read_frames(services, conn, principal, requests, streams)
                 streams.cancel_scope.cancel()  # the client closed (or half-closed) its side: end its streams
             # requests already received still run and answer: a client that half-closes after writing
             # (`printf '...' | nc -U -N`) gets its answers
-    except Exception as exc:  # noqa: BLE001 - a bug serving one connection must not take the daemon down
+    except Exception as exc:  # noqa: BLE001 - a bug serving one connection must not take the services down
         log.exception("control.connection_failed", error=repr(exc))
     finally:
         conn.closed = True
@@ -189,7 +190,7 @@ async def _connection(daemon: Daemon, stream: trio.SocketStream) -> None:
             await stream.aclose()
 
 
-async def _read_frames(daemon: Daemon, conn: _Conn, principal: ops.Principal, requests: trio.Nursery,
+async def _read_frames(services: Services, conn: _Conn, principal: ops.Principal, requests: trio.Nursery,
                        streams: trio.Nursery) -> None:
     """Read newline-terminated frames until the client closes its side, a frame exceeds MAX_FRAME, or one
     stays unfinished for FRAME_TIMEOUT_S."""
@@ -216,7 +217,7 @@ async def _read_frames(daemon: Daemon, conn: _Conn, principal: ops.Principal, re
             del buf[:nl + 1]
             scanned, began = 0, True
             if line.strip():
-                await _dispatch(daemon, conn, principal, line, requests, streams)
+                await _dispatch(services, conn, principal, line, requests, streams)
         scanned = len(buf)
         if len(buf) > MAX_FRAME:
             await conn.send(error_frame(None, PayloadTooLarge(f"frame larger than {MAX_FRAME} bytes")))
@@ -227,7 +228,7 @@ async def _read_frames(daemon: Daemon, conn: _Conn, principal: ops.Principal, re
             deadline = trio.current_time() + FRAME_TIMEOUT_S
 
 
-async def _dispatch(daemon: Daemon, conn: _Conn, principal: ops.Principal, line: bytes, requests: trio.Nursery,
+async def _dispatch(services: Services, conn: _Conn, principal: ops.Principal, line: bytes, requests: trio.Nursery,
                     streams: trio.Nursery) -> None:
     try:
         req = parse_frame(line)
@@ -241,11 +242,11 @@ async def _dispatch(daemon: Daemon, conn: _Conn, principal: ops.Principal, line:
         return
     o = ops.REGISTRY.get(req.op)
     conn.in_flight += 1
-    (streams if o is not None and o.stream else requests).start_soon(_handle, daemon, conn, req, principal)
+    (streams if o is not None and o.stream else requests).start_soon(_handle, services, conn, req, principal)
 
 
-async def _handle(daemon: Daemon, conn: _Conn, req: Request, principal: ops.Principal) -> None:
-    ctx = ops.OpContext(daemon=daemon, principal=principal, surface="socket")
+async def _handle(services: Services, conn: _Conn, req: Request, principal: ops.Principal) -> None:
+    ctx = ops.OpContext(services=services, principal=principal, surface="socket")
     try:
         o = ops.get_op(req.op)
         if o.stream:
@@ -260,7 +261,7 @@ async def _handle(daemon: Daemon, conn: _Conn, req: Request, principal: ops.Prin
             await conn.send({"id": req.id, "ok": True, "result": result})
     except AegisError as exc:
         await conn.send(error_frame(req.id, exc))
-    except Exception as exc:  # a bug in one operation must not take the daemon down
+    except Exception as exc:  # a bug in one operation must not take the services down
         log.exception("control.op_failed", op=req.op, error=repr(exc))
         await conn.send(error_frame(req.id, exc))
     finally:

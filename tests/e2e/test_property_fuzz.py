@@ -201,13 +201,14 @@ def test_socket_decoder_random_bytes(live: tuple[httpx.Client, str, str, Path], 
 
 DESTRUCTIVE = {"session.kill", "session.close", "sessions.batch_delete", "auth.keys.revoke", "template.delete",
                "memory.delete"}
+LONG_POLLS = {"session.wait", "events.poll"}  # they answer after their timeout when nothing happens (up to 300 s)
 
 
 def _raw_routes() -> list[tuple[str, str]]:
     from aegisd.surfaces.http import ROUTES as API_ROUTES
 
     out = [(m, p) for methods, p, op, _src, _status in API_ROUTES for m in methods
-           if op not in DESTRUCTIVE and not p.endswith("/screenshot")]
+           if op not in DESTRUCTIVE | LONG_POLLS and not p.endswith("/screenshot")]
     return out + [("POST", "/v1/rpc"), ("POST", "/v1/auth/device/authorize"), ("POST", "/v1/auth/device/token"),
                   ("GET", "/v1/audit"), ("GET", "/v1/auth/oidc"), ("GET", "/auth/callback"), ("GET", "/auth/session")]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
 
-    from aegisd.app.daemon import Daemon
+    from aegisd.ops._services import Services
 
 STATIC = files(__package__) / "static"
 TYPES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -18,7 +18,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 
-def register(app: QuartTrio, daemon: Daemon) -> None:
+def register(app: QuartTrio, services: Services) -> None:
     from quart import Response, redirect
 
     from aegisd.core.errors import NotFound
@@ -26,7 +26,7 @@ def register(app: QuartTrio, daemon: Daemon) -> None:
     assets = {name: (STATIC / name).read_bytes() for name in TYPES}
 
     async def page(name: str = "index.html") -> Response:
-        if not daemon.config.dashboardEnabled:
+        if not services.config.dashboardEnabled:
             raise NotFound("the dashboard is disabled (dashboardEnabled: false)")
         body = assets.get(name)
         if body is None:
@@ -38,7 +38,7 @@ def register(app: QuartTrio, daemon: Daemon) -> None:
         return resp
 
     async def bare() -> Response:
-        if not daemon.config.dashboardEnabled:
+        if not services.config.dashboardEnabled:
             raise NotFound("the dashboard is disabled (dashboardEnabled: false)")
         return redirect("/dashboard/")  # type: ignore[return-value]
 

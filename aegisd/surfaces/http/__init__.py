@@ -19,12 +19,13 @@ from werkzeug.exceptions import HTTPException
 from aegisd import ops
 from aegisd.auth import oidc as oidc_mod
 from aegisd.auth.callers import tcp_peer
+from aegisd.auth.principal import agent_principal
 from aegisd.core.errors import AegisError, Forbidden, NotFound, RateLimited, Unauthorized, ValidationError
 from aegisd.core.input import INT_MAX, decode_json
 from aegisd.surfaces.http import _browser, _sse, _terminal
 
 if TYPE_CHECKING:
-    from aegisd.app.daemon import Daemon
+    from aegisd.ops._services import Services
 
 log = structlog.get_logger("aegisd.http")
 
@@ -171,13 +172,13 @@ async def _body(list_key: str | None = None) -> dict[str, Any]:
     return parsed
 
 
-def create_app(daemon: Daemon) -> QuartTrio:
-    from aegisd.app.daemon import is_loopback
+def create_app(services: Services) -> QuartTrio:
     from aegisd.auth import RateLimiter
+    from aegisd.core.config import is_loopback
 
     app = QuartTrio("aegisd")
     limiter = RateLimiter()
-    daemon.rate_limiter = limiter  # read by /v1/analytics/rate-limits
+    services.rate_limiter = limiter  # read by /v1/analytics/rate-limits
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
 
@@ -189,7 +190,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         rid = _conn().headers.get("X-Request-Id", "")  # a client's own id is echoed only if it is plain ASCII
         return rid if 0 < len(rid) <= 64 and rid.isascii() and rid.isprintable() else secrets.token_hex(8)
 
-    throttle = daemon.auth_throttle  # per IP and credential: see aegisd/auth/_throttle.py
+    throttle = services.auth_throttle  # per IP and credential: see aegisd/auth/_throttle.py
 
     def _ip() -> str:
         return _conn().remote_addr or "local"
@@ -202,7 +203,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         principal = check(credential)
         if principal is None:
             throttle.failed(ip, credential)
-            daemon.note_auth_failure(ip)
+            services.access.note_auth_failure(ip)
             raise Unauthorized(message)
         throttle.succeeded(ip, credential, remember=remember)
         return principal
@@ -219,14 +220,14 @@ def create_app(daemon: Daemon) -> QuartTrio:
         header = _conn().headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
         query_token = _conn().args.get("token", "") if sse else ""
-        if not token and not query_token and daemon.oidc is not None and _conn().cookies.get(oidc_mod.COOKIE):
+        if not token and not query_token and services.oidc is not None and _conn().cookies.get(oidc_mod.COOKIE):
             return _cookie_principal(ip)
         if not token and not query_token:
             if public:
                 return ops.Principal(kind="anonymous", role="viewer", name="anonymous")
-            if not daemon.auth_enabled:
+            if not services.access.auth_enabled:
                 if is_loopback(ip) and _conn().scope.get("aegis.peer_uid", os.getuid()) in (os.getuid(), 0):
-                    role = "viewer" if daemon.config.strictRbac else "admin"
+                    role = "viewer" if services.config.strictRbac else "admin"
                     return ops.Principal(kind="local", role=role, name="local")
                 raise Unauthorized("authentication is not configured, so only loopback clients are served")
             raise Unauthorized("missing bearer token; set AEGIS_AUTH_TOKEN or send 'Authorization: Bearer "
@@ -234,16 +235,16 @@ def create_app(daemon: Daemon) -> QuartTrio:
         if query_token:
             # ?token= (EventSource cannot send headers) takes only short-lived single-use sse_ tokens
             def sse_principal(t: str) -> ops.Principal | None:
-                minted = daemon.sse_tokens.consume(t) if t.startswith("sse_") else None
-                if minted is not None and daemon.credentials.ended(minted):
+                minted = services.sse_tokens.consume(t) if t.startswith("sse_") else None
+                if minted is not None and services.credentials.ended(minted):
                     return None  # minted by a key revoked (or a sign-in ended) since
                 return minted
             principal = _verified(ip, query_token, sse_principal,
                                   "invalid or expired SSE token (get one from POST /v1/auth/sse-token)",
                                   remember=False)
         else:
-            principal = _verified(ip, token, lambda t: daemon.authenticate(t, ip=ip), "invalid or expired token")
-        limit = daemon.keys.get(principal.key_id).rateLimit if principal.kind == "key" and principal.key_id \
+            principal = _verified(ip, token, lambda t: services.access.authenticate(t), "invalid or expired token")
+        limit = services.keys.get(principal.key_id).rateLimit if principal.kind == "key" and principal.key_id \
             else MASTER_RATE_PER_MIN
         wait = limiter.hit(f"p:{principal.kind}:{principal.key_id}", limit or 100, 60.0)
         if wait:
@@ -259,7 +260,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
             return scope["aegis.caller"]  # type: ignore[no-any-return]
         client, server = scope.get("client"), scope.get("server")
         found: ops.Principal | None = None
-        if daemon.callers.tcp_lookups and client and server:
+        if services.callers.tcp_lookups and client and server:
             try:
                 peer = tcp_peer((client[0], client[1]), (server[0], server[1]))
             except (OSError, ValueError) as exc:
@@ -267,9 +268,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
                 peer = None
             if peer is not None:
                 scope["aegis.peer_uid"] = peer.uid
-                sid = daemon.callers.session_of_tcp(peer)
+                sid = services.callers.session_of_tcp(peer)
                 if sid is not None:
-                    found = daemon.agent_principal(sid)
+                    found = agent_principal(sid)
             elif is_loopback(client[0]):
                 # a loopback client the kernel does not know has already gone (or is hiding): trust it with
                 # nothing, so a request sent just before a reset cannot pass for the user's
@@ -280,7 +281,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     def _cookie_principal(ip: str) -> ops.Principal:
         """The dashboard's single sign-on session. Its cookie is SameSite=Strict, and the browser guard refuses
         foreign origins; an origin of allowedOrigins (a bearer-token client) cannot ride on the cookie either."""
-        oidc = daemon.oidc
+        oidc = services.oidc
         assert oidc is not None
         principal = _verified(ip, _conn().cookies.get(oidc_mod.COOKIE, ""),
                               lambda c: s.principal if (s := oidc.session(c)) is not None else None,
@@ -290,7 +291,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         return principal
 
     def _ip_limit() -> None:
-        per_min = daemon.config.ipRateLimit
+        per_min = services.config.ipRateLimit
         if per_min <= 0:
             return
         wait = limiter.hit(f"ip:{_ip()}", per_min, 60.0)
@@ -299,9 +300,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
                               details={"retryAfter": int(wait) + 1})
 
     # ---- browsers: Host, Origin and Content-Type, before anything else (see _browser) ----------------------
-    policy = _browser.Policy.build(bind_host=daemon.config.host, base_url=daemon.config.baseUrl,
-                                   allowed_hosts=daemon.config.allowedHosts,
-                                   allowed_origins=daemon.config.allowedOrigins)
+    policy = _browser.Policy.build(bind_host=services.config.host, base_url=services.config.baseUrl,
+                                   allowed_hosts=services.config.allowedHosts,
+                                   allowed_origins=services.config.allowedOrigins)
 
     @app.before_request
     async def _browser_guard() -> Response | None:
@@ -376,7 +377,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         log.exception("http.internal_error", path=conn.path, request_id=rid, error=repr(exc))
         # the one place api_error is counted: a server fault. Client errors (4xx) are answered by the
         # handlers above and never count toward alerts.
-        daemon.alerts.record("api_error", f"{method} {conn.path} answered 500 ({type(exc).__name__}; "
+        services.alerts.record("api_error", f"{method} {conn.path} answered 500 ({type(exc).__name__}; "
                                           f"request {rid})")
         return _json({"error": "internal error", "code": "INTERNAL_ERROR", "message": "internal error",
                       "requestId": rid}, 500, rid)
@@ -394,7 +395,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
                 if not public:
                     raise
                 principal = ops.Principal(kind="anonymous", role="viewer", name="anonymous")
-            ctx = ops.OpContext(daemon=daemon, principal=principal, request_id=rid, surface="http", ip=_ip())
+            ctx = ops.OpContext(services=services, principal=principal, request_id=rid, surface="http", ip=_ip())
             params: dict[str, Any] = {}
             strict = True
             if "body" in source:
@@ -441,7 +442,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     async def rpc() -> Response:
         _ip_limit()
         rid = _request_id()
-        ctx = ops.OpContext(daemon=daemon, principal=_principal(), request_id=rid, surface="rpc", ip=_ip())
+        ctx = ops.OpContext(services=services, principal=_principal(), request_id=rid, surface="rpc", ip=_ip())
         frame = await _body()
         req_id = frame.get("id")
         name = frame.get("op")
@@ -471,7 +472,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         resp.timeout = None
         return resp
 
-    limits = _sse.SseLimits(daemon.config.sseMaxConnections, daemon.config.sseMaxPerIp)
+    limits = _sse.SseLimits(services.config.sseMaxConnections, services.config.sseMaxPerIp)
 
     def _last_event_id() -> int | None:
         raw = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
@@ -488,14 +489,14 @@ def create_app(daemon: Daemon) -> QuartTrio:
     async def _events(sid: str | None = None) -> Response:
         _ip_limit()
         rid = _request_id()
-        ctx = ops.OpContext(daemon=daemon, principal=_principal(sse=True), request_id=rid, surface="http",
+        ctx = ops.OpContext(services=services, principal=_principal(sse=True), request_id=rid, surface="http",
                             ip=_ip())
-        session_id = daemon.session(ctx, sid).id if sid is not None else None
+        session_id = ctx.session(sid).id if sid is not None else None
         after = _last_event_id()
         ip = request.remote_addr or "local"
         limits.acquire(ip)
-        body = _sse.stream(daemon, session_id=session_id, after_id=after, limits=limits, ip=ip,
-                           can_see=None if session_id else (lambda s: daemon.can_see(ctx, s)),
+        body = _sse.stream(services, session_id=session_id, after_id=after, limits=limits, ip=ip,
+                           can_see=None if session_id else (lambda s: ctx.can_see(s)),
                            principal=ctx.principal)
         resp = Response(body, content_type="text/event-stream")
         resp.headers["Cache-Control"] = "no-cache"
@@ -507,7 +508,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     async def prometheus() -> Response:
         _ip_limit()
         _principal()
-        d = daemon
+        d = services
         text = d.manager.metrics.prometheus(by_state=d.manager.counts(), created=d.manager.created_total,
                                             dropped=d.bus.dropped_subscribers, events=d.bus.published)
         text += d.alerts.prometheus()
@@ -517,7 +518,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     async def audit() -> Response:
         _ip_limit()
         rid = _request_id()
-        ctx = ops.OpContext(daemon=daemon, principal=_principal(), request_id=rid, surface="http", ip=_ip())
+        ctx = ops.OpContext(services=services, principal=_principal(), request_id=rid, surface="http", ip=_ip())
         args = request.args.to_dict()
         fmt = args.pop("format", "json")
         if fmt not in ("json", "csv", "ndjson"):
@@ -529,7 +530,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         result = await ops.call(ctx, "audit.query", args, strict=False)
         if fmt == "json":
             return _json(result, 200, rid)
-        text = daemon.audit.to_csv(result["records"]) if fmt == "csv" else daemon.audit.to_ndjson(result["records"])
+        text = services.audit.to_csv(result["records"]) if fmt == "csv" else services.audit.to_ndjson(result["records"])
         resp = Response(text, content_type="text/csv" if fmt == "csv" else "application/x-ndjson")
         resp.headers["X-Aegis-Audit-Count"] = str(result["count"])
         if result.get("cursor") is not None:
@@ -540,9 +541,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     # ---- single sign-on (OIDC): see aegisd/auth/oidc.py --------------------------------------------------------
     def _oidc() -> oidc_mod.Oidc:
-        if daemon.oidc is None:  # like the memory bridge when off: the feature is not there (404)
+        if services.oidc is None:  # like the memory bridge when off: the feature is not there (404)
             raise NotFound("single sign-on is not configured (AEGIS_OIDC_ISSUER, AEGIS_OIDC_CLIENT_ID)")
-        return daemon.oidc
+        return services.oidc
 
     def _secure() -> bool:
         return request.scheme == "https"
@@ -550,7 +551,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.get("/v1/auth/oidc")
     async def oidc_info() -> Response:
         _ip_limit()
-        o = daemon.oidc
+        o = services.oidc
         body: dict[str, Any] = {"enabled": o is not None}
         if o is not None:
             body.update(issuer=o.cfg.issuer, clientId=o.cfg.clientId, scopes=o.cfg.scopes,
@@ -579,8 +580,8 @@ def create_app(daemon: Daemon) -> QuartTrio:
             raise ValidationError("the callback needs code and state")
         sid, session = await o.callback(code=code, state=state,
                                         browser=request.cookies.get(oidc_mod.STATE_COOKIE, ""))
-        daemon.audit_record(ops.OpContext(daemon=daemon, principal=session.principal), "auth.sso_login",
-                            detail={"sub": session.identity.get("sub"), "role": session.principal.role})
+        services.access.record(session.principal, "auth.sso_login",
+                               detail={"sub": session.identity.get("sub"), "role": session.principal.role})
         resp = Response("", status=302, headers={"Location": "/dashboard/"})
         resp.set_cookie(oidc_mod.COOKIE, sid, max_age=int(oidc_mod.SESSION_TTL_S), httponly=True, samesite="Strict",
                         secure=_secure(), path="/")
@@ -590,7 +591,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.get("/auth/session")
     async def oidc_session() -> Response:
         _ip_limit()
-        o = daemon.oidc
+        o = services.oidc
         s = o.session(request.cookies.get(oidc_mod.COOKIE, "")) if o is not None else None
         body: dict[str, Any] = {"authenticated": s is not None, "oidc": o is not None}
         if s is not None:
@@ -600,7 +601,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.post("/auth/logout")
     async def oidc_logout() -> Response:
         _ip_limit()
-        o = daemon.oidc
+        o = services.oidc
         if o is not None:
             o.end_session(request.cookies.get(oidc_mod.COOKIE, ""))
         resp = Response("", status=204)
@@ -658,12 +659,12 @@ def create_app(daemon: Daemon) -> QuartTrio:
             agent = _local_caller()
             if agent is not None:
                 return agent
-            return _verified(ip, token, lambda t: daemon.authenticate(t, ip=ip), "invalid or expired token")
+            return _verified(ip, token, lambda t: services.access.authenticate(t), "invalid or expired token")
 
         try:
             principal: ops.Principal | None = _principal(sse=True)
         except Unauthorized as exc:
-            if not daemon.auth_enabled or _conn().args.get("token") or _conn().headers.get("Authorization"):
+            if not services.access.auth_enabled or _conn().args.get("token") or _conn().headers.get("Authorization"):
                 await websocket.accept()
                 await _terminal.refuse(websocket, exc)
                 return
@@ -672,7 +673,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
             await websocket.accept()
             await _terminal.refuse(websocket, exc)
             return
-        await _terminal.serve(daemon, websocket, sid, principal, first_message_auth=first_message_auth,
+        await _terminal.serve(services, websocket, sid, principal, first_message_auth=first_message_auth,
                               request_id=rid, ip=_ip())
 
     app.add_url_rule("/v1/events", endpoint="events_all", view_func=_events, methods=["GET"])
@@ -689,5 +690,5 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     from aegisd.surfaces.dashboard import register
 
-    register(app, daemon)
+    register(app, services)
     return app

@@ -20,7 +20,7 @@ from aegisd.core.errors import CapacityExceeded, RateLimited
 from aegisd.core.models import Event, now_ms
 
 if TYPE_CHECKING:
-    from aegisd.app.daemon import Daemon
+    from aegisd.ops._services import Services
 
 HEARTBEAT_S = 30.0
 BATCH_MAX = 256
@@ -104,7 +104,7 @@ class SseLimits:
             self.by_ip[ip] = left
 
 
-async def stream(daemon: Daemon, *, session_id: str | None, after_id: int | None, limits: SseLimits, ip: str,
+async def stream(services: Services, *, session_id: str | None, after_id: int | None, limits: SseLimits, ip: str,
                  can_see: Any = None, principal: Any = None) -> AsyncGenerator[bytes, None]:
     """The frames of one stream. It ends with a `revoked` frame as soon as the credential that opened it stops
     working (``principal``'s: a key revoked, expired or rotated past its grace, a sign-in ended)."""
@@ -118,16 +118,16 @@ async def stream(daemon: Daemon, *, session_id: str | None, after_id: int | None
             sub.close()
 
     try:
-        with daemon.credentials.watch(principal, revoke) if principal is not None else nullcontext():
+        with services.credentials.watch(principal, revoke) if principal is not None else nullcontext():
             first: dict[str, Any] = {"event": "connected", "timestamp": now_ms()}
             if session_id:
                 first["sessionId"] = session_id
             else:
-                first["data"] = {"activeSessions": len(daemon.manager.runners)}
+                first["data"] = {"activeSessions": len(services.manager.runners)}
             yield _plain(first)
             last = after_id
             while not revoked:
-                sub = await daemon.bus.subscribe(session_id=session_id, after_id=last, maxsize=SSE_BUFFER)
+                sub = await services.bus.subscribe(session_id=session_id, after_id=last, maxsize=SSE_BUFFER)
                 live[:] = [sub]
                 try:
                     while not revoked:
@@ -164,7 +164,7 @@ async def stream(daemon: Daemon, *, session_id: str | None, after_id: int | None
                 if revoked:
                     break
                 if not sub.overflowed:
-                    return  # the bus closed: the daemon is shutting down
+                    return  # the bus closed: the services is shutting down
                 yield _plain({"event": "overflow", "timestamp": now_ms(), "sessionId": session_id or "",
                               "data": {"reason": "slow consumer", "resumedAfter": last}})
             yield _plain({"event": "revoked", "timestamp": now_ms(), "sessionId": session_id or "",

@@ -28,7 +28,7 @@ from aegisd.core.models import Event
 from aegisd.core.states import TERMINAL
 
 if TYPE_CHECKING:
-    from aegisd.app.daemon import Daemon
+    from aegisd.ops._services import Services
 
 log = structlog.get_logger("aegisd.terminal")
 
@@ -69,7 +69,7 @@ def render(ev: Event) -> dict[str, Any] | None:
     return None
 
 
-async def serve(daemon: Daemon, ws: Any, sid: str, principal: ops.Principal | None, *,
+async def serve(services: Services, ws: Any, sid: str, principal: ops.Principal | None, *,
                 first_message_auth: Callable[[str], Awaitable[ops.Principal]], request_id: str, ip: str) -> None:
     await ws.accept()
     try:
@@ -85,8 +85,8 @@ async def serve(daemon: Daemon, ws: Any, sid: str, principal: ops.Principal | No
                 principal = await first_message_auth(msg["token"])
             if principal is None:
                 raise Unauthorized(f"no authentication within {AUTH_TIMEOUT_S:.0f} s")
-        ctx = ops.OpContext(daemon=daemon, principal=principal, request_id=request_id, surface="http", ip=ip)
-        rec = daemon.session(ctx, sid)
+        ctx = ops.OpContext(services=services, principal=principal, request_id=request_id, surface="http", ip=ip)
+        rec = ctx.session(sid)
     except AegisError as exc:
         await refuse(ws, exc)
         return
@@ -96,7 +96,7 @@ async def serve(daemon: Daemon, ws: Any, sid: str, principal: ops.Principal | No
             revoked.append(why)
             scope.cancel()
 
-        with daemon.credentials.watch(principal, revoke):
+        with services.credentials.watch(principal, revoke):
             await _serve(ctx, ws, rec, principal)
     if revoked:  # the credential that opened it stopped working: so does the terminal
         log.info("terminal.revoked", session_id=rec.id, principal=principal.name, reason=revoked[0])
@@ -104,8 +104,8 @@ async def serve(daemon: Daemon, ws: Any, sid: str, principal: ops.Principal | No
 
 
 async def _serve(ctx: ops.OpContext, ws: Any, rec: Any, principal: ops.Principal) -> None:
-    daemon = ctx.daemon
-    async with await daemon.bus.subscribe(session_id=rec.id, maxsize=10_000) as sub:  # live from here on
+    services = ctx.services
+    async with await services.bus.subscribe(session_id=rec.id, maxsize=10_000) as sub:  # live from here on
         pane = await ops.call(ctx, "session.pane", {"id": rec.id})
         first: dict[str, Any] = {"type": "pane", "content": pane["pane"], "sessionId": rec.id}
         if rec.pendingPermission is not None:

@@ -21,8 +21,8 @@ from aegisd.core.models import Event
 from aegisd.notify.health import ChannelHealth
 
 if TYPE_CHECKING:
-    from aegisd.app.daemon import Daemon
     from aegisd.core.config import TelegramConfig
+    from aegisd.ops._services import Services
 
 log = structlog.get_logger("aegisd.telegram")
 
@@ -35,8 +35,8 @@ class TelegramError(Exception):
 
 
 class Telegram:
-    def __init__(self, daemon: Daemon, cfg: TelegramConfig) -> None:
-        self.daemon = daemon
+    def __init__(self, services: Services, cfg: TelegramConfig) -> None:
+        self.services = services
         self.cfg = cfg
         self.base = f"{cfg.apiUrl.rstrip('/')}/bot{cfg.botToken}"
         self.client: Any = None
@@ -69,14 +69,14 @@ class Telegram:
 
         async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
             self.client = client
-            sub = await self.daemon.bus.subscribe(maxsize=100_000)
+            sub = await self.services.bus.subscribe(maxsize=100_000)
             nursery.start_soon(self._outbound, sub)
             nursery.start_soon(self._inbound)
             task_status.started()
 
     # ---- out: events to the chat -------------------------------------------------------------------
     def _who(self, sid: str) -> str:
-        rec = self.daemon.manager.records.get(sid)
+        rec = self.services.manager.records.get(sid)
         return f"{rec.name if rec else 'session'} ({sid[:8]})"
 
     async def _outbound(self, sub: Any) -> None:
@@ -152,12 +152,12 @@ class Telegram:
             return
         verb, _, rest = str(cq.get("data") or "").partition("|")
         sid, _, request_id = rest.partition("|")
-        if verb not in (APPROVE, REJECT) or not request_id or sid not in self.daemon.manager.records:
+        if verb not in (APPROVE, REJECT) or not request_id or sid not in self.services.manager.records:
             await self._stale(cq, msg)
             return
         user = cq.get("from") or {}
         name = user.get("username") or user.get("first_name") or str(user.get("id"))
-        ctx = OpContext(daemon=self.daemon, principal=Principal(kind="telegram", role="admin",
+        ctx = OpContext(services=self.services, principal=Principal(kind="telegram", role="admin",
                                                                 name=f"telegram:{name}"), surface="telegram")
         op = "session.approve" if verb == APPROVE else "session.reject"
         try:  # the request the button was sent for, and no other: the session's runner checks it atomically
@@ -195,7 +195,7 @@ class Telegram:
     async def _message(self, msg: dict[str, Any]) -> None:
         if not self._ours(msg.get("chat")) or not str(msg.get("text") or "").startswith("/pending"):
             return
-        waiting = [r for r in self.daemon.manager.records.values() if r.pendingPermission is not None]
+        waiting = [r for r in self.services.manager.records.values() if r.pendingPermission is not None]
         if not waiting:
             await self.send("Nothing waits for approval.")
             return
