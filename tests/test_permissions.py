@@ -3,7 +3,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from aegisd.acp import wire as w
+from aegisd.core import wire as w
 from aegisd.core.errors import Conflict
 from aegisd.core.permissions import Policy, choose_option, daemon_policy
 

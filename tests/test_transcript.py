@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import msgspec
 
-from aegisd.acp import wire as w
+from aegisd.core import wire as w
 from aegisd.core.transcript import TranscriptBuilder
 
 

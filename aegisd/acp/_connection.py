@@ -15,7 +15,7 @@ import msgspec
 import structlog
 import trio
 
-from aegisd.acp import _wire as w
+from aegisd.core import wire as w
 from aegisd.core.errors import AgentError, ProtocolError, RequestTimeout
 
 log = structlog.get_logger("aegisd.acp")

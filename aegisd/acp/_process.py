@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from aegisd.acp import _reaper
+import aegisd.acp._reaper as _reaper
 from aegisd.acp._cgroup import SessionCgroups, join_command
 
 log = structlog.get_logger("aegisd.acp")

@@ -30,6 +30,7 @@ from aegisd.auth.oidc import Oidc
 from aegisd.bus import EventBus
 from aegisd.core.config import Config, is_loopback
 from aegisd.core.errors import NotFound, QuotaExceeded, ValidationError
+from aegisd.core.sections import parse_endpoints
 from aegisd.features.memory import MemoryStore
 from aegisd.features.metering import UsageLedger
 from aegisd.features.pipelines import PipelineManager, default_stage_timeout
@@ -38,7 +39,7 @@ from aegisd.features.templates import TemplateStore
 from aegisd.features.verify import Verifier
 from aegisd.notify.alerts import Alerts
 from aegisd.notify.mail import Email
-from aegisd.notify.webhooks import Webhooks, parse_endpoints
+from aegisd.notify.webhooks import Webhooks
 from aegisd.ops import Services
 from aegisd.sessions import SessionManager
 from aegisd.store import Store, open_store

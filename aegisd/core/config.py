@@ -15,6 +15,14 @@ from typing import Any, Literal, get_args
 import msgspec
 
 from aegisd.core.errors import ValidationError
+from aegisd.core.sections import (
+    check_smtp_url,
+    host_entry,
+    origin_entry,
+    parse_endpoints,
+    parse_steps,
+    validate_alerting,
+)
 
 PermissionMode = Literal["default", "plan", "acceptEdits", "bypassPermissions", "dontAsk", "auto"]
 PERMISSION_MODES: tuple[str, ...] = get_args(PermissionMode)
@@ -351,20 +359,14 @@ def _validate(cfg: Config) -> None:
     if cfg.stallThresholdMs < 1000:
         raise ValidationError("stallThresholdMs must be at least 1000")
     try:
-        from aegisd.notify.webhooks import parse_endpoints
-
         parse_endpoints(cfg.webhooks)
     except (ValueError, msgspec.ValidationError) as exc:
         raise ValidationError(f"webhooks: {exc}") from None
     try:
-        from aegisd.notify.alerts import validate
-
-        validate(cfg.alerting)
+        validate_alerting(cfg.alerting)
     except (ValueError, msgspec.ValidationError) as exc:
         raise ValidationError(f"alerting: {exc}") from None
     try:
-        from aegisd.features.verify import parse_steps
-
         parse_steps(cfg.verification.steps)
     except (ValueError, msgspec.ValidationError) as exc:
         raise ValidationError(f"verification: {exc}") from None
@@ -375,12 +377,10 @@ def _validate(cfg: Config) -> None:
     if cfg.oidc.issuer and not cfg.oidc.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
         raise ValidationError("oidc.issuer must be an https:// URL (http only for a local test IdP)")
     if cfg.email.smtpUrl or cfg.email.to:
-        from aegisd.notify.mail import check_url
-
         if not (cfg.email.smtpUrl and cfg.email.to):
             raise ValidationError("email needs both smtpUrl and to (AEGIS_EMAIL_SMTP_URL, AEGIS_EMAIL_TO)")
         try:
-            check_url(cfg.email.smtpUrl)
+            check_smtp_url(cfg.email.smtpUrl)
         except ValueError as exc:
             raise ValidationError(f"email: {exc}") from None
         if set(cfg.email.events) - {"permission", "stall", "ended"}:
@@ -393,13 +393,13 @@ def _validate(cfg: Config) -> None:
                               "(AEGIS_TELEGRAM_BOT_TOKEN, AEGIS_TELEGRAM_CHAT_ID)")
     if cfg.maxChildSessions < 0:
         raise ValidationError("maxChildSessions must be 0 (agents create no sessions) or more")
-    if cfg.allowedHosts or cfg.allowedOrigins:
-        try:
-            from aegisd.surfaces.http._browser import Policy
-
-            Policy.build(allowed_hosts=cfg.allowedHosts, allowed_origins=cfg.allowedOrigins)
-        except ValueError as exc:
-            raise ValidationError(str(exc)) from None
+    try:
+        for host in cfg.allowedHosts:
+            host_entry(host)
+        for origin in cfg.allowedOrigins:
+            origin_entry(origin)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
     if cfg.idleTimeoutMs < 0:
         raise ValidationError("idleTimeoutMs must be 0 (never) or a number of milliseconds")
     if cfg.ipRateLimit < 0:

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from aegisd.acp import wire as w
+from aegisd.core import wire as w
 from aegisd.core.errors import Conflict
 
 READ_ONLY_KINDS = frozenset({"read", "search", "think", "fetch"})

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from aegisd.acp import wire as w
+from aegisd.core import wire as w
 from aegisd.core.models import TranscriptEntry, now_ms
 
 TOOL_RESULT_LIMIT = 2000

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import trio
 
 from aegisd.acp import Lifeline, agent_environment
@@ -26,34 +25,11 @@ from aegisd.bus import EventBus
 from aegisd.core.config import VerificationConfig
 from aegisd.core.errors import Conflict, ValidationError
 from aegisd.core.models import SessionRecord
+from aegisd.core.sections import Step, parse_steps
 from aegisd.sessions import SessionManager
 
 OUTPUT_TAIL = 8_000  # characters of output kept per step
-DEFAULT_STEP_TIMEOUT_MS = 300_000
-CRITICAL = ("typecheck", "build")  # what criticalOnly keeps
 
-
-class Step(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    command: list[str] | str
-    timeoutMs: int = DEFAULT_STEP_TIMEOUT_MS
-    critical: bool | None = None  # None: by name (typecheck, build)
-
-    def argv(self) -> list[str]:
-        return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
-
-    def is_critical(self) -> bool:
-        return self.critical if self.critical is not None else self.name in CRITICAL
-
-
-def parse_steps(raw: Any) -> list[Step]:
-    steps = msgspec.convert(raw or [], list[Step])
-    for s in steps:
-        if not s.name or not s.argv():
-            raise ValueError("each verification step needs a name and a command")
-        if not 1_000 <= s.timeoutMs <= 3_600_000:
-            raise ValueError(f"step {s.name}: timeoutMs must be between 1000 and 3600000")
-    return steps
 
 
 def _make_targets(makefile: Path) -> set[str]:

@@ -21,7 +21,8 @@ import structlog
 import trio
 
 from aegisd.core.config import AlertingConfig
-from aegisd.notify.webhooks import Endpoint, log_url, parse_endpoints, sign
+from aegisd.core.sections import validate_alerting as validate
+from aegisd.notify.webhooks import Endpoint, log_url, sign
 
 if TYPE_CHECKING:
     from aegisd.bus import EventBus
@@ -31,18 +32,6 @@ log = structlog.get_logger("aegisd.alerts")
 KINDS = ("session_failure", "session_stall", "webhook_dead_letter", "api_error")
 RETRY_DELAYS_S = (1.0, 5.0)
 TIMEOUT_S = 10.0
-
-
-def validate(cfg: AlertingConfig) -> list[Endpoint]:
-    if not 1 <= cfg.failureThreshold <= 10_000:
-        raise ValueError("failureThreshold must be between 1 and 10000")
-    if not 1_000 <= cfg.cooldownMs <= 7 * 86_400_000:
-        raise ValueError("cooldownMs must be between 1000 and 604800000")
-    eps = parse_endpoints(cfg.webhooks)
-    for ep in eps:
-        if ep.events:
-            raise ValueError("alert webhooks take {url, secret}; events filters belong to event webhooks")
-    return eps
 
 
 RECENT = 50  # details kept per kind, so a non-admin's view can show the last one about its own sessions

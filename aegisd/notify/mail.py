@@ -28,12 +28,6 @@ REPEAT_S = 60.0
 TIMEOUT_S = 15.0
 
 
-def check_url(url: str) -> None:
-    p = urlsplit(url)
-    if p.scheme not in ("smtp", "smtps") or not p.hostname:
-        raise ValueError("smtpUrl must be smtp://[user:password@]host[:port] or smtps://…")
-
-
 class Email:
     def __init__(self, *, bus: EventBus, records: Mapping[str, SessionRecord], http_url: Callable[[], str],
                  cfg: EmailConfig) -> None:

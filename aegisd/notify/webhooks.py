@@ -24,6 +24,7 @@ import trio
 
 from aegisd.bus import EventBus
 from aegisd.core.models import Event, SessionRecord, now_ms
+from aegisd.core.sections import Endpoint
 from aegisd.notify.health import ChannelHealth
 from aegisd.store._fs import atomic_write
 
@@ -37,14 +38,6 @@ DELIVERY_LOG = 100  # attempts kept per endpoint for GET /v1/hooks/{index}/deliv
 TIMEOUT_S = 5.0
 
 
-class Endpoint(msgspec.Struct, forbid_unknown_fields=True):
-    url: str
-    secret: str | None = None
-    events: list[str] | None = None
-    # json: the original's payload; slack / discord: a chat message for their incoming webhooks
-    format: str = "json"
-
-
 class DeadLetter(msgspec.Struct):
     timestamp: int
     endpoint: str
@@ -52,18 +45,6 @@ class DeadLetter(msgspec.Struct):
     error: str
     attempts: int
     payload: dict[str, Any] = {}
-
-
-def parse_endpoints(raw: Any) -> list[Endpoint]:
-    out = []
-    for item in raw or []:
-        ep = Endpoint(url=item) if isinstance(item, str) else msgspec.convert(item, Endpoint)
-        if not ep.url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook URL must be http(s): {ep.url}")
-        if ep.format not in FORMATS:
-            raise ValueError(f"webhook format must be one of {', '.join(FORMATS)}: {ep.format}")
-        out.append(ep)
-    return out
 
 
 def sign(secret: str, body: bytes, t: int | None = None) -> str:
@@ -84,7 +65,7 @@ def verify(secret: str, body: bytes, header: str, *, tolerance_s: int = 300) -> 
     return hmac.compare_digest(sign(secret, body, t), header)
 
 
-FORMATS = ("json", "slack", "discord")
+
 
 
 def log_url(url: str) -> str:

@@ -16,9 +16,10 @@ import msgspec
 import structlog
 import trio
 
+import aegisd.sessions.failures as failures
 from aegisd import __version__
 from aegisd.acp import AcpConnection, AgentProcess, RemoteError, agent_environment, spawn_agent
-from aegisd.acp import wire as w
+from aegisd.core import wire as w
 from aegisd.core.errors import (
     AegisError,
     AgentError,
@@ -42,7 +43,6 @@ from aegisd.core.permissions import PermissionProfile, Policy, choose_option, da
 from aegisd.core.states import LIVE, TERMINAL, State, check_transition
 from aegisd.core.transcript import TranscriptBuilder
 from aegisd.features.metering import UsageRecord, estimate_cost
-from aegisd.sessions import failures as failures
 
 if TYPE_CHECKING:
     from aegisd.sessions.manager import AgentLaunch, SessionManager

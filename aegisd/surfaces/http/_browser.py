@@ -21,7 +21,6 @@ Pure functions over header values; ``aegisd/surfaces/http/__init__.py`` wires :f
 
 from __future__ import annotations
 
-import ipaddress
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,13 +28,13 @@ from enum import Enum
 from typing import Protocol
 
 from aegisd.core.errors import HostNotAllowed, OriginNotAllowed, UnsupportedMediaType
+from aegisd.core.sections import host_entry, host_name, is_ip, origin_entry, origin_of
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 # routes that also take form bodies: the OAuth 2.0 device-flow proxy (RFC 8628 clients post forms)
 FORM_PATHS = frozenset({"/v1/auth/device/authorize", "/v1/auth/device/token"})
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "*"})
-DEFAULT_PORTS = {"http": 80, "https": 443}
 CORS_METHODS = "GET, POST, PUT, DELETE"
 CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-Request-Id"
 CORS_EXPOSE = "X-Request-Id, Retry-After, X-Aegis-API-Version"
@@ -52,79 +51,6 @@ class OriginKind(Enum):
     NONE = "none"  # no Origin header: not a browser's cross-origin request
     OWN = "own"  # the daemon's own origin (the dashboard)
     ALLOWED = "allowed"  # listed in allowedOrigins: gets CORS headers
-
-
-def host_name(host: str) -> str | None:
-    """The name in a Host header value, lowercased, without port or trailing dot (IPv6 without brackets);
-    None when it is not a valid host."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        if end < 0 or not _port_ok(host[end + 1:]):
-            return None
-        try:
-            return str(ipaddress.IPv6Address(host[1:end]))
-        except ValueError:
-            return None
-    colon = host.find(":")
-    name, rest = (host, "") if colon < 0 else (host[:colon], host[colon:])
-    name = name.rstrip(".")
-    if not _port_ok(rest) or not name or not name.isascii() or any(c in name for c in "/\\@?#[]%* \t"):
-        return None
-    return name
-
-
-def _port_ok(rest: str) -> bool:
-    """What follows the host in a Host header: nothing, or ``:`` and a port (possibly empty)."""
-    return rest == "" or (rest[0] == ":" and (rest[1:] == "" or (rest[1:].isdigit() and len(rest) <= 6)))
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def host_entry(entry: str) -> str:
-    """One allowedHosts entry, normalized: a name, or ``.name`` for the name and its subdomains (``*.name``
-    is read the same way). Raises ValueError on anything else."""
-    raw = entry.strip().lower()
-    if raw.startswith("*."):
-        raw = raw[1:]
-    suffix = raw.startswith(".")
-    name = host_name(raw[1:] if suffix else raw)
-    if name is None or ":" in raw:
-        raise ValueError(f"allowedHosts takes host names (example.com, .example.com), not {entry!r}")
-    return "." + name if suffix else name
-
-
-def origin_of(value: str) -> str | None:
-    """``scheme://host[:port]`` normalized (lowercase, default port dropped); None when ``value`` is not an
-    http(s) origin (``null``, a path, credentials, another scheme)."""
-    try:
-        u = urllib.parse.urlsplit(value.strip())
-        port = u.port
-    except ValueError:
-        return None
-    if u.scheme not in DEFAULT_PORTS or not u.hostname or u.username is not None or u.password is not None:
-        return None
-    if u.path not in ("", "/") or u.query or u.fragment:
-        return None
-    name = host_name(f"[{u.hostname}]" if ":" in u.hostname else u.hostname)
-    if name is None:
-        return None
-    shown = f"[{name}]" if ":" in name else name
-    return f"{u.scheme}://{shown}" + (f":{port}" if port is not None and port != DEFAULT_PORTS[u.scheme] else "")
-
-
-def origin_entry(entry: str) -> str:
-    """One allowedOrigins entry, normalized; raises ValueError unless it is exactly ``scheme://host[:port]``."""
-    origin = origin_of(entry)
-    if origin is None or "*" in entry:
-        raise ValueError(f"allowedOrigins takes exact origins such as https://app.example.com:8443, not {entry!r}")
-    return origin
 
 
 @dataclass(frozen=True)
@@ -170,7 +96,7 @@ class Policy:
         name = host_name(host)
         if name is None:
             return False
-        if name == "localhost" or name.endswith(".localhost") or _is_ip(name) or name in self.hosts:
+        if name == "localhost" or name.endswith(".localhost") or is_ip(name) or name in self.hosts:
             return True
         return any(name == s[1:] or name.endswith(s) for s in self.suffixes)
 
