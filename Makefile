@@ -77,9 +77,10 @@ docs: $(RUN_STAMP) ## regenerate docs/cli.md and docs/openapi.json from the code
 openapi: $(RUN_STAMP) ## write docs/openapi.json
 	$(PY) -m aegisd.surfaces.http._openapi
 
-lint: $(DEV_STAMP) ## ruff and mypy
+lint: $(DEV_STAMP) ## ruff, mypy, and the layering contracts (import-linter: see [tool.importlinter] in pyproject.toml)
 	$(VENV)/bin/ruff check aegisd aegisctl tests
 	$(VENV)/bin/mypy aegisd aegisctl
+	$(VENV)/bin/lint-imports
 
 typecheck: $(DEV_STAMP) ## mypy only
 	$(VENV)/bin/mypy aegisd aegisctl

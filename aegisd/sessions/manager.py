@@ -8,7 +8,7 @@ import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -28,15 +28,12 @@ from aegisd.core.errors import (
     ValidationError,
 )
 from aegisd.core.models import SessionRecord, now_ms
+from aegisd.core.pricing import UsageRecord
 from aegisd.core.states import LIVE, TERMINAL, State
 from aegisd.sessions._agents import AgentLaunch, resolve_agent
 from aegisd.sessions._workdirs import WorkDirPolicy
 from aegisd.sessions.runner import SessionRunner
 from aegisd.store import Store
-
-if TYPE_CHECKING:
-    from aegisd.features.metering import UsageLedger
-    from aegisd.features.quotas import QuotaGuard
 
 log = structlog.get_logger("aegisd.sessions")
 
@@ -44,6 +41,20 @@ NAME_SLUG = 19  # characters of the prompt's slug in a derived name
 MIN_PREFIX = 4  # shortest id prefix accepted
 
 __all__ = ["AgentLaunch", "SessionManager"]
+
+
+class Metering(Protocol):
+    """Where each turn's usage goes (the ledger of aegisd/features/metering.py)."""
+
+    def record(self, rec: UsageRecord) -> None: ...
+
+
+class QuotaCheck(Protocol):
+    """The per-key quotas a create or a prompt must pass (aegisd/features/quotas.py)."""
+
+    def check_create(self, key_id: str | None) -> None: ...
+
+    def check_send(self, key_id: str | None) -> None: ...
 
 
 class SessionManager:
@@ -68,8 +79,8 @@ class SessionManager:
         from aegisd.core.metrics import Metrics
 
         self.metrics = Metrics()
-        self.usage: UsageLedger | None = None  # metering, set by the daemon
-        self.quotas: QuotaGuard | None = None  # per-key quotas, set by the daemon
+        self.usage: Metering | None = None  # metering, set by the daemon (aegisd/features/metering.py)
+        self.quotas: QuotaCheck | None = None  # per-key quotas, set by the daemon (aegisd/features/quotas.py)
 
     def mcp_specs(self, rec: SessionRecord) -> list[dict[str, Any]]:
         """The session's MCP servers as ACP `mcpServers` entries (stdio)."""

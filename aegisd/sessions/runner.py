@@ -40,9 +40,9 @@ from aegisd.core.models import (
     now_ms,
 )
 from aegisd.core.permissions import PermissionProfile, Policy, choose_option, daemon_policy, evaluate_profile
+from aegisd.core.pricing import UsageRecord, estimate_cost
 from aegisd.core.states import LIVE, TERMINAL, State, check_transition
 from aegisd.core.transcript import TranscriptBuilder
-from aegisd.features.metering import UsageRecord, estimate_cost
 
 if TYPE_CHECKING:
     from aegisd.sessions.manager import AgentLaunch, SessionManager
