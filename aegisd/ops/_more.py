@@ -16,7 +16,15 @@ from aegisd.core.models import SessionRecord, now_ms
 from aegisd.core.states import LIVE, STATUS_FILTERS, State
 from aegisd.features.metering import estimate_cost
 from aegisd.ops._registry import REGISTRY, OpContext, op
-from aegisd.ops._sessions import CreateParams, IdParams, SessionRef, create, session_health, session_view
+from aegisd.ops._sessions import (
+    CreateParams,
+    IdParams,
+    SessionRef,
+    create,
+    create_session,
+    session_health,
+    session_view,
+)
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -414,14 +422,12 @@ FORK_CONTEXT_CHARS = 50_000
 async def fork(ctx: OpContext, p: ForkParams) -> dict[str, Any]:
     src = ctx.session(p.id)
     mgr = ctx.services.manager
-    owner, creator = ctx.creator()
-    rec, _, _ = await mgr.create(
-        workDir=src.workDir, name=p.name or f"{src.name}-fork", permissionMode=src.permissionMode,
-        agent=src.agent, model=src.requestedModel, ownerKeyId=owner, reuse=False, forkedFrom=src.id,
-        mcpServers=src.mcpServers, creatorSessionId=creator)
-    ctx.audit("session.create", session_id=rec.id,
-                            detail={"workDir": rec.workDir, "agent": rec.agent, "forkedFrom": src.id,
-                                    "ownerKeyId": rec.ownerKeyId})
+    # the session.create path (audit record, MCP servers checked against the caller, workDir, quotas);
+    # prompt after it: the transcript seed needs to know how the agent forked
+    params = CreateParams(workDir=src.workDir, name=p.name or f"{src.name}-fork",
+                          permissionMode=cast(PermissionMode, src.permissionMode), agent=src.agent,
+                          model=src.requestedModel, reuse=False, mcpServers=src.mcpServers or None)
+    rec, _, _ = await create_session(ctx, params, forked_from=src.id)
     seeded = 0
     prompt = p.prompt
     if rec.forkMethod == "transcript":

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from aegisd.features.pipelines import PipelineSpec
+from aegisd.auth.principal import Principal
+from aegisd.core.config import PermissionMode
+from aegisd.features.pipelines import PipelineRecord, PipelineSpec, StageSessions, StageState
 from aegisd.ops._registry import OpContext, op
+from aegisd.ops._sessions import CreateParams, create_session
+
+if TYPE_CHECKING:
+    from aegisd.core.models import SessionRecord
+    from aegisd.ops._services import Services
 
 
 class Empty(msgspec.Struct, forbid_unknown_fields=True):
@@ -50,3 +57,21 @@ async def get(ctx: OpContext, p: PipelineId) -> dict[str, Any]:
         raise Forbidden(f"pipeline {p.id} belongs to another key")
     out: dict[str, Any] = msgspec.to_builtins(rec)
     return out
+
+
+def stage_sessions(services: Services) -> StageSessions:
+    """How the pipeline manager starts a stage: through :func:`create_session`, as the pipeline's owner (and the
+    agent session that created it, if one did), recorded in the audit log as ``session.create`` by
+    ``pipeline:<id>``."""
+
+    async def start(p: PipelineRecord, s: StageState) -> SessionRecord:
+        principal = Principal(kind="pipeline", key_id=p.ownerKeyId, role="operator", name=f"pipeline:{p.id}")
+        ctx = OpContext(services=services, principal=principal, surface="pipeline")
+        params = CreateParams(workDir=s.workDir, name=f"pipeline-{p.name}-{s.name}", prompt=s.prompt,
+                              permissionMode=cast(PermissionMode | None, s.permissionMode), agent=s.agent,
+                              reuse=False)
+        rec, _, _ = await create_session(ctx, params, creator=(p.ownerKeyId, p.creatorSessionId),
+                                         audit={"pipelineId": p.id, "stage": s.name})
+        return rec
+
+    return start

@@ -28,7 +28,7 @@ class OpContext:
     services: Services
     principal: Principal = field(default_factory=Principal)
     request_id: str = field(default_factory=lambda: secrets.token_hex(8))
-    surface: str = "socket"  # socket | http | rpc
+    surface: str = "socket"  # socket | http | rpc | pipeline
     ip: str = "local"
 
     def session(self, ident: str, *, act: bool = False) -> SessionRecord:

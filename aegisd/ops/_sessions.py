@@ -159,9 +159,15 @@ async def daemon_stop(ctx: OpContext, p: Empty) -> AsyncIterator[dict[str, Any]]
 
 
 # ---- sessions --------------------------------------------------------------------------------------
-@op("session.create", CreateParams, summary="Create a session (or reuse an idle one in the same workDir)",
-    permission="create")
-async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
+async def create_session(ctx: OpContext, p: CreateParams, *, forked_from: str | None = None,
+                         creator: tuple[str | None, str | None] | None = None,
+                         audit: dict[str, Any] | None = None) -> tuple[SessionRecord, bool, dict[str, Any]]:
+    """THE way a session comes to be, for session.create, session.spawn, session.fork and pipeline stages:
+    the template fills what the call leaves out, memory entries prefix the prompt, the MCP servers are checked
+    against the caller, the manager validates the workDir and applies the owner's quotas, and a new session is
+    recorded in the audit log as ``session.create``. ``creator`` overrides ``ctx.creator()`` (a pipeline stage
+    belongs to the pipeline's owner); ``audit`` adds to the audit record's detail. Returns (record, reused,
+    prompt delivery)."""
     d = ctx.services
     if p.templateId:
         from aegisd.ops._templates import owned_template
@@ -182,15 +188,25 @@ async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
         mode = "bypassPermissions"
     if p.mcpServers and "aegis" in p.mcpServers and ctx.principal.role != "admin":
         raise Forbidden("the aegis MCP server acts with the daemon's full rights, so only admins may attach it")
-    owner, creator = ctx.creator()
-    rec, reused, delivery = await ctx.services.manager.create(
+    owner, creator_session = creator if creator is not None else ctx.creator()
+    rec, reused, delivery = await d.manager.create(
         workDir=p.workDir or "", name=p.name or p.label, prompt=p.prompt, permissionMode=mode, model=p.model,
         agent=p.agent, stallThresholdMs=p.stallThresholdMs, parentId=p.parentId,
-        ownerKeyId=owner, reuse=p.reuse, mcpServers=p.mcpServers, creatorSessionId=creator)
+        ownerKeyId=owner, reuse=p.reuse, mcpServers=p.mcpServers, creatorSessionId=creator_session,
+        forkedFrom=forked_from)
     if not reused:
-        ctx.audit("session.create", session_id=rec.id,
-                                detail={"workDir": rec.workDir, "agent": rec.agent, "mode": rec.permissionMode,
-                                        "ownerKeyId": rec.ownerKeyId})
+        detail: dict[str, Any] = {"workDir": rec.workDir, "agent": rec.agent, "mode": rec.permissionMode,
+                                  "ownerKeyId": rec.ownerKeyId}
+        if forked_from is not None:
+            detail["forkedFrom"] = forked_from
+        ctx.audit("session.create", session_id=rec.id, detail={**detail, **(audit or {})})
+    return rec, reused, delivery
+
+
+@op("session.create", CreateParams, summary="Create a session (or reuse an idle one in the same workDir)",
+    permission="create")
+async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
+    rec, reused, delivery = await create_session(ctx, p)
     view = session_view(rec, ctx.services.http_url)
     view["reused"] = reused
     view["promptDelivery"] = delivery
