@@ -184,12 +184,12 @@ async def health(ctx: OpContext, p: Empty) -> Health:
 @op("daemon.stop", Empty, result=Stopping, stream=True, permission="admin",
     summary="Stop the daemon as SIGTERM does (`ag stop`): one event {stopping, pid, httpUrl}, sent before it starts "
             "stopping; admins only, never a session's agent")
-async def daemon_stop(ctx: OpContext, p: Empty) -> AsyncIterator[dict[str, Any]]:
+async def daemon_stop(ctx: OpContext, p: Empty) -> AsyncIterator[Stopping]:
     d = ctx.services
     ctx.audit("daemon.stop")
     # a stream, so that the answer is on the wire before the shutdown closes the connection: the surface sends
     # this event, then resumes the generator
-    yield msgspec.to_builtins(Stopping(stopping=True, pid=d.pid, httpUrl=d.http_url))
+    yield Stopping(stopping=True, pid=d.pid, httpUrl=d.http_url)
     d.request_stop()
 
 

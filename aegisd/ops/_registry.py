@@ -137,6 +137,8 @@ async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True
 
 
 def stream(ctx: OpContext, name: str, raw: Any) -> AsyncGenerator[Any, None]:
+    """Run a streaming operation: its items, typed (instances of ``get_op(name).result``, which the surfaces
+    encode as they are)."""
     o = get_op(name)
     if not o.stream:
         raise ValidationError(f"{name} is not a streaming operation")

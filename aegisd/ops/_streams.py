@@ -71,7 +71,7 @@ async def _follow(ctx: OpContext, session_id: str | None, after_id: int | None) 
 
 @op("session.follow", FollowParams, result=EventFrame, stream=True,
     summary="Stream a session's events until it ends (or, with untilIdle, until its turn ends)")
-async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any]]:
+async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[EventFrame]:
     d = ctx.services
     rec = ctx.session(p.id)
     if rec.status in TERMINAL and p.afterId is None:
@@ -82,7 +82,7 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any
             return
     async with aclosing(_follow(ctx, rec.id, p.afterId)) as evs:
         async for ev in evs:
-            yield msgspec.to_builtins(ev)
+            yield ev
             if ev.event == "ended":
                 return
             if p.untilIdle and ev.event == "turn":
@@ -92,10 +92,10 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any
 
 
 @op("events.follow", EventsParams, result=EventFrame, stream=True, summary="Stream events of all sessions, or of one")
-async def events(ctx: OpContext, p: EventsParams) -> AsyncIterator[dict[str, Any]]:
+async def events(ctx: OpContext, p: EventsParams) -> AsyncIterator[EventFrame]:
     sid = ctx.session(p.sessionId).id if p.sessionId else None
     async with aclosing(_follow(ctx, sid, p.afterId)) as evs:
         async for ev in evs:
             if sid is None and ev.sessionId and not ctx.can_see(ev.sessionId):
                 continue
-            yield msgspec.to_builtins(ev)
+            yield ev
