@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aegisd.ops._results import ErrorEnvelope
+from aegisd.ops import ErrorEnvelope
 
 from ..conftest import FAKE_AGENT_CMD
 
