@@ -1,7 +1,18 @@
-"""The `/v1` routes of the original Aegis, each bound to one operation of the registry: the table the HTTP app
-registers and the OpenAPI document describes."""
+"""The `/v1` routes of the original Aegis, each bound to one operation of the registry: the table (which the
+OpenAPI document also describes), the view that adapts a request to its operation, and the audit export."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from aegisd import ops
+from aegisd.core.errors import Unauthorized, ValidationError
+from aegisd.surfaces.http.auth import ANONYMOUS, Gate
+from aegisd.surfaces.http.body import json_body
+from aegisd.surfaces.http.errors import json_response
 
 # (methods, path, operation, where params come from, success status)
 ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
@@ -103,3 +114,100 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("GET",), "/v1/auth/whoami", "auth.whoami", "none", 200),
     (("GET",), "/v1/auth/users", "auth.users", "none", 200),
 ]
+
+# path variables, each the param it fills
+_PATH_PARAMS = {"sid": "id", "kid": "id", "pid": "id", "tid": "id", "hid": "id", "mkey": "key"}
+
+
+class OpView:
+    """One route of ROUTES: the operation's params from where the route takes them (``source``: body, rules
+    (a body that may be a bare array), query, id (the path), none), called as the caller, answered with
+    ``status``."""
+
+    def __init__(self, gate: Gate, op_name: str, source: str, status: int) -> None:
+        self.gate = gate
+        self.op_name = op_name
+        self.source = source
+        self.status = status
+        self.public = ops.get_op(op_name).permission == "public"
+
+    async def serve(self, **path: str) -> Response:
+        gate = self.gate
+        gate.admit()
+        rid = gate.request_id()
+        try:
+            principal = gate.principal(public=self.public)
+        except Unauthorized:
+            if not self.public:
+                raise
+            principal = ANONYMOUS
+        ctx = gate.context(principal, rid)
+        params = await self.params(path)
+        result = await ops.call(ctx, self.op_name, params, strict="query" not in self.source)
+        code = self.status
+        if self.op_name == "session.create" and isinstance(result, dict) and result.get("reused"):
+            code = 200
+        return json_response(result, code, rid)
+
+    async def params(self, path: dict[str, str]) -> dict[str, Any]:
+        source = self.source
+        params: dict[str, Any] = {}
+        if "body" in source:
+            params.update(await json_body(request))
+        if "rules" in source:
+            params.update(await json_body(request, list_key="rules"))
+        if "body" not in source and "rules" not in source and request.method != "GET":
+            # a body where none is taken is refused (a GET's means nothing; the app drains it away)
+            if extra := await json_body(request):
+                raise ValidationError(f"{request.method} {request.path} takes no request body "
+                                      f"(got fields: {', '.join(sorted(map(str, extra))[:5])})")
+        if "query" in source:
+            params.update(request.args.to_dict())
+        for name, value in path.items():
+            params[_PATH_PARAMS[name]] = value
+        return params
+
+
+def bind(app: QuartTrio, gate: Gate) -> None:
+    """Register every route of ROUTES, and the audit export."""
+    seen: set[str] = set()
+    for methods, path, op_name, source, status in ROUTES:
+        endpoint = f"{path}:{','.join(methods)}"
+        assert endpoint not in seen
+        seen.add(endpoint)
+        app.add_url_rule(path, endpoint=endpoint, view_func=OpView(gate, op_name, source, status).serve,
+                         methods=list(methods))
+    app.add_url_rule("/v1/audit", endpoint="audit", view_func=AuditExport(gate).serve, methods=["GET"])
+
+
+class AuditExport:
+    """GET /v1/audit: the audit.query operation, as JSON, CSV or NDJSON (?format=), with from/to as since/until."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    async def serve(self) -> Response:
+        gate = self.gate
+        gate.admit()
+        rid = gate.request_id()
+        ctx = gate.context(gate.principal(), rid)
+        args = request.args.to_dict()
+        fmt = args.pop("format", "json")
+        if fmt not in ("json", "csv", "ndjson"):
+            raise ValidationError("format must be json, csv or ndjson")
+        if "from" in args:
+            args["since"] = args.pop("from")
+        if "to" in args:
+            args["until"] = args.pop("to")
+        result = await ops.call(ctx, "audit.query", args, strict=False)
+        if fmt == "json":
+            return json_response(result, 200, rid)
+        audit = gate.services.audit
+        text = audit.to_csv(result["records"]) if fmt == "csv" else audit.to_ndjson(result["records"])
+        resp = Response(text, content_type="text/csv" if fmt == "csv" else "application/x-ndjson")
+        resp.headers["X-Aegis-Audit-Count"] = str(result["count"])
+        if result.get("cursor") is not None:
+            resp.headers["X-Aegis-Audit-Cursor"] = str(result["cursor"])
+        if "integrity" in result:
+            resp.headers["X-Aegis-Audit-Integrity"] = "ok" if result["integrity"]["ok"] else "broken"
+        return resp
