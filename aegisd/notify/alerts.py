@@ -13,12 +13,13 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from aegisd.core.config import AlertingConfig
 from aegisd.core.sections import validate_alerting as validate
@@ -109,17 +110,19 @@ class Alerts:
                                  "lastAlertAt": t.last_alert_at, "lastDetail": t.last_detail(visible)}
                              for k, t in self.trackers.items()}}
 
-    def prometheus(self) -> str:
-        out = ["# HELP aegis_alert_failures_total Failures counted for alerting, by kind.",
-               "# TYPE aegis_alert_failures_total counter"]
-        out += [f'aegis_alert_failures_total{{type="{k}"}} {t.total}' for k, t in self.trackers.items()]
-        out += ["# HELP aegis_alerts_fired_total Alerts fired, by kind.", "# TYPE aegis_alerts_fired_total counter"]
-        out += [f'aegis_alerts_fired_total{{type="{k}"}} {t.fired}' for k, t in self.trackers.items()]
-        out += ["# HELP aegis_alert_deliveries_total Alert webhook deliveries, by result.",
-                "# TYPE aegis_alert_deliveries_total counter",
-                f'aegis_alert_deliveries_total{{result="delivered"}} {self.delivered}',
-                f'aegis_alert_deliveries_total{{result="failed"}} {self.failed}']
-        return "\n".join(out) + "\n"
+    def families(self) -> Iterator[Metric]:
+        """The Prometheus metric families of the counters (aegisd/surfaces/http/prometheus.py collects them)."""
+        failures = CounterMetricFamily("aegis_alert_failures_total", "Failures counted for alerting, by kind.",
+                                       labels=["type"])
+        fired = CounterMetricFamily("aegis_alerts_fired_total", "Alerts fired, by kind.", labels=["type"])
+        for k, t in self.trackers.items():
+            failures.add_metric([k], t.total)
+            fired.add_metric([k], t.fired)
+        deliveries = CounterMetricFamily("aegis_alert_deliveries_total", "Alert webhook deliveries, by result.",
+                                         labels=["result"])
+        deliveries.add_metric(["delivered"], self.delivered)
+        deliveries.add_metric(["failed"], self.failed)
+        yield from (failures, fired, deliveries)
 
     # ---- delivery ----------------------------------------------------------------------------------
     async def _post(self, client: Any, ep: Endpoint, event: dict[str, Any], *, retries: bool) -> str | None:
