@@ -21,6 +21,7 @@ import structlog
 import trio
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from aegisd.core import retry
 from aegisd.core.config import AlertingConfig
 from aegisd.core.sections import validate_alerting as validate
 from aegisd.notify.webhooks import Endpoint, log_url, sign
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("aegisd.alerts")
 
 KINDS = ("session_failure", "session_stall", "webhook_dead_letter", "api_error")
-RETRY_DELAYS_S = (1.0, 5.0)
+RETRY = retry.Backoff((1.0, 5.0), attempts=3)  # on network errors, 429 and 5xx
 TIMEOUT_S = 10.0
 
 
@@ -131,23 +132,27 @@ class Alerts:
         headers = {"Content-Type": "application/json", "User-Agent": "aegisd-alerts",
                    "X-Aegis-Alert-Type": str(event["type"])}
         error = ""
-        for delay in (0.0, *(RETRY_DELAYS_S if retries else ())):
-            if delay:
-                await trio.sleep(delay)
+
+        async def attempt(_: int) -> bool:
+            nonlocal error
             if ep.secret:
                 headers["X-Aegis-Signature"] = sign(ep.secret, body)
             try:
                 resp = await client.post(ep.url, content=body, headers=headers)
             except Exception as exc:  # noqa: BLE001 - every network error is worth another try
                 error = f"{type(exc).__name__}: {exc}"
-                continue
+                return False
             if resp.status_code < 300:
-                self.delivered += 1
-                self._changed()
-                return None
+                error = ""
+                return True
             error = f"HTTP {resp.status_code}"
-            if resp.status_code < 500 and resp.status_code != 429:
-                break
+            return resp.status_code < 500 and resp.status_code != 429  # a refusal: trying again will not help
+
+        await retry.run(RETRY if retries else retry.NO_RETRY, attempt)
+        if not error:
+            self.delivered += 1
+            self._changed()
+            return None
         self.failed += 1
         self._changed()
         log.error("alert.delivery_failed", url=log_url(ep.url), alert_type=event["type"], error=error)
