@@ -13,7 +13,6 @@ from quart import Response, g, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from aegisd.auth import RateLimiter
 from aegisd.core.errors import AegisError
 from aegisd.surfaces.dashboard import register as register_dashboard
 from aegisd.surfaces.http import _browser, auth, prometheus, routes, rpc, sse, sso, terminal
@@ -125,9 +124,8 @@ def create_app(services: Services) -> QuartTrio:
     app = QuartTrio("aegisd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
-    limiter = RateLimiter()
-    services.rate_limiter = limiter  # read by /v1/analytics/rate-limits
-    limits = RateLimits(limiter, ip_per_min=services.config.ipRateLimit,
+    # the daemon's one limiter: /v1/analytics/rate-limits reads it
+    limits = RateLimits(services.rate_limiter, ip_per_min=services.config.ipRateLimit,
                         key_rate=lambda key_id: services.keys.get(key_id).rateLimit)
     gate = auth.build(services, limits)
 
