@@ -5,6 +5,7 @@ and the dashboard."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -16,7 +17,6 @@ from werkzeug.exceptions import HTTPException
 from aegisd.core.errors import AegisError
 from aegisd.surfaces.dashboard import register as register_dashboard
 from aegisd.surfaces.http import _browser, auth, prometheus, routes, rpc, sse, sso, terminal
-from aegisd.surfaces.http._openapi import document
 from aegisd.surfaces.http.auth import current_conn
 from aegisd.surfaces.http.body import MAX_BODY
 from aegisd.surfaces.http.errors import (
@@ -53,7 +53,8 @@ async def drained() -> bool:
 
 
 def guard_browsers(app: QuartTrio, policy: _browser.Policy) -> None:
-    """Host, Origin and Content-Type, before anything else (see _browser); CORS headers on allowed origins."""
+    """Host, Origin and Content-Type, before anything else (see _browser); a CORS preflight of an allowed origin
+    is answered here."""
 
     @app.before_request
     async def _browser_guard() -> Response | None:
@@ -79,6 +80,11 @@ def guard_browsers(app: QuartTrio, policy: _browser.Policy) -> None:
             return error_response(exc, request_id(websocket.headers))
         return None
 
+
+def finish_answers(app: QuartTrio) -> None:
+    """Every answer: the request body drained first (or the connection closed), security headers, and CORS
+    headers for an allowed origin."""
+
     @app.after_request
     async def _headers(resp: Response) -> Response:
         if not has_websocket_context() and not await drained():
@@ -93,8 +99,8 @@ def guard_browsers(app: QuartTrio, policy: _browser.Policy) -> None:
         return resp
 
 
-def map_errors(app: QuartTrio, services: Services) -> None:
-    """Every error answers with the envelope; a server fault is logged and counted for alerts."""
+def map_errors(app: QuartTrio, *, alert: Callable[[str, str], object]) -> None:
+    """Every error answers with the envelope; a server fault is logged and counted for alerts (``alert``)."""
 
     @app.errorhandler(AegisError)
     async def _aegis_error(exc: AegisError) -> Response:
@@ -115,12 +121,14 @@ def map_errors(app: QuartTrio, services: Services) -> None:
         log.exception("http.internal_error", path=conn.path, request_id=rid, error=repr(exc))
         # the one place api_error is counted: a server fault. Client errors (4xx) are answered by the
         # handlers above and never count toward alerts.
-        services.alerts.record("api_error", f"{method} {conn.path} answered 500 ({type(exc).__name__}; "
-                                          f"request {rid})")
+        alert("api_error", f"{method} {conn.path} answered 500 ({type(exc).__name__}; request {rid})")
         return json_response(internal_envelope(rid), 500, rid)
 
 
 def create_app(services: Services) -> QuartTrio:
+    # imported here: `python -m aegisd.surfaces.http._openapi` (make docs) runs it after importing this package
+    from aegisd.surfaces.http._openapi import document
+
     app = QuartTrio("aegisd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
@@ -132,7 +140,8 @@ def create_app(services: Services) -> QuartTrio:
     cfg = services.config
     guard_browsers(app, _browser.Policy.build(bind_host=cfg.host, base_url=cfg.baseUrl,
                                               allowed_hosts=cfg.allowedHosts, allowed_origins=cfg.allowedOrigins))
-    map_errors(app, services)
+    finish_answers(app)
+    map_errors(app, alert=services.alerts.record)
     routes.bind(app, gate)
     rpc.register(app, gate)
     sse.register(app, gate)
