@@ -182,7 +182,7 @@ EXTRA_PATHS: dict[str, Any] = {
 
 
 def document() -> dict[str, Any]:
-    from aegisd.surfaces.http import ROUTES
+    from aegisd.surfaces.http.routes import ROUTES
 
     return build(ROUTES, EXTRA_PATHS)
 
