@@ -41,6 +41,7 @@ VERBOSE = bool(_ENV.get("AEGIS_SOAK_VERBOSE"))  # a line per kill and restart
 WORKERS = 3  # concurrent clients
 MAX_LIVE = 6  # live sessions the workload keeps at most
 RUN_S = (0.4, 2.0)  # how long the workload runs before the kill (uniform)
+EARLY = 0.1  # the share of restarts killed again within 0.3 s, while they resume their sessions (unchecked)
 SETTLE_S = 20.0  # after a restart, how long the sessions may take to be quiet again
 ORPHAN_WAIT_S = 10.0  # the reaper's grace is 2 s
 
@@ -124,7 +125,7 @@ class Prompt:
 @dataclass
 class Approval:
     sid: str
-    tool_use_id: str | None
+    title: str  # the tool's title: unique in this workload (a prompt's tag), so the request is known for sure
     text: str  # the transcript's decision entry: "approved: <optionId>"
 
 
@@ -144,7 +145,7 @@ class Soak:
     # observations: id -> canonical content, first seen
     events: dict[int, str] = field(default_factory=dict)
     entries: dict[tuple[str, int], str] = field(default_factory=dict)
-    events_of_gen: dict[int, list[int]] = field(default_factory=dict)
+    unchecked_events: list[int] = field(default_factory=list)  # seen live since the last check
     # findings (sets of keys, so that a problem seen at several restarts counts once)
     lost_creates: set[str] = field(default_factory=set)
     lost_kills: set[str] = field(default_factory=set)
@@ -156,21 +157,23 @@ class Soak:
     vanished_entries: set[tuple[str, int]] = field(default_factory=set)
     reused_events: set[int] = field(default_factory=set)
     orphans: list[int] = field(default_factory=list)
+    crashed: dict[str, str] = field(default_factory=dict)  # session -> reason (none is expected)
     unsettled: int = 0
     restarts: int = 0
+    early_kills: int = 0
     examples: list[str] = field(default_factory=list)
 
     def note(self, what: str) -> None:
         if len(self.examples) < 40:
             self.examples.append(what)
 
-    def observe_event(self, ev: dict[str, Any], gen: int) -> None:
+    def observe_event(self, ev: dict[str, Any]) -> None:
         eid = int(ev["id"])
         c = canon(ev)
         seen = self.events.get(eid)
         if seen is None:
             self.events[eid] = c
-            self.events_of_gen.setdefault(gen, []).append(eid)
+            self.unchecked_events.append(eid)
         elif seen != c and eid not in self.reused_events:
             self.reused_events.add(eid)
             self.note(f"event id {eid} reused: was {seen[:160]} now {c[:160]}")
@@ -187,7 +190,8 @@ class Soak:
 
     def summary(self) -> str:
         p_checked = len(self.prompts) - len(self.dropped_by_kill)
-        return (f"soak store={self.store} seed={self.seed}: kills {self.restarts}/{self.kills}; checked "
+        return (f"soak store={self.store} seed={self.seed}: kills {self.restarts}/{self.kills} ({self.early_kills} "
+                f"during a resume); checked "
                 f"creates {len(self.creates)}, prompts {p_checked} (+{len(self.dropped_by_kill)} dropped with "
                 f"their killed session), approvals {len(self.approvals)}, kills {len(self.killed)}, "
                 f"events {len(self.events)}, transcript entries {len(self.entries)}; "
@@ -196,7 +200,8 @@ class Soak:
                 f"{len(self.duplicated_prompts)}; reused ids: transcript {len(self.reused_entries)} (in "
                 f"{len({s for s, _ in self.reused_entries})} sessions; {len(self.vanished_entries)} entries seen "
                 f"then gone), events {len(self.reused_events)}; orphans {len(self.orphans)}; unsettled "
-                f"{self.unsettled}")
+                f"{self.unsettled}; crashed sessions {len(self.crashed)} ("
+                f"{len(self.crashed.keys() & self.creates.keys())} of acknowledged creates)")
 
 
 # ---- processes ------------------------------------------------------------------------------------------
@@ -228,7 +233,7 @@ class Generation:
     def __init__(self, soak: Soak, rpc: Rpc, rng: random.Random, gen: int, work: Path) -> None:
         self.soak, self.rpc, self.rng, self.gen, self.work = soak, rpc, rng, gen, work
         self.live: dict[str, str] = {}  # session id -> status
-        self.pending: dict[str, list[tuple[str, str | None]]] = {}  # session -> [(requestId, toolCallId)]
+        self.pending: dict[str, list[tuple[str, str]]] = {}  # session -> [(requestId, toolTitle)]
         self.tags = 0
 
     def prompt_text(self) -> str:
@@ -246,7 +251,7 @@ class Generation:
         return f"tools:2:execute:T{tag}:echo {tag}"
 
     def on_event(self, ev: dict[str, Any]) -> None:
-        self.soak.observe_event(ev, self.gen)
+        self.soak.observe_event(ev)
         sid, name, data = ev.get("sessionId") or "", ev["event"], ev.get("data") or {}
         if name == "message":
             self.soak.observe_entry(sid, data)
@@ -267,7 +272,7 @@ class Generation:
             if "decision" in data:
                 self.pending[sid] = [p for p in self.pending.get(sid, []) if p[0] != data.get("requestId")]
             elif data.get("requestId"):
-                self.pending.setdefault(sid, []).append((data["requestId"], data.get("toolCallId")))
+                self.pending.setdefault(sid, []).append((data["requestId"], data.get("toolTitle") or ""))
 
     async def follow(self, after_id: int) -> None:
         try:
@@ -363,7 +368,7 @@ async def settle(soak: Soak, rpc: Rpc) -> dict[str, dict[str, Any]]:
                                          requestId=s["pendingPermission"]["requestId"])
                 except RpcError:
                     continue
-                soak.approvals.append(Approval(s["id"], s["pendingPermission"].get("toolCallId"),
+                soak.approvals.append(Approval(s["id"], s["pendingPermission"]["toolTitle"],
                                                f"approved: {res['optionId']}"))
         if not busy:
             queued = 0
@@ -384,7 +389,22 @@ class Seen:
     """What one read of a session's transcript holds, for the checks."""
 
     users: collections.Counter[str]
-    decisions: collections.Counter[tuple[str | None, str]]
+    decisions: dict[str, list[str]]  # a permission request's tool title -> the decisions taken on it
+
+
+def decisions(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each permission request (by its tool's title) and the decision entries that answer it: the next ones
+    with its toolUseId (the fake agent's tool call ids repeat across its restarts, the titles do not)."""
+    out: dict[str, list[str]] = {}
+    open_requests: dict[str | None, str] = {}
+    for e in entries:
+        if e["contentType"] == "permission_request":
+            title = e.get("toolName") or ""
+            out.setdefault(title, [])
+            open_requests[e.get("toolUseId")] = title
+        elif e["contentType"] == "permission_decision" and e.get("toolUseId") in open_requests:
+            out[open_requests[e.get("toolUseId")]].append(e["text"])
+    return out
 
 
 async def check(soak: Soak, rpc: Rpc, gen: int, frozen: dict[str, Seen]) -> None:
@@ -397,6 +417,11 @@ async def check(soak: Soak, rpc: Rpc, gen: int, frozen: dict[str, Seen]) -> None
         if sessions.get(sid, {}).get("status") != "killed" and sid not in soak.lost_kills:
             soak.lost_kills.add(sid)
             soak.note(f"acknowledged kill of {sid} is {sessions.get(sid, {}).get('status')}")
+    for sid, s in sessions.items():
+        if s["status"] == "crashed" and sid not in soak.crashed:
+            soak.crashed[sid] = (s.get("crash") or {}).get("reason") or ""
+            acked = "acknowledged" if sid in soak.creates else "not acknowledged"
+            soak.note(f"session {sid[:8]} (create {acked}) crashed: {soak.crashed[sid]}")
     seen: dict[str, Seen] = {}
     for sid, s in sessions.items():
         if sid in frozen:  # ended before the previous check: nothing can change
@@ -416,9 +441,7 @@ async def check(soak: Soak, rpc: Rpc, gen: int, frozen: dict[str, Seen]) -> None
             if key not in soak.vanished_entries:
                 soak.vanished_entries.add(key)
                 soak.note(f"transcript entry {key[1]} of {sid[:8]} was seen, then gone")
-        seen[sid] = Seen(collections.Counter(e["text"] for e in entries if e["role"] == "user"),
-                         collections.Counter((e.get("toolUseId"), e["text"]) for e in entries
-                                             if e["contentType"] == "permission_decision"))
+        seen[sid] = Seen(collections.Counter(e["text"] for e in entries if e["role"] == "user"), decisions(entries))
         if s["status"] in TERMINAL:
             frozen[sid] = seen[sid]
     for i, p in enumerate(soak.prompts):
@@ -431,26 +454,24 @@ async def check(soak: Soak, rpc: Rpc, gen: int, frozen: dict[str, Seen]) -> None
                 soak.dropped_by_kill.add(i)
             else:
                 soak.lost_prompts.add(i)
-                soak.note(f"prompt {p.text!r} (gen {p.gen}) lost in {p.sid[:8]} "
-                          f"({sessions.get(p.sid, {}).get('status')})")
+                s = sessions.get(p.sid) or {}
+                why = f": {s['crash'].get('reason')}" if s.get("crash") else ""
+                soak.note(f"prompt {p.text!r} (gen {p.gen}) lost in {p.sid[:8]} ({s.get('status')}{why})")
         elif got == 1:
             soak.dropped_by_kill.discard(i)
-    wanted: collections.Counter[tuple[str, str | None, str]] = collections.Counter(
-        (a.sid, a.tool_use_id, a.text) for a in soak.approvals)
     for i, a in enumerate(soak.approvals):
-        key = (a.sid, a.tool_use_id, a.text)
-        have = seen[a.sid].decisions[(a.tool_use_id, a.text)] if a.sid in seen else 0
-        if have < wanted[key] and i not in soak.lost_approvals:
+        taken = seen[a.sid].decisions.get(a.title) if a.sid in seen else None
+        if taken != [a.text] and i not in soak.lost_approvals:
             soak.lost_approvals.add(i)
-            soak.note(f"approval {a.text} of {a.tool_use_id} in {a.sid[:8]}: {have} entries for {wanted[key]}")
-    # events: what the previous daemon published is read back from the store (earlier ones were compared at
+            soak.note(f"approval of {a.title!r} in {a.sid[:8]}: {'no request' if taken is None else taken}")
+    # events: what was seen since the last check is read back from the store (earlier ones were compared at
     # the earlier checks); the same id must be the same event
-    before = soak.events_of_gen.get(gen - 1) or [max(soak.events, default=0)]
-    after = min(before) - 1
+    after = min(soak.unchecked_events, default=max(soak.events, default=1)) - 1
+    soak.unchecked_events.clear()
     while True:
         res = await rpc.call("events.poll", afterId=after, limit=1000, timeoutSeconds=0.2)
         for ev in res["events"]:
-            soak.observe_event(ev, gen)
+            soak.observe_event(ev)
         if res["timedOut"] or not res["events"]:
             return
         after = res["lastId"]
@@ -474,8 +495,18 @@ async def run_soak(base: Path, sock_dir: Path, store_env: dict[str, str], soak: 
             rpc = Rpc(dp.socket)
             t_up = trio.current_time()
             try:
+                soak.restarts += bool(gen)
+                if 0 < gen < soak.kills and rng.random() < EARLY:  # while it resumes its sessions
+                    run_for = rng.uniform(0, 0.3)
+                    await trio.sleep(run_for)
+                    os.kill(dp.proc.pid, signal.SIGKILL)
+                    t_killed = trio.current_time()
+                    await dp.proc.wait()
+                    soak.early_kills += 1
+                    report(f"[soak] restart {gen} (start {t_up - t_start:.1f} s), killed during the resume")
+                    await reap(soak, token, gen, t_killed, run_for, report)
+                    continue
                 if gen:
-                    soak.restarts += 1
                     await check(soak, rpc, gen, frozen)
                     report(f"[soak] restart {gen} (start {t_up - t_start:.1f} s, check "
                            f"{trio.current_time() - t_up:.1f} s): {soak.summary()}")
@@ -490,7 +521,7 @@ async def run_soak(base: Path, sock_dir: Path, store_env: dict[str, str], soak: 
                         g.live[s["id"]] = s["status"]
                         if s.get("pendingPermission"):
                             p = s["pendingPermission"]
-                            g.pending[s["id"]] = [(p["requestId"], p.get("toolCallId"))]
+                            g.pending[s["id"]] = [(p["requestId"], p["toolTitle"])]
                 run_for = rng.uniform(*RUN_S)
                 async with trio.open_nursery() as inner:
                     inner.start_soon(g.follow, max(soak.events, default=0))  # from the last one seen
@@ -505,19 +536,22 @@ async def run_soak(base: Path, sock_dir: Path, store_env: dict[str, str], soak: 
                 if dp.proc.returncode is None:
                     dp.proc.kill()
                     await dp.proc.wait()
-            # no orphan: the killed daemon's lifeline reaper takes every agent down
-            marker = f"{token}-{gen}"
-            with trio.move_on_after(ORPHAN_WAIT_S):
-                while agents_of(marker):
-                    await trio.sleep(0.05)
-            left = agents_of(marker)
-            report(f"[soak] kill {gen + 1} after {run_for:.1f} s; its agents gone "
-                   f"{trio.current_time() - t_killed:.1f} s later")
-            if left:
-                soak.orphans += left
-                soak.note(f"agents of the daemon killed at {gen} still alive after {ORPHAN_WAIT_S} s: {left}")
-                for pid in left:
-                    os.kill(pid, signal.SIGKILL)
+            await reap(soak, token, gen, t_killed, run_for, report)
+
+
+async def reap(soak: Soak, token: str, gen: int, t_killed: float, run_for: float, report: Any) -> None:
+    """No orphan: the killed daemon's lifeline reaper takes every agent down (checked by pid)."""
+    marker = f"{token}-{gen}"
+    with trio.move_on_after(ORPHAN_WAIT_S):
+        while agents_of(marker):
+            await trio.sleep(0.05)
+    left = agents_of(marker)
+    report(f"[soak] kill {gen + 1} after {run_for:.1f} s; its agents gone {trio.current_time() - t_killed:.1f} s later")
+    if left:
+        soak.orphans += left
+        soak.note(f"agents of the daemon killed at {gen + 1} still alive after {ORPHAN_WAIT_S} s: {left}")
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
 
 
 def store_env(kind: str, name: str) -> dict[str, str]:
@@ -566,7 +600,7 @@ def soak(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
             drop_store(STORE, name)
         shutil.rmtree(sock_dir, ignore_errors=True)
         say(f"[soak] {result.summary()}")
-        for line in result.examples[:15]:
+        for line in result.examples[:20]:
             say(f"[soak]   {line}")
     yield result
 
