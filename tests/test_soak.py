@@ -190,13 +190,15 @@ class Soak:
 
     def summary(self) -> str:
         p_checked = len(self.prompts) - len(self.dropped_by_kill)
+        in_crashed = sum(1 for i in self.lost_prompts if self.prompts[i].sid in self.crashed)
         return (f"soak store={self.store} seed={self.seed}: kills {self.restarts}/{self.kills} ({self.early_kills} "
                 f"during a resume); checked "
                 f"creates {len(self.creates)}, prompts {p_checked} (+{len(self.dropped_by_kill)} dropped with "
                 f"their killed session), approvals {len(self.approvals)}, kills {len(self.killed)}, "
                 f"events {len(self.events)}, transcript entries {len(self.entries)}; "
                 f"lost: creates {len(self.lost_creates)}, kills {len(self.lost_kills)}, approvals "
-                f"{len(self.lost_approvals)}, prompts {len(self.lost_prompts)}; duplicated prompts "
+                f"{len(self.lost_approvals)}, prompts {len(self.lost_prompts)} ({in_crashed} in sessions that "
+                f"crashed at a restart); duplicated prompts "
                 f"{len(self.duplicated_prompts)}; reused ids: transcript {len(self.reused_entries)} (in "
                 f"{len({s for s, _ in self.reused_entries})} sessions; {len(self.vanished_entries)} entries seen "
                 f"then gone), events {len(self.reused_events)}; orphans {len(self.orphans)}; unsettled "
@@ -251,6 +253,8 @@ class Generation:
         return f"tools:2:execute:T{tag}:echo {tag}"
 
     def on_event(self, ev: dict[str, Any]) -> None:
+        if ev["event"] == "overflow":  # the stream's marker (it carries the last id delivered): not an event
+            return
         self.soak.observe_event(ev)
         sid, name, data = ev.get("sessionId") or "", ev["event"], ev.get("data") or {}
         if name == "message":
