@@ -23,6 +23,7 @@ import random
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,15 @@ class Rpc:
     async def _open(self, op: str, params: dict[str, Any]) -> tuple[trio.SocketStream, bytearray]:
         try:
             stream = await trio.open_unix_socket(self.path)
-            await stream.send_all(json.dumps({"id": 1, "op": op, "params": params}).encode() + b"\n")
-        except (OSError, trio.BrokenResourceError) as exc:
+        except OSError as exc:
             raise Unreachable(f"{op}: {exc}") from None
+        try:
+            await stream.send_all(json.dumps({"id": 1, "op": op, "params": params}).encode() + b"\n")
+        except BaseException as exc:  # cancelled too: the socket is closed either way
+            stream.socket.close()
+            if isinstance(exc, (OSError, trio.BrokenResourceError)):
+                raise Unreachable(f"{op}: {exc}") from None
+            raise
         return stream, bytearray()
 
     @staticmethod
@@ -280,8 +287,9 @@ class Generation:
 
     async def follow(self, after_id: int) -> None:
         try:
-            async for ev in self.rpc.stream("events.follow", afterId=after_id):
-                self.on_event(ev)
+            async with aclosing(self.rpc.stream("events.follow", afterId=after_id)) as events:
+                async for ev in events:
+                    self.on_event(ev)
         except Unreachable:
             await trio.sleep_forever()  # the daemon is gone; the generation ends
 
