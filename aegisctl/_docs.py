@@ -8,8 +8,11 @@ import click
 def _walk(cmd: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
     out = [(path, cmd)]
     if isinstance(cmd, click.Group):
-        for name in sorted(cmd.commands):
-            out += _walk(cmd.commands[name], path + [name])
+        ctx = click.Context(cmd, info_name=" ".join(path))
+        for name in sorted(cmd.list_commands(ctx)):  # the root's commands load on first use
+            sub = cmd.get_command(ctx, name)
+            assert sub is not None, name
+            out += _walk(sub, path + [name])
     return out
 
 
