@@ -1,4 +1,5 @@
-"""Renders docs/cli.md from the click commands (`make docs`); a test keeps the file in step."""
+"""Renders docs/cli.md from the click commands, and aegisctl/data/ops.json from the operations registry (`make docs`);
+tests keep both in step."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def render_cli_reference() -> str:
 if __name__ == "__main__":
     from pathlib import Path
 
+    from aegisctl import _catalogue
+
     target = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
     target.write_text(render_cli_reference())
     print(f"wrote {target}")
+    _catalogue.PATH.write_text(_catalogue.render())  # what `ag rpc` knows of the operations
+    print(f"wrote {_catalogue.PATH}")

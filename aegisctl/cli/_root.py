@@ -34,6 +34,8 @@ COMMANDS = {
     "login": "_auth:login", "logout": "_auth:logout", "whoami": "_auth:whoami", "keys": "_keys:keys_group",
     # notification channels and alerts
     "channels": "_notify:channels", "alerts": "_notify:alerts_group",
+    # any operation of the registry
+    "rpc": "_rpc:rpc",
 }
 
 
