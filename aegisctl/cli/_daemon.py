@@ -79,8 +79,11 @@ def mcp(obj: Ctx, port: int | None) -> None:
     Talks to the running daemon (the socket, or --url / AEGIS_URL with AEGIS_AUTH_TOKEN); tools that need it
     report SERVER_UNREACHABLE until a daemon answers."""
     from aegisctl._conn import connect
-    from aegisctl._mcp import serve as serve_mcp
 
+    try:
+        from aegisctl.mcp._server import serve as serve_mcp
+    except ImportError as exc:
+        fail(f"`ag mcp` needs the MCP Python SDK ({exc}): pip install 'aegis-py[mcp]'")
     sys.exit(serve_mcp(lambda: connect(socket_path=obj.socket, url=obj.url, port=port)))
 
 
