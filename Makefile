@@ -22,7 +22,7 @@ help: ## this list
 $(RUN_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -e .
+	$(PIP) -e '.[mcp]'
 	@touch $@
 
 $(TEST_STAMP): $(RUN_STAMP)
