@@ -50,15 +50,8 @@ def op_schema(params: type) -> dict[str, Any]:
 
 
 def _result_type(op: Any) -> Any:
-    """The operation's declared result type: ``Op.result``, else the table of typed results while some operations
-    still declare theirs there."""
-    if op.result is not None:
-        return op.result
-    try:
-        from aegisd.ops._results import RESULTS
-    except ImportError:
-        return None
-    return RESULTS.get(op.name)
+    """The operation's declared result type (the registry requires one)."""
+    return op.result
 
 
 def build() -> dict[str, Any]:
