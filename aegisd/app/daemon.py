@@ -2,8 +2,8 @@
 few it needs (features and notifiers their narrow dependencies, operations and surfaces the typed `Services`
 bundle of aegisd/ops/_services.py), and runs them under one root nursery.
 
-Startup: config -> store (single-writer lock) -> event bus -> lifeline reaper and session cgroups -> sessions
-recovered -> notifiers, pipelines -> HTTP -> control socket -> READY. Shutdown (SIGTERM/SIGINT, or `ag stop`):
+Startup: config -> store (single-writer lock) -> what the features keep in it -> event bus -> lifeline reaper and
+session cgroups -> sessions recovered -> notifiers, pipelines -> HTTP -> control socket -> READY. Shutdown (SIGTERM/SIGINT, or `ag stop`):
 stop accepting, end streams, stop every agent (their states are kept for the next start to resume), flush and
 close the store, remove the socket. A second signal during shutdown skips the graceful part (aegisd/app/main.py)."""
 
@@ -42,7 +42,7 @@ from aegisd.notify.mail import Email
 from aegisd.notify.webhooks import Webhooks
 from aegisd.ops import Services
 from aegisd.sessions import SessionManager
-from aegisd.store import Store, open_store
+from aegisd.store import Collection, RecordLog, Store, open_store
 from aegisd.surfaces.control import serve_control
 from aegisd.surfaces.http import create_app
 from aegisd.surfaces.telegram import Telegram
@@ -74,7 +74,8 @@ class Daemon:
                 import jwt  # noqa: F401
             except ImportError:
                 raise ValidationError("single sign-on (oidc) needs PyJWT: pip install 'aegis-py[oidc]'") from None
-            self.oidc = Oidc(cfg.oidc, lambda: self.services.http_url, state / "sso-sessions.json")
+            self.oidc = Oidc(cfg.oidc, lambda: self.services.http_url, Collection(self.store, "sso-sessions"),
+                             legacy_file=state / "sso-sessions.json")
         self.access = Access(config=cfg, keys=self.keys, audit=self.audit, sessions=self.manager, oidc=self.oidc,
                              draining=lambda: self.services.draining)
         # open streams end when the credential that opened them does (revoked, expired, rotated, signed out)
@@ -84,17 +85,20 @@ class Daemon:
             self.oidc.on_change = self.credentials.changed
         self.alerts = Alerts(cfg.alerting)
         self.webhooks = Webhooks(bus=self.bus, records=self.manager.records, alert=self.alerts.record,
-                                 endpoints=parse_endpoints(cfg.webhooks), dlq_path=state / "webhooks-dlq.json")
+                                 endpoints=parse_endpoints(cfg.webhooks), dlq=RecordLog(self.store, "webhooks-dlq"),
+                                 legacy_dlq=state / "webhooks-dlq.json")
         self.verifier = Verifier(config=cfg.verification, bus=self.bus, sessions=self.manager, environ=self.environ,
                                  lifeline=self.lifeline, cgroups=lambda: self.cgroups)
         self.pipelines = PipelineManager(sessions=self.manager, bus=self.bus, verifier=self.verifier,
-                                         directory=state / "pipelines", default_timeout_ms=default_stage_timeout())
+                                         collection=Collection(self.store, "pipelines"), legacy_dir=state / "pipelines",
+                                         default_timeout_ms=default_stage_timeout())
         self.mail = Email(bus=self.bus, records=self.manager.records, http_url=lambda: self.services.http_url,
                           cfg=cfg.email) if cfg.email.enabled else None
+        self.templates = TemplateStore(Collection(self.store, "templates"))
+        self.memory = MemoryStore(Collection(self.store, "memory"))
         self.services = Services(
             config=cfg, store=self.store, bus=self.bus, manager=self.manager, access=self.access, keys=self.keys,
-            audit=self.audit, templates=TemplateStore(state / "templates.json"),
-            memory=MemoryStore(state / "memory.json"), usage=self.usage, quotas=self.quotas,
+            audit=self.audit, templates=self.templates, memory=self.memory, usage=self.usage, quotas=self.quotas,
             pipelines=self.pipelines, verifier=self.verifier, webhooks=self.webhooks, alerts=self.alerts,
             lifeline=self.lifeline, callers=Callers(token=self.lifeline.token, cgroups=None, agents=self._agent_pids),
             credentials=self.credentials, auth_throttle=AuthThrottle(), sse_tokens=SseTokens(),
@@ -156,6 +160,7 @@ class Daemon:
         self.audit.open()
         self.usage.open()
         try:
+            await self._open_persistence()
             await self.bus.open()
             await self.lifeline.start()
             if cfg.sessionCgroups:
@@ -186,6 +191,15 @@ class Daemon:
                 self.audit.close()
                 self.usage.close()
                 log.info("aegisd.stopped")
+
+    async def _open_persistence(self) -> None:
+        """Load what the features keep in the store; files an earlier version kept beside it move in first."""
+        state = self.config.state_path
+        await self.templates.open(legacy=state / "templates.json")
+        await self.memory.open(legacy=state / "memory.json")
+        await self.webhooks.open()
+        if self.oidc is not None:
+            await self.oidc.open()
 
     async def _serve(self, shutdown: trio.Event, *,
                      task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:

@@ -67,7 +67,7 @@ def _mine(ctx: OpContext) -> Callable[[str | None], bool]:
 @op("memory.set", SetParams, summary="Set a memory entry (namespace/key, optional TTL) in the caller's own space",
     permission="send")
 async def set_entry(ctx: OpContext, p: SetParams) -> dict[str, Any]:
-    entry = _store(ctx).set(p.key, p.value, p.ttlSeconds, owner=ctx.owner_of())
+    entry = await _store(ctx).set(p.key, p.value, p.ttlSeconds, owner=ctx.owner_of())
     return {"ok": True, "entry": entry_view(entry)}
 
 
@@ -84,7 +84,7 @@ async def get_entry(ctx: OpContext, p: KeyParams) -> dict[str, Any]:
 
 @op("memory.delete", KeyParams, summary="Delete a memory entry", permission="send")
 async def delete_entry(ctx: OpContext, p: KeyParams) -> dict[str, Any]:
-    _store(ctx).delete(p.key, owner=_owner(ctx, p))
+    await _store(ctx).delete(p.key, owner=_owner(ctx, p))
     return {"ok": True}
 
 
@@ -98,7 +98,7 @@ async def scoped(ctx: OpContext, p: ScopeParams) -> dict[str, Any]:
 @op("session.memories.set", SessionSetParams, summary="A memory entry linked to a session", permission="send")
 async def session_set(ctx: OpContext, p: SessionSetParams) -> dict[str, Any]:
     rec = ctx.session(p.id)
-    entry = _store(ctx).set(f"session:{rec.id}/{p.key}", p.value, p.ttlSeconds, owner=rec.ownerKeyId)
+    entry = await _store(ctx).set(f"session:{rec.id}/{p.key}", p.value, p.ttlSeconds, owner=rec.ownerKeyId)
     return {"ok": True, "entry": entry_view(entry)}
 
 

@@ -29,7 +29,7 @@ def _visible(ctx: OpContext, p: Any) -> bool:
 @op("pipeline.create", PipelineSpec, summary="Create and start a pipeline of dependent stages", permission="create")
 async def create(ctx: OpContext, p: PipelineSpec) -> dict[str, Any]:
     owner, creator = ctx.creator()
-    rec = ctx.services.pipelines.create(p, owner=owner, creator=creator)
+    rec = await ctx.services.pipelines.create(p, owner=owner, creator=creator)
     ctx.audit("pipeline.create", detail={"pipelineId": rec.id, "stages": len(rec.stages)})
     out: dict[str, Any] = msgspec.to_builtins(rec)
     return out

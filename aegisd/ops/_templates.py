@@ -49,7 +49,7 @@ async def create(ctx: OpContext, p: CreateTemplate) -> dict[str, Any]:
         ctx.services.manager.workdirs.validate(fields.workDir)
     elif not defaults.get("workDir"):
         raise ValidationError("workDir is required (or sessionId to copy it from)")
-    t = ctx.services.templates.create(fields, owner=ctx.owner_of(), defaults=defaults)
+    t = await ctx.services.templates.create(fields, owner=ctx.owner_of(), defaults=defaults)
     out: dict[str, Any] = msgspec.to_builtins(t)
     return out
 
@@ -71,12 +71,12 @@ async def update(ctx: OpContext, p: UpdateTemplate) -> dict[str, Any]:
     fields = msgspec.convert({k: v for k, v in msgspec.to_builtins(p).items() if k != "id"}, TemplateFields)
     if fields.workDir:
         ctx.services.manager.workdirs.validate(fields.workDir)
-    out: dict[str, Any] = msgspec.to_builtins(ctx.services.templates.update(p.id, fields))
+    out: dict[str, Any] = msgspec.to_builtins(await ctx.services.templates.update(p.id, fields))
     return out
 
 
 @op("template.delete", TemplateId, summary="Delete a template", permission="create")
 async def delete(ctx: OpContext, p: TemplateId) -> dict[str, Any]:
     owned_template(ctx, p.id)
-    ctx.services.templates.delete(p.id)
+    await ctx.services.templates.delete(p.id)
     return {"ok": True}

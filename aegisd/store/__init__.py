@@ -22,12 +22,16 @@ each), never through the whole store.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aegisd.core.models import Event, SessionRecord, TranscriptEntry
 
 if TYPE_CHECKING:
     from aegisd.core.config import Config
+
+T = TypeVar("T")
 
 
 class Store(Protocol):
@@ -163,6 +167,13 @@ class RecordLog:
     async def trim(self, before: int) -> None:
         await self.store.log_trim(self.name, before)
 
+    async def append_missing(self, records: list[Any]) -> None:
+        """Append ``records`` to a log that may already hold a prefix of them (a migration that crashed half
+        way, before it renamed its file): only those not there yet."""
+        have = len(await self.read())
+        for record in records[have:]:
+            await self.append(record)
+
 
 def open_store(config: Config) -> Store:
     """The store named by ``config.sessionStore`` (not yet opened)."""
@@ -226,3 +237,27 @@ def probe_store(config: Config) -> str:
         persistence = {"yes": "appendonly", "no": "no AOF"}.get(aof or "", "persistence unknown")
         return f"Redis {info.get('redis_version', '?')} at {mask_url(config.redisUrl)} ({persistence})"
     return f"{config.sessionStore} store under {config.state_path}"
+
+
+async def migrate_legacy(path: Path, read: Callable[[Path], T], write: Callable[[T], Awaitable[object]]) -> bool:
+    """Move what an earlier aegisd kept in its own file (or directory) into the store, once: ``read`` it (in a
+    worker thread), ``write`` it to the store, then rename it to ``<name>.migrated`` so the next start skips it
+    (and the user still has it). Returns whether there was anything to migrate. A crash before the rename
+    migrates it again at the next start; the writes are puts by key, so that is harmless."""
+    import structlog
+    import trio
+
+    from aegisd.store._fs import fsync_dir
+
+    if not await trio.to_thread.run_sync(path.exists):
+        return False
+    data = await trio.to_thread.run_sync(read, path)
+    await write(data)
+    target = path.with_name(path.name + ".migrated")
+
+    def rename() -> None:
+        path.replace(target)
+        fsync_dir(path.parent)
+    await trio.to_thread.run_sync(rename)
+    structlog.get_logger("aegisd.store").info("store.migrated", file=str(path), to=str(target))
+    return True

@@ -603,7 +603,7 @@ def create_app(services: Services) -> QuartTrio:
         _ip_limit()
         o = services.oidc
         if o is not None:
-            o.end_session(request.cookies.get(oidc_mod.COOKIE, ""))
+            await o.end_session(request.cookies.get(oidc_mod.COOKIE, ""))
         resp = Response("", status=204)
         resp.delete_cookie(oidc_mod.COOKIE, path="/")
         return resp
