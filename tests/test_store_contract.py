@@ -6,12 +6,15 @@ each test on tables / a key prefix of its own; otherwise they are skipped with t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
@@ -159,3 +162,157 @@ async def test_concurrent_puts_keep_the_last(make: Any) -> None:
             for i in range(10):
                 n.start_soon(c.put, f"k{i}", {"i": i})
         assert len(await c.list()) == 11
+
+
+# ---- the features on top ---------------------------------------------------------------------------------------
+async def test_templates(make: Any, tmp_path: Path) -> None:
+    from aegisd.features.templates import Template, TemplateFields, TemplateStore
+
+    async with opened(make) as st:
+        ts = TemplateStore(Collection(st, "templates"))
+        await ts.open()
+        a = await ts.create(TemplateFields(name="a", prompt="p", env={"K": "v"}), owner="k1")
+        b = await ts.create(TemplateFields(name="b"), owner=None)
+        await ts.update(a.id, TemplateFields(description="changed"))
+        await ts.delete(b.id)
+    async with opened(make) as st:
+        ts = TemplateStore(Collection(st, "templates"))
+        await ts.open()
+        [got] = ts.list()
+        assert got.id == a.id and got.description == "changed" and got.env == {"K": "v"} and got.ownerKeyId == "k1"
+    # an earlier version's templates.json moves in once
+    legacy = tmp_path / "templates.json"
+    old = Template(id="old-1", name="old", createdAt=1, updatedAt=1, prompt="hi")
+    legacy.write_bytes(msgspec.json.encode([old]))
+    async with opened(make) as st:
+        ts = TemplateStore(Collection(st, "templates"))
+        await ts.open(legacy=legacy)
+        assert [t.id for t in ts.list()] == ["old-1", a.id] and ts.get("old-1") == old
+    assert not legacy.exists() and (tmp_path / "templates.json.migrated").exists()
+    async with opened(make) as st:
+        ts = TemplateStore(Collection(st, "templates"))
+        await ts.open(legacy=legacy)
+        assert len(ts.list()) == 2
+
+
+async def test_memory(make: Any, tmp_path: Path) -> None:
+    from aegisd.features.memory import MemoryEntry, MemoryStore
+
+    async with opened(make) as st:
+        mem = MemoryStore(Collection(st, "memory"))
+        await mem.open()
+        await mem.set("proj/notes", "mine", owner="k1")
+        await mem.set("proj/notes", "theirs", owner=None)  # another owner's space, same key
+        await mem.set("proj/gone", "x", owner="k1")
+        await mem.delete("proj/gone", owner="k1")
+    async with opened(make) as st:
+        mem = MemoryStore(Collection(st, "memory"))
+        await mem.open()
+        assert mem.get("proj/notes", owner="k1").value == "mine"
+        assert mem.get("proj/notes", owner=None).value == "theirs"
+        assert [e.key for e in mem.list(owners=lambda o: True)] == ["proj/notes", "proj/notes"]
+    legacy = tmp_path / "memory.json"
+    now = int(time.time() * 1000)
+    legacy.write_bytes(msgspec.json.encode([
+        MemoryEntry(key="old/a", value="1", namespace="old", created_at=1, updated_at=1, ownerKeyId="k2"),
+        MemoryEntry(key="old/b", value="2", namespace="old", created_at=1, updated_at=1, expires_at=now - 1)]))
+    async with opened(make) as st:
+        mem = MemoryStore(Collection(st, "memory"))
+        await mem.open(legacy=legacy)
+        assert mem.get("old/a", owner="k2").value == "1"
+        keys = sorted(e.key for e in mem.list(owners=lambda o: True))
+        assert keys == ["old/a", "proj/notes", "proj/notes"]  # the expired one left the store
+        assert len(await st.doc_list("memory")) == 3
+    assert (tmp_path / "memory.json.migrated").exists()
+
+
+async def test_webhook_dead_letters(make: Any, tmp_path: Path) -> None:
+    from aegisd.notify.webhooks import DLQ_MAX, DeadLetter, Webhooks
+
+    def hooks(st: Store, legacy: Path | None = None) -> Webhooks:
+        return Webhooks(bus=None, records={}, alert=lambda *a, **k: None, endpoints=[],  # type: ignore[arg-type]
+                        dlq=RecordLog(st, "webhooks-dlq"), legacy_dlq=legacy)
+
+    def letter(i: int) -> DeadLetter:
+        return DeadLetter(timestamp=i, endpoint="http://h/x", event="session.ended", error="HTTP 500", attempts=3,
+                          payload={"session": {"id": f"s{i}"}})
+    legacy = tmp_path / "webhooks-dlq.json"
+    legacy.write_bytes(msgspec.json.encode([letter(0)]))
+    async with opened(make) as st:
+        w = hooks(st, legacy)
+        await w.open()
+        assert w.dlq == [letter(0)]
+        for i in range(1, DLQ_MAX + 5):
+            await w._save_dead_letter(letter(i))
+        assert len(w.dlq) == DLQ_MAX and w.dlq[-1] == letter(DLQ_MAX + 4)
+    assert (tmp_path / "webhooks-dlq.json.migrated").exists()
+    async with opened(make) as st:
+        w = hooks(st, legacy)
+        await w.open()
+        assert [x.timestamp for x in w.dlq] == list(range(5, DLQ_MAX + 5))
+        assert len(await RecordLog(st, "webhooks-dlq").read()) == DLQ_MAX  # trimmed in the store too
+
+
+async def test_pipelines(make: Any, tmp_path: Path) -> None:
+    from aegisd.features.pipelines import PipelineManager, PipelineRecord, StageState
+
+    class Bus:
+        def publish(self, *a: Any) -> None:
+            pass
+
+    def manager(st: Store, legacy: Path | None = None) -> PipelineManager:
+        return PipelineManager(sessions=None, bus=Bus(), verifier=None,  # type: ignore[arg-type]
+                               collection=Collection(st, "pipelines"), legacy_dir=legacy)
+
+    def record(pid: str, created: int) -> PipelineRecord:
+        return PipelineRecord(id=pid, name=pid, workDir="/w", status="completed", createdAt=created, updatedAt=created,
+                              stages=[StageState(name="a", prompt="p", workDir="/w", dependsOn=[], status="completed",
+                                                 sessions=["s1"])])
+    legacy = tmp_path / "pipelines"
+    legacy.mkdir()
+    (legacy / "p0.json").write_bytes(msgspec.json.encode(record("p0", 1)))
+    async with opened(make) as st:
+        pm = manager(st)
+        await pm._save(record("p1", 2))
+        await pm._save(record("p2", 3))
+    async with opened(make) as st:
+        pm = manager(st, legacy)
+        await pm.load()
+        assert list(pm.records) == ["p0", "p1", "p2"]  # oldest first
+        assert pm.get("p1").stages[0].sessions == ["s1"]
+    assert not legacy.exists() and (tmp_path / "pipelines.migrated" / "p0.json").exists()
+
+
+async def test_sso_sessions(make: Any, tmp_path: Path) -> None:
+    from aegisd.auth.oidc import DashboardSession, Oidc, _digest
+    from aegisd.auth.principal import Principal
+
+    cfg = load_config(env={}, config_path=None, overrides={"stateDir": str(tmp_path / "s")}, cwd=tmp_path).oidc
+    now = int(time.time() * 1000)
+
+    def sso(st: Store, legacy: Path | None = None) -> Oidc:
+        return Oidc(cfg, lambda: "http://x", Collection(st, "sso-sessions"), legacy_file=legacy)
+    legacy = tmp_path / "sso-sessions.json"
+    legacy.write_text(json.dumps({_digest("old"): {
+        "principal": {"keyId": "oidc:bob", "role": "viewer", "name": "oidc:bob"}, "identity": {"sub": "bob"},
+        "expiresAt": now + 60_000, "createdAt": now, "lastSeenAt": now}}))
+    async with opened(make) as st:
+        o = sso(st, legacy)
+        await o.open()
+        assert o.session("old") is not None and o.session("old").principal.key_id == "oidc:bob"  # type: ignore[union-attr]
+        for sid, expires in (("live", now + 60_000), ("expired", now - 1)):
+            o.sessions[_digest(sid)] = DashboardSession(
+                principal=Principal(kind="oidc", key_id="oidc:ada", role="operator", name="oidc:ada"),
+                identity={"sub": "ada"}, expires_at_ms=expires, created_at_ms=now)
+            await o._save(_digest(sid))
+        o.session("live")
+        await o._write_seen()
+        assert "live" not in json.dumps(await st.doc_list("sso-sessions"))  # stored by digest, never the cookie
+    assert (tmp_path / "sso-sessions.json.migrated").exists()
+    async with opened(make) as st:
+        o = sso(st)
+        await o.open()
+        assert set(o.sessions) == {_digest("old"), _digest("live")}  # the expired one was dropped
+        assert o.sessions[_digest("live")].last_seen_ms >= now
+        await o.end_session("old")
+        assert set(await st.doc_list("sso-sessions")) == {_digest("live")}
