@@ -220,10 +220,10 @@ async def test_audit_log_records_and_detects_tampering(authd: DaemonHandle, work
     r = await authd.http.get("/v1/audit?format=ndjson&limit=2", headers=bearer(MASTER))
     assert len(r.text.strip().splitlines()) == 2 and r.headers["x-aegis-audit-cursor"]
     # tamper with one record on disk: verification notices
-    path = authd.daemon.config.state_path / "audit" / "audit.jsonl"
+    path = authd.daemon.config.state_path / "logs" / "audit.jsonl"  # the file store's audit log
     lines = path.read_text().splitlines()
     rec = json.loads(lines[2])
-    rec["detail"] = {"optionId": "something-else"}
+    rec["data"]["detail"] = {"optionId": "something-else"}
     lines[2] = json.dumps(rec)
     path.write_text("\n".join(lines) + "\n")
     body = (await authd.http.get("/v1/audit?verify=true", headers=bearer(MASTER))).json()

@@ -316,3 +316,33 @@ async def test_sso_sessions(make: Any, tmp_path: Path) -> None:
         assert o.sessions[_digest("live")].last_seen_ms >= now
         await o.end_session("old")
         assert set(await st.doc_list("sso-sessions")) == {_digest("live")}
+
+
+async def test_audit(make: Any, tmp_path: Path) -> None:
+    from aegisd.auth.audit import GENESIS, AuditLog, _hash
+
+    legacy = tmp_path / "audit"
+    legacy.mkdir()
+    first = {"seq": 1, "ts": 1, "actor": "old", "action": "key.create", "detail": {}, "prevHash": GENESIS}
+    first["hash"] = _hash(first)
+    (legacy / "audit.jsonl").write_text(json.dumps(first) + "\n")
+    async with opened(make) as st:
+        audit = AuditLog(RecordLog(st, "audit"), legacy_dir=legacy)
+        await audit.open()
+        rec = audit.record("key:a", "session.create", session_id="s1", detail={"x": 1})
+        assert rec["seq"] == 2 and rec["prevHash"] == first["hash"]
+        assert len(await audit.read_all()) == 2  # on its way: already visible
+        await audit.stored()  # what an operation awaits before it answers
+        assert [r["seq"] for _, r in await st.log_read("audit")] == [1, 2]
+        audit.record("system", "auth.failure", detail={"ip": "1.2.3.4"})
+        await audit.close()
+    assert (tmp_path / "audit.migrated" / "audit.jsonl").exists()
+    async with opened(make) as st:
+        audit = AuditLog(RecordLog(st, "audit"), legacy_dir=legacy)
+        await audit.open()
+        assert audit.record("key:a", "session.kill")["seq"] == 4  # the chain goes on
+        await audit.stored()
+        assert await audit.verify() == {"ok": True, "count": 4, "lastHash": (await audit.read_all())[-1]["hash"]}
+        page, cursor = await audit.query(action="session.*", limit=1)
+        assert [r["action"] for r in page] == ["session.create"] and cursor == 2
+        assert [r["actor"] for r in (await audit.query(reverse=True))[0]] == ["key:a", "system", "key:a", "old"]

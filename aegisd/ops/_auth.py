@@ -221,11 +221,11 @@ async def audit_query(ctx: OpContext, p: AuditParams) -> dict[str, Any]:
     if ctx.principal.role != "admin":
         raise Forbidden("the audit log is for admins")
     log = ctx.services.audit
-    records, cursor = log.query(actor=p.actor, action=p.action, session_id=p.sessionId, since=p.since,
+    records, cursor = await log.query(actor=p.actor, action=p.action, session_id=p.sessionId, since=p.since,
                                 until=p.until, cursor=p.cursor, limit=p.limit, reverse=p.reverse)
     out: dict[str, Any] = {"count": len(records), "records": records, "cursor": cursor,
                            "filters": {k: v for k, v in msgspec.to_builtins(p).items()
                                        if v not in (None, False) and k not in ("limit",)}}
     if p.verify:
-        out["integrity"] = log.verify()
+        out["integrity"] = await log.verify()
     return out

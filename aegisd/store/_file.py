@@ -442,3 +442,21 @@ class FileStore:
         rf = await self._record_file(log)
         async with rf.lock:
             await trio.to_thread.run_sync(rf.trim, before, limiter=self._limiter)
+
+
+def read_log(state_dir: Path, name: str) -> list[tuple[int, Any]] | None:
+    """A file store's log read without its lock, for tools such as `ag doctor` (the daemon may be running): the
+    records whole lines hold, or None when the log does not exist."""
+    path = Path(state_dir) / "logs" / f"{name}.jsonl"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    out = []
+    for line in data[:data.rfind(b"\n") + 1].splitlines():
+        try:
+            r = _record_dec.decode(line)
+            out.append((r.seq, msgspec.json.decode(r.data)))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            out.append((0, {"_corrupt": line.decode(errors="replace")}))
+    return out
