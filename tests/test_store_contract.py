@@ -346,3 +346,37 @@ async def test_audit(make: Any, tmp_path: Path) -> None:
         page, cursor = await audit.query(action="session.*", limit=1)
         assert [r["action"] for r in page] == ["session.create"] and cursor == 2
         assert [r["actor"] for r in (await audit.query(reverse=True))[0]] == ["key:a", "system", "key:a", "old"]
+
+
+async def test_usage(make: Any, tmp_path: Path) -> None:
+    from aegisd.features.metering import RETENTION_DAYS, UsageLedger, UsageRecord
+
+    now = int(time.time() * 1000)
+    old = now - (RETENTION_DAYS + 1) * 86_400_000
+
+    def usage(i: int, ts: int) -> UsageRecord:
+        return UsageRecord(ts=ts, sessionId=f"s{i}", keyId="k", agent="claude", model="m", inputTokens=i,
+                           outputTokens=1, cacheReadTokens=0, cacheCreationTokens=0, totalTokens=i + 1, costUsd=0.5)
+    legacy = tmp_path / "usage.jsonl"
+    legacy.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in (usage(0, old), usage(1, old), usage(2, now)))
+                       + b'{"torn')
+    async with opened(make) as st:
+        ledger = UsageLedger(RecordLog(st, "usage"), legacy_file=legacy)
+        await ledger.open()
+        assert [r.sessionId for r in ledger.records] == ["s2"]  # older than the retention: not moved in
+        async with trio.open_nursery() as n:
+            await n.start(ledger.run)
+            ledger.record(usage(3, now))
+            ledger.record(usage(4, now))
+            with trio.fail_after(10):
+                while len(await st.log_read("usage")) < 3:  # the writer task stores them
+                    await trio.sleep(0.01)
+            ledger.record(usage(5, old))  # (an old timestamp, to see it trimmed at the next start)
+            n.cancel_scope.cancel()
+        await ledger.close()
+    assert (tmp_path / "usage.jsonl.migrated").exists()
+    async with opened(make) as st:
+        ledger = UsageLedger(RecordLog(st, "usage"), legacy_file=legacy)
+        await ledger.open()
+        assert [r.sessionId for r in ledger.records] == ["s2", "s3", "s4"]
+        assert [r.sessionId for r in ledger.select(session_id="s3")] == ["s3"]

@@ -65,7 +65,7 @@ class Daemon:
                                       environ=self.environ)
         self.keys = KeyStore(state / "keys.json")
         self.audit = AuditLog(RecordLog(self.store, "audit"), legacy_dir=state / "audit")
-        self.usage = UsageLedger(state / "usage.jsonl")
+        self.usage = UsageLedger(RecordLog(self.store, "usage"), legacy_file=state / "usage.jsonl")
         self.quotas = QuotaGuard(self.usage, self.manager.live_owned_by, self._quotas_of)
         self.manager.usage, self.manager.quotas = self.usage, self.quotas
         self.oidc: Oidc | None = None
@@ -157,7 +157,6 @@ class Daemon:
         cfg, svc = self.config, self.services
         cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.store.open()
-        self.usage.open()
         try:
             await self._open_persistence()
             await self.bus.open()
@@ -171,6 +170,7 @@ class Daemon:
             async with trio.open_nursery() as root:
                 await root.start(self.bus.run_persister)
                 await root.start(self.audit.run)
+                await root.start(self.usage.run)
                 await root.start(self.credentials.run)
                 await root.start(self.manager.run)  # recovers stored sessions, resumes the live ones
                 await root.start(self.webhooks.run)
@@ -188,14 +188,15 @@ class Daemon:
                     await self.cgroups.close()
                 await self.lifeline.close()
                 await self.audit.close()
+                await self.usage.close()
                 await self.store.close()
-                self.usage.close()
                 log.info("aegisd.stopped")
 
     async def _open_persistence(self) -> None:
         """Load what the features keep in the store; files an earlier version kept beside it move in first."""
         state = self.config.state_path
         await self.audit.open()
+        await self.usage.open()
         await self.templates.open(legacy=state / "templates.json")
         await self.memory.open(legacy=state / "memory.json")
         await self.webhooks.open()
