@@ -3,9 +3,10 @@ few it needs (features and notifiers their narrow dependencies, operations and s
 bundle of aegisd/ops/_services.py), and runs them under one root nursery.
 
 Startup: config -> store (single-writer lock) -> what the features keep in it -> event bus -> lifeline reaper and
-session cgroups -> sessions recovered -> notifiers, pipelines -> HTTP -> control socket -> READY. Shutdown (SIGTERM/SIGINT, or `ag stop`):
-stop accepting, end streams, stop every agent (their states are kept for the next start to resume), flush and
-close the store, remove the socket. A second signal during shutdown skips the graceful part (aegisd/app/main.py)."""
+session cgroups -> sessions recovered -> notifiers, pipelines -> HTTP -> control socket -> READY. Shutdown
+(SIGTERM/SIGINT, or `ag stop`): stop accepting, end streams, stop every agent (their states are kept for the next
+start to resume), flush and close the store, remove the socket. A second signal during shutdown skips the graceful
+part (aegisd/app/main.py)."""
 
 from __future__ import annotations
 

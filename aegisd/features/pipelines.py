@@ -4,8 +4,8 @@ A stage completes when its session's turn ends with `end_turn`; it fails on any 
 max_tokens, cancelled, error, timeout), when its session ends (crash, kill), or when it runs longer than its
 timeout. A failed stage is retried (a new session) up to `retries` times; after that the pipeline fails and
 the stages that had not started are marked `skipped`. Pipelines are persisted (one document each in the store's
-`pipelines` collection, aegisd/store, written on every change) and resumed after a daemon restart: a stage that was running is started again in a new session.
-Finished pipelines stay listed (the original evicted them after 30 s)."""
+`pipelines` collection, aegisd/store, written on every change) and resumed after a daemon restart: a stage that
+was running is started again in a new session. Finished pipelines stay listed (the original evicted them after 30 s)."""
 
 from __future__ import annotations
 

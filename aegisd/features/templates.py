@@ -82,7 +82,8 @@ class TemplateStore:
             raise NotFound(f"template {tid} not found")
         return t
 
-    async def create(self, fields: TemplateFields, *, owner: str | None, defaults: dict[str, Any] | None = None) -> Template:
+    async def create(self, fields: TemplateFields, *, owner: str | None,
+                     defaults: dict[str, Any] | None = None) -> Template:
         values = {**(defaults or {}), **msgspec.to_builtins(fields)}
         ts = now_ms()
         t = msgspec.convert({**values, "id": str(uuid.uuid4()), "createdAt": ts, "updatedAt": ts,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aegisd.core.models import Event, SessionRecord, TranscriptEntry
+from aegisd.store._names import check_name
 
 if TYPE_CHECKING:
     from aegisd.core.config import Config
@@ -97,18 +98,6 @@ class Store(Protocol):
 
     async def log_trim(self, log: str, before: int) -> None:
         """Drop the records with seq < ``before`` (the numbering goes on where it was)."""
-
-
-COLLECTION_RE = "^[a-z][a-z0-9_-]{0,62}$"
-
-
-def check_name(name: str) -> str:
-    """Collection and log names are short lowercase identifiers (they become file and table-row names)."""
-    import re
-
-    if not re.match(COLLECTION_RE, name):
-        raise ValueError(f"bad collection or log name {name!r}")
-    return name
 
 
 class Documents(Protocol):

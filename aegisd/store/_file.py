@@ -32,6 +32,7 @@ from aegisd.core.errors import Unavailable
 from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
 from aegisd.store._fs import atomic_write as _atomic_write
 from aegisd.store._fs import fsync_dir
+from aegisd.store._names import check_name
 
 log = structlog.get_logger("aegisd.store")
 
@@ -358,8 +359,6 @@ class FileStore:
 
     # ---- documents -----------------------------------------------------------------------------
     def _collection_dir(self, collection: str) -> Path:
-        from aegisd.store import check_name
-
         return self.root / "docs" / check_name(collection)
 
     async def doc_get(self, collection: str, key: str) -> Any | None:
@@ -412,8 +411,6 @@ class FileStore:
 
     # ---- append-only logs ----------------------------------------------------------------------
     async def _record_file(self, name: str) -> _RecordFile:
-        from aegisd.store import check_name
-
         rf = self._records.get(name)
         if rf is None:
             rf = self._records[name] = _RecordFile(self.root / "logs" / f"{check_name(name)}.jsonl")

@@ -2,9 +2,10 @@
 
 redis.asyncio does not run under trio, so the sync client (thread-safe, with its own connection pool) runs in
 worker threads. Keys, under ``<prefix>:``: ``meta`` (hash: schema_version, last_event_id), ``sessions`` (hash:
-id → JSON record), ``d:<collection>`` (hash: key → JSON document), ``l:<log>`` (sorted set: "<seq> <JSON>"
-scored by seq), ``ls:<log>`` (the log's last seq), ``t:<id>`` (list: transcript entries), ``e:<id>`` (sorted set by event id: the session's
-last EVENT_RING events), ``e`` (sorted set: the last GLOBAL_RING events of all sessions), ``lock``.
+id → JSON record), ``t:<id>`` (list: transcript entries), ``e:<id>`` (sorted set by event id: the session's
+last EVENT_RING events), ``e`` (sorted set: the last GLOBAL_RING events of all sessions), ``d:<collection>``
+(hash: key → JSON document), ``l:<log>`` (sorted set of "<seq> <JSON>" scored by seq), ``ls:<log>`` (the log's
+last seq), ``lock``.
 Multi-key writes go in one MULTI/EXEC transaction. A call returns once Redis acknowledged it; what survives a
 Redis restart is what its persistence settings keep (use ``appendonly yes``; see docs/stores.md).
 
