@@ -380,3 +380,41 @@ async def test_usage(make: Any, tmp_path: Path) -> None:
         await ledger.open()
         assert [r.sessionId for r in ledger.records] == ["s2", "s3", "s4"]
         assert [r.sessionId for r in ledger.select(session_id="s3")] == ["s3"]
+
+
+async def test_a_daemon_moves_an_earlier_versions_files_into_its_store(daemon_factory: Any, tmp_path: Path) -> None:
+    """The files an earlier aegisd kept beside the store are read once at start, written to the store (whichever
+    AEGIS_TEST_STORE picks) and renamed <name>.migrated; the API serves them from the store."""
+    from aegisd.auth.audit import GENESIS, _hash
+    from aegisd.features.memory import MemoryEntry
+    from aegisd.features.metering import UsageRecord
+    from aegisd.features.templates import Template
+    from aegisd.notify.webhooks import DeadLetter
+
+    state = tmp_path / "state"
+    state.mkdir()
+    now = int(time.time() * 1000)
+    (state / "templates.json").write_bytes(msgspec.json.encode([Template(id="t1", name="old", createdAt=1,
+                                                                         updatedAt=1)]))
+    (state / "memory.json").write_bytes(msgspec.json.encode([MemoryEntry(key="ns/k", value="v", namespace="ns",
+                                                                         created_at=1, updated_at=1)]))
+    (state / "usage.jsonl").write_bytes(msgspec.json.encode(UsageRecord(
+        ts=now, sessionId="s0", keyId=None, agent="claude", model="m", inputTokens=1, outputTokens=1,
+        cacheReadTokens=0, cacheCreationTokens=0, totalTokens=2, costUsd=0.25)) + b"\n")
+    (state / "webhooks-dlq.json").write_bytes(msgspec.json.encode([DeadLetter(
+        timestamp=1, endpoint="http://h/x", event="session.ended", error="HTTP 500", attempts=3)]))
+    (state / "audit").mkdir()
+    first = {"seq": 1, "ts": 1, "actor": "old", "action": "key.create", "detail": {}, "prevHash": GENESIS}
+    first["hash"] = _hash(first)
+    (state / "audit" / "audit.jsonl").write_text(json.dumps(first) + "\n")
+    (state / "pipelines").mkdir()
+    d = await daemon_factory(memoryBridge={"enabled": True})
+    assert [t["name"] for t in (await d.http.get("/v1/templates")).json()] == ["old"]
+    assert (await d.http.get("/v1/memory/ns/k")).json()["entry"]["value"] == "v"
+    assert [r.sessionId for r in d.daemon.usage.records] == ["s0"]
+    assert [x.event for x in d.daemon.webhooks.dlq] == ["session.ended"]
+    audit = (await d.http.get("/v1/audit?verify=true")).json()
+    assert audit["records"][0]["actor"] == "old" and audit["integrity"]["ok"] is True
+    for name in ("templates.json", "memory.json", "usage.jsonl", "webhooks-dlq.json", "audit", "pipelines"):
+        assert not (state / name).exists() and (state / f"{name}.migrated").exists(), name
+    assert len(await d.daemon.store.doc_list("templates")) == 1
