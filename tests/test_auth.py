@@ -185,9 +185,14 @@ async def test_per_key_rate_limit(authd: DaemonHandle) -> None:
 
 async def test_keys_reload_without_restart(authd: DaemonHandle) -> None:
     from aegisd.auth import KeyStore
+    from aegisd.store import Collection
 
-    other = KeyStore(authd.daemon.config.state_path / "keys.json")  # e.g. another process, or `ag keys`
-    _, secret = other.create("out-of-band", role="operator")
+    # another writer of the same store (e.g. another daemon on a shared PostgreSQL): picked up within a second
+    other = KeyStore(Collection(authd.daemon.store, "keys"))
+    _, secret = await other.create("out-of-band", role="operator")
+    with trio.fail_after(5):
+        while "out-of-band" not in [k.name for k in authd.daemon.keys.list()]:
+            await trio.sleep(0.05)
     assert (await authd.http.get("/v1/sessions", headers=bearer(secret))).status_code == 200
 
 
@@ -233,7 +238,6 @@ async def test_audit_log_records_and_detects_tampering(authd: DaemonHandle, work
 
 async def test_refuses_non_loopback_without_auth_and_allows_with_keys(tmp_path: Path, short_tmp: Path) -> None:
     from aegisd.app.daemon import Daemon
-    from aegisd.auth import KeyStore
     from aegisd.core.errors import ValidationError
 
     from .conftest import make_config
@@ -241,8 +245,25 @@ async def test_refuses_non_loopback_without_auth_and_allows_with_keys(tmp_path: 
     cfg = make_config(tmp_path, short_tmp, host="0.0.0.0")
     with pytest.raises(ValidationError, match="non-loopback"):
         Daemon(cfg).check_bind_safety()
-    KeyStore(cfg.state_path / "keys.json").create("remote", role="admin")
-    Daemon(cfg).check_bind_safety()
+    await create_key_offline(cfg, "remote", role="admin")
+    await Daemon(cfg).check_bind_safety_at_start()
+
+
+async def create_key_offline(cfg: Any, name: str, **kw: Any) -> Any:
+    """A key put in the daemon's store while no daemon runs; returns the KeyInfo."""
+    from aegisd.auth import KeyStore
+    from aegisd.store import Collection, open_store
+
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    st = open_store(cfg)
+    await st.open()
+    try:
+        keys = KeyStore(Collection(st, "keys"))
+        await keys.open()
+        info, _ = await keys.create(name, **kw)
+        return info
+    finally:
+        await st.close()
 
 
 async def test_socket_acts_as_admin(authd: DaemonHandle) -> None:

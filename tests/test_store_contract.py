@@ -6,6 +6,7 @@ each test on tables / a key prefix of its own; otherwise they are skipped with t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -418,3 +419,42 @@ async def test_a_daemon_moves_an_earlier_versions_files_into_its_store(daemon_fa
     for name in ("templates.json", "memory.json", "usage.jsonl", "webhooks-dlq.json", "audit", "pipelines"):
         assert not (state / name).exists() and (state / f"{name}.migrated").exists(), name
     assert len(await d.daemon.store.doc_list("templates")) == 1
+
+
+async def test_keys(make: Any, tmp_path: Path) -> None:
+    from aegisd.auth import KeyStore
+    from aegisd.auth._keys import KeyInfo, secret_digest
+
+    legacy = tmp_path / "keys.json"
+    old = KeyInfo(id="k0", name="old", role="viewer", hash=secret_digest("aegis_old"), createdAt=1)
+    legacy.write_text(json.dumps({"version": 1, "keys": [dataclasses.asdict(old)]}))
+    async with opened(make) as st:
+        keys = KeyStore(Collection(st, "keys"), legacy_file=legacy)
+        await keys.open()
+        assert keys.authenticate("aegis_old").id == "k0"  # type: ignore[union-attr]
+        a, secret_a = await keys.create("a", role="operator")
+        b, _ = await keys.create("b", role="admin")
+        await keys.set_quotas(a.id, {"maxSessions": 2})
+        rotated, secret_a2 = await keys.rotate(a.id, grace_seconds=60)
+        assert await keys.revoke(b.id) and not await keys.revoke(b.id)
+        assert keys.authenticate(secret_a2) is not None and keys.authenticate(secret_a) is not None  # grace
+        await keys.flush_used()
+    assert (tmp_path / "keys.json.migrated").exists()
+    async with opened(make) as st:
+        keys = KeyStore(Collection(st, "keys"), legacy_file=legacy)
+        await keys.open()
+        assert [k.name for k in keys.list()] == ["old", "a"]
+        got = keys.get(a.id)
+        assert got.quotas == {"maxSessions": 2} and got.hash == rotated.hash and got.lastUsedAt is not None
+        assert keys.authenticate(secret_a2) is not None
+        # another writer of the same store: refresh() sees it, and says so
+        changes: list[int] = []
+        keys.on_change = lambda: changes.append(1)
+        other = KeyStore(Collection(st, "keys"))
+        await other.open()
+        c, secret_c = await other.create("c")
+        assert keys.authenticate(secret_c) is None
+        assert await keys.refresh() and changes == [1] and keys.authenticate(secret_c) is not None
+        assert not await keys.refresh()  # nothing new
+        await other.revoke(c.id)
+        assert await keys.refresh() and keys.authenticate(secret_c) is None

@@ -64,7 +64,7 @@ class Daemon:
         self.cgroups: SessionCgroups | None = None  # where they can be had: known once run() starts
         self.manager = SessionManager(config=cfg, store=self.store, bus=self.bus, lifeline=self.lifeline,
                                       environ=self.environ)
-        self.keys = KeyStore(state / "keys.json")
+        self.keys = KeyStore(Collection(self.store, "keys"), legacy_file=state / "keys.json")
         self.audit = AuditLog(RecordLog(self.store, "audit"), legacy_dir=state / "audit")
         self.usage = UsageLedger(RecordLog(self.store, "usage"), legacy_file=state / "usage.jsonl")
         self.quotas = QuotaGuard(self.usage, self.manager.live_owned_by, self._quotas_of)
@@ -133,8 +133,8 @@ class Daemon:
             return None
         try:
             return parse(raw)
-        except ValidationError as exc:  # a hand-edited keys.json: fail closed, and say how to fix it
-            raise QuotaExceeded(f"the quotas of API key {key_id} in keys.json are invalid ({exc.message}); "
+        except ValidationError as exc:  # e.g. an imported keys.json: fail closed, and say how to fix it
+            raise QuotaExceeded(f"the quotas stored for API key {key_id} are invalid ({exc.message}); "
                                 "set them again with `ag keys quota` or PUT /v1/auth/keys/{id}/quotas") from None
 
     def request_stop(self) -> None:
@@ -142,6 +142,18 @@ class Daemon:
         if self._shutdown is not None and not self._shutdown.is_set():
             log.info("aegisd.stop_requested")
             self._shutdown.set()
+
+    async def check_bind_safety_at_start(self) -> None:
+        """`check_bind_safety` before the daemon runs, with the API keys read from the store when they matter (the
+        store is opened for that and closed again)."""
+        if is_loopback(self.config.host) or self.config.authToken or self.oidc is not None:
+            return
+        await self.store.open()
+        try:
+            await self.keys.open()
+        finally:
+            await self.store.close()
+        self.check_bind_safety()
 
     def check_bind_safety(self) -> None:
         if not is_loopback(self.config.host) and not self.config.authToken and not self.keys.has_usable_keys() \
@@ -153,13 +165,13 @@ class Daemon:
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self, shutdown: trio.Event, *,
                   task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
-        self.check_bind_safety()
         self._shutdown = shutdown
         cfg, svc = self.config, self.services
         cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.store.open()
         try:
             await self._open_persistence()
+            self.check_bind_safety()  # with the keys loaded
             await self.bus.open()
             await self.lifeline.start()
             if cfg.sessionCgroups:
@@ -171,6 +183,7 @@ class Daemon:
             async with trio.open_nursery() as root:
                 await root.start(self.bus.run_persister)
                 await root.start(self.audit.run)
+                await root.start(self.keys.run)
                 await root.start(self.usage.run)
                 await root.start(self.credentials.run)
                 await root.start(self.manager.run)  # recovers stored sessions, resumes the live ones
@@ -190,12 +203,14 @@ class Daemon:
                 await self.lifeline.close()
                 await self.audit.close()
                 await self.usage.close()
+                await self.keys.flush_used()
                 await self.store.close()
                 log.info("aegisd.stopped")
 
     async def _open_persistence(self) -> None:
         """Load what the features keep in the store; files an earlier version kept beside it move in first."""
         state = self.config.state_path
+        await self.keys.open()
         await self.audit.open()
         await self.usage.open()
         await self.templates.open(legacy=state / "templates.json")

@@ -82,7 +82,7 @@ def _check_permissions(perms: list[str] | None) -> None:
 @op("auth.keys.create", CreateKeyParams, summary="Create an API key (the secret is shown once)", permission="admin")
 async def create_key(ctx: OpContext, p: CreateKeyParams) -> dict[str, Any]:
     _check_permissions(p.permissions)
-    info, secret = ctx.services.keys.create(p.name, role=p.role, permissions=p.permissions, ttl_days=p.ttlDays,
+    info, secret = await ctx.services.keys.create(p.name, role=p.role, permissions=p.permissions, ttl_days=p.ttlDays,
                                           rate_limit=p.rateLimit)
     ctx.audit("key.create", detail={"keyId": info.id, "name": info.name, "role": info.role})
     return {**key_view(info), "key": secret, "tenantId": p.tenantId}
@@ -95,7 +95,7 @@ async def list_keys(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
 
 @op("auth.keys.revoke", KeyIdParams, summary="Revoke an API key", permission="admin")
 async def revoke_key(ctx: OpContext, p: KeyIdParams) -> dict[str, Any]:
-    if not ctx.services.keys.revoke(p.id):
+    if not await ctx.services.keys.revoke(p.id):
         raise NotFound(f"API key {p.id} not found")
     ctx.audit("key.revoke", detail={"keyId": p.id})
     return {"ok": True}
@@ -107,7 +107,7 @@ async def rotate_key(ctx: OpContext, p: RotateParams) -> dict[str, Any]:
     key_id = p.id or p.keyId
     if not key_id:
         raise ValidationError("keyId is required")
-    info, secret = ctx.services.keys.rotate(key_id, grace_seconds=p.gracePeriodSeconds, ttl_days=p.ttlDays)
+    info, secret = await ctx.services.keys.rotate(key_id, grace_seconds=p.gracePeriodSeconds, ttl_days=p.ttlDays)
     ctx.audit("key.rotate", detail={"keyId": key_id, "graceSeconds": p.gracePeriodSeconds})
     return {**key_view(info), "key": secret, "graceExpiresAt": info.graceExpiresAt}  # when the old secret stops
 
@@ -138,7 +138,7 @@ async def set_quotas(ctx: OpContext, p: QuotaParams) -> dict[str, Any]:
             merged[name] = value
     quotas = parse(merged)
     stored = {**msgspec.to_builtins(quotas), "quotaWindowMs": quotas.quotaWindowMs} if quotas is not None else None
-    key = ctx.services.keys.set_quotas(p.id, stored)
+    key = await ctx.services.keys.set_quotas(p.id, stored)
     ctx.audit("key.quotas", detail={"keyId": p.id, "quotas": stored})
     return key_view(key)
 

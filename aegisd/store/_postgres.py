@@ -112,6 +112,7 @@ class PostgresStore:
         await trio.to_thread.run_sync(self._open_sync)
 
     def _open_sync(self) -> None:
+        self._closed = False
         self._lock_conn = self._connect()
         try:
             self._open_locked(self._lock_conn)
