@@ -31,7 +31,7 @@ import trio
 from aegisd.core.errors import Unavailable
 from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
 from aegisd.store._fs import atomic_write as _atomic_write
-from aegisd.store._fs import fsync_dir
+from aegisd.store._fs import fsync_dir, write_tmp
 from aegisd.store._names import check_name
 
 log = structlog.get_logger("aegisd.store")
@@ -201,6 +201,7 @@ class FileStore:
         self._last_event_id = 0
         self._limiter = trio.CapacityLimiter(8)
         self._doc_locks: dict[str, trio.Lock] = {}
+        self._events_lock = trio.Lock()
         self._records: dict[str, _RecordFile] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -334,14 +335,18 @@ class FileStore:
         for ev in events:
             by_session.setdefault(ev.sessionId, []).append(_enc.encode(ev) + b"\n")
             self._last_event_id = max(self._last_event_id, ev.id)
-        for sid, lines in by_session.items():
-            lg = self._event_log(sid)
-            lg.append(lines)
-            self._dirty.add(lg.path)
-            if len(lg) > 2 * EVENT_RING:
-                keep = lg.read(len(lg) - EVENT_RING, None)
-                _atomic_write(lg.path, b"".join(line + b"\n" for line in keep))
-                self._events.pop(sid, None)
+        async with self._events_lock:  # a compaction below must not lose an append made meanwhile
+            for sid, lines in by_session.items():
+                lg = self._event_log(sid)
+                lg.append(lines)
+                self._dirty.add(lg.path)
+                if len(lg) > 2 * EVENT_RING:  # keep the last EVENT_RING: written and fsynced in a worker thread,
+                    keep = lg.read(len(lg) - EVENT_RING, None)  # then swapped in here, at once for every reader
+                    tmp = await trio.to_thread.run_sync(write_tmp, lg.path, b"".join(line + b"\n" for line in keep),
+                                                        limiter=self._limiter)
+                    os.replace(tmp, lg.path)
+                    self._events.pop(sid, None)
+                    await trio.to_thread.run_sync(fsync_dir, lg.path.parent, limiter=self._limiter)
 
     async def read_events(self, *, session_id: str | None, after_id: int, limit: int = 1000) -> list[Event]:
         if session_id is not None:
