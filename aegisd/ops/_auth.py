@@ -82,8 +82,8 @@ def _check_permissions(perms: list[str] | None) -> None:
 @op("auth.keys.create", CreateKeyParams, summary="Create an API key (the secret is shown once)", permission="admin")
 async def create_key(ctx: OpContext, p: CreateKeyParams) -> dict[str, Any]:
     _check_permissions(p.permissions)
-    info, secret = await ctx.services.keys.create(p.name, role=p.role, permissions=p.permissions, ttl_days=p.ttlDays,
-                                          rate_limit=p.rateLimit)
+    info, secret = await ctx.services.keys.create(p.name, role=p.role, permissions=p.permissions,
+                                                  ttl_days=p.ttlDays, rate_limit=p.rateLimit)
     ctx.audit("key.create", detail={"keyId": info.id, "name": info.name, "role": info.role})
     return {**key_view(info), "key": secret, "tenantId": p.tenantId}
 
@@ -222,7 +222,7 @@ async def audit_query(ctx: OpContext, p: AuditParams) -> dict[str, Any]:
         raise Forbidden("the audit log is for admins")
     log = ctx.services.audit
     records, cursor = await log.query(actor=p.actor, action=p.action, session_id=p.sessionId, since=p.since,
-                                until=p.until, cursor=p.cursor, limit=p.limit, reverse=p.reverse)
+                                      until=p.until, cursor=p.cursor, limit=p.limit, reverse=p.reverse)
     out: dict[str, Any] = {"count": len(records), "records": records, "cursor": cursor,
                            "filters": {k: v for k, v in msgspec.to_builtins(p).items()
                                        if v not in (None, False) and k not in ("limit",)}}

@@ -582,6 +582,7 @@ def create_app(services: Services) -> QuartTrio:
                                         browser=request.cookies.get(oidc_mod.STATE_COOKIE, ""))
         services.access.record(session.principal, "auth.sso_login",
                                detail={"sub": session.identity.get("sub"), "role": session.principal.role})
+        await services.audit.stored()  # acknowledged means stored
         resp = Response("", status=302, headers={"Location": "/dashboard/"})
         resp.set_cookie(oidc_mod.COOKIE, sid, max_age=int(oidc_mod.SESSION_TTL_S), httponly=True, samesite="Strict",
                         secure=_secure(), path="/")
