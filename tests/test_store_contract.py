@@ -458,3 +458,19 @@ async def test_keys(make: Any, tmp_path: Path) -> None:
         assert not await keys.refresh()  # nothing new
         await other.revoke(c.id)
         assert await keys.refresh() and keys.authenticate(secret_c) is None
+
+
+async def test_a_second_migration_keeps_the_first_ones_file(tmp_path: Path) -> None:
+    from aegisd.store import migrate_legacy
+
+    written: list[bytes] = []
+
+    async def write(data: bytes) -> None:
+        written.append(data)
+    for i in (1, 2):
+        (tmp_path / "old").mkdir()
+        (tmp_path / "old" / "f").write_bytes(b"%d" % i)
+        assert await migrate_legacy(tmp_path / "old", lambda p: (p / "f").read_bytes(), write)
+    assert written == [b"1", b"2"] and not await migrate_legacy(tmp_path / "old", lambda p: b"", write)
+    assert (tmp_path / "old.migrated" / "f").read_bytes() == b"1"
+    assert (tmp_path / "old.migrated.2" / "f").read_bytes() == b"2"

@@ -242,11 +242,14 @@ async def migrate_legacy(path: Path, read: Callable[[Path], T], write: Callable[
         return False
     data = await trio.to_thread.run_sync(read, path)
     await write(data)
-    target = path.with_name(path.name + ".migrated")
-
-    def rename() -> None:
+    def rename() -> Path:
+        target, n = path.with_name(path.name + ".migrated"), 1
+        while target.exists():  # an earlier migration's: keep both
+            n += 1
+            target = path.with_name(f"{path.name}.migrated.{n}")
         path.replace(target)
         fsync_dir(path.parent)
-    await trio.to_thread.run_sync(rename)
+        return target
+    target = await trio.to_thread.run_sync(rename)
     structlog.get_logger("aegisd.store").info("store.migrated", file=str(path), to=str(target))
     return True
