@@ -201,10 +201,12 @@ class Daemon:
                 if self.cgroups is not None:
                     await self.cgroups.close()
                 await self.lifeline.close()
-                await self.audit.close()
-                await self.usage.close()
-                await self.keys.flush_used()
-                await self.store.close()
+                try:
+                    await self.audit.close()  # what is still queued goes to the store first
+                    await self.usage.close()
+                    await self.keys.flush_used()
+                finally:
+                    await self.store.close()
                 log.info("aegisd.stopped")
 
     async def _open_persistence(self) -> None:
