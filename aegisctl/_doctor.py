@@ -99,11 +99,16 @@ def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dic
             results.append(_check("state dir", "ok", f"{state} writable"))
         except OSError as exc:
             results.append(_check("state dir", "fail", f"{state}: {exc}", "set AEGIS_STATE_DIR to a writable dir"))
-        audit_file = state / "audit" / "audit.jsonl"
-        if audit_file.exists():
-            from aegisd.auth.audit import AuditLog
+        from aegisd.auth.audit import read_legacy, verify_records
+        from aegisd.store._file import read_log
 
-            chain = AuditLog(state / "audit").verify()
+        audit_file = state / "logs" / "audit.jsonl"  # the file store's (a server store keeps it on the server)
+        stored = read_log(state, "audit")
+        if stored is None and (state / "audit" / "audit.jsonl").exists():  # not yet moved into the store
+            audit_file = state / "audit" / "audit.jsonl"
+            stored = list(enumerate(read_legacy(state / "audit"), start=1))
+        if stored is not None:
+            chain = verify_records([r for _, r in stored])
             results.append(_check("audit chain", "ok" if chain["ok"] else "fail",
                                   f"{chain['count']} records, chain intact" if chain["ok"] else
                                   f"record {chain.get('badSeq')}: {chain.get('reason')}",

@@ -185,9 +185,14 @@ async def test_per_key_rate_limit(authd: DaemonHandle) -> None:
 
 async def test_keys_reload_without_restart(authd: DaemonHandle) -> None:
     from aegisd.auth import KeyStore
+    from aegisd.store import Collection
 
-    other = KeyStore(authd.daemon.config.state_path / "keys.json")  # e.g. another process, or `ag keys`
-    _, secret = other.create("out-of-band", role="operator")
+    # another writer of the same store (e.g. another daemon on a shared PostgreSQL): picked up within a second
+    other = KeyStore(Collection(authd.daemon.store, "keys"))
+    _, secret = await other.create("out-of-band", role="operator")
+    with trio.fail_after(5):
+        while "out-of-band" not in [k.name for k in authd.daemon.keys.list()]:
+            await trio.sleep(0.05)
     assert (await authd.http.get("/v1/sessions", headers=bearer(secret))).status_code == 200
 
 
@@ -219,21 +224,20 @@ async def test_audit_log_records_and_detects_tampering(authd: DaemonHandle, work
     assert r.headers["content-type"].startswith("text/csv") and r.text.count("session.") == 2
     r = await authd.http.get("/v1/audit?format=ndjson&limit=2", headers=bearer(MASTER))
     assert len(r.text.strip().splitlines()) == 2 and r.headers["x-aegis-audit-cursor"]
-    # tamper with one record on disk: verification notices
-    path = authd.daemon.config.state_path / "audit" / "audit.jsonl"
-    lines = path.read_text().splitlines()
-    rec = json.loads(lines[2])
-    rec["detail"] = {"optionId": "something-else"}
-    lines[2] = json.dumps(rec)
-    path.write_text("\n".join(lines) + "\n")
-    body = (await authd.http.get("/v1/audit?verify=true", headers=bearer(MASTER))).json()
-    assert body["integrity"]["ok"] is False and body["integrity"]["badSeq"] == 3
+    if authd.daemon.store.name == "file":  # tamper with one record on disk: verification notices
+        path = authd.daemon.config.state_path / "logs" / "audit.jsonl"  # the file store's audit log
+        lines = path.read_text().splitlines()
+        rec = json.loads(lines[2])
+        rec["data"]["detail"] = {"optionId": "something-else"}
+        lines[2] = json.dumps(rec)
+        path.write_text("\n".join(lines) + "\n")
+        body = (await authd.http.get("/v1/audit?verify=true", headers=bearer(MASTER))).json()
+        assert body["integrity"]["ok"] is False and body["integrity"]["badSeq"] == 3
     assert (await authd.http.get("/v1/audit", headers=bearer(k["key"]))).status_code == 403
 
 
 async def test_refuses_non_loopback_without_auth_and_allows_with_keys(tmp_path: Path, short_tmp: Path) -> None:
     from aegisd.app.daemon import Daemon
-    from aegisd.auth import KeyStore
     from aegisd.core.errors import ValidationError
 
     from .conftest import make_config
@@ -241,8 +245,25 @@ async def test_refuses_non_loopback_without_auth_and_allows_with_keys(tmp_path: 
     cfg = make_config(tmp_path, short_tmp, host="0.0.0.0")
     with pytest.raises(ValidationError, match="non-loopback"):
         Daemon(cfg).check_bind_safety()
-    KeyStore(cfg.state_path / "keys.json").create("remote", role="admin")
-    Daemon(cfg).check_bind_safety()
+    await create_key_offline(cfg, "remote", role="admin")
+    await Daemon(cfg).check_bind_safety_at_start()
+
+
+async def create_key_offline(cfg: Any, name: str, **kw: Any) -> Any:
+    """A key put in the daemon's store while no daemon runs; returns the KeyInfo."""
+    from aegisd.auth import KeyStore
+    from aegisd.store import Collection, open_store
+
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    st = open_store(cfg)
+    await st.open()
+    try:
+        keys = KeyStore(Collection(st, "keys"))
+        await keys.open()
+        info, _ = await keys.create(name, **kw)
+        return info
+    finally:
+        await st.close()
 
 
 async def test_socket_acts_as_admin(authd: DaemonHandle) -> None:

@@ -419,7 +419,7 @@ async def test_keys_commands_and_doctor_audit(nursery: trio.Nursery, tmp_path: P
         res = await trio.run_process([AG, "doctor", "--json"], env=doctor_env, capture_stdout=True, check=False)
     checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
     assert checks["audit chain"]["status"] == "ok"
-    audit = dp.state_dir / "audit" / "audit.jsonl"
+    audit = dp.state_dir / "logs" / "audit.jsonl"  # the file store's audit log
     audit.write_text(audit.read_text().replace("ci-bot", "cj-bot"))
     with trio.fail_after(30):
         res = await trio.run_process([AG, "doctor", "--json"], env=doctor_env, capture_stdout=True, check=False)
@@ -615,7 +615,7 @@ async def test_ag_stop_asks_the_daemon_and_waits(nursery: trio.Nursery, tmp_path
     assert not pid_alive(pid)  # `ag stop` returned only once it was gone
     with trio.fail_after(5):
         assert await dp.proc.wait() == 0  # a clean stop, as SIGTERM gives
-    audit = [json.loads(line) for line in (dp.state_dir / "audit" / "audit.jsonl").read_text().splitlines()]
+    audit = [json.loads(line)["data"] for line in (dp.state_dir / "logs" / "audit.jsonl").read_text().splitlines()]
     assert audit[-1]["action"] == "daemon.stop" and audit[-1]["actor"] == "local"
     r = await ag(dp, "stop", check=False)
     assert r.returncode == 1 and "no daemon running" in r.stderr
@@ -639,7 +639,7 @@ async def test_ag_stop_goes_through_systemd_for_the_unit(nursery: trio.Nursery, 
     assert "--user stop aegisd" in log.read_text().splitlines()
     with trio.fail_after(5):
         await dp.proc.wait()
-    assert "daemon.stop" not in (dp.state_dir / "audit" / "audit.jsonl").read_text()  # systemd stopped it
+    assert "daemon.stop" not in (dp.state_dir / "logs" / "audit.jsonl").read_text()  # systemd stopped it
 
 
 async def _agent_runs(h: Any, sid: str, cmd: str) -> tuple[int, str]:

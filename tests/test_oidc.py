@@ -107,7 +107,7 @@ async def test_dashboard_sign_in(daemon_factory: Any, nursery: trio.Nursery, wor
         assert r.status_code == 403 and "cross-origin" in r.json()["error"]
         # the sign-in survives a restart of the daemon; it is stored under a hash of the cookie, never the cookie
         cookie_value = browser.cookies["aegis_session"]
-        stored = (tmp_path / "state" / "sso-sessions.json").read_text()
+        stored = json.dumps(await d.daemon.store.doc_list("sso-sessions"))
         assert cookie_value not in stored and "ada@example.com" in stored
         d.shutdown.set()
         with trio.fail_after(15):
@@ -117,7 +117,7 @@ async def test_dashboard_sign_in(daemon_factory: Any, nursery: trio.Nursery, wor
         assert (await browser.get("/auth/session")).json()["authenticated"] is True
         assert (await browser.post("/auth/logout")).status_code == 204
         assert (await browser.get("/v1/sessions")).status_code == 401
-        assert "ada@example.com" not in (tmp_path / "state" / "sso-sessions.json").read_text()
+        assert "ada@example.com" not in json.dumps(await d.daemon.store.doc_list("sso-sessions"))
     logins = (await d.http.get("/v1/audit?action=auth.sso_login",
                                headers=bearer(idp.mint({"aegis_role": "admin"})))).json()["records"]
     assert [(x["actor"], x["detail"]["role"]) for x in logins] == [("oidc:ada@example.com", "operator")]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -177,18 +176,13 @@ async def test_revoking_a_key_closes_its_streams_and_terminals(daemon_factory: A
 
 async def test_a_key_edited_out_of_keys_json_closes_its_streams(daemon_factory: Any, nursery: trio.Nursery,
                                                                 tmp_path: Path) -> None:
-    """keys.json changed by another process (`ag keys` on another daemon, an editor): noticed within a second."""
+    """The keys changed by another writer of the store (another daemon on a shared store): noticed within a second."""
     d = await daemon_factory(authToken=MASTER)
     alice, bob = await make_key(d, "operator", "alice"), await make_key(d, "operator", "bob")
     sa = await open_stream(nursery, d.http, "/v1/events", bearer(alice["key"]))
     sb = await open_stream(nursery, d.http, "/v1/events", bearer(bob["key"]))
-    path = tmp_path / "state" / "keys.json"
-    data = json.loads(path.read_text())
-    data["keys"] = [k for k in data["keys"] if k["id"] != alice["id"]]
-    tmp = path.with_suffix(".edit")
-    tmp.write_text(json.dumps(data))
     t0 = now_ms()
-    os.replace(tmp, path)
+    await d.daemon.store.doc_delete("keys", alice["id"])  # as another writer of the store would
     assert await sa.wait_closed() - t0 < LATE_S * 1000
     assert revoked_frame(sa)["data"]["reason"] == "the API key was revoked"
     assert not sb.closed.is_set()
@@ -198,26 +192,23 @@ async def test_a_key_edited_out_of_keys_json_closes_its_streams(daemon_factory: 
 async def test_expiry_closes_streams_and_terminals(daemon_factory: Any, nursery: trio.Nursery, workdir: Path,
                                                    tmp_path: Path) -> None:
     d = await daemon_factory(authToken=MASTER)
-    # expiresAt set in keys.json by another process: the new deadline applies to what is already open
+    # expiresAt set by another writer of the store: the new deadline applies to what is already open
     op = await make_key(d, "operator", "temp")
     sid = await session_of(d, bearer(op["key"]), workdir)
     stream = await open_stream(nursery, d.http, f"/v1/sessions/{sid}/events", bearer(op["key"]))
     async with open_websocket_url(ws_url(d, sid), extra_headers=list(bearer(op["key"]).items())) as ws:
         assert (await recv(ws))["type"] == "pane"
-        path = tmp_path / "state" / "keys.json"
-        data = json.loads(path.read_text())
+        doc = await d.daemon.store.doc_get("keys", op["id"])
         expires = now_ms() + 1500
-        for k in data["keys"]:
-            if k["id"] == op["id"]:
-                k["expiresAt"] = expires
-        path.write_text(json.dumps(data))
+        doc["expiresAt"] = expires
+        await d.daemon.store.doc_put("keys", op["id"], doc)  # as another writer of the store would
         await prove_open(d, sid, "not yet", stream, ws=ws)
         assert now_ms() < expires, "the machine is too slow for this test's 1.5 s window"
         await closed_soon(ws, expires)
     assert await stream.wait_closed() - expires < LATE_S * 1000 and stream.closed_ms >= expires - 5
     assert revoked_frame(stream)["data"]["reason"] == "the API key expired"
     # a key that expires in 2 s, made through the store's internal helper (the API counts in days)
-    info, secret = d.daemon.keys.create("brief", role="operator", ttl_ms=2000)
+    info, secret = await d.daemon.keys.create("brief", role="operator", ttl_ms=2000)
     assert info.expiresAt is not None
     s = await open_stream(nursery, d.http, "/v1/events", bearer(secret))
     assert await s.wait_closed() - info.expiresAt < LATE_S * 1000

@@ -8,6 +8,7 @@ first-message auth. And a daemon whose only API keys have expired refuses a non-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,10 +20,12 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from aegisd.auth import KeyStore
+from aegisd.auth import KeyInfo
+from aegisd.auth._keys import secret_digest
+from aegisd.core.models import now_ms
 
 from .conftest import DaemonHandle, agent_env, make_config
-from .test_auth import MASTER, bearer, make_key
+from .test_auth import MASTER, bearer, create_key_offline, make_key
 from .test_terminal import ws_url
 
 DISTINCT_PER_IP = 10  # aegisd.auth.AuthThrottle's defaults
@@ -149,11 +152,11 @@ async def test_bind_safety_ignores_expired_keys(tmp_path: Path, short_tmp: Path)
     """A daemon whose only API keys have expired has no way to authenticate anyone: it must not listen on a
     non-loopback address without a master token (it did, because expired keys counted)."""
     cfg = make_config(tmp_path, short_tmp, host="0.0.0.0")
-    keys = KeyStore(cfg.state_path / "keys.json")
-    info, _secret = keys.create("old", role="admin", ttl_days=1)
-    data = json.loads(keys.path.read_text())
-    data["keys"][0]["expiresAt"] = info.createdAt - 1000  # expired a second before it was made
-    keys.path.write_text(json.dumps(data))
+    # a hand-written keys.json: moved into the store at start
+    info = KeyInfo(id="k1", name="old", role="admin", hash=secret_digest("aegis_x"), createdAt=now_ms())
+    info.expiresAt = info.createdAt - 1000  # expired a second before it was made
+    cfg.state_path.mkdir(parents=True, exist_ok=True)
+    (cfg.state_path / "keys.json").write_text(json.dumps({"version": 1, "keys": [dataclasses.asdict(info)]}))
     env = {**agent_env(tmp_path), "AEGIS_STATE_DIR": str(cfg.state_path), "AEGIS_SOCKET": str(cfg.socket_path),
            "AEGIS_HOST": "0.0.0.0", "AEGIS_PORT": "0", "AEGIS_ALLOWED_WORK_DIRS": str(tmp_path)}
     with trio.fail_after(30):
@@ -165,5 +168,6 @@ async def test_bind_safety_ignores_expired_keys(tmp_path: Path, short_tmp: Path)
     # a key that has not expired (or a master token) is enough
     from aegisd.app.daemon import Daemon
 
-    KeyStore(cfg.state_path / "keys.json").create("current", role="admin", ttl_days=1)
-    Daemon(cfg).check_bind_safety()
+    assert (cfg.state_path / "keys.json.migrated").exists()
+    await create_key_offline(cfg, "current", role="admin", ttl_days=1)
+    await Daemon(cfg).check_bind_safety_at_start()

@@ -58,9 +58,9 @@ async def test_users_lists_keys_quotas_use_and_owned_sessions(daemon_factory: An
     assert body["ssoUsers"] == [] and body["oidc"] is False
     # never a secret or a hash
     text = r.text
-    stored = (Path(d.daemon.config.state_path) / "keys.json").read_text()
+    stored = await d.daemon.store.doc_list("keys")
     assert bot["key"] not in text and reader["key"] not in text and "hash" not in text.lower()
-    for h in msgspec.json.decode(stored)["keys"]:
+    for h in stored.values():
         assert h["hash"] not in text
 
     # a revoked key's sessions stay visible, under its id

@@ -2,10 +2,11 @@
 few it needs (features and notifiers their narrow dependencies, operations and surfaces the typed `Services`
 bundle of aegisd/ops/_services.py), and runs them under one root nursery.
 
-Startup: config -> store (single-writer lock) -> event bus -> lifeline reaper and session cgroups -> sessions
-recovered -> notifiers, pipelines -> HTTP -> control socket -> READY. Shutdown (SIGTERM/SIGINT, or `ag stop`):
-stop accepting, end streams, stop every agent (their states are kept for the next start to resume), flush and
-close the store, remove the socket. A second signal during shutdown skips the graceful part (aegisd/app/main.py)."""
+Startup: config -> store (single-writer lock) -> what the features keep in it -> event bus -> lifeline reaper and
+session cgroups -> sessions recovered -> notifiers, pipelines -> HTTP -> control socket -> READY. Shutdown
+(SIGTERM/SIGINT, or `ag stop`): stop accepting, end streams, stop every agent (their states are kept for the next
+start to resume), flush and close the store, remove the socket. A second signal during shutdown skips the graceful
+part (aegisd/app/main.py)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from aegisd.notify.mail import Email
 from aegisd.notify.webhooks import Webhooks
 from aegisd.ops import Services, stage_sessions
 from aegisd.sessions import SessionManager
-from aegisd.store import Store, open_store
+from aegisd.store import Collection, RecordLog, Store, open_store
 from aegisd.surfaces.control import serve_control
 from aegisd.surfaces.http import create_app
 from aegisd.surfaces.telegram import Telegram
@@ -63,9 +64,9 @@ class Daemon:
         self.cgroups: SessionCgroups | None = None  # where they can be had: known once run() starts
         self.manager = SessionManager(config=cfg, store=self.store, bus=self.bus, lifeline=self.lifeline,
                                       environ=self.environ)
-        self.keys = KeyStore(state / "keys.json")
-        self.audit = AuditLog(state / "audit")
-        self.usage = UsageLedger(state / "usage.jsonl")
+        self.keys = KeyStore(Collection(self.store, "keys"), legacy_file=state / "keys.json")
+        self.audit = AuditLog(RecordLog(self.store, "audit"), legacy_dir=state / "audit")
+        self.usage = UsageLedger(RecordLog(self.store, "usage"), legacy_file=state / "usage.jsonl")
         self.quotas = QuotaGuard(self.usage, self.manager.live_owned_by, self._quotas_of)
         self.manager.usage, self.manager.quotas = self.usage, self.quotas
         self.oidc: Oidc | None = None
@@ -74,7 +75,8 @@ class Daemon:
                 import jwt  # noqa: F401
             except ImportError:
                 raise ValidationError("single sign-on (oidc) needs PyJWT: pip install 'aegis-py[oidc]'") from None
-            self.oidc = Oidc(cfg.oidc, lambda: self.services.http_url, state / "sso-sessions.json")
+            self.oidc = Oidc(cfg.oidc, lambda: self.services.http_url, Collection(self.store, "sso-sessions"),
+                             legacy_file=state / "sso-sessions.json")
         self.access = Access(config=cfg, keys=self.keys, audit=self.audit, sessions=self.manager, oidc=self.oidc,
                              draining=lambda: self.services.draining)
         # open streams end when the credential that opened them does (revoked, expired, rotated, signed out)
@@ -84,17 +86,20 @@ class Daemon:
             self.oidc.on_change = self.credentials.changed
         self.alerts = Alerts(cfg.alerting)
         self.webhooks = Webhooks(bus=self.bus, records=self.manager.records, alert=self.alerts.record,
-                                 endpoints=parse_endpoints(cfg.webhooks), dlq_path=state / "webhooks-dlq.json")
+                                 endpoints=parse_endpoints(cfg.webhooks), dlq=RecordLog(self.store, "webhooks-dlq"),
+                                 legacy_dlq=state / "webhooks-dlq.json")
         self.verifier = Verifier(config=cfg.verification, bus=self.bus, sessions=self.manager, environ=self.environ,
                                  lifeline=self.lifeline, cgroups=lambda: self.cgroups)
         self.pipelines = PipelineManager(sessions=self.manager, bus=self.bus, verifier=self.verifier,
-                                         directory=state / "pipelines", default_timeout_ms=default_stage_timeout())
+                                         collection=Collection(self.store, "pipelines"), legacy_dir=state / "pipelines",
+                                         default_timeout_ms=default_stage_timeout())
         self.mail = Email(bus=self.bus, records=self.manager.records, http_url=lambda: self.services.http_url,
                           cfg=cfg.email) if cfg.email.enabled else None
+        self.templates = TemplateStore(Collection(self.store, "templates"))
+        self.memory = MemoryStore(Collection(self.store, "memory"))
         self.services = Services(
             config=cfg, store=self.store, bus=self.bus, manager=self.manager, access=self.access, keys=self.keys,
-            audit=self.audit, templates=TemplateStore(state / "templates.json"),
-            memory=MemoryStore(state / "memory.json"), usage=self.usage, quotas=self.quotas,
+            audit=self.audit, templates=self.templates, memory=self.memory, usage=self.usage, quotas=self.quotas,
             pipelines=self.pipelines, verifier=self.verifier, webhooks=self.webhooks, alerts=self.alerts,
             lifeline=self.lifeline, callers=Callers(token=self.lifeline.token, cgroups=None, agents=self._agent_pids),
             credentials=self.credentials, auth_throttle=AuthThrottle(), sse_tokens=SseTokens(),
@@ -129,8 +134,8 @@ class Daemon:
             return None
         try:
             return parse(raw)
-        except ValidationError as exc:  # a hand-edited keys.json: fail closed, and say how to fix it
-            raise QuotaExceeded(f"the quotas of API key {key_id} in keys.json are invalid ({exc.message}); "
+        except ValidationError as exc:  # e.g. an imported keys.json: fail closed, and say how to fix it
+            raise QuotaExceeded(f"the quotas stored for API key {key_id} are invalid ({exc.message}); "
                                 "set them again with `ag keys quota` or PUT /v1/auth/keys/{id}/quotas") from None
 
     def request_stop(self) -> None:
@@ -138,6 +143,18 @@ class Daemon:
         if self._shutdown is not None and not self._shutdown.is_set():
             log.info("aegisd.stop_requested")
             self._shutdown.set()
+
+    async def check_bind_safety_at_start(self) -> None:
+        """`check_bind_safety` before the daemon runs, with the API keys read from the store when they matter (the
+        store is opened for that and closed again)."""
+        if is_loopback(self.config.host) or self.config.authToken or self.oidc is not None:
+            return
+        await self.store.open()
+        try:
+            await self.keys.open()
+        finally:
+            await self.store.close()
+        self.check_bind_safety()
 
     def check_bind_safety(self) -> None:
         if not is_loopback(self.config.host) and not self.config.authToken and not self.keys.has_usable_keys() \
@@ -149,14 +166,13 @@ class Daemon:
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self, shutdown: trio.Event, *,
                   task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
-        self.check_bind_safety()
         self._shutdown = shutdown
         cfg, svc = self.config, self.services
         cfg.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.store.open()
-        self.audit.open()
-        self.usage.open()
         try:
+            await self._open_persistence()
+            self.check_bind_safety()  # with the keys loaded
             await self.bus.open()
             await self.lifeline.start()
             if cfg.sessionCgroups:
@@ -167,6 +183,9 @@ class Daemon:
             svc.callers.self_test()
             async with trio.open_nursery() as root:
                 await root.start(self.bus.run_persister)
+                await root.start(self.audit.run)
+                await root.start(self.keys.run)
+                await root.start(self.usage.run)
                 await root.start(self.credentials.run)
                 await root.start(self.manager.run)  # recovers stored sessions, resumes the live ones
                 await root.start(self.webhooks.run)
@@ -183,10 +202,25 @@ class Daemon:
                 if self.cgroups is not None:
                     await self.cgroups.close()
                 await self.lifeline.close()
-                await self.store.close()
-                self.audit.close()
-                self.usage.close()
+                try:
+                    await self.audit.close()  # what is still queued goes to the store first
+                    await self.usage.close()
+                    await self.keys.flush_used()
+                finally:
+                    await self.store.close()
                 log.info("aegisd.stopped")
+
+    async def _open_persistence(self) -> None:
+        """Load what the features keep in the store; files an earlier version kept beside it move in first."""
+        state = self.config.state_path
+        await self.keys.open()
+        await self.audit.open()
+        await self.usage.open()
+        await self.templates.open(legacy=state / "templates.json")
+        await self.memory.open(legacy=state / "memory.json")
+        await self.webhooks.open()
+        if self.oidc is not None:
+            await self.oidc.open()
 
     async def _serve(self, shutdown: trio.Event, *,
                      task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:

@@ -21,7 +21,7 @@ log = structlog.get_logger("aegisd")
 async def _main(config: Config) -> int:
     shutdown = trio.Event()
     daemon = Daemon(config)
-    daemon.check_bind_safety()  # refused plainly (exit 2), not from inside a nursery's exception group
+    await daemon.check_bind_safety_at_start()  # refused plainly (exit 2), not from inside a nursery's exception group
     # The receiver wraps the nursery, so a second signal during cleanup is ours too (not a default death).
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:

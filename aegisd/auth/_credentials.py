@@ -10,9 +10,8 @@ The master token and local callers carry none and are never cut off.
 
 No stream polls. `CredentialWatch.run` is one task for all of them: it wakes when the key store or the SSO
 sessions change through this daemon (`changed()`), at the earliest known deadline (an expiry, a grace end), and
-— only while a key-authenticated stream is open — every `POLL_S` to stat `keys.json`, which another process
-(`ag keys` against another daemon, an editor) may have changed: one `stat()` per half second, and a reload only
-when the file's mtime or size moved."""
+— only while a key-authenticated stream is open — every `POLL_S` to re-read the keys from the store, which another
+writer (another daemon on the same store, a keys.json dropped into the state directory) may have changed."""
 
 from __future__ import annotations
 
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("aegisd.auth")
 
-POLL_S = 0.5  # how often keys.json is stat()ed while a key-authenticated stream is open
+POLL_S = 0.5  # how often the keys are re-read while a key-authenticated stream is open
 
 
 def _now_ms() -> int:
@@ -80,7 +79,7 @@ class CredentialWatch:
     def _key_state(self, key_id: str, digest: str, now: int) -> tuple[str | None, int | None]:
         try:
             key = self._keys.get(key_id)
-        except Exception:  # noqa: BLE001 - NotFound: revoked (or removed from keys.json)
+        except Exception:  # noqa: BLE001 - NotFound: revoked (or removed from the store by another writer)
             return "the API key was revoked", None
         if hmac.compare_digest(digest, key.hash):
             until, why = key.expiresAt, "the API key expired"
@@ -146,7 +145,7 @@ class CredentialWatch:
         task_status.started()
         while True:
             wake = self._wake = trio.Event()
-            self._keys.reload_if_changed()
+            await self._keys.refresh()
             earliest = self._sweep()
             while not wake.is_set():
                 timeout = math.inf
@@ -158,6 +157,6 @@ class CredentialWatch:
                     await wake.wait()
                 if earliest is not None and _now_ms() >= earliest:
                     break
-                if polling and not wake.is_set() and self._keys.reload_if_changed():
-                    break  # keys.json was changed by another process
+                if polling and not wake.is_set() and await self._keys.refresh():
+                    break  # another writer changed the keys
 

@@ -1,8 +1,13 @@
-"""API keys, stored hashed in `<state>/keys.json` (0600, atomic writes), reloaded when the file changes."""
+"""API keys, stored hashed: one document per key in the store's `keys` collection (aegisd/store), read from
+memory. A change made through this daemon is in the store before it is acknowledged; one made by another writer
+of the same store (another daemon on a shared PostgreSQL or Redis, a tool) is picked up by ``refresh()``, which
+the daemon runs every second (and the credential watcher more often while key-authenticated streams are open). An
+earlier version's (or a hand-written) `<state>/keys.json` is moved into the store at start."""
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -11,9 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
 
 from aegisd.core.errors import NotFound, ValidationError
-from aegisd.store._fs import atomic_write
+from aegisd.store import Collection, migrate_legacy
+
+log = structlog.get_logger("aegisd.auth")
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"create", "send", "approve", "reject", "kill", "audit"}),
@@ -21,6 +32,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"audit"}),
 }
 LAST_USED_FLUSH_S = 60.0
+REFRESH_S = 1.0  # how often the daemon re-reads the keys another writer may have changed
 
 
 def _now_ms() -> int:
@@ -61,14 +73,31 @@ def has_permission(key: KeyInfo, perm: str) -> bool:
     return key.role == "admin" or perm in effective_permissions(key)
 
 
+def _read_legacy(path: Path) -> list[dict[str, Any]]:
+    """keys.json: {"version": 1, "keys": [...]}."""
+    try:
+        data = json.loads(path.read_text() or "{}")
+    except ValueError:
+        log.error("keys.unreadable_file", file=str(path))
+        raise
+    keys = data.get("keys", []) if isinstance(data, dict) else []
+    return [k for k in keys if isinstance(k, dict) and isinstance(k.get("id"), str)]
+
+
+def _without_use(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "lastUsedAt"}
+
+
 class KeyStore:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, collection: Collection, *, legacy_file: Path | None = None) -> None:
+        self.collection = collection
+        self.legacy_file = legacy_file
         self._keys: dict[str, KeyInfo] = {}
-        self._stamp: tuple[float, int] | None = None
-        self._dirty_used = False
+        self._seen: dict[str, dict[str, Any]] = {}  # the documents as last read (lastUsedAt aside)
+        self._used: set[str] = set()  # keys whose lastUsedAt changed since it was last written
         self._last_flush = 0.0
-        # called when keys may have stopped working (revoked, rotated, keys.json changed): see _credentials
+        self._writes = 0  # bumped by every write of this daemon: a read that overlapped one is not trusted
+        # called when keys may have stopped working (revoked, rotated, changed by another writer): see _credentials
         self.on_change: Callable[[], None] | None = None
 
     def _changed(self) -> None:
@@ -76,59 +105,93 @@ class KeyStore:
             self.on_change()
 
     # ---- persistence ---------------------------------------------------------------------------
-    def reload_if_changed(self) -> bool:
-        """Re-read keys.json if another process changed it (one stat() when it did not); True if it did."""
+    async def open(self) -> None:
+        await self.refresh()
+
+    async def _import(self, keys: list[dict[str, Any]]) -> None:
+        for k in keys:
+            await self.collection.put(k["id"], k)
+
+    async def refresh(self) -> bool:
+        """Re-read the keys (moving a keys.json that appeared in the state directory into the store first); True
+        if another writer changed them. Keeps the last good set when the store cannot be read."""
         try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            if self._stamp is not None:
-                self._keys, self._stamp = {}, None
-                self._changed()
-                return True
+            if self.legacy_file is not None:
+                await migrate_legacy(self.legacy_file, _read_legacy, self._import)
+            writes = self._writes
+            docs = await self.collection.list()
+            if writes != self._writes:  # read while this daemon wrote: it may predate the write; next round
+                return False
+        except Exception as exc:  # noqa: BLE001 - a broken keys.json, the store away for a moment
+            log.warning("keys.refresh_failed", error=str(exc))
             return False
-        stamp = (st.st_mtime, st.st_size)
-        if stamp == self._stamp:
+        seen = {kid: _without_use(doc) for kid, doc in docs.items() if isinstance(doc, dict)}
+        if seen == self._seen:
             return False
-        try:
-            data = json.loads(self.path.read_text() or "{}")
-            keys = {k["id"]: KeyInfo(**k) for k in data.get("keys", [])}
-        except (OSError, ValueError, TypeError, KeyError):
-            return False  # keep the last good set on a broken edit
-        self._keys, self._stamp = keys, stamp
+        keys: dict[str, KeyInfo] = {}
+        for kid, doc in docs.items():
+            try:
+                key = KeyInfo(**doc)
+            except TypeError:
+                log.warning("keys.unreadable_key_skipped", key_id=kid)
+                continue
+            old = self._keys.get(kid)
+            if old is not None and (old.lastUsedAt or 0) > (key.lastUsedAt or 0):
+                key.lastUsedAt = old.lastUsedAt  # not written yet
+            keys[kid] = key
+        self._keys, self._seen = keys, seen
         self._changed()
         return True
 
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = json.dumps({"version": 1, "keys": [asdict(k) for k in self._keys.values()]}, indent=1).encode()
-        atomic_write(self.path, data)
-        st = self.path.stat()
-        self._stamp = (st.st_mtime, st.st_size)
-        self._dirty_used = False
+    async def _put(self, key: KeyInfo) -> None:
+        doc = asdict(key)
+        self._writes += 1
+        await self.collection.put(key.id, doc)
+        self._keys[key.id] = key
+        self._seen[key.id] = _without_use(doc)
+        self._used.discard(key.id)
+
+    async def flush_used(self) -> None:
+        """Write the lastUsedAt of the keys used since the last time."""
+        used, self._used = self._used, set()
+        self._last_flush = time.monotonic()
+        for kid in used:
+            key = self._keys.get(kid)
+            if key is not None:
+                try:
+                    await self.collection.put(kid, asdict(key))
+                except Exception as exc:  # noqa: BLE001 - only a timestamp: the next round writes it
+                    self._used.add(kid)
+                    log.warning("keys.last_used_not_saved", error=str(exc))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Pick up other writers' changes every REFRESH_S; write lastUsedAt every LAST_USED_FLUSH_S."""
+        task_status.started()
+        while True:
+            await trio.sleep(REFRESH_S)
+            await self.refresh()
+            if self._used and time.monotonic() - self._last_flush > LAST_USED_FLUSH_S:
+                await self.flush_used()
 
     # ---- operations ----------------------------------------------------------------------------
     def has_keys(self) -> bool:
-        self.reload_if_changed()
         return bool(self._keys)
 
     def has_usable_keys(self, now_ms: int | None = None) -> bool:
         """Whether a key that has not expired exists (one that can still authenticate someone)."""
-        self.reload_if_changed()
         now = _now_ms() if now_ms is None else now_ms
         return any(k.expiresAt is None or now < k.expiresAt for k in self._keys.values())
 
     def list(self) -> list[KeyInfo]:
-        self.reload_if_changed()
         return sorted(self._keys.values(), key=lambda k: (k.createdAt, k.id))
 
     def get(self, key_id: str) -> KeyInfo:
-        self.reload_if_changed()
         try:
             return self._keys[key_id]
         except KeyError:
             raise NotFound(f"API key {key_id} not found") from None
 
-    def create(self, name: str, *, role: str = "viewer", permissions: builtins.list[str] | None = None,
+    async def create(self, name: str, *, role: str = "viewer", permissions: builtins.list[str] | None = None,
                ttl_days: int | None = None, rate_limit: int | None = None,
                ttl_ms: int | None = None) -> tuple[KeyInfo, str]:
         """A new key. ``ttl_ms`` (internal, not offered by the API) lets tests make one that expires soon."""
@@ -138,27 +201,28 @@ class KeyStore:
             raise ValidationError(f"role must be one of {', '.join(ROLE_PERMISSIONS)}")
         if ttl_days is not None and ttl_days <= 0:
             raise ValidationError("ttlDays must be positive")
-        self.reload_if_changed()
         secret = "aegis_" + secrets.token_hex(32)
         now = _now_ms()
         key = KeyInfo(id=secrets.token_hex(8), name=name, role=role, hash=secret_digest(secret),
                       permissions=list(permissions) if permissions is not None else None, createdAt=now,
                       expiresAt=now + ttl_days * 86_400_000 if ttl_days else (now + ttl_ms if ttl_ms else None),
                       rateLimit=rate_limit or 100)
-        self._keys[key.id] = key
-        self._save()
+        await self._put(key)
         return key, secret
 
-    def revoke(self, key_id: str) -> bool:
-        self.reload_if_changed()
-        if self._keys.pop(key_id, None) is None:
+    async def revoke(self, key_id: str) -> bool:
+        if key_id not in self._keys:
             return False
-        self._save()
+        self._writes += 1
+        await self.collection.delete(key_id)  # gone from the store before the revocation is acknowledged
+        self._keys.pop(key_id, None)
+        self._seen.pop(key_id, None)
         self._changed()
         return True
 
-    def rotate(self, key_id: str, *, grace_seconds: int = 3600, ttl_days: int | None = None) -> tuple[KeyInfo, str]:
-        key = self.get(key_id)
+    async def rotate(self, key_id: str, *, grace_seconds: int = 3600,
+                     ttl_days: int | None = None) -> tuple[KeyInfo, str]:
+        key = dataclasses.replace(self.get(key_id))
         secret = "aegis_" + secrets.token_hex(32)
         now = _now_ms()
         if grace_seconds > 0:
@@ -168,19 +232,17 @@ class KeyStore:
         key.hash = secret_digest(secret)
         if ttl_days:
             key.expiresAt = now + ttl_days * 86_400_000
-        self._save()
+        await self._put(key)
         self._changed()
         return key, secret
 
-    def set_quotas(self, key_id: str, quotas: dict[str, object] | None) -> KeyInfo:
-        key = self.get(key_id)
-        key.quotas = quotas
-        self._save()
+    async def set_quotas(self, key_id: str, quotas: dict[str, object] | None) -> KeyInfo:
+        key = dataclasses.replace(self.get(key_id), quotas=quotas)
+        await self._put(key)
         return key
 
     def authenticate(self, secret: str, now_ms: int | None = None) -> KeyInfo | None:
         """The key this secret belongs to (current, or the previous one within its rotation grace)."""
-        self.reload_if_changed()
         now = _now_ms() if now_ms is None else now_ms
         digest = secret_digest(secret)
         found = None
@@ -193,8 +255,5 @@ class KeyStore:
         if found is None or (found.expiresAt is not None and now >= found.expiresAt):
             return None
         found.lastUsedAt = now
-        self._dirty_used = True
-        if time.monotonic() - self._last_flush > LAST_USED_FLUSH_S:
-            self._last_flush = time.monotonic()
-            self._save()
+        self._used.add(found.id)  # written by run() within LAST_USED_FLUSH_S, and at shutdown
         return found

@@ -1,4 +1,5 @@
-"""The audit log: append-only JSON lines, each record hash-chained to the previous one, fsynced as written.
+"""The audit log: append-only records in the store's `audit` log (aegisd/store), each hash-chained to the previous
+one; acknowledged means stored (an operation answers once its records are in the store).
 
     hash = HMAC-SHA256(key, canonical JSON of the record without `hash`), prevHash of the first = 64 zeros
 
@@ -11,11 +12,16 @@ import hashlib
 import hmac
 import io
 import json
-import os
-import stat
 import time
 from pathlib import Path
 from typing import Any
+
+import structlog
+import trio
+
+from aegisd.store import RecordLog, migrate_legacy
+
+log = structlog.get_logger("aegisd.audit")
 
 CHAIN_KEY = b"aegis-audit-chain-v1"
 GENESIS = "0" * 64
@@ -30,35 +36,72 @@ def _hash(record: dict[str, Any]) -> str:
     return hmac.new(CHAIN_KEY, _canonical(record), hashlib.sha256).hexdigest()
 
 
+def verify_records(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chain's verdict over ``records`` (oldest first): ok, or the first bad seq and why."""
+    prev = GENESIS
+    for i, r in enumerate(records, start=1):
+        seq = r.get("seq", i)
+        if "_corrupt" in r:
+            return {"ok": False, "count": len(records), "badSeq": i, "reason": "unparseable line"}
+        if seq != i:
+            return {"ok": False, "count": len(records), "badSeq": i, "reason": f"expected seq {i}, got {seq}"}
+        if r.get("prevHash") != prev:
+            return {"ok": False, "count": len(records), "badSeq": seq, "reason": "broken link to the previous "
+                    "record (a record was removed or reordered)"}
+        if not hmac.compare_digest(str(r.get("hash", "")), _hash(r)):
+            return {"ok": False, "count": len(records), "badSeq": seq, "reason": "record content was altered"}
+        prev = r["hash"]
+    return {"ok": True, "count": len(records), "lastHash": prev}
+
+
+def read_legacy(directory: Path) -> list[dict[str, Any]]:
+    """An earlier version's audit log, `<state>/audit/audit.jsonl` (one record per line)."""
+    path = directory / "audit.jsonl"
+    if path.is_symlink():
+        raise OSError(f"refusing a symlinked audit log: {path}")
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    out: list[dict[str, Any]] = []
+    for line in lines:
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"_corrupt": line.decode(errors="replace")})
+    return out
+
+
 class AuditLog:
-    def __init__(self, directory: Path) -> None:
-        self.dir = Path(directory)
-        self.path = self.dir / "audit.jsonl"
-        self._fd: int | None = None
+    """The trail, kept in the store's `audit` log. ``record`` links a record into the chain at once (so the
+    chain's order is the order of the calls) and queues it; ``stored()`` returns once every record made so far
+    is in the store: operations await it before they answer (aegisd/ops/_registry.py), and a writer task
+    (``run``) stores those made elsewhere (sign-in failures) as they come."""
+
+    def __init__(self, log: RecordLog, *, legacy_dir: Path | None = None) -> None:
+        self.log = log
+        self.legacy_dir = legacy_dir  # an earlier version's <state>/audit/, moved into the store at start
         self._seq = 0
         self._last_hash = GENESIS
+        self._pending: list[dict[str, Any]] = []
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
 
-    def open(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if self.path.is_symlink():
-            raise OSError(f"refusing a symlinked audit log: {self.path}")
-        records = self.read_all()
-        if records:
-            self._seq, self._last_hash = records[-1].get("seq", len(records)), records[-1].get("hash", GENESIS)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
-            raise OSError(f"{self.path} is not a regular file")
+    async def open(self) -> None:
+        if self.legacy_dir is not None:
+            await migrate_legacy(self.legacy_dir, read_legacy, self.log.append_missing)
+        async with self._lock:
+            stored = await self.log.read()
+        if stored:
+            rec = stored[-1][1]
+            self._seq, self._last_hash = rec.get("seq", len(stored)), rec.get("hash", GENESIS)
 
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    async def close(self) -> None:
+        await self.stored()
 
     def record(self, actor: str, action: str, *, session_id: str | None = None,
                detail: dict[str, Any] | str | None = None) -> dict[str, Any]:
-        if self._fd is None:
-            self.open()
-        assert self._fd is not None
         rec: dict[str, Any] = {"seq": self._seq + 1, "ts": int(time.time() * 1000), "actor": actor,
                                "action": action}
         if session_id:
@@ -66,26 +109,40 @@ class AuditLog:
         rec["detail"] = detail if detail is not None else {}
         rec["prevHash"] = self._last_hash
         rec["hash"] = _hash(rec)
-        os.write(self._fd, json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
-        os.fsync(self._fd)
         self._seq, self._last_hash = rec["seq"], rec["hash"]
+        self._pending.append(rec)
+        self._wake.set()
         return rec
 
-    def read_all(self) -> list[dict[str, Any]]:
-        try:
-            lines = self.path.read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            if line.strip():
+    async def stored(self) -> None:
+        """Return once every record made so far is in the store. A store error is logged (the audit must not
+        take the daemon down) and the records stay queued for the next try."""
+        async with self._lock:
+            while self._pending:
                 try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    out.append({"_corrupt": line.decode(errors="replace")})
-        return out
+                    await self.log.append(self._pending[0])
+                except Exception as exc:  # noqa: BLE001
+                    log.error("audit.write_failed", action=self._pending[0].get("action"), error=str(exc))
+                    return
+                self._pending.pop(0)
 
-    def query(self, *, actor: str | None = None, action: str | None = None, session_id: str | None = None,
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self.stored()
+            if self._pending:  # the store is away: try again in a moment
+                await trio.sleep(1.0)
+                self._wake.set()
+
+    async def read_all(self) -> list[dict[str, Any]]:
+        """Every record, oldest first: those stored, then those on their way."""
+        async with self._lock:
+            stored = [r for _, r in await self.log.read()]
+            return stored + list(self._pending)
+
+    async def query(self, *, actor: str | None = None, action: str | None = None, session_id: str | None = None,
               since: int | None = None, until: int | None = None, cursor: int | None = None, limit: int = 100,
               reverse: bool = False) -> tuple[list[dict[str, Any]], int | None]:
         def match(r: dict[str, Any]) -> bool:
@@ -107,29 +164,15 @@ class AuditLog:
             if cursor is not None and ((r["seq"] >= cursor) if reverse else (r["seq"] <= cursor)):
                 return False
             return True
-        records = [r for r in self.read_all() if match(r)]
+        records = [r for r in await self.read_all() if match(r)]
         if reverse:
             records.reverse()
         page = records[:limit]
         next_cursor = page[-1]["seq"] if len(records) > limit else None
         return page, next_cursor
 
-    def verify(self) -> dict[str, Any]:
-        prev = GENESIS
-        records = self.read_all()
-        for i, r in enumerate(records, start=1):
-            seq = r.get("seq", i)
-            if "_corrupt" in r:
-                return {"ok": False, "count": len(records), "badSeq": i, "reason": "unparseable line"}
-            if seq != i:
-                return {"ok": False, "count": len(records), "badSeq": i, "reason": f"expected seq {i}, got {seq}"}
-            if r.get("prevHash") != prev:
-                return {"ok": False, "count": len(records), "badSeq": seq, "reason": "broken link to the previous "
-                        "record (a record was removed or reordered)"}
-            if not hmac.compare_digest(str(r.get("hash", "")), _hash(r)):
-                return {"ok": False, "count": len(records), "badSeq": seq, "reason": "record content was altered"}
-            prev = r["hash"]
-        return {"ok": True, "count": len(records), "lastHash": prev}
+    async def verify(self) -> dict[str, Any]:
+        return verify_records(await self.read_all())
 
     @staticmethod
     def to_ndjson(records: list[dict[str, Any]]) -> str:

@@ -29,6 +29,7 @@ import trio
 
 from aegisd.auth.principal import Credential
 from aegisd.core.errors import AegisError, Unavailable, ValidationError
+from aegisd.store import Collection, migrate_legacy
 
 if TYPE_CHECKING:
     from aegisd.auth.principal import Principal
@@ -40,7 +41,7 @@ REFRESH_S = 600.0
 MIN_REFETCH_S = 30.0
 LOGIN_TTL_S = 600.0
 SESSION_TTL_S = 8 * 3600.0
-SEEN_FLUSH_S = 60.0  # a dashboard session's lastSeenAt reaches the file at most this often
+SEEN_FLUSH_S = 60.0  # a dashboard session's lastSeenAt reaches the store at most this often
 MAX_SEEN = 1000  # bearer-token users remembered (in memory) for the Users view
 LEEWAY_S = 60  # clock skew allowed on exp and nbf
 ROLES = ("admin", "operator", "viewer")
@@ -91,15 +92,45 @@ class SeenUser:
     last_seen_ms: int
 
 
+def _doc_of(s: DashboardSession) -> dict[str, Any]:
+    return {"principal": {"keyId": s.principal.key_id, "role": s.principal.role, "name": s.principal.name},
+            "identity": s.identity, "expiresAt": s.expires_at_ms, "createdAt": s.created_at_ms,
+            "lastSeenAt": s.last_seen_ms}
+
+
+def _session_of(key: str, v: Any) -> DashboardSession | None:
+    from aegisd.auth.principal import Principal
+
+    try:
+        p = v["principal"]
+        return DashboardSession(
+            principal=Principal(kind="oidc", key_id=p["keyId"], role=p["role"], name=p["name"],
+                                credential=Credential("sso", key)),
+            identity=dict(v["identity"]), expires_at_ms=int(v["expiresAt"]),
+            created_at_ms=int(v.get("createdAt") or 0), last_seen_ms=int(v.get("lastSeenAt") or 0))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _read_legacy(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
 def _digest(sid: str) -> str:
     """Sessions are stored under the SHA-256 of their cookie: the file alone signs nobody in."""
     return hashlib.sha256(sid.encode()).hexdigest()
 
 
 class Oidc:
-    def __init__(self, cfg: OidcConfig, base_url: Callable[[], str], sessions_file: Path | None = None) -> None:
+    def __init__(self, cfg: OidcConfig, base_url: Callable[[], str], sessions: Collection | None = None, *,
+                 legacy_file: Path | None = None) -> None:
         self.cfg = cfg
-        self.sessions_file = sessions_file
+        self.store = sessions  # the store's `sso-sessions` collection: one document per dashboard session
+        self.legacy_file = legacy_file  # an earlier version's <state>/sso-sessions.json, moved into the store
         self._base_url = base_url  # the daemon's URL, known once it listens
         self.discovery: dict[str, Any] | None = None
         self._jwks: Any = None  # jwt.PyJWKSet
@@ -110,49 +141,62 @@ class Oidc:
         self._logins: dict[str, _Login] = {}
         self.sessions: dict[str, DashboardSession] = {}  # by _digest(cookie)
         self.bearer_users: dict[str, SeenUser] = {}  # by sub
-        self._seen_flushed = 0.0
+        self._seen: set[str] = set()  # sessions whose lastSeenAt changed since the last write
+        self._gone: set[str] = set()  # sessions found expired, to delete from the store
         self.on_change: Callable[[], None] | None = None  # a session ended: its streams close (auth/_credentials)
-        self._load_sessions()
 
     # ---- dashboard sessions, kept across restarts ------------------------------------------------------
-    def _load_sessions(self) -> None:
-        from aegisd.auth.principal import Principal
-
-        if self.sessions_file is None:
+    async def open(self) -> None:
+        """Load the dashboard sessions that have not expired (after moving an earlier version's file into the
+        store); expired ones are deleted."""
+        if self.store is None:
             return
-        try:
-            raw = json.loads(self.sessions_file.read_text())
-        except (OSError, ValueError):
-            return
+        if self.legacy_file is not None:
+            await migrate_legacy(self.legacy_file, _read_legacy, self._put_all)
         now = time.time() * 1000
-        for key, v in (raw.items() if isinstance(raw, dict) else ()):
-            try:
-                if v["expiresAt"] > now:
-                    p = v["principal"]
-                    self.sessions[key] = DashboardSession(
-                        principal=Principal(kind="oidc", key_id=p["keyId"], role=p["role"], name=p["name"],
-                                            credential=Credential("sso", key)),
-                        identity=dict(v["identity"]), expires_at_ms=int(v["expiresAt"]),
-                        created_at_ms=int(v.get("createdAt") or 0), last_seen_ms=int(v.get("lastSeenAt") or 0))
-            except (KeyError, TypeError, ValueError):
+        for key, v in (await self.store.list()).items():
+            s = _session_of(key, v)
+            if s is None or s.expires_at_ms <= now:
+                await self.store.delete(key)
                 continue
+            self.sessions[key] = s
 
-    def _save_sessions(self) -> None:
-        if self.sessions_file is None:
+    async def _put_all(self, raw: dict[str, Any]) -> None:
+        assert self.store is not None
+        for key, v in raw.items():
+            await self.store.put(key, v)
+
+    async def _save(self, key: str) -> None:
+        s = self.sessions.get(key)
+        if self.store is None or s is None:
             return
-        from aegisd.store._fs import atomic_write
-
-        data = {k: {"principal": {"keyId": s.principal.key_id, "role": s.principal.role, "name": s.principal.name},
-                    "identity": s.identity, "expiresAt": s.expires_at_ms, "createdAt": s.created_at_ms,
-                    "lastSeenAt": s.last_seen_ms} for k, s in self.sessions.items()}
         try:
-            atomic_write(self.sessions_file, json.dumps(data).encode())
-        except OSError as exc:  # sign-ins still work; they would not survive a restart
+            await self.store.put(key, _doc_of(s))
+        except Exception as exc:  # noqa: BLE001 - sign-ins still work; they would not survive a restart
             log.error("oidc.sessions_not_saved", error=str(exc))
 
-    def end_session(self, sid: str) -> None:
-        if self.sessions.pop(_digest(sid), None) is not None:
-            self._save_sessions()
+    async def _delete(self, key: str) -> None:
+        if self.store is not None:
+            await self.store.delete(key)
+
+    async def _write_seen(self) -> None:
+        """Write what session() noted: lastSeenAt (like API keys' lastUsedAt, at most every SEEN_FLUSH_S) and
+        expired sessions."""
+        seen, self._seen = self._seen, set()
+        gone, self._gone = self._gone, set()
+        for key in gone:
+            try:
+                await self._delete(key)
+            except Exception as exc:  # noqa: BLE001 - deleted at the next start instead
+                log.warning("oidc.session_not_deleted", error=str(exc))
+        for key in seen - gone:
+            await self._save(key)
+
+    async def end_session(self, sid: str) -> None:
+        key = _digest(sid)
+        if key in self.sessions:
+            await self._delete(key)  # gone from the store before the sign-out is acknowledged
+            self.sessions.pop(key, None)
             if self.on_change is not None:
                 self.on_change()
 
@@ -188,7 +232,8 @@ class Oidc:
 
         task_status.started()
         delay = 1.0
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(timeout=10) as client, trio.open_nursery() as nursery:
+            nursery.start_soon(self._seen_writer)
             while True:
                 try:
                     await self.fetch(client)
@@ -205,6 +250,11 @@ class Oidc:
                 since = time.monotonic() - self._last_fetch
                 if since < MIN_REFETCH_S:
                     await trio.sleep(MIN_REFETCH_S - since)
+
+    async def _seen_writer(self) -> None:
+        while True:
+            await trio.sleep(SEEN_FLUSH_S)
+            await self._write_seen()
 
     # ---- tokens ------------------------------------------------------------------------------------
     def verify(self, token: str, *, nonce: str | None = None, audience: str | None = None) -> dict[str, Any]:
@@ -330,13 +380,15 @@ class Oidc:
         now_ms = time.time() * 1000
         for k in [k for k, v in self.sessions.items() if v.expires_at_ms < now_ms]:
             del self.sessions[k]
+            self._gone.add(k)
         principal = self.principal(claims)
         principal.credential = Credential("sso", _digest(sid))  # ends with the session, not the ID token
         session = DashboardSession(principal=principal, identity=_identity(claims),
                                    expires_at_ms=int(now_ms + SESSION_TTL_S * 1000), created_at_ms=int(now_ms),
                                    last_seen_ms=int(now_ms))
         self.sessions[_digest(sid)] = session
-        self._save_sessions()
+        await self._save(_digest(sid))
+        await self._write_seen()
         return sid, session
 
     def session(self, sid: str) -> DashboardSession | None:
@@ -349,11 +401,10 @@ class Oidc:
         now_ms = time.time() * 1000
         if s.expires_at_ms < now_ms:
             del self.sessions[key]
+            self._gone.add(key)
             return None
         s.last_seen_ms = int(now_ms)
-        if time.monotonic() - self._seen_flushed > SEEN_FLUSH_S:  # like API keys' lastUsedAt: not every request
-            self._seen_flushed = time.monotonic()
-            self._save_sessions()
+        self._seen.add(key)  # written within SEEN_FLUSH_S, like API keys' lastUsedAt: not on every request
         return s
 
     # ---- the device flow, proxied ------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The memory bridge: a small key-value store shared by sessions (opt-in: `memoryBridge: {enabled: true}`).
 
-Keys are `namespace/key`; entries may expire (TTL up to 30 days, checked lazily); persisted to
-`<state>/memory.json` on every change (atomic replace). Each owner (the API key or SSO principal that wrote an
+Keys are `namespace/key`; entries may expire (TTL up to 30 days, checked lazily; expired entries leave the
+store at the next start); one document per entry in the store's `memory` collection (aegisd/store), written
+before a change is acknowledged, read from memory (an earlier version's `<state>/memory.json` is moved into the
+store at the first start). Each owner (the API key or SSO principal that wrote an
 entry; None for the master token and local callers) has a key space of its own: two keys may both keep
 `project/notes` without seeing or overwriting each other's."""
 
@@ -17,7 +19,7 @@ import msgspec
 
 from aegisd.core.errors import NotFound, PayloadTooLarge, ValidationError
 from aegisd.core.models import now_ms
-from aegisd.store._fs import atomic_write
+from aegisd.store import Collection, migrate_legacy
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)+$")
 MAX_VALUE = 100 * 1024
@@ -37,27 +39,43 @@ class MemoryEntry(msgspec.Struct):
 Slot = tuple[str | None, str]  # (owner, key)
 
 
+def _doc_key(slot: Slot) -> str:
+    """The document key of an owner's entry: unambiguous whatever the owner and key contain."""
+    return msgspec.json.encode(list(slot)).decode()
+
+
 class MemoryStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._items: dict[Slot, MemoryEntry] | None = None
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+        self._items: dict[Slot, MemoryEntry] = {}
+
+    async def open(self, *, legacy: Path | None = None) -> None:
+        """Load the entries, dropping expired ones (after moving an earlier version's memory.json into the store)."""
+        if legacy is not None:
+            await migrate_legacy(legacy, lambda p: msgspec.json.decode(p.read_bytes(), type=list[MemoryEntry]),
+                                 self._put_all)
+        self._items = {}
+        now = now_ms()
+        for key, doc in (await self.collection.list()).items():
+            try:
+                e = msgspec.convert(doc, MemoryEntry)
+            except msgspec.ValidationError:
+                continue
+            if e.expires_at is not None and e.expires_at <= now:
+                await self.collection.delete(key)
+                continue
+            self._items[(e.ownerKeyId, e.key)] = e
+
+    async def _put_all(self, items: builtins.list[MemoryEntry]) -> None:
+        for e in items:
+            await self.collection.put(_doc_key((e.ownerKeyId, e.key)), msgspec.to_builtins(e))
 
     def _load(self) -> dict[Slot, MemoryEntry]:
-        if self._items is None:
-            try:
-                items = msgspec.json.decode(self.path.read_bytes(), type=list[MemoryEntry])
-            except FileNotFoundError:
-                items = []
-            self._items = {(e.ownerKeyId, e.key): e for e in items}
         now = now_ms()
         expired = [k for k, e in self._items.items() if e.expires_at is not None and e.expires_at <= now]
-        for k in expired:
+        for k in expired:  # gone from the store at the next start
             del self._items[k]
         return self._items
-
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(self.path, msgspec.json.encode(list(self._load().values())))
 
     @staticmethod
     def check_key(key: str) -> str:
@@ -65,7 +83,7 @@ class MemoryStore:
             raise ValidationError("memory keys look like 'namespace/key' (letters, digits, _ . : -), at most 256")
         return key
 
-    def set(self, key: str, value: str, ttl_seconds: int | None = None, *, owner: str | None) -> MemoryEntry:
+    async def set(self, key: str, value: str, ttl_seconds: int | None = None, *, owner: str | None) -> MemoryEntry:
         self.check_key(key)
         if len(value.encode()) > MAX_VALUE:
             raise PayloadTooLarge(f"memory values are at most {MAX_VALUE} bytes")
@@ -77,8 +95,8 @@ class MemoryStore:
         entry = MemoryEntry(key=key, value=value, namespace=key.split("/", 1)[0],
                             created_at=old.created_at if old else now, updated_at=now,
                             expires_at=now + ttl_seconds * 1000 if ttl_seconds else None, ownerKeyId=owner)
+        await self.collection.put(_doc_key((owner, key)), msgspec.to_builtins(entry))
         items[(owner, key)] = entry
-        self._save()
         return entry
 
     def get(self, key: str, *, owner: str | None) -> MemoryEntry:
@@ -87,10 +105,10 @@ class MemoryStore:
             raise NotFound(f"no memory entry {key!r}")
         return entry
 
-    def delete(self, key: str, *, owner: str | None) -> None:
+    async def delete(self, key: str, *, owner: str | None) -> None:
         self.get(key, owner=owner)
-        del self._load()[(owner, key)]
-        self._save()
+        await self.collection.delete(_doc_key((owner, key)))
+        self._load().pop((owner, key), None)
 
     def list(self, prefix: str | None = None, *, owners: Callable[[str | None], bool]) -> list[MemoryEntry]:
         """Entries whose owner passes ``owners`` (a caller's: its own, or every one for an admin)."""

@@ -1,10 +1,10 @@
 """Metering: one record per finished turn that reported token usage (ACP `session/prompt` result `usage`),
-kept in `<state>/usage.jsonl` whatever the session store (as the original kept its metering files). Feeds
+kept 90 days in the store's `usage` log (aegisd/store; an earlier version's `<state>/usage.jsonl` moves in at the
+first start). Feeds
 `/v1/usage*`, `/v1/analytics/*` and `/v1/metrics/aggregate`."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,8 +12,10 @@ from typing import Any
 
 import msgspec
 import structlog
+import trio
 
 from aegisd.core.pricing import DEFAULT_TIER, RATE_TIERS, UsageRecord, estimate_cost, tier_of
+from aegisd.store import RecordLog, migrate_legacy
 
 log = structlog.get_logger("aegisd.usage")
 
@@ -21,52 +23,83 @@ __all__ = ["DEFAULT_TIER", "RATE_TIERS", "RETENTION_DAYS", "UsageLedger", "Usage
 
 RETENTION_DAYS = 90
 
-class UsageLedger:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.records: list[UsageRecord] = []
-        self._fd: int | None = None
 
-    def open(self) -> None:
-        cutoff = int(time.time() * 1000) - RETENTION_DAYS * 86_400_000
-        kept: list[UsageRecord] = []
-        dropped = 0
+def _read_legacy(path: Path) -> list[UsageRecord]:
+    dec = msgspec.json.Decoder(UsageRecord)
+    out = []
+    for line in path.read_bytes().splitlines():
         try:
-            lines = self.path.read_bytes().splitlines()
-        except FileNotFoundError:
-            lines = []
-        dec = msgspec.json.Decoder(UsageRecord)
-        for line in lines:
+            out.append(dec.decode(line))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue  # a line torn by a crash
+    return out
+
+class UsageLedger:
+    """The records of the last RETENTION_DAYS, in memory, kept in the store's `usage` log. ``record`` is called by
+    the session runner as a turn ends; a writer task (``run``) stores the records in order (metering never holds
+    up a turn), and ``close`` stores what is left."""
+
+    def __init__(self, log: RecordLog, *, legacy_file: Path | None = None) -> None:
+        self.log = log
+        self.legacy_file = legacy_file  # an earlier version's <state>/usage.jsonl, moved into the store at start
+        self.records: list[UsageRecord] = []
+        self._pending: list[UsageRecord] = []
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
+
+    async def open(self) -> None:
+        """Load the records of the retention window; older ones are trimmed from the store."""
+        cutoff = int(time.time() * 1000) - RETENTION_DAYS * 86_400_000
+        if self.legacy_file is not None:
+            await migrate_legacy(self.legacy_file, _read_legacy,
+                                 lambda recs: self.log.append_missing([msgspec.to_builtins(r) for r in recs
+                                                                       if r.ts >= cutoff]))
+        kept: list[UsageRecord] = []
+        stored = await self.log.read()
+        first_kept: int | None = None
+        for seq, doc in stored:
             try:
-                rec = dec.decode(line)
-            except msgspec.DecodeError:
-                dropped += 1  # a line torn by a crash
+                rec = msgspec.convert(doc, UsageRecord)
+            except msgspec.ValidationError:
                 continue
             if rec.ts >= cutoff:
                 kept.append(rec)
-            else:
-                dropped += 1
-        if dropped:
-            from aegisd.store._fs import atomic_write
-
-            atomic_write(self.path, b"".join(msgspec.json.encode(r) + b"\n" for r in kept))
-            log.info("usage.compacted", kept=len(kept), dropped=dropped)
+                first_kept = seq if first_kept is None else first_kept
+        if stored:
+            before = first_kept if first_kept is not None else stored[-1][0] + 1
+            if before > stored[0][0]:  # older records past the retention: out of the store
+                await self.log.trim(before)
+                log.info("usage.compacted", kept=len(kept), dropped=len(stored) - len(kept))
         self.records = kept
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    async def close(self) -> None:
+        await self.stored()
 
     def record(self, rec: UsageRecord) -> None:
         self.records.append(rec)
-        if self._fd is not None:
-            try:
-                os.write(self._fd, msgspec.json.encode(rec) + b"\n")  # one write(2): a line is never torn in two
-            except OSError as exc:  # metering must not end a turn; it is logged instead
-                log.error("usage.write_failed", error=str(exc))
+        self._pending.append(rec)
+        self._wake.set()
+
+    async def stored(self) -> None:
+        """Return once every record so far is in the store (a store error is logged; they stay queued)."""
+        async with self._lock:
+            while self._pending:
+                try:
+                    await self.log.append(msgspec.to_builtins(self._pending[0]))
+                except Exception as exc:  # noqa: BLE001 - metering must not end a turn; it is logged instead
+                    log.error("usage.write_failed", error=str(exc))
+                    return
+                self._pending.pop(0)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self.stored()
+            if self._pending:  # the store is away: try again in a moment
+                await trio.sleep(1.0)
+                self._wake.set()
 
     def select(self, *, since: int | None = None, until: int | None = None, key_id: str | None = None,
                session_id: str | None = None) -> list[UsageRecord]:

@@ -3,9 +3,9 @@
 A stage completes when its session's turn ends with `end_turn`; it fails on any other stop reason (refusal,
 max_tokens, cancelled, error, timeout), when its session ends (crash, kill), or when it runs longer than its
 timeout. A failed stage is retried (a new session) up to `retries` times; after that the pipeline fails and
-the stages that had not started are marked `skipped`. Pipelines are persisted (one JSON file each, replaced
-atomically) and resumed after a daemon restart: a stage that was running is started again in a new session.
-Finished pipelines stay listed (the original evicted them after 30 s)."""
+the stages that had not started are marked `skipped`. Pipelines are persisted (one document each in the store's
+`pipelines` collection, aegisd/store, written on every change) and resumed after a daemon restart: a stage that
+was running is started again in a new session. Finished pipelines stay listed (the original evicted them after 30 s)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from aegisd.core.models import now_ms
 from aegisd.core.states import State
 from aegisd.features.verify import Verifier
 from aegisd.sessions import SessionManager
-from aegisd.store._fs import atomic_write
+from aegisd.store import Collection, migrate_legacy
 
 if TYPE_CHECKING:
     from aegisd.core.models import SessionRecord
@@ -148,7 +148,6 @@ def ready_stages(p: PipelineRecord) -> list[StageState]:
     return [s for s in p.stages if s.status == "pending" and set(s.dependsOn) <= completed]
 
 
-_enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(PipelineRecord)
 
 
@@ -157,15 +156,28 @@ _dec = msgspec.json.Decoder(PipelineRecord)
 StageSessions = Callable[["PipelineRecord", StageState], Awaitable["SessionRecord"]]
 
 
+def _read_legacy(directory: Path) -> list[PipelineRecord]:
+    """An earlier version's pipelines: one <id>.json each in <state>/pipelines/."""
+    out = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            out.append(_dec.decode(path.read_bytes()))
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("pipelines.unreadable", file=str(path), error=str(exc))
+    return out
+
+
 class PipelineManager:
-    def __init__(self, *, sessions: SessionManager, bus: EventBus, verifier: Verifier, directory: Path,
-                 default_timeout_ms: int = 0, create_session: StageSessions | None = None) -> None:
+    def __init__(self, *, sessions: SessionManager, bus: EventBus, verifier: Verifier, collection: Collection,
+                 legacy_dir: Path | None = None, default_timeout_ms: int = 0,
+                 create_session: StageSessions | None = None) -> None:
         self.sessions = sessions
         self.create_session = create_session
         self.bus = bus
         self.verifier = verifier
         self._nursery: trio.Nursery | None = None
-        self.dir = directory
+        self.collection = collection
+        self.legacy_dir = legacy_dir  # an earlier version's <state>/pipelines/, moved into the store at start
         self.records: dict[str, PipelineRecord] = {}
         self.default_timeout_ms = default_timeout_ms
         self._verdicts: dict[str, dict[str, Any]] = {}  # session id -> verification result not yet handled
@@ -174,7 +186,7 @@ class PipelineManager:
         """Own the pipeline tasks; loads and resumes stored pipelines. Cancel with :meth:`stop`."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.load()
+            await self.load()
             task_status.started()
             await trio.sleep_forever()
 
@@ -184,23 +196,23 @@ class PipelineManager:
             self._nursery.cancel_scope.cancel()
 
     # ---- persistence ---------------------------------------------------------------------------
-    def _save(self, p: PipelineRecord) -> None:
+    async def _save(self, p: PipelineRecord) -> None:
         p.updatedAt = now_ms()
-        if not self.dir.is_dir():
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(self.dir / f"{p.id}.json", _enc.encode(p))
+        await self.collection.put(p.id, msgspec.to_builtins(p))
         self.bus.publish(p.id, "pipeline", {"status": p.status, "currentStage": p.currentStage,
                                                    "stages": {s.name: s.status for s in p.stages}})
 
-    def load(self) -> None:
-        if not self.dir.exists():
-            return
-        for path in sorted(self.dir.glob("*.json")):
+    async def load(self) -> None:
+        if self.legacy_dir is not None:
+            await migrate_legacy(self.legacy_dir, _read_legacy, self._put_all)
+        docs = await self.collection.list()
+        loaded = []
+        for key, doc in docs.items():
             try:
-                p = _dec.decode(path.read_bytes())
-            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-                log.warning("pipelines.unreadable", file=str(path), error=str(exc))
-                continue
+                loaded.append(msgspec.convert(doc, PipelineRecord))
+            except msgspec.ValidationError as exc:
+                log.warning("pipelines.unreadable", pipeline=key, error=str(exc))
+        for p in sorted(loaded, key=lambda p: (p.createdAt, p.id)):
             self.records[p.id] = p
             if p.status == "running":
                 for s in p.stages:
@@ -210,7 +222,7 @@ class PipelineManager:
         log.info("pipelines.loaded", total=len(self.records))
 
     # ---- API -----------------------------------------------------------------------------------
-    def create(self, spec: PipelineSpec, *, owner: str | None, creator: str | None = None) -> PipelineRecord:
+    async def create(self, spec: PipelineSpec, *, owner: str | None, creator: str | None = None) -> PipelineRecord:
         spec = msgspec.structs.replace(spec, stages=resolve_stages(spec))
         check_graph(spec.stages)
         policy = self.sessions.workdirs
@@ -228,9 +240,17 @@ class PipelineManager:
         p = PipelineRecord(id=str(uuid.uuid4()), name=spec.name, workDir=base, status="running", stages=stages,
                            createdAt=ts, updatedAt=ts, ownerKeyId=owner, creatorSessionId=creator)
         self.records[p.id] = p
-        self._save(p)
+        try:
+            await self._save(p)
+        except BaseException:
+            del self.records[p.id]
+            raise
         self._start(p)
         return p
+
+    async def _put_all(self, records: list[PipelineRecord]) -> None:
+        for p in records:
+            await self.collection.put(p.id, msgspec.to_builtins(p))
 
     def get(self, pid: str) -> PipelineRecord:
         p = self.records.get(pid)
@@ -275,7 +295,7 @@ class PipelineManager:
                 self._settle(p)
                 running = [s for s in p.stages if s.status in ACTIVE]
                 p.currentStage = running[0].name if running else None
-                self._save(p)
+                await self._save(p)
                 if p.status != "running":
                     break
                 deadlines = [s.startedAt / 1000 + s.timeoutMs / 1000 for s in running if s.timeoutMs and s.startedAt]
@@ -290,7 +310,7 @@ class PipelineManager:
         except Exception as exc:  # a bug here fails this pipeline, never the daemon
             log.exception("pipeline.internal_error", pipeline=p.id)
             p.status, p.error, p.completedAt = "failed", f"internal error: {exc!r}", now_ms()
-            self._save(p)
+            await self._save(p)
         finally:
             sub.close()
         log.info("pipeline.finished", pipeline=p.id, status=p.status)

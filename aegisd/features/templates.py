@@ -1,4 +1,6 @@
-"""Session templates: named presets (workDir, prompt, mode, agent, model...) in `<state>/templates.json`."""
+"""Session templates: named presets (workDir, prompt, mode, agent, model...), one document each in the store's
+`templates` collection (aegisd/store); read from memory, loaded at start. An earlier version's
+`<state>/templates.json` is moved into the store at the first start."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import msgspec
 
 from aegisd.core.errors import NotFound
 from aegisd.core.models import now_ms
-from aegisd.store._fs import atomic_write
+from aegisd.store import Collection, migrate_legacy
 
 
 class TemplateFields(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -48,22 +50,28 @@ class Template(msgspec.Struct):
 
 
 class TemplateStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._items: dict[str, Template] | None = None
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+        self._items: dict[str, Template] = {}
+
+    async def open(self, *, legacy: Path | None = None) -> None:
+        """Load every template (after moving an earlier version's templates.json into the store)."""
+        if legacy is not None:
+            await migrate_legacy(legacy, lambda p: msgspec.json.decode(p.read_bytes(), type=list[Template]),
+                                 self._put_all)
+        self._items = {}
+        for key, doc in (await self.collection.list()).items():
+            try:
+                self._items[key] = msgspec.convert(doc, Template)
+            except msgspec.ValidationError:
+                continue
+
+    async def _put_all(self, items: list[Template]) -> None:
+        for t in items:
+            await self.collection.put(t.id, msgspec.to_builtins(t))
 
     def _load(self) -> dict[str, Template]:
-        if self._items is None:
-            try:
-                data = msgspec.json.decode(self.path.read_bytes(), type=list[Template])
-            except FileNotFoundError:
-                data = []
-            self._items = {t.id: t for t in data}
         return self._items
-
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(self.path, msgspec.json.encode(list(self._load().values())))
 
     def list(self) -> list[Template]:
         return sorted(self._load().values(), key=lambda t: t.createdAt)
@@ -74,23 +82,24 @@ class TemplateStore:
             raise NotFound(f"template {tid} not found")
         return t
 
-    def create(self, fields: TemplateFields, *, owner: str | None, defaults: dict[str, Any] | None = None) -> Template:
+    async def create(self, fields: TemplateFields, *, owner: str | None,
+                     defaults: dict[str, Any] | None = None) -> Template:
         values = {**(defaults or {}), **msgspec.to_builtins(fields)}
         ts = now_ms()
         t = msgspec.convert({**values, "id": str(uuid.uuid4()), "createdAt": ts, "updatedAt": ts,
                              "ownerKeyId": owner}, Template)
-        self._load()[t.id] = t
-        self._save()
+        await self.collection.put(t.id, msgspec.to_builtins(t))
+        self._items[t.id] = t
         return t
 
-    def update(self, tid: str, fields: TemplateFields) -> Template:
+    async def update(self, tid: str, fields: TemplateFields) -> Template:
         t = self.get(tid)
         changed = msgspec.structs.replace(t, **msgspec.to_builtins(fields), updatedAt=now_ms())
-        self._load()[tid] = changed
-        self._save()
+        await self.collection.put(tid, msgspec.to_builtins(changed))
+        self._items[tid] = changed
         return changed
 
-    def delete(self, tid: str) -> None:
+    async def delete(self, tid: str) -> None:
         self.get(tid)
-        del self._load()[tid]
-        self._save()
+        await self.collection.delete(tid)
+        self._items.pop(tid, None)

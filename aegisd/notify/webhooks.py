@@ -4,7 +4,8 @@ Config (`webhooks:`): a list of URLs, or of `{url, secret?, events?: [names or p
 `{event, timestamp, session: {id, name, workDir: "[REDACTED]"}, detail}` (the workDir is masked in detail too)
 with, when a secret is set, `X-Aegis-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`. Up to 3
 attempts with backoff (1 s, 5 s, 30 s); a 4xx answer is not retried; what still fails after a 5xx or a network
-error goes to the dead-letter queue (`<state>/webhooks-dlq.json`, the last 100, kept across restarts)."""
+error goes to the dead-letter queue (the store's `webhooks-dlq` log, aegisd/store: the last 100, kept across
+restarts; an earlier version's `<state>/webhooks-dlq.json` is moved into it at start)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from aegisd.core import retry
 from aegisd.core.models import Event, SessionRecord, now_ms
 from aegisd.core.sections import Endpoint
 from aegisd.notify.health import ChannelHealth
-from aegisd.store._fs import atomic_write
+from aegisd.store import RecordLog, migrate_legacy
 
 log = structlog.get_logger("aegisd.webhooks")
 
@@ -46,6 +47,13 @@ class DeadLetter(msgspec.Struct):
     error: str
     attempts: int
     payload: dict[str, Any] = {}
+
+
+def _read_legacy_dlq(path: Path) -> list[DeadLetter]:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=list[DeadLetter])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return []
 
 
 def sign(secret: str, body: bytes, t: int | None = None) -> str:
@@ -131,12 +139,13 @@ def event_name(ev: Event) -> str | None:
 
 class Webhooks:
     def __init__(self, *, bus: EventBus, records: Mapping[str, SessionRecord], alert: Alert,
-                 endpoints: list[Endpoint], dlq_path: Path) -> None:
+                 endpoints: list[Endpoint], dlq: RecordLog, legacy_dlq: Path | None = None) -> None:
         self.bus = bus
         self.records = records
         self.alert = alert  # a dead letter counts toward alerting (aegisd/notify/alerts.py)
         self.endpoints = endpoints
-        self.dlq_path = dlq_path
+        self.dlq_log = dlq
+        self.legacy_dlq = legacy_dlq
         self.sent = 0
         self.failed = 0
         self.dlq_changed = trio.Event()
@@ -145,14 +154,29 @@ class Webhooks:
             collections.deque(maxlen=DELIVERY_LOG) for _ in endpoints]
         self.state = [ChannelHealth() for _ in endpoints]
         self._delivery_seq = 0
-        try:
-            self.dlq: list[DeadLetter] = msgspec.json.decode(dlq_path.read_bytes(), type=list[DeadLetter])
-        except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
-            self.dlq = []
+        self.dlq: list[DeadLetter] = []  # the last DLQ_MAX, oldest first (loaded by open())
 
-    def _save_dlq(self) -> None:
+    async def open(self) -> None:
+        """Load the dead letters (after moving an earlier version's webhooks-dlq.json into the store)."""
+        if self.legacy_dlq is not None:
+            await migrate_legacy(self.legacy_dlq, _read_legacy_dlq, self._append_all)
+        self.dlq = []
+        for _, doc in await self.dlq_log.read():
+            try:
+                self.dlq.append(msgspec.convert(doc, DeadLetter))
+            except msgspec.ValidationError:
+                continue
         self.dlq = self.dlq[-DLQ_MAX:]
-        atomic_write(self.dlq_path, msgspec.json.encode(self.dlq))
+
+    async def _append_all(self, letters: list[DeadLetter]) -> None:
+        await self.dlq_log.append_missing([msgspec.to_builtins(x) for x in letters[-DLQ_MAX:]])
+
+    async def _save_dead_letter(self, letter: DeadLetter) -> None:
+        seq = await self.dlq_log.append(msgspec.to_builtins(letter))
+        self.dlq = [*self.dlq, letter][-DLQ_MAX:]
+        if seq > DLQ_MAX:
+            await self.dlq_log.trim(seq - DLQ_MAX + 1)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if not self.endpoints:
             task_status.started()
@@ -249,9 +273,8 @@ class Webhooks:
             return
         self.failed += 1
         log.warning("webhook.dead_letter", url=log_url(ep.url), hook_event=name, error=error)
-        self.dlq.append(DeadLetter(timestamp=now_ms(), endpoint=ep.url, event=name, error=error, attempts=attempts,
-                                   payload=payload))
-        self._save_dlq()
+        await self._save_dead_letter(DeadLetter(timestamp=now_ms(), endpoint=ep.url, event=name, error=error,
+                                                attempts=attempts, payload=payload))
         self.dlq_changed.set()
         self.dlq_changed = trio.Event()
         # by host only: the alert goes to another service, and Slack or Discord keep the secret in the path

@@ -194,7 +194,7 @@ def _check_permissions(perms: list[str] | None) -> None:
     summary="Create an API key (the secret is shown once)")
 async def create_key(ctx: OpContext, p: CreateKeyParams) -> NewKey:
     _check_permissions(p.permissions)
-    info, secret = ctx.services.keys.create(p.name, role=p.role, permissions=p.permissions, ttl_days=p.ttlDays,
+    info, secret = await ctx.services.keys.create(p.name, role=p.role, permissions=p.permissions, ttl_days=p.ttlDays,
                                           rate_limit=p.rateLimit)
     ctx.audit("key.create", detail={"keyId": info.id, "name": info.name, "role": info.role})
     return NewKey(**_key_fields(info), key=secret, tenantId=p.tenantId)
@@ -207,7 +207,7 @@ async def list_keys(ctx: OpContext, p: Empty) -> list[KeyView]:
 
 @op("auth.keys.revoke", KeyIdParams, result=Ok, permission="admin", summary="Revoke an API key")
 async def revoke_key(ctx: OpContext, p: KeyIdParams) -> Ok:
-    if not ctx.services.keys.revoke(p.id):
+    if not await ctx.services.keys.revoke(p.id):
         raise NotFound(f"API key {p.id} not found")
     ctx.audit("key.revoke", detail={"keyId": p.id})
     return Ok(ok=True)
@@ -219,7 +219,7 @@ async def rotate_key(ctx: OpContext, p: RotateParams) -> RotatedKey:
     key_id = p.id or p.keyId
     if not key_id:
         raise ValidationError("keyId is required")
-    info, secret = ctx.services.keys.rotate(key_id, grace_seconds=p.gracePeriodSeconds, ttl_days=p.ttlDays)
+    info, secret = await ctx.services.keys.rotate(key_id, grace_seconds=p.gracePeriodSeconds, ttl_days=p.ttlDays)
     ctx.audit("key.rotate", detail={"keyId": key_id, "graceSeconds": p.gracePeriodSeconds})
     return RotatedKey(**_key_fields(info), key=secret, graceExpiresAt=info.graceExpiresAt)
 
@@ -250,7 +250,7 @@ async def set_quotas(ctx: OpContext, p: QuotaParams) -> KeyView:
             merged[name] = value
     quotas = parse(merged)
     stored = {**msgspec.to_builtins(quotas), "quotaWindowMs": quotas.quotaWindowMs} if quotas is not None else None
-    key = ctx.services.keys.set_quotas(p.id, stored)
+    key = await ctx.services.keys.set_quotas(p.id, stored)
     ctx.audit("key.quotas", detail={"keyId": p.id, "quotas": stored})
     return key_view(key)
 
@@ -332,9 +332,9 @@ async def audit_query(ctx: OpContext, p: AuditParams) -> AuditPage:
     if ctx.principal.role != "admin":
         raise Forbidden("the audit log is for admins")
     log = ctx.services.audit
-    records, cursor = log.query(actor=p.actor, action=p.action, session_id=p.sessionId, since=p.since,
+    records, cursor = await log.query(actor=p.actor, action=p.action, session_id=p.sessionId, since=p.since,
                                 until=p.until, cursor=p.cursor, limit=p.limit, reverse=p.reverse)
     return AuditPage(count=len(records), records=records, cursor=cursor,
                      filters={k: v for k, v in msgspec.to_builtins(p).items()
                               if v not in (None, False) and k not in ("limit",)},
-                     integrity=log.verify() if p.verify else UNSET)
+                     integrity=await log.verify() if p.verify else UNSET)

@@ -91,9 +91,7 @@ _ENDING = {"session.kill": "killed", "session.close": "completed"}
 
 async def _audit_sessions(ctx: OpContext) -> tuple[dict[str, dict[str, Any]], int]:
     """What the audit log says about each session: created (when, by whom, where), ended (how)."""
-    import trio
-
-    records = await trio.to_thread.run_sync(ctx.services.audit.read_all)
+    records = await ctx.services.audit.read_all()
     out: dict[str, dict[str, Any]] = {}
     for r in records:
         sid = r.get("sessionId")

@@ -91,7 +91,7 @@ def _mine(ctx: OpContext) -> Callable[[str | None], bool]:
 @op("memory.set", SetParams, result=EntrySet, permission="send",
     summary="Set a memory entry (namespace/key, optional TTL) in the caller's own space")
 async def set_entry(ctx: OpContext, p: SetParams) -> EntrySet:
-    return EntrySet(ok=True, entry=_store(ctx).set(p.key, p.value, p.ttlSeconds, owner=ctx.owner_of()))
+    return EntrySet(ok=True, entry=await _store(ctx).set(p.key, p.value, p.ttlSeconds, owner=ctx.owner_of()))
 
 
 @op("memory.list", MemoryListParams, result=Entries,
@@ -107,7 +107,7 @@ async def get_entry(ctx: OpContext, p: KeyParams) -> OneEntry:
 
 @op("memory.delete", KeyParams, result=Ok, summary="Delete a memory entry", permission="send")
 async def delete_entry(ctx: OpContext, p: KeyParams) -> Ok:
-    _store(ctx).delete(p.key, owner=_owner(ctx, p))
+    await _store(ctx).delete(p.key, owner=_owner(ctx, p))
     return Ok(ok=True)
 
 
@@ -122,7 +122,7 @@ async def scoped(ctx: OpContext, p: ScopeParams) -> ScopeEntries:
     permission="send")
 async def session_set(ctx: OpContext, p: SessionSetParams) -> EntrySet:
     rec = ctx.session(p.id)
-    entry = _store(ctx).set(f"session:{rec.id}/{p.key}", p.value, p.ttlSeconds, owner=rec.ownerKeyId)
+    entry = await _store(ctx).set(f"session:{rec.id}/{p.key}", p.value, p.ttlSeconds, owner=rec.ownerKeyId)
     return EntrySet(ok=True, entry=entry)
 
 

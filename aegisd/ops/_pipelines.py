@@ -34,7 +34,7 @@ def _visible(ctx: OpContext, p: Any) -> bool:
     summary="Create and start a pipeline of dependent stages")
 async def create(ctx: OpContext, p: PipelineSpec) -> PipelineRecord:
     owner, creator = ctx.creator()
-    rec = ctx.services.pipelines.create(p, owner=owner, creator=creator)
+    rec = await ctx.services.pipelines.create(p, owner=owner, creator=creator)
     ctx.audit("pipeline.create", detail={"pipelineId": rec.id, "stages": len(rec.stages)})
     return rec
 

@@ -55,6 +55,7 @@ class OpContext:
         return self.services.access.creator(self.principal)
 
     def audit(self, action: str, *, session_id: str | None = None, detail: Any = None) -> None:
+        """Add a record to the trail; `call` answers only once it is stored."""
         self.services.access.record(self.principal, action, session_id=session_id, detail=detail)
 
 
@@ -134,6 +135,8 @@ async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True
         ctx.audit("session.quota.rejected", session_id=getattr(params, "id", None),
                                 detail={"operation": name, "keyId": ctx.principal.key_id, **(exc.details or {})})
         raise
+    finally:
+        await ctx.services.audit.stored()  # acknowledged means stored: the audit records too
 
 
 def stream(ctx: OpContext, name: str, raw: Any) -> AsyncGenerator[Any, None]:

@@ -46,7 +46,7 @@ async def create(ctx: OpContext, p: CreateTemplate) -> Template:
         ctx.services.manager.workdirs.validate(fields.workDir)
     elif not defaults.get("workDir"):
         raise ValidationError("workDir is required (or sessionId to copy it from)")
-    return ctx.services.templates.create(fields, owner=ctx.owner_of(), defaults=defaults)
+    return await ctx.services.templates.create(fields, owner=ctx.owner_of(), defaults=defaults)
 
 
 @op("template.list", Empty, result=list[Template], summary="List templates")
@@ -66,11 +66,11 @@ async def update(ctx: OpContext, p: UpdateTemplate) -> Template:
     fields = msgspec.convert({k: v for k, v in msgspec.to_builtins(p).items() if k != "id"}, TemplateFields)
     if fields.workDir:
         ctx.services.manager.workdirs.validate(fields.workDir)
-    return ctx.services.templates.update(p.id, fields)
+    return await ctx.services.templates.update(p.id, fields)
 
 
 @op("template.delete", TemplateId, result=Ok, summary="Delete a template", permission="create")
 async def delete(ctx: OpContext, p: TemplateId) -> Ok:
     owned_template(ctx, p.id)
-    ctx.services.templates.delete(p.id)
+    await ctx.services.templates.delete(p.id)
     return Ok(ok=True)

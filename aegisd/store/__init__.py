@@ -9,16 +9,30 @@ Durability contract (every implementation):
   daemon (the data is in the kernel); ``flush`` (called periodically, at turn end and on shutdown) makes
   it survive a machine crash too.
 - Records carry ``schemaVersion``; a store refuses to load records from a newer schema.
+
+Besides sessions, every store keeps what the features, auth and notifiers persist, in two shapes:
+- documents: ``collection`` + ``key`` -> one JSON document (``doc_get`` / ``doc_put`` / ``doc_delete`` /
+  ``doc_list``). A put replaces the whole document atomically and is durable when it returns.
+- append-only logs: ``log_append`` stores one JSON record and returns its sequence number, assigned by the
+  store (1, 2, 3... per log, never reused, even after a trim); ``log_read`` from a sequence number on;
+  ``log_trim`` drops the records before one. An append is durable when it returns.
+Features reach them through the narrow :class:`Collection` and :class:`RecordLog` (one collection or log
+each), never through the whole store.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aegisd.core.models import Event, SessionRecord, TranscriptEntry
+from aegisd.store._names import check_name
 
 if TYPE_CHECKING:
     from aegisd.core.config import Config
+
+T = TypeVar("T")
 
 
 class Store(Protocol):
@@ -61,6 +75,93 @@ class Store(Protocol):
 
     async def last_event_id(self) -> int:
         """The highest event id ever appended (0 when none), so ids stay monotonic across restarts."""
+
+    # documents: collection + key -> one JSON document
+    async def doc_get(self, collection: str, key: str) -> Any | None:
+        """The document, or None."""
+
+    async def doc_put(self, collection: str, key: str, doc: Any) -> None:
+        """Insert or replace one document atomically; durable when it returns."""
+
+    async def doc_delete(self, collection: str, key: str) -> None:
+        """Remove one document (nothing if absent)."""
+
+    async def doc_list(self, collection: str) -> dict[str, Any]:
+        """Every document of a collection, by key."""
+
+    # append-only logs: sequence numbers assigned by the store, monotonic per log
+    async def log_append(self, log: str, record: Any) -> int:
+        """Store one record, durably; its sequence number (1 for the first ever)."""
+
+    async def log_read(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
+        """(seq, record) with seq > ``after``, oldest first, at most ``limit``."""
+
+    async def log_trim(self, log: str, before: int) -> None:
+        """Drop the records with seq < ``before`` (the numbering goes on where it was)."""
+
+
+class Documents(Protocol):
+    """What a :class:`Collection` needs of a store."""
+
+    async def doc_get(self, collection: str, key: str) -> Any | None: ...
+
+    async def doc_put(self, collection: str, key: str, doc: Any) -> None: ...
+
+    async def doc_delete(self, collection: str, key: str) -> None: ...
+
+    async def doc_list(self, collection: str) -> dict[str, Any]: ...
+
+
+class Logs(Protocol):
+    """What a :class:`RecordLog` needs of a store."""
+
+    async def log_append(self, log: str, record: Any) -> int: ...
+
+    async def log_read(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]: ...
+
+    async def log_trim(self, log: str, before: int) -> None: ...
+
+
+class Collection:
+    """One collection of JSON documents: the narrow interface a feature is handed."""
+
+    def __init__(self, store: Documents, name: str) -> None:
+        self.store, self.name = store, check_name(name)
+
+    async def get(self, key: str) -> Any | None:
+        return await self.store.doc_get(self.name, key)
+
+    async def put(self, key: str, doc: Any) -> None:
+        await self.store.doc_put(self.name, key, doc)
+
+    async def delete(self, key: str) -> None:
+        await self.store.doc_delete(self.name, key)
+
+    async def list(self) -> dict[str, Any]:
+        return await self.store.doc_list(self.name)
+
+
+class RecordLog:
+    """One append-only log of JSON records: the narrow interface a feature is handed."""
+
+    def __init__(self, store: Logs, name: str) -> None:
+        self.store, self.name = store, check_name(name)
+
+    async def append(self, record: Any) -> int:
+        return await self.store.log_append(self.name, record)
+
+    async def read(self, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
+        return await self.store.log_read(self.name, after, limit)
+
+    async def trim(self, before: int) -> None:
+        await self.store.log_trim(self.name, before)
+
+    async def append_missing(self, records: list[Any]) -> None:
+        """Append ``records`` to a log that may already hold a prefix of them (a migration that crashed half
+        way, before it renamed its file): only those not there yet."""
+        have = len(await self.read())
+        for record in records[have:]:
+            await self.append(record)
 
 
 def open_store(config: Config) -> Store:
@@ -125,3 +226,30 @@ def probe_store(config: Config) -> str:
         persistence = {"yes": "appendonly", "no": "no AOF"}.get(aof or "", "persistence unknown")
         return f"Redis {info.get('redis_version', '?')} at {mask_url(config.redisUrl)} ({persistence})"
     return f"{config.sessionStore} store under {config.state_path}"
+
+
+async def migrate_legacy(path: Path, read: Callable[[Path], T], write: Callable[[T], Awaitable[object]]) -> bool:
+    """Move what an earlier aegisd kept in its own file (or directory) into the store, once: ``read`` it (in a
+    worker thread), ``write`` it to the store, then rename it to ``<name>.migrated`` so the next start skips it
+    (and the user still has it). Returns whether there was anything to migrate. A crash before the rename
+    migrates it again at the next start; the writes are puts by key, so that is harmless."""
+    import structlog
+    import trio
+
+    from aegisd.store._fs import fsync_dir
+
+    if not await trio.to_thread.run_sync(path.exists):
+        return False
+    data = await trio.to_thread.run_sync(read, path)
+    await write(data)
+    def rename() -> Path:
+        target, n = path.with_name(path.name + ".migrated"), 1
+        while target.exists():  # an earlier migration's: keep both
+            n += 1
+            target = path.with_name(f"{path.name}.migrated.{n}")
+        path.replace(target)
+        fsync_dir(path.parent)
+        return target
+    target = await trio.to_thread.run_sync(rename)
+    structlog.get_logger("aegisd.store").info("store.migrated", file=str(path), to=str(target))
+    return True

@@ -5,7 +5,11 @@
     <state>/sessions/<id>.json         one record, replaced atomically (tmp + fsync + rename + dir fsync)
     <state>/transcripts/<id>.jsonl     append-only, one entry per line
     <state>/events/<id>.jsonl          append-only, compacted to the last RING entries
+    <state>/docs/<collection>/<key>.json   one document ({key, doc}), replaced atomically
+    <state>/logs/<name>.jsonl          an append-only log ({seq, data} per line), fsynced per append
+    <state>/logs/<name>.next           the next sequence number, kept when a trim empties the log
 
+Documents and log records are durable when the call returns; their fsyncs run in worker threads.
 Appends are single `write(2)` calls on O_APPEND descriptors: once a call returns, the data is in the kernel
 and survives `kill -9` of the daemon; `flush()` fsyncs what was appended since the last flush (turn ends,
 shutdown), which makes it survive a machine crash too. A line torn by a crash mid-write is cut off on load."""
@@ -13,9 +17,12 @@ shutdown), which makes it survive a machine crash too. A line torn by a crash mi
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import structlog
@@ -24,6 +31,8 @@ import trio
 from aegisd.core.errors import Unavailable
 from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
 from aegisd.store._fs import atomic_write as _atomic_write
+from aegisd.store._fs import fsync_dir, write_tmp
+from aegisd.store._names import check_name
 
 log = structlog.get_logger("aegisd.store")
 
@@ -97,6 +106,89 @@ class _Log:
         return len(self.offsets)
 
 
+class _Doc(msgspec.Struct):
+    key: str
+    doc: msgspec.Raw
+
+
+class _Record(msgspec.Struct):
+    seq: int
+    data: msgspec.Raw
+
+
+_doc_dec = msgspec.json.Decoder(_Doc)
+_record_dec = msgspec.json.Decoder(_Record)
+
+
+def _doc_file(key: str) -> str:
+    """A document's file name: the key, %-quoted (readable), or its hash when that would be too long."""
+    name = quote(key, safe="")
+    return f"k-{name}.json" if len(name) <= 180 else f"h-{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _RecordFile:
+    """One append-only log of the keyed store: a _Log whose lines carry dense sequence numbers, so the record
+    with seq N is line N - base. The lock orders appends, trims and reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.next_path = path.with_suffix(".next")
+        self.lines = _Log(path)
+        self.lock = trio.Lock()
+        self.base = 1  # seq of the first line
+        self.next = 1  # seq of the next append
+        self.loaded = False
+
+    def load(self) -> None:  # in a worker thread
+        if not self.path.exists():  # created (and its directory entry made durable) before the first append
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            fsync_dir(self.path.parent)
+        self.lines = _Log(self.path)
+        n = len(self.lines)
+        try:
+            floor = int(self.next_path.read_text() or "1")
+        except (FileNotFoundError, ValueError):
+            floor = 1
+        if n:
+            first = _record_dec.decode(self.lines.read(0, 1)[0]).seq
+            last = _record_dec.decode(self.lines.read(n - 1, 1)[0]).seq
+            self.base, self.next = first, max(last + 1, floor)
+        else:
+            self.base = self.next = floor
+        self.loaded = True
+
+    def read(self, after: int, limit: int | None) -> list[tuple[int, Any]]:  # in a worker thread
+        start = max(0, after + 1 - self.base)
+        out = []
+        for line in self.lines.read(start, limit):
+            r = _record_dec.decode(line)
+            out.append((r.seq, msgspec.json.decode(r.data)))
+        return out
+
+    def trim(self, before: int) -> None:  # in a worker thread
+        n = len(self.lines)
+        drop = min(n, max(0, before - self.base))
+        if not drop:
+            return
+        _atomic_write(self.next_path, str(self.next).encode())
+        keep = self.lines.read(drop, None)
+        _atomic_write(self.path, b"".join(line + b"\n" for line in keep))
+        self.lines = _Log(self.path)
+        self.base += drop
+        self.lines.load()
+
+
 class FileStore:
     name = "file"
 
@@ -108,13 +200,16 @@ class FileStore:
         self._dirty: set[Path] = set()
         self._last_event_id = 0
         self._limiter = trio.CapacityLimiter(8)
+        self._doc_locks: dict[str, trio.Lock] = {}
+        self._events_lock = trio.Lock()
+        self._records: dict[str, _RecordFile] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
         await trio.to_thread.run_sync(self._open_sync)
 
     def _open_sync(self) -> None:
-        for sub in ("", "sessions", "transcripts", "events"):
+        for sub in ("", "sessions", "transcripts", "events", "docs", "logs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.root / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -132,7 +227,8 @@ class FileStore:
                                   f"{SCHEMA_VERSION} (upgrade aegisd)")
         else:
             _atomic_write(meta, _enc.encode({"schemaVersion": SCHEMA_VERSION}))
-        for tmp in (self.root / "sessions").glob("*.tmp"):
+        for tmp in [*(self.root / "sessions").glob("*.tmp"), *(self.root / "docs").glob("*/*.tmp"),
+                    *(self.root / "logs").glob("*.tmp")]:
             log.warning("store.stray_tmp_removed", file=str(tmp))
             tmp.unlink(missing_ok=True)
         self._last_event_id = 0
@@ -239,14 +335,18 @@ class FileStore:
         for ev in events:
             by_session.setdefault(ev.sessionId, []).append(_enc.encode(ev) + b"\n")
             self._last_event_id = max(self._last_event_id, ev.id)
-        for sid, lines in by_session.items():
-            lg = self._event_log(sid)
-            lg.append(lines)
-            self._dirty.add(lg.path)
-            if len(lg) > 2 * EVENT_RING:
-                keep = lg.read(len(lg) - EVENT_RING, None)
-                _atomic_write(lg.path, b"".join(line + b"\n" for line in keep))
-                self._events.pop(sid, None)
+        async with self._events_lock:  # a compaction below must not lose an append made meanwhile
+            for sid, lines in by_session.items():
+                lg = self._event_log(sid)
+                lg.append(lines)
+                self._dirty.add(lg.path)
+                if len(lg) > 2 * EVENT_RING:  # keep the last EVENT_RING: written and fsynced in a worker thread,
+                    keep = lg.read(len(lg) - EVENT_RING, None)  # then swapped in here, at once for every reader
+                    tmp = await trio.to_thread.run_sync(write_tmp, lg.path, b"".join(line + b"\n" for line in keep),
+                                                        limiter=self._limiter)
+                    os.replace(tmp, lg.path)
+                    self._events.pop(sid, None)
+                    await trio.to_thread.run_sync(fsync_dir, lg.path.parent, limiter=self._limiter)
 
     async def read_events(self, *, session_id: str | None, after_id: int, limit: int = 1000) -> list[Event]:
         if session_id is not None:
@@ -261,3 +361,104 @@ class FileStore:
 
     async def last_event_id(self) -> int:
         return self._last_event_id
+
+    # ---- documents -----------------------------------------------------------------------------
+    def _collection_dir(self, collection: str) -> Path:
+        return self.root / "docs" / check_name(collection)
+
+    async def doc_get(self, collection: str, key: str) -> Any | None:
+        path = self._collection_dir(collection) / _doc_file(key)
+
+        def read() -> Any | None:
+            try:
+                return msgspec.json.decode(_doc_dec.decode(path.read_bytes()).doc)
+            except FileNotFoundError:
+                return None
+        return await trio.to_thread.run_sync(read, limiter=self._limiter)
+
+    async def doc_put(self, collection: str, key: str, doc: Any) -> None:
+        d = self._collection_dir(collection)
+        data = _enc.encode({"key": key, "doc": doc})  # encoded now: later changes to doc are a later put
+
+        def write() -> None:
+            if not d.is_dir():
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fsync_dir(d.parent)
+            _atomic_write(d / _doc_file(key), data)
+        async with self._doc_locks.setdefault(collection, trio.Lock()):  # one tmp file per key: in order
+            await trio.to_thread.run_sync(write, limiter=self._limiter)
+
+    async def doc_delete(self, collection: str, key: str) -> None:
+        path = self._collection_dir(collection) / _doc_file(key)
+
+        def unlink() -> None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return
+            fsync_dir(path.parent)
+        async with self._doc_locks.setdefault(collection, trio.Lock()):
+            await trio.to_thread.run_sync(unlink, limiter=self._limiter)
+
+    async def doc_list(self, collection: str) -> dict[str, Any]:
+        d = self._collection_dir(collection)
+
+        def scan() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for path in sorted(d.glob("*.json")):
+                try:
+                    item = _doc_dec.decode(path.read_bytes())
+                    out[item.key] = msgspec.json.decode(item.doc)
+                except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    log.warning("store.unreadable_document_skipped", file=str(path), error=str(exc))
+            return out
+        return await trio.to_thread.run_sync(scan, limiter=self._limiter)
+
+    # ---- append-only logs ----------------------------------------------------------------------
+    async def _record_file(self, name: str) -> _RecordFile:
+        rf = self._records.get(name)
+        if rf is None:
+            rf = self._records[name] = _RecordFile(self.root / "logs" / f"{check_name(name)}.jsonl")
+        if not rf.loaded:
+            async with rf.lock:
+                if not rf.loaded:
+                    await trio.to_thread.run_sync(rf.load, limiter=self._limiter)
+        return rf
+
+    async def log_append(self, log: str, record: Any) -> int:
+        rf = await self._record_file(log)
+        async with rf.lock:
+            seq = rf.next
+            rf.lines.append([_enc.encode({"seq": seq, "data": record}) + b"\n"])  # one write(2), in order
+            rf.next = seq + 1
+        # durable before it is acknowledged; concurrent appends share their fsyncs (group commit)
+        await trio.to_thread.run_sync(_fsync_path, rf.path, limiter=self._limiter)
+        return seq
+
+    async def log_read(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
+        rf = await self._record_file(log)
+        async with rf.lock:
+            return await trio.to_thread.run_sync(rf.read, after, limit, limiter=self._limiter)
+
+    async def log_trim(self, log: str, before: int) -> None:
+        rf = await self._record_file(log)
+        async with rf.lock:
+            await trio.to_thread.run_sync(rf.trim, before, limiter=self._limiter)
+
+
+def read_log(state_dir: Path, name: str) -> list[tuple[int, Any]] | None:
+    """A file store's log read without its lock, for tools such as `ag doctor` (the daemon may be running): the
+    records whole lines hold, or None when the log does not exist."""
+    path = Path(state_dir) / "logs" / f"{name}.jsonl"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    out = []
+    for line in data[:data.rfind(b"\n") + 1].splitlines():
+        try:
+            r = _record_dec.decode(line)
+            out.append((r.seq, msgspec.json.decode(r.data)))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            out.append((0, {"_corrupt": line.decode(errors="replace")}))
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from aegisd.core.models import Event, SessionRecord, TranscriptEntry
@@ -14,6 +16,9 @@ class MemoryStore:
         self.sessions: dict[str, bytes] = {}
         self.transcripts: dict[str, list[TranscriptEntry]] = {}
         self.events: list[Event] = []
+        self.docs: dict[str, dict[str, bytes]] = {}  # encoded, so a caller's later changes do not leak in
+        self.logs: dict[str, list[tuple[int, bytes]]] = {}
+        self.log_seq: dict[str, int] = {}
 
     async def open(self) -> None:
         pass
@@ -55,3 +60,28 @@ class MemoryStore:
 
     async def last_event_id(self) -> int:
         return self.events[-1].id if self.events else 0
+
+    async def doc_get(self, collection: str, key: str) -> Any | None:
+        raw = self.docs.get(collection, {}).get(key)
+        return None if raw is None else msgspec.json.decode(raw)
+
+    async def doc_put(self, collection: str, key: str, doc: Any) -> None:
+        self.docs.setdefault(collection, {})[key] = msgspec.json.encode(doc)
+
+    async def doc_delete(self, collection: str, key: str) -> None:
+        self.docs.get(collection, {}).pop(key, None)
+
+    async def doc_list(self, collection: str) -> dict[str, Any]:
+        return {k: msgspec.json.decode(v) for k, v in self.docs.get(collection, {}).items()}
+
+    async def log_append(self, log: str, record: Any) -> int:
+        seq = self.log_seq[log] = self.log_seq.get(log, 0) + 1
+        self.logs.setdefault(log, []).append((seq, msgspec.json.encode(record)))
+        return seq
+
+    async def log_read(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
+        out = [(s, msgspec.json.decode(b)) for s, b in self.logs.get(log, []) if s > after]
+        return out if limit is None else out[:limit]
+
+    async def log_trim(self, log: str, before: int) -> None:
+        self.logs[log] = [(s, b) for s, b in self.logs.get(log, []) if s >= before]

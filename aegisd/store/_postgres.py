@@ -67,6 +67,7 @@ class PostgresStore:
             return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(f"{self.table}_{suffix}"))
         self._meta, self._sessions, self._transcript, self._events = t("meta"), t("sessions"), t("transcript"), \
             t("events")
+        self._docs, self._logs, self._log_seq = t("docs"), t("logs"), t("log_seq")
 
     # ---- plumbing ------------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
@@ -111,6 +112,7 @@ class PostgresStore:
         await trio.to_thread.run_sync(self._open_sync)
 
     def _open_sync(self) -> None:
+        self._closed = False
         self._lock_conn = self._connect()
         try:
             self._open_locked(self._lock_conn)
@@ -139,6 +141,12 @@ class PostgresStore:
                                       "NULL, body jsonb NOT NULL)").format(self._events))
             lock_conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (session_id, id)").format(
                 sql.Identifier(f"{self.table}_events_by_session"), self._events))
+            lock_conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (collection text NOT NULL, key text NOT NULL, "
+                                      "body jsonb NOT NULL, PRIMARY KEY (collection, key))").format(self._docs))
+            lock_conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, seq bigint NOT NULL)")
+                              .format(self._log_seq))
+            lock_conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (name text NOT NULL, seq bigint NOT NULL, "
+                                      "body jsonb NOT NULL, PRIMARY KEY (name, seq))").format(self._logs))
             rows = dict(lock_conn.execute(sql.SQL("SELECT key, value FROM {}").format(self._meta)).fetchall())
             version = rows.get("schema_version", SCHEMA_VERSION)
             if version > SCHEMA_VERSION:
@@ -286,3 +294,72 @@ class PostgresStore:
 
     async def last_event_id(self) -> int:
         return self._last_event_id
+
+    # ---- documents -----------------------------------------------------------------------------
+    async def doc_get(self, collection: str, key: str) -> Any | None:
+        from psycopg import sql
+
+        def q(conn: psycopg.Connection[Any]) -> Any:
+            return conn.execute(sql.SQL("SELECT body::text FROM {} WHERE collection = %s AND key = %s")
+                                .format(self._docs), (collection, key)).fetchone()
+        row = await self._run(q)
+        return None if row is None else msgspec.json.decode(row[0])
+
+    async def doc_put(self, collection: str, key: str, doc: Any) -> None:
+        from psycopg import sql
+
+        body = _enc.encode(doc).decode()
+
+        def q(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(sql.SQL("INSERT INTO {} (collection, key, body) VALUES (%s, %s, %s::jsonb) ON CONFLICT "
+                                 "(collection, key) DO UPDATE SET body = excluded.body").format(self._docs),
+                         (collection, key, body))
+        await self._run(q)
+
+    async def doc_delete(self, collection: str, key: str) -> None:
+        from psycopg import sql
+
+        def q(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE collection = %s AND key = %s").format(self._docs),
+                         (collection, key))
+        await self._run(q)
+
+    async def doc_list(self, collection: str) -> dict[str, Any]:
+        from psycopg import sql
+
+        def q(conn: psycopg.Connection[Any]) -> list[Any]:
+            return conn.execute(sql.SQL("SELECT key, body::text FROM {} WHERE collection = %s ORDER BY key")
+                                .format(self._docs), (collection,)).fetchall()
+        return {key: msgspec.json.decode(body) for key, body in await self._run(q)}
+
+    # ---- append-only logs ----------------------------------------------------------------------
+    async def log_append(self, log: str, record: Any) -> int:
+        from psycopg import sql
+
+        body = _enc.encode(record).decode()
+
+        def q(conn: psycopg.Connection[Any]) -> int:
+            with conn.transaction():  # the counter's row lock orders concurrent appends to one log
+                row = conn.execute(sql.SQL("INSERT INTO {} AS s (name, seq) VALUES (%s, 1) ON CONFLICT (name) DO "
+                                           "UPDATE SET seq = s.seq + 1 RETURNING seq").format(self._log_seq),
+                                   (log,)).fetchone()
+                assert row is not None
+                conn.execute(sql.SQL("INSERT INTO {} (name, seq, body) VALUES (%s, %s, %s::jsonb)")
+                             .format(self._logs), (log, row[0], body))
+                return int(row[0])
+        return await self._run(q)
+
+    async def log_read(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
+        from psycopg import sql
+
+        def q(conn: psycopg.Connection[Any]) -> list[Any]:
+            return conn.execute(sql.SQL("SELECT seq, body::text FROM {} WHERE name = %s AND seq > %s ORDER BY seq "
+                                        "LIMIT %s").format(self._logs), (log, after, limit)).fetchall()
+        return [(int(seq), msgspec.json.decode(body)) for seq, body in await self._run(q)]
+
+    async def log_trim(self, log: str, before: int) -> None:
+        from psycopg import sql
+
+        def q(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE name = %s AND seq < %s").format(self._logs), (log, before))
+        await self._run(q)

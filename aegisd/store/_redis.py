@@ -3,7 +3,9 @@
 redis.asyncio does not run under trio, so the sync client (thread-safe, with its own connection pool) runs in
 worker threads. Keys, under ``<prefix>:``: ``meta`` (hash: schema_version, last_event_id), ``sessions`` (hash:
 id → JSON record), ``t:<id>`` (list: transcript entries), ``e:<id>`` (sorted set by event id: the session's
-last EVENT_RING events), ``e`` (sorted set: the last GLOBAL_RING events of all sessions), ``lock``.
+last EVENT_RING events), ``e`` (sorted set: the last GLOBAL_RING events of all sessions), ``d:<collection>``
+(hash: key → JSON document), ``l:<log>`` (sorted set of "<seq> <JSON>" scored by seq), ``ls:<log>`` (the log's
+last seq), ``lock``.
 Multi-key writes go in one MULTI/EXEC transaction. A call returns once Redis acknowledged it; what survives a
 Redis restart is what its persistence settings keep (use ``appendonly yes``; see docs/stores.md).
 
@@ -53,6 +55,11 @@ _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexp
 # replace a dead holder's lock, only if it is still that holder's
 _TAKEOVER = ("if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
              "return 1 else return 0 end")
+
+
+# append one record to a log: the next sequence number, and the record scored by it (member "<seq> <json>")
+_APPEND = ("local s = redis.call('incr', KEYS[1]) redis.call('zadd', KEYS[2], s, s .. ' ' .. ARGV[1]) "
+           "return s")
 
 
 def _holder_verdict(holder: bytes | None) -> str:
@@ -259,3 +266,38 @@ class RedisStore:
 
     async def last_event_id(self) -> int:
         return self._last_event_id
+
+    # ---- documents -----------------------------------------------------------------------------
+    async def doc_get(self, collection: str, key: str) -> Any | None:
+        raw = await self._run(lambda c: c.hget(self._k("d", collection), key))
+        return None if raw is None else msgspec.json.decode(raw)
+
+    async def doc_put(self, collection: str, key: str, doc: Any) -> None:
+        body = _enc.encode(doc)
+        await self._run(lambda c: c.hset(self._k("d", collection), key, body))
+
+    async def doc_delete(self, collection: str, key: str) -> None:
+        await self._run(lambda c: c.hdel(self._k("d", collection), key))
+
+    async def doc_list(self, collection: str) -> dict[str, Any]:
+        raw = await self._run(lambda c: c.hgetall(self._k("d", collection)))
+        return {k.decode(): msgspec.json.decode(v) for k, v in sorted(raw.items())}
+
+    # ---- append-only logs ----------------------------------------------------------------------
+    async def log_append(self, log: str, record: Any) -> int:
+        body = _enc.encode(record)
+        return int(await self._run(lambda c: c.eval(_APPEND, 2, self._k("ls", log), self._k("l", log), body)))
+
+    async def log_read(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
+        if limit == 0:
+            return []
+        raw = await self._run(lambda c: c.zrangebyscore(self._k("l", log), f"({after}", "+inf",
+                                                        start=0 if limit is not None else None, num=limit))
+        out = []
+        for member in raw:
+            seq, _, body = member.partition(b" ")
+            out.append((int(seq), msgspec.json.decode(body)))
+        return out
+
+    async def log_trim(self, log: str, before: int) -> None:
+        await self._run(lambda c: c.zremrangebyscore(self._k("l", log), "-inf", f"({before}"))

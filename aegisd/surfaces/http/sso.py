@@ -89,6 +89,7 @@ def register(app: QuartTrio, gate: Gate) -> None:
                                         browser=request.cookies.get(oidc_mod.STATE_COOKIE, ""))
         services.access.record(session.principal, "auth.sso_login",
                                detail={"sub": session.identity.get("sub"), "role": session.principal.role})
+        await services.audit.stored()  # acknowledged means stored
         resp = Response("", status=302, headers={"Location": "/dashboard/"})
         resp.set_cookie(oidc_mod.COOKIE, sid, max_age=int(oidc_mod.SESSION_TTL_S), httponly=True, samesite="Strict",
                         secure=_secure(), path="/")
@@ -110,7 +111,7 @@ def register(app: QuartTrio, gate: Gate) -> None:
         gate.admit()
         o = services.oidc
         if o is not None:
-            o.end_session(request.cookies.get(oidc_mod.COOKIE, ""))
+            await o.end_session(request.cookies.get(oidc_mod.COOKIE, ""))
         resp = Response("", status=204)
         resp.delete_cookie(oidc_mod.COOKIE, path="/")
         return resp
