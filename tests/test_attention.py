@@ -92,7 +92,7 @@ async def test_poll_and_pending_show_a_key_only_its_own(daemon_factory: Any, wor
                                                      "reuse": False}, headers=bearer(bob))
     a, b = mine.json()["id"], theirs.json()["id"]
     await d.wait_status(a, "permission_prompt")
-    await d.wait_event(b, "approval", match=lambda e: e.data.get("toolTitle") == "Run 2")
+    await d.wait_event(b, "permission.requested", match=lambda e: e.data.get("toolTitle") == "Run 2")
 
     r = await d.http.get("/v1/permissions/pending", headers=bearer(alice))
     assert r.status_code == 200

@@ -55,7 +55,7 @@ async def test_responses_conform(daemon: DaemonHandle, workdir: Path) -> None:
     r = await h.post("/v1/sessions", json={"workDir": str(workdir), "prompt": "tool:edit:Edit:f"})
     conforms("session.create", r.status_code, r.json())
     sid = r.json()["id"]
-    await daemon.wait_event(sid, "approval", match=lambda e: "requestId" in e.data and "decision" not in e.data)
+    await daemon.wait_event(sid, "permission.requested")
     for path, op in [(f"/v1/sessions/{sid}", "session.get"), ("/v1/sessions", "session.list"),
                      (f"/v1/sessions/{sid}/health", "session.health"), (f"/v1/sessions/{sid}/read", "session.read"),
                      (f"/v1/sessions/{sid}/transcript", "session.transcript")]:

@@ -20,6 +20,7 @@ import trio
 
 from aegisd.bus import EventBus
 from aegisd.core.errors import NotFound, ValidationError
+from aegisd.core.events import Pipeline, Verification
 from aegisd.core.models import now_ms
 from aegisd.core.states import State
 from aegisd.features.verify import Verifier
@@ -179,8 +180,8 @@ class PipelineManager:
         if not self.dir.is_dir():
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(self.dir / f"{p.id}.json", _enc.encode(p))
-        self.bus.publish(p.id, "pipeline", {"status": p.status, "currentStage": p.currentStage,
-                                                   "stages": {s.name: s.status for s in p.stages}})
+        self.bus.publish(p.id, Pipeline(status=p.status, currentStage=p.currentStage,
+                                        stages={s.name: s.status for s in p.stages}))
 
     def load(self) -> None:
         if not self.dir.exists():
@@ -349,9 +350,9 @@ class PipelineManager:
                 raise NotFound(f"session {sid} is gone")
             self._verdicts[sid] = await self.verifier.run(rec, critical_only=critical_only)
         except AegisError as exc:
-            verdict = {"ok": False, "summary": f"could not verify: {exc.message}", "steps": [], "status": "failed"}
-            self._verdicts[sid] = verdict
-            self.bus.publish(sid, "verification", verdict)
+            failed = Verification(status="failed", steps=[], ok=False, summary=f"could not verify: {exc.message}")
+            self._verdicts[sid] = failed.to_data()
+            self.bus.publish(sid, failed)
 
     async def _verdict(self, p: PipelineRecord, s: StageState, result: dict[str, Any]) -> None:
         from aegisd.features.verify import fix_prompt

@@ -15,7 +15,8 @@ import msgspec
 from aegisd import PROTOCOL_VERSION, __version__
 from aegisd.core.config import PermissionMode
 from aegisd.core.errors import Forbidden, SessionNotFound, Unauthorized, ValidationError
-from aegisd.core.models import Event, SessionRecord, now_ms
+from aegisd.core.events import Overflow, envelope
+from aegisd.core.models import SessionRecord, now_ms
 from aegisd.core.states import LIVE, STATUS_FILTERS, TERMINAL, State
 from aegisd.ops._registry import OpContext, op
 
@@ -400,8 +401,8 @@ async def _follow(ctx: OpContext, session_id: str | None, after_id: int | None) 
             resumed = await d.bus.subscribe(session_id=session_id, after_id=last)
             first = resumed._replay[0].id if resumed._replay else d.bus.last_id + 1
             resumed.close()
-            yield Event(id=last or 0, event="overflow", sessionId=session_id or "", timestamp=now_ms(),
-                        data={"reason": "slow consumer", "resumedAfter": last, "firstAvailable": first})
+            yield envelope(last or 0, session_id or "", now_ms(),
+                           Overflow(reason="slow consumer", resumedAfter=last, firstAvailable=first))
 
 
 @op("session.follow", FollowParams, stream=True,

@@ -19,6 +19,7 @@ import trio
 import aegisd.sessions.failures as failures
 from aegisd import __version__
 from aegisd.acp import AcpConnection, AgentProcess, RemoteError, agent_environment, spawn_agent
+from aegisd.core import events as ev
 from aegisd.core import wire as w
 from aegisd.core.errors import (
     AegisError,
@@ -427,7 +428,8 @@ class SessionRunner:
         if cmd.kind == "send":
             return self._send_prompt(cmd.args["text"])
         if cmd.kind in ("approve", "reject"):
-            return await self._decide(cmd.kind == "approve", cmd.args.get("optionId"), cmd.args.get("requestId"))
+            return await self._decide(cmd.kind == "approve", cmd.args.get("optionId"), cmd.args.get("requestId"),
+                                      cmd.args.get("by"))
         if cmd.kind == "interrupt":
             return await self._interrupt()
         if cmd.kind == "set_profile":
@@ -503,10 +505,10 @@ class SessionRunner:
         if usage:
             self._add_usage(usage)
         await self._append(self._builder.turn_end(stop, usage))
-        turn: dict[str, Any] = {"stopReason": stop, "usage": usage, "turn": rec.turns}
+        turn = ev.Turn(stopReason=stop, usage=usage, turn=rec.turns)
         if stop == "error" and rec.lastError is not None:
-            turn.update(error=rec.lastError.message, errorKind=rec.lastError.kind)
-        self._bus.publish(rec.id, "turn", turn)
+            turn.error, turn.errorKind = rec.lastError.message, rec.lastError.kind
+        self._bus.publish(rec.id, turn)
         if rec.status in (State.RUNNING, State.STALLED, State.PERMISSION_PROMPT):
             rec.pendingPermission = None
             await self._set_state(State.IDLE, detail=stop)
@@ -595,8 +597,8 @@ class SessionRunner:
                     self.manager.metrics.auto_rejections += 1
                 await self._append(self._builder.permission_decision(
                     f"{verb} ({by}): {option}", tc.toolCallId or None))
-                self._bus.publish(rec.id, "approval", {"auto": True, "decision": policy.value,
-                                                       "optionId": option, "toolTitle": tc.title or ""})
+                self._bus.publish(rec.id, ev.PermissionDecided(auto=True, decision=policy.value, optionId=option,
+                                                               toolTitle=tc.title or "", by=by))
                 return {"outcome": {"outcome": "selected", "optionId": option}}
         title = tc.title or tc.name or "tool"
         info = PendingPermission(
@@ -611,7 +613,7 @@ class SessionRunner:
             await self._set_state(State.PERMISSION_PROMPT, detail=title)
         else:
             await self._save()
-        self._bus.publish(rec.id, "approval", msgspec.to_builtins(info))
+        self._bus.publish(rec.id, ev.PermissionRequested(request=info))
         try:
             await decision.done.wait()
         finally:
@@ -623,7 +625,8 @@ class SessionRunner:
             await self._set_state(State.RUNNING if self._turn_active else State.IDLE)
         return {"outcome": decision.outcome}
 
-    async def _decide(self, allow: bool, option_id: str | None, request_id: str | None = None) -> dict[str, Any]:
+    async def _decide(self, allow: bool, option_id: str | None, request_id: str | None = None,
+                      by: str | None = None) -> dict[str, Any]:
         head = self._decisions[0].info if self._decisions else None
         if request_id is not None and (head is None or head.requestId != request_id):
             # the caller's user saw another request than the one pending: decide nothing
@@ -652,8 +655,9 @@ class SessionRunner:
         m.permission_latency.observe(max(0, now_ms() - decision.info.since))
         await self._append(self._builder.permission_decision(
             f"{'approved' if allow else 'rejected'}: {option}", decision.info.toolCallId))
-        self._bus.publish(self.rec.id, "approval", {"auto": False, "decision": "allow" if allow else "deny",
-                                                    "optionId": option, "requestId": decision.info.requestId})
+        self._bus.publish(self.rec.id, ev.PermissionDecided(auto=False, decision="allow" if allow else "deny",
+                                                            optionId=option, requestId=decision.info.requestId,
+                                                            by=by))
         # settle the session before answering the caller: whoever asks next sees the decision taken (the
         # request's own task, woken below, finds nothing left to do)
         self._decisions.remove(decision)
@@ -705,16 +709,16 @@ class SessionRunner:
         if isinstance(update, (w.AgentMessageChunk, w.AgentThoughtChunk)):
             text = w.content_text(update.content)
             if text:
-                self._bus.publish(rec.id, "chunk", {
-                    "role": "assistant",
-                    "contentType": "text" if isinstance(update, w.AgentMessageChunk) else "thinking",
-                    "text": text})
+                self._bus.publish(rec.id, ev.Chunk(
+                    role="assistant",
+                    contentType="text" if isinstance(update, w.AgentMessageChunk) else "thinking",
+                    text=text))
         elif isinstance(update, w.ToolCall):
-            self._bus.publish(rec.id, "tool", {"toolUseId": update.toolCallId, "title": update.title,
-                                               "kind": update.kind, "status": update.status or "pending"})
+            self._bus.publish(rec.id, ev.Tool(toolUseId=update.toolCallId, title=update.title, kind=update.kind,
+                                              status=update.status or "pending"))
         elif isinstance(update, w.ToolCallUpdate) and (update.status or update.title):
-            self._bus.publish(rec.id, "tool", {"toolUseId": update.toolCallId, "title": update.title,
-                                               "kind": update.kind, "status": update.status})
+            self._bus.publish(rec.id, ev.Tool(toolUseId=update.toolCallId, title=update.title, kind=update.kind,
+                                              status=update.status))
         await self._append(self._builder.update(update))
 
     # ---- stall detection and prompt timeout ----------------------------------------------------
@@ -734,9 +738,9 @@ class SessionRunner:
             if self._turn_active and self.rec.status == State.RUNNING:
                 if idle_for >= stall_after:
                     await self._set_state(State.STALLED, detail="no agent activity")
-                    self._bus.publish(self.rec.id, "stall", {
-                        "stallType": "no_activity",
-                        "detail": f"no agent activity for {int(idle_for)} s (threshold {int(stall_after)} s)"})
+                    self._bus.publish(self.rec.id, ev.Stall(
+                        stallType="no_activity",
+                        detail=f"no agent activity for {int(idle_for)} s (threshold {int(stall_after)} s)"))
                 else:
                     wake = min(wake, self._last_activity + stall_after)
             if self._turn_active and self.rec.status in (State.RUNNING, State.STALLED):
@@ -779,10 +783,7 @@ class SessionRunner:
         if new != State.PERMISSION_PROMPT:
             rec.pendingPermission = None if not self._decisions else rec.pendingPermission
         await self._save()
-        data: dict[str, Any] = {"status": new.value, "previous": old.value}
-        if detail:
-            data["detail"] = detail
-        self._bus.publish(rec.id, "status", data)
+        self._bus.publish(rec.id, ev.StatusChanged(status=new, previous=old, detail=detail or None))
         self.log.info("session.status", status=new.value, previous=old.value, detail=detail)
 
     async def _save(self) -> None:
@@ -794,7 +795,7 @@ class SessionRunner:
         await self._store.append_transcript(self.rec.id, entries)
         self.rec.transcriptCount += len(entries)
         for entry in entries:
-            self._bus.publish(self.rec.id, "message", msgspec.to_builtins(entry))
+            self._bus.publish(self.rec.id, ev.Message(entry=entry))
 
     async def _finish(self) -> None:
         """Runs once, shielded: stop the agent, settle the final state, tell everyone."""
@@ -846,12 +847,11 @@ class SessionRunner:
                 previous = rec.status
                 rec.status = status
                 await self._save()
-                self._bus.publish(rec.id, "status", {"status": status.value, "previous": previous.value,
-                                                     "detail": reason})
-            ended: dict[str, Any] = {"reason": reason, "status": rec.status.value}
-            if crash is not None:
-                ended.update({k: v for k, v in msgspec.to_builtins(crash).items() if k != "stderrTail"})
-            self._bus.publish(rec.id, "ended", ended)
+                self._bus.publish(rec.id, ev.StatusChanged(status=status, previous=previous, detail=reason or None))
+            ended = ev.Ended(reason=reason, status=rec.status)
+            if crash is not None:  # the crash's reason says more than the short one
+                ended.reason, ended.exitCode, ended.signal = crash.reason, crash.exitCode, crash.signal
+            self._bus.publish(rec.id, ended)
             self.log.info("session.ended", status=rec.status.value, reason=reason,
                           detail=crash.reason if crash else None)
         await self._store.flush()
