@@ -65,7 +65,7 @@ def running(clock: Clock, **rec: Any) -> SessionMachine:
     m = machine(clock, **rec)
     m.prompt("hi", clock.now)
     m.prompt_sent(clock.now)
-    assert m.rec.status == State.RUNNING
+    assert m.status == State.RUNNING
     return m
 
 
@@ -77,7 +77,7 @@ def test_a_prompt_to_an_idle_session_is_sent_and_the_next_waits_in_the_queue() -
     assert res["delivered"] and not res["queued"]
     assert [e for e in out if isinstance(e, SendPrompt)] == [SendPrompt("one")]
     assert any(isinstance(e, Append) and e.entries[0].role == "user" for e in out)
-    assert m.rec.turns == 1 and m.rec.status == State.IDLE  # running once the prompt is on the wire
+    assert m.rec.turns == 1 and m.status == State.IDLE  # running once the prompt is on the wire
     res, out = m.prompt("two", clock.now)
     assert res == {"ok": True, "delivered": False, "queued": True, "queuePosition": 1, "attempts": 0}
     assert not any(isinstance(e, SendPrompt) for e in out) and list(m.prompts) == ["two"] and m.busy
@@ -116,11 +116,11 @@ def test_permission_queue_is_the_one_place_of_the_pending_request() -> None:
     m = running(clock)
     out = m.request_permission(1, ask("Run 1"), clock.now)
     assert statuses(out) == [State.PERMISSION_PROMPT] and not any(isinstance(e, Answer) for e in out)
-    first = m.rec.pendingPermission
+    first = m.head
     assert first is not None and first.toolTitle == "Run 1"
     assert isinstance(published(out)[-1], ev.PermissionRequested)
     out = m.request_permission(2, ask("Run 2"), clock.now)
-    assert Save() in out and statuses(out) == [] and m.rec.pendingPermission is first  # queued behind
+    assert Save() in out and statuses(out) == [] and m.head is first  # queued behind
     second = m.pending[1]
     assert second.requestId != first.requestId
     # naming the one behind decides nothing
@@ -133,10 +133,10 @@ def test_permission_queue_is_the_one_place_of_the_pending_request() -> None:
     decided = next(e for e in published(out) if isinstance(e, ev.PermissionDecided))
     assert decided == ev.PermissionDecided(auto=False, decision="allow", optionId="allow", requestId=first.requestId,
                                            by="alice")
-    assert m.rec.pendingPermission is second and m.rec.status == State.PERMISSION_PROMPT
+    assert m.head is second and m.status == State.PERMISSION_PROMPT
     res, out = m.decide(False, clock.now)
     assert out[-1] == Answer(2, {"outcome": "selected", "optionId": "reject"})
-    assert statuses(out) == [State.RUNNING] and m.rec.pendingPermission is None
+    assert statuses(out) == [State.RUNNING] and m.head is None
     with pytest.raises(NoPendingPermission):
         m.decide(True, clock.now)
 
@@ -148,7 +148,7 @@ def test_the_mode_decides_without_asking() -> None:
     assert out[-1] == Answer(7, {"outcome": "selected", "optionId": "allow"})
     assert published(out)[-1] == ev.PermissionDecided(auto=True, decision="allow", optionId="allow", toolTitle="Run",
                                                       by="bypassPermissions")
-    assert m.rec.status == State.RUNNING and not m.asks and Count("auto_approvals") in out
+    assert m.status == State.RUNNING and not m.asks and Count("auto_approvals") in out
 
 
 def test_a_profile_rule_denies_even_in_bypass() -> None:
@@ -167,7 +167,7 @@ def test_the_end_of_the_turn_cancels_what_waits() -> None:
     m.request_permission(1, ask(), clock.now)
     out = m.turn_ended("end_turn", None, clock.now)
     assert Answer(1, {"outcome": "cancelled"}) in out and statuses(out) == [State.IDLE]
-    assert m.rec.pendingPermission is None and not m.asks
+    assert m.head is None and not m.asks
 
 
 # ---- interrupt -----------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_a_crash_ends_with_its_reason_and_exit_code() -> None:
     m = running(clock)
     m.request_permission(1, ask(), clock.now)
     out = m.end_requested()
-    assert out == [Answer(1, {"outcome": "cancelled"})] and m.rec.pendingPermission is None
+    assert out == [Answer(1, {"outcome": "cancelled"})] and m.head is None
     assert m.prompt("too late", clock.now)[1][-1] == Count("prompts")  # no turn once ending
     crash = CrashInfo(reason="agent_exited: the agent exited with code 3 while running", exitCode=3)
     out = m.finish(State.CRASHED, "agent_exited", crash)
@@ -284,4 +284,4 @@ def test_daemon_shutdown_keeps_the_state_for_the_next_daemon() -> None:
     m.request_permission(1, ask(), clock.now)
     out = m.finish(None, "daemon_shutdown", None)
     assert out == [Answer(1, {"outcome": "cancelled"}), Save()]
-    assert m.rec.status == State.PERMISSION_PROMPT and m.rec.pendingPermission is None and m.rec.endedAt is None
+    assert m.status == State.PERMISSION_PROMPT and m.head is None and m.rec.endedAt is None

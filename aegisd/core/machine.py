@@ -11,12 +11,14 @@ What it keeps is the session's working state, each thing in one place:
   idle;
 - ``turn``: the prompt turn in flight (None between turns);
 - ``asks``: the permission requests waiting for a decision, oldest (the one approve/reject decides) first; the
-  record's ``pendingPermission`` is written from it, never kept apart;
+  the record's ``pendingPermission`` is written from it (``head``) whenever the runner saves the record, never
+  kept apart;
 - ``last_activity``: when the agent last said anything, for stall detection, the prompt timeout and the idle
   timeout (:meth:`tick`; :meth:`deadline` says when the next tick is due).
 
-The record (``rec``) is the persisted view: the machine updates its status (through the one table of
-transitions in states.py), its activity stamps, turns, stop reason and pending permission."""
+The record (``rec``) is the persisted view: the machine updates its activity stamps, turns, stop reason and
+pending permission, and has the runner show each status transition (checked against the one table of
+transitions in states.py) with ``SetStatus``, in order with the effects before it."""
 
 from __future__ import annotations
 
@@ -61,6 +63,13 @@ class Append(Effect):
 
 class Publish(Effect):
     event: ev.SessionEvent
+
+
+class SetStatus(Effect):
+    """Show the session's new status on the record (a transition the machine checked); the record is saved and
+    the change published next, so whoever reads the record sees it in the order of the events."""
+
+    status: State
 
 
 class Save(Effect):
@@ -138,14 +147,15 @@ class Ask(msgspec.Struct):
 
 class SessionMachine:
     def __init__(self, rec: SessionRecord, *, now: float, prompt_timeout_s: float, idle_timeout_s: float = 0.0,
-                 cancel_grace_s: float = CANCEL_GRACE_S, wall_ms: Callable[[], int] = now_ms) -> None:
+                 cancel_grace_s: float | None = None, wall_ms: Callable[[], int] = now_ms) -> None:
         self.rec = rec
         self.prompt_timeout_s = prompt_timeout_s
         self.idle_timeout_s = idle_timeout_s
-        self.cancel_grace_s = cancel_grace_s
+        self.cancel_grace_s = CANCEL_GRACE_S if cancel_grace_s is None else cancel_grace_s
         self.wall_ms = wall_ms
         self.builder = TranscriptBuilder(next_id=rec.transcriptCount + 1, clock=wall_ms)
         self.prompts: collections.deque[str] = collections.deque()
+        self.status = rec.status  # the record shows it once the runner carries out SetStatus
         self.turn: Turn | None = None
         self.asks: collections.deque[Ask] = collections.deque()
         self.last_activity = now
@@ -165,6 +175,11 @@ class SessionMachine:
     def pending(self) -> list[PendingPermission]:
         return [a.info for a in self.asks]
 
+    @property
+    def head(self) -> PendingPermission | None:
+        """The pending request: the one approve/reject decides (the record's ``pendingPermission``)."""
+        return self.asks[0].info if self.asks else None
+
     def stall_after_s(self) -> float:
         return self.rec.stallThresholdMs / 1000
 
@@ -173,28 +188,23 @@ class SessionMachine:
         self.last_activity = now
         self.rec.lastActivity = self.wall_ms()
 
-    def _sync_pending(self) -> None:
-        self.rec.pendingPermission = self.asks[0].info if self.asks else None
-
     def _save(self) -> list[Effect]:
-        self._sync_pending()
         return [Save()]
 
     def _set_state(self, new: State, detail: str | None = None) -> list[Effect]:
-        rec = self.rec
-        old = rec.status
+        old = self.status
         if old == new:
             return []
         check_transition(old, new)
-        rec.status = new
-        rec.lastActivity = self.wall_ms()
-        return [*self._save(), Publish(ev.StatusChanged(status=new, previous=old, detail=detail or None))]
+        self.status = new
+        return [SetStatus(new), *self._save(),
+                Publish(ev.StatusChanged(status=new, previous=old, detail=detail or None))]
 
     def _append(self, entries: list[TranscriptEntry]) -> list[Effect]:
         return [Append(entries)] if entries else []
 
     def _next_turn(self, now: float) -> list[Effect]:
-        if not (self.prompts and self.turn is None and self.rec.status == State.IDLE and self.started
+        if not (self.prompts and self.turn is None and self.status == State.IDLE and self.started
                 and not self.ending):
             return []
         text = self.prompts.popleft()
@@ -210,20 +220,22 @@ class SessionMachine:
         back to what it was doing)."""
         out: list[Effect] = [Answer(a.key, {"outcome": "cancelled"}) for a in self.asks]
         self.asks.clear()
-        self._sync_pending()
         if now is not None:
             out += self._settle_permission(now)
         return out
 
     def _settle_permission(self, now: float) -> list[Effect]:
         """After a decision: the next request is pending, or the session goes back to what it was doing."""
-        self._sync_pending()
-        if not self.asks and self.rec.status == State.PERMISSION_PROMPT and not self.ending:
+        if not self.asks and self.status == State.PERMISSION_PROMPT and not self.ending:
             self._touch(now)
             return self._set_state(State.RUNNING if self.turn is not None else State.IDLE)
         return []
 
     # ---- the agent -----------------------------------------------------------------------------
+    def resuming(self) -> list[Effect]:
+        """A new daemon starts the agent again for a session the last one left live."""
+        return self._set_state(State.PENDING, "daemon_restart")
+
     def ready(self, now: float) -> list[Effect]:
         """The agent started (or was resumed) and can take prompts."""
         self.started = True
@@ -250,7 +262,7 @@ class SessionMachine:
         if replay:
             return []
         out: list[Effect] = []
-        if rec.status == State.STALLED:
+        if self.status == State.STALLED:
             out += self._set_state(State.RUNNING, "activity")
         if isinstance(update, (w.AgentMessageChunk, w.AgentThoughtChunk)):
             text = w.content_text(update.content)
@@ -270,7 +282,7 @@ class SessionMachine:
     def prompt(self, text: str, now: float) -> tuple[dict[str, Any], list[Effect]]:
         """Queue a prompt; it is sent at once when the session is idle."""
         self.prompts.append(text)
-        idle_now = self.rec.status == State.IDLE and self.turn is None
+        idle_now = self.status == State.IDLE and self.turn is None
         out: list[Effect] = [Count("prompts"), *self._next_turn(now)]
         if idle_now:
             return {"ok": True, "delivered": True, "queued": False, "attempts": 1}, out
@@ -310,7 +322,7 @@ class SessionMachine:
         if stop == "error" and rec.lastError is not None:
             done.error, done.errorKind = rec.lastError.message, rec.lastError.kind
         out.append(Publish(done))
-        if rec.status in (State.RUNNING, State.STALLED, State.PERMISSION_PROMPT):
+        if self.status in (State.RUNNING, State.STALLED, State.PERMISSION_PROMPT):
             out += self._set_state(State.IDLE, stop)
         out.append(Flush())
         return out + self._next_turn(now)
@@ -364,7 +376,7 @@ class SessionMachine:
             options=[PermissionOption(optionId=o.optionId, name=o.name, kind=o.kind) for o in params.options],
             since=wall, toolName=title, prompt=title, startedAt=wall)
         self.asks.append(Ask(key=key, info=info, options=params.options))
-        if rec.status != State.PERMISSION_PROMPT:
+        if self.status != State.PERMISSION_PROMPT:
             out += self._set_state(State.PERMISSION_PROMPT, title)
         else:
             out += self._save()
@@ -408,18 +420,18 @@ class SessionMachine:
         """Stall detection, the prompt timeout and the idle timeout, as of ``now``."""
         if self.ending:
             return []
-        rec, turn = self.rec, self.turn
+        turn = self.turn
         idle_for = now - self.last_activity
         stall_after = self.stall_after_s()
-        if self.idle_timeout_s > 0 and rec.status == State.IDLE and not self.busy and idle_for >= self.idle_timeout_s:
+        if self.idle_timeout_s > 0 and self.status == State.IDLE and not self.busy and idle_for >= self.idle_timeout_s:
             return [EndSession(State.COMPLETED, "idle_timeout")]  # its agent holds hundreds of MiB: give them back
         out: list[Effect] = []
-        if turn is not None and rec.status == State.RUNNING and idle_for >= stall_after:
+        if turn is not None and self.status == State.RUNNING and idle_for >= stall_after:
             out += self._set_state(State.STALLED, "no agent activity")
             out.append(Publish(ev.Stall(
                 stallType="no_activity",
                 detail=f"no agent activity for {int(idle_for)} s (threshold {int(stall_after)} s)")))
-        if turn is not None and rec.status in (State.RUNNING, State.STALLED):
+        if turn is not None and self.status in (State.RUNNING, State.STALLED):
             if turn.timeout_at is None:
                 if idle_for >= self.prompt_timeout_s:
                     turn.timeout_at = now
@@ -435,13 +447,13 @@ class SessionMachine:
 
     def deadline(self, now: float) -> float:
         """When :meth:`tick` may have something to do next (a state change may bring it closer)."""
-        rec, turn = self.rec, self.turn
+        turn = self.turn
         wake = now + min(self.stall_after_s(), self.prompt_timeout_s, WAKE_AT_LEAST_S)
-        if self.idle_timeout_s > 0 and rec.status == State.IDLE and not self.busy:
+        if self.idle_timeout_s > 0 and self.status == State.IDLE and not self.busy:
             wake = min(wake, self.last_activity + self.idle_timeout_s)
-        if turn is not None and rec.status == State.RUNNING:
+        if turn is not None and self.status == State.RUNNING:
             wake = min(wake, self.last_activity + self.stall_after_s())
-        if turn is not None and rec.status in (State.RUNNING, State.STALLED):
+        if turn is not None and self.status in (State.RUNNING, State.STALLED):
             if turn.timeout_at is None:
                 wake = min(wake, self.last_activity + self.prompt_timeout_s)
             else:
@@ -462,7 +474,6 @@ class SessionMachine:
         out = self.end_requested()
         if status is None:
             self.builder.flush()
-            self._sync_pending()
             return [*out, *self._save()]
         out += self._append(self.builder.flush())
         rec.crash = crash
@@ -470,13 +481,12 @@ class SessionMachine:
         if status == State.CRASHED:
             out.append(Count("crashes"))
         rec.endedAt = self.wall_ms()
-        self._sync_pending()
-        if rec.status not in TERMINAL:
-            check_transition(rec.status, status)
-            previous = rec.status
-            rec.status = status
-            out += [Save(), Publish(ev.StatusChanged(status=status, previous=previous, detail=reason or None))]
-        ended = ev.Ended(reason=reason, status=rec.status)
+        if self.status not in TERMINAL:
+            check_transition(self.status, status)
+            previous, self.status = self.status, status
+            out += [SetStatus(status), Save(),
+                    Publish(ev.StatusChanged(status=status, previous=previous, detail=reason or None))]
+        ended = ev.Ended(reason=reason, status=self.status)
         if crash is not None:  # the crash's reason says more than the short one
             ended.reason, ended.exitCode, ended.signal = crash.reason, crash.exitCode, crash.signal
         out.append(Publish(ended))
@@ -485,5 +495,5 @@ class SessionMachine:
 
 __all__ = [
     "CANCEL_GRACE_S", "Answer", "Append", "Ask", "CancelTurn", "Count", "Effect", "EndSession", "Flush", "Log",
-    "Publish", "RecordUsage", "Save", "SendPrompt", "SessionMachine", "Turn",
+    "Publish", "RecordUsage", "Save", "SendPrompt", "SessionMachine", "SetStatus", "Turn",
 ]

@@ -204,12 +204,15 @@ class SessionManager:
     def _start_runner(self, rec: SessionRecord, launch: AgentLaunch, *, resume: bool) -> SessionRunner:
         runner = SessionRunner(self, rec, launch, resume=resume)
         self.runners[rec.id] = runner
-        self._host().start_soon(runner.run)
+        self._host().start_soon(self._run, runner)
         return runner
 
-    def _runner_finished(self, runner: SessionRunner) -> None:
-        if self.runners.get(runner.rec.id) is runner:
-            del self.runners[runner.rec.id]
+    async def _run(self, runner: SessionRunner) -> None:
+        try:
+            await runner.run()
+        finally:
+            if self.runners.get(runner.rec.id) is runner:
+                del self.runners[runner.rec.id]
 
     async def create(self, *, workDir: str, name: str | None = None, prompt: str | None = None,
                      permissionMode: str | None = None, model: str | None = None, agent: str | None = None,
