@@ -5,6 +5,8 @@ store round trip, events persisted under the old `approval` name, and the SSE wi
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -90,3 +92,14 @@ def test_sse_names_of_the_other_kinds() -> None:
     tool = bus.publish("s1", ev.Tool(toolUseId="t1", title="Run", kind=None, status="pending"))
     assert _sse(tool, "global")["event"] == "session_tool"
     assert _sse(tool)["data"] == {"toolUseId": "t1", "title": "Run", "kind": None, "status": "pending"}
+
+
+async def test_a_decision_says_who_decided(daemon: Any, workdir: Path) -> None:
+    s = await daemon.create(workdir, prompt="tool:execute:Run:make all", reuse=False)
+    asked = ev.payload(await daemon.wait_event(s["id"], "permission.requested"))
+    assert isinstance(asked, ev.PermissionRequested) and asked.request.toolTitle == "Run"
+    r = await daemon.http.post(f"/v1/sessions/{s['id']}/approve", json={"requestId": asked.request.requestId})
+    assert r.status_code == 200, r.text
+    decided = ev.payload(await daemon.wait_event(s["id"], "permission.decided"))
+    assert isinstance(decided, ev.PermissionDecided) and decided.auto is False and decided.decision == "allow"
+    assert decided.requestId == asked.request.requestId and decided.by

@@ -293,7 +293,7 @@ async def transcript(ctx: OpContext, p: TranscriptParams) -> dict[str, Any]:
 async def _decide(ctx: OpContext, p: DecisionParams, verb: str) -> dict[str, Any]:
     rec = ctx.session(p.id)
     result: dict[str, Any] = await ctx.services.manager.command(rec.id, verb, optionId=p.optionId,
-                                                              requestId=p.requestId)
+                                                              requestId=p.requestId, by=ctx.principal.name)
     ctx.audit(f"permission.{verb}", session_id=rec.id,
                             detail={"optionId": result["optionId"], "requestId": result["requestId"]})
     return result
