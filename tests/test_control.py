@@ -143,9 +143,9 @@ async def test_stale_socket_is_replaced(tmp_path: Path, short_tmp: Path) -> None
 
 
 async def test_slow_follower_skips_with_marker(daemon: DaemonHandle, workdir: Path, monkeypatch: Any) -> None:
-    from aegisd.ops import _sessions
+    from aegisd.ops import _streams
 
-    monkeypatch.setattr(_sessions, "FOLLOW_BUFFER", 8)
+    monkeypatch.setattr(_streams, "FOLLOW_BUFFER", 8)
     c = await connect(daemon)
     sid = (await c.call("session.create", workDir=str(workdir)))["result"]["id"]
     f = await connect(daemon)

@@ -9,10 +9,12 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
 from aegisd.browser.screenshot import find_browser
+from aegisd.ops import REGISTRY
 
 from .conftest import DaemonHandle, agent_env
 from .test_auth import MASTER, bearer, make_key
@@ -81,6 +83,8 @@ async def test_screenshot_of_a_local_page(daemon: DaemonHandle, nursery: trio.Nu
                                                                             "height": 200}, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
+    # the answer is the operation's declared result, strictly (the conformance test cannot shoot offline)
+    msgspec.json.decode(r.content, type=REGISTRY["session.screenshot"].result, strict=True)
     assert (body["width"], body["height"], body["url"], body["fullPage"]) == (320, 200, url, False)
     png = base64.b64decode(body["screenshot"])
     assert pixel(png, 160, 100) == (0, 0xC8, 0x53)  # the page's own colour: it really rendered

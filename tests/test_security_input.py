@@ -20,7 +20,7 @@ from trio_websocket import open_websocket_url
 
 from aegisd.core.states import State
 from aegisd.surfaces import control
-from aegisd.surfaces.http import ROUTES
+from aegisd.surfaces.http.routes import ROUTES
 
 from .conftest import DaemonHandle, start_daemon_process
 from .test_control import AsyncControl, connect

@@ -16,7 +16,7 @@ from trio_websocket import open_websocket_url
 
 from aegisd.notify import webhooks
 from aegisd.sessions import manager as _manager
-from aegisd.surfaces.http import ROUTES
+from aegisd.surfaces.http.routes import ROUTES
 
 from .conftest import DaemonHandle
 from .test_auth import MASTER, bearer, make_key

@@ -12,14 +12,14 @@ import pytest
 import trio
 
 from aegisd.auth._agents import AGENT_ACCESS
-from aegisd.ops._results import RESULTS
+from aegisd.ops import results
 
 from .test_auth import MASTER, bearer, make_key
 from .test_security_agent import idle, probe
 
 
 def conforms(op: str, body: Any) -> None:
-    msgspec.convert(body, RESULTS[op], strict=True)
+    msgspec.convert(body, results()[op], strict=True)
 
 
 async def test_users_lists_keys_quotas_use_and_owned_sessions(daemon_factory: Any, workdir: Path) -> None:

@@ -17,6 +17,7 @@ import trio
 
 from aegisd.core import wire as w
 from aegisd.core.errors import AgentError, ProtocolError, RequestTimeout
+from aegisd.core.framing import LineFramer, LineTooLong
 
 log = structlog.get_logger("aegisd.acp")
 
@@ -175,14 +176,14 @@ class AcpConnection:
         """Read and dispatch until the agent closes stdout (returns) or breaks the protocol (raises).
 
         Either way every request still waiting is failed, so no caller hangs on a dead agent."""
-        buf = bytearray()
+        framer = LineFramer(self._max_line)
         error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
                 try:
-                    await self._read_loop(buf)
+                    await self._read_loop(framer)
                 except AgentError as exc:  # raised after the nursery closes, not wrapped in a group
                     error = exc
                 self._fail_all(error or AgentError("the agent closed its stdout"))
@@ -195,7 +196,7 @@ class AcpConnection:
         if error is not None:
             raise error
 
-    async def _read_loop(self, buf: bytearray) -> None:
+    async def _read_loop(self, framer: LineFramer) -> None:
         while True:
             try:
                 chunk = await self._receive.receive_some(65536)
@@ -203,22 +204,16 @@ class AcpConnection:
                 chunk = b""
             if not chunk:
                 return
-            buf += chunk
-            start = 0
+            framer.feed(chunk)
             while True:
-                nl = buf.find(b"\n", start)
-                if nl < 0:
+                try:
+                    line = framer.next_line()
+                except LineTooLong as exc:
+                    raise ProtocolError(f"agent wrote {exc}") from None
+                if line is None:
                     break
-                line = bytes(buf[start:nl])
-                start = nl + 1
-                if len(line) > self._max_line:
-                    raise ProtocolError(f"agent wrote a line of {len(line)} bytes (limit {self._max_line})")
                 if line.strip():
                     await self._dispatch(line)
-            del buf[:start]
-            if len(buf) > self._max_line:
-                raise ProtocolError(f"agent wrote a line longer than {self._max_line} bytes (limit "
-                                    f"{self._max_line})")
 
     def _fail_all(self, exc: BaseException) -> None:
         if self._closed is None:

@@ -40,7 +40,7 @@ from aegisd.features.verify import Verifier
 from aegisd.notify.alerts import Alerts
 from aegisd.notify.mail import Email
 from aegisd.notify.webhooks import Webhooks
-from aegisd.ops import Services
+from aegisd.ops import Services, stage_sessions
 from aegisd.sessions import SessionManager
 from aegisd.store import Store, open_store
 from aegisd.surfaces.control import serve_control
@@ -100,6 +100,7 @@ class Daemon:
             credentials=self.credentials, auth_throttle=AuthThrottle(), sse_tokens=SseTokens(),
             rate_limiter=RateLimiter(), oidc=self.oidc, environ=self.environ, http_url=cfg.base_url,
             request_stop=self.request_stop)
+        self.pipelines.create_session = stage_sessions(self.services)  # stages: the session.create path
         self.telegram = Telegram(self.services, cfg.telegram) if cfg.telegram.enabled else None
         self.services.channels = [c.health for c in (self.telegram, self.mail) if c is not None]
         self._shutdown: trio.Event | None = None  # run()'s; set by request_stop (the daemon.stop operation)

@@ -12,9 +12,9 @@ from aegisd.auth._keys import (
     has_permission,
     secret_digest,
 )
-from aegisd.auth._ratelimit import RateLimiter
 from aegisd.auth._throttle import AuthThrottle
 from aegisd.auth.principal import Credential, Principal, agent_principal
+from aegisd.core.ratelimit import RateLimiter
 
 __all__ = ["ROLE_PERMISSIONS", "AuthThrottle", "Credential", "CredentialWatch", "KeyInfo", "KeyStore", "Principal",
            "RateLimiter", "agent_principal", "effective_permissions", "has_permission", "secret_digest"]

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 
 from aegisd.core.errors import RateLimited
+from aegisd.core.ratelimit import Window
 
 
 def fingerprint(credential: str) -> str:
@@ -39,7 +40,7 @@ class _Ip:
     __slots__ = ("failures", "good")
 
     def __init__(self) -> None:
-        self.failures: dict[str, collections.deque[float]] = {}  # fingerprint -> times of its recent failures
+        self.failures: dict[str, Window] = {}  # fingerprint -> times of its recent failures
         self.good: collections.OrderedDict[str, None] = collections.OrderedDict()  # proven valid here, LRU
 
 
@@ -64,12 +65,12 @@ class AuthThrottle:
         self._expire(st, now)
         fp = fingerprint(credential)
         times = st.failures.get(fp)
-        if times is not None and len(times) >= self.per_credential:
-            return max(0.001, times[0] + self.window_s - now)
+        if times is not None and (wait := times.wait(now, self.per_credential, self.window_s)):
+            return wait
         if fp in st.good or len(st.failures) < self.distinct_per_ip:
             return 0.0
         # the IP's ceiling: it frees when the credential that failed least recently leaves the window
-        return max(0.001, min(t[-1] for t in st.failures.values()) + self.window_s - now)
+        return max(0.001, min(t.newest for t in st.failures.values()) + self.window_s - now)
 
     def guard(self, ip: str, credential: str) -> None:
         """RateLimited (429, with retryAfter) unless the credential may be verified now."""
@@ -86,10 +87,10 @@ class AuthThrottle:
         st.good.pop(fp, None)  # revoked or expired since it was proven
         times = st.failures.get(fp)
         if times is None:
-            times = st.failures[fp] = collections.deque(maxlen=self.per_credential)
-        times.append(now)
+            times = st.failures[fp] = Window(cap=self.per_credential)
+        times.add(now)
         while len(st.failures) > self.distinct_per_ip:  # only when failures are reported without wait()
-            del st.failures[min(st.failures, key=lambda k: st.failures[k][-1])]
+            del st.failures[min(st.failures, key=lambda k: st.failures[k].newest)]
 
     def succeeded(self, ip: str, credential: str, *, remember: bool = True) -> None:
         """A credential proven valid from this IP. ``remember=False`` for single-use credentials (SSE tokens):
@@ -116,11 +117,10 @@ class AuthThrottle:
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def _expire(self, st: _Ip, now: float) -> None:
-        for fp in [fp for fp, t in st.failures.items() if now - t[-1] >= self.window_s]:
-            del st.failures[fp]
-        for t in st.failures.values():
-            while now - t[0] >= self.window_s:
-                t.popleft()
+        for fp, t in list(st.failures.items()):
+            t.expire(now, self.window_s)
+            if not t:
+                del st.failures[fp]
 
     def _state(self, ip: str, now: float) -> _Ip:
         st = self._ips.get(ip)

@@ -1,9 +1,13 @@
-"""Daemon-wide counters and latency histograms (JSON at /v1/metrics, Prometheus text at /metrics)."""
+"""Daemon-wide counters and latency histograms (JSON at /v1/metrics; at /metrics as the Prometheus families
+that :meth:`Metrics.families` yields, which prometheus-client renders)."""
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 BUCKETS_MS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000)
 
@@ -26,6 +30,16 @@ class Histogram:
     def summary(self) -> dict[str, float | int | None]:
         return {"min": self.lo, "max": self.hi, "avg": self.total / self.n if self.n else None, "count": self.n}
 
+    def family(self, name: str, help_: str) -> HistogramMetricFamily:
+        """This histogram as a Prometheus family (cumulative buckets, `le` as the plain bucket bound)."""
+        buckets: list[tuple[str, float]] = []
+        acc = 0
+        for le, c in zip(BUCKETS_MS, self.counts):
+            acc += c
+            buckets.append((str(le), acc))
+        buckets.append(("+Inf", self.n))
+        return HistogramMetricFamily(name, help_, buckets=buckets, sum_value=self.total)
+
 
 @dataclass
 class Metrics:
@@ -40,9 +54,13 @@ class Metrics:
     permission_latency: Histogram = field(default_factory=Histogram)
     turn_duration: Histogram = field(default_factory=Histogram)
 
-    def prometheus(self, *, by_state: dict[str, int], created: int, dropped: int, events: int) -> str:
-        out = ["# HELP aegis_sessions Sessions by state.", "# TYPE aegis_sessions gauge"]
-        out += [f'aegis_sessions{{state="{s}"}} {n}' for s, n in sorted(by_state.items())]
+    def families(self, *, by_state: dict[str, int], created: int, dropped: int, events: int) -> Iterator[Metric]:
+        """The Prometheus metric families of these counters (and of the session and bus counts given), for a
+        collector of the daemon's registry (aegisd/surfaces/http/prometheus.py)."""
+        sessions = GaugeMetricFamily("aegis_sessions", "Sessions by state.", labels=["state"])
+        for state, n in sorted(by_state.items()):
+            sessions.add_metric([state], n)
+        yield sessions
         for name, value, help_ in (
             ("aegis_sessions_created_total", created, "Sessions created."),
             ("aegis_turns_total", self.turns, "Prompt turns finished."),
@@ -56,15 +74,8 @@ class Metrics:
             ("aegis_event_subscribers_dropped_total", dropped, "Event subscribers that fell behind."),
             ("aegis_events_published_total", events, "Events published on the bus."),
         ):
-            out += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {value}"]
+            yield CounterMetricFamily(name, help_, value=value)
         for name, h, help_ in (("aegis_permission_response_ms", self.permission_latency,
                                 "Time from a permission request to its answer."),
                                ("aegis_turn_duration_ms", self.turn_duration, "Duration of prompt turns.")):
-            out += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
-            acc = 0
-            for le, c in zip(BUCKETS_MS, h.counts):
-                acc += c
-                out.append(f'{name}_bucket{{le="{le}"}} {acc}')
-            out.append(f'{name}_bucket{{le="+Inf"}} {h.n}')
-            out += [f"{name}_sum {h.total:g}", f"{name}_count {h.n}"]
-        return "\n".join(out) + "\n"
+            yield h.family(name, help_)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import structlog
@@ -26,6 +27,9 @@ from aegisd.core.states import State
 from aegisd.features.verify import Verifier
 from aegisd.sessions import SessionManager
 from aegisd.store._fs import atomic_write
+
+if TYPE_CHECKING:
+    from aegisd.core.models import SessionRecord
 
 log = structlog.get_logger("aegisd.pipelines")
 
@@ -149,10 +153,16 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(PipelineRecord)
 
 
+# How a stage's session comes to be: the path of session.create (aegisd/ops/_sessions.py create_session: audit
+# record, workDir checks, quotas), handed in by the composition root, since features do not import operations.
+StageSessions = Callable[["PipelineRecord", StageState], Awaitable["SessionRecord"]]
+
+
 class PipelineManager:
     def __init__(self, *, sessions: SessionManager, bus: EventBus, verifier: Verifier, directory: Path,
-                 default_timeout_ms: int = 0) -> None:
+                 default_timeout_ms: int = 0, create_session: StageSessions | None = None) -> None:
         self.sessions = sessions
+        self.create_session = create_session
         self.bus = bus
         self.verifier = verifier
         self._nursery: trio.Nursery | None = None
@@ -239,10 +249,9 @@ class PipelineManager:
         s.status, s.startedAt, s.stopReason, s.error = "running", now_ms(), None, None
         s.awaitTurn, s.fixes, s.verification = 1, 0, None
         try:
-            rec, _, _ = await self.sessions.create(
-                workDir=s.workDir, name=f"pipeline-{p.name}-{s.name}", prompt=s.prompt,
-                permissionMode=s.permissionMode, agent=s.agent, ownerKeyId=p.ownerKeyId, reuse=False,
-                creatorSessionId=p.creatorSessionId)
+            if self.create_session is None:
+                raise RuntimeError("no way to create sessions was given to the pipeline manager")
+            rec = await self.create_session(p, s)
         except Exception as exc:  # noqa: BLE001 - the stage fails, the daemon does not
             self._stage_failed(p, s, f"could not start: {getattr(exc, 'message', exc)}")
             return

@@ -13,13 +13,15 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
+from prometheus_client.core import CounterMetricFamily, Metric
 
+from aegisd.core import retry
 from aegisd.core.config import AlertingConfig
 from aegisd.core.sections import validate_alerting as validate
 from aegisd.notify.webhooks import Endpoint, log_url, sign
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("aegisd.alerts")
 
 KINDS = ("session_failure", "session_stall", "webhook_dead_letter", "api_error")
-RETRY_DELAYS_S = (1.0, 5.0)
+RETRY = retry.Backoff((1.0, 5.0), attempts=3)  # on network errors, 429 and 5xx
 TIMEOUT_S = 10.0
 
 
@@ -109,17 +111,19 @@ class Alerts:
                                  "lastAlertAt": t.last_alert_at, "lastDetail": t.last_detail(visible)}
                              for k, t in self.trackers.items()}}
 
-    def prometheus(self) -> str:
-        out = ["# HELP aegis_alert_failures_total Failures counted for alerting, by kind.",
-               "# TYPE aegis_alert_failures_total counter"]
-        out += [f'aegis_alert_failures_total{{type="{k}"}} {t.total}' for k, t in self.trackers.items()]
-        out += ["# HELP aegis_alerts_fired_total Alerts fired, by kind.", "# TYPE aegis_alerts_fired_total counter"]
-        out += [f'aegis_alerts_fired_total{{type="{k}"}} {t.fired}' for k, t in self.trackers.items()]
-        out += ["# HELP aegis_alert_deliveries_total Alert webhook deliveries, by result.",
-                "# TYPE aegis_alert_deliveries_total counter",
-                f'aegis_alert_deliveries_total{{result="delivered"}} {self.delivered}',
-                f'aegis_alert_deliveries_total{{result="failed"}} {self.failed}']
-        return "\n".join(out) + "\n"
+    def families(self) -> Iterator[Metric]:
+        """The Prometheus metric families of the counters (aegisd/surfaces/http/prometheus.py collects them)."""
+        failures = CounterMetricFamily("aegis_alert_failures_total", "Failures counted for alerting, by kind.",
+                                       labels=["type"])
+        fired = CounterMetricFamily("aegis_alerts_fired_total", "Alerts fired, by kind.", labels=["type"])
+        for k, t in self.trackers.items():
+            failures.add_metric([k], t.total)
+            fired.add_metric([k], t.fired)
+        deliveries = CounterMetricFamily("aegis_alert_deliveries_total", "Alert webhook deliveries, by result.",
+                                         labels=["result"])
+        deliveries.add_metric(["delivered"], self.delivered)
+        deliveries.add_metric(["failed"], self.failed)
+        yield from (failures, fired, deliveries)
 
     # ---- delivery ----------------------------------------------------------------------------------
     async def _post(self, client: Any, ep: Endpoint, event: dict[str, Any], *, retries: bool) -> str | None:
@@ -128,23 +132,27 @@ class Alerts:
         headers = {"Content-Type": "application/json", "User-Agent": "aegisd-alerts",
                    "X-Aegis-Alert-Type": str(event["type"])}
         error = ""
-        for delay in (0.0, *(RETRY_DELAYS_S if retries else ())):
-            if delay:
-                await trio.sleep(delay)
+
+        async def attempt(_: int) -> bool:
+            nonlocal error
             if ep.secret:
                 headers["X-Aegis-Signature"] = sign(ep.secret, body)
             try:
                 resp = await client.post(ep.url, content=body, headers=headers)
             except Exception as exc:  # noqa: BLE001 - every network error is worth another try
                 error = f"{type(exc).__name__}: {exc}"
-                continue
+                return False
             if resp.status_code < 300:
-                self.delivered += 1
-                self._changed()
-                return None
+                error = ""
+                return True
             error = f"HTTP {resp.status_code}"
-            if resp.status_code < 500 and resp.status_code != 429:
-                break
+            return resp.status_code < 500 and resp.status_code != 429  # a refusal: trying again will not help
+
+        await retry.run(RETRY if retries else retry.NO_RETRY, attempt)
+        if not error:
+            self.delivered += 1
+            self._changed()
+            return None
         self.failed += 1
         self._changed()
         log.error("alert.delivery_failed", url=log_url(ep.url), alert_type=event["type"], error=error)

@@ -23,6 +23,7 @@ import structlog
 import trio
 
 from aegisd.bus import EventBus
+from aegisd.core import retry
 from aegisd.core.models import Event, SessionRecord, now_ms
 from aegisd.core.sections import Endpoint
 from aegisd.notify.health import ChannelHealth
@@ -217,32 +218,35 @@ class Webhooks:
             text = chat_text(name, payload, data)
             body = json.dumps({"text": text} if ep.format == "slack" else {"content": text}).encode()
         error = ""
-        attempts = 0
+
+        async def attempt(n: int) -> bool:
+            """True when done: delivered, or refused (a 4xx: trying again will not help, no dead letter)."""
+            nonlocal error
+            headers = {"Content-Type": "application/json", "User-Agent": "aegisd-webhooks", "X-Aegis-Event": name}
+            if ep.secret:
+                headers["X-Aegis-Signature"] = sign(ep.secret, body)
+            try:
+                resp = await client.post(ep.url, content=body, headers=headers)
+            except Exception as exc:  # noqa: BLE001 - network errors of every kind are retried
+                error = f"{type(exc).__name__}: {exc}"
+                self._log_attempt(ep, name, n, "failed", None, error)
+                return False
+            if resp.status_code < 300:
+                self.sent += 1
+                self._log_attempt(ep, name, n, "success", resp.status_code, None)
+                return True
+            error = f"HTTP {resp.status_code}"
+            self._log_attempt(ep, name, n, "failed", resp.status_code, error)
+            if resp.status_code < 500:
+                self.failed += 1
+                log.warning("webhook.rejected", url=log_url(ep.url), hook_event=name, status=resp.status_code)
+                return True
+            return False
+
         async with limiter:
-            for attempt, delay in enumerate((0.0, *BACKOFF_S[:-1]), start=1):
-                if delay:
-                    await trio.sleep(delay)
-                attempts = attempt
-                headers = {"Content-Type": "application/json", "User-Agent": "aegisd-webhooks",
-                           "X-Aegis-Event": name}
-                if ep.secret:
-                    headers["X-Aegis-Signature"] = sign(ep.secret, body)
-                try:
-                    resp = await client.post(ep.url, content=body, headers=headers)
-                except Exception as exc:  # noqa: BLE001 - network errors of every kind are retried
-                    error = f"{type(exc).__name__}: {exc}"
-                    self._log_attempt(ep, name, attempt, "failed", None, error)
-                    continue
-                if resp.status_code < 300:
-                    self.sent += 1
-                    self._log_attempt(ep, name, attempt, "success", resp.status_code, None)
-                    return
-                error = f"HTTP {resp.status_code}"
-                self._log_attempt(ep, name, attempt, "failed", resp.status_code, error)
-                if resp.status_code < 500:
-                    self.failed += 1
-                    log.warning("webhook.rejected", url=log_url(ep.url), hook_event=name, status=resp.status_code)
-                    return  # the receiver refused it: retrying will not help, and it is not dead-lettered
+            done, attempts = await retry.run(retry.Backoff(BACKOFF_S[:-1], attempts=len(BACKOFF_S)), attempt)
+        if done:
+            return
         self.failed += 1
         log.warning("webhook.dead_letter", url=log_url(ep.url), hook_event=name, error=error)
         self.dlq.append(DeadLetter(timestamp=now_ms(), endpoint=ep.url, event=name, error=error, attempts=attempts,

@@ -1,11 +1,43 @@
-"""Operations: each defined once (typed params), served by every surface."""
+"""Operations: each defined once (typed params and result), served by every surface. One module per topic:
+sessions (create, find, drive, end), transcript, permissions, attention (waits, polls, pending requests),
+streams, commands, checks (verify, screenshot), history, templates, memory, pipelines, usage (metering and
+analytics), notify (alerts, channels, webhooks), auth (keys, whoami, users, audit), daemon (hello, health,
+metrics, handshake); _types holds what several share."""
 
 from __future__ import annotations
 
-from aegisd.ops import _attention, _auth, _compat, _memory, _more, _pipelines, _sessions, _templates, _usage  # noqa: F401  (register the operations)
-from aegisd.ops._registry import REGISTRY, Op, OpContext, Principal, call, decode_params, get_op, stream
+from aegisd.ops import (  # noqa: F401  (register the operations)
+    _attention,
+    _auth,
+    _checks,
+    _commands,
+    _daemon,
+    _history,
+    _memory,
+    _notify,
+    _permissions,
+    _pipelines,
+    _sessions,
+    _streams,
+    _templates,
+    _transcript,
+    _usage,
+)
+from aegisd.ops._pipelines import stage_sessions
+from aegisd.ops._registry import (
+    REGISTRY,
+    Op,
+    OpContext,
+    Principal,
+    call,
+    call_typed,
+    decode_params,
+    get_op,
+    results,
+    stream,
+)
 from aegisd.ops._services import Services
-from aegisd.ops._sessions import session_view
+from aegisd.ops._types import ErrorEnvelope, session_view
 
-__all__ = ["REGISTRY", "Op", "OpContext", "Principal", "Services", "call", "decode_params", "get_op",
-           "session_view", "stream"]
+__all__ = ["REGISTRY", "ErrorEnvelope", "Op", "OpContext", "Principal", "Services", "call", "call_typed",
+           "decode_params", "get_op", "results", "session_view", "stage_sessions", "stream"]

@@ -4,7 +4,7 @@ one), and every permission request waiting for a decision across the caller's se
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import trio
@@ -13,13 +13,9 @@ from aegisd.core.errors import Unauthorized
 from aegisd.core.models import Event, PendingPermission, SessionRecord
 from aegisd.core.states import TERMINAL, State
 from aegisd.ops._registry import OpContext, op
-from aegisd.ops._sessions import SessionRef, session_view
+from aegisd.ops._types import Empty, EventFrame, SessionRef, SessionView, session_view
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]
-
-
-class Empty(msgspec.Struct, forbid_unknown_fields=True):
-    pass
 
 
 class WaitParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -36,6 +32,27 @@ class PollParams(msgspec.Struct, forbid_unknown_fields=True):
     timeoutSeconds: Annotated[float, msgspec.Meta(
         ge=0, le=600, description="how long to wait for a first event when none is there yet")] = 30.0
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class SessionWait(SessionView, kw_only=True):
+    timedOut: bool  # the timeout passed before the session needed attention
+
+
+class EventsPage(msgspec.Struct):
+    events: list[EventFrame]
+    lastId: int  # pass it as afterId next time
+    timedOut: bool  # no event came within the timeout
+
+
+class PendingRequest(PendingPermission, kw_only=True):
+    sessionId: str
+    sessionName: str
+    position: int  # 0: the request approve/reject decides now; others wait behind it
+
+
+class PendingList(msgspec.Struct):
+    pending: list[PendingRequest]
+    total: int
 
 
 def needs_attention(ctx: OpContext, rec: SessionRecord) -> bool:
@@ -65,11 +82,11 @@ class _Revocable:
             raise Unauthorized(f"{self.why}; the wait is over")
 
 
-@op("session.wait", WaitParams,
+@op("session.wait", WaitParams, result=SessionWait,
     summary="Wait until a session needs attention: its turn ended and nothing is queued (idle), it waits for a "
             "permission decision, it stalled, or it ended; or until timeoutSeconds (timedOut: true). Returns the "
             "session")
-async def wait(ctx: OpContext, p: WaitParams) -> dict[str, Any]:
+async def wait(ctx: OpContext, p: WaitParams) -> SessionWait:
     d = ctx.services
     rec = ctx.session(p.id)
     revoked = _Revocable()
@@ -83,16 +100,14 @@ async def wait(ctx: OpContext, p: WaitParams) -> dict[str, Any]:
                     except StopAsyncIteration:  # fell behind (overflow): subscribe again
                         break
     revoked.check()
-    out = session_view(rec, d.http_url)
-    out["timedOut"] = not needs_attention(ctx, rec)
-    return out
+    return session_view(rec, d.http_url, SessionWait, timedOut=not needs_attention(ctx, rec))  # type: ignore[no-any-return]
 
 
-@op("events.poll", PollParams,
+@op("events.poll", PollParams, result=EventsPage,
     summary="The events after afterId (of one session, or of every session the caller sees), up to limit; "
             "when there are none yet, waits up to timeoutSeconds for the first. lastId is the afterId of the "
             "next call")
-async def poll(ctx: OpContext, p: PollParams) -> dict[str, Any]:
+async def poll(ctx: OpContext, p: PollParams) -> EventsPage:
     d = ctx.services
     sid = ctx.session(p.sessionId).id if p.sessionId else None
     last = d.bus.last_id if p.afterId is None else p.afterId
@@ -115,14 +130,14 @@ async def poll(ctx: OpContext, p: PollParams) -> dict[str, Any]:
                     out.append(ev)
                     last = ev.id
     revoked.check()
-    return {"events": [msgspec.to_builtins(e) for e in out], "lastId": last, "timedOut": not out}
+    return EventsPage(events=out, lastId=last, timedOut=not out)
 
 
-@op("permissions.pending", Empty,
+@op("permissions.pending", Empty, result=PendingList,
     summary="Every permission request waiting for a decision, across the sessions the caller sees, oldest "
             "first: each with its sessionId and requestId (position 0 of a session is the one its approve/reject "
             "decides now; the others wait behind it)")
-async def pending(ctx: OpContext, p: Empty) -> dict[str, Any]:
+async def pending(ctx: OpContext, p: Empty) -> PendingList:
     d = ctx.services
     found: list[tuple[int, str, int, SessionRecord, PendingPermission]] = []
     for rec in ctx.visible(d.manager.records.values()):
@@ -132,6 +147,6 @@ async def pending(ctx: OpContext, p: Empty) -> dict[str, Any]:
         for pos, req in enumerate(runner.pending_permissions):
             found.append((req.since, rec.id, pos, rec, req))
     found.sort(key=lambda f: f[:3])
-    items = [{**msgspec.to_builtins(req), "sessionId": rec.id, "sessionName": rec.name, "position": pos}
+    items = [PendingRequest(**msgspec.structs.asdict(req), sessionId=rec.id, sessionName=rec.name, position=pos)
              for _, _, pos, rec, req in found]
-    return {"pending": items, "total": len(items)}
+    return PendingList(pending=items, total=len(items))

@@ -10,8 +10,9 @@ from typing import Annotated, Any
 import msgspec
 
 from aegisd.core.errors import NotFound, ValidationError
-from aegisd.features.memory import entry_view
+from aegisd.features.memory import MemoryEntry
 from aegisd.ops._registry import OpContext, op
+from aegisd.ops._types import Ok
 
 
 class SetParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -25,7 +26,7 @@ class KeyParams(msgspec.Struct, forbid_unknown_fields=True):
     ownerKeyId: str | None = None  # another owner's entry (admins); default: the caller's own
 
 
-class ListParams(msgspec.Struct, forbid_unknown_fields=True):
+class MemoryListParams(msgspec.Struct, forbid_unknown_fields=True):
     prefix: str | None = None
 
 
@@ -42,6 +43,29 @@ class SessionSetParams(msgspec.Struct, forbid_unknown_fields=True):
 
 class SessionParams(msgspec.Struct, forbid_unknown_fields=True):
     id: str
+
+
+class EntrySet(msgspec.Struct):
+    ok: bool
+    entry: MemoryEntry
+
+
+class OneEntry(msgspec.Struct):
+    entry: MemoryEntry
+
+
+class Entries(msgspec.Struct):
+    entries: list[MemoryEntry]
+
+
+class ScopeEntries(msgspec.Struct):
+    scope: str  # project | user | team
+    entries: list[MemoryEntry]
+
+
+class SessionEntries(msgspec.Struct):
+    sessionId: str
+    entries: list[MemoryEntry]
 
 
 def _store(ctx: OpContext) -> Any:
@@ -64,46 +88,46 @@ def _mine(ctx: OpContext) -> Callable[[str | None], bool]:
     return lambda owner: ctx.owns(owner)
 
 
-@op("memory.set", SetParams, summary="Set a memory entry (namespace/key, optional TTL) in the caller's own space",
-    permission="send")
-async def set_entry(ctx: OpContext, p: SetParams) -> dict[str, Any]:
-    entry = _store(ctx).set(p.key, p.value, p.ttlSeconds, owner=ctx.owner_of())
-    return {"ok": True, "entry": entry_view(entry)}
+@op("memory.set", SetParams, result=EntrySet, permission="send",
+    summary="Set a memory entry (namespace/key, optional TTL) in the caller's own space")
+async def set_entry(ctx: OpContext, p: SetParams) -> EntrySet:
+    return EntrySet(ok=True, entry=_store(ctx).set(p.key, p.value, p.ttlSeconds, owner=ctx.owner_of()))
 
 
-@op("memory.list", ListParams, summary="List memory entries (optionally by key prefix): the caller's own, or "
-                                       "everyone's for admins")
-async def list_entries(ctx: OpContext, p: ListParams) -> dict[str, Any]:
-    return {"entries": [entry_view(e) for e in _store(ctx).list(p.prefix, owners=_mine(ctx))]}
+@op("memory.list", MemoryListParams, result=Entries,
+    summary="List memory entries (optionally by key prefix): the caller's own, or everyone's for admins")
+async def list_entries(ctx: OpContext, p: MemoryListParams) -> Entries:
+    return Entries(entries=list(_store(ctx).list(p.prefix, owners=_mine(ctx))))
 
 
-@op("memory.get", KeyParams, summary="One memory entry")
-async def get_entry(ctx: OpContext, p: KeyParams) -> dict[str, Any]:
-    return {"entry": entry_view(_store(ctx).get(p.key, owner=_owner(ctx, p)))}
+@op("memory.get", KeyParams, result=OneEntry, summary="One memory entry")
+async def get_entry(ctx: OpContext, p: KeyParams) -> OneEntry:
+    return OneEntry(entry=_store(ctx).get(p.key, owner=_owner(ctx, p)))
 
 
-@op("memory.delete", KeyParams, summary="Delete a memory entry", permission="send")
-async def delete_entry(ctx: OpContext, p: KeyParams) -> dict[str, Any]:
+@op("memory.delete", KeyParams, result=Ok, summary="Delete a memory entry", permission="send")
+async def delete_entry(ctx: OpContext, p: KeyParams) -> Ok:
     _store(ctx).delete(p.key, owner=_owner(ctx, p))
-    return {"ok": True}
+    return Ok(ok=True)
 
 
-@op("memory.scope", ScopeParams, summary="Entries of a scope: project, user or team")
-async def scoped(ctx: OpContext, p: ScopeParams) -> dict[str, Any]:
+@op("memory.scope", ScopeParams, result=ScopeEntries, summary="Entries of a scope: project, user or team")
+async def scoped(ctx: OpContext, p: ScopeParams) -> ScopeEntries:
     if p.scope not in ("project", "user", "team"):
         raise ValidationError("scope must be project, user or team")
-    return {"scope": p.scope, "entries": [entry_view(e) for e in _store(ctx).list(p.scope + "/", owners=_mine(ctx))]}
+    return ScopeEntries(scope=p.scope, entries=list(_store(ctx).list(p.scope + "/", owners=_mine(ctx))))
 
 
-@op("session.memories.set", SessionSetParams, summary="A memory entry linked to a session", permission="send")
-async def session_set(ctx: OpContext, p: SessionSetParams) -> dict[str, Any]:
+@op("session.memories.set", SessionSetParams, result=EntrySet, summary="A memory entry linked to a session",
+    permission="send")
+async def session_set(ctx: OpContext, p: SessionSetParams) -> EntrySet:
     rec = ctx.session(p.id)
     entry = _store(ctx).set(f"session:{rec.id}/{p.key}", p.value, p.ttlSeconds, owner=rec.ownerKeyId)
-    return {"ok": True, "entry": entry_view(entry)}
+    return EntrySet(ok=True, entry=entry)
 
 
-@op("session.memories.list", SessionParams, summary="The memory entries linked to a session")
-async def session_list(ctx: OpContext, p: SessionParams) -> dict[str, Any]:
+@op("session.memories.list", SessionParams, result=SessionEntries, summary="The memory entries linked to a session")
+async def session_list(ctx: OpContext, p: SessionParams) -> SessionEntries:
     rec = ctx.session(p.id)
     entries = _store(ctx).list(f"session:{rec.id}/", owners=lambda owner: owner == rec.ownerKeyId)
-    return {"sessionId": rec.id, "entries": [entry_view(e) for e in entries]}
+    return SessionEntries(sessionId=rec.id, entries=list(entries))

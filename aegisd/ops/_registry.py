@@ -1,5 +1,7 @@
-"""The operations registry: each operation is defined once, with typed msgspec params, and dispatched from
-the control socket, `POST /v1/rpc`, the REST routes and (later) the MCP tools."""
+"""The operations registry: each operation is defined once, with typed msgspec params and a typed result (a
+struct, or a list or dict of them; for a stream, the type of each item), and dispatched from the control
+socket, `POST /v1/rpc`, the REST routes, Telegram and the MCP tools. The OpenAPI document is generated from
+the same params and results (aegisd/surfaces/http/_openapi.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ class OpContext:
     services: Services
     principal: Principal = field(default_factory=Principal)
     request_id: str = field(default_factory=lambda: secrets.token_hex(8))
-    surface: str = "socket"  # socket | http | rpc
+    surface: str = "socket"  # socket | http | rpc | pipeline
     ip: str = "local"
 
     def session(self, ident: str, *, act: bool = False) -> SessionRecord:
@@ -66,7 +68,7 @@ class Op:
     params: type
     handler: Callable[..., Any]
     summary: str
-    result: Any = None
+    result: Any  # what the handler returns (a stream: each item it yields), as a type msgspec knows
     stream: bool = False
     # create | send | approve | reject | kill: that permission; admin: admins only; operator: admins and
     # operators; public: anyone, even
@@ -77,7 +79,7 @@ class Op:
 REGISTRY: dict[str, Op] = {}
 
 
-def op(name: str, params: type, *, summary: str, result: Any = None, stream: bool = False,
+def op(name: str, params: type, *, result: Any, summary: str, stream: bool = False,
        permission: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY:
@@ -114,6 +116,13 @@ def decode_params(o: Op, raw: Any, *, strict: bool = True) -> Any:
 
 
 async def call(ctx: OpContext, name: str, raw: Any, *, strict: bool = True) -> Any:
+    """Run an operation for a surface: its result in wire form (the typed result as JSON-ready builtins,
+    what every surface encodes)."""
+    return msgspec.to_builtins(await call_typed(ctx, name, raw, strict=strict))
+
+
+async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True) -> Any:
+    """Run an operation: its typed result (an instance of ``get_op(name).result``)."""
     o = get_op(name)
     if o.stream:
         raise ValidationError(f"{name} is a streaming operation")
@@ -128,9 +137,16 @@ async def call(ctx: OpContext, name: str, raw: Any, *, strict: bool = True) -> A
 
 
 def stream(ctx: OpContext, name: str, raw: Any) -> AsyncGenerator[Any, None]:
+    """Run a streaming operation: its items, typed (instances of ``get_op(name).result``, which the surfaces
+    encode as they are)."""
     o = get_op(name)
     if not o.stream:
         raise ValidationError(f"{name} is not a streaming operation")
     params = decode_params(o, raw)
     ctx.services.access.authorize(ctx.principal, o.name, o.permission, params)
     return o.handler(ctx, params)  # type: ignore[no-any-return]
+
+
+def results() -> dict[str, Any]:
+    """Each operation's result type, by name."""
+    return {name: o.result for name, o in REGISTRY.items()}

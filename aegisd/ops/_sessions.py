@@ -1,34 +1,38 @@
-"""Session operations. Param structs mirror the original Aegis request bodies (camelCase); unknown fields
-are refused, as the original's strict schemas did."""
+"""Sessions: how one comes to be (create, spawn, fork, batches: all through :func:`create_session`), how it is
+found (get, list, the legacy bare list, children, counts, health), prompted, switched (model, mode),
+interrupted and ended. Param structs mirror the original Aegis request bodies (camelCase); unknown fields are
+refused, as the original's strict schemas did."""
 
 from __future__ import annotations
 
 import math
-import platform
-import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
-from typing import Annotated, Any
+from collections import Counter
+from typing import Annotated, Any, cast
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
-from aegisd import PROTOCOL_VERSION, __version__
 from aegisd.core.config import PermissionMode
-from aegisd.core.errors import Forbidden, SessionNotFound, Unauthorized, ValidationError
-from aegisd.core.events import Overflow, envelope
+from aegisd.core.errors import Forbidden, ValidationError
 from aegisd.core.models import SessionRecord, now_ms
-from aegisd.core.states import LIVE, STATUS_FILTERS, TERMINAL, State
+from aegisd.core.states import LIVE, STATUS_FILTERS, State
 from aegisd.ops._registry import OpContext, op
+from aegisd.ops._types import (
+    CreatedSession,
+    Empty,
+    IdParams,
+    Page,
+    Pagination,
+    PromptDelivery,
+    SessionRef,
+    SessionView,
+    Text,
+    created_view,
+    session_view,
+)
 
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
-Page = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
-SessionRef = Annotated[str, msgspec.Meta(description="session id, or a unique prefix of at least 4 characters")]
 
-
-class Empty(msgspec.Struct, forbid_unknown_fields=True):
-    pass
-
-
+# ---- params ------------------------------------------------------------------------------------------
 class CreateParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     workDir: str | None = None  # required unless the template gives one
     templateId: str | None = None
@@ -63,106 +67,163 @@ class ListParams(msgspec.Struct, forbid_unknown_fields=True):
     pageSize: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
 
 
-class IdParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: SessionRef
-
-
 class SendParams(msgspec.Struct, forbid_unknown_fields=True):
     id: SessionRef
     text: Text
 
 
-class TranscriptParams(msgspec.Struct, forbid_unknown_fields=True):
+class ModelParams(msgspec.Struct, forbid_unknown_fields=True):
     id: SessionRef
-    page: Page = 1
-    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
-    role: str | None = None
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
-class DecisionParams(msgspec.Struct, forbid_unknown_fields=True):
+class ModeParams(msgspec.Struct, forbid_unknown_fields=True):
     id: SessionRef
-    optionId: Annotated[str, msgspec.Meta(
-        description="an option of the pending request to pick (default: the least privilege one)")] | None = None
-    # the pending request the caller's user saw (pendingPermission.requestId): when given and it is not the
-    # one pending, 409 PERMISSION_REQUEST_MISMATCH and nothing is decided
-    requestId: Annotated[str, msgspec.Meta(
-        min_length=1, max_length=200,
-        description="the request this decides (pendingPermission.requestId); if another one is pending, the "
-                    "answer is PERMISSION_REQUEST_MISMATCH and nothing is decided")] | None = None
+    mode: PermissionMode
 
 
-class FollowParams(msgspec.Struct, forbid_unknown_fields=True):
+class SpawnParams(msgspec.Struct, forbid_unknown_fields=True):
     id: SessionRef
-    afterId: int | None = None
-    untilIdle: bool = False
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
+    workDir: str | None = None
+    permissionMode: PermissionMode | None = None
 
 
-class EventsParams(msgspec.Struct, forbid_unknown_fields=True):
-    sessionId: str | None = None
-    afterId: int | None = None
+class ForkParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: SessionRef
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    prompt: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
 
 
-def session_view(rec: SessionRecord, base_url: str = "") -> dict[str, Any]:
-    data: dict[str, Any] = msgspec.to_builtins(rec)
-    data.pop("readOffset", None)
-    data["label"] = rec.name
-    if rec.status == State.PERMISSION_PROMPT:
-        base = f"{base_url}/v1/sessions/{rec.id}"
-        data["actionHints"] = {
-            "approve": {"method": "POST", "url": f"{base}/approve", "description": "Approve the pending request"},
-            "reject": {"method": "POST", "url": f"{base}/reject", "description": "Reject the pending request"},
-        }
-        if rec.pendingPermission is not None:  # the body that decides this very request and no other
-            for hint in data["actionHints"].values():
-                hint["body"] = {"requestId": rec.pendingPermission.requestId}
-    return data
+class BatchCreateParams(msgspec.Struct, forbid_unknown_fields=True):
+    sessions: Annotated[list[CreateParams], msgspec.Meta(min_length=1, max_length=50)]
 
 
-# ---- daemon ----------------------------------------------------------------------------------------
-@op("hello", Empty, summary="Daemon and protocol versions")
-async def hello(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    d = ctx.services
-    out = {"daemon": "aegisd", "version": __version__, "protocol": PROTOCOL_VERSION, "pid": d.pid,
-           "stateDir": str(d.config.state_path), "httpUrl": d.http_url, "socket": str(d.config.socket_path),
-           "cgroups": str(d.cgroups.root) if d.cgroups is not None else None}
-    if ctx.principal.kind == "agent":
-        out["session"] = ctx.principal.session_id  # a tool can learn which session it is scoped to
-    return out
+class BatchDeleteParams(msgspec.Struct, forbid_unknown_fields=True):
+    ids: Annotated[list[str], msgspec.Meta(max_length=100)] | None = None
+    status: str | None = None
 
 
-@op("health", Empty, summary="Server health", permission="public")
-async def health(ctx: OpContext, p: Empty) -> dict[str, Any]:
-    d = ctx.services
-    m = d.manager
-    return {
-        "status": "draining" if d.draining else "ok",
-        "timestamp": now_ms(),
-        "version": __version__,
-        "platform": platform.system().lower(),
-        "uptime": round(time.time() - d.started_at, 3),
-        "sessions": {"active": sum(1 for r in m.records.values() if r.status in LIVE),
-                     "total": len(m.records)},
-        "pid": d.pid,
-        "store": d.store.name,
-    }
+# ---- results -----------------------------------------------------------------------------------------
+class SessionList(msgspec.Struct):
+    sessions: list[SessionView]
+    pagination: Pagination
 
 
-@op("daemon.stop", Empty, stream=True, permission="admin",
-    summary="Stop the daemon as SIGTERM does (`ag stop`): one event {stopping, pid, httpUrl}, sent before it starts "
-            "stopping; admins only, never a session's agent")
-async def daemon_stop(ctx: OpContext, p: Empty) -> AsyncIterator[dict[str, Any]]:
-    d = ctx.services
-    ctx.audit("daemon.stop")
-    # a stream, so that the answer is on the wire before the shutdown closes the connection: the surface sends
-    # this event, then resumes the generator
-    yield {"stopping": True, "pid": d.pid, "httpUrl": d.http_url}
-    d.request_stop()
+class SessionHealth(msgspec.Struct):
+    alive: bool
+    windowExists: bool
+    claudeRunning: bool
+    paneCommand: str
+    status: str
+    hasTranscript: bool
+    lastActivity: int
+    lastActivityAgo: int
+    sessionAge: int
+    details: str
+    pid: int | None
+    queuedPrompts: int
+    stderrTail: str | None
 
 
-# ---- sessions --------------------------------------------------------------------------------------
-@op("session.create", CreateParams, summary="Create a session (or reuse an idle one in the same workDir)",
-    permission="create")
-async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
+class SendResult(msgspec.Struct, kw_only=True):
+    ok: bool
+    delivered: bool
+    queued: bool
+    queuePosition: int | UnsetType = UNSET  # queued: its place in the queue
+    attempts: int
+
+
+class ModelSet(msgspec.Struct):
+    ok: bool
+    model: str | None
+    models: list[str]
+
+
+class ModeSet(msgspec.Struct):
+    ok: bool
+    permissionMode: str
+    currentMode: str | None  # the agent's own mode id, when it has modes
+    appliedBy: str  # agent (ACP session/set_mode) | daemon
+
+
+class Interrupted(msgspec.Struct):
+    ok: bool
+    interrupted: bool
+
+
+class Ended(msgspec.Struct):
+    ok: bool
+    id: str
+    status: str
+
+
+class ForkedSession(CreatedSession, kw_only=True):
+    seededEntries: int  # transcript entries seeded into the first prompt (forkMethod "transcript")
+
+
+class ChildSession(msgspec.Struct):
+    id: str
+    name: str
+    windowName: str
+    status: str
+    createdAt: int
+
+
+class Children(msgspec.Struct):
+    children: list[ChildSession]
+
+
+class SessionStats(msgspec.Struct):
+    active: int
+    byStatus: dict[str, int]
+    totalCreated: int
+    totalCompleted: int
+    totalFailed: int
+
+
+class BatchItem(msgspec.Struct):
+    id: str
+    name: str
+    status: str
+    promptDelivery: PromptDelivery
+
+
+class BatchError(msgspec.Struct):
+    index: int
+    error: str
+    code: str
+
+
+class BatchCreated(msgspec.Struct):
+    sessions: list[BatchItem]
+    created: int
+    failed: int
+    errors: list[BatchError]
+
+
+class KillError(msgspec.Struct):
+    id: str
+    error: str
+
+
+class BatchDeleted(msgspec.Struct):
+    deleted: int
+    notFound: list[str]
+    errors: list[KillError]
+
+
+# ---- creating ----------------------------------------------------------------------------------------
+async def create_session(ctx: OpContext, p: CreateParams, *, forked_from: str | None = None,
+                         creator: tuple[str | None, str | None] | None = None,
+                         audit: dict[str, Any] | None = None) -> tuple[SessionRecord, bool, dict[str, Any]]:
+    """THE way a session comes to be, for session.create, session.spawn, session.fork and pipeline stages:
+    the template fills what the call leaves out, memory entries prefix the prompt, the MCP servers are checked
+    against the caller, the manager validates the workDir and applies the owner's quotas, and a new session is
+    recorded in the audit log as ``session.create``. ``creator`` overrides ``ctx.creator()`` (a pipeline stage
+    belongs to the pipeline's owner); ``audit`` adds to the audit record's detail. Returns (record, reused,
+    prompt delivery)."""
     d = ctx.services
     if p.templateId:
         from aegisd.ops._templates import owned_template
@@ -183,23 +244,103 @@ async def create(ctx: OpContext, p: CreateParams) -> dict[str, Any]:
         mode = "bypassPermissions"
     if p.mcpServers and "aegis" in p.mcpServers and ctx.principal.role != "admin":
         raise Forbidden("the aegis MCP server acts with the daemon's full rights, so only admins may attach it")
-    owner, creator = ctx.creator()
-    rec, reused, delivery = await ctx.services.manager.create(
+    owner, creator_session = creator if creator is not None else ctx.creator()
+    rec, reused, delivery = await d.manager.create(
         workDir=p.workDir or "", name=p.name or p.label, prompt=p.prompt, permissionMode=mode, model=p.model,
         agent=p.agent, stallThresholdMs=p.stallThresholdMs, parentId=p.parentId,
-        ownerKeyId=owner, reuse=p.reuse, mcpServers=p.mcpServers, creatorSessionId=creator)
+        ownerKeyId=owner, reuse=p.reuse, mcpServers=p.mcpServers, creatorSessionId=creator_session,
+        forkedFrom=forked_from)
     if not reused:
-        ctx.audit("session.create", session_id=rec.id,
-                                detail={"workDir": rec.workDir, "agent": rec.agent, "mode": rec.permissionMode,
-                                        "ownerKeyId": rec.ownerKeyId})
-    view = session_view(rec, ctx.services.http_url)
-    view["reused"] = reused
-    view["promptDelivery"] = delivery
-    return view
+        detail: dict[str, Any] = {"workDir": rec.workDir, "agent": rec.agent, "mode": rec.permissionMode,
+                                  "ownerKeyId": rec.ownerKeyId}
+        if forked_from is not None:
+            detail["forkedFrom"] = forked_from
+        ctx.audit("session.create", session_id=rec.id, detail={**detail, **(audit or {})})
+    return rec, reused, delivery
 
 
-@op("session.list", ListParams, summary="List sessions, newest first")
-async def list_sessions(ctx: OpContext, p: ListParams) -> dict[str, Any]:
+@op("session.create", CreateParams, result=CreatedSession, permission="create",
+    summary="Create a session (or reuse an idle one in the same workDir)")
+async def create(ctx: OpContext, p: CreateParams) -> CreatedSession:
+    rec, reused, delivery = await create_session(ctx, p)
+    return cast(CreatedSession, created_view(rec, ctx.services.http_url, reused=reused, delivery=delivery))
+
+
+@op("session.spawn", SpawnParams, result=CreatedSession, permission="create",
+    summary="Create a child session (parentId set)")
+async def spawn(ctx: OpContext, p: SpawnParams) -> CreatedSession:
+    parent = ctx.session(p.id)
+    mode = p.permissionMode or cast(PermissionMode, parent.permissionMode)
+    params = CreateParams(workDir=p.workDir or parent.workDir, name=p.name or f"{parent.name}-child",
+                          prompt=p.prompt, permissionMode=mode, agent=parent.agent, model=parent.model,
+                          parentId=parent.id, reuse=False)
+    return await create(ctx, params)
+
+
+FORK_CONTEXT_CHARS = 50_000
+
+
+@op("session.fork", ForkParams, result=ForkedSession, permission="create",
+    summary="A new session that continues from this one: through ACP session/fork when the agent supports "
+            "it (forkMethod \"acp\"), else seeded with this session's transcript (forkMethod \"transcript\")")
+async def fork(ctx: OpContext, p: ForkParams) -> ForkedSession:
+    src = ctx.session(p.id)
+    mgr = ctx.services.manager
+    # the session.create path (audit record, MCP servers checked against the caller, workDir, quotas);
+    # prompt after it: the transcript seed needs to know how the agent forked
+    params = CreateParams(workDir=src.workDir, name=p.name or f"{src.name}-fork",
+                          permissionMode=cast(PermissionMode, src.permissionMode), agent=src.agent,
+                          model=src.requestedModel, reuse=False, mcpServers=src.mcpServers or None)
+    rec, _, _ = await create_session(ctx, params, forked_from=src.id)
+    seeded = 0
+    prompt = p.prompt
+    if rec.forkMethod == "transcript":
+        seed, seeded = await _fork_seed(ctx, src)
+        prompt = seed + "\n\n" + (p.prompt or "Continue from there.")
+    delivery: dict[str, Any] = {"delivered": False, "attempts": 0}
+    runner = mgr.runners.get(rec.id)
+    if prompt and runner is not None:
+        res = await runner.command("send", text=prompt)
+        delivery = {"delivered": res["delivered"], "attempts": res["attempts"], "queued": res["queued"]}
+    return cast(ForkedSession, created_view(
+        rec, ctx.services.http_url, reused=False, delivery=delivery, cls=ForkedSession,
+        overrides={"forkedFrom": src.id, "forkMethod": rec.forkMethod or "transcript"}, seededEntries=seeded))
+
+
+async def _fork_seed(ctx: OpContext, src: SessionRecord) -> tuple[str, int]:
+    """The source's recent conversation as a first prompt, newest entries kept within FORK_CONTEXT_CHARS."""
+    lines: list[str] = []
+    size = 0
+    for e in reversed(await ctx.services.store.read_transcript(src.id, 0, None)):
+        if e.contentType not in ("text", "tool_use", "tool_result", "tool_error", "plan"):
+            continue
+        line = f"{e.role}: {e.text}" if e.contentType == "text" else f"{e.role} [{e.contentType}]: {e.text}"
+        if size + len(line) > FORK_CONTEXT_CHARS:
+            break
+        lines.append(line)
+        size += len(line)
+    lines.reverse()
+    return (f"This session continues an earlier session ({src.id}). Its conversation so far:\n\n"
+            + "\n".join(lines)), len(lines)
+
+
+@op("sessions.batch_create", BatchCreateParams, result=BatchCreated, permission="create",
+    summary="Create up to 50 sessions")
+async def batch_create(ctx: OpContext, p: BatchCreateParams) -> BatchCreated:
+    done, errors = [], []
+    for i, item in enumerate(p.sessions):
+        try:
+            s = await create(ctx, msgspec.structs.replace(item, reuse=False))
+            done.append(BatchItem(id=s.id, name=s.name, status=s.status.value, promptDelivery=s.promptDelivery))
+        except Exception as exc:  # noqa: BLE001 - reported per item
+            errors.append(BatchError(index=i, error=getattr(exc, "message", str(exc)),
+                                     code=getattr(exc, "code", "INTERNAL_ERROR")))
+    return BatchCreated(sessions=done, created=len(done), failed=len(errors), errors=errors)
+
+
+# ---- finding -----------------------------------------------------------------------------------------
+@op("session.list", ListParams, result=SessionList, summary="List sessions, newest first")
+async def list_sessions(ctx: OpContext, p: ListParams) -> SessionList:
     states = None
     if p.status:
         states = STATUS_FILTERS.get(p.status)
@@ -213,18 +354,42 @@ async def list_sessions(ctx: OpContext, p: ListParams) -> dict[str, Any]:
     limit = p.pageSize or p.limit
     total = len(recs)
     start = (p.page - 1) * limit
-    return {"sessions": [session_view(r, ctx.services.http_url) for r in recs[start:start + limit]],
-            "pagination": {"page": p.page, "limit": limit, "total": total,
-                           "totalPages": max(1, math.ceil(total / limit))}}
+    return SessionList(sessions=[session_view(r, ctx.services.http_url) for r in recs[start:start + limit]],
+                       pagination=Pagination(page=p.page, limit=limit, total=total,
+                                             totalPages=max(1, math.ceil(total / limit))))
 
 
-@op("session.get", IdParams, summary="One session")
-async def get(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+@op("session.list_legacy", Empty, result=list[SessionView],
+    summary="The original's legacy GET /sessions: a bare array of every session")
+async def list_legacy(ctx: OpContext, p: Empty) -> list[SessionView]:
+    recs = ctx.visible(ctx.services.manager.list())
+    return [session_view(r, ctx.services.http_url) for r in recs]
+
+
+@op("session.get", IdParams, result=SessionView, summary="One session")
+async def get(ctx: OpContext, p: IdParams) -> SessionView:
     return session_view(ctx.session(p.id), ctx.services.http_url)
 
 
-@op("session.health", IdParams, summary="Health of one session")
-async def session_health(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+@op("session.children", IdParams, result=Children, summary="Sessions spawned from this one")
+async def children(ctx: OpContext, p: IdParams) -> Children:
+    rec = ctx.session(p.id)
+    kids = [r for r in ctx.visible(ctx.services.manager.list()) if r.parentId == rec.id]
+    return Children(children=[ChildSession(id=k.id, name=k.name, windowName=k.name, status=k.status.value,
+                                           createdAt=k.createdAt) for k in kids])
+
+
+@op("session.stats", Empty, result=SessionStats, summary="Session counts by status")
+async def stats(ctx: OpContext, p: Empty) -> SessionStats:
+    recs = ctx.visible(ctx.services.manager.records.values())
+    by = Counter(r.status.value for r in recs)
+    return SessionStats(active=sum(1 for r in recs if r.status in LIVE), byStatus=dict(by),
+                        totalCreated=len(recs), totalCompleted=by.get("completed", 0),
+                        totalFailed=by.get("crashed", 0) + by.get("killed", 0))
+
+
+@op("session.health", IdParams, result=SessionHealth, summary="Health of one session")
+async def session_health(ctx: OpContext, p: IdParams) -> SessionHealth:
     rec = ctx.session(p.id)
     runner = ctx.services.manager.runners.get(rec.id)
     alive = bool(runner and runner.alive)
@@ -234,207 +399,102 @@ async def session_health(ctx: OpContext, p: IdParams) -> dict[str, Any]:
                State.STALLED: "no agent activity for the stall threshold",
                State.COMPLETED: "finished normally", State.KILLED: "stopped through the API",
                State.CRASHED: (rec.crash.reason if rec.crash else "crashed")}[rec.status]
-    return {"alive": alive, "windowExists": alive, "claudeRunning": alive, "paneCommand": rec.agent,
-            "status": rec.status.value, "hasTranscript": rec.transcriptCount > 0,
-            "lastActivity": rec.lastActivity, "lastActivityAgo": max(0, now - rec.lastActivity),
-            "sessionAge": max(0, now - rec.createdAt), "details": details, "pid": rec.pid,
-            "queuedPrompts": runner.queue_length if runner else 0,
-            "stderrTail": runner.stderr_tail()[-1000:] if runner else (rec.crash.stderrTail if rec.crash else None)}
+    return SessionHealth(
+        alive=alive, windowExists=alive, claudeRunning=alive, paneCommand=rec.agent, status=rec.status.value,
+        hasTranscript=rec.transcriptCount > 0, lastActivity=rec.lastActivity,
+        lastActivityAgo=max(0, now - rec.lastActivity), sessionAge=max(0, now - rec.createdAt), details=details,
+        pid=rec.pid, queuedPrompts=runner.queue_length if runner else 0,
+        stderrTail=runner.stderr_tail()[-1000:] if runner else (rec.crash.stderrTail if rec.crash else None))
 
 
-@op("session.send", SendParams, summary="Send a prompt (queued if a turn is in flight)", permission="send")
-async def send(ctx: OpContext, p: SendParams) -> dict[str, Any]:
-    rec = ctx.session(p.id)
-    result: dict[str, Any] = await ctx.services.manager.command(rec.id, "send", text=p.text)
-    return result
-
-
-_STATUS_TEXT = {State.PENDING: "Starting the agent", State.IDLE: "Idle", State.RUNNING: "Working",
-                State.PERMISSION_PROMPT: "Waiting for permission", State.STALLED: "Stalled",
-                State.COMPLETED: "Completed", State.KILLED: "Killed", State.CRASHED: "Crashed"}
-
-
-@op("session.read", IdParams, summary="Transcript entries new since the last read")
-async def read(ctx: OpContext, p: IdParams) -> dict[str, Any]:
-    d = ctx.services
-    rec = ctx.session(p.id)
-    start, end = rec.readOffset, rec.transcriptCount
-    messages = await d.store.read_transcript(rec.id, start, end - start) if end > start else []
-    if end != start:
-        rec.readOffset = start + len(messages)
-        await d.manager.save(rec)
-    out: dict[str, Any] = {"messages": msgspec.to_builtins(messages), "status": rec.status.value,
-                           "statusText": _STATUS_TEXT[rec.status], "interactiveContent": None}
-    if rec.pendingPermission is not None:
-        out["pendingPermission"] = msgspec.to_builtins(rec.pendingPermission)
-        out["interactiveContent"] = f"Permission requested: {rec.pendingPermission.toolTitle}"
+@op("sessions.health", Empty, result=dict[str, SessionHealth], summary="Health of every session")
+async def bulk_health(ctx: OpContext, p: Empty) -> dict[str, SessionHealth]:
+    out = {}
+    for rec in ctx.visible(ctx.services.manager.records.values()):
+        out[rec.id] = await session_health(ctx, IdParams(id=rec.id))
     return out
 
 
-@op("session.transcript", TranscriptParams, summary="Page through the whole transcript")
-async def transcript(ctx: OpContext, p: TranscriptParams) -> dict[str, Any]:
-    d = ctx.services
+# ---- driving -----------------------------------------------------------------------------------------
+@op("session.send", SendParams, result=SendResult, permission="send",
+    summary="Send a prompt (queued if a turn is in flight)")
+async def send(ctx: OpContext, p: SendParams) -> SendResult:
     rec = ctx.session(p.id)
-    if p.role is not None and p.role not in ("user", "assistant", "system"):
-        raise ValidationError("role must be user, assistant or system")
-    if p.role is None:
-        total = rec.transcriptCount
-        start = (p.page - 1) * p.limit
-        messages = await d.store.read_transcript(rec.id, start, p.limit) if start < total else []
-    else:
-        everything = [e for e in await d.store.read_transcript(rec.id, 0, None) if e.role == p.role]
-        total = len(everything)
-        start = (p.page - 1) * p.limit
-        messages = everything[start:start + p.limit]
-    return {"messages": msgspec.to_builtins(messages), "total": total, "page": p.page, "limit": p.limit,
-            "hasMore": start + len(messages) < total}
+    return SendResult(**await ctx.services.manager.command(rec.id, "send", text=p.text))
 
 
-async def _decide(ctx: OpContext, p: DecisionParams, verb: str) -> dict[str, Any]:
-    rec = ctx.session(p.id)
-    result: dict[str, Any] = await ctx.services.manager.command(rec.id, verb, optionId=p.optionId,
-                                                              requestId=p.requestId, by=ctx.principal.name)
-    ctx.audit(f"permission.{verb}", session_id=rec.id,
-                            detail={"optionId": result["optionId"], "requestId": result["requestId"]})
-    return result
-
-
-@op("session.approve", DecisionParams, summary="Approve the pending permission request", permission="approve")
-async def approve(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
-    return await _decide(ctx, p, "approve")
-
-
-@op("session.reject", DecisionParams, summary="Reject the pending permission request", permission="reject")
-async def reject(ctx: OpContext, p: DecisionParams) -> dict[str, Any]:
-    return await _decide(ctx, p, "reject")
-
-
-class ModelParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: SessionRef
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-
-
-@op("session.set_model", ModelParams, permission="send",
+@op("session.set_model", ModelParams, result=ModelSet, permission="send",
     summary="Switch a live session's model (through the agent's model config option or session/set_model); "
             "400 INVALID_MODEL lists the models the agent offers")
-async def set_model(ctx: OpContext, p: ModelParams) -> dict[str, Any]:
+async def set_model(ctx: OpContext, p: ModelParams) -> ModelSet:
     rec = ctx.session(p.id)
-    result: dict[str, Any] = await ctx.services.manager.command(rec.id, "set_model", model=p.model)
-    return result
+    return ModelSet(**await ctx.services.manager.command(rec.id, "set_model", model=p.model))
 
 
-class ModeParams(msgspec.Struct, forbid_unknown_fields=True):
-    id: SessionRef
-    mode: PermissionMode
-
-
-@op("session.set_mode", ModeParams, permission="approve",
+@op("session.set_mode", ModeParams, result=ModeSet, permission="approve",
     summary="Change a live session's permission mode: applied by the agent (ACP session/set_mode) when it "
             "offers that mode, by the daemon otherwise (appliedBy says which)")
-async def set_mode(ctx: OpContext, p: ModeParams) -> dict[str, Any]:
+async def set_mode(ctx: OpContext, p: ModeParams) -> ModeSet:
     rec = ctx.session(p.id)
     previous = rec.permissionMode
-    result: dict[str, Any] = await ctx.services.manager.command(rec.id, "set_permission_mode", mode=p.mode)
+    result = ModeSet(**await ctx.services.manager.command(rec.id, "set_permission_mode", mode=p.mode))
     ctx.audit("session.mode", session_id=rec.id,
-                            detail={"mode": p.mode, "previous": previous, "appliedBy": result["appliedBy"]})
+              detail={"mode": p.mode, "previous": previous, "appliedBy": result.appliedBy})
     return result
 
 
-@op("session.interrupt", IdParams, summary="Cancel the current turn (ACP session/cancel)", permission="send")
-async def interrupt(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+@op("session.interrupt", IdParams, result=Interrupted, permission="send",
+    summary="Cancel the current turn (ACP session/cancel)")
+async def interrupt(ctx: OpContext, p: IdParams) -> Interrupted:
     rec = ctx.session(p.id)
-    result: dict[str, Any] = await ctx.services.manager.command(rec.id, "interrupt")
-    return result
+    return Interrupted(**await ctx.services.manager.command(rec.id, "interrupt"))
 
 
-async def _end(ctx: OpContext, p: IdParams, status: State, action: str) -> dict[str, Any]:
+# ---- ending ------------------------------------------------------------------------------------------
+async def _end(ctx: OpContext, p: IdParams, status: State, action: str) -> Ended:
     rec = ctx.session(p.id)
     await ctx.services.manager.end(rec.id, status)
     ctx.audit(action, session_id=rec.id)
-    return {"ok": True, "id": rec.id, "status": rec.status.value}
+    return Ended(ok=True, id=rec.id, status=rec.status.value)
 
 
-@op("session.kill", IdParams, summary="Kill a session (status killed)", permission="kill")
-async def kill(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+@op("session.kill", IdParams, result=Ended, permission="kill", summary="Kill a session (status killed)")
+async def kill(ctx: OpContext, p: IdParams) -> Ended:
     return await _end(ctx, p, State.KILLED, "session.kill")
 
 
-@op("session.close", IdParams, summary="Close a session normally (status completed)", permission="kill")
-async def close(ctx: OpContext, p: IdParams) -> dict[str, Any]:
+@op("session.close", IdParams, result=Ended, permission="kill", summary="Close a session normally (status completed)")
+async def close(ctx: OpContext, p: IdParams) -> Ended:
     return await _end(ctx, p, State.COMPLETED, "session.close")
 
 
-# ---- streams ---------------------------------------------------------------------------------------
-FOLLOW_BUFFER = 4096  # events a follower may fall behind before it skips ahead
-
-
-async def _follow(ctx: OpContext, session_id: str | None, after_id: int | None) -> AsyncGenerator[Any, None]:
-    """Events from the bus; a subscriber that falls behind is dropped by the bus, and here it resubscribes
-    from the last event it delivered, after an ``overflow`` marker saying how many events were skipped. Ends
-    with 401 as soon as the caller's credential stops working (auth/_credentials.py)."""
+@op("sessions.batch_delete", BatchDeleteParams, result=BatchDeleted, permission="kill",
+    summary="Kill many sessions (by ids or status)")
+async def batch_delete(ctx: OpContext, p: BatchDeleteParams) -> BatchDeleted:
+    if not p.ids and not p.status:
+        raise ValidationError("give ids or status")
     d = ctx.services
-    last = after_id
-    revoked: list[str] = []
-    live: list[Any] = []
-
-    def revoke(why: str) -> None:
-        revoked.append(why)
-        for sub in live:
-            sub.close()  # wakes the wait for the next event
-
-    with d.credentials.watch(ctx.principal, revoke):
-        while True:
-            sub = await d.bus.subscribe(session_id=session_id, after_id=last, maxsize=FOLLOW_BUFFER)
-            live[:] = [sub]
-            if revoked:  # while it subscribed
-                sub.close()
-            async with sub:
-                async for ev in sub:
-                    if revoked:
-                        break
-                    last = ev.id
-                    yield ev
-                if revoked:
-                    raise Unauthorized(f"{revoked[0]}; the stream is closed")
-                if not sub.overflowed:
-                    return
-            resumed = await d.bus.subscribe(session_id=session_id, after_id=last)
-            first = resumed._replay[0].id if resumed._replay else d.bus.last_id + 1
-            resumed.close()
-            yield envelope(last or 0, session_id or "", now_ms(),
-                           Overflow(reason="slow consumer", resumedAfter=last, firstAvailable=first))
-
-
-@op("session.follow", FollowParams, stream=True,
-    summary="Stream a session's events until it ends (or, with untilIdle, until its turn ends)")
-async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[dict[str, Any]]:
-    d = ctx.services
-    rec = ctx.session(p.id)
-    if rec.status in TERMINAL and p.afterId is None:
-        return
-    if p.untilIdle and p.afterId is None:
-        runner = d.manager.runners.get(rec.id)
-        if runner is None or (rec.status == State.IDLE and not runner.busy):
-            return
-    async with aclosing(_follow(ctx, rec.id, p.afterId)) as evs:
-        async for ev in evs:
-            yield msgspec.to_builtins(ev)
-            if ev.event == "ended":
-                return
-            if p.untilIdle and ev.event == "turn":
-                runner = d.manager.runners.get(rec.id)
-                if runner is None or not runner.busy:
-                    return
-
-
-@op("events.follow", EventsParams, stream=True, summary="Stream events of all sessions, or of one")
-async def events(ctx: OpContext, p: EventsParams) -> AsyncIterator[dict[str, Any]]:
-    sid = ctx.session(p.sessionId).id if p.sessionId else None
-    async with aclosing(_follow(ctx, sid, p.afterId)) as evs:
-        async for ev in evs:
-            if sid is None and ev.sessionId and not ctx.can_see(ev.sessionId):
-                continue
-            yield msgspec.to_builtins(ev)
-
-
-__all__ = ["SessionNotFound", "session_view"]
+    targets: list[str] = []
+    not_found: list[str] = []
+    for ident in p.ids or []:
+        try:
+            targets.append(ctx.session(ident, act=True).id)
+        except Exception:  # noqa: BLE001
+            not_found.append(ident)
+    if p.status:
+        states = STATUS_FILTERS.get(p.status)
+        if states is None:
+            raise ValidationError(f"invalid status {p.status!r}")
+        targets += [r.id for r in ctx.visible(d.manager.list(states)) if r.id not in targets
+                    and ctx.can_act(r.id)]
+    deleted, errors = 0, []
+    for sid in targets:
+        if d.manager.records[sid].status not in LIVE:
+            continue
+        try:
+            await d.manager.end(sid, State.KILLED)
+            ctx.audit("session.kill", session_id=sid, detail={"batch": True})
+            deleted += 1
+        except Exception as exc:  # noqa: BLE001
+            errors.append(KillError(id=sid, error=getattr(exc, "message", str(exc))))
+    return BatchDeleted(deleted=deleted, notFound=not_found, errors=errors)

@@ -9,10 +9,7 @@ import msgspec
 from aegisd.core.errors import NotFound, ValidationError
 from aegisd.features.templates import Template, TemplateFields
 from aegisd.ops._registry import OpContext, op
-
-
-class Empty(msgspec.Struct, forbid_unknown_fields=True):
-    pass
+from aegisd.ops._types import Empty, Ok
 
 
 class TemplateId(msgspec.Struct, forbid_unknown_fields=True):
@@ -35,8 +32,8 @@ def owned_template(ctx: OpContext, tid: str) -> Template:
     return t
 
 
-@op("template.create", CreateTemplate, summary="Create a session template", permission="create")
-async def create(ctx: OpContext, p: CreateTemplate) -> dict[str, Any]:
+@op("template.create", CreateTemplate, result=Template, summary="Create a session template", permission="create")
+async def create(ctx: OpContext, p: CreateTemplate) -> Template:
     defaults: dict[str, Any] = {}
     if p.sessionId:
         rec = ctx.session(p.sessionId)
@@ -49,34 +46,31 @@ async def create(ctx: OpContext, p: CreateTemplate) -> dict[str, Any]:
         ctx.services.manager.workdirs.validate(fields.workDir)
     elif not defaults.get("workDir"):
         raise ValidationError("workDir is required (or sessionId to copy it from)")
-    t = ctx.services.templates.create(fields, owner=ctx.owner_of(), defaults=defaults)
-    out: dict[str, Any] = msgspec.to_builtins(t)
-    return out
+    return ctx.services.templates.create(fields, owner=ctx.owner_of(), defaults=defaults)
 
 
-@op("template.list", Empty, summary="List templates")
-async def list_templates(ctx: OpContext, p: Empty) -> list[dict[str, Any]]:
-    return [msgspec.to_builtins(t) for t in ctx.services.templates.list() if ctx.owns(t.ownerKeyId)]
+@op("template.list", Empty, result=list[Template], summary="List templates")
+async def list_templates(ctx: OpContext, p: Empty) -> list[Template]:
+    return [t for t in ctx.services.templates.list() if ctx.owns(t.ownerKeyId)]
 
 
-@op("template.get", TemplateId, summary="One template")
-async def get(ctx: OpContext, p: TemplateId) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(owned_template(ctx, p.id))
-    return out
+@op("template.get", TemplateId, result=Template, summary="One template")
+async def get(ctx: OpContext, p: TemplateId) -> Template:
+    return owned_template(ctx, p.id)
 
 
-@op("template.update", UpdateTemplate, summary="Change a template (only the fields given)", permission="create")
-async def update(ctx: OpContext, p: UpdateTemplate) -> dict[str, Any]:
+@op("template.update", UpdateTemplate, result=Template, summary="Change a template (only the fields given)",
+    permission="create")
+async def update(ctx: OpContext, p: UpdateTemplate) -> Template:
     owned_template(ctx, p.id)
     fields = msgspec.convert({k: v for k, v in msgspec.to_builtins(p).items() if k != "id"}, TemplateFields)
     if fields.workDir:
         ctx.services.manager.workdirs.validate(fields.workDir)
-    out: dict[str, Any] = msgspec.to_builtins(ctx.services.templates.update(p.id, fields))
-    return out
+    return ctx.services.templates.update(p.id, fields)
 
 
-@op("template.delete", TemplateId, summary="Delete a template", permission="create")
-async def delete(ctx: OpContext, p: TemplateId) -> dict[str, Any]:
+@op("template.delete", TemplateId, result=Ok, summary="Delete a template", permission="create")
+async def delete(ctx: OpContext, p: TemplateId) -> Ok:
     owned_template(ctx, p.id)
     ctx.services.templates.delete(p.id)
-    return {"ok": True}
+    return Ok(ok=True)

@@ -31,6 +31,7 @@ from aegisd.core.errors import (
     Unavailable,
     ValidationError,
 )
+from aegisd.core.framing import LineFramer, LineTooLong
 from aegisd.core.input import INT_MAX, INT_MIN, check, decode_json
 
 if TYPE_CHECKING:
@@ -192,10 +193,9 @@ async def _connection(services: Services, stream: trio.SocketStream) -> None:
 
 async def _read_frames(services: Services, conn: _Conn, principal: ops.Principal, requests: trio.Nursery,
                        streams: trio.Nursery) -> None:
-    """Read newline-terminated frames until the client closes its side, a frame exceeds MAX_FRAME, or one
-    stays unfinished for FRAME_TIMEOUT_S."""
-    buf = bytearray()
-    scanned = 0  # bytes of buf known to hold no newline
+    """Read newline-terminated frames (aegisd/core/framing.py) until the client closes its side, a frame exceeds
+    MAX_FRAME, or one stays unfinished for FRAME_TIMEOUT_S."""
+    framer = LineFramer(MAX_FRAME)
     deadline = math.inf  # set while a frame is partly received
     while True:
         chunk: bytes | None = None
@@ -210,19 +210,20 @@ async def _read_frames(services: Services, conn: _Conn, principal: ops.Principal
             return
         if not chunk:
             return
-        buf += chunk
+        framer.feed(chunk)
         began = deadline == math.inf  # a new frame begins in this chunk
-        while (nl := buf.find(b"\n", scanned)) >= 0:
-            line = bytes(buf[:nl])
-            del buf[:nl + 1]
-            scanned, began = 0, True
+        while True:
+            try:
+                line = framer.next_line()
+            except LineTooLong:
+                await conn.send(error_frame(None, PayloadTooLarge(f"frame larger than {MAX_FRAME} bytes")))
+                return
+            if line is None:
+                break
+            began = True
             if line.strip():
                 await _dispatch(services, conn, principal, line, requests, streams)
-        scanned = len(buf)
-        if len(buf) > MAX_FRAME:
-            await conn.send(error_frame(None, PayloadTooLarge(f"frame larger than {MAX_FRAME} bytes")))
-            return
-        if not buf:
+        if not framer.pending:
             deadline = math.inf
         elif began:
             deadline = trio.current_time() + FRAME_TIMEOUT_S

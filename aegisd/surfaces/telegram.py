@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from aegisd.core import events
+from aegisd.core import events, retry
 from aegisd.core.errors import AegisError, NoPendingPermission, PermissionRequestMismatch, SessionNotLive
 from aegisd.core.models import Event
 from aegisd.core.states import State
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("aegisd.telegram")
 
 POLL_TIMEOUT_S = 25
+POLL_BACKOFF = retry.Backoff((1.0,), factor=2.0, cap=60.0)  # after failed polls in a row: 1, 2, 4 … 60 s
 APPROVE, REJECT = "a", "r"
 
 
@@ -119,16 +120,15 @@ class Telegram:
     # ---- in: button presses and commands ------------------------------------------------------------
     async def _inbound(self) -> None:
         offset = 0
-        delay = 1.0
+        retrier = retry.Retrier(POLL_BACKOFF)
         while True:
             try:
                 updates = await self.api("getUpdates", http_timeout=POLL_TIMEOUT_S + 10, offset=offset,
                                          timeout=POLL_TIMEOUT_S, allowed_updates=["callback_query", "message"])
             except TelegramError:
-                await trio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+                await retrier.failed()
                 continue
-            delay = 1.0
+            retrier.succeeded()
             for u in updates or []:
                 offset = max(offset, int(u.get("update_id", 0)) + 1)
                 try:

@@ -20,7 +20,6 @@ import trio
 from aegisctl._mcp import TOOLS
 from aegisd.core.errors import ValidationError
 from aegisd.ops import REGISTRY, decode_params
-from aegisd.ops._results import RESULTS
 
 from ..conftest import DaemonHandle, agent_env
 
@@ -51,7 +50,7 @@ async def call(s: Any, name: str, args: dict[str, Any] | None = None) -> Any:
     res = await s.call_tool(name, args or {})
     assert not res.is_error, (name, res.content[0].text)
     data = json.loads(res.content[0].text)
-    result_type = RESULTS.get(BY_NAME[name].op)
+    result_type = REGISTRY[BY_NAME[name].op].result
     if result_type is not None and BY_NAME[name].run is None:
         msgspec.convert(data, result_type)
     return data

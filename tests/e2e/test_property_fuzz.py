@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aegisd.ops._results import ErrorEnvelope
+from aegisd.ops import ErrorEnvelope
 
 from ..conftest import FAKE_AGENT_CMD
 
@@ -205,7 +205,7 @@ LONG_POLLS = {"session.wait", "events.poll"}  # they answer after their timeout 
 
 
 def _raw_routes() -> list[tuple[str, str]]:
-    from aegisd.surfaces.http import ROUTES as API_ROUTES
+    from aegisd.surfaces.http.routes import ROUTES as API_ROUTES
 
     out = [(m, p) for methods, p, op, _src, _status in API_ROUTES for m in methods
            if op not in DESTRUCTIVE | LONG_POLLS and not p.endswith("/screenshot")]

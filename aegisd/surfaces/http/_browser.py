@@ -15,7 +15,7 @@ Three checks run on every HTTP request and WebSocket handshake, before authentic
   send one after a CORS preflight, which is granted to ``allowedOrigins`` alone. Others: 415
   ``UNSUPPORTED_MEDIA_TYPE``. The OAuth device-flow proxy also takes form bodies (RFC 8628 clients).
 
-Pure functions over header values; ``aegisd/surfaces/http/__init__.py`` wires :func:`check` (Host, Origin) and
+Pure functions over header values; ``aegisd/surfaces/http/app.py`` wires :func:`check` (Host, Origin) and
 :func:`check_body` in as a before-request hook, :func:`check` as a before-websocket hook, and adds
 :func:`cors_headers` to the answers to configured origins."""
 

@@ -1,5 +1,9 @@
-"""The OpenAPI 3.1 document, generated from the routes and the msgspec structs of the operations (never
-written by hand). `make openapi` writes it to docs/openapi.json; the daemon serves it at /v1/openapi.json."""
+"""The OpenAPI 3.1 document, generated from the routes and the operations registry: each operation's params
+struct gives its path, query and body parameters, its result type the response schema (never written by
+hand). `make docs` writes it to docs/openapi.json; the daemon serves it at /v1/openapi.json.
+
+Components are named after their structs, which are unique across the operations (test_openapi.py checks
+it); msgspec would qualify a clash with the module's name."""
 
 from __future__ import annotations
 
@@ -9,10 +13,15 @@ from typing import Any
 import msgspec
 
 from aegisd import __version__, ops
-from aegisd.ops._results import RESULTS, ErrorEnvelope
 
 _ERRORS = {"400": "Bad input", "401": "Not authenticated", "403": "Not allowed", "404": "Not found",
            "409": "Conflict with the session's state", "429": "Rate limited", "503": "Unavailable"}
+_PATH_PARAMS = {"sid": "session id (or a unique prefix of at least 4 characters)", "kid": "API key id",
+                "pid": "pipeline id", "tid": "template id", "mkey": "memory key (namespace/key)",
+                "hid": "webhook endpoint index (from 0)"}
+_REF = "#/components/schemas/{name}"
+
+Route = tuple[tuple[str, ...], str, str, str, int]
 
 
 def _path(rule: str) -> tuple[str, list[str]]:
@@ -20,40 +29,51 @@ def _path(rule: str) -> tuple[str, list[str]]:
     return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule), names
 
 
-def build(routes: list[tuple[tuple[str, ...], str, str, str, int]], extra: dict[str, Any] | None = None
-          ) -> dict[str, Any]:
-    types: list[Any] = [ErrorEnvelope]
+def _component(ref: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """The component a ``{"$ref": ...}`` names (the params struct of an operation)."""
+    name = ref["$ref"].rsplit("/", 1)[-1]
+    found: dict[str, Any] = components[name]
+    return found
+
+
+def _query(props: dict[str, Any], required: list[str]) -> list[dict[str, Any]]:
+    return [{"name": n, "in": "query", "required": n in required, "schema": schema} for n, schema in props.items()]
+
+
+def build(routes: list[Route], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    types: list[Any] = [ops.ErrorEnvelope]
     for _, _, op_name, _, _ in routes:
-        types.append(ops.get_op(op_name).params)
-        if op_name in RESULTS:
-            types.append(RESULTS[op_name])
-    schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
-    refs = dict(zip(types, schemas))
+        o = ops.get_op(op_name)
+        types += [o.params, o.result]
+    audit = ops.get_op("audit.query")  # GET /v1/audit (a route of its own: exports) takes its params as a query
+    types += [audit.params, audit.result]
+    schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
+    refs: dict[Any, dict[str, Any]] = {}
+    for t, schema in zip(types, schemas, strict=True):
+        refs.setdefault(t, schema)
+    error = {"application/json": {"schema": refs[ops.ErrorEnvelope]}}
     paths: dict[str, Any] = {}
     for methods, rule, op_name, source, status in routes:
         o = ops.get_op(op_name)
         path, names = _path(rule)
-        params_schema = components.get(o.params.__name__, {})
+        params_schema = _component(refs[o.params], components)
         props = dict(params_schema.get("properties", {}))
+        required = [r for r in params_schema.get("required", []) if r in props]
         parameters = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"},
-                       "description": {"sid": "session id (or a unique prefix of at least 4 characters)",
-                                       "kid": "API key id", "pid": "pipeline id",
-                                       "tid": "template id", "mkey": "memory key (namespace/key)",
-                                       "hid": "webhook endpoint index (from 0)"}[n]} for n in names]
-        if names:
-            props.pop("id", None)
-            props.pop("key", None) if "mkey" in names else None
+                       "description": _PATH_PARAMS[n]} for n in names]
+        if names:  # the path gives the id (a memory key: the key)
+            for taken in ("key",) if "mkey" in names else ("id",):
+                props.pop(taken, None)
+                required = [r for r in required if r != taken]
         operation: dict[str, Any] = {"operationId": f"{op_name}:{methods[0].lower()}:{path}",
                                      "summary": o.summary, "tags": [op_name.split(".")[0]],
                                      "x-aegis-operation": op_name}
         if "query" in source:
-            for name, schema in props.items():
-                parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
+            parameters += _query(props, required)
         if "body" in source:
-            body_schema = {"type": "object", "properties": props,
-                           "required": [r for r in params_schema.get("required", []) if r != "id"],
+            body_schema = {"type": "object", "properties": props, "required": required,
                            "additionalProperties": False}
-            operation["requestBody"] = {"required": bool(body_schema["required"]),
+            operation["requestBody"] = {"required": bool(required),
                                         "content": {"application/json": {"schema": body_schema}}}
         if "rules" in source:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
@@ -61,23 +81,32 @@ def build(routes: list[tuple[tuple[str, ...], str, str, str, int]], extra: dict[
                                                       "additionalProperties": False}]}}}}
         if parameters:
             operation["parameters"] = parameters
-        result = RESULTS.get(op_name)
-        ok: dict[str, Any] = {"description": "OK"}
-        if result is not None:
-            ok["content"] = {"application/json": {"schema": refs[result]}}
-        operation["responses"] = {str(status): ok}
+        result = {"application/json": {"schema": refs[o.result]}}
+        operation["responses"] = {str(status): {"description": "OK", "content": result}}
         if op_name == "session.create":
             operation["responses"]["200"] = {"description": "an idle session in the same workDir was reused",
-                                             "content": {"application/json": {"schema": refs[result]}}}
+                                             "content": result}
         for code, desc in _ERRORS.items():
-            operation["responses"][code] = {"description": desc, "content": {
-                "application/json": {"schema": refs[ErrorEnvelope]}}}
+            operation["responses"][code] = {"description": desc, "content": error}
         if o.permission not in (None, "public"):
             operation["x-aegis-permission"] = o.permission
         for m in methods:
             paths.setdefault(path, {})[m.lower()] = operation
     for path, item in (extra or {}).items():
         paths.setdefault(path, {}).update(item)
+    if "/v1/audit" in paths:
+        props = dict(_component(refs[audit.params], components).get("properties", {}))
+        renamed = {"since": "from", "until": "to"}  # also accepted under their own names
+        query = [{"name": "format", "in": "query", "required": False,
+                  "schema": {"enum": ["json", "csv", "ndjson"], "default": "json"}}]
+        query += [{"name": renamed.get(n, n), "in": "query", "required": False, "schema": schema}
+                  for n, schema in props.items()]
+        get = paths["/v1/audit"]["get"]
+        get["parameters"] = query
+        get["responses"]["200"]["content"] = {
+            "application/json": {"schema": refs[audit.result]},
+            "text/csv": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}}
+        get["x-aegis-permission"] = audit.permission
     return {
         "openapi": "3.1.0",
         "info": {"title": "Aegis for Python", "version": __version__,
@@ -153,7 +182,7 @@ EXTRA_PATHS: dict[str, Any] = {
 
 
 def document() -> dict[str, Any]:
-    from aegisd.surfaces.http import ROUTES
+    from aegisd.surfaces.http.routes import ROUTES
 
     return build(ROUTES, EXTRA_PATHS)
 

@@ -1,0 +1,159 @@
+"""The HTTP app's wiring: quart-trio with the browser defences (aegisd/surfaces/http/_browser.py) before every
+request, the security headers after, one error mapping (errors.py), and the routes of each concern: the
+operations (routes.py), /v1/rpc, SSE, the terminal WebSocket, single sign-on, /metrics, the OpenAPI document
+and the dashboard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+from quart import Response, g, has_websocket_context, request, websocket
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from aegisd.core.errors import AegisError
+from aegisd.surfaces.dashboard import register as register_dashboard
+from aegisd.surfaces.http import _browser, auth, prometheus, routes, rpc, sse, sso, terminal
+from aegisd.surfaces.http.auth import current_conn
+from aegisd.surfaces.http.body import MAX_BODY
+from aegisd.surfaces.http.errors import (
+    encoder,
+    error_response,
+    http_envelope,
+    internal_envelope,
+    json_response,
+    request_id,
+)
+from aegisd.surfaces.http.ratelimits import RateLimits
+
+if TYPE_CHECKING:
+    from aegisd.ops._services import Services
+
+log = structlog.get_logger("aegisd.http")
+
+DRAIN_TIMEOUT_S = 10.0
+
+
+async def drained() -> bool:
+    """Read what is left of the request body before answering. A response sent while the body is still
+    arriving (a 404 before any view, a 401 or 429 before the body is parsed) left hypercorn's keep-alive
+    connection waiting forever for the next request: every POST of 500 kB to an unknown route did. False
+    when the body could not be drained (too large, or the client stopped sending): then the connection
+    closes after this response."""
+    try:
+        with trio.move_on_after(DRAIN_TIMEOUT_S):
+            await request.body
+            return True
+    except HTTPException:  # larger than MAX_BODY: quart stops buffering it
+        pass
+    return False
+
+
+def guard_browsers(app: QuartTrio, policy: _browser.Policy) -> None:
+    """Host, Origin and Content-Type, before anything else (see _browser); a CORS preflight of an allowed origin
+    is answered here."""
+
+    @app.before_request
+    async def _browser_guard() -> Response | None:
+        g.cors_origin = None
+        if _browser.check(policy, scheme=request.scheme, headers=request.headers) is _browser.OriginKind.ALLOWED:
+            g.cors_origin = request.headers["Origin"]  # its answers, errors included, carry CORS headers
+            if _browser.is_preflight(request.method, request.headers):
+                return Response("", status=204, headers=_browser.cors_headers(g.cors_origin, preflight=True))
+        _browser.check_body(method=request.method, path=request.path, headers=request.headers)
+        return None
+
+    @app.before_websocket
+    async def _browser_guard_ws() -> Response | None:
+        """Refuse the handshake itself (403/421): a refused page never gets an open socket."""
+        g.cors_origin = None
+        try:
+            if _browser.check(policy, scheme=websocket.scheme, headers=websocket.headers) \
+                    is _browser.OriginKind.ALLOWED:
+                g.cors_origin = websocket.headers["Origin"]
+        except AegisError as exc:
+            log.info("http.websocket_refused", path=websocket.path, code=exc.code, origin=websocket.headers.get(
+                "Origin"), host=websocket.headers.get("Host"))
+            return error_response(exc, request_id(websocket.headers))
+        return None
+
+
+def finish_answers(app: QuartTrio) -> None:
+    """Every answer: the request body drained first (or the connection closed), security headers, and CORS
+    headers for an allowed origin."""
+
+    @app.after_request
+    async def _headers(resp: Response) -> Response:
+        if not has_websocket_context() and not await drained():
+            resp.headers["Connection"] = "close"
+        resp.headers.setdefault("X-Aegis-API-Version", "1")
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Cache-Control", "no-store")
+        origin = g.get("cors_origin")
+        if origin and "Access-Control-Allow-Origin" not in resp.headers:
+            resp.headers.update(_browser.cors_headers(origin))
+        return resp
+
+
+def map_errors(app: QuartTrio, *, alert: Callable[[str, str], object]) -> None:
+    """Every error answers with the envelope; a server fault is logged and counted for alerts (``alert``)."""
+
+    @app.errorhandler(AegisError)
+    async def _aegis_error(exc: AegisError) -> Response:
+        return error_response(exc, request_id(current_conn().headers))
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        rid = request_id(current_conn().headers)
+        status, body = http_envelope(exc.code, exc.description, method=request.method, path=request.path,
+                                     max_body=MAX_BODY, request_id=rid)
+        return json_response(body, status, rid)
+
+    @app.errorhandler(Exception)
+    async def _internal(exc: Exception) -> Response:
+        conn = current_conn()  # the terminal's WebSocket has no `request`
+        rid = request_id(conn.headers)
+        method = getattr(conn, "method", "WEBSOCKET")
+        log.exception("http.internal_error", path=conn.path, request_id=rid, error=repr(exc))
+        # the one place api_error is counted: a server fault. Client errors (4xx) are answered by the
+        # handlers above and never count toward alerts.
+        alert("api_error", f"{method} {conn.path} answered 500 ({type(exc).__name__}; request {rid})")
+        return json_response(internal_envelope(rid), 500, rid)
+
+
+def create_app(services: Services) -> QuartTrio:
+    # imported here: `python -m aegisd.surfaces.http._openapi` (make docs) runs it after importing this package
+    from aegisd.surfaces.http._openapi import document
+
+    app = QuartTrio("aegisd")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
+    # the daemon's one limiter: /v1/analytics/rate-limits reads it
+    limits = RateLimits(services.rate_limiter, ip_per_min=services.config.ipRateLimit,
+                        key_rate=lambda key_id: services.keys.get(key_id).rateLimit)
+    gate = auth.build(services, limits)
+
+    cfg = services.config
+    guard_browsers(app, _browser.Policy.build(bind_host=cfg.host, base_url=cfg.baseUrl,
+                                              allowed_hosts=cfg.allowedHosts, allowed_origins=cfg.allowedOrigins))
+    finish_answers(app)
+    map_errors(app, alert=services.alerts.record)
+    routes.bind(app, gate)
+    rpc.register(app, gate)
+    sse.register(app, gate)
+    prometheus.register(app, gate)
+    sso.register(app, gate)
+    terminal.register(app, gate)
+
+    spec = encoder.encode(document())
+
+    @app.get("/v1/openapi.json")
+    async def openapi() -> Response:
+        return Response(spec, content_type="application/json")
+
+    register_dashboard(app, services)
+    return app
