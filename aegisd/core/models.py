@@ -128,10 +128,10 @@ class TranscriptEntry(msgspec.Struct, omit_defaults=True):
     toolUseId: str | None = None
 
 
+# dict=True: the envelope carries its typed event too (aegisd.core.events.payload), never encoded
 class Event(msgspec.Struct, omit_defaults=True, dict=True):
-    """One event on the bus, as stored and streamed. ``id`` is monotonic across the daemon and survives
-    restarts. ``event`` names its kind and ``data`` holds its fields; the typed event is
-    ``aegisd.core.events.payload(ev)`` (``dict=True`` lets the envelope carry it)."""
+    """One event on the bus. ``id`` is monotonic across the daemon and survives restarts; ``event`` names its
+    kind and ``data`` holds that kind's fields."""
 
     id: int
     event: str  # a kind's NAME in aegisd/core/events.py: created | status | message | permission.requested | ...
