@@ -13,7 +13,7 @@ AGENT_STAMP      := $(VENV)/.agent-installed
 TEST_AGENT_STAMP := $(VENV)/.test-agents-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-stores test-fast bench lint typecheck agents clean docs openapi wheel
+.PHONY: help install run test test-stores test-fast soak bench lint typecheck agents clean docs openapi wheel
 
 help: ## this list
 	@echo "Aegis for Python: make run (start aegisd), make test (the whole suite); both install what they need."
@@ -22,7 +22,7 @@ help: ## this list
 $(RUN_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
-	$(PIP) -e .
+	$(PIP) -e '.[mcp]'
 	@touch $@
 
 $(TEST_STAMP): $(RUN_STAMP)
@@ -66,6 +66,18 @@ test-stores: $(TEST_STAMP) ## the session, HTTP, SSE and pipeline tests on each 
 
 test-fast: $(TEST_STAMP) ## everything except the real-agent tests
 	. scripts/test-env.sh && $(PY) -m pytest -q -ra -m "not real_agent"
+
+SOAK_KILLS ?= $(or $(AEGIS_SOAK_KILLS),100)
+
+soak: $(TEST_STAMP) ## the kill -9 soak, longer (AEGIS_SOAK_KILLS, default 100) on the file store and on PostgreSQL/Redis when reachable
+	@. scripts/test-env.sh; rc=0; for store in file $${AEGIS_TEST_PG_URL:+postgres} $${AEGIS_TEST_REDIS_URL:+redis}; do \
+	  echo "== kill -9 soak on the $$store store, $(SOAK_KILLS) kills"; \
+	  AEGIS_SOAK_STORE=$$store AEGIS_SOAK_KILLS=$(SOAK_KILLS) $(PY) -m pytest -q -rxX -p no:cacheprovider -m soak \
+	    tests/test_soak.py || rc=1; \
+	done; \
+	[ -n "$$AEGIS_TEST_PG_URL" ] || echo "skipped: the soak on PostgreSQL (AEGIS_TEST_PG_URL not set)"; \
+	[ -n "$$AEGIS_TEST_REDIS_URL" ] || echo "skipped: the soak on Redis (AEGIS_TEST_REDIS_URL not set)"; \
+	exit $$rc
 
 bench: $(TEST_STAMP) ## benchmarks; results go to bench/results/ and are summarised in docs/performance.md
 	$(PY) bench/run.py

@@ -12,12 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aegisctl.client import Client, ClientError, ConnectError, default_socket_path
-
-
-def state_dir(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ if env is None else env)
-    return Path(os.path.expanduser(env.get("AEGIS_STATE_DIR") or "~/.aegis"))
+from aegisctl.client import Client, ClientError, ConnectError, default_socket_path, state_dir
 
 
 def requested_port(port: int | None = None) -> int | None:

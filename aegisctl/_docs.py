@@ -1,4 +1,5 @@
-"""Renders docs/cli.md from the click commands (`make docs`); a test keeps the file in step."""
+"""Renders docs/cli.md from the click commands, and aegisctl/data/ops.json from the operations registry (`make docs`);
+tests keep both in step."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import click
 def _walk(cmd: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
     out = [(path, cmd)]
     if isinstance(cmd, click.Group):
-        for name in sorted(cmd.commands):
-            out += _walk(cmd.commands[name], path + [name])
+        ctx = click.Context(cmd, info_name=" ".join(path))
+        for name in sorted(cmd.list_commands(ctx)):  # the root's commands load on first use
+            sub = cmd.get_command(ctx, name)
+            assert sub is not None, name
+            out += _walk(sub, path + [name])
     return out
 
 
@@ -32,6 +36,10 @@ def render_cli_reference() -> str:
 if __name__ == "__main__":
     from pathlib import Path
 
+    from aegisctl import _catalogue
+
     target = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
     target.write_text(render_cli_reference())
     print(f"wrote {target}")
+    _catalogue.PATH.write_text(_catalogue.render())  # what `ag rpc` knows of the operations
+    print(f"wrote {_catalogue.PATH}")

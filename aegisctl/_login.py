@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aegisctl._conn import state_dir
+from aegisctl.client import state_dir
 
 GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 

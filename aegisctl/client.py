@@ -34,12 +34,17 @@ class ConnectError(ClientError):
         super().__init__("DAEMON_UNREACHABLE", message, 503)
 
 
+def state_dir(env: dict[str, str] | None = None) -> Path:
+    """The daemon's state directory as this client sees it: AEGIS_STATE_DIR, else ~/.aegis."""
+    env = dict(os.environ if env is None else env)
+    return Path(os.path.expanduser(env.get("AEGIS_STATE_DIR") or "~/.aegis"))
+
+
 def default_socket_path(env: dict[str, str] | None = None) -> Path:
     env = dict(os.environ if env is None else env)
     if env.get("AEGIS_SOCKET"):
         return Path(os.path.expanduser(env["AEGIS_SOCKET"]))
-    state = env.get("AEGIS_STATE_DIR") or "~/.aegis"
-    return Path(os.path.expanduser(state)) / "aegisd.sock"
+    return state_dir(env) / "aegisd.sock"
 
 
 class Client:

@@ -157,8 +157,10 @@ class AcpConnection:
 
     async def load_session(self, session_id: str, cwd: str, *, timeout: float,
                            mcp_servers: list[dict[str, Any]] | None = None) -> w.LoadSessionResult:
-        return await self.call("session/load", {"sessionId": session_id, "cwd": cwd,  # type: ignore
-                                                "mcpServers": mcp_servers or []}, w.LoadSessionResult, timeout=timeout)
+        loaded = await self.call("session/load", {"sessionId": session_id, "cwd": cwd,
+                                                  "mcpServers": mcp_servers or []},
+                                 w.LoadSessionResult | None, timeout=timeout)  # type: ignore[arg-type]
+        return w.LoadSessionResult() if loaded is None else loaded  # older agents answered null: a success
 
     async def set_mode(self, session_id: str, mode_id: str, *, timeout: float) -> None:
         await self.request("session/set_mode", {"sessionId": session_id, "modeId": mode_id}, timeout=timeout)

@@ -132,6 +132,30 @@ async def test_restart_resumes_with_session_load(nursery: trio.Nursery, tmp_path
     await dp2.proc.wait()
 
 
+async def test_restart_resumes_when_session_load_answers_null(nursery: trio.Nursery, tmp_path: Path,
+                                                               short_tmp: Path) -> None:
+    """Older ACP agents answered `session/load` with a null result: that is a success, not a broken protocol."""
+    work = tmp_path / "w"
+    work.mkdir()
+    env = {"FAKE_ACP_LOAD_NULL": "1"}
+    dp = await start_daemon_process(tmp_path, short_tmp, nursery=nursery, extra_env=env)
+    s = await call(dp, "session.create", workDir=str(work), prompt="say:before restart")
+    await follow_until(dp, s["id"], "turn", afterId=0)
+    dp.proc.send_signal(signal.SIGKILL)
+    await dp.proc.wait()
+    dp2 = await start_daemon_process(tmp_path, short_tmp, nursery=nursery, extra_env=env)
+    resuming = await follow_until(dp2, s["id"], "status", afterId=0,
+                                  match=lambda e: e["data"].get("detail") == "daemon_restart")
+    await follow_until(dp2, s["id"], "status", afterId=resuming["id"], match=lambda e: e["data"]["status"] == "idle")
+    got = await call(dp2, "session.get", id=s["id"])
+    assert got["status"] == "idle" and got.get("crash") is None
+    await call(dp2, "session.send", id=s["id"], text="recall")
+    ev = await follow_until(dp2, s["id"], "turn", afterId=0, match=lambda e: e["data"]["turn"] == 2)
+    assert ev["data"]["stopReason"] == "end_turn"
+    dp2.proc.send_signal(signal.SIGTERM)
+    await dp2.proc.wait()
+
+
 async def test_restart_without_load_support_marks_crashed(nursery: trio.Nursery, tmp_path: Path,
                                                           short_tmp: Path) -> None:
     work = tmp_path / "w"

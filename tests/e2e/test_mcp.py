@@ -17,7 +17,7 @@ import msgspec
 import pytest
 import trio
 
-from aegisctl._mcp import TOOLS
+from aegisctl.mcp import TOOLS
 from aegisd.core.errors import ValidationError
 from aegisd.ops import REGISTRY, decode_params
 
