@@ -14,7 +14,7 @@ async def test_session_insights(daemon: DaemonHandle, workdir: Path) -> None:
     h = daemon.http
     s = await daemon.create(workdir, prompt="toolauto:read:Read:a.txt;tool:execute:Run:make")
     sid = s["id"]
-    await daemon.wait_event(sid, "approval", match=lambda e: "requestId" in e.data and "decision" not in e.data)
+    await daemon.wait_event(sid, "permission.requested")
     await h.post(f"/v1/sessions/{sid}/approve")
     await daemon.wait_event(sid, "turn")
     m = (await h.get(f"/v1/sessions/{sid}/metrics")).json()

@@ -64,8 +64,9 @@ async def test_poll_returns_the_events_after_an_id(daemon: DaemonHandle, workdir
         await h.post(f"/v1/sessions/{s['id']}/send", json={"text": "say:hello"})
     assert got["timedOut"] is False and got["events"] and all(e["id"] > start for e in got["events"])
     assert all(e["sessionId"] == s["id"] for e in got["events"])
-    await daemon.wait_status(s["id"], "idle")
-    await daemon.wait_event(s["id"], "turn", after_id=start)
+    turn = await daemon.wait_event(s["id"], "turn", after_id=start)
+    # the record shows idle while it is saved, and the status event follows: wait for the event
+    await daemon.wait_event(s["id"], "status", after_id=turn.id, match=lambda e: e.data["status"] == "idle")
 
     # from that id on, the rest of the turn; everything at once since it is there already
     after = got["lastId"]
@@ -92,7 +93,7 @@ async def test_poll_and_pending_show_a_key_only_its_own(daemon_factory: Any, wor
                                                      "reuse": False}, headers=bearer(bob))
     a, b = mine.json()["id"], theirs.json()["id"]
     await d.wait_status(a, "permission_prompt")
-    await d.wait_event(b, "approval", match=lambda e: e.data.get("toolTitle") == "Run 2")
+    await d.wait_event(b, "permission.requested", match=lambda e: e.data.get("toolTitle") == "Run 2")
 
     r = await d.http.get("/v1/permissions/pending", headers=bearer(alice))
     assert r.status_code == 200

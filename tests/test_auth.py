@@ -210,7 +210,7 @@ async def test_audit_log_records_and_detects_tampering(authd: DaemonHandle, work
     k = await make_key(authd, "operator", "auditee")
     s = (await authd.http.post("/v1/sessions", json={"workDir": str(workdir), "prompt": "tool:edit:E:f"},
                                headers=bearer(k["key"]))).json()
-    await authd.wait_event(s["id"], "approval", match=lambda e: "requestId" in e.data and "decision" not in e.data)
+    await authd.wait_event(s["id"], "permission.requested")
     await authd.http.post(f"/v1/sessions/{s['id']}/approve", headers=bearer(k["key"]))
     await authd.http.delete(f"/v1/sessions/{s['id']}", headers=bearer(k["key"]))
     await authd.http.get("/v1/sessions", headers=bearer("bad-token"))

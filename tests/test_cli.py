@@ -189,7 +189,7 @@ async def test_session_verbs(nursery: trio.Nursery, tmp_path: Path, short_tmp: P
     r = await ag(dp, "send", short, "tool:execute:Run make:make")
     assert "Delivered" in r.stdout
     # approve through the CLI once the session waits (wait on its approval event)
-    await wait_for_event(dp, sid, "approval")
+    await wait_for_event(dp, sid, "permission.requested")
     r = await ag(dp, "approve", short)
     assert "Approved (allow)" in r.stdout
     r = await ag(dp, "approve", short, check=False)

@@ -109,7 +109,7 @@ async def test_every_operation_answers_its_declared_result(daemon_factory: Any, 
 
     s = await rpc("session.create", workDir=str(workdir), prompt="tool:edit:Edit:f")
     sid = s["id"]
-    await d.wait_event(sid, "approval", match=lambda e: "requestId" in e.data and "decision" not in e.data)
+    await d.wait_event(sid, "permission.requested")
     assert (await rpc("session.wait", id=sid, timeoutSeconds=0))["actionHints"]  # waiting: approve/reject hints
     assert (await rpc("permissions.pending"))["total"] == 1
     for op in ("session.get", "session.health", "session.read", "session.transcript", "session.transcript.cursor",
@@ -142,7 +142,7 @@ async def test_every_operation_answers_its_declared_result(daemon_factory: Any, 
 
     kid = (await rpc("session.spawn", id=sid, name="kid"))["id"]
     fork = await rpc("session.fork", id=sid, prompt="tool:edit:Edit:g")
-    await d.wait_event(fork["id"], "approval", match=lambda e: "requestId" in e.data and "decision" not in e.data)
+    await d.wait_event(fork["id"], "permission.requested")
     await rpc("session.reject", id=fork["id"])
     batch = await rpc("sessions.batch_create", sessions=[{"workDir": str(workdir), "prompt": "say:b"},
                                                          {"workDir": "/nowhere"}])

@@ -34,7 +34,7 @@ async def approvals(d: DaemonHandle, sid: str, n: int) -> list[dict[str, Any]]:
     with trio.fail_after(10):
         async with await d.daemon.bus.subscribe(session_id=sid, after_id=0, maxsize=100_000) as sub:
             async for ev in sub:
-                if ev.event == "approval" and "requestId" in ev.data and "decision" not in ev.data:
+                if ev.event == "permission.requested":
                     got.append(ev.data)
                     if len(got) == n:
                         return got
@@ -223,7 +223,7 @@ async def _follow_approvals(socket: Path, sid: str, n: int) -> list[dict[str, An
         with contextlib.closing(Client(socket_path=socket).stream("session.follow", id=sid, afterId=0)) as evs:
             for ev in evs:
                 d = ev.get("data") or {}
-                if ev["event"] == "approval" and "requestId" in d and "decision" not in d:
+                if ev["event"] == "permission.requested":
                     got.append(d)
                     if len(got) == n:
                         return got

@@ -313,7 +313,7 @@ async def test_approve_racing_a_kill_is_409_never_500(daemon: DaemonHandle, work
                              + b"\n")
                 with trio.fail_after(10):
                     async for ev in sub:
-                        if ev.event == "approval" and "decision" in ev.data:
+                        if ev.event == "permission.decided":
                             break
                 await daemon.manager.end(sid, State.KILLED)  # what session.kill does
             got = {f["id"]: f for f in [await read_frame(c), await read_frame(c)]}

@@ -280,9 +280,9 @@ async def test_prompt_timeout_cancels_silent_turn(daemon_factory: Any, workdir: 
 
 async def test_agent_ignoring_cancel_after_timeout_crashes(daemon_factory: Any, workdir: Path,
                                                            monkeypatch: Any) -> None:
-    from aegisd.sessions import runner as _runner
+    from aegisd.core import machine as _machine
 
-    monkeypatch.setattr(_runner, "CANCEL_GRACE_S", 0.5)
+    monkeypatch.setattr(_machine, "CANCEL_GRACE_S", 0.5)
     d = await daemon_factory(acpPromptTimeoutMs=500, killGraceMs=300)
     s = await d.create(workdir, prompt="hang:60000")
     await d.wait_status(s["id"], State.CRASHED, timeout=10)

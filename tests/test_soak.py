@@ -279,11 +279,10 @@ class Generation:
         elif name == "ended":
             self.live.pop(sid, None)
             self.pending.pop(sid, None)
-        elif name == "approval" and not data.get("auto"):
-            if "decision" in data:
-                self.pending[sid] = [p for p in self.pending.get(sid, []) if p[0] != data.get("requestId")]
-            elif data.get("requestId"):
-                self.pending.setdefault(sid, []).append((data["requestId"], data.get("toolTitle") or ""))
+        elif name == "permission.decided" and not data.get("auto"):
+            self.pending[sid] = [p for p in self.pending.get(sid, []) if p[0] != data.get("requestId")]
+        elif name == "permission.requested" and data.get("requestId"):
+            self.pending.setdefault(sid, []).append((data["requestId"], data.get("toolTitle") or ""))
 
     async def follow(self, after_id: int) -> None:
         try:

@@ -68,8 +68,7 @@ def stream_turn(c: Ctx, sid: str, *, interactive: bool, accept: bool, quiet: boo
                         click.echo(out.style(f"  ✗ {out.one_line(data['text'], 120)}", fg="red"), err=True)
                     elif not quiet:
                         click.echo(out.style(f"  ⎿ {out.one_line(data['text'], 120)}", dim=True), err=True)
-                elif kind == "approval" and not data.get("auto") and "requestId" in data and "toolTitle" in data \
-                        and "decision" not in data:
+                elif kind == "permission.requested":
                     if mid_line:
                         click.echo()
                         mid_line = False

@@ -1,16 +1,17 @@
-"""The event bus: one per daemon. Assigns monotonic ids, keeps bounded replay rings in memory, persists
-events through the store (batched by a background task), and fans out to subscribers. A slow subscriber
-never delays the sessions or other subscribers: its bounded buffer overflows and it is dropped, after which
-its iterator ends with ``overflowed = True`` (clients reconnect with the last id they saw and replay)."""
+"""The event bus: one per daemon. It carries typed events (aegisd/core/events.py) in envelopes. Assigns
+monotonic ids, keeps bounded replay rings in memory, persists events through the store (batched by a background
+task), and fans out to subscribers. A slow subscriber never delays the sessions or other subscribers: its
+bounded buffer overflows and it is dropped, after which its iterator ends with ``overflowed = True`` (clients
+reconnect with the last id they saw and replay)."""
 
 from __future__ import annotations
 
 import collections
-from typing import Any
 
 import structlog
 import trio
 
+from aegisd.core.events import SessionEvent, envelope
 from aegisd.core.models import Event, now_ms
 from aegisd.store import Store
 
@@ -114,8 +115,10 @@ class EventBus:
     def last_id(self) -> int:
         return self._next_id - 1
 
-    def publish(self, session_id: str, event: str, data: dict[str, Any] | None = None) -> Event:
-        ev = Event(id=self._next_id, event=event, sessionId=session_id, timestamp=now_ms(), data=data or {})
+    def publish(self, session_id: str, event: SessionEvent) -> Event:
+        """Publish a typed event (aegisd/core/events.py); subscribers get its envelope, whose
+        ``events.payload()`` is this very event."""
+        ev = envelope(self._next_id, session_id, now_ms(), event)
         self._next_id += 1
         self.published += 1
         ring = self._rings.get(session_id)

@@ -128,11 +128,13 @@ class TranscriptEntry(msgspec.Struct, omit_defaults=True):
     toolUseId: str | None = None
 
 
-class Event(msgspec.Struct, omit_defaults=True):
-    """One event on the bus. ``id`` is monotonic across the daemon and survives restarts."""
+# dict=True: the envelope carries its typed event too (aegisd.core.events.payload), never encoded
+class Event(msgspec.Struct, omit_defaults=True, dict=True):
+    """One event on the bus. ``id`` is monotonic across the daemon and survives restarts; ``event`` names its
+    kind and ``data`` holds that kind's fields."""
 
     id: int
-    event: str  # created | status | message | chunk | approval | ended | stall | ...
+    event: str  # a kind's NAME in aegisd/core/events.py: created | status | message | permission.requested | ...
     sessionId: str
     timestamp: int
     data: dict[str, Any] = {}

@@ -21,6 +21,7 @@ import trio
 
 from aegisd.bus import EventBus
 from aegisd.core.errors import NotFound, ValidationError
+from aegisd.core.events import Pipeline, Verification
 from aegisd.core.models import now_ms
 from aegisd.core.states import State
 from aegisd.features.verify import Verifier
@@ -199,8 +200,8 @@ class PipelineManager:
     async def _save(self, p: PipelineRecord) -> None:
         p.updatedAt = now_ms()
         await self.collection.put(p.id, msgspec.to_builtins(p))
-        self.bus.publish(p.id, "pipeline", {"status": p.status, "currentStage": p.currentStage,
-                                                   "stages": {s.name: s.status for s in p.stages}})
+        self.bus.publish(p.id, Pipeline(status=p.status, currentStage=p.currentStage,
+                                        stages={s.name: s.status for s in p.stages}))
 
     async def load(self) -> None:
         if self.legacy_dir is not None:
@@ -378,9 +379,9 @@ class PipelineManager:
                 raise NotFound(f"session {sid} is gone")
             self._verdicts[sid] = await self.verifier.run(rec, critical_only=critical_only)
         except AegisError as exc:
-            verdict = {"ok": False, "summary": f"could not verify: {exc.message}", "steps": [], "status": "failed"}
-            self._verdicts[sid] = verdict
-            self.bus.publish(sid, "verification", verdict)
+            failed = Verification(status="failed", steps=[], ok=False, summary=f"could not verify: {exc.message}")
+            self._verdicts[sid] = failed.to_data()
+            self.bus.publish(sid, failed)
 
     async def _verdict(self, p: PipelineRecord, s: StageState, result: dict[str, Any]) -> None:
         from aegisd.features.verify import fix_prompt

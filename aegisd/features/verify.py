@@ -24,6 +24,7 @@ from aegisd.acp._groups import end_group
 from aegisd.bus import EventBus
 from aegisd.core.config import VerificationConfig
 from aegisd.core.errors import Conflict, ValidationError
+from aegisd.core.events import Verification
 from aegisd.core.models import SessionRecord
 from aegisd.core.sections import Step, parse_steps
 from aegisd.sessions import SessionManager
@@ -159,7 +160,7 @@ class Verifier:
         if rec.id in self.running:
             raise Conflict(f"a verification of session {rec.id} is already running")
         self.running.add(rec.id)
-        self.bus.publish(rec.id, "verification", {"status": "running", "steps": [s.name for s in steps]})
+        self.bus.publish(rec.id, Verification(status="running", steps=[s.name for s in steps]))
         started = time.monotonic()
         results: list[dict[str, Any]] = []
         cgroups = self._cgroups()
@@ -183,10 +184,9 @@ class Verifier:
         out: dict[str, Any] = {"ok": ok, "steps": results, "skipped": skipped,
                                "totalDurationMs": int((time.monotonic() - started) * 1000), "summary": summary,
                                "criticalOnly": critical}
-        self.bus.publish(rec.id, "verification", {
-            "status": "passed" if ok else "failed", "ok": ok, "summary": summary,
-            "totalDurationMs": out["totalDurationMs"],
-            "steps": [{k: r.get(k) for k in ("name", "ok", "exitCode", "durationMs")} for r in results]})
+        self.bus.publish(rec.id, Verification(
+            status="passed" if ok else "failed", ok=ok, summary=summary, totalDurationMs=out["totalDurationMs"],
+            steps=[{k: r.get(k) for k in ("name", "ok", "exitCode", "durationMs")} for r in results]))
         return out
 
 

@@ -18,8 +18,10 @@ import structlog
 import trio
 
 from aegisd.bus import EventBus
+from aegisd.core import events
 from aegisd.core.config import EmailConfig
 from aegisd.core.models import Event, SessionRecord
+from aegisd.core.states import State
 from aegisd.notify.health import ChannelHealth
 
 log = structlog.get_logger("aegisd.mail")
@@ -65,24 +67,23 @@ class Email:
 
     def _compose(self, ev: Event) -> tuple[str, str, str] | None:
         want = set(self.cfg.events)
-        d = ev.data
         rec = self.records.get(ev.sessionId)
         who = f"{rec.name if rec else 'session'} ({ev.sessionId[:8]})"
         link = f"{self.http_url().rstrip('/')}/dashboard/#/sessions/{ev.sessionId}"
-        if ev.event == "approval" and "requestId" in d and "decision" not in d and "permission" in want:
-            subject = f"[aegis] {who} needs approval: {d.get('toolTitle')}"
-            cmd = f"{ev.sessionId[:8]} --request {d['requestId']}"  # this very request, not whatever is pending
-            body = (f"{who} asks to run {d.get('toolTitle')}.\n\nInput: {d.get('rawInput')}\n\n"
-                    f"Approve or reject: {link}\n(or `ag approve {cmd}` / `ag reject {cmd}`)\n")
-        elif ev.event == "status" and d.get("status") == "stalled" and "stall" in want:
-            subject = f"[aegis] {who} stalled"
-            body = f"{who} shows no agent activity.\n\n{link}\n"
-        elif ev.event == "ended" and "ended" in want:
-            subject = f"[aegis] {who} ended {d.get('status')}"
-            body = f"{who} ended {d.get('status')}" + (f": {d.get('reason')}" if d.get("reason") else "") + \
-                f".\n\n{link}\n"
-        else:
-            return None
+        match events.payload(ev):
+            case events.PermissionRequested(request=req) if "permission" in want:
+                subject = f"[aegis] {who} needs approval: {req.toolTitle}"
+                cmd = f"{ev.sessionId[:8]} --request {req.requestId}"  # this very request, not whatever is pending
+                body = (f"{who} asks to run {req.toolTitle}.\n\nInput: {req.rawInput}\n\n"
+                        f"Approve or reject: {link}\n(or `ag approve {cmd}` / `ag reject {cmd}`)\n")
+            case events.StatusChanged(status=State.STALLED) if "stall" in want:
+                subject = f"[aegis] {who} stalled"
+                body = f"{who} shows no agent activity.\n\n{link}\n"
+            case events.Ended(status=status, reason=reason) if "ended" in want:
+                subject = f"[aegis] {who} ended {status.value}"
+                body = f"{who} ended {status.value}" + (f": {reason}" if reason else "") + f".\n\n{link}\n"
+            case _:
+                return None
         return subject, body, ev.sessionId
 
     def _send(self, subject: str, body: str) -> None:

@@ -66,7 +66,8 @@ class PermissionsView(msgspec.Struct):
 
 async def _decide(ctx: OpContext, p: DecisionParams, verb: str) -> Decision:
     rec = ctx.session(p.id)
-    result = Decision(**await ctx.services.manager.command(rec.id, verb, optionId=p.optionId, requestId=p.requestId))
+    result = Decision(**await ctx.services.manager.command(rec.id, verb, optionId=p.optionId, requestId=p.requestId,
+                                                           by=ctx.principal.name))
     ctx.audit(f"permission.{verb}", session_id=rec.id,
               detail={"optionId": result.optionId, "requestId": result.requestId})
     return result

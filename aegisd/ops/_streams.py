@@ -11,7 +11,8 @@ from typing import Any
 import msgspec
 
 from aegisd.core.errors import Unauthorized
-from aegisd.core.models import Event, now_ms
+from aegisd.core.events import Overflow, envelope
+from aegisd.core.models import now_ms
 from aegisd.core.states import TERMINAL, State
 from aegisd.ops._registry import OpContext, op
 from aegisd.ops._types import EventFrame, SessionRef
@@ -65,8 +66,8 @@ async def _follow(ctx: OpContext, session_id: str | None, after_id: int | None) 
             resumed = await d.bus.subscribe(session_id=session_id, after_id=last)
             first = resumed._replay[0].id if resumed._replay else d.bus.last_id + 1
             resumed.close()
-            yield Event(id=last or 0, event="overflow", sessionId=session_id or "", timestamp=now_ms(),
-                        data={"reason": "slow consumer", "resumedAfter": last, "firstAvailable": first})
+            yield envelope(last or 0, session_id or "", now_ms(),
+                           Overflow(reason="slow consumer", resumedAfter=last, firstAvailable=first))
 
 
 @op("session.follow", FollowParams, result=EventFrame, stream=True,

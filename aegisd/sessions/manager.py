@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+import msgspec
 import structlog
 import trio
 
@@ -27,6 +28,7 @@ from aegisd.core.errors import (
     Unavailable,
     ValidationError,
 )
+from aegisd.core.events import Created
 from aegisd.core.models import SessionRecord, now_ms
 from aegisd.core.pricing import UsageRecord
 from aegisd.core.states import LIVE, TERMINAL, State
@@ -202,12 +204,15 @@ class SessionManager:
     def _start_runner(self, rec: SessionRecord, launch: AgentLaunch, *, resume: bool) -> SessionRunner:
         runner = SessionRunner(self, rec, launch, resume=resume)
         self.runners[rec.id] = runner
-        self._host().start_soon(runner.run)
+        self._host().start_soon(self._run, runner)
         return runner
 
-    def _runner_finished(self, runner: SessionRunner) -> None:
-        if self.runners.get(runner.rec.id) is runner:
-            del self.runners[runner.rec.id]
+    async def _run(self, runner: SessionRunner) -> None:
+        try:
+            await runner.run()
+        finally:
+            if self.runners.get(runner.rec.id) is runner:
+                del self.runners[runner.rec.id]
 
     async def create(self, *, workDir: str, name: str | None = None, prompt: str | None = None,
                      permissionMode: str | None = None, model: str | None = None, agent: str | None = None,
@@ -278,9 +283,7 @@ class SessionManager:
             self.records[sid] = rec
             self.created_total += 1
             runner = self._start_runner(rec, launch, resume=False)
-        from msgspec import to_builtins
-
-        self.bus.publish(sid, "created", to_builtins(rec))
+        self.bus.publish(sid, Created(record=msgspec.structs.replace(rec)))  # as it was when created
         delivery = {"delivered": False, "attempts": 0}
         if prompt:
             # queued now, sent by the runner as soon as the agent is ready

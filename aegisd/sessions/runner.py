@@ -1,16 +1,24 @@
-"""One session: the owner task that drives an agent process through the session state machine.
+"""One session: ONE owner task with ONE inbox, driving the pure session state machine (aegisd/core/machine.py).
 
-Everything that changes a session happens here, in tasks of the session's own nursery: commands arrive on
-its channel (send, approve, reject, interrupt), agent traffic arrives through :class:`AcpConnection`
-callbacks, and the end (kill, close, crash, daemon shutdown) is requested with :meth:`SessionRunner.end`
-and carried out in one place, :meth:`SessionRunner._finish`."""
+Everything that happens to the session arrives in the inbox, in order: commands from operations and the
+manager (send, approve, reject, interrupt, set_*: :meth:`SessionRunner.command`), the agent's updates,
+activity and permission requests (from the ACP connection's reader, :class:`AcpConnection` callbacks), the end
+of a prompt turn (from the task awaiting its answer), and the agent being ready (from the start task). The owner
+feeds each to the machine and carries out the effects it returns (transcript, events, record, ACP messages);
+ticks of the clock come from the owner's own wait for the machine's next deadline. Only the owner changes the
+session. The other tasks of the session's nursery are adapters for I/O: the ACP reader, the stderr pump, the
+process watch, the start, and the wait for each turn's answer.
+
+The end (kill, close, crash, daemon shutdown) is requested with :meth:`SessionRunner.end`, which cancels the
+nursery wherever the owner waits, and is carried out in one place, :meth:`SessionRunner._finish`."""
 
 from __future__ import annotations
 
-import collections
 import itertools
+import math
 import signal
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -18,40 +26,65 @@ import trio
 
 import aegisd.sessions.failures as failures
 from aegisd import __version__
-from aegisd.acp import AcpConnection, AgentProcess, RemoteError, agent_environment, spawn_agent
+from aegisd.acp import AcpConnection, AgentProcess, Lifeline, RemoteError, agent_environment, spawn_agent
+from aegisd.acp._cgroup import SessionCgroups
+from aegisd.bus import EventBus
+from aegisd.core import events as ev
+from aegisd.core import machine as m
 from aegisd.core import wire as w
+from aegisd.core.config import Config
 from aegisd.core.errors import (
     AegisError,
     AgentError,
     InvalidModel,
-    NoPendingPermission,
-    PermissionRequestMismatch,
     ProtocolError,
     RequestTimeout,
     SessionNotLive,
 )
-from aegisd.core.models import (
-    ContextUsage,
-    CrashInfo,
-    PendingPermission,
-    PermissionOption,
-    SessionRecord,
-    TokenUsage,
-    now_ms,
-)
-from aegisd.core.permissions import PermissionProfile, Policy, choose_option, daemon_policy, evaluate_profile
+from aegisd.core.metrics import Histogram, Metrics
+from aegisd.core.models import CrashInfo, LastError, PendingPermission, SessionRecord, TokenUsage, now_ms
 from aegisd.core.pricing import UsageRecord, estimate_cost
-from aegisd.core.states import LIVE, TERMINAL, State, check_transition
-from aegisd.core.transcript import TranscriptBuilder
-
-if TYPE_CHECKING:
-    from aegisd.sessions.manager import AgentLaunch, SessionManager
+from aegisd.core.states import LIVE, State
+from aegisd.sessions._agents import AgentLaunch
+from aegisd.store import Store
 
 log = structlog.get_logger("aegisd.session")
 
-CANCEL_GRACE_S = 10.0
+
+class UsageLedger(Protocol):
+    def record(self, rec: UsageRecord) -> None: ...
 
 
+class RunnerHost(Protocol):
+    """What a runner needs from whoever hosts it (the session manager), and nothing more."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def bus(self) -> EventBus: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def environ(self) -> dict[str, str]: ...
+    @property
+    def lifeline(self) -> Lifeline: ...
+    @property
+    def cgroups(self) -> SessionCgroups | None: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def usage(self) -> UsageLedger | None: ...
+    @property
+    def records(self) -> Mapping[str, SessionRecord]: ...
+
+    def markers(self, session_id: str) -> dict[str, str]: ...
+
+    def mcp_specs(self, rec: SessionRecord) -> list[dict[str, Any]]: ...
+
+    async def save(self, rec: SessionRecord) -> None: ...
+
+
+# ---- the inbox ---------------------------------------------------------------------------------------
 class _Command:
     __slots__ = ("args", "done", "error", "kind", "result")
 
@@ -63,16 +96,41 @@ class _Command:
         self.error: BaseException | None = None
 
 
-class _Decision:
-    """An open `session/request_permission`, waiting for approve/reject/cancel."""
+class _Reply:
+    """The answer to one of the agent's permission requests, awaited by the connection's request task."""
 
-    __slots__ = ("done", "info", "options", "outcome")
+    __slots__ = ("done", "outcome")
 
-    def __init__(self, info: PendingPermission, options: list[w.PermissionOption]) -> None:
-        self.info = info
-        self.options = options
+    def __init__(self) -> None:
         self.done = trio.Event()
         self.outcome: dict[str, Any] = {"outcome": "cancelled"}
+
+
+class _Ask(msgspec.Struct):
+    key: int
+    params: w.RequestPermissionParams
+
+
+class _Update(msgspec.Struct):
+    update: Any  # w.SessionUpdate | w.UnknownUpdate
+    replay: bool
+
+
+class _Activity(msgspec.Struct):
+    pass
+
+
+class _Ready(msgspec.Struct):
+    pass
+
+
+class _TurnDone(msgspec.Struct):
+    stop: str
+    usage: dict[str, Any] | None
+    error: LastError | None = None
+
+
+_Input = _Command | _Ask | _Update | _Activity | _Ready | _TurnDone
 
 
 class _ModelChoice:
@@ -121,49 +179,42 @@ class _ModelChoice:
 
 
 class SessionRunner:
-    def __init__(self, manager: SessionManager, record: SessionRecord, launch: AgentLaunch, *,
+    def __init__(self, host: RunnerHost, record: SessionRecord, launch: AgentLaunch, *,
                  resume: bool = False) -> None:
-        self.manager = manager
+        self.host = host
         self.rec = record
         self.launch = launch
         self.resume = resume
         self.log = log.bind(session_id=record.id)
-        self._cfg = manager.config
-        self._bus = manager.bus
-        self._store = manager.store
+        self._cfg = host.config
+        self._bus = host.bus
+        self._store = host.store
         self._proc: AgentProcess | None = None
         self._conn: AcpConnection | None = None
-        self._builder = TranscriptBuilder(next_id=record.transcriptCount + 1)
-        self._cmd_send, self._cmd_recv = trio.open_memory_channel[_Command](256)
-        self._queue: collections.deque[str] = collections.deque()
-        self._turn_active = False
-        self._prompt_sent = False
-        self._cancel_early = False
-        self._turn_started = 0.0
-        self._timeout_cancel_at: float | None = None
-        self._decisions: collections.deque[_Decision] = collections.deque()
-        self._requests = itertools.count(1)  # permission request ids are never reused within a session
-        self._native_mode = False
+        self.machine = m.SessionMachine(record, now=trio.current_time(),
+                                        prompt_timeout_s=self._cfg.acpPromptTimeoutMs / 1000,
+                                        idle_timeout_s=self._cfg.idleTimeoutMs / 1000)
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Input](math.inf)
+        self._replies: dict[int, _Reply] = {}
+        self._asks = itertools.count(1)
         self._loading = False
-        self._last_activity = trio.current_time()
         self._nursery: trio.Nursery | None = None
-        self._end_request: tuple[State, str, CrashInfo | None] | None = None
+        self._end_request: tuple[State | None, str, CrashInfo | None] | None = None
         self._models = _ModelChoice()
-        self._state_changed = trio.Event()
         self._cost_seen = 0.0  # the agent's cumulative cost report at the end of the last turn
         self.start_error: AegisError | None = None  # why the session could not start as asked (create says so)
         self.ready = trio.Event()  # idle for the first time, or ended
         self.finished = trio.Event()
-        self.delivered_prompts = 0
 
     # ---- public, called from other tasks -------------------------------------------------------
     async def command(self, kind: str, **args: Any) -> Any:
+        """Put a command in the session's inbox and wait for the owner's answer."""
         if self.finished.is_set() or self._end_request is not None:
             raise SessionNotLive(f"session {self.rec.id} is ending" if not self.finished.is_set()
                                  else f"session {self.rec.id} is {self.rec.status.value}")
         cmd = _Command(kind, args)
         try:
-            self._cmd_send.send_nowait(cmd)
+            self._inbox_send.send_nowait(cmd)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             raise SessionNotLive(f"session {self.rec.id} is not accepting commands") from None
         await cmd.done.wait()
@@ -175,7 +226,7 @@ class SessionRunner:
         """Ask the session to end. ``status=None`` means daemon shutdown: stop the agent but keep the
         session's state, so the next daemon resumes it."""
         if self._end_request is None:
-            self._end_request = (status, reason, crash) if status is not None else (None, reason, None)  # type: ignore
+            self._end_request = (status, reason, crash)
             self.log.info("session.ending", status=status.value if status else None, reason=reason)
             if self._nursery is not None:
                 self._nursery.cancel_scope.cancel()
@@ -198,9 +249,10 @@ class SessionRunner:
                 self._nursery = nursery
                 if self._end_request is not None:
                     nursery.cancel_scope.cancel()
-                nursery.start_soon(self._command_loop)
-                await self._start()
-                nursery.start_soon(self._watchdog)
+                if self.resume:
+                    await self._apply(self.machine.resuming())
+                nursery.start_soon(self._start)
+                await self._own()
         except Exception as exc:  # a bug here must end this session only, never the daemon
             self.log.exception("session.internal_error")
             self.end(State.CRASHED, "internal_error", CrashInfo(reason=f"internal_error: {exc!r}"))
@@ -208,23 +260,181 @@ class SessionRunner:
             with trio.CancelScope(shield=True):
                 await self._finish()
 
+    async def _own(self) -> None:
+        """The owner's loop: one input at a time from the inbox, and a tick whenever the machine's deadline
+        passes (stall, prompt timeout, idle timeout)."""
+        machine = self.machine
+        while True:
+            deadline = machine.deadline(trio.current_time())
+            item: _Input | None = None
+            with trio.move_on_at(deadline):
+                item = await self._inbox.receive()  # cancel-safe: a channel receive
+            if item is not None:
+                await self._take(item)
+            if trio.current_time() >= deadline:
+                await self._apply(machine.tick(trio.current_time()))
+
+    async def _take(self, item: _Input) -> None:
+        machine, now = self.machine, trio.current_time()
+        if isinstance(item, _Activity):
+            machine.activity(now)
+        elif isinstance(item, _Update):
+            if isinstance(item.update, w.ConfigOptionUpdate):
+                changed = _ModelChoice.of(item.update.configOptions, None)
+                if changed.values:
+                    self._models = changed
+                    changed.report(self.rec)
+            await self._apply(machine.update(item.update, now, replay=item.replay))
+        elif isinstance(item, _Ask):
+            await self._apply(machine.request_permission(item.key, item.params, now))
+        elif isinstance(item, _TurnDone):
+            await self._apply(machine.turn_ended(item.stop, item.usage, now, error=item.error))
+        elif isinstance(item, _Ready):
+            await self._apply(machine.ready(now))
+            self.ready.set()
+        else:
+            await self._run_command(item)
+
+    async def _run_command(self, cmd: _Command) -> None:
+        try:
+            cmd.result = await self._handle(cmd)
+        except AegisError as exc:
+            cmd.error = exc
+        except trio.Cancelled:  # the session is ending: the command did not take effect
+            cmd.error = SessionNotLive(f"session {self.rec.id} ended before {cmd.kind} took effect")
+            raise
+        except BaseException:  # a bug: the session ends (see run), and its caller gets a 500
+            cmd.error = AegisError(f"internal error in session {self.rec.id} during {cmd.kind}")
+            raise
+        finally:
+            cmd.done.set()
+
+    async def _handle(self, cmd: _Command) -> Any:
+        machine, now = self.machine, trio.current_time()
+        if cmd.kind == "send":
+            result, effects = machine.prompt(cmd.args["text"], now)
+            await self._apply(effects)
+            return result
+        if cmd.kind in ("approve", "reject"):
+            result, effects = machine.decide(cmd.kind == "approve", now, option_id=cmd.args.get("optionId"),
+                                             request_id=cmd.args.get("requestId"), by=cmd.args.get("by"))
+            await self._apply(effects)
+            return result
+        if cmd.kind == "interrupt":
+            result, effects = machine.interrupt(now)
+            await self._apply(effects)
+            return result
+        if cmd.kind == "set_profile":
+            self.rec.permissionProfile = cmd.args["profile"]
+            self.rec.permissionPolicy = cmd.args.get("legacy")
+            await self._save()
+            return {"permissionProfile": self.rec.permissionProfile, "permissionPolicy": self.rec.permissionPolicy}
+        if cmd.kind == "set_model":
+            result = await self._set_model(cmd.args["model"])
+            self.rec.requestedModel = cmd.args["model"]
+            await self._save()
+            return result
+        if cmd.kind == "set_permission_mode":
+            self.rec.permissionMode = cmd.args["mode"]
+            await self._sync_mode()
+            await self._save()
+            return {"ok": True, "permissionMode": self.rec.permissionMode, "currentMode": self.rec.currentMode,
+                    "appliedBy": "agent" if machine.native_mode else "daemon"}
+        raise AegisError(f"unknown session command {cmd.kind!r}")
+
+    # ---- effects -------------------------------------------------------------------------------
+    async def _apply(self, effects: list[m.Effect]) -> None:
+        """Carry out the machine's effects, in order."""
+        for effect in effects:
+            if isinstance(effect, m.Append):
+                await self._append(effect.entries)
+            elif isinstance(effect, m.Publish):
+                self._bus.publish(self.rec.id, effect.event)
+                if isinstance(effect.event, ev.StatusChanged):
+                    self.log.info("session.status", status=effect.event.status.value,
+                                  previous=effect.event.previous.value, detail=effect.event.detail)
+            elif isinstance(effect, m.SetStatus):
+                self.rec.status = effect.status
+                self.rec.lastActivity = now_ms()
+                self.rec.pendingPermission = self.machine.head
+            elif isinstance(effect, m.Save):
+                await self._save()
+            elif isinstance(effect, m.Flush):
+                await self._store.flush()
+            elif isinstance(effect, m.Answer):
+                reply = self._replies.pop(effect.key, None)
+                if reply is not None:
+                    reply.outcome = effect.outcome
+                    reply.done.set()
+            elif isinstance(effect, m.SendPrompt):
+                await self._send_prompt(effect.text)
+            elif isinstance(effect, m.CancelTurn):
+                await self._cancel_turn(strict=effect.strict)
+            elif isinstance(effect, m.RecordUsage):
+                self._add_usage(effect.usage)
+            elif isinstance(effect, m.EndSession):
+                self.end(effect.status, effect.reason, effect.crash)
+            elif isinstance(effect, m.Count):
+                metric = getattr(self.host.metrics, effect.metric)
+                if isinstance(metric, Histogram):
+                    metric.observe(effect.value or 0.0)
+                else:
+                    setattr(self.host.metrics, effect.metric, metric + 1)
+            elif isinstance(effect, m.Log):
+                self.log.warning(effect.event, **effect.fields)
+        self.rec.pendingPermission = self.machine.head  # the record shows the machine's queue, never its own
+
+    async def _send_prompt(self, text: str) -> None:
+        rec, conn = self.rec, self._conn
+        assert conn is not None and rec.acpSessionId is not None
+        try:
+            req = await conn.send_request("session/prompt", {"sessionId": rec.acpSessionId,
+                                                             "prompt": [{"type": "text", "text": text}]})
+        except AgentError:
+            return  # the agent died or broke the protocol: the session is ending
+        assert self._nursery is not None
+        self._nursery.start_soon(self._await_turn, conn, req)
+        await self._apply(self.machine.prompt_sent(trio.current_time()))
+
+    async def _await_turn(self, conn: AcpConnection, req: int) -> None:
+        """The adapter that waits for session/prompt's answer and puts it in the inbox."""
+        rec = self.rec
+        try:
+            result = conn.decode_result("session/prompt", await conn.wait(req), w.PromptResult)
+            done = _TurnDone(result.stopReason, result.usage)
+        except RemoteError as exc:
+            done = _TurnDone("error", None, failures.from_prompt_error(exc.rpc_code, exc.rpc_message, exc.rpc_data,
+                                                                       agent=rec.agent))
+        except AgentError:
+            return  # the agent died or broke the protocol: the session is ending
+        self._inbox_send.send_nowait(done)
+
+    async def _cancel_turn(self, *, strict: bool) -> None:
+        assert self._conn is not None and self.rec.acpSessionId is not None
+        try:
+            await self._conn.cancel(self.rec.acpSessionId)
+        except AgentError:  # its stdin is closed: the agent is exiting, and the session with it
+            if strict:
+                raise SessionNotLive(f"session {self.rec.id} is ending: its agent is gone") from None
+
+    # ---- start -------------------------------------------------------------------------------
     async def _start(self) -> None:
+        """The start adapter (a task of its own, so that commands are taken meanwhile): spawn the agent, then
+        initialize, new/fork/load, model and mode; the owner hears ``_Ready`` when the agent can take prompts."""
         rec, cfg = self.rec, self._cfg
-        if self.resume:
-            await self._set_state(State.PENDING, detail="daemon_restart")
-        env = agent_environment(self.manager.environ, extra=self.launch.env, pass_env=self.launch.pass_env,
-                                markers=self.manager.markers(rec.id))
+        env = agent_environment(self.host.environ, extra=self.launch.env, pass_env=self.launch.pass_env,
+                                markers=self.host.markers(rec.id))
         try:
             self._proc = await spawn_agent(self.launch.command, cwd=rec.workDir, env=env, session_id=rec.id,
-                                           token=self.manager.lifeline.token, stderr_limit=cfg.stderrTailBytes,
-                                           cgroups=self.manager.cgroups)
+                                           token=self.host.lifeline.token, stderr_limit=cfg.stderrTailBytes,
+                                           cgroups=self.host.cgroups)
         except OSError as exc:
             said = f"cannot start {self.launch.command[0]!r}: {exc.strerror or exc}"
             rec.lastError = failures.explain(failures.AGENT_MISSING, said, agent=rec.agent)
             self.end(State.CRASHED, "agent_spawn_failed", CrashInfo(reason=f"agent_spawn_failed: {said}"))
             return
         proc = self._proc
-        await self.manager.lifeline.register(proc.pgid)
+        await self.host.lifeline.register(proc.pgid)
         rec.pid = proc.pid
         assert self._nursery is not None
         self._nursery.start_soon(proc.pump_stderr)
@@ -249,7 +459,7 @@ class SessionRunner:
                 self._loading = True
                 try:
                     loaded = await conn.load_session(rec.acpSessionId, rec.workDir, timeout=init_timeout * 2,
-                                                     mcp_servers=self.manager.mcp_specs(rec))
+                                                     mcp_servers=self.host.mcp_specs(rec))
                 finally:
                     self._loading = False
                 modes = loaded.modes
@@ -277,20 +487,17 @@ class SessionRunner:
         except AgentError as exc:
             self.end(State.CRASHED, "agent_exited", CrashInfo(reason=f"agent_exited during start: {exc.message}"))
             return
-        self._touch()
-        await self._set_state(State.IDLE)
-        self.ready.set()
-        self._maybe_next_turn()
+        self._inbox_send.send_nowait(_Ready())
 
     async def _new_or_fork(self, conn: AcpConnection, init: w.InitializeResult, timeout: float) -> w.NewSessionResult:
         """`session/new`, or for a fork whose source the agent can fork, `session/fork` of the source's ACP
         session. A fork the agent refuses falls back to a new session (the caller then seeds it with the
         source's transcript)."""
         rec = self.rec
-        mcp = self.manager.mcp_specs(rec)
+        mcp = self.host.mcp_specs(rec)
         if rec.forkedFrom is None or rec.forkMethod is not None:
             return await conn.new_session(rec.workDir, timeout=timeout, mcp_servers=mcp)
-        src = self.manager.records.get(rec.forkedFrom)
+        src = self.host.records.get(rec.forkedFrom)
         rec.forkMethod = "transcript"
         if src is not None and src.acpSessionId and src.agent == rec.agent and rec.forkSupported:
             try:
@@ -305,7 +512,7 @@ class SessionRunner:
     async def _apply_mode(self, modes: w.SessionModeState | None) -> None:
         rec = self.rec
         if modes is None:
-            rec.agentModes, self._native_mode = [], False
+            rec.agentModes, self.machine.native_mode = [], False
             return
         rec.agentModes = [m.id for m in modes.availableModes]
         rec.currentMode = modes.currentModeId
@@ -324,15 +531,15 @@ class SessionRunner:
                     rec.currentMode = want
                 except RemoteError as exc:
                     self.log.warning("session.set_mode_failed", mode=want, error=exc.message)
-                    self._native_mode = False
+                    self.machine.native_mode = False
                     return
-            self._native_mode = True
+            self.machine.native_mode = True
         else:
             # the agent cannot apply it: the daemon does (see _permissions.daemon_policy). An agent in another
             # mode of its own (claude-agent-acp 0.101 starts in "auto"; or the session's previous mode, such as
             # bypassPermissions) is put back in "default" so requests reach the daemon's policy instead of
             # being decided silently.
-            self._native_mode = False
+            self.machine.native_mode = False
             if rec.currentMode not in ("default", want) and "default" in rec.agentModes:
                 assert self._conn is not None and rec.acpSessionId is not None
                 try:
@@ -408,111 +615,7 @@ class SessionRunner:
             reason=f"agent_exited: the agent exited with {how} while {self.rec.status.value}",
             exitCode=exit_code, signal=sig))
 
-    async def _command_loop(self) -> None:
-        async for cmd in self._cmd_recv:
-            try:
-                cmd.result = await self._handle(cmd)
-            except AegisError as exc:
-                cmd.error = exc
-            except trio.Cancelled:  # the session is ending: the command did not take effect
-                cmd.error = SessionNotLive(f"session {self.rec.id} ended before {cmd.kind} took effect")
-                raise
-            except BaseException:  # a bug: the session ends (see run), and its caller gets a 500
-                cmd.error = AegisError(f"internal error in session {self.rec.id} during {cmd.kind}")
-                raise
-            finally:
-                cmd.done.set()
-
-    async def _handle(self, cmd: _Command) -> Any:
-        if cmd.kind == "send":
-            return self._send_prompt(cmd.args["text"])
-        if cmd.kind in ("approve", "reject"):
-            return await self._decide(cmd.kind == "approve", cmd.args.get("optionId"), cmd.args.get("requestId"))
-        if cmd.kind == "interrupt":
-            return await self._interrupt()
-        if cmd.kind == "set_profile":
-            self.rec.permissionProfile = cmd.args["profile"]
-            self.rec.permissionPolicy = cmd.args.get("legacy")
-            await self._save()
-            return {"permissionProfile": self.rec.permissionProfile, "permissionPolicy": self.rec.permissionPolicy}
-        if cmd.kind == "set_model":
-            result = await self._set_model(cmd.args["model"])
-            self.rec.requestedModel = cmd.args["model"]
-            await self._save()
-            return result
-        if cmd.kind == "set_permission_mode":
-            self.rec.permissionMode = cmd.args["mode"]
-            await self._sync_mode()
-            await self._save()
-            return {"ok": True, "permissionMode": self.rec.permissionMode, "currentMode": self.rec.currentMode,
-                    "appliedBy": "agent" if self._native_mode else "daemon"}
-        raise AegisError(f"unknown session command {cmd.kind!r}")
-
-    # ---- prompts and turns ---------------------------------------------------------------------
-    def _send_prompt(self, text: str) -> dict[str, Any]:
-        self.manager.metrics.prompts += 1
-        self._queue.append(text)
-        idle_now = self.rec.status == State.IDLE and not self._turn_active
-        self._maybe_next_turn()
-        if idle_now:
-            return {"ok": True, "delivered": True, "queued": False, "attempts": 1}
-        return {"ok": True, "delivered": False, "queued": True, "queuePosition": len(self._queue), "attempts": 0}
-
-    def _maybe_next_turn(self) -> None:
-        if (self._queue and not self._turn_active and self.rec.status == State.IDLE
-                and self._end_request is None and self._nursery is not None):
-            self._turn_active = True
-            self.delivered_prompts += 1
-            self._nursery.start_soon(self._turn, self._queue.popleft())
-
-    async def _turn(self, text: str) -> None:
-        rec = self.rec
-        assert self._conn is not None and rec.acpSessionId is not None
-        self._turn_active = True
-        self._turn_started = trio.current_time()
-        self._timeout_cancel_at = None
-        await self._append(self._builder.user_prompt(text))
-        rec.turns += 1
-        self._touch()
-        usage: dict[str, Any] | None = None
-        try:
-            req = await self._conn.send_request("session/prompt", {"sessionId": rec.acpSessionId,
-                                                                   "prompt": [{"type": "text", "text": text}]})
-            self._prompt_sent = True
-            if self._cancel_early:  # an interrupt came before the prompt was on the wire
-                await self._conn.cancel(rec.acpSessionId)
-            await self._set_state(State.RUNNING)
-            result = self._conn.decode_result("session/prompt", await self._conn.wait(req), w.PromptResult)
-            stop, usage = result.stopReason, result.usage
-        except RemoteError as exc:
-            stop = "error"
-            rec.lastError = failures.from_prompt_error(exc.rpc_code, exc.rpc_message, exc.rpc_data, agent=rec.agent)
-            await self._append(self._builder.system(rec.lastError.message, "error"))
-        except AgentError:
-            return  # the agent died or broke the protocol: the session is ending
-        if self._timeout_cancel_at is not None and stop == "cancelled":
-            stop = "timeout"
-        self._turn_active = False
-        self._prompt_sent = self._cancel_early = False
-        self.manager.metrics.turns += 1
-        self.manager.metrics.turn_duration.observe((trio.current_time() - self._turn_started) * 1000)
-        self._resolve_all_decisions()
-        rec.stopReason = stop
-        if stop != "error":
-            rec.lastError = None
-        if usage:
-            self._add_usage(usage)
-        await self._append(self._builder.turn_end(stop, usage))
-        turn: dict[str, Any] = {"stopReason": stop, "usage": usage, "turn": rec.turns}
-        if stop == "error" and rec.lastError is not None:
-            turn.update(error=rec.lastError.message, errorKind=rec.lastError.kind)
-        self._bus.publish(rec.id, "turn", turn)
-        if rec.status in (State.RUNNING, State.STALLED, State.PERMISSION_PROMPT):
-            rec.pendingPermission = None
-            await self._set_state(State.IDLE, detail=stop)
-        await self._store.flush()
-        self._maybe_next_turn()
-
+    # ---- usage -------------------------------------------------------------------------------
     def _add_usage(self, usage: dict[str, Any]) -> None:
         u = self.rec.tokenUsage or TokenUsage()
 
@@ -534,7 +637,7 @@ class SessionRunner:
         u.totalTokens += total
         u.costUsd = round(u.costUsd + cost, 6)
         self.rec.tokenUsage = u
-        ledger = self.manager.usage
+        ledger = self.host.usage
         if ledger is not None and total:
             rec = self.rec
             ledger.record(UsageRecord(
@@ -554,239 +657,36 @@ class SessionRunner:
             return spent
         return estimate_cost(self.rec.model, tin, tout, cread, cwrite)
 
-    async def _interrupt(self) -> dict[str, Any]:
-        self._queue.clear()
-        if not self._turn_active:
-            return {"ok": True, "interrupted": False}
-        assert self._conn is not None and self.rec.acpSessionId is not None
-        if self._prompt_sent:
-            try:
-                await self._conn.cancel(self.rec.acpSessionId)
-            except AgentError:  # its stdin is closed: the agent is exiting, and the session with it
-                raise SessionNotLive(f"session {self.rec.id} is ending: its agent is gone") from None
-        else:
-            self._cancel_early = True
-        self._resolve_all_decisions()
-        return {"ok": True, "interrupted": True}
-
-    # ---- permissions ---------------------------------------------------------------------------
-    async def on_request_permission(self, params: w.RequestPermissionParams) -> dict[str, Any]:
-        rec = self.rec
-        self._touch()
-        await self._append(self._builder.permission_request(params))
-        tc = params.toolCall
-        policy = daemon_policy(rec.permissionMode, tc.kind, native=self._native_mode)
-        by = rec.permissionMode
-        if rec.permissionProfile:  # explicit per-session rules come first (a deny rule wins even in bypass)
-            profile = msgspec.convert(rec.permissionProfile, PermissionProfile)
-            ruled = evaluate_profile(profile, kind=tc.kind, title=tc.title, name=tc.name, raw_input=tc.rawInput)
-            if ruled is not None:
-                policy, by = ruled, "permission profile"
-        if policy is not Policy.ASK:
-            try:
-                option = choose_option(params.options, allow=policy is Policy.ALLOW)
-            except AegisError:
-                policy = Policy.ASK
-            else:
-                verb = "auto-approved" if policy is Policy.ALLOW else "auto-rejected"
-                if policy is Policy.ALLOW:
-                    self.manager.metrics.auto_approvals += 1
-                else:
-                    self.manager.metrics.auto_rejections += 1
-                await self._append(self._builder.permission_decision(
-                    f"{verb} ({by}): {option}", tc.toolCallId or None))
-                self._bus.publish(rec.id, "approval", {"auto": True, "decision": policy.value,
-                                                       "optionId": option, "toolTitle": tc.title or ""})
-                return {"outcome": {"outcome": "selected", "optionId": option}}
-        title = tc.title or tc.name or "tool"
-        info = PendingPermission(
-            requestId=f"perm-{now_ms()}-{next(self._requests)}", toolTitle=title, toolKind=tc.kind,
-            toolCallId=tc.toolCallId or None, rawInput=tc.rawInput,
-            options=[PermissionOption(optionId=o.optionId, name=o.name, kind=o.kind) for o in params.options],
-            since=now_ms(), toolName=title, prompt=title, startedAt=now_ms())
-        decision = _Decision(info, params.options)
-        self._decisions.append(decision)
-        rec.pendingPermission = self._decisions[0].info
-        if rec.status != State.PERMISSION_PROMPT:
-            await self._set_state(State.PERMISSION_PROMPT, detail=title)
-        else:
-            await self._save()
-        self._bus.publish(rec.id, "approval", msgspec.to_builtins(info))
-        try:
-            await decision.done.wait()
-        finally:
-            if decision in self._decisions:
-                self._decisions.remove(decision)
-        rec.pendingPermission = self._decisions[0].info if self._decisions else None
-        if not self._decisions and rec.status == State.PERMISSION_PROMPT and self._end_request is None:
-            self._touch()
-            await self._set_state(State.RUNNING if self._turn_active else State.IDLE)
-        return {"outcome": decision.outcome}
-
-    async def _decide(self, allow: bool, option_id: str | None, request_id: str | None = None) -> dict[str, Any]:
-        head = self._decisions[0].info if self._decisions else None
-        if request_id is not None and (head is None or head.requestId != request_id):
-            # the caller's user saw another request than the one pending: decide nothing
-            queued = any(d.info.requestId == request_id for d in self._decisions)
-            what = f"permission request {request_id} of session {self.rec.id}"
-            if head is None:
-                message = f"{what} is not pending: nothing is pending"
-            elif queued:
-                message = f"{what} waits behind {head.requestId} ({head.toolTitle}): decide that one first"
-            else:
-                message = f"{what} is not pending: the pending one is {head.requestId} ({head.toolTitle})"
-            raise PermissionRequestMismatch(
-                message,
-                details={"requestId": request_id, "pendingRequestId": head.requestId if head else None,
-                         "queued": queued})
-        if not self._decisions:
-            raise NoPendingPermission(f"session {self.rec.id} has no pending permission request")
-        decision = self._decisions[0]
-        option = choose_option(decision.options, allow=allow, option_id=option_id)
-        decision.outcome = {"outcome": "selected", "optionId": option}
-        m = self.manager.metrics
-        if allow:
-            m.approvals += 1
-        else:
-            m.rejections += 1
-        m.permission_latency.observe(max(0, now_ms() - decision.info.since))
-        await self._append(self._builder.permission_decision(
-            f"{'approved' if allow else 'rejected'}: {option}", decision.info.toolCallId))
-        self._bus.publish(self.rec.id, "approval", {"auto": False, "decision": "allow" if allow else "deny",
-                                                    "optionId": option, "requestId": decision.info.requestId})
-        # settle the session before answering the caller: whoever asks next sees the decision taken (the
-        # request's own task, woken below, finds nothing left to do)
-        self._decisions.remove(decision)
-        rec = self.rec
-        rec.pendingPermission = self._decisions[0].info if self._decisions else None
-        if not self._decisions and rec.status == State.PERMISSION_PROMPT and self._end_request is None:
-            self._touch()
-            await self._set_state(State.RUNNING if self._turn_active else State.IDLE)
-        decision.done.set()
-        return {"ok": True, "optionId": option, "requestId": decision.info.requestId}
-
-    def _resolve_all_decisions(self) -> None:
-        for decision in list(self._decisions):
-            decision.outcome = {"outcome": "cancelled"}
-            decision.done.set()
-
-    # ---- agent updates (ClientHandler) ---------------------------------------------------------
+    # ---- agent traffic (ClientHandler, called by the connection's reader and request tasks) ------
     def on_activity(self) -> None:
-        self._last_activity = trio.current_time()
-
-    def _touch(self) -> None:
-        self._last_activity = trio.current_time()
-        self.rec.lastActivity = now_ms()
+        self._put(_Activity())
 
     async def on_update(self, session_id: str, update: w.SessionUpdate | w.UnknownUpdate) -> None:
         rec = self.rec
         if rec.acpSessionId is not None and session_id != rec.acpSessionId:
             self.log.warning("session.foreign_update_ignored", acp_session=session_id)
             return
-        self._touch()
-        if isinstance(update, w.AvailableCommandsUpdate):
-            rec.availableCommands = update.availableCommands
-        elif isinstance(update, w.CurrentModeUpdate):
-            rec.currentMode = update.currentModeId
-        elif isinstance(update, w.SessionInfoUpdate):
-            if update.title:
-                rec.title = update.title
-        elif isinstance(update, w.UsageUpdate):
-            rec.contextUsage = ContextUsage(used=update.used, size=update.size, cost=update.cost)
-        elif isinstance(update, w.ConfigOptionUpdate):
-            changed = _ModelChoice.of(update.configOptions, None)
-            if changed.values:
-                self._models = changed
-                changed.report(rec)
-        if self._loading:
-            return  # a session/load replay: our transcript already holds it
-        if rec.status == State.STALLED:
-            await self._set_state(State.RUNNING, detail="activity")
-        if isinstance(update, (w.AgentMessageChunk, w.AgentThoughtChunk)):
-            text = w.content_text(update.content)
-            if text:
-                self._bus.publish(rec.id, "chunk", {
-                    "role": "assistant",
-                    "contentType": "text" if isinstance(update, w.AgentMessageChunk) else "thinking",
-                    "text": text})
-        elif isinstance(update, w.ToolCall):
-            self._bus.publish(rec.id, "tool", {"toolUseId": update.toolCallId, "title": update.title,
-                                               "kind": update.kind, "status": update.status or "pending"})
-        elif isinstance(update, w.ToolCallUpdate) and (update.status or update.title):
-            self._bus.publish(rec.id, "tool", {"toolUseId": update.toolCallId, "title": update.title,
-                                               "kind": update.kind, "status": update.status})
-        await self._append(self._builder.update(update))
+        self._put(_Update(update, replay=self._loading))  # a session/load replay: our transcript already holds it
 
-    # ---- stall detection and prompt timeout ----------------------------------------------------
-    async def _watchdog(self) -> None:
-        prompt_timeout = self._cfg.acpPromptTimeoutMs / 1000
-        idle_timeout = self._cfg.idleTimeoutMs / 1000
-        while True:
-            now = trio.current_time()
-            idle_for = now - self._last_activity
-            stall_after = self.rec.stallThresholdMs / 1000
-            wake = now + min(stall_after, prompt_timeout, 30.0)
-            if idle_timeout > 0 and self.rec.status == State.IDLE and not self.busy:
-                if idle_for >= idle_timeout:  # its agent holds hundreds of MiB: give them back
-                    self.end(State.COMPLETED, "idle_timeout")
-                    return
-                wake = min(wake, self._last_activity + idle_timeout)
-            if self._turn_active and self.rec.status == State.RUNNING:
-                if idle_for >= stall_after:
-                    await self._set_state(State.STALLED, detail="no agent activity")
-                    self._bus.publish(self.rec.id, "stall", {
-                        "stallType": "no_activity",
-                        "detail": f"no agent activity for {int(idle_for)} s (threshold {int(stall_after)} s)"})
-                else:
-                    wake = min(wake, self._last_activity + stall_after)
-            if self._turn_active and self.rec.status in (State.RUNNING, State.STALLED):
-                if self._timeout_cancel_at is None:
-                    if idle_for >= prompt_timeout:
-                        self.log.warning("session.prompt_timeout", idle_s=round(idle_for, 1))
-                        self._timeout_cancel_at = now
-                        await self._append(self._builder.system(
-                            f"prompt timed out after {int(idle_for)} s without agent activity; cancelling",
-                            "error"))
-                        assert self._conn is not None and self.rec.acpSessionId is not None
-                        try:
-                            await self._conn.cancel(self.rec.acpSessionId)
-                        except AgentError:
-                            pass
-                        wake = now + CANCEL_GRACE_S
-                    else:
-                        wake = min(wake, self._last_activity + prompt_timeout)
-                elif now - self._timeout_cancel_at >= CANCEL_GRACE_S:
-                    self.end(State.CRASHED, "acp_request_timeout", CrashInfo(
-                        reason="acp_request_timeout: the agent neither finished nor honoured session/cancel "
-                               f"after the prompt timeout ({prompt_timeout:g} s)"))
-                    return
-                else:
-                    wake = min(wake, self._timeout_cancel_at + CANCEL_GRACE_S)
-            with trio.move_on_at(max(wake, trio.current_time() + 0.01)):
-                await self._state_changed.wait()  # a new state may need an earlier look (idle: its timeout)
+    async def on_request_permission(self, params: w.RequestPermissionParams) -> dict[str, Any]:
+        key, reply = next(self._asks), _Reply()
+        self._replies[key] = reply
+        if self._put(_Ask(key, params)):
+            await reply.done.wait()
+        self._replies.pop(key, None)
+        return {"outcome": reply.outcome}
 
-    # ---- state, persistence --------------------------------------------------------------------
-    async def _set_state(self, new: State, *, detail: str | None = None) -> None:
-        rec = self.rec
-        old = rec.status
-        if old == new:
-            return
-        check_transition(old, new)
-        rec.status = new
-        rec.lastActivity = now_ms()
-        self._state_changed.set()
-        self._state_changed = trio.Event()
-        if new != State.PERMISSION_PROMPT:
-            rec.pendingPermission = None if not self._decisions else rec.pendingPermission
-        await self._save()
-        data: dict[str, Any] = {"status": new.value, "previous": old.value}
-        if detail:
-            data["detail"] = detail
-        self._bus.publish(rec.id, "status", data)
-        self.log.info("session.status", status=new.value, previous=old.value, detail=detail)
+    def _put(self, item: _Input) -> bool:
+        try:
+            self._inbox_send.send_nowait(item)
+            return True
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False  # the session has ended
 
+    # ---- persistence ---------------------------------------------------------------------------
     async def _save(self) -> None:
-        await self.manager.save(self.rec)
+        self.rec.pendingPermission = self.machine.head  # the machine's queue is the one place of it
+        await self.host.save(self.rec)
 
     async def _append(self, entries: list[Any]) -> None:
         if not entries:
@@ -794,16 +694,16 @@ class SessionRunner:
         await self._store.append_transcript(self.rec.id, entries)
         self.rec.transcriptCount += len(entries)
         for entry in entries:
-            self._bus.publish(self.rec.id, "message", msgspec.to_builtins(entry))
+            self._bus.publish(self.rec.id, ev.Message(entry=entry))
 
     async def _finish(self) -> None:
         """Runs once, shielded: stop the agent, settle the final state, tell everyone."""
-        rec = self.rec
+        rec, machine = self.rec, self.machine
         status, reason, crash = self._end_request or (State.CRASHED, "internal_error",
                                                      CrashInfo(reason="internal_error: runner ended"))
-        self._resolve_all_decisions()
+        await self._apply(machine.end_requested())  # the agent's waiting requests: cancelled
         # a polite stop first: cancel the turn, then the escalation in AgentProcess.stop
-        if self._conn is not None and self._turn_active and rec.acpSessionId and self._proc is not None \
+        if self._conn is not None and machine.turn is not None and rec.acpSessionId and self._proc is not None \
                 and self._proc.returncode is None:
             try:
                 with trio.move_on_after(1):
@@ -812,7 +712,7 @@ class SessionRunner:
                 pass
         if self._proc is not None:
             await self._proc.stop(grace=self._cfg.killGraceMs / 1000)
-            await self.manager.lifeline.unregister(self._proc.pgid)
+            await self.host.lifeline.unregister(self._proc.pgid)
             if crash is not None:
                 code = self._proc.returncode
                 if crash.exitCode is None and crash.signal is None and code is not None \
@@ -821,43 +721,23 @@ class SessionRunner:
                 tail = self._proc.stderr_tail(2048)
                 if tail:
                     crash.stderrTail = tail
-        self._cmd_send.close()
-        async for cmd in self._cmd_recv:  # fail what was queued but never handled
-            cmd.error = SessionNotLive(f"session {rec.id} ended")
-            cmd.done.set()
+        self._inbox_send.close()
+        async for item in self._inbox:  # fail what was queued but never handled
+            if isinstance(item, _Command):
+                item.error = SessionNotLive(f"session {rec.id} ended")
+                item.done.set()
+        for reply in self._replies.values():  # requests that never reached the machine: cancelled
+            reply.done.set()
+        self._replies.clear()
         rec.pid = None
-        if status is None:
-            # daemon shutdown: keep the state so the next daemon resumes the session
-            rec.pendingPermission = None
-            self._builder.flush()
-            await self._save()
-        else:
-            flushed = self._builder.flush()
-            if flushed:
-                await self._append(flushed)
-            rec.crash = crash
-            rec.endReason = reason
-            if status == State.CRASHED:
-                self.manager.metrics.crashes += 1
-            rec.endedAt = now_ms()
-            rec.pendingPermission = None
-            if rec.status not in TERMINAL:
-                check_transition(rec.status, status)
-                previous = rec.status
-                rec.status = status
-                await self._save()
-                self._bus.publish(rec.id, "status", {"status": status.value, "previous": previous.value,
-                                                     "detail": reason})
-            ended: dict[str, Any] = {"reason": reason, "status": rec.status.value}
-            if crash is not None:
-                ended.update({k: v for k, v in msgspec.to_builtins(crash).items() if k != "stderrTail"})
-            self._bus.publish(rec.id, "ended", ended)
+        await self._apply(machine.finish(status, reason, crash))
+        rec.pendingPermission = machine.head
+        if status is not None:
             self.log.info("session.ended", status=rec.status.value, reason=reason,
                           detail=crash.reason if crash else None)
         await self._store.flush()
         self.ready.set()
         self.finished.set()
-        self.manager._runner_finished(self)
 
     # ---- views ---------------------------------------------------------------------------------
     @property
@@ -867,23 +747,27 @@ class SessionRunner:
     @property
     def busy(self) -> bool:
         """A turn is in flight or queued."""
-        return self._turn_active or bool(self._queue)
+        return self.machine.busy
 
     @property
     def pending_permissions(self) -> list[PendingPermission]:
         """The permission requests waiting for a decision, oldest (the one approve/reject decides) first."""
-        return [d.info for d in self._decisions]
+        return self.machine.pending
 
     @property
     def queue_length(self) -> int:
-        return len(self._queue)
+        return len(self.machine.prompts)
+
+    @property
+    def delivered_prompts(self) -> int:
+        return self.machine.delivered_prompts
 
     @property
     def idle_seconds(self) -> float:
-        return trio.current_time() - self._last_activity
+        return trio.current_time() - self.machine.last_activity
 
     def stderr_tail(self) -> str:
         return self._proc.stderr_tail() if self._proc else ""
 
 
-__all__ = ["LIVE", "SessionRunner"]
+__all__ = ["LIVE", "RunnerHost", "SessionRunner"]

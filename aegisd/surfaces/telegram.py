@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from aegisd.core import retry
+from aegisd.core import events, retry
 from aegisd.core.errors import AegisError, NoPendingPermission, PermissionRequestMismatch, SessionNotLive
 from aegisd.core.models import Event
+from aegisd.core.states import State
 from aegisd.notify.health import ChannelHealth
 
 if TYPE_CHECKING:
@@ -93,18 +94,18 @@ class Telegram:
 
     async def _notify(self, ev: Event) -> None:
         want = set(self.cfg.events)
-        d = ev.data
-        if ev.event == "approval" and "requestId" in d and "decision" not in d and "permission" in want:
-            raw = d.get("rawInput")
-            detail = json.dumps(raw, ensure_ascii=False)[:500] if raw not in (None, {}) else ""
-            text = f"🔐 {self._who(ev.sessionId)} asks to run {d.get('toolTitle')}" + (f"\n{detail}" if detail else "")
-            await self.send(text, keyboard=self._buttons(ev.sessionId, str(d["requestId"])))
-        elif ev.event == "status" and d.get("status") == "stalled" and "stall" in want:
-            await self.send(f"⏸ {self._who(ev.sessionId)} stalled: no agent activity")
-        elif ev.event == "ended" and "ended" in want:
-            icon = "💥" if d.get("status") == "crashed" else "■"
-            reason = f": {d.get('reason')}" if d.get("reason") else ""
-            await self.send(f"{icon} {self._who(ev.sessionId)} ended {d.get('status')}{reason}")
+        match events.payload(ev):
+            case events.PermissionRequested(request=req) if "permission" in want:
+                raw = req.rawInput
+                detail = json.dumps(raw, ensure_ascii=False)[:500] if raw not in (None, {}) else ""
+                text = f"🔐 {self._who(ev.sessionId)} asks to run {req.toolTitle}" + (f"\n{detail}" if detail else "")
+                await self.send(text, keyboard=self._buttons(ev.sessionId, req.requestId))
+            case events.StatusChanged(status=State.STALLED) if "stall" in want:
+                await self.send(f"⏸ {self._who(ev.sessionId)} stalled: no agent activity")
+            case events.Ended(status=status, reason=why) if "ended" in want:
+                icon = "💥" if status == State.CRASHED else "■"
+                reason = f": {why}" if why else ""
+                await self.send(f"{icon} {self._who(ev.sessionId)} ended {status.value}{reason}")
 
     def _buttons(self, sid: str, request_id: str) -> list[list[dict[str, str]]]:
         return [[{"text": "Approve", "callback_data": f"{APPROVE}|{sid}|{request_id}"},

@@ -34,13 +34,12 @@ async def test_ag_client_session_flow(daemon: DaemonHandle, workdir: Path) -> No
     msgs = (await run(client.read_messages, sid, page=1, page_size=50))["messages"]
     assert any(m["text"] == "hello client" for m in msgs)
     await run(client.send_message, sid, "tool:execute:Run:ls")
-    await daemon.wait_event(sid, "approval", match=lambda e: "requestId" in e.data and "decision" not in e.data)
+    await daemon.wait_event(sid, "permission.requested")
     await run(client.approve_permission, sid)
     turn2 = await daemon.wait_event(sid, "turn", match=lambda e: e.data["turn"] == 2)
     await run(client.send_message, sid, "tool:execute:Run:rm")
     # the new request, not the first one (events are replayed from the start of the session)
-    await daemon.wait_event(sid, "approval", after_id=turn2.id,
-                            match=lambda e: "requestId" in e.data and "decision" not in e.data)
+    await daemon.wait_event(sid, "permission.requested", after_id=turn2.id)
     await run(client.reject_permission, sid)
     perms = await run(client.get_session_permissions, sid)
     assert perms["permissionPolicy"] == []

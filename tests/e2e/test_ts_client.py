@@ -68,10 +68,6 @@ class TsClient:
         self.proc.stdout.close()
 
 
-def approval_asked(e: Any) -> bool:
-    return "requestId" in e.data and "decision" not in e.data
-
-
 async def test_ts_client_class_api(daemon_factory: Any, workdir: Path) -> None:
     daemon: DaemonHandle = await daemon_factory(memoryBridge={"enabled": True})
     ts = TsClient(daemon.daemon.http_url)
@@ -91,13 +87,14 @@ async def test_ts_client_class_api(daemon_factory: Any, workdir: Path) -> None:
         assert "aggregated" in await ts.call("getSessionLatency", sid)
 
         await ts.call("sendMessage", sid, "tool:execute:Run:ls")
-        await daemon.wait_event(sid, "approval", match=approval_asked)
+        await daemon.wait_event(sid, "permission.requested")
         assert (await ts.call("approvePermission", sid)) == {"ok": True}
         await daemon.wait_event(sid, "turn", match=lambda e: e.data["turn"] == 2)
         await ts.call("sendMessage", sid, "tool:execute:Run:rm")
-        ev = await daemon.wait_event(sid, "approval", match=lambda e: approval_asked(e) and "rm" in str(e.data))
+        ev = await daemon.wait_event(sid, "permission.requested", match=lambda e: "rm" in str(e.data))
         await ts.call("rejectPermission", sid)
-        await daemon.wait_event(sid, "approval", after_id=ev.id, match=lambda e: e.data.get("decision") == "deny")
+        await daemon.wait_event(sid, "permission.decided", after_id=ev.id,
+                                match=lambda e: e.data.get("decision") == "deny")
         await daemon.wait_event(sid, "turn", match=lambda e: e.data["turn"] == 3)
         await ts.call("sendCommand", sid, "/review")
         await daemon.wait_event(sid, "turn", match=lambda e: e.data["turn"] == 4)

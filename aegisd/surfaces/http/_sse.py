@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
+from aegisd.core import events
 from aegisd.core.errors import CapacityExceeded, RateLimited
 from aegisd.core.models import Event, now_ms
 
@@ -26,28 +27,40 @@ HEARTBEAT_S = 30.0
 BATCH_MAX = 256
 SSE_BUFFER = 1024
 
-# our bus event -> the original's per-session name and global name
-_NAMES = {"status": ("status", "session_status_change"), "message": ("message", "session_message"),
-          "approval": ("approval", "session_approval"), "ended": ("ended", "session_ended"),
-          "stall": ("stall", "session_stall"), "created": ("created", "session_created"),
-          "verification": ("verification", "session_verification")}
+# our event kind -> the original's per-session name and global name (both permission kinds were `approval`)
+_NAMES = {events.StatusChanged: ("status", "session_status_change"), events.Message: ("message", "session_message"),
+          events.PermissionRequested: ("approval", "session_approval"),
+          events.PermissionDecided: ("approval", "session_approval"), events.Ended: ("ended", "session_ended"),
+          events.Stall: ("stall", "session_stall"), events.Created: ("created", "session_created"),
+          events.Verification: ("verification", "session_verification")}
 
 
-def _payload(ev: Event) -> dict[str, Any]:
-    """The original's `data` for an event (our extra fields kept alongside)."""
-    data = dict(ev.data)
-    if ev.event == "message":
-        out = {"role": data.get("role"), "text": data.get("text"), "contentType": data.get("contentType")}
-        if data.get("toolName"):
-            out["tool_name"] = data["toolName"]
-        if data.get("toolUseId"):
-            out["tool_id"] = data["toolUseId"]
-        out["entryId"] = data.get("id")
-        return out
-    if ev.event == "approval" and "toolTitle" in data:
-        data.setdefault("prompt", f"{data['toolTitle']} {json.dumps(data.get('rawInput'))}"
-                                  if data.get("rawInput") not in (None, {}) else data["toolTitle"])
-    return data
+def _wire(ev: Event) -> tuple[str, str, dict[str, Any]]:
+    """The original's per-session name, global name and `data` of an event (our extra fields kept alongside)."""
+    typed = events.payload(ev)
+    names = _NAMES.get(type(typed))
+    per_session, global_name = names if names is not None else (ev.event, f"session_{ev.event}")
+    match typed:
+        case events.Message(entry=entry):
+            out: dict[str, Any] = {"role": entry.role, "text": entry.text, "contentType": entry.contentType}
+            if entry.toolName:
+                out["tool_name"] = entry.toolName
+            if entry.toolUseId:
+                out["tool_id"] = entry.toolUseId
+            out["entryId"] = entry.id
+            return per_session, global_name, out
+        case events.PermissionRequested(request=req):
+            data = dict(ev.data)
+            data.setdefault("prompt", f"{req.toolTitle} {json.dumps(req.rawInput)}"
+                                      if req.rawInput not in (None, {}) else req.toolTitle)
+            return per_session, global_name, data
+        case events.PermissionDecided(toolTitle=title):
+            data = {k: v for k, v in ev.data.items() if k != "by"}  # not in the original
+            if title is not None:  # an automatic decision: the original repeated its title as the prompt
+                data.setdefault("prompt", title)
+            return per_session, global_name, data
+        case _:
+            return per_session, global_name, dict(ev.data)
 
 
 # keyed by what makes an event unique even across daemons in one process (tests run many): ids restart at 1
@@ -68,9 +81,9 @@ def frame(ev: Event, *, scope: str) -> bytes:
 
 
 def _encode_frame(ev: Event, scope: str) -> bytes:
-    per_session, global_name = _NAMES.get(ev.event, (ev.event, f"session_{ev.event}"))
+    per_session, global_name, data = _wire(ev)
     body = {"event": global_name if scope == "global" else per_session, "sessionId": ev.sessionId,
-            "timestamp": ev.timestamp, "emittedAt": now_ms(), "id": ev.id, "data": _payload(ev)}
+            "timestamp": ev.timestamp, "emittedAt": now_ms(), "id": ev.id, "data": data}
     return f"id: {ev.id}\n".encode() + b"data: " + msgspec.json.encode(body) + b"\n\n"
 
 
@@ -151,7 +164,7 @@ async def stream(services: Services, *, session_id: str | None, after_id: int | 
                             last = ev.id
                             if can_see is None or can_see(ev.sessionId):
                                 batch.append(frame(ev, scope=scope))
-                            if session_id and ev.event == "ended":
+                            if session_id and isinstance(events.payload(ev), events.Ended):
                                 ended = True
                                 break
                             ev = sub.next_nowait()

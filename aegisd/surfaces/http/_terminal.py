@@ -22,6 +22,7 @@ import structlog
 import trio
 
 from aegisd import ops
+from aegisd.core import events
 from aegisd.core.errors import AegisError, Unauthorized, ValidationError
 from aegisd.core.input import decode_json
 from aegisd.core.models import Event
@@ -49,24 +50,25 @@ async def refuse(ws: Any, exc: AegisError) -> None:
 
 def render(ev: Event) -> dict[str, Any] | None:
     """The terminal frame of a bus event (None: nothing to show)."""
-    d = ev.data
-    if ev.event == "chunk" and d.get("contentType") == "text":
-        return {"type": "stream", "data": d.get("text", "")}
-    if ev.event == "message":
-        role, kind, text = d.get("role"), d.get("contentType"), d.get("text") or ""
-        if role == "user" and kind == "text":
-            return {"type": "stream", "data": f"\n> {text}\n"}
-        if kind in ("tool_use", "permission_request", "tool_error", "error"):
-            return {"type": "stream", "data": f"\n# [{kind}] {text}\n"}
-        return None
-    if ev.event == "approval" and "requestId" in d and "decision" not in d:
-        return {"type": "stream", "data": f"\n? Allow {d.get('toolTitle')}? (approve / reject)\n",
-                "requestId": d["requestId"]}
-    if ev.event == "status":
-        return {"type": "status", "status": d.get("status")}
-    if ev.event == "turn":
-        return {"type": "stream", "data": "\n"}
-    return None
+    match events.payload(ev):
+        case events.Chunk(contentType="text", text=text):
+            return {"type": "stream", "data": text}
+        case events.Message(entry=entry):
+            role, kind, text = entry.role, entry.contentType, entry.text or ""
+            if role == "user" and kind == "text":
+                return {"type": "stream", "data": f"\n> {text}\n"}
+            if kind in ("tool_use", "permission_request", "tool_error", "error"):
+                return {"type": "stream", "data": f"\n# [{kind}] {text}\n"}
+            return None
+        case events.PermissionRequested(request=req):
+            return {"type": "stream", "data": f"\n? Allow {req.toolTitle}? (approve / reject)\n",
+                    "requestId": req.requestId}
+        case events.StatusChanged(status=status):
+            return {"type": "status", "status": status.value}
+        case events.Turn():
+            return {"type": "stream", "data": "\n"}
+        case _:
+            return None
 
 
 async def serve(services: Services, ws: Any, sid: str, principal: ops.Principal | None, *,
@@ -131,9 +133,9 @@ async def _serve(ctx: ops.OpContext, ws: Any, rec: Any, principal: ops.Principal
 
 async def _forward(ws: Any, sub: Any, cancel: trio.CancelScope) -> None:
     async for ev in sub:
-        if ev.event == "ended":
-            await ws.send(json.dumps({"type": "ended", "status": ev.data.get("status"),
-                                      "reason": ev.data.get("reason")}))
+        ended = events.payload(ev)
+        if isinstance(ended, events.Ended):
+            await ws.send(json.dumps({"type": "ended", "status": ended.status.value, "reason": ended.reason}))
             await ws.close(1000, "session ended")
             cancel.cancel()
             return
