@@ -106,8 +106,8 @@ def test_a_prompt_is_stored_before_it_is_answered_and_before_it_is_sent() -> Non
     m = machine(clock)
     res, out = m.prompt("one", clock.now)
     kinds = [type(e).__name__ for e in out if isinstance(e, (Save, Append, SendPrompt))]
-    # saved queued (the answer waits for it), saved as being delivered, its user entry, then the wire
-    assert kinds == ["Save", "Save", "Append", "SendPrompt"]
+    # saved queued and as being delivered (the answer waits for it), its user entry, then the wire
+    assert kinds == ["Save", "Append", "SendPrompt"]
     user = next(e for e in out if isinstance(e, Append)).entries[-1]
     [head] = m.rec.promptQueue
     assert head.text == "one" and head.entryId == user.id and head.at == clock.wall

@@ -325,7 +325,8 @@ class SessionMachine:
         prompt queued first: the runner answers once they are carried out, so an answered prompt is stored."""
         self.rec.promptQueue.append(QueuedPrompt(id=prompt_id or uuid.uuid4().hex, text=text, at=self.wall_ms()))
         idle_now = self.status == State.IDLE and self.turn is None and self.started and not self.ending
-        out: list[Effect] = [Count("prompts"), Save(), *self._next_turn(now)]
+        turn = self._next_turn(now)  # when it starts at once, its first Save stores the prompt too
+        out: list[Effect] = [Count("prompts"), *(turn if turn else [Save()])]
         if idle_now:
             return {"ok": True, "delivered": True, "queued": False, "attempts": 1}, out
         return {"ok": True, "delivered": False, "queued": True, "queuePosition": len(self.waiting),
