@@ -156,6 +156,9 @@ class EventBus:
             if after_id + 1 < oldest_in_ring and self._store is not None:
                 await self.flush()
                 replay = await self._store.read_events(session_id=session_id, after_id=after_id, limit=10_000)
+                # the persister may be writing a batch the flush did not see: those are still in the ring
+                top = replay[-1].id if replay else after_id
+                replay += [e for e in ring if e.id > top]
             sub._replay = collections.deque(replay)
         return sub
 
