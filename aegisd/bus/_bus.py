@@ -20,8 +20,11 @@ log = structlog.get_logger("aegisd.events")
 RING_PER_SESSION = 1000
 RING_GLOBAL = 2000
 # Ids published but not yet persisted when the daemon is SIGKILLed are lost; restarting past them by this
-# margin keeps ids strictly monotonic for any client that saw them.
+# margin keeps ids strictly monotonic for any client that saw them. Each daemon stores where it started (before
+# it publishes anything), so a daemon killed before it persisted a single event still pushes the next one past
+# the ids it gave out, across any number of kills.
 RESTART_ID_GAP = 10_000
+_START_DOC = ("bus", "event-ids")  # {"start": the first id of the last daemon that opened the store}
 
 
 class Subscription:
@@ -111,7 +114,11 @@ class EventBus:
     async def open(self) -> None:
         if self._store is not None:
             last = await self._store.last_event_id()
-            self._next_id = last + 1 + (RESTART_ID_GAP if last else 0)
+            mark = await self._store.doc_get(*_START_DOC)
+            started = int(mark.get("start", 0)) if isinstance(mark, dict) else 0
+            top = max(last, started)
+            self._next_id = top + 1 + (RESTART_ID_GAP if top else 0)
+            await self._store.doc_put(*_START_DOC, {"start": self._next_id})
         self._first_id = self._next_id
 
     @property

@@ -250,6 +250,7 @@ class SessionRunner:
                 if self._end_request is not None:
                     nursery.cancel_scope.cancel()
                 if self.resume:
+                    await self._recover()
                     await self._apply(self.machine.resuming())
                 nursery.start_soon(self._start)
                 await self._own()
@@ -450,8 +451,10 @@ class SessionRunner:
             rec.agentInfo = msgspec.to_builtins(info) if info else None
             rec.loadSupported = init.agentCapabilities.loadSession
             rec.forkSupported = "fork" in init.agentCapabilities.sessionCapabilities
-            if self.resume:
-                if not (rec.acpSessionId and init.agentCapabilities.loadSession):
+            # a session the last daemon left before the agent gave it an ACP session (killed during its start)
+            # has nothing to load: it starts afresh (session/new), and its queued prompts follow
+            if self.resume and rec.acpSessionId:
+                if not init.agentCapabilities.loadSession:
                     self.end(State.CRASHED, "daemon_restart", CrashInfo(
                         reason="daemon_restart: the agent cannot load sessions (no loadSession capability), "
                                "so the session could not be resumed"))
@@ -684,6 +687,17 @@ class SessionRunner:
             return False  # the session has ended
 
     # ---- persistence ---------------------------------------------------------------------------
+    async def _recover(self) -> None:
+        """A session the last daemon left live: what the store holds decides the next transcript id and which
+        queued prompts are replayed (SessionMachine.recovered), never the record's cached count."""
+        count = await self._store.transcript_count(self.rec.id)
+        last = await self._store.read_transcript(self.rec.id, max(0, count - 1), 1) if count else []
+        queued = len(self.rec.promptQueue)
+        self.machine.recovered(stored_entries=count, last_entry_id=last[-1].id if last else 0)
+        self.log.info("session.recovered", transcript_entries=count, next_entry_id=self.machine.builder.next_id,
+                      queued_prompts=len(self.rec.promptQueue), delivered_before_restart=queued - len(
+                          self.rec.promptQueue))
+
     async def _save(self) -> None:
         self.rec.pendingPermission = self.machine.head  # the machine's queue is the one place of it
         await self.host.save(self.rec)
