@@ -420,8 +420,8 @@ class FileStore:
         data = _enc.encode({"key": key, "doc": doc})  # encoded now: later changes to doc are a later put
 
         def write() -> None:
-            if not d.is_dir():
-                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not d.is_dir():  # docs/ itself is made at open: a state directory removed since is not recreated
+                d.mkdir(exist_ok=True, mode=0o700)
                 fsync_dir(d.parent)
             _atomic_write(d / _doc_file(key), data)
         async with self._doc_locks.setdefault(collection, trio.Lock()):  # one tmp file per key: in order

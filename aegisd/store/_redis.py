@@ -143,12 +143,13 @@ class RedisStore:
         return result
 
     async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """While the store is degraded, probe it (PING) every WATCH_INTERVAL_S so that health turns ok without
-        waiting for a write; the lock is watched by its renewing thread."""
+        """PING the store every WATCH_INTERVAL_S, so that an outage shows (and operations answer 503 at once)
+        before a write runs into it, and health turns ok again without waiting for one; the lock is watched by
+        its renewing thread."""
         task_status.started()
         while True:
             await trio.sleep(WATCH_INTERVAL_S)
-            if self._data_error is not None and self._client is not None:
+            if self._client is not None:
                 try:
                     with self.health.bounded():
                         await trio.to_thread.run_sync(self._probe, abandon_on_cancel=True)
