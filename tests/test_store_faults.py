@@ -44,6 +44,7 @@ class Proxy:
         self.host, self.target = host, port
         self.port = 0
         self.down = False
+        self.frozen = False  # connections stay open but nothing gets through (a network that drops packets)
         self.upstream_ports: set[int] = set()
         self._pairs: set[trio.CancelScope] = set()
 
@@ -57,6 +58,9 @@ class Proxy:
         if self.down:
             await client.aclose()
             return
+        if self.frozen:
+            async with client:
+                await trio.sleep_forever()
         try:
             upstream = await trio.open_tcp_stream(self.host, self.target)
         except OSError:
@@ -70,7 +74,8 @@ class Proxy:
         async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
             try:
                 while data := await src.receive_some(65536):
-                    await dst.send_all(data)
+                    if not self.frozen:
+                        await dst.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             scope.cancel()
@@ -92,7 +97,10 @@ class Proxy:
             scope.cancel()
 
     def restore(self) -> None:
-        self.down = False
+        self.down = self.frozen = False
+
+    def freeze(self) -> None:
+        self.frozen = True
 
     def url(self, url: str) -> str:
         parts = urlsplit(url)
