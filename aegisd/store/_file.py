@@ -223,14 +223,24 @@ class FileStore:
         self.health.sync()
 
     async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """While degraded, look every second whether the directories are back (the next write then tells)."""
+        """While degraded, try every second whether the store can write again (its directories back, room on
+        the disk): a small file written and fsynced beside the records, as a record would be."""
         task_status.started()
         while True:
             await trio.sleep(1.0)
-            if not self.health.ok and all(os.access(self.root / sub, os.W_OK)
-                                          for sub in ("sessions", "transcripts", "events", "docs", "logs")):
-                self.health.up()
-                self.health.sync()
+            if self.health.ok:
+                continue
+
+            def probe() -> None:
+                for sub in ("sessions", "transcripts", "events", "docs", "logs"):
+                    if not (self.root / sub).is_dir():
+                        raise FileNotFoundError(2, "No such file or directory", str(self.root / sub))
+                _atomic_write(self.root / "store.probe", b"ok\n")
+            try:
+                with self._writing("a probe"):
+                    await trio.to_thread.run_sync(probe, limiter=self._limiter)
+            except StoreUnavailable:
+                pass
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:

@@ -285,6 +285,10 @@ class PostgresStore:
             why = exc.message if isinstance(exc, StoreUnavailable) else str(exc).strip()
             self._fenced = f"reconnecting to take the single-writer lock again: {why}"
             return
+        if self._closed:  # the store was closed meanwhile (this thread was left behind): hold nothing
+            conn.close()
+            self._lock_conn = None
+            return
         if got and got[0]:
             self._fenced = None
             log.warning("store.lock_retaken", store="postgres", url=mask_url(self.url))
