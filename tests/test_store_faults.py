@@ -360,3 +360,56 @@ async def test_outage_held_gives_503_and_one_alert(kind: str, nursery: trio.Nurs
         proxy.restore()
         await _stop_all(d)
         await trio.to_thread.run_sync(drop_store, kind, name)
+
+
+@pytest.mark.skipif(not PG, reason="AEGIS_TEST_PG_URL not set")
+async def test_postgres_lock_taken_by_another_daemon_meanwhile_refuses_writes(nursery: trio.Nursery,
+                                                                              tmp_path: Path) -> None:
+    """The connection holding the advisory lock is lost and another daemon takes the lock meanwhile: this one
+    refuses every write (degraded, with the reason) rather than write beside it, and takes the lock again once
+    the other is gone."""
+    from aegisd.core.config import load_config
+    from aegisd.store._postgres import PostgresStore
+
+    name = f"l{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
+    proxy = await _start_proxy(nursery, "postgres")
+
+    def config(url: str) -> Any:
+        return load_config(env={}, config_path=None, overrides={
+            "stateDir": str(tmp_path / "state"), "sessionStore": "postgres", "postgresUrl": url, "pgTable": name},
+            cwd=tmp_path)
+    a = PostgresStore(config(proxy.url(PG or "")))
+    b = PostgresStore(config(PG or ""))
+    await a.open()
+    try:
+        async with trio.open_nursery() as n:
+            await n.start(a.monitor)
+            await a.doc_put("c", "k", {"by": "a"})
+            proxy.cut()  # a's backends end, and its lock with them
+
+            async def lock_free() -> bool:
+                try:
+                    await b.open()
+                except Exception:  # noqa: BLE001 - the server has not ended a's backend yet
+                    return False
+                return True
+            await _wait(lock_free, 20, "the lock to be free")
+            proxy.restore()
+
+            async def fenced() -> bool:
+                return "another session holds the single-writer lock" in (a.health.reason or "")
+            await _wait(fenced, 20, "a to see the lock taken")
+            with pytest.raises(StoreUnavailable):
+                await a.doc_put("c", "k", {"by": "a, concurrently"})
+            assert await b.doc_get("c", "k") == {"by": "a"}
+            await b.close()
+
+            async def healthy() -> bool:
+                return a.health.ok
+            await _wait(healthy, 20, "a to take the lock again")
+            await a.doc_put("c", "k", {"by": "a again"})
+            n.cancel_scope.cancel()
+    finally:
+        await b.close()
+        await a.close()
+        await trio.to_thread.run_sync(drop_store, "postgres", name)
