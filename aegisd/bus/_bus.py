@@ -11,9 +11,10 @@ import collections
 import structlog
 import trio
 
+from aegisd.core.errors import StoreUnavailable
 from aegisd.core.events import SessionEvent, envelope
 from aegisd.core.models import Event, now_ms
-from aegisd.store import Store
+from aegisd.store import Store, until_stored
 
 log = structlog.get_logger("aegisd.events")
 
@@ -106,7 +107,8 @@ class EventBus:
         self._subs: set[Subscription] = set()
         self._unsaved: list[Event] = []
         self._wake = trio.Event()
-        self._flush_lock = trio.Lock()  # a flush returns once everything published before it is stored
+        self._flush_lock = trio.Lock()  # a flush returns once everything published before it is stored; batches
+        # reach the store in order, even when one must be retried
         self._first_id = 1  # the first id of this daemon's life: older events are only in the store
         self.published = 0
         self.dropped_subscribers = 0
@@ -173,22 +175,36 @@ class EventBus:
         self._rings.pop(session_id, None)
 
     async def flush(self) -> None:
-        """Store every event published so far (waiting for a batch another flush has in flight)."""
+        """Store every event published so far (waiting for a batch another flush has in flight).
+        StoreUnavailable: they stay queued, in order, for the next try."""
         async with self._flush_lock:
             if self._store is not None and self._unsaved:
                 batch, self._unsaved = self._unsaved, []
-                await self._store.append_events(batch)
+                try:
+                    await self._store.append_events(batch)
+                except Exception:
+                    self._unsaved[:0] = batch
+                    raise
+
+    async def _flush_until_stored(self) -> None:
+        assert self._store is not None
+        try:
+            await until_stored(self._store.health, self.flush, what="events")
+        except StoreUnavailable as exc:  # the daemon gave up on the store (stopping): say what is lost
+            log.error("events.not_stored", count=len(self._unsaved), error=exc.message)
 
     async def run_persister(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        if self._store is None:
+            return
         try:
             while True:
                 await self._wake.wait()
                 self._wake = trio.Event()
-                await self.flush()
+                await self._flush_until_stored()
         finally:
             with trio.CancelScope(shield=True):
-                await self.flush()
+                await self._flush_until_stored()
 
     def close_all(self) -> None:
         for sub in list(self._subs):

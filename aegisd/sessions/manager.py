@@ -8,6 +8,7 @@ import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import msgspec
@@ -35,7 +36,7 @@ from aegisd.core.states import LIVE, TERMINAL, State
 from aegisd.sessions._agents import AgentLaunch, resolve_agent
 from aegisd.sessions._workdirs import WorkDirPolicy
 from aegisd.sessions.runner import SessionRunner
-from aegisd.store import Store
+from aegisd.store import Store, until_stored
 
 log = structlog.get_logger("aegisd.sessions")
 
@@ -198,7 +199,8 @@ class SessionManager:
 
             rec.status, rec.endReason, rec.endedAt = State.CRASHED, "daemon_restart", now_ms()
             rec.crash = CrashInfo(reason=f"daemon_restart: {exc.message}")
-            self._host().start_soon(self.store.save_session, rec)
+            self._host().start_soon(partial(until_stored, self.store.health, partial(self.store.save_session, rec),
+                                            what=f"session {rec.id}: record"))
             return None
 
     def _start_runner(self, rec: SessionRecord, launch: AgentLaunch, *, resume: bool) -> SessionRunner:
@@ -318,6 +320,7 @@ class SessionManager:
             if rec.status in TERMINAL:
                 raise SessionNotLive(f"session {sid} already {rec.status.value}")
             raise SessionNotLive(f"session {sid} has no running agent")
+        self.store.health.check()  # the end could not be stored now: 503 STORE_UNAVAILABLE, the session lives on
         await runner.stop(status, "killed" if status == State.KILLED else "closed")
         return rec
 

@@ -40,13 +40,14 @@ from aegisd.core.errors import (
     ProtocolError,
     RequestTimeout,
     SessionNotLive,
+    StoreUnavailable,
 )
 from aegisd.core.metrics import Histogram, Metrics
 from aegisd.core.models import CrashInfo, LastError, PendingPermission, SessionRecord, TokenUsage, now_ms
 from aegisd.core.pricing import UsageRecord, estimate_cost
 from aegisd.core.states import LIVE, State
 from aegisd.sessions._agents import AgentLaunch
-from aegisd.store import Store
+from aegisd.store import Store, until_stored
 
 log = structlog.get_logger("aegisd.session")
 
@@ -212,6 +213,7 @@ class SessionRunner:
         if self.finished.is_set() or self._end_request is not None:
             raise SessionNotLive(f"session {self.rec.id} is ending" if not self.finished.is_set()
                                  else f"session {self.rec.id} is {self.rec.status.value}")
+        self._store.health.check()  # the store is down: 503 STORE_UNAVAILABLE now, nothing done
         cmd = _Command(kind, args)
         try:
             self._inbox_send.send_nowait(cmd)
@@ -361,7 +363,7 @@ class SessionRunner:
             elif isinstance(effect, m.Save):
                 await self._save()
             elif isinstance(effect, m.Flush):
-                await self._store.flush()
+                await self._durably(self._store.flush, "flush")
             elif isinstance(effect, m.Answer):
                 reply = self._replies.pop(effect.key, None)
                 if reply is not None:
@@ -700,12 +702,21 @@ class SessionRunner:
 
     async def _save(self) -> None:
         self.rec.pendingPermission = self.machine.head  # the machine's queue is the one place of it
-        await self.host.save(self.rec)
+        await self._durably(lambda: self.host.save(self.rec), "record")
+
+    async def _durably(self, call: Any, what: str) -> None:
+        """A write of the session's own: retried until the store is back (in order: the owner waits for it), so
+        an outage neither drops it nor ends the session; lost (and logged) only if the daemon gives up on the
+        store while stopping."""
+        try:
+            await until_stored(self._store.health, call, what=f"session {self.rec.id}: {what}")
+        except StoreUnavailable as exc:
+            self.log.error("session.write_lost", what=what, error=exc.message)
 
     async def _append(self, entries: list[Any]) -> None:
         if not entries:
             return
-        await self._store.append_transcript(self.rec.id, entries)
+        await self._durably(lambda: self._store.append_transcript(self.rec.id, entries), "transcript")
         self.rec.transcriptCount += len(entries)
         for entry in entries:
             self._bus.publish(self.rec.id, ev.Message(entry=entry))
@@ -749,7 +760,7 @@ class SessionRunner:
         if status is not None:
             self.log.info("session.ended", status=rec.status.value, reason=reason,
                           detail=crash.reason if crash else None)
-        await self._store.flush()
+        await self._durably(self._store.flush, "flush")
         self.ready.set()
         self.finished.set()
 

@@ -20,6 +20,8 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,10 +30,11 @@ import msgspec
 import structlog
 import trio
 
-from aegisd.core.errors import Unavailable
+from aegisd.core.errors import StoreUnavailable, Unavailable
 from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
 from aegisd.store._fs import atomic_write as _atomic_write
 from aegisd.store._fs import fsync_dir, write_tmp
+from aegisd.store._health import StoreHealth
 from aegisd.store._names import check_name
 
 log = structlog.get_logger("aegisd.store")
@@ -203,6 +206,41 @@ class FileStore:
         self._doc_locks: dict[str, trio.Lock] = {}
         self._events_lock = trio.Lock()
         self._records: dict[str, _RecordFile] = {}
+        self.health = StoreHealth("file")
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Around a write: an OSError (the directory removed, the disk full, read-only) marks the store degraded
+        and is StoreUnavailable to the caller; a write that works marks it ok again."""
+        try:
+            yield
+        except OSError as exc:
+            self.health.down(f"{what} under {self.root}: {exc.strerror or exc}")
+            self.health.sync()
+            raise StoreUnavailable(f"the file store cannot write {what} under {self.root}: {exc.strerror or exc}"
+                                   ) from None
+        self.health.up()
+        self.health.sync()
+
+    async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """While degraded, try every second whether the store can write again (its directories back, room on
+        the disk): a small file written and fsynced beside the records, as a record would be."""
+        task_status.started()
+        while True:
+            await trio.sleep(1.0)
+            if self.health.ok:
+                continue
+
+            def probe() -> None:
+                for sub in ("sessions", "transcripts", "events", "docs", "logs"):
+                    if not (self.root / sub).is_dir():
+                        raise FileNotFoundError(2, "No such file or directory", str(self.root / sub))
+                _atomic_write(self.root / "store.probe", b"ok\n")
+            try:
+                with self._writing("a probe"):
+                    await trio.to_thread.run_sync(probe, limiter=self._limiter)
+            except StoreUnavailable:
+                pass
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -252,7 +290,12 @@ class FileStore:
         if not self._dirty:
             return
         paths, self._dirty = self._dirty, set()
-        await trio.to_thread.run_sync(self._fsync_all, paths, limiter=self._limiter)
+        try:
+            with self._writing("appends (fsync)"):
+                await trio.to_thread.run_sync(self._fsync_all, paths, limiter=self._limiter)
+        except StoreUnavailable:
+            self._dirty |= paths
+            raise
 
     @staticmethod
     def _fsync_all(paths: set[Path]) -> None:
@@ -293,7 +336,8 @@ class FileStore:
     async def save_session(self, record: SessionRecord) -> None:
         data = _enc.encode(record)  # encoded now: later changes to the record are a later save
         path = self._session_path(record.id)
-        await trio.to_thread.run_sync(_atomic_write, path, data, limiter=self._limiter)
+        with self._writing(f"session {record.id}"):
+            await trio.to_thread.run_sync(_atomic_write, path, data, limiter=self._limiter)
 
     async def delete_session(self, session_id: str) -> None:
         self._session_path(session_id).unlink(missing_ok=True)
@@ -313,7 +357,8 @@ class FileStore:
         if not entries:
             return
         lg = self._transcript(session_id)
-        lg.append([_enc.encode(e) + b"\n" for e in entries])
+        with self._writing(f"the transcript of {session_id}"):
+            lg.append([_enc.encode(e) + b"\n" for e in entries])
         self._dirty.add(lg.path)
 
     async def read_transcript(self, session_id: str, start: int = 0,
@@ -336,17 +381,21 @@ class FileStore:
             by_session.setdefault(ev.sessionId, []).append(_enc.encode(ev) + b"\n")
             self._last_event_id = max(self._last_event_id, ev.id)
         async with self._events_lock:  # a compaction below must not lose an append made meanwhile
-            for sid, lines in by_session.items():
-                lg = self._event_log(sid)
-                lg.append(lines)
-                self._dirty.add(lg.path)
-                if len(lg) > 2 * EVENT_RING:  # keep the last EVENT_RING: written and fsynced in a worker thread,
-                    keep = lg.read(len(lg) - EVENT_RING, None)  # then swapped in here, at once for every reader
-                    tmp = await trio.to_thread.run_sync(write_tmp, lg.path, b"".join(line + b"\n" for line in keep),
-                                                        limiter=self._limiter)
-                    os.replace(tmp, lg.path)
-                    self._events.pop(sid, None)
-                    await trio.to_thread.run_sync(fsync_dir, lg.path.parent, limiter=self._limiter)
+            with self._writing("events"):
+                await self._append_events_locked(by_session)
+
+    async def _append_events_locked(self, by_session: dict[str, list[bytes]]) -> None:
+        for sid, lines in by_session.items():
+            lg = self._event_log(sid)
+            lg.append(lines)
+            self._dirty.add(lg.path)
+            if len(lg) > 2 * EVENT_RING:  # keep the last EVENT_RING: written and fsynced in a worker thread,
+                keep = lg.read(len(lg) - EVENT_RING, None)  # then swapped in here, at once for every reader
+                tmp = await trio.to_thread.run_sync(write_tmp, lg.path, b"".join(line + b"\n" for line in keep),
+                                                    limiter=self._limiter)
+                os.replace(tmp, lg.path)
+                self._events.pop(sid, None)
+                await trio.to_thread.run_sync(fsync_dir, lg.path.parent, limiter=self._limiter)
 
     async def read_events(self, *, session_id: str | None, after_id: int, limit: int = 1000) -> list[Event]:
         if session_id is not None:
@@ -381,12 +430,13 @@ class FileStore:
         data = _enc.encode({"key": key, "doc": doc})  # encoded now: later changes to doc are a later put
 
         def write() -> None:
-            if not d.is_dir():
-                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not d.is_dir():  # docs/ itself is made at open: a state directory removed since is not recreated
+                d.mkdir(exist_ok=True, mode=0o700)
                 fsync_dir(d.parent)
             _atomic_write(d / _doc_file(key), data)
         async with self._doc_locks.setdefault(collection, trio.Lock()):  # one tmp file per key: in order
-            await trio.to_thread.run_sync(write, limiter=self._limiter)
+            with self._writing(f"document {collection}/{key}"):
+                await trio.to_thread.run_sync(write, limiter=self._limiter)
 
     async def doc_delete(self, collection: str, key: str) -> None:
         path = self._collection_dir(collection) / _doc_file(key)
@@ -398,7 +448,8 @@ class FileStore:
                 return
             fsync_dir(path.parent)
         async with self._doc_locks.setdefault(collection, trio.Lock()):
-            await trio.to_thread.run_sync(unlink, limiter=self._limiter)
+            with self._writing(f"document {collection}/{key}"):
+                await trio.to_thread.run_sync(unlink, limiter=self._limiter)
 
     async def doc_list(self, collection: str) -> dict[str, Any]:
         d = self._collection_dir(collection)
@@ -426,13 +477,14 @@ class FileStore:
         return rf
 
     async def log_append(self, log: str, record: Any) -> int:
-        rf = await self._record_file(log)
-        async with rf.lock:
-            seq = rf.next
-            rf.lines.append([_enc.encode({"seq": seq, "data": record}) + b"\n"])  # one write(2), in order
-            rf.next = seq + 1
-        # durable before it is acknowledged; concurrent appends share their fsyncs (group commit)
-        await trio.to_thread.run_sync(_fsync_path, rf.path, limiter=self._limiter)
+        with self._writing(f"log {log}"):
+            rf = await self._record_file(log)
+            async with rf.lock:
+                seq = rf.next
+                rf.lines.append([_enc.encode({"seq": seq, "data": record}) + b"\n"])  # one write(2), in order
+                rf.next = seq + 1
+            # durable before it is acknowledged; concurrent appends share their fsyncs (group commit)
+            await trio.to_thread.run_sync(_fsync_path, rf.path, limiter=self._limiter)
         return seq
 
     async def log_read(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
