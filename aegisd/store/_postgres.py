@@ -13,6 +13,7 @@ by PostgreSQL when the holder dies, even by SIGKILL."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import threading
 import zlib
@@ -225,7 +226,12 @@ class PostgresStore:
             for c in conns:
                 c.close()
             if self._lock_conn is not None:
-                self._lock_conn.close()  # ends the session: the advisory lock goes with it
+                # release the lock before closing: the server ends a closed session's backend (and frees its
+                # advisory locks) a moment after the client hangs up, and a daemon restarted at once would
+                # find the lock still taken
+                with contextlib.suppress(Exception):
+                    self._lock_conn.execute("SELECT pg_advisory_unlock(%s)", (self._lock_key(),))
+                self._lock_conn.close()
                 self._lock_conn = None
         await trio.to_thread.run_sync(shut, abandon_on_cancel=True)  # the daemon bounds how long it waits
 
