@@ -210,6 +210,8 @@ class SessionManager:
     async def _run(self, runner: SessionRunner) -> None:
         try:
             await runner.run()
+        except Exception:  # e.g. out of fds while saving its end: this session's trouble, never the daemon's
+            log.exception("session.runner_failed", session_id=runner.rec.id)
         finally:
             if self.runners.get(runner.rec.id) is runner:
                 del self.runners[runner.rec.id]
@@ -314,7 +316,7 @@ class SessionManager:
         sid = self.resolve_id(ident)
         rec = self.records[sid]
         runner = self.runners.get(sid)
-        if runner is None:
+        if runner is None or rec.status in TERMINAL:  # a killed session's agent may still be stopping
             if rec.status in TERMINAL:
                 raise SessionNotLive(f"session {sid} already {rec.status.value}")
             raise SessionNotLive(f"session {sid} has no running agent")
