@@ -43,6 +43,7 @@ from aegisd.notify.mail import Email
 from aegisd.notify.webhooks import Webhooks
 from aegisd.ops import Services, stage_sessions
 from aegisd.sessions import SessionManager
+from aegisd.sessions._limits import is_exhaustion
 from aegisd.store import Collection, RecordLog, Store, open_store
 from aegisd.surfaces.control import serve_control
 from aegisd.surfaces.http import create_app
@@ -85,6 +86,7 @@ class Daemon:
         if self.oidc is not None:
             self.oidc.on_change = self.credentials.changed
         self.alerts = Alerts(cfg.alerting)
+        self.manager.on_exhausted = lambda detail: self.alerts.record("resource_exhausted", detail)
         self.webhooks = Webhooks(bus=self.bus, records=self.manager.records, alert=self.alerts.record,
                                  endpoints=parse_endpoints(cfg.webhooks), dlq=RecordLog(self.store, "webhooks-dlq"),
                                  legacy_dlq=state / "webhooks-dlq.json")
@@ -182,7 +184,7 @@ class Daemon:
             self.manager.cgroups = svc.cgroups = svc.callers.cgroups = self.cgroups
             svc.callers.self_test()
             async with trio.open_nursery() as root:
-                await root.start(self.bus.run_persister)
+                await root.start(self._persist_events)
                 await root.start(self.audit.run)
                 await root.start(self.keys.run)
                 await root.start(self.usage.run)
@@ -209,6 +211,21 @@ class Daemon:
                 finally:
                     await self.store.close()
                 log.info("aegisd.stopped")
+
+    async def _persist_events(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The bus's persister, started again when a write fails for want of fds or memory (that batch of events
+        was delivered live but misses the stored log): running short must not end the daemon."""
+        status = task_status
+        while True:
+            try:
+                await self.bus.run_persister(task_status=status)
+                return
+            except Exception as exc:
+                if not is_exhaustion(exc):
+                    raise
+                log.error("aegisd.events_not_saved", error=repr(exc))
+                status = trio.TASK_STATUS_IGNORED
+                await trio.sleep(1)
 
     async def _open_persistence(self) -> None:
         """Load what the features keep in the store; files an earlier version kept beside it move in first."""

@@ -1,7 +1,8 @@
 """Alerting: when failures of one kind pile up, tell a human (PagerDuty, Slack, Alertmanager...) by webhook.
 
 Kinds: `session_failure` (a session crashed), `session_stall` (a session went quiet mid-turn),
-`webhook_dead_letter` (an event webhook gave up on a delivery), `api_error` (the HTTP API answered 5xx).
+`webhook_dead_letter` (an event webhook gave up on a delivery), `api_error` (the HTTP API answered 5xx),
+`resource_exhausted` (a create was refused: out of open files, processes or memory).
 An alert fires when `failureThreshold` failures of one kind fall within `cooldownMs`, and then at most once per
 `cooldownMs` per kind. Each configured URL gets
 `{event: "alert", type, timestamp, detail, failureCount, threshold, source: "aegis"}` with
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("aegisd.alerts")
 
-KINDS = ("session_failure", "session_stall", "webhook_dead_letter", "api_error")
+KINDS = ("session_failure", "session_stall", "webhook_dead_letter", "api_error", "resource_exhausted")
 RETRY = retry.Backoff((1.0, 5.0), attempts=3)  # on network errors, 429 and 5xx
 TIMEOUT_S = 10.0
 

@@ -39,6 +39,7 @@ from aegisd.core.errors import (
     InvalidModel,
     ProtocolError,
     RequestTimeout,
+    ResourceExhausted,
     SessionNotLive,
 )
 from aegisd.core.metrics import Histogram, Metrics
@@ -46,6 +47,7 @@ from aegisd.core.models import CrashInfo, LastError, PendingPermission, SessionR
 from aegisd.core.pricing import UsageRecord, estimate_cost
 from aegisd.core.states import LIVE, State
 from aegisd.sessions._agents import AgentLaunch
+from aegisd.sessions._limits import is_exhaustion
 from aegisd.store import Store
 
 log = structlog.get_logger("aegisd.session")
@@ -205,6 +207,7 @@ class SessionRunner:
         self.start_error: AegisError | None = None  # why the session could not start as asked (create says so)
         self.ready = trio.Event()  # idle for the first time, or ended
         self.settled = trio.Event()  # the final state is saved (a kill's agent may still be stopping)
+        self._settle_error: BaseException | None = None
         self.finished = trio.Event()  # ... and the agent is gone
 
     # ---- public, called from other tasks -------------------------------------------------------
@@ -243,6 +246,11 @@ class SessionRunner:
         stopping: :attr:`finished` says when it is gone)."""
         self.end(status, reason)
         await self.settled.wait()
+        if self._settle_error is not None:  # not acknowledged: it is not stored
+            exc = self._settle_error
+            message = f"session {self.rec.id} ended, but its end could not be saved: {exc!r}"
+            raise ResourceExhausted(message, details={"resource": "store", "retryAfter": 5}) \
+                if is_exhaustion(exc) else AegisError(message)
 
     # ---- the owner task ------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -431,7 +439,15 @@ class SessionRunner:
             self._proc = await spawn_agent(self.launch.command, cwd=rec.workDir, env=env, session_id=rec.id,
                                            token=self.host.lifeline.token, stderr_limit=cfg.stderrTailBytes,
                                            cgroups=self.host.cgroups)
-        except OSError as exc:
+        except (OSError, MemoryError, RuntimeError) as exc:
+            if is_exhaustion(exc):  # out of fds, processes or memory: this create answers 503 (manager.create)
+                said = f"cannot start {self.launch.command[0]!r}: {getattr(exc, 'strerror', None) or exc}"
+                self.start_error = ResourceExhausted(f"{said}; the daemon is at a resource ceiling, try again "
+                                                     "later", details={"resource": "spawn", "retryAfter": 5})
+                self.end(State.CRASHED, "resource_exhausted", CrashInfo(reason=f"resource_exhausted: {said}"))
+                return
+            if not isinstance(exc, OSError):
+                raise
             said = f"cannot start {self.launch.command[0]!r}: {exc.strerror or exc}"
             rec.lastError = failures.explain(failures.AGENT_MISSING, said, agent=rec.agent)
             self.end(State.CRASHED, "agent_spawn_failed", CrashInfo(reason=f"agent_spawn_failed: {said}"))
@@ -747,6 +763,13 @@ class SessionRunner:
 
     async def _settle(self, status: State | None, reason: str, crash: CrashInfo | None) -> None:
         """The final state: what was queued fails, the machine settles, the record is saved and flushed."""
+        try:
+            await self._settle_state(status, reason, crash)
+        except BaseException as exc:
+            self._settle_error = exc
+            raise
+
+    async def _settle_state(self, status: State | None, reason: str, crash: CrashInfo | None) -> None:
         rec, machine = self.rec, self.machine
         self._inbox_send.close()
         async for item in self._inbox:  # fail what was queued but never handled
