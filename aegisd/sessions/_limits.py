@@ -2,7 +2,7 @@
 
 Each live session holds ``FDS_PER_SESSION`` descriptors in the daemon: the agent's stdin, stdout and stderr
 pipes and trio's pidfd of the process. Measured by counting `/proc/<daemon pid>/fd` before and after creating
-20 and 200 fake-agent sessions over HTTP (4.0 per session both times; the store opens and closes its files per
+20 and 100 fake-agent sessions over HTTP (4.0 per session both times; the store opens and closes its files per
 write, so they add nothing that lasts). ``RESERVE`` more are kept free for what every session needs now and
 then (saving its record, appending its transcript, a client's connection): a create that would eat into them is
 refused with 503 RESOURCE_EXHAUSTED before it starts anything, so running short never breaks a live session's
