@@ -48,6 +48,7 @@ from aegisd.notify.mail import Email
 from aegisd.notify.webhooks import Webhooks
 from aegisd.ops import Services, stage_sessions
 from aegisd.sessions import SessionManager
+from aegisd.sessions._limits import is_exhaustion
 from aegisd.store import Collection, RecordLog, Store, open_store
 from aegisd.surfaces.control import serve_control
 from aegisd.surfaces.http import create_app
@@ -95,6 +96,7 @@ class Daemon:
             self.oidc.on_change = self.credentials.changed
         self.alerts = Alerts(cfg.alerting)
         self.store.health.on_change = self.alerts.store_changed  # one alert per outage of the store
+        self.manager.on_exhausted = lambda detail: self.alerts.record("resource_exhausted", detail)
         self.webhooks = Webhooks(bus=self.bus, records=self.manager.records, alert=self.alerts.record,
                                  endpoints=parse_endpoints(cfg.webhooks), dlq=RecordLog(self.store, "webhooks-dlq"),
                                  legacy_dlq=state / "webhooks-dlq.json")
@@ -194,7 +196,7 @@ class Daemon:
             svc.callers.self_test()
             async with trio.open_nursery() as root:
                 await root.start(self.store.monitor)  # reconnects, takes the lock again, keeps health current
-                await root.start(self.bus.run_persister)
+                await root.start(self._persist_events)
                 await root.start(self.audit.run)
                 await root.start(self.keys.run)
                 await root.start(self.usage.run)
@@ -264,6 +266,21 @@ class Daemon:
         if cs.cancelled_caught:
             log.error("aegisd.store_close_failed", error=f"no answer within {STORE_CLOSE_S} s")
             self.store.health.give_up(f"closing the store took longer than {STORE_CLOSE_S} s")
+
+    async def _persist_events(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The bus's persister, started again when a write fails for want of fds or memory (that batch of events
+        was delivered live but misses the stored log): running short must not end the daemon."""
+        status = task_status
+        while True:
+            try:
+                await self.bus.run_persister(task_status=status)
+                return
+            except Exception as exc:
+                if not is_exhaustion(exc):
+                    raise
+                log.error("aegisd.events_not_saved", error=repr(exc))
+                status = trio.TASK_STATUS_IGNORED
+                await trio.sleep(1)
 
     async def _open_persistence(self) -> None:
         """Load what the features keep in the store; files an earlier version kept beside it move in first."""

@@ -173,6 +173,13 @@ class StoreUnavailable(Unavailable):
         super().__init__(message, details=details)
 
 
+class ResourceExhausted(Unavailable):
+    """The daemon or the machine ran out of open files, processes or memory: this one request is refused
+    (details: {resource, retryAfter}); the sessions already running go on."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class AgentError(AegisError):
     """The agent process failed or broke the protocol (the session crashes, the daemon does not)."""
 

@@ -2,7 +2,8 @@
 
 Kinds: `session_failure` (a session crashed), `session_stall` (a session went quiet mid-turn),
 `webhook_dead_letter` (an event webhook gave up on a delivery), `api_error` (the HTTP API answered 5xx),
-`store_unavailable` (the store failed: its server is down, its directory gone).
+`store_unavailable` (the store failed: its server is down, its directory gone), `resource_exhausted` (a
+create was refused: out of open files, processes or memory).
 An alert fires when `failureThreshold` failures of one kind fall within `cooldownMs`, and then at most once per
 `cooldownMs` per kind; `store_unavailable` fires at once, once per outage (:meth:`Alerts.store_changed`).
 Each configured URL gets
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("aegisd.alerts")
 
-KINDS = ("session_failure", "session_stall", "webhook_dead_letter", "api_error", "store_unavailable")
+KINDS = ("session_failure", "session_stall", "webhook_dead_letter", "api_error", "store_unavailable",
+         "resource_exhausted")
 RETRY = retry.Backoff((1.0, 5.0), attempts=3)  # on network errors, 429 and 5xx
 TIMEOUT_S = 10.0
 

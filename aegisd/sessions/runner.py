@@ -39,6 +39,7 @@ from aegisd.core.errors import (
     InvalidModel,
     ProtocolError,
     RequestTimeout,
+    ResourceExhausted,
     SessionNotLive,
     StoreUnavailable,
 )
@@ -47,6 +48,7 @@ from aegisd.core.models import CrashInfo, LastError, PendingPermission, SessionR
 from aegisd.core.pricing import UsageRecord, estimate_cost
 from aegisd.core.states import LIVE, State
 from aegisd.sessions._agents import AgentLaunch
+from aegisd.sessions._limits import is_exhaustion
 from aegisd.store import Store, until_stored
 
 log = structlog.get_logger("aegisd.session")
@@ -205,7 +207,9 @@ class SessionRunner:
         self._cost_seen = 0.0  # the agent's cumulative cost report at the end of the last turn
         self.start_error: AegisError | None = None  # why the session could not start as asked (create says so)
         self.ready = trio.Event()  # idle for the first time, or ended
-        self.finished = trio.Event()
+        self.settled = trio.Event()  # the final state is saved (a kill's agent may still be stopping)
+        self._settle_error: BaseException | None = None
+        self.finished = trio.Event()  # ... and the agent is gone
 
     # ---- public, called from other tasks -------------------------------------------------------
     async def command(self, kind: str, **args: Any) -> Any:
@@ -240,8 +244,15 @@ class SessionRunner:
                 old.signal = crash.signal
 
     async def stop(self, status: State | None, reason: str) -> None:
+        """End the session and wait until its final state is saved (for a kill, the agent may still be
+        stopping: :attr:`finished` says when it is gone)."""
         self.end(status, reason)
-        await self.finished.wait()
+        await self.settled.wait()
+        if self._settle_error is not None:  # not acknowledged: it is not stored
+            exc = self._settle_error
+            message = f"session {self.rec.id} ended, but its end could not be saved: {exc!r}"
+            raise ResourceExhausted(message, details={"resource": "store", "retryAfter": 5}) \
+                if is_exhaustion(exc) else AegisError(message)
 
     # ---- the owner task ------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -431,7 +442,15 @@ class SessionRunner:
             self._proc = await spawn_agent(self.launch.command, cwd=rec.workDir, env=env, session_id=rec.id,
                                            token=self.host.lifeline.token, stderr_limit=cfg.stderrTailBytes,
                                            cgroups=self.host.cgroups)
-        except OSError as exc:
+        except (OSError, MemoryError, RuntimeError) as exc:
+            if is_exhaustion(exc):  # out of fds, processes or memory: this create answers 503 (manager.create)
+                said = f"cannot start {self.launch.command[0]!r}: {getattr(exc, 'strerror', None) or exc}"
+                self.start_error = ResourceExhausted(f"{said}; the daemon is at a resource ceiling, try again "
+                                                     "later", details={"resource": "spawn", "retryAfter": 5})
+                self.end(State.CRASHED, "resource_exhausted", CrashInfo(reason=f"resource_exhausted: {said}"))
+                return
+            if not isinstance(exc, OSError):
+                raise
             said = f"cannot start {self.launch.command[0]!r}: {exc.strerror or exc}"
             rec.lastError = failures.explain(failures.AGENT_MISSING, said, agent=rec.agent)
             self.end(State.CRASHED, "agent_spawn_failed", CrashInfo(reason=f"agent_spawn_failed: {said}"))
@@ -722,30 +741,61 @@ class SessionRunner:
             self._bus.publish(self.rec.id, ev.Message(entry=entry))
 
     async def _finish(self) -> None:
-        """Runs once, shielded: stop the agent, settle the final state, tell everyone."""
-        rec, machine = self.rec, self.machine
+        """Runs once, shielded: stop the agent, settle the final state, tell everyone. A kill settles first
+        (the session is `killed`, saved, at once: DELETE answers without waiting for the agent) and stops the
+        agent after, in this same task (the lifeline still ends it if the daemon dies meanwhile)."""
         status, reason, crash = self._end_request or (State.CRASHED, "internal_error",
                                                      CrashInfo(reason="internal_error: runner ended"))
-        await self._apply(machine.end_requested())  # the agent's waiting requests: cancelled
-        # a polite stop first: cancel the turn, then the escalation in AgentProcess.stop
-        if self._conn is not None and machine.turn is not None and rec.acpSessionId and self._proc is not None \
-                and self._proc.returncode is None:
+        try:
+            await self._apply(self.machine.end_requested())  # the agent's waiting requests: cancelled
+            cancel_turn = self.machine.turn is not None
+            if status == State.KILLED:
+                try:
+                    await self._settle(status, reason, crash)
+                finally:
+                    await self._stop_agent(crash, cancel_turn=cancel_turn)
+            else:
+                try:
+                    await self._stop_agent(crash, cancel_turn=cancel_turn)
+                finally:
+                    await self._settle(status, reason, crash)
+        finally:
+            self.ready.set()
+            self.settled.set()
+            self.finished.set()
+
+    async def _stop_agent(self, crash: CrashInfo | None, *, cancel_turn: bool) -> None:
+        """The agent's stop sequence: cancel the turn politely, then the escalation in AgentProcess.stop."""
+        rec, proc, reason = self.rec, self._proc, self._end_request[1] if self._end_request else ""
+        if proc is None:
+            return
+        if self._conn is not None and cancel_turn and rec.acpSessionId and proc.returncode is None:
             try:
                 with trio.move_on_after(1):
                     await self._conn.cancel(rec.acpSessionId)
             except AgentError:
                 pass
-        if self._proc is not None:
-            await self._proc.stop(grace=self._cfg.killGraceMs / 1000)
-            await self.host.lifeline.unregister(self._proc.pgid)
-            if crash is not None:
-                code = self._proc.returncode
-                if crash.exitCode is None and crash.signal is None and code is not None \
-                        and reason not in ("acp_protocol_error", "acp_request_timeout", "acp_start_timeout"):
-                    crash.exitCode, crash.signal = (None, -code) if code < 0 else (code, None)
-                tail = self._proc.stderr_tail(2048)
-                if tail:
-                    crash.stderrTail = tail
+        await proc.stop(grace=self._cfg.killGraceMs / 1000)
+        await self.host.lifeline.unregister(proc.pgid)
+        if crash is not None:
+            code = proc.returncode
+            if crash.exitCode is None and crash.signal is None and code is not None \
+                    and reason not in ("acp_protocol_error", "acp_request_timeout", "acp_start_timeout"):
+                crash.exitCode, crash.signal = (None, -code) if code < 0 else (code, None)
+            tail = proc.stderr_tail(2048)
+            if tail:
+                crash.stderrTail = tail
+
+    async def _settle(self, status: State | None, reason: str, crash: CrashInfo | None) -> None:
+        """The final state: what was queued fails, the machine settles, the record is saved and flushed."""
+        try:
+            await self._settle_state(status, reason, crash)
+        except BaseException as exc:
+            self._settle_error = exc
+            raise
+
+    async def _settle_state(self, status: State | None, reason: str, crash: CrashInfo | None) -> None:
+        rec, machine = self.rec, self.machine
         self._inbox_send.close()
         async for item in self._inbox:  # fail what was queued but never handled
             if isinstance(item, _Command):
@@ -762,7 +812,7 @@ class SessionRunner:
                           detail=crash.reason if crash else None)
         await self._durably(self._store.flush, "flush")
         self.ready.set()
-        self.finished.set()
+        self.settled.set()
 
     # ---- views ---------------------------------------------------------------------------------
     @property

@@ -39,9 +39,9 @@ def envelope(exc: AegisError, request_id: str) -> tuple[int, dict[str, Any], dic
         if exc.spread_details and isinstance(exc.details, dict):
             body = {**exc.details, **body}
     headers: dict[str, str] = {}
-    retry = exc.details.get("retryAfter") if isinstance(exc.details, dict) else None
-    if exc.status == 429 or (exc.status == 503 and retry is not None):  # 503: STORE_UNAVAILABLE says when
-        headers["Retry-After"] = str(retry or 1)
+    if exc.status == 429 or (isinstance(exc.details, dict) and "retryAfter" in exc.details):
+        retry = exc.details.get("retryAfter", 1) if isinstance(exc.details, dict) else 1
+        headers["Retry-After"] = str(retry)
     return exc.status, body, headers
 
 
