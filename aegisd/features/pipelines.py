@@ -279,6 +279,10 @@ class PipelineManager:
         s.sessions = [*s.sessions, rec.id]
         if rec.status == State.CRASHED:
             self._stage_failed(p, s, f"agent failed to start: {rec.crash.reason if rec.crash else ''}")
+        # the stage's session exists: the pipeline says so before anything else (a daemon stopped now must not
+        # forget the attempt and start the stage a second time beside it)
+        with trio.CancelScope(shield=True):
+            await self._save(p)
 
     def _stage_failed(self, p: PipelineRecord, s: StageState, error: str) -> None:
         if s.attempts <= s.retries:
