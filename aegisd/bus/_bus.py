@@ -47,7 +47,7 @@ class Subscription:
         if not self.closed:
             self.closed = True
             self._send.close()
-            self._bus._subs.discard(self)
+            self._bus._remove(self)
 
     def __aiter__(self) -> Subscription:
         return self
@@ -100,7 +100,8 @@ class EventBus:
         self._next_id = 1
         self._rings: dict[str, collections.deque[Event]] = {}
         self._global: collections.deque[Event] = collections.deque(maxlen=RING_GLOBAL)
-        self._subs: set[Subscription] = set()
+        # subscribers by the session they follow (None: every session), so a publish visits only its own
+        self._subs: dict[str | None, set[Subscription]] = {}
         self._unsaved: list[Event] = []
         self._wake = trio.Event()
         self.published = 0
@@ -129,19 +130,32 @@ class EventBus:
         if self._store is not None:
             self._unsaved.append(ev)
             self._wake.set()
-        for sub in list(self._subs):
-            if sub.session_id is None or sub.session_id == session_id:
-                sub._offer(ev)
-                if sub.overflowed:
-                    self.dropped_subscribers += 1
+        for key in (session_id, None):
+            subs = self._subs.get(key)
+            if subs:
+                for sub in list(subs):  # each gets the same envelope; its frame is encoded once (surfaces)
+                    sub._offer(ev)
+                    if sub.overflowed:
+                        self.dropped_subscribers += 1
         return ev
+
+    def _remove(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.session_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.session_id]
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(s) for s in self._subs.values())
 
     async def subscribe(self, *, session_id: str | None = None, after_id: int | None = None,
                         maxsize: int = 4096) -> Subscription:
         """A subscription receiving every event after ``after_id`` (replayed from the rings, or from the
         store when older), then live ones, without gaps or duplicates."""
         sub = Subscription(self, session_id, maxsize)
-        self._subs.add(sub)  # registered before replay: live events are buffered meanwhile
+        self._subs.setdefault(session_id, set()).add(sub)  # registered before replay: live events are buffered meanwhile
         if after_id is not None:
             ring = self._global if session_id is None else self._rings.get(session_id, ())
             replay = [e for e in ring if e.id > after_id]
@@ -172,5 +186,6 @@ class EventBus:
                 await self.flush()
 
     def close_all(self) -> None:
-        for sub in list(self._subs):
-            sub.close()
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.close()
