@@ -25,10 +25,15 @@ RESTART_ID_GAP = 10_000
 
 
 class Subscription:
+    """What one subscriber has yet to read: a plain queue the bus appends to (no channel, no task switch per
+    event) and the consumer drains whole; it wakes the consumer only when that one waits."""
+
     def __init__(self, bus: EventBus, session_id: str | None, maxsize: int) -> None:
         self._bus = bus
         self.session_id = session_id
-        self._send, self._recv = trio.open_memory_channel[Event](maxsize)
+        self._maxsize = maxsize
+        self._queue: collections.deque[Event] = collections.deque()
+        self._wake: trio.Event | None = None  # set while the consumer waits
         self.overflowed = False
         self.closed = False
         self._replay: collections.deque[Event] = collections.deque()
@@ -37,17 +42,20 @@ class Subscription:
     def _offer(self, event: Event) -> None:
         if self.closed:
             return
-        try:
-            self._send.send_nowait(event)
-        except trio.WouldBlock:
+        if len(self._queue) >= self._maxsize:
             self.overflowed = True
             self.close()
+            return
+        self._queue.append(event)
+        if self._wake is not None:
+            self._wake.set()
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._send.close()
             self._bus._remove(self)
+            if self._wake is not None:
+                self._wake.set()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -62,27 +70,27 @@ class Subscription:
     async def __anext__(self) -> Event:
         # a plain async iterator (not a generator): leaving a loop early needs no aclose()
         while True:
-            if self._replay:
-                event = self._replay.popleft()
-            else:
-                try:
-                    event = await self._recv.receive()
-                except (trio.EndOfChannel, trio.ClosedResourceError):
-                    raise StopAsyncIteration from None
-            if self._fresh(event):
+            event = self.next_nowait()
+            if event is not None:
                 return event
+            if self.closed:  # what was queued before the close has been read
+                raise StopAsyncIteration
+            self._wake = trio.Event()
+            try:
+                await self._wake.wait()  # cancel-safe: nothing is taken until it returns
+            finally:
+                self._wake = None
 
     def next_nowait(self) -> Event | None:
-        """The next event if one is already waiting (replay or buffered), else None. Lets a writer batch
+        """The next event if one is already waiting (replay or queued), else None. Lets a writer batch
         a burst into one write."""
         while True:
             if self._replay:
                 event = self._replay.popleft()
+            elif self._queue:
+                event = self._queue.popleft()
             else:
-                try:
-                    event = self._recv.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    return None
+                return None
             if self._fresh(event):
                 return event
 
@@ -91,7 +99,7 @@ class Subscription:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
-        self._recv.close()
+        self._queue.clear()
 
 
 class EventBus:
@@ -155,7 +163,7 @@ class EventBus:
         """A subscription receiving every event after ``after_id`` (replayed from the rings, or from the
         store when older), then live ones, without gaps or duplicates."""
         sub = Subscription(self, session_id, maxsize)
-        self._subs.setdefault(session_id, set()).add(sub)  # registered before replay: live events are buffered meanwhile
+        self._subs.setdefault(session_id, set()).add(sub)  # before replay: live ones queue meanwhile
         if after_id is not None:
             ring = self._global if session_id is None else self._rings.get(session_id, ())
             replay = [e for e in ring if e.id > after_id]
