@@ -104,14 +104,18 @@ class SessionManager:
     def markers(self, session_id: str) -> dict[str, str]:
         return {MARKER: self.lifeline.token, SESSION_MARKER: session_id}
 
-    async def save(self, rec: SessionRecord) -> None:
+    async def save(self, rec: SessionRecord, *, durable: bool = True) -> None:
         """Persist a record. Serialized per session, and the record is encoded inside the lock, so the last
-        save to land always holds the latest state."""
+        save to land always holds the latest state. ``durable=False``: in the kernel (survives a kill -9) when
+        this returns, durable at the next store flush (the runner's state changes: published at once, flushed
+        before any command is answered)."""
         lock = self._save_locks.get(rec.id)
         if lock is None:
             lock = self._save_locks[rec.id] = trio.Lock()
         async with lock:
             await self.store.save_session(rec)
+        if durable:
+            await self.store.flush()
 
     # ---- lookup --------------------------------------------------------------------------------
     def resolve_id(self, ident: str, *, among: Callable[[str], bool] | None = None) -> str:
@@ -279,7 +283,8 @@ class SessionManager:
                 stallThresholdMs=stallThresholdMs or cfg.stallThresholdMs, createdAt=ts, lastActivity=ts,
                 parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom, creatorSessionId=creatorSessionId,
                 mcpServers=list(dict.fromkeys(mcpServers or ())))
-            await self.store.save_session(rec)  # durable before anyone hears of it
+            await self.store.save_session(rec)
+            await self.store.flush()  # durable before anyone hears of it
             self.records[sid] = rec
             self.created_total += 1
             runner = self._start_runner(rec, launch, resume=False)

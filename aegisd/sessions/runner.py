@@ -81,7 +81,7 @@ class RunnerHost(Protocol):
 
     def mcp_specs(self, rec: SessionRecord) -> list[dict[str, Any]]: ...
 
-    async def save(self, rec: SessionRecord) -> None: ...
+    async def save(self, rec: SessionRecord, *, durable: bool = True) -> None: ...
 
 
 # ---- the inbox ---------------------------------------------------------------------------------------
@@ -298,6 +298,7 @@ class SessionRunner:
     async def _run_command(self, cmd: _Command) -> None:
         try:
             cmd.result = await self._handle(cmd)
+            await self._store.flush()  # acknowledged means durable (saves are flushed in groups)
         except AegisError as exc:
             cmd.error = exc
         except trio.Cancelled:  # the session is ending: the command did not take effect
@@ -686,7 +687,7 @@ class SessionRunner:
     # ---- persistence ---------------------------------------------------------------------------
     async def _save(self) -> None:
         self.rec.pendingPermission = self.machine.head  # the machine's queue is the one place of it
-        await self.host.save(self.rec)
+        await self.host.save(self.rec, durable=False)  # published at once; flushed before a command answers
 
     async def _append(self, entries: list[Any]) -> None:
         if not entries:
