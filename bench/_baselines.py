@@ -1,6 +1,7 @@
 """The baselines `make bench` measures our surfaces against, each started as its own process:
 
-    python bench/_baselines.py echo SOCKET   a raw trio echo server on a Unix socket (the control socket's ceiling)
+    python bench/_baselines.py echo SOCKET   a raw trio echo server on a Unix socket: each line answered by
+                                             one send (the control socket's ceiling)
     python bench/_baselines.py quart         a bare quart-trio app on hypercorn's trio worker, one JSON route
                                              (GET /v1/sessions, a body the size of ours); prints its URL
 
@@ -15,9 +16,13 @@ def echo(path: str) -> None:
     import trio
 
     async def conn(stream: trio.SocketStream) -> None:
+        # a request/answer server with no work in between: each line read is answered with one send
         async with stream:
+            buf = b""
             while data := await stream.receive_some(65536):
-                await stream.send_all(data)
+                *lines, buf = (buf + data).split(b"\n")
+                for line in lines:
+                    await stream.send_all(line + b"\n")
 
     async def main() -> None:
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)

@@ -117,6 +117,8 @@ class AuditLog:
     async def stored(self) -> None:
         """Return once every record made so far is in the store. A store error is logged (the audit must not
         take the daemon down) and the records stay queued for the next try."""
+        if not self._pending:  # every record is stored (one leaves the queue once it is): no lock to take
+            return
         async with self._lock:
             while self._pending:
                 try:

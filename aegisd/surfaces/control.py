@@ -156,6 +156,7 @@ class _Conn:
                     return
                 self._wake = trio.Event()
                 await self._wake.wait()
+                await trio.lowlevel.checkpoint()  # answers finished in this scheduling round join this write
             data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
             self._out.clear()
             self._queued = 0
