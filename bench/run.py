@@ -168,15 +168,26 @@ def bench_socket(d: Daemon, rounds: int, seconds: float) -> dict[str, Any]:
     frame = json.dumps({"id": 1, "op": "session.get", "params": {"id": sid}}).encode() + b"\n"
     echo_path = str(d.tmp / "echo.sock")
     echo = Started(["echo", echo_path])
+
+    def measured(pid: int, path: str) -> tuple[float, float]:
+        cpu0 = cpu_seconds(pid)
+        t0 = time.perf_counter()
+        rate = pipelined(path, frame, seconds)
+        ops = rate * (time.perf_counter() - t0)
+        return rate, (cpu_seconds(pid) - cpu0) / ops * 1e6
     try:
-        pairs = interleave(rounds, lambda: pipelined(echo_path, frame, seconds),
-                           lambda: pipelined(str(d.sock), frame, seconds))
+        pairs = interleave(rounds, lambda: measured(echo.proc.pid, echo_path),
+                           lambda: measured(d.proc.pid, str(d.sock)))
     finally:
         echo.stop()
-    ours = [m for _, m in pairs]
-    out = show("socket: pipelined session.get", "ours / raw trio echo", [m / b for b, m in pairs],
-               f"(ours {statistics.median(ours):,.0f} ops/s, echo {statistics.median(b for b, _ in pairs):,.0f})")
-    out.update({"ops_per_s": spread(ours), "echo_ops_per_s": spread([b for b, _ in pairs])})
+    ours = [m[0] for _, m in pairs]
+    out = show("socket: pipelined session.get", "ours / raw trio echo", [m[0] / b[0] for b, m in pairs],
+               f"(ours {statistics.median(ours):,.0f} ops/s, echo {statistics.median(b[0] for b, _ in pairs):,.0f};"
+               f" server CPU per op {statistics.median(m[1] for _, m in pairs):.0f} µs vs "
+               f"{statistics.median(b[1] for b, _ in pairs):.0f} µs)")
+    out.update({"ops_per_s": spread(ours), "echo_ops_per_s": spread([b[0] for b, _ in pairs]),
+                "cpu_us_per_op": spread([m[1] for _, m in pairs]),
+                "echo_cpu_us_per_op": spread([b[1] for b, _ in pairs])})
     return out
 
 
@@ -369,8 +380,8 @@ def bench_sse(d: Daemon, rounds: int, n: int, events: int, rate: float) -> dict[
                        lambda: sse_round(d, sid, probe, n, events, rate))
     for b, m in pairs:
         print(f"    1 sub: p99 {b['p99_ms']:.1f} ms cpu {b['core_share']:.0%} | {n} subs: p99 {m['p99_ms']:.1f} ms "
-              f"cpu {m['core_share']:.0%} ({m['rate_per_s']:.0f} ev/s) | idle visible p99 {b['idle_visible_p99_ms']:.0f}"
-              f" / {m['idle_visible_p99_ms']:.0f} ms", flush=True)
+              f"cpu {m['core_share']:.0%} ({m['rate_per_s']:.0f} ev/s) | idle visible p99 "
+              f"{b['idle_visible_p99_ms']:.0f} / {m['idle_visible_p99_ms']:.0f} ms", flush=True)
     marginal = [(m["cpu_s"] - b["cpu_s"]) / ((n - 1) * events) * 1e6 for b, m in pairs]
     out = {"rounds": pairs,
            "p99": show(f"sse: {n} subscribers, 1 session", f"p99 {n} subs / 1 sub", [m["p99_ms"] / max(1.0, b["p99_ms"])
