@@ -118,7 +118,8 @@ async def serve_control(services: Services, path: Path, *,
 class _Conn:
     """One connection's output. Answers and stream events are queued in the order they are sent and one writer
     task sends everything queued in one write (pipelined answers coalesce); a sender waits only when more than
-    OUT_HIGH_WATER bytes are queued (a client that stops reading slows its own requests, nobody else's)."""
+    OUT_HIGH_WATER bytes are queued (a client that stops reading slows its own requests, nobody else's), or when
+    it asks to wait until its frame is on the wire (a stream's next event is produced only then)."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
@@ -129,8 +130,11 @@ class _Conn:
         self._wake = trio.Event()
         self._room = trio.lowlevel.ParkingLot()  # senders waiting for the queue to drain
         self._finishing = False
+        self._queued_frames = 0  # frames queued so far
+        self._sent_frames = 0  # of those, how many were handed to the socket
+        self._flushed = trio.lowlevel.ParkingLot()  # senders waiting for their frame to be sent
 
-    async def send(self, frame: dict[str, Any]) -> None:
+    async def send(self, frame: dict[str, Any], *, wait: bool = False) -> None:
         try:
             data = _encoder.encode(frame) + b"\n"
         except Exception as exc:  # noqa: BLE001 - a result that cannot be encoded is our fault: say so
@@ -142,7 +146,12 @@ class _Conn:
             return
         self._out.append(data)
         self._queued += len(data)
+        self._queued_frames += 1
         self._wake.set()
+        if wait:
+            mine = self._queued_frames
+            while self._sent_frames < mine and not self.closed:
+                await self._flushed.park()
 
     def finish(self) -> None:
         """No more frames: the writer sends what is queued, then ends."""
@@ -158,6 +167,7 @@ class _Conn:
                 await self._wake.wait()
                 await trio.lowlevel.checkpoint()  # answers finished in this scheduling round join this write
             data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            frames = len(self._out)
             self._out.clear()
             self._queued = 0
             self._room.unpark_all()
@@ -167,7 +177,10 @@ class _Conn:
                 self.closed = True
                 self._out.clear()
                 self._room.unpark_all()
+                self._flushed.unpark_all()
                 return
+            self._sent_frames += frames
+            self._flushed.unpark_all()
 
 
 class _BadFrame(Exception):
@@ -296,7 +309,8 @@ async def _handle(services: Services, conn: _Conn, req: Request, principal: ops.
         if o.stream:
             async with aclosing(ops.stream(ctx, req.op, req.params)) as events:
                 async for event in events:
-                    await conn.send({"id": req.id, "event": event})
+                    # on the wire before the stream goes on (daemon.stop's event must precede the shutdown)
+                    await conn.send({"id": req.id, "event": event}, wait=True)
                     if conn.closed:
                         return
             await conn.send({"id": req.id, "ok": True, "result": {"end": "done"}})
