@@ -409,8 +409,9 @@ def many_round(d: Daemon, sids: list[str], per: int, events: int, rate: float) -
     try:
         t0 = time.perf_counter()
         c = d.client()
-        for s in sids:
+        for s in sids:  # spread over one period: agents that all wake at the same instant are not real traffic
             c.call("session.send", id=s, text=paced(events, rate))
+            time.sleep(1 / rate / len(sids))
         deadline = time.monotonic() + 300
         while sse.turns_seen < len(sids) * per:
             if time.monotonic() > deadline:
