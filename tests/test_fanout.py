@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -115,7 +116,7 @@ async def test_control_answers_coalesced_in_the_order_produced(daemon: DaemonHan
         await c.send(b"".join(json.dumps({"id": i, "op": "session.get", "params": {"id": sid}}).encode() + b"\n"
                               for i in range(100)))
         await c.send({"id": "s", "op": "session.send", "params": {"id": sid, "text": "stream:50"}})
-        got: dict[object, list[dict[str, object]]] = {}
+        got: dict[object, list[dict[str, Any]]] = {}
         with trio.fail_after(20):
             while not any(f["event"]["event"] == "turn" for f in got.get("f", [])):
                 frame_ = await c.recv()
@@ -125,3 +126,42 @@ async def test_control_answers_coalesced_in_the_order_produced(daemon: DaemonHan
         assert ids == sorted(ids) and len(set(ids)) == len(ids) > 50
     finally:
         await c.stream.aclose()
+
+
+async def test_file_store_flushes_share_fsync_passes(tmp_path: Path, monkeypatch: Any) -> None:
+    """Saves are in place (readable by a new daemon) when they return; concurrent flushes share fsync passes
+    (group commit) and each returns only once a pass covering its own writes ended."""
+    import time
+
+    from aegisd.core.models import SessionRecord
+    from aegisd.store._file import FileStore
+
+    store = FileStore(tmp_path)
+    await store.open()
+    passes: list[set[Path]] = []
+    real = FileStore._fsync_all
+
+    def counting(paths: set[Path]) -> None:
+        passes.append(set(paths))
+        time.sleep(0.02)  # a slow disk: callers pile up behind the running pass
+        real(paths)
+
+    monkeypatch.setattr(FileStore, "_fsync_all", staticmethod(counting))
+    durable: list[str] = []
+
+    async def save(i: int) -> None:
+        await store.save_session(SessionRecord(id=f"s{i}", workDir="/w", createdAt=i))
+        assert (tmp_path / "sessions" / f"s{i}.json").exists()  # in the kernel before any fsync
+        await store.flush()
+        assert any(tmp_path / "sessions" / f"s{i}.json" in p for p in passes)
+        durable.append(f"s{i}")
+
+    async with trio.open_nursery() as n:
+        for i in range(20):
+            n.start_soon(save, i)
+    assert len(durable) == 20
+    assert len(passes) < 20  # shared: at most one pass running, the next covering all that waited
+    assert all(tmp_path / "sessions" in p for p in passes)  # the renames' directory too
+    await store.flush()  # nothing new: no pass
+    assert len(passes) < 20
+    await store.close()
