@@ -10,20 +10,20 @@ from .conftest import DaemonHandle
 from .test_pipelines import wait_pipeline
 
 
-def created(d: DaemonHandle) -> dict[str, dict[str, Any]]:
+async def created(d: DaemonHandle) -> dict[str, dict[str, Any]]:
     """The session.create audit records, by session id."""
-    return {r["sessionId"]: r for r in d.daemon.services.audit.read_all() if r.get("action") == "session.create"}
+    return {r["sessionId"]: r for r in await d.daemon.services.audit.read_all() if r.get("action") == "session.create"}
 
 
 async def test_a_pipeline_stage_and_a_fork_leave_the_create_audit_record(daemon: DaemonHandle,
                                                                          workdir: Path) -> None:
     s = await daemon.create(workdir, prompt="say:hi")
-    assert created(daemon)[s["id"]]["detail"]["workDir"] == s["workDir"]
+    assert (await created(daemon))[s["id"]]["detail"]["workDir"] == s["workDir"]
     await daemon.wait_event(s["id"], "turn")
 
     r = await daemon.http.post(f"/v1/sessions/{s['id']}/fork", json={"name": "branch"})
     assert r.status_code == 201, r.text
-    fork = created(daemon)[r.json()["id"]]
+    fork = (await created(daemon))[r.json()["id"]]
     assert fork["detail"]["forkedFrom"] == s["id"] and fork["detail"]["workDir"] == s["workDir"]
     assert fork["detail"]["agent"] == s["agent"] and fork["actor"] == "local"
 
@@ -32,7 +32,7 @@ async def test_a_pipeline_stage_and_a_fork_leave_the_create_audit_record(daemon:
     assert r.status_code == 201, r.text
     p = await wait_pipeline(daemon, r.json()["id"])
     assert p["status"] == "completed", p
-    stage = created(daemon)[p["stages"][0]["sessionId"]]
+    stage = (await created(daemon))[p["stages"][0]["sessionId"]]
     assert stage["actor"] == f"pipeline:{p['id']}"
     assert stage["detail"]["pipelineId"] == p["id"] and stage["detail"]["stage"] == "only"
     assert stage["detail"]["workDir"] == p["workDir"] and stage["detail"]["ownerKeyId"] is None

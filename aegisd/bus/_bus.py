@@ -112,6 +112,8 @@ class EventBus:
         self._subs: dict[str | None, set[Subscription]] = {}
         self._unsaved: list[Event] = []
         self._wake = trio.Event()
+        self._flush_lock = trio.Lock()  # a flush returns once everything published before it is stored
+        self._first_id = 1  # the first id of this daemon's life: older events are only in the store
         self.published = 0
         self.dropped_subscribers = 0
 
@@ -119,6 +121,7 @@ class EventBus:
         if self._store is not None:
             last = await self._store.last_event_id()
             self._next_id = last + 1 + (RESTART_ID_GAP if last else 0)
+        self._first_id = self._next_id
 
     @property
     def last_id(self) -> int:
@@ -165,10 +168,17 @@ class EventBus:
         sub = Subscription(self, session_id, maxsize)
         self._subs.setdefault(session_id, set()).add(sub)  # before replay: live ones queue meanwhile
         if after_id is not None:
-            ring = self._global if session_id is None else self._rings.get(session_id, ())
-            replay = [e for e in ring if e.id > after_id]
-            oldest_in_ring = ring[0].id if ring else self._next_id
-            if after_id + 1 < oldest_in_ring and self._store is not None:
+            ring = self._global if session_id is None else self._rings.get(session_id)
+            replay = [e for e in ring if e.id > after_id] if ring is not None else []
+            # a ring holds every event of its scope since this daemon started, until it is full; a session
+            # with no ring here (none of its events published since the start, or forgotten) is in the store
+            if ring is None:
+                complete_from = self._next_id
+            elif ring.maxlen is not None and len(ring) == ring.maxlen:
+                complete_from = ring[0].id
+            else:
+                complete_from = self._first_id
+            if after_id + 1 < complete_from and self._store is not None:
                 await self.flush()
                 replay = await self._store.read_events(session_id=session_id, after_id=after_id, limit=10_000)
             sub._replay = collections.deque(replay)
@@ -178,9 +188,11 @@ class EventBus:
         self._rings.pop(session_id, None)
 
     async def flush(self) -> None:
-        if self._store is not None and self._unsaved:
-            batch, self._unsaved = self._unsaved, []
-            await self._store.append_events(batch)
+        """Store every event published so far (waiting for a batch another flush has in flight)."""
+        async with self._flush_lock:
+            if self._store is not None and self._unsaved:
+                batch, self._unsaved = self._unsaved, []
+                await self._store.append_events(batch)
 
     async def run_persister(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -21,7 +21,7 @@ import trio
 
 from aegisd.bus import EventBus
 from aegisd.core.errors import NotFound, ValidationError
-from aegisd.core.events import Pipeline, Verification
+from aegisd.core.events import Ended, Pipeline, Turn, Verification, payload
 from aegisd.core.models import now_ms
 from aegisd.core.states import State
 from aegisd.features.verify import Verifier
@@ -340,18 +340,19 @@ class PipelineManager:
             stage = by_session.get(ev.sessionId)
             if stage is None:
                 continue
-            if ev.event == "verification" and stage.status == "verifying" and ev.data.get("status") != "running":
-                await self._verdict(p, stage, self._verdicts.pop(ev.sessionId, ev.data))
-                return
-            if ev.event == "turn" and stage.status == "running":
-                runner = self.sessions.runners.get(ev.sessionId)
-                if (runner is not None and runner.busy) or int(ev.data.get("turn") or 0) < stage.awaitTurn:
-                    continue
-                await self._finish_stage(p, stage, ev.data.get("stopReason"))
-                return
-            if ev.event == "ended":
-                await self._finish_stage(p, stage, None, ended=str(ev.data.get("status")))
-                return
+            match payload(ev):
+                case Verification(status=status) if stage.status == "verifying" and status != "running":
+                    await self._verdict(p, stage, self._verdicts.pop(ev.sessionId, ev.data))
+                    return
+                case Turn(turn=turn, stopReason=stop) if stage.status == "running":
+                    runner = self.sessions.runners.get(ev.sessionId)
+                    if (runner is not None and runner.busy) or turn < stage.awaitTurn:
+                        continue
+                    await self._finish_stage(p, stage, stop)
+                    return
+                case Ended(status=status):
+                    await self._finish_stage(p, stage, None, ended=str(status.value))
+                    return
 
     async def _finish_stage(self, p: PipelineRecord, s: StageState, stop: str | None, *,
                             ended: str | None = None) -> None:

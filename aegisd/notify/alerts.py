@@ -23,7 +23,9 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from aegisd.core import retry
 from aegisd.core.config import AlertingConfig
+from aegisd.core.events import StatusChanged, payload
 from aegisd.core.sections import validate_alerting as validate
+from aegisd.core.states import State
 from aegisd.notify.webhooks import Endpoint, log_url, sign
 
 if TYPE_CHECKING:
@@ -193,12 +195,11 @@ class Alerts:
             task_status.started()
             async with sub:
                 async for ev in sub:
-                    if ev.event != "status":
-                        continue
-                    status, sid = ev.data.get("status"), (ev.sessionId or "")[:8]
-                    if status == "crashed":
-                        self.record("session_failure", f"session {sid} crashed: {ev.data.get('detail') or '?'}",
-                                    session_id=ev.sessionId)
-                    elif status == "stalled":
-                        self.record("session_stall", f"session {sid} stalled: {ev.data.get('detail') or '?'}",
-                                    session_id=ev.sessionId)
+                    sid = (ev.sessionId or "")[:8]
+                    match payload(ev):
+                        case StatusChanged(status=State.CRASHED, detail=detail):
+                            self.record("session_failure", f"session {sid} crashed: {detail or '?'}",
+                                        session_id=ev.sessionId)
+                        case StatusChanged(status=State.STALLED, detail=detail):
+                            self.record("session_stall", f"session {sid} stalled: {detail or '?'}",
+                                        session_id=ev.sessionId)

@@ -25,6 +25,7 @@ import trio
 
 from aegisd.bus import EventBus
 from aegisd.core import retry
+from aegisd.core.events import Created, Ended, Message, Stall, StatusChanged, payload
 from aegisd.core.models import Event, SessionRecord, now_ms
 from aegisd.core.sections import Endpoint
 from aegisd.notify.health import ChannelHealth
@@ -119,21 +120,25 @@ def redact(value: Any, workdir: str | None) -> Any:
     return value
 
 
+_STATUS_HOOKS = {"permission_prompt": "status.permission", "idle": "status.idle", "running": "status.working",
+                 "stalled": "status.stall", "crashed": "status.error"}
+
+
 def event_name(ev: Event) -> str | None:
-    if ev.event == "created":
-        return "session.created"
-    if ev.event == "ended":
-        return "session.ended"
-    if ev.event == "status":
-        status = ev.data.get("status")
-        return {"permission_prompt": "status.permission", "idle": "status.idle", "running": "status.working",
-                "stalled": "status.stall", "crashed": "status.error"}.get(str(status))
-    if ev.event == "stall":
-        return "status.stall"
-    if ev.event == "message" and ev.data.get("role") == "assistant" and ev.data.get("contentType") == "text":
-        return "message.assistant"
-    if ev.event == "message" and ev.data.get("contentType") == "tool_use":
-        return "message.tool_use"
+    """The webhook event an envelope is, if any (matched on its typed kind)."""
+    match payload(ev):
+        case Created():
+            return "session.created"
+        case Ended():
+            return "session.ended"
+        case StatusChanged(status=status):
+            return _STATUS_HOOKS.get(status.value)
+        case Stall():
+            return "status.stall"
+        case Message(entry=entry) if entry.role == "assistant" and entry.contentType == "text":
+            return "message.assistant"
+        case Message(entry=entry) if entry.contentType == "tool_use":
+            return "message.tool_use"
     return None
 
 

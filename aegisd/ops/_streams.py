@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from aegisd.core.errors import Unauthorized
-from aegisd.core.events import Overflow, envelope
+from aegisd.core.events import Ended, Overflow, Turn, envelope, payload
 from aegisd.core.models import now_ms
 from aegisd.core.states import TERMINAL, State
 from aegisd.ops._registry import OpContext, op
@@ -84,12 +84,13 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[EventFrame]:
     async with aclosing(_follow(ctx, rec.id, p.afterId)) as evs:
         async for ev in evs:
             yield ev
-            if ev.event == "ended":
-                return
-            if p.untilIdle and ev.event == "turn":
-                runner = d.manager.runners.get(rec.id)
-                if runner is None or not runner.busy:
+            match payload(ev):
+                case Ended():
                     return
+                case Turn() if p.untilIdle:
+                    runner = d.manager.runners.get(rec.id)
+                    if runner is None or not runner.busy:
+                        return
 
 
 @op("events.follow", EventsParams, result=EventFrame, stream=True, summary="Stream events of all sessions, or of one")
