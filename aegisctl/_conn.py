@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +29,8 @@ def port_of(port: int | None = None) -> int:
 def health_at(port: int, timeout: float = 3.0) -> dict[str, Any] | None:
     """`GET /v1/health` (public) of whatever listens on 127.0.0.1:port; None when nothing answers there.
     Raises ConnectError when something answers that is not aegisd."""
+    import http.client
+
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", "/v1/health", headers={"Accept": "application/json"})
@@ -115,6 +114,8 @@ def connect(*, socket_path: str | None = None, url: str | None = None, port: int
 
 
 def systemd_unit_installed() -> bool:
+    import shutil
+
     unit = Path(os.path.expanduser("~/.config/systemd/user/aegisd.service"))
     return unit.exists() and shutil.which("systemctl") is not None
 
@@ -122,6 +123,8 @@ def systemd_unit_installed() -> bool:
 def start_background(*, port: int | None = None, quiet: bool = False, timeout: float = 30.0) -> dict[str, Any]:
     """Start aegisd detached (or through `systemctl --user` when the unit is installed) and wait until it
     answers. Returns the daemon's `hello`. With a port, aegisd is started on that port (the unit has its own)."""
+    import subprocess
+
     log_path = state_dir() / "aegisd.log"
     if systemd_unit_installed() and not port:
         subprocess.run(["systemctl", "--user", "start", "aegisd"], check=False)

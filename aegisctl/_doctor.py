@@ -124,8 +124,49 @@ def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dic
             results.append(_check("session store", "fail", exc.message,
                                   "start the server, or fix AEGIS_POSTGRES_URL / AEGIS_REDIS_URL"))
         results.extend(_optional_checks(cfg))
-        results.extend(_daemon_checks(cfg, Path(socket_path) if socket_path else cfg.socket_path))
+        sock = Path(socket_path) if socket_path else cfg.socket_path
+        daemon = _daemon_checks(cfg, sock)
+        results.extend(daemon)
+        results.append(_fd_check(cfg, _daemon_pid(daemon)))
     return results
+
+
+def _daemon_pid(checks: list[dict[str, Any]]) -> int | None:
+    for c in checks:
+        if c["name"] == "socket" and "(pid " in c["detail"]:
+            return int(c["detail"].rsplit("(pid ", 1)[1].rstrip(")"))
+    return None
+
+
+def _fd_check(cfg: Any, pid: int | None) -> dict[str, Any]:
+    """The open-files limit and the sessions it allows: the running daemon's (from /proc), else the limit a
+    daemon started from here would raise itself to (the hard limit; a systemd unit's LimitNOFILE)."""
+    from aegisd.sessions._limits import FDS_PER_SESSION, nofile, sessions_allowed
+
+    fix = ("the shipped unit sets LimitNOFILE=65536 (`ag service install` again to update it); started by hand, "
+           "raise `ulimit -Hn` first")
+    open_now = ""
+    if pid is not None:
+        try:
+            line = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                        if x.startswith("Max open files"))
+            soft_s, hard_s = line.split()[3:5]
+            soft = -1 if soft_s == "unlimited" else int(soft_s)
+            hard = -1 if hard_s == "unlimited" else int(hard_s)
+            open_now = f", {len(os.listdir(f'/proc/{pid}/fd'))} open now"
+            who = f"aegisd (pid {pid})"
+        except (OSError, StopIteration, ValueError):
+            pid = None
+    if pid is None:
+        soft, hard = nofile()
+        soft = hard  # aegisd raises its soft limit to the hard one at start
+        who = "aegisd started from this shell"
+    allowed = sessions_allowed(soft)
+    limit = "unlimited" if soft < 0 else str(soft)
+    detail = (f"{who}: open files {limit} (hard {'unlimited' if hard < 0 else hard}){open_now}: room for ~"
+              f"{allowed if soft >= 0 else 'any number of'} sessions at {FDS_PER_SESSION} fds each; "
+              f"maxSessions {cfg.maxSessions}")
+    return _check("file descriptors", "ok" if soft < 0 or allowed >= cfg.maxSessions else "warn", detail, fix)
 
 
 def _optional_checks(cfg: Any) -> list[dict[str, Any]]:

@@ -1,19 +1,20 @@
 """One small client for the control protocol, over the Unix socket (default) or over HTTP `POST /v1/rpc`.
 
-Stdlib only (socket, http.client, json), so `ag list` starts fast."""
+Stdlib only (socket, json; http.client only for the HTTP transport), so `ag list` starts fast."""
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import os
 import socket
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import http.client
 
 
 class ClientError(Exception):
@@ -164,6 +165,9 @@ class Client:
 
     # ---- HTTP transport ------------------------------------------------------------------------
     def _http_conn(self, timeout: float | None) -> tuple[http.client.HTTPConnection, str]:
+        import http.client  # here: ~20 ms of imports (email, ssl) the socket transport never needs
+        import urllib.parse
+
         assert self.url is not None
         u = urllib.parse.urlsplit(self.url)
         cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
@@ -197,6 +201,8 @@ class Client:
         return frame  # type: ignore[no-any-return]
 
     def _http_stream(self, op: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        import http.client
+
         conn, path = self._http_conn(None)
         try:
             conn.request("POST", path, json.dumps({"id": 1, "op": op, "params": params}), self._headers())

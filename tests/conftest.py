@@ -206,7 +206,7 @@ def _no_daemon_left_behind() -> Iterator[None]:
 
 async def start_daemon_process(tmp_path: Path, sock_dir: Path, *, extra_env: dict[str, str] | None = None,
                                args: list[str] | None = None, nursery: trio.Nursery | None = None,
-                               timeout: float = 20) -> DaemonProcess:
+                               timeout: float = 20, wrapper: list[str] | None = None) -> DaemonProcess:
     state = tmp_path / "state"
     sock = sock_dir / "s" / "aegisd.sock"
     env = agent_env(tmp_path)
@@ -214,7 +214,7 @@ async def start_daemon_process(tmp_path: Path, sock_dir: Path, *, extra_env: dic
                 "AEGIS_ALLOWED_WORK_DIRS": str(tmp_path), "AEGIS_AGENT_COMMAND": " ".join(FAKE_AGENT_CMD),
                 "AEGIS_KILL_GRACE_MS": "1500", "PYTHONUNBUFFERED": "1"})
     env.update(extra_env or {})
-    proc = await trio.lowlevel.open_process([sys.executable, "-m", "aegisd", *(args or [])], env=env,
+    proc = await trio.lowlevel.open_process([*(wrapper or []), sys.executable, "-m", "aegisd", *(args or [])], env=env,
                                             cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _STARTED.append(proc)
     assert proc.stdout is not None

@@ -418,7 +418,7 @@ def main() -> None:
         os._exit(42)
     if MODE == "noisy-stdout":
         write_raw(b"starting up...\n")
-    if MODE == "ignore-sigterm":
+    if MODE in ("ignore-sigterm", "stubborn"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if MODE.startswith("slow-start:"):
         time.sleep(int(MODE.split(":", 1)[1]) / 1000)
@@ -431,7 +431,7 @@ def main() -> None:
             send({"id": None, "error": {"code": -32700, "message": "Parse error"}})
             continue
         handle(msg)
-    if MODE == "ignore-stdin-eof":
+    if MODE in ("ignore-stdin-eof", "stubborn"):
         while True:
             time.sleep(3600)
     os._exit(0)

@@ -103,3 +103,19 @@ async def test_a_decision_says_who_decided(daemon: Any, workdir: Path) -> None:
     decided = ev.payload(await daemon.wait_event(s["id"], "permission.decided"))
     assert isinstance(decided, ev.PermissionDecided) and decided.auto is False and decided.decision == "allow"
     assert decided.requestId == asked.request.requestId and decided.by
+
+
+async def test_event_ids_never_go_back_even_when_a_daemon_persisted_none(tmp_path: Path) -> None:
+    """Issue 13 item 2: each daemon stores where its ids start, so one killed before it persisted any event
+    (its ids seen by a client, then lost) still pushes the next daemon's ids past them."""
+    from aegisd.store._file import FileStore
+
+    seen: list[int] = []
+    for _ in range(3):  # three daemons on one store, each "killed" before its persister ran
+        st = FileStore(tmp_path)
+        await st.open()
+        bus = EventBus(st)
+        await bus.open()
+        seen += [bus.publish("s1", ev.Chunk(role="assistant", contentType="text", text="x")).id for _ in range(3)]
+        st._release()  # the lock of a killed daemon goes with it
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from aegisd.core import events as ev
@@ -98,6 +99,87 @@ def test_prompts_wait_for_the_agent_to_be_ready() -> None:
     assert res["queued"] and not any(isinstance(e, SendPrompt) for e in out)
     out = m.ready(clock.now)
     assert statuses(out) == [State.IDLE] and out[-1] == SendPrompt("early")
+
+
+def test_a_prompt_is_stored_before_it_is_answered_and_before_it_is_sent() -> None:
+    clock = Clock()
+    m = machine(clock)
+    res, out = m.prompt("one", clock.now)
+    kinds = [type(e).__name__ for e in out if isinstance(e, (Save, Append, SendPrompt))]
+    # saved queued and as being delivered (the answer waits for it), its user entry, then the wire
+    assert kinds == ["Save", "Append", "SendPrompt"]
+    user = next(e for e in out if isinstance(e, Append)).entries[-1]
+    [head] = m.rec.promptQueue
+    assert head.text == "one" and head.entryId == user.id and head.at == clock.wall
+    _, out = m.prompt("two", clock.now)
+    assert out == [Count("prompts"), Save()] and [q.text for q in m.rec.promptQueue] == ["one", "two"]
+    m.prompt_sent(clock.now)
+    out = m.turn_ended("end_turn", None, clock.now)
+    # "one" is done with: out of the queue; "two" is marked and saved before its entry is appended
+    assert [(q.text, q.entryId is not None) for q in m.rec.promptQueue] == [("two", True)]
+    saves = [i for i, e in enumerate(out) if isinstance(e, Save)]
+    entry = next(i for i, e in enumerate(out) if isinstance(e, Append) and e.entries[-1].role == "user")
+    assert saves and saves[0] < entry < out.index(SendPrompt("two"))
+    m.prompt_sent(clock.now)
+    m.turn_ended("end_turn", None, clock.now)
+    assert m.rec.promptQueue == []
+
+
+def test_after_a_restart_queued_prompts_are_replayed_in_order_and_a_delivered_one_never_again() -> None:
+    clock = Clock()
+    m = machine(clock)
+    m.prompt("one", clock.now)
+    m.prompt_sent(clock.now)
+    m.prompt("two", clock.now)
+    m.prompt("three", clock.now)
+    one = m.rec.promptQueue[0]
+    assert one.entryId is not None
+    # the daemon is killed: the record as saved goes to the next daemon, with the transcript the store holds
+    saved = msgspec.json.decode(msgspec.json.encode(m.rec), type=SessionRecord)
+    saved.transcriptCount = 0  # a stale count: the store decides
+    m2 = SessionMachine(saved, now=clock.now, prompt_timeout_s=300, wall_ms=clock.ms)
+    m2.recovered(stored_entries=one.entryId, last_entry_id=one.entryId)  # "one"'s user entry is stored
+    assert m2.prompts == ["two", "three"] and saved.transcriptCount == one.entryId
+    m2.resuming()
+    out = m2.ready(clock.now)
+    assert out[-1] == SendPrompt("two")  # not "one" again
+    user = next(e for e in out if isinstance(e, Append)).entries[-1]
+    assert user.id == one.entryId + 1 and user.text == "two"  # ids continue from the store
+    m2.prompt_sent(clock.now)
+    assert m2.turn_ended("end_turn", None, clock.now)[-1] == SendPrompt("three")
+
+
+def test_a_prompt_whose_entry_never_reached_the_store_is_sent_after_a_restart() -> None:
+    clock = Clock()
+    m = machine(clock)
+    m.prompt("one", clock.now)  # saved as being delivered; killed before its entry was appended
+    saved = msgspec.json.decode(msgspec.json.encode(m.rec), type=SessionRecord)
+    m2 = SessionMachine(saved, now=clock.now, prompt_timeout_s=300, wall_ms=clock.ms)
+    m2.recovered(stored_entries=0, last_entry_id=0)
+    assert m2.prompts == ["one"] and saved.promptQueue[0].entryId is None
+    m2.resuming()
+    out = m2.ready(clock.now)
+    assert out[-1] == SendPrompt("one")
+    assert next(e for e in out if isinstance(e, Append)).entries[-1].id == 1
+
+
+def test_ids_continue_from_the_last_stored_entry_not_the_records_count() -> None:
+    clock = Clock()
+    m = SessionMachine(SessionRecord(id="s1", workDir="/w", transcriptCount=3), now=clock.now,
+                       prompt_timeout_s=300, wall_ms=clock.ms)
+    m.recovered(stored_entries=9, last_entry_id=9)
+    assert m.rec.transcriptCount == 9 and m.builder.next_id == 10
+
+
+def test_interrupt_and_the_end_drop_the_stored_queue() -> None:
+    clock = Clock()
+    m = running(clock)
+    m.prompt("later", clock.now)
+    _, out = m.interrupt(clock.now)
+    assert Save() in out and [q.text for q in m.rec.promptQueue] == ["hi"]  # the turn's own stays until it ends
+    m.prompt("again", clock.now)
+    m.finish(State.KILLED, "killed", None)
+    assert m.rec.promptQueue == []
 
 
 def test_a_refused_prompt_keeps_the_error() -> None:
@@ -269,7 +351,7 @@ def test_a_crash_ends_with_its_reason_and_exit_code() -> None:
     m.request_permission(1, ask(), clock.now)
     out = m.end_requested()
     assert out == [Answer(1, {"outcome": "cancelled"})] and m.head is None
-    assert m.prompt("too late", clock.now)[1][-1] == Count("prompts")  # no turn once ending
+    assert m.prompt("too late", clock.now)[1] == [Count("prompts"), Save()]  # stored, but no turn once ending
     crash = CrashInfo(reason="agent_exited: the agent exited with code 3 while running", exitCode=3)
     out = m.finish(State.CRASHED, "agent_exited", crash)
     assert statuses(out) == [State.CRASHED] and Count("crashes") in out

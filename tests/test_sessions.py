@@ -213,8 +213,9 @@ async def test_kill_and_close(daemon: DaemonHandle, workdir: Path) -> None:
     r = await daemon.http.delete(f"/v1/sessions/{a['id']}")
     assert r.status_code == 200 and r.json()["ok"] is True
     assert daemon.manager.records[a["id"]].status == State.KILLED
-    from .conftest import pid_alive
-    assert pid is not None and not pid_alive(pid)
+    from .conftest import wait_dead
+    assert pid is not None
+    await wait_dead([pid])  # the agent's stop continues after the answer (tests/test_limits.py)
     r = await daemon.http.delete(f"/v1/sessions/{a['id']}")
     assert r.status_code == 409
     b = await daemon.create(workdir, reuse=False)

@@ -625,15 +625,11 @@ def test_soak_acknowledged_creates_kills_and_approvals_survive(soak: Soak) -> No
     assert not soak.lost_creates and not soak.lost_kills and not soak.lost_approvals, soak.summary()
 
 
-# Issue 13 item 1: the prompt queue is in memory, so a prompt acknowledged as queued dies with the daemon.
-@pytest.mark.xfail(reason="issue 13 item 1: queued prompts are not persisted", strict=False)
 def test_soak_acknowledged_prompts_are_delivered_exactly_once(soak: Soak) -> None:
     assert len(soak.prompts) > len(soak.dropped_by_kill), soak.summary()
     assert not soak.lost_prompts and not soak.duplicated_prompts, soak.summary()
 
 
-# Issue 13 item 2: the next transcript id comes from the session record's count, saved less often.
-@pytest.mark.xfail(reason="issue 13 item 2: transcript ids continue from a cached count", strict=False)
 def test_soak_transcript_ids_are_never_reused(soak: Soak) -> None:
     assert soak.entries, soak.summary()
     assert not soak.reused_entries and not soak.vanished_entries, soak.summary()

@@ -5,7 +5,6 @@ The commands are grouped by topic, one module each; a module is imported only wh
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
@@ -55,6 +54,8 @@ class AegisGroup(click.Group):
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         name = args[0] if args else ""
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
             close = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.5)
             hint = f" Did you mean `ag {close[0]}`?" if close else ""
             raise click.UsageError(f"unknown command {name!r}.{hint} (`ag --help` lists the commands; to give "

@@ -6,7 +6,12 @@ Startup: config -> store (single-writer lock) -> what the features keep in it ->
 session cgroups -> sessions recovered -> notifiers, pipelines -> HTTP -> control socket -> READY. Shutdown
 (SIGTERM/SIGINT, or `ag stop`): stop accepting, end streams, stop every agent (their states are kept for the next
 start to resume), flush and close the store, remove the socket. A second signal during shutdown skips the graceful
-part (aegisd/app/main.py)."""
+part (aegisd/app/main.py).
+
+Shutdown always ends, within the systemd unit's TimeoutStopSec (15 s), even when the store hangs or fails: once it
+began, the daemon waits for the store at most STORE_STOP_SOFT_S while the store is degraded, and STORE_STOP_HARD_S in
+any case; then it gives up on the store (every waiting write fails, aegisd/store/_health.py), the agents are stopped
+all the same, the closing of the store is bounded too, and aegisd exits non-zero naming what was not stored."""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from aegisd.auth.callers import Callers
 from aegisd.auth.oidc import Oidc
 from aegisd.bus import EventBus
 from aegisd.core.config import Config, is_loopback
-from aegisd.core.errors import NotFound, QuotaExceeded, ValidationError
+from aegisd.core.errors import NotFound, QuotaExceeded, StoreUnavailable, ValidationError
 from aegisd.core.sections import parse_endpoints
 from aegisd.features.memory import MemoryStore
 from aegisd.features.metering import UsageLedger
@@ -43,12 +48,17 @@ from aegisd.notify.mail import Email
 from aegisd.notify.webhooks import Webhooks
 from aegisd.ops import Services, stage_sessions
 from aegisd.sessions import SessionManager
+from aegisd.sessions._limits import is_exhaustion
 from aegisd.store import Collection, RecordLog, Store, open_store
 from aegisd.surfaces.control import serve_control
 from aegisd.surfaces.http import create_app
 from aegisd.surfaces.telegram import Telegram
 
 log = structlog.get_logger("aegisd")
+
+STORE_STOP_SOFT_S = 6.0  # after the stop began: give up on a store that is degraded
+STORE_STOP_HARD_S = 10.0  # give up on the store whatever it says (a call that hangs)
+STORE_CLOSE_S = 2.0  # closing the store (final flush, releasing the lock) at most this long
 
 
 class Daemon:
@@ -85,6 +95,8 @@ class Daemon:
         if self.oidc is not None:
             self.oidc.on_change = self.credentials.changed
         self.alerts = Alerts(cfg.alerting)
+        self.store.health.on_change = self.alerts.store_changed  # one alert per outage of the store
+        self.manager.on_exhausted = lambda detail: self.alerts.record("resource_exhausted", detail)
         self.webhooks = Webhooks(bus=self.bus, records=self.manager.records, alert=self.alerts.record,
                                  endpoints=parse_endpoints(cfg.webhooks), dlq=RecordLog(self.store, "webhooks-dlq"),
                                  legacy_dlq=state / "webhooks-dlq.json")
@@ -109,6 +121,7 @@ class Daemon:
         self.telegram = Telegram(self.services, cfg.telegram) if cfg.telegram.enabled else None
         self.services.channels = [c.health for c in (self.telegram, self.mail) if c is not None]
         self._shutdown: trio.Event | None = None  # run()'s; set by request_stop (the daemon.stop operation)
+        self._stop_bound: trio.CancelScope | None = None  # the task bounding the stop's waits on the store
 
     # the few things tests and the CLI read off a running daemon
     @property
@@ -182,7 +195,8 @@ class Daemon:
             self.manager.cgroups = svc.cgroups = svc.callers.cgroups = self.cgroups
             svc.callers.self_test()
             async with trio.open_nursery() as root:
-                await root.start(self.bus.run_persister)
+                await root.start(self.store.monitor)  # reconnects, takes the lock again, keeps health current
+                await root.start(self._persist_events)
                 await root.start(self.audit.run)
                 await root.start(self.keys.run)
                 await root.start(self.usage.run)
@@ -195,9 +209,11 @@ class Daemon:
                         await root.start(service.run)
                 await root.start(self.pipelines.run)
                 await self._serve(shutdown, task_status=task_status)
+                self._bound_stop()
                 await self.manager.shutdown()
                 root.cancel_scope.cancel()
         finally:
+            self._bound_stop()
             with trio.CancelScope(shield=True):
                 if self.cgroups is not None:
                     await self.cgroups.close()
@@ -207,8 +223,64 @@ class Daemon:
                     await self.usage.close()
                     await self.keys.flush_used()
                 finally:
-                    await self.store.close()
+                    await self._close_store()
+                if self._stop_bound is not None:
+                    self._stop_bound.cancel()
                 log.info("aegisd.stopped")
+        if self.store.health.given_up is not None:
+            raise StoreUnavailable(f"stopped without storing everything: {self.store.health.given_up}")
+
+    def _bound_stop(self) -> None:
+        """Once the stop began: give up on the store when it keeps the stop waiting (see the module's docstring).
+        A system task, so it runs beside whatever shields the stop's own waits."""
+        if self._stop_bound is not None:
+            return
+        scope = self._stop_bound = trio.CancelScope()
+        health = self.store.health
+
+        async def bound() -> None:
+            with scope:
+                start = trio.current_time()
+                while trio.current_time() - start < STORE_STOP_HARD_S:
+                    if not health.ok and trio.current_time() - start >= STORE_STOP_SOFT_S:
+                        break
+                    await trio.sleep(0.2)
+                health.give_up(f"the store kept the stop waiting for {trio.current_time() - start:.0f} s "
+                               f"({health.reason or 'no answer'})")
+        trio.lowlevel.spawn_system_task(bound)
+
+    async def _close_store(self) -> None:
+        """Close the store (final flush, releasing its lock), at most STORE_CLOSE_S: a store that does not answer
+        is left behind (its lock goes with this process)."""
+        try:
+            with trio.move_on_after(STORE_CLOSE_S) as cs:
+                await self.store.close()
+        except StoreUnavailable as exc:
+            log.error("aegisd.store_close_failed", error=exc.message)
+            self.store.health.give_up(exc.message)
+            return
+        except OSError as exc:
+            log.error("aegisd.store_close_failed", error=str(exc))
+            self.store.health.give_up(f"closing the store failed: {exc}")
+            return
+        if cs.cancelled_caught:
+            log.error("aegisd.store_close_failed", error=f"no answer within {STORE_CLOSE_S} s")
+            self.store.health.give_up(f"closing the store took longer than {STORE_CLOSE_S} s")
+
+    async def _persist_events(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The bus's persister, started again when a write fails for want of fds or memory (that batch of events
+        was delivered live but misses the stored log): running short must not end the daemon."""
+        status = task_status
+        while True:
+            try:
+                await self.bus.run_persister(task_status=status)
+                return
+            except Exception as exc:
+                if not is_exhaustion(exc):
+                    raise
+                log.error("aegisd.events_not_saved", error=repr(exc))
+                status = trio.TASK_STATUS_IGNORED
+                await trio.sleep(1)
 
     async def _open_persistence(self) -> None:
         """Load what the features keep in the store; files an earlier version kept beside it move in first."""

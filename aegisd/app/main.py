@@ -66,6 +66,21 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="aegisd")
 
 
+def raise_limits(config: Config) -> None:
+    """The soft open-files limit up to the hard one (systemd's default soft limit is 1024: ~230 sessions), and
+    a warning when what it allows is below maxSessions."""
+    from aegisd.sessions._limits import raise_nofile, sessions_allowed
+
+    before, soft, hard = raise_nofile()
+    allowed = sessions_allowed(soft)
+    log.info("aegisd.limits", nofile=soft, nofile_before=before, nofile_hard=hard, sessions_allowed=allowed,
+             max_sessions=config.maxSessions)
+    if allowed < config.maxSessions:
+        log.warning("aegisd.nofile_low", nofile=soft, sessions_allowed=allowed, max_sessions=config.maxSessions,
+                    fix="raise the hard limit: LimitNOFILE=65536 in the unit (ag service install sets it), or "
+                        "`ulimit -Hn` in the shell that starts aegisd")
+
+
 def run_foreground(*, config_path: str | None = None, overrides: dict[str, Any] | None = None) -> None:
     """Run the daemon until it is stopped. A failure is one line on stderr naming the cause and the setting to
     change (and a JSON log event for journald); the traceback only at debug level."""
@@ -82,6 +97,7 @@ def run_foreground(*, config_path: str | None = None, overrides: dict[str, Any] 
     setup_logging(config.logLevel, json=json_logs)
     for w in warnings:
         log.warning("config.warning", detail=w)
+    raise_limits(config)
     try:
         code = trio.run(_main, config)
     except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - every failure becomes one readable line

@@ -139,7 +139,9 @@ class AuditLog:
                 self._wake.set()
 
     async def read_all(self) -> list[dict[str, Any]]:
-        """Every record, oldest first: those stored, then those on their way."""
+        """Every record, oldest first: those stored, then those on their way (stored first when the store takes
+        them, so a seq a reader saw is durable and never given to another record after a crash)."""
+        await self.stored()
         async with self._lock:
             stored = [r for _, r in await self.log.read()]
             return stored + list(self._pending)

@@ -11,17 +11,21 @@ import collections
 import structlog
 import trio
 
+from aegisd.core.errors import StoreUnavailable
 from aegisd.core.events import SessionEvent, envelope
 from aegisd.core.models import Event, now_ms
-from aegisd.store import Store
+from aegisd.store import Store, until_stored
 
 log = structlog.get_logger("aegisd.events")
 
 RING_PER_SESSION = 1000
 RING_GLOBAL = 2000
 # Ids published but not yet persisted when the daemon is SIGKILLed are lost; restarting past them by this
-# margin keeps ids strictly monotonic for any client that saw them.
+# margin keeps ids strictly monotonic for any client that saw them. Each daemon stores where it started (before
+# it publishes anything), so a daemon killed before it persisted a single event still pushes the next one past
+# the ids it gave out, across any number of kills.
 RESTART_ID_GAP = 10_000
+_START_DOC = ("bus", "event-ids")  # {"start": the first id of the last daemon that opened the store}
 
 
 class Subscription:
@@ -112,7 +116,8 @@ class EventBus:
         self._subs: dict[str | None, set[Subscription]] = {}
         self._unsaved: list[Event] = []
         self._wake = trio.Event()
-        self._flush_lock = trio.Lock()  # a flush returns once everything published before it is stored
+        self._flush_lock = trio.Lock()  # a flush returns once everything published before it is stored; batches
+        # reach the store in order, even when one must be retried
         self._first_id = 1  # the first id of this daemon's life: older events are only in the store
         self.published = 0
         self.dropped_subscribers = 0
@@ -120,7 +125,11 @@ class EventBus:
     async def open(self) -> None:
         if self._store is not None:
             last = await self._store.last_event_id()
-            self._next_id = last + 1 + (RESTART_ID_GAP if last else 0)
+            mark = await self._store.doc_get(*_START_DOC)
+            started = int(mark.get("start", 0)) if isinstance(mark, dict) else 0
+            top = max(last, started)
+            self._next_id = top + 1 + (RESTART_ID_GAP if top else 0)
+            await self._store.doc_put(*_START_DOC, {"start": self._next_id})
         self._first_id = self._next_id
 
     @property
@@ -188,22 +197,36 @@ class EventBus:
         self._rings.pop(session_id, None)
 
     async def flush(self) -> None:
-        """Store every event published so far (waiting for a batch another flush has in flight)."""
+        """Store every event published so far (waiting for a batch another flush has in flight).
+        StoreUnavailable: they stay queued, in order, for the next try."""
         async with self._flush_lock:
             if self._store is not None and self._unsaved:
                 batch, self._unsaved = self._unsaved, []
-                await self._store.append_events(batch)
+                try:
+                    await self._store.append_events(batch)
+                except Exception:
+                    self._unsaved[:0] = batch
+                    raise
+
+    async def _flush_until_stored(self) -> None:
+        assert self._store is not None
+        try:
+            await until_stored(self._store.health, self.flush, what="events")
+        except StoreUnavailable as exc:  # the daemon gave up on the store (stopping): say what is lost
+            log.error("events.not_stored", count=len(self._unsaved), error=exc.message)
 
     async def run_persister(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        if self._store is None:
+            return
         try:
             while True:
                 await self._wake.wait()
                 self._wake = trio.Event()
-                await self.flush()
+                await self._flush_until_stored()
         finally:
             with trio.CancelScope(shield=True):
-                await self.flush()
+                await self._flush_until_stored()
 
     def close_all(self) -> None:
         for subs in list(self._subs.values()):

@@ -159,6 +159,27 @@ class Unavailable(AegisError):
     status = 503
 
 
+class StoreUnavailable(Unavailable):
+    """The store cannot make a write durable now (its server is down, its directory is gone): the operation did
+    not take effect; try again after ``retry_after`` seconds (HTTP: 503 with Retry-After; details: retryAfter)."""
+
+    code = "STORE_UNAVAILABLE"
+    retry_after: ClassVar[int] = 5
+
+    def __init__(self, message: str = "", *, details: Any = None, retry_after: int | None = None) -> None:
+        after = self.retry_after if retry_after is None else retry_after
+        if details is None:
+            details = {"retryAfter": after}
+        super().__init__(message, details=details)
+
+
+class ResourceExhausted(Unavailable):
+    """The daemon or the machine ran out of open files, processes or memory: this one request is refused
+    (details: {resource, retryAfter}); the sessions already running go on."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class AgentError(AegisError):
     """The agent process failed or broke the protocol (the session crashes, the daemon does not)."""
 

@@ -49,6 +49,7 @@ class Created(SessionEvent, kw_only=True):
 
     def to_data(self) -> dict[str, Any]:
         out: dict[str, Any] = msgspec.to_builtins(self.record)
+        out.pop("promptQueue", None)  # the daemon's own, as in the API's view of a session
         return out
 
     @classmethod

@@ -7,8 +7,13 @@ permission requests, the end of a prompt turn, commands (prompt, approve/reject,
 send a prompt, cancel the turn, answer a permission request, end the session, count a metric.
 
 What it keeps is the session's working state, each thing in one place:
-- ``prompts``: the prompts waiting for their turn (oldest first), sent one turn at a time while the session is
-  idle;
+- the prompt queue, on the record (``rec.promptQueue``, persisted: acknowledged means stored): the prompts
+  waiting for their turn (oldest first), sent one turn at a time while the session is idle, and first the one
+  being delivered (``entryId`` set). A prompt is saved in the queue before its send is answered; before it is
+  sent to the agent, the record saying it is being delivered (``entryId``: its user entry) is saved, then the
+  user entry appended; at the end of its turn it leaves the queue. After a restart, :meth:`recovered` keeps the
+  waiting ones for replay and drops the one whose user entry reached the store (it may have reached the agent:
+  it is never sent twice);
 - ``turn``: the prompt turn in flight (None between turns);
 - ``asks``: the permission requests waiting for a decision, oldest (the one approve/reject decides) first; the
   the record's ``pendingPermission`` is written from it (``head``) whenever the runner saves the record, never
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +44,7 @@ from aegisd.core.models import (
     LastError,
     PendingPermission,
     PermissionOption,
+    QueuedPrompt,
     SessionRecord,
     TranscriptEntry,
     now_ms,
@@ -132,6 +139,7 @@ class Turn(msgspec.Struct):
 
     text: str
     started: float
+    prompt_id: str = ""  # its QueuedPrompt's id
     sent: bool = False  # session/prompt is on the wire
     cancel_early: bool = False  # an interrupt came before it was
     timeout_at: float | None = None  # when the prompt timeout cancelled it
@@ -154,7 +162,6 @@ class SessionMachine:
         self.cancel_grace_s = CANCEL_GRACE_S if cancel_grace_s is None else cancel_grace_s
         self.wall_ms = wall_ms
         self.builder = TranscriptBuilder(next_id=rec.transcriptCount + 1, clock=wall_ms)
-        self.prompts: collections.deque[str] = collections.deque()
         self.status = rec.status  # the record shows it once the runner carries out SetStatus
         self.turn: Turn | None = None
         self.asks: collections.deque[Ask] = collections.deque()
@@ -167,9 +174,19 @@ class SessionMachine:
 
     # ---- views ---------------------------------------------------------------------------------
     @property
+    def waiting(self) -> list[QueuedPrompt]:
+        """The queued prompts waiting for their turn, oldest first (not the one being delivered)."""
+        return [q for q in self.rec.promptQueue if q.entryId is None]
+
+    @property
+    def prompts(self) -> list[str]:
+        """The texts of the prompts waiting for their turn, oldest first."""
+        return [q.text for q in self.waiting]
+
+    @property
     def busy(self) -> bool:
         """A turn is in flight or queued."""
-        return self.turn is not None or bool(self.prompts)
+        return self.turn is not None or bool(self.waiting)
 
     @property
     def pending(self) -> list[PendingPermission]:
@@ -204,16 +221,22 @@ class SessionMachine:
         return [Append(entries)] if entries else []
 
     def _next_turn(self, now: float) -> list[Effect]:
-        if not (self.prompts and self.turn is None and self.status == State.IDLE and self.started
-                and not self.ending):
+        waiting = self.waiting
+        if not (waiting and self.turn is None and self.status == State.IDLE and self.started and not self.ending):
             return []
-        text = self.prompts.popleft()
-        self.turn = Turn(text=text, started=now)
+        head = waiting[0]
+        entries = self.builder.user_prompt(head.text)
+        # saved as being delivered before its user entry is appended and before it is sent: after a crash the
+        # store tells whether it may have reached the agent (its entry is there) or not (replayed)
+        head.entryId = entries[-1].id
+        self.turn = Turn(text=head.text, started=now, prompt_id=head.id)
         self.delivered_prompts += 1
-        out = self._append(self.builder.user_prompt(text))
         self.rec.turns += 1
         self._touch(now)
-        return [*out, SendPrompt(text)]
+        return [Save(), *self._append(entries), SendPrompt(head.text)]
+
+    def _done_with(self, prompt_id: str) -> None:
+        self.rec.promptQueue = [q for q in self.rec.promptQueue if q.id != prompt_id]
 
     def _cancel_asks(self, now: float | None = None) -> list[Effect]:
         """Answer every waiting request "cancelled"; with ``now``, leave permission_prompt (the session goes
@@ -232,6 +255,24 @@ class SessionMachine:
         return []
 
     # ---- the agent -----------------------------------------------------------------------------
+    def recovered(self, *, stored_entries: int, last_entry_id: int) -> None:
+        """A new daemon takes the session over (after a stop or a crash): the store holds ``stored_entries``
+        transcript entries, the last with id ``last_entry_id``. The next entry id continues from what is stored
+        (never from the record's count, which may be older), and the prompt queue is settled: one whose user
+        entry is stored was being delivered (it may have reached the agent: it is not sent again); one whose
+        entry is not waits again, in its place, with the others."""
+        rec = self.rec
+        rec.transcriptCount = stored_entries
+        self.builder = TranscriptBuilder(next_id=max(stored_entries, last_entry_id) + 1, clock=self.wall_ms)
+        queue: list[QueuedPrompt] = []
+        for q in rec.promptQueue:
+            if q.entryId is not None:
+                if q.entryId <= last_entry_id:
+                    continue  # delivered (or maybe): its entry is in the transcript
+                q.entryId = None
+            queue.append(q)
+        rec.promptQueue = queue
+
     def resuming(self) -> list[Effect]:
         """A new daemon starts the agent again for a session the last one left live."""
         return self._set_state(State.PENDING, "daemon_restart")
@@ -279,14 +320,16 @@ class SessionMachine:
         return out + self._append(self.builder.update(update))
 
     # ---- prompts and turns ---------------------------------------------------------------------
-    def prompt(self, text: str, now: float) -> tuple[dict[str, Any], list[Effect]]:
-        """Queue a prompt; it is sent at once when the session is idle."""
-        self.prompts.append(text)
-        idle_now = self.status == State.IDLE and self.turn is None
-        out: list[Effect] = [Count("prompts"), *self._next_turn(now)]
+    def prompt(self, text: str, now: float, *, prompt_id: str | None = None) -> tuple[dict[str, Any], list[Effect]]:
+        """Queue a prompt; it is sent at once when the session is idle. The effects save the record with the
+        prompt queued first: the runner answers once they are carried out, so an answered prompt is stored."""
+        self.rec.promptQueue.append(QueuedPrompt(id=prompt_id or uuid.uuid4().hex, text=text, at=self.wall_ms()))
+        idle_now = self.status == State.IDLE and self.turn is None and self.started and not self.ending
+        turn = self._next_turn(now)  # when it starts at once, its first Save stores the prompt too
+        out: list[Effect] = [Count("prompts"), *(turn if turn else [Save()])]
         if idle_now:
             return {"ok": True, "delivered": True, "queued": False, "attempts": 1}, out
-        return {"ok": True, "delivered": False, "queued": True, "queuePosition": len(self.prompts),
+        return {"ok": True, "delivered": False, "queued": True, "queuePosition": len(self.waiting),
                 "attempts": 0}, out
 
     def prompt_sent(self, now: float) -> list[Effect]:
@@ -310,6 +353,8 @@ class SessionMachine:
         if turn is not None and turn.timeout_at is not None and stop == "cancelled":
             stop = "timeout"
         self.turn = None
+        if turn is not None:
+            self._done_with(turn.prompt_id)
         out += [Count("turns"), Count("turn_duration", ((now - turn.started) if turn else 0.0) * 1000)]
         out += self._cancel_asks()
         rec.stopReason = stop
@@ -324,22 +369,26 @@ class SessionMachine:
         out.append(Publish(done))
         if self.status in (State.RUNNING, State.STALLED, State.PERMISSION_PROMPT):
             out += self._set_state(State.IDLE, stop)
+        if not any(isinstance(e, Save) for e in out):
+            out.append(Save())  # the prompt is done with: out of the stored queue
         out.append(Flush())
         return out + self._next_turn(now)
 
     def interrupt(self, now: float) -> tuple[dict[str, Any], list[Effect]]:
         """Drop the queued prompts and cancel the turn (and the requests it waits on)."""
-        self.prompts.clear()
+        dropped = bool(self.waiting)
+        self.rec.promptQueue = [q for q in self.rec.promptQueue if q.entryId is not None]
         turn = self.turn
+        saved: list[Effect] = [Save()] if dropped else []  # the drop is stored before it is answered
         if turn is None:
-            return {"ok": True, "interrupted": False}, []
+            return {"ok": True, "interrupted": False}, saved
         out: list[Effect] = []
         if turn.sent:
             out.append(CancelTurn(strict=True))
         else:
             turn.cancel_early = True
         out += self._cancel_asks(now)
-        return {"ok": True, "interrupted": True}, out
+        return {"ok": True, "interrupted": True}, out + saved
 
     # ---- permissions ---------------------------------------------------------------------------
     def request_permission(self, key: int, params: w.RequestPermissionParams, now: float) -> list[Effect]:
@@ -476,6 +525,7 @@ class SessionMachine:
             self.builder.flush()
             return [*out, *self._save()]
         out += self._append(self.builder.flush())
+        rec.promptQueue = []  # the session is over: what waited is dropped with it
         rec.crash = crash
         rec.endReason = reason
         if status == State.CRASHED:
@@ -495,5 +545,5 @@ class SessionMachine:
 
 __all__ = [
     "CANCEL_GRACE_S", "Answer", "Append", "Ask", "CancelTurn", "Count", "Effect", "EndSession", "Flush", "Log",
-    "Publish", "RecordUsage", "Save", "SendPrompt", "SessionMachine", "SetStatus", "Turn",
+    "Publish", "QueuedPrompt", "RecordUsage", "Save", "SendPrompt", "SessionMachine", "SetStatus", "Turn",
 ]

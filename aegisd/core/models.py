@@ -70,6 +70,17 @@ class LastError(msgspec.Struct):
     at: int
 
 
+class QueuedPrompt(msgspec.Struct, omit_defaults=True):
+    """A prompt acknowledged to its sender and not done with yet, persisted with its session
+    (``SessionRecord.promptQueue``): waiting for its turn, or — ``entryId`` set — being delivered: its user entry
+    ``entryId`` is (or is about to be) in the transcript, and from then on it is never sent again."""
+
+    id: str
+    text: str
+    at: int  # when it was acknowledged (epoch ms)
+    entryId: int | None = None
+
+
 class SessionRecord(msgspec.Struct):
     """One session as persisted and as served by `GET /v1/sessions/{id}`."""
 
@@ -99,6 +110,9 @@ class SessionRecord(msgspec.Struct):
     stopReason: str | None = None
     turns: int = 0
     transcriptCount: int = 0
+    # the prompts acknowledged and not yet delivered, oldest first (plus, first, the one being delivered): saved
+    # before a send is answered, so a restart replays them (the daemon's own: never on the wire)
+    promptQueue: list[QueuedPrompt] = []
     readOffset: int = 0
     tokenUsage: TokenUsage = msgspec.field(default_factory=TokenUsage)
     contextUsage: ContextUsage | None = None

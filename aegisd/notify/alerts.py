@@ -1,9 +1,12 @@
 """Alerting: when failures of one kind pile up, tell a human (PagerDuty, Slack, Alertmanager...) by webhook.
 
 Kinds: `session_failure` (a session crashed), `session_stall` (a session went quiet mid-turn),
-`webhook_dead_letter` (an event webhook gave up on a delivery), `api_error` (the HTTP API answered 5xx).
+`webhook_dead_letter` (an event webhook gave up on a delivery), `api_error` (the HTTP API answered 5xx),
+`store_unavailable` (the store failed: its server is down, its directory gone), `resource_exhausted` (a
+create was refused: out of open files, processes or memory).
 An alert fires when `failureThreshold` failures of one kind fall within `cooldownMs`, and then at most once per
-`cooldownMs` per kind. Each configured URL gets
+`cooldownMs` per kind; `store_unavailable` fires at once, once per outage (:meth:`Alerts.store_changed`).
+Each configured URL gets
 `{event: "alert", type, timestamp, detail, failureCount, threshold, source: "aegis"}` with
 `X-Aegis-Alert-Type` and, with a secret, `X-Aegis-Signature` (as event webhooks; aegisd.webhooks.verify checks
 it). Failed deliveries are retried twice (1 s, 5 s) on network errors, 429 and 5xx."""
@@ -33,7 +36,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("aegisd.alerts")
 
-KINDS = ("session_failure", "session_stall", "webhook_dead_letter", "api_error")
+KINDS = ("session_failure", "session_stall", "webhook_dead_letter", "api_error", "store_unavailable",
+         "resource_exhausted")
 RETRY = retry.Backoff((1.0, 5.0), attempts=3)  # on network errors, 429 and 5xx
 TIMEOUT_S = 10.0
 
@@ -65,6 +69,7 @@ class Alerts:
         self.failed = 0
         self._send: trio.MemorySendChannel[dict[str, Any]] | None = None
         self._last_fire_mono: dict[str, float] = {}
+        self._store_down = False  # an outage of the store is going on (its alert has fired)
         self.changed = trio.Event()  # set (and replaced) whenever a failure is counted or a delivery ends
 
     def _changed(self) -> None:
@@ -88,16 +93,40 @@ class Alerts:
         if len(t.times) < self.cfg.failureThreshold or (last is not None and now - last < window):
             return False
         self._last_fire_mono[kind] = now
+        self._fire(kind, detail, len(t.times))
+        return True
+
+    def _fire(self, kind: str, detail: str, count: int) -> None:
+        t = self.trackers[kind]
         t.fired += 1
         t.last_alert_at = int(time.time() * 1000)
-        event = self._event(kind, detail, len(t.times))
-        log.warning("alert.fired", alert_type=kind, failures=len(t.times), detail=detail)
+        event = self._event(kind, detail, count)
+        log.warning("alert.fired", alert_type=kind, failures=count, detail=detail)
         if self._send is not None and self.endpoints:
             try:
                 self._send.send_nowait(event)
             except trio.WouldBlock:  # a flood of alerts: the stats and the log still have them
                 log.error("alert.queue_full", alert_type=kind)
-        return True
+
+    def store_changed(self, ok: bool, reason: str | None) -> None:
+        """The store's health changed (aegisd/store/_health.py): an outage fires `store_unavailable` at once and
+        only once, however long it lasts and however many writes fail meanwhile; its end is logged. Never
+        raises."""
+        if ok:
+            if self._store_down:
+                self._store_down = False
+                log.warning("alert.store_recovered")
+            return
+        if self._store_down:
+            return
+        self._store_down = True
+        t = self.trackers["store_unavailable"]
+        detail = f"the store is unavailable: {reason or '?'}"
+        t.total += 1
+        t.times.append(time.monotonic())
+        t.recent.append((detail, None))
+        self._changed()
+        self._fire("store_unavailable", detail, 1)
 
     def _event(self, kind: str, detail: str, count: int) -> dict[str, Any]:
         return {"event": "alert", "type": kind, "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),

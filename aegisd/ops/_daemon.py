@@ -47,15 +47,18 @@ class HealthSessions(msgspec.Struct):
     total: int
 
 
-class Health(msgspec.Struct):
-    status: str  # ok | draining
+class Health(msgspec.Struct, kw_only=True):
+    status: str  # ok | degraded (the store is unavailable) | draining
     timestamp: int
     version: str
     platform: str
     uptime: float
     sessions: HealthSessions
     pid: int
-    store: str
+    store: str  # the store's kind (file, postgres, redis) while it works; "degraded" while it is unavailable
+    storeKind: str  # the store's kind, always
+    storeReason: str | UnsetType = UNSET  # why the store is degraded (only then)
+    storeDegradedSince: int | UnsetType = UNSET  # epoch ms the outage began (only then)
 
 
 class Stopping(msgspec.Struct):
@@ -174,11 +177,15 @@ async def hello(ctx: OpContext, p: Empty) -> Hello:
 async def health(ctx: OpContext, p: Empty) -> Health:
     d = ctx.services
     m = d.manager
-    return Health(status="draining" if d.draining else "ok", timestamp=now_ms(), version=__version__,
+    sh = d.store.health
+    status = "draining" if d.draining else "ok" if sh.ok else "degraded"
+    return Health(status=status, timestamp=now_ms(), version=__version__,
                   platform=platform.system().lower(), uptime=round(time.time() - d.started_at, 3),
                   sessions=HealthSessions(active=sum(1 for r in m.records.values() if r.status in LIVE),
                                          total=len(m.records)),
-                  pid=d.pid, store=d.store.name)
+                  pid=d.pid, store=d.store.name if sh.ok else "degraded", storeKind=d.store.name,
+                  storeReason=UNSET if sh.ok else (sh.reason or "?"),
+                  storeDegradedSince=UNSET if sh.ok or sh.since is None else int(sh.since * 1000))
 
 
 @op("daemon.stop", Empty, result=Stopping, stream=True, permission="admin",

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from aegisd.core.models import Event, SessionRecord
+from aegisd.core.models import Event, QueuedPrompt, SessionRecord
 from aegisd.core.states import State
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
@@ -73,6 +73,7 @@ class SessionView(SessionRecord, kw_only=True):
     reject hints while a permission request waits."""
 
     readOffset: int | UnsetType = UNSET  # type: ignore[assignment]  # the daemon's own (session.read): never on the wire
+    promptQueue: list[QueuedPrompt] | UnsetType = UNSET  # type: ignore[assignment]  # the daemon's own: never on the wire
     label: str = ""
     actionHints: dict[str, ActionHint] | UnsetType = UNSET
 
@@ -91,6 +92,7 @@ def _view(cls: Any, rec: SessionRecord, base_url: str, overrides: dict[str, Any]
           **extra: Any) -> Any:
     fields = msgspec.structs.asdict(rec)
     fields.pop("readOffset", None)
+    fields.pop("promptQueue", None)
     fields.update(overrides or {})
     hints: dict[str, ActionHint] | UnsetType = UNSET
     if rec.status == State.PERMISSION_PROMPT:

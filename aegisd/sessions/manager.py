@@ -8,6 +8,7 @@ import re
 import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import msgspec
@@ -23,6 +24,7 @@ from aegisd.core.errors import (
     AmbiguousId,
     CapacityExceeded,
     QuotaExceeded,
+    ResourceExhausted,
     SessionNotFound,
     SessionNotLive,
     Unavailable,
@@ -33,9 +35,10 @@ from aegisd.core.models import SessionRecord, now_ms
 from aegisd.core.pricing import UsageRecord
 from aegisd.core.states import LIVE, TERMINAL, State
 from aegisd.sessions._agents import AgentLaunch, resolve_agent
+from aegisd.sessions._limits import FDS_PER_SESSION, fd_shortage, is_exhaustion
 from aegisd.sessions._workdirs import WorkDirPolicy
 from aegisd.sessions.runner import SessionRunner
-from aegisd.store import Store
+from aegisd.store import Store, until_stored
 
 log = structlog.get_logger("aegisd.sessions")
 
@@ -83,6 +86,8 @@ class SessionManager:
         self.metrics = Metrics()
         self.usage: Metering | None = None  # metering, set by the daemon (aegisd/features/metering.py)
         self.quotas: QuotaCheck | None = None  # per-key quotas, set by the daemon (aegisd/features/quotas.py)
+        # told when a create is refused for want of fds, processes or memory (the daemon raises an alert)
+        self.on_exhausted: Callable[[str], object] | None = None
 
     def mcp_specs(self, rec: SessionRecord) -> list[dict[str, Any]]:
         """The session's MCP servers as ACP `mcpServers` entries (stdio)."""
@@ -113,9 +118,23 @@ class SessionManager:
         if lock is None:
             lock = self._save_locks[rec.id] = trio.Lock()
         async with lock:
-            await self.store.save_session(rec)
+            for delay in (0.05, 0.2, 0.5, 1.0, 2.0, None):
+                try:
+                    await self.store.save_session(rec)
+                    break
+                except OSError as exc:  # out of fds for a moment (a burst of clients)? try again, briefly
+                    if delay is None or not is_exhaustion(exc):
+                        raise
+                    log.warning("session.save_retry", session_id=rec.id, error=str(exc), retry_in=delay)
+                    await trio.sleep(delay)
         if durable:
             await self.store.flush()
+
+    def _exhausted(self, exc: ResourceExhausted) -> ResourceExhausted:
+        log.error("session.create_refused", code=exc.code, reason=exc.message)
+        if self.on_exhausted is not None:
+            self.on_exhausted(exc.message)
+        return exc
 
     # ---- lookup --------------------------------------------------------------------------------
     def resolve_id(self, ident: str, *, among: Callable[[str], bool] | None = None) -> str:
@@ -202,7 +221,8 @@ class SessionManager:
 
             rec.status, rec.endReason, rec.endedAt = State.CRASHED, "daemon_restart", now_ms()
             rec.crash = CrashInfo(reason=f"daemon_restart: {exc.message}")
-            self._host().start_soon(self.store.save_session, rec)
+            self._host().start_soon(partial(until_stored, self.store.health, partial(self.store.save_session, rec),
+                                            what=f"session {rec.id}: record"))
             return None
 
     def _start_runner(self, rec: SessionRecord, launch: AgentLaunch, *, resume: bool) -> SessionRunner:
@@ -214,6 +234,8 @@ class SessionManager:
     async def _run(self, runner: SessionRunner) -> None:
         try:
             await runner.run()
+        except Exception:  # e.g. out of fds while saving its end: this session's trouble, never the daemon's
+            log.exception("session.runner_failed", session_id=runner.rec.id)
         finally:
             if self.runners.get(runner.rec.id) is runner:
                 del self.runners[runner.rec.id]
@@ -275,6 +297,13 @@ class SessionManager:
                                         f"created (maxChildSessions {cfg.maxChildSessions}); end one first",
                                         details={"quota": "maxChildSessions", "limit": cfg.maxChildSessions,
                                                  "usage": children})
+            shortage = fd_shortage(live)
+            if shortage is not None:
+                used, limit = shortage
+                raise self._exhausted(ResourceExhausted(
+                    f"too many open files: {used} of the daemon's limit of {limit} are open and a session needs "
+                    f"{FDS_PER_SESSION}; end sessions or raise the limit (LimitNOFILE, see `ag doctor`)",
+                    details={"resource": "nofile", "open": used, "limit": limit, "retryAfter": 5}))
             sid = str(uuid.uuid4())
             ts = now_ms()
             rec = SessionRecord(
@@ -283,7 +312,14 @@ class SessionManager:
                 stallThresholdMs=stallThresholdMs or cfg.stallThresholdMs, createdAt=ts, lastActivity=ts,
                 parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom, creatorSessionId=creatorSessionId,
                 mcpServers=list(dict.fromkeys(mcpServers or ())))
-            await self.store.save_session(rec)
+            try:
+                await self.store.save_session(rec)
+            except (OSError, MemoryError) as exc:
+                if not is_exhaustion(exc):
+                    raise
+                raise self._exhausted(ResourceExhausted(
+                    f"cannot save the new session: {getattr(exc, 'strerror', None) or exc}",
+                    details={"resource": "store", "retryAfter": 5})) from None
             await self.store.flush()  # durable before anyone hears of it
             self.records[sid] = rec
             self.created_total += 1
@@ -300,7 +336,9 @@ class SessionManager:
         timeout = wait_ready if wait_ready is not None else cfg.acpInitTimeoutMs / 1000 * 3
         with trio.move_on_after(timeout):
             await runner.ready.wait()
-        if runner.start_error is not None:  # it could not start as asked (an unknown model): say why
+        if runner.start_error is not None:  # it could not start as asked (an unknown model, no fds): say why
+            if isinstance(runner.start_error, ResourceExhausted):
+                raise self._exhausted(runner.start_error)
             raise runner.start_error
         if prompt and runner.delivered_prompts > 0:
             delivery = {"delivered": True, "attempts": 1, "queued": False}
@@ -319,10 +357,11 @@ class SessionManager:
         sid = self.resolve_id(ident)
         rec = self.records[sid]
         runner = self.runners.get(sid)
-        if runner is None:
+        if runner is None or rec.status in TERMINAL:  # a killed session's agent may still be stopping
             if rec.status in TERMINAL:
                 raise SessionNotLive(f"session {sid} already {rec.status.value}")
             raise SessionNotLive(f"session {sid} has no running agent")
+        self.store.health.check()  # the end could not be stored now: 503 STORE_UNAVAILABLE, the session lives on
         await runner.stop(status, "killed" if status == State.KILLED else "closed")
         return rec
 

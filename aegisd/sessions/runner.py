@@ -39,14 +39,17 @@ from aegisd.core.errors import (
     InvalidModel,
     ProtocolError,
     RequestTimeout,
+    ResourceExhausted,
     SessionNotLive,
+    StoreUnavailable,
 )
 from aegisd.core.metrics import Histogram, Metrics
 from aegisd.core.models import CrashInfo, LastError, PendingPermission, SessionRecord, TokenUsage, now_ms
 from aegisd.core.pricing import UsageRecord, estimate_cost
 from aegisd.core.states import LIVE, State
 from aegisd.sessions._agents import AgentLaunch
-from aegisd.store import Store
+from aegisd.sessions._limits import is_exhaustion
+from aegisd.store import Store, until_stored
 
 log = structlog.get_logger("aegisd.session")
 
@@ -204,7 +207,9 @@ class SessionRunner:
         self._cost_seen = 0.0  # the agent's cumulative cost report at the end of the last turn
         self.start_error: AegisError | None = None  # why the session could not start as asked (create says so)
         self.ready = trio.Event()  # idle for the first time, or ended
-        self.finished = trio.Event()
+        self.settled = trio.Event()  # the final state is saved (a kill's agent may still be stopping)
+        self._settle_error: BaseException | None = None
+        self.finished = trio.Event()  # ... and the agent is gone
 
     # ---- public, called from other tasks -------------------------------------------------------
     async def command(self, kind: str, **args: Any) -> Any:
@@ -212,6 +217,7 @@ class SessionRunner:
         if self.finished.is_set() or self._end_request is not None:
             raise SessionNotLive(f"session {self.rec.id} is ending" if not self.finished.is_set()
                                  else f"session {self.rec.id} is {self.rec.status.value}")
+        self._store.health.check()  # the store is down: 503 STORE_UNAVAILABLE now, nothing done
         cmd = _Command(kind, args)
         try:
             self._inbox_send.send_nowait(cmd)
@@ -238,8 +244,15 @@ class SessionRunner:
                 old.signal = crash.signal
 
     async def stop(self, status: State | None, reason: str) -> None:
+        """End the session and wait until its final state is saved (for a kill, the agent may still be
+        stopping: :attr:`finished` says when it is gone)."""
         self.end(status, reason)
-        await self.finished.wait()
+        await self.settled.wait()
+        if self._settle_error is not None:  # not acknowledged: it is not stored
+            exc = self._settle_error
+            message = f"session {self.rec.id} ended, but its end could not be saved: {exc!r}"
+            raise ResourceExhausted(message, details={"resource": "store", "retryAfter": 5}) \
+                if is_exhaustion(exc) else AegisError(message)
 
     # ---- the owner task ------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -250,6 +263,7 @@ class SessionRunner:
                 if self._end_request is not None:
                     nursery.cancel_scope.cancel()
                 if self.resume:
+                    await self._recover()
                     await self._apply(self.machine.resuming())
                 nursery.start_soon(self._start)
                 await self._own()
@@ -361,7 +375,7 @@ class SessionRunner:
             elif isinstance(effect, m.Save):
                 await self._save()
             elif isinstance(effect, m.Flush):
-                await self._store.flush()
+                await self._durably(self._store.flush, "flush")
             elif isinstance(effect, m.Answer):
                 reply = self._replies.pop(effect.key, None)
                 if reply is not None:
@@ -429,7 +443,15 @@ class SessionRunner:
             self._proc = await spawn_agent(self.launch.command, cwd=rec.workDir, env=env, session_id=rec.id,
                                            token=self.host.lifeline.token, stderr_limit=cfg.stderrTailBytes,
                                            cgroups=self.host.cgroups)
-        except OSError as exc:
+        except (OSError, MemoryError, RuntimeError) as exc:
+            if is_exhaustion(exc):  # out of fds, processes or memory: this create answers 503 (manager.create)
+                said = f"cannot start {self.launch.command[0]!r}: {getattr(exc, 'strerror', None) or exc}"
+                self.start_error = ResourceExhausted(f"{said}; the daemon is at a resource ceiling, try again "
+                                                     "later", details={"resource": "spawn", "retryAfter": 5})
+                self.end(State.CRASHED, "resource_exhausted", CrashInfo(reason=f"resource_exhausted: {said}"))
+                return
+            if not isinstance(exc, OSError):
+                raise
             said = f"cannot start {self.launch.command[0]!r}: {exc.strerror or exc}"
             rec.lastError = failures.explain(failures.AGENT_MISSING, said, agent=rec.agent)
             self.end(State.CRASHED, "agent_spawn_failed", CrashInfo(reason=f"agent_spawn_failed: {said}"))
@@ -451,8 +473,10 @@ class SessionRunner:
             rec.agentInfo = msgspec.to_builtins(info) if info else None
             rec.loadSupported = init.agentCapabilities.loadSession
             rec.forkSupported = "fork" in init.agentCapabilities.sessionCapabilities
-            if self.resume:
-                if not (rec.acpSessionId and init.agentCapabilities.loadSession):
+            # a session the last daemon left before the agent gave it an ACP session (killed during its start)
+            # has nothing to load: it starts afresh (session/new), and its queued prompts follow
+            if self.resume and rec.acpSessionId:
+                if not init.agentCapabilities.loadSession:
                     self.end(State.CRASHED, "daemon_restart", CrashInfo(
                         reason="daemon_restart: the agent cannot load sessions (no loadSession capability), "
                                "so the session could not be resumed"))
@@ -685,43 +709,95 @@ class SessionRunner:
             return False  # the session has ended
 
     # ---- persistence ---------------------------------------------------------------------------
+    async def _recover(self) -> None:
+        """A session the last daemon left live: what the store holds decides the next transcript id and which
+        queued prompts are replayed (SessionMachine.recovered), never the record's cached count."""
+        count = await self._store.transcript_count(self.rec.id)
+        last = await self._store.read_transcript(self.rec.id, max(0, count - 1), 1) if count else []
+        queued = len(self.rec.promptQueue)
+        self.machine.recovered(stored_entries=count, last_entry_id=last[-1].id if last else 0)
+        self.log.info("session.recovered", transcript_entries=count, next_entry_id=self.machine.builder.next_id,
+                      queued_prompts=len(self.rec.promptQueue), delivered_before_restart=queued - len(
+                          self.rec.promptQueue))
+
     async def _save(self) -> None:
         self.rec.pendingPermission = self.machine.head  # the machine's queue is the one place of it
-        await self.host.save(self.rec, durable=False)  # published at once; flushed before a command answers
+        # published at once; flushed before a command answers
+        await self._durably(lambda: self.host.save(self.rec, durable=False), "record")
+
+    async def _durably(self, call: Any, what: str) -> None:
+        """A write of the session's own: retried until the store is back (in order: the owner waits for it), so
+        an outage neither drops it nor ends the session; lost (and logged) only if the daemon gives up on the
+        store while stopping."""
+        try:
+            await until_stored(self._store.health, call, what=f"session {self.rec.id}: {what}")
+        except StoreUnavailable as exc:
+            self.log.error("session.write_lost", what=what, error=exc.message)
 
     async def _append(self, entries: list[Any]) -> None:
         if not entries:
             return
-        await self._store.append_transcript(self.rec.id, entries)
+        await self._durably(lambda: self._store.append_transcript(self.rec.id, entries), "transcript")
         self.rec.transcriptCount += len(entries)
         for entry in entries:
             self._bus.publish(self.rec.id, ev.Message(entry=entry))
 
     async def _finish(self) -> None:
-        """Runs once, shielded: stop the agent, settle the final state, tell everyone."""
-        rec, machine = self.rec, self.machine
+        """Runs once, shielded: stop the agent, settle the final state, tell everyone. A kill settles first
+        (the session is `killed`, saved, at once: DELETE answers without waiting for the agent) and stops the
+        agent after, in this same task (the lifeline still ends it if the daemon dies meanwhile)."""
         status, reason, crash = self._end_request or (State.CRASHED, "internal_error",
                                                      CrashInfo(reason="internal_error: runner ended"))
-        await self._apply(machine.end_requested())  # the agent's waiting requests: cancelled
-        # a polite stop first: cancel the turn, then the escalation in AgentProcess.stop
-        if self._conn is not None and machine.turn is not None and rec.acpSessionId and self._proc is not None \
-                and self._proc.returncode is None:
+        try:
+            await self._apply(self.machine.end_requested())  # the agent's waiting requests: cancelled
+            cancel_turn = self.machine.turn is not None
+            if status == State.KILLED:
+                try:
+                    await self._settle(status, reason, crash)
+                finally:
+                    await self._stop_agent(crash, cancel_turn=cancel_turn)
+            else:
+                try:
+                    await self._stop_agent(crash, cancel_turn=cancel_turn)
+                finally:
+                    await self._settle(status, reason, crash)
+        finally:
+            self.ready.set()
+            self.settled.set()
+            self.finished.set()
+
+    async def _stop_agent(self, crash: CrashInfo | None, *, cancel_turn: bool) -> None:
+        """The agent's stop sequence: cancel the turn politely, then the escalation in AgentProcess.stop."""
+        rec, proc, reason = self.rec, self._proc, self._end_request[1] if self._end_request else ""
+        if proc is None:
+            return
+        if self._conn is not None and cancel_turn and rec.acpSessionId and proc.returncode is None:
             try:
                 with trio.move_on_after(1):
                     await self._conn.cancel(rec.acpSessionId)
             except AgentError:
                 pass
-        if self._proc is not None:
-            await self._proc.stop(grace=self._cfg.killGraceMs / 1000)
-            await self.host.lifeline.unregister(self._proc.pgid)
-            if crash is not None:
-                code = self._proc.returncode
-                if crash.exitCode is None and crash.signal is None and code is not None \
-                        and reason not in ("acp_protocol_error", "acp_request_timeout", "acp_start_timeout"):
-                    crash.exitCode, crash.signal = (None, -code) if code < 0 else (code, None)
-                tail = self._proc.stderr_tail(2048)
-                if tail:
-                    crash.stderrTail = tail
+        await proc.stop(grace=self._cfg.killGraceMs / 1000)
+        await self.host.lifeline.unregister(proc.pgid)
+        if crash is not None:
+            code = proc.returncode
+            if crash.exitCode is None and crash.signal is None and code is not None \
+                    and reason not in ("acp_protocol_error", "acp_request_timeout", "acp_start_timeout"):
+                crash.exitCode, crash.signal = (None, -code) if code < 0 else (code, None)
+            tail = proc.stderr_tail(2048)
+            if tail:
+                crash.stderrTail = tail
+
+    async def _settle(self, status: State | None, reason: str, crash: CrashInfo | None) -> None:
+        """The final state: what was queued fails, the machine settles, the record is saved and flushed."""
+        try:
+            await self._settle_state(status, reason, crash)
+        except BaseException as exc:
+            self._settle_error = exc
+            raise
+
+    async def _settle_state(self, status: State | None, reason: str, crash: CrashInfo | None) -> None:
+        rec, machine = self.rec, self.machine
         self._inbox_send.close()
         async for item in self._inbox:  # fail what was queued but never handled
             if isinstance(item, _Command):
@@ -736,9 +812,9 @@ class SessionRunner:
         if status is not None:
             self.log.info("session.ended", status=rec.status.value, reason=reason,
                           detail=crash.reason if crash else None)
-        await self._store.flush()
+        await self._durably(self._store.flush, "flush")
         self.ready.set()
-        self.finished.set()
+        self.settled.set()
 
     # ---- views ---------------------------------------------------------------------------------
     @property

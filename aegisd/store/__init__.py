@@ -9,6 +9,9 @@ Durability contract (every implementation):
   daemon (the data is in the kernel); ``flush`` (called periodically, at turn end and on shutdown) makes
   it survive a machine crash too.
 - Records carry ``schemaVersion``; a store refuses to load records from a newer schema.
+- The store may fail; the daemon may not. A call the store cannot make durable (its server down, its directory
+  gone) raises ``StoreUnavailable`` (503 STORE_UNAVAILABLE + Retry-After to an operation) and marks ``health``
+  degraded; the daemon's own writes retry through :func:`until_stored` until the store is back.
 
 Besides sessions, every store keeps what the features, auth and notifiers persist, in two shapes:
 - documents: ``collection`` + ``key`` -> one JSON document (``doc_get`` / ``doc_put`` / ``doc_delete`` /
@@ -26,7 +29,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import trio
+
 from aegisd.core.models import Event, SessionRecord, TranscriptEntry
+from aegisd.store._health import STORE_RETRY, StoreHealth, until_stored
 from aegisd.store._names import check_name
 
 if TYPE_CHECKING:
@@ -35,8 +41,18 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+__all__ = ["STORE_RETRY", "Collection", "Documents", "Logs", "RecordLog", "Store", "StoreHealth", "migrate_legacy",
+           "open_store", "probe_store",
+           "until_stored"]
+
+
 class Store(Protocol):
     name: str
+    health: StoreHealth  # ok, or degraded with the reason (GET /v1/health shows it)
+
+    async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch the store's connection while the daemon runs (reconnect, take the lock again, probe while
+        degraded) and keep ``health`` current; returns at once where there is nothing to watch."""
 
     async def open(self) -> None:
         """Create directories/tables, take the single-writer lock, load indexes."""

@@ -24,6 +24,8 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -32,10 +34,11 @@ import msgspec
 import structlog
 import trio
 
-from aegisd.core.errors import Unavailable
+from aegisd.core.errors import StoreUnavailable, Unavailable
 from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
 from aegisd.store._fs import atomic_write as _atomic_write
 from aegisd.store._fs import fsync_dir, write_tmp
+from aegisd.store._health import StoreHealth
 from aegisd.store._names import check_name
 
 log = structlog.get_logger("aegisd.store")
@@ -210,6 +213,41 @@ class FileStore:
         self._doc_locks: dict[str, trio.Lock] = {}
         self._events_lock = trio.Lock()
         self._records: dict[str, _RecordFile] = {}
+        self.health = StoreHealth("file")
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Around a write: an OSError (the directory removed, the disk full, read-only) marks the store degraded
+        and is StoreUnavailable to the caller; a write that works marks it ok again."""
+        try:
+            yield
+        except OSError as exc:
+            self.health.down(f"{what} under {self.root}: {exc.strerror or exc}")
+            self.health.sync()
+            raise StoreUnavailable(f"the file store cannot write {what} under {self.root}: {exc.strerror or exc}"
+                                   ) from None
+        self.health.up()
+        self.health.sync()
+
+    async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """While degraded, try every second whether the store can write again (its directories back, room on
+        the disk): a small file written and fsynced beside the records, as a record would be."""
+        task_status.started()
+        while True:
+            await trio.sleep(1.0)
+            if self.health.ok:
+                continue
+
+            def probe() -> None:
+                for sub in ("sessions", "transcripts", "events", "docs", "logs"):
+                    if not (self.root / sub).is_dir():
+                        raise FileNotFoundError(2, "No such file or directory", str(self.root / sub))
+                _atomic_write(self.root / "store.probe", b"ok\n")
+            try:
+                with self._writing("a probe"):
+                    await trio.to_thread.run_sync(probe, limiter=self._limiter)
+            except StoreUnavailable:
+                pass
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -271,7 +309,8 @@ class FileStore:
             upto = self._written
             done = self._syncing = trio.Event()
             try:
-                await trio.to_thread.run_sync(self._fsync_all, paths, limiter=self._limiter)
+                with self._writing("appends (fsync)"):
+                    await trio.to_thread.run_sync(self._fsync_all, paths, limiter=self._limiter)
                 self._synced = max(self._synced, upto)
             except BaseException:
                 self._dirty |= paths  # not durable: the next pass tries them again
@@ -321,12 +360,13 @@ class FileStore:
         data = _enc.encode(record)  # encoded now: later changes to the record are a later save
         path = self._session_path(record.id)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        with self._writing(f"session {record.id}"):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
         self._mark(path, path.parent)
 
     async def delete_session(self, session_id: str) -> None:
@@ -347,7 +387,8 @@ class FileStore:
         if not entries:
             return
         lg = self._transcript(session_id)
-        lg.append([_enc.encode(e) + b"\n" for e in entries])
+        with self._writing(f"the transcript of {session_id}"):
+            lg.append([_enc.encode(e) + b"\n" for e in entries])
         self._mark(lg.path)
 
     async def read_transcript(self, session_id: str, start: int = 0,
@@ -370,17 +411,21 @@ class FileStore:
             by_session.setdefault(ev.sessionId, []).append(_enc.encode(ev) + b"\n")
             self._last_event_id = max(self._last_event_id, ev.id)
         async with self._events_lock:  # a compaction below must not lose an append made meanwhile
-            for sid, lines in by_session.items():
-                lg = self._event_log(sid)
-                lg.append(lines)
-                self._mark(lg.path)
-                if len(lg) > 2 * EVENT_RING:  # keep the last EVENT_RING: written and fsynced in a worker thread,
-                    keep = lg.read(len(lg) - EVENT_RING, None)  # then swapped in here, at once for every reader
-                    tmp = await trio.to_thread.run_sync(write_tmp, lg.path, b"".join(line + b"\n" for line in keep),
-                                                        limiter=self._limiter)
-                    os.replace(tmp, lg.path)
-                    self._events.pop(sid, None)
-                    await trio.to_thread.run_sync(fsync_dir, lg.path.parent, limiter=self._limiter)
+            with self._writing("events"):
+                await self._append_events_locked(by_session)
+
+    async def _append_events_locked(self, by_session: dict[str, list[bytes]]) -> None:
+        for sid, lines in by_session.items():
+            lg = self._event_log(sid)
+            lg.append(lines)
+            self._mark(lg.path)
+            if len(lg) > 2 * EVENT_RING:  # keep the last EVENT_RING: written and fsynced in a worker thread,
+                keep = lg.read(len(lg) - EVENT_RING, None)  # then swapped in here, at once for every reader
+                tmp = await trio.to_thread.run_sync(write_tmp, lg.path, b"".join(line + b"\n" for line in keep),
+                                                    limiter=self._limiter)
+                os.replace(tmp, lg.path)
+                self._events.pop(sid, None)
+                await trio.to_thread.run_sync(fsync_dir, lg.path.parent, limiter=self._limiter)
 
     async def read_events(self, *, session_id: str | None, after_id: int, limit: int = 1000) -> list[Event]:
         if session_id is not None:
@@ -415,12 +460,13 @@ class FileStore:
         data = _enc.encode({"key": key, "doc": doc})  # encoded now: later changes to doc are a later put
 
         def write() -> None:
-            if not d.is_dir():
-                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not d.is_dir():  # docs/ itself is made at open: a state directory removed since is not recreated
+                d.mkdir(exist_ok=True, mode=0o700)
                 fsync_dir(d.parent)
             _atomic_write(d / _doc_file(key), data)
         async with self._doc_locks.setdefault(collection, trio.Lock()):  # one tmp file per key: in order
-            await trio.to_thread.run_sync(write, limiter=self._limiter)
+            with self._writing(f"document {collection}/{key}"):
+                await trio.to_thread.run_sync(write, limiter=self._limiter)
 
     async def doc_delete(self, collection: str, key: str) -> None:
         path = self._collection_dir(collection) / _doc_file(key)
@@ -432,7 +478,8 @@ class FileStore:
                 return
             fsync_dir(path.parent)
         async with self._doc_locks.setdefault(collection, trio.Lock()):
-            await trio.to_thread.run_sync(unlink, limiter=self._limiter)
+            with self._writing(f"document {collection}/{key}"):
+                await trio.to_thread.run_sync(unlink, limiter=self._limiter)
 
     async def doc_list(self, collection: str) -> dict[str, Any]:
         d = self._collection_dir(collection)
@@ -460,13 +507,14 @@ class FileStore:
         return rf
 
     async def log_append(self, log: str, record: Any) -> int:
-        rf = await self._record_file(log)
-        async with rf.lock:
-            seq = rf.next
-            rf.lines.append([_enc.encode({"seq": seq, "data": record}) + b"\n"])  # one write(2), in order
-            rf.next = seq + 1
-        # durable before it is acknowledged; concurrent appends share their fsyncs (group commit)
-        await trio.to_thread.run_sync(_fsync_path, rf.path, limiter=self._limiter)
+        with self._writing(f"log {log}"):
+            rf = await self._record_file(log)
+            async with rf.lock:
+                seq = rf.next
+                rf.lines.append([_enc.encode({"seq": seq, "data": record}) + b"\n"])  # one write(2), in order
+                rf.next = seq + 1
+            # durable before it is acknowledged; concurrent appends share their fsyncs (group commit)
+            await trio.to_thread.run_sync(_fsync_path, rf.path, limiter=self._limiter)
         return seq
 
     async def log_read(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:

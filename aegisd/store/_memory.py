@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import trio
 
 from aegisd.core.models import Event, SessionRecord, TranscriptEntry
+from aegisd.store._health import StoreHealth
 
 
 class MemoryStore:
@@ -19,6 +21,10 @@ class MemoryStore:
         self.docs: dict[str, dict[str, bytes]] = {}  # encoded, so a caller's later changes do not leak in
         self.logs: dict[str, list[tuple[int, bytes]]] = {}
         self.log_seq: dict[str, int] = {}
+        self.health = StoreHealth("memory")
+
+    async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()  # memory does not fail
 
     async def open(self) -> None:
         pass

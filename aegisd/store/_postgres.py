@@ -13,6 +13,7 @@ by PostgreSQL when the holder dies, even by SIGKILL."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import threading
 import zlib
@@ -23,9 +24,10 @@ import msgspec
 import structlog
 import trio
 
-from aegisd.core.errors import Unavailable
+from aegisd.core.errors import StoreUnavailable, Unavailable
 from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
 from aegisd.store._file import EVENT_RING
+from aegisd.store._health import StoreHealth
 
 if TYPE_CHECKING:
     import psycopg
@@ -39,6 +41,13 @@ _enc = msgspec.json.Encoder()
 _rec_dec = msgspec.json.Decoder(SessionRecord)
 _entry_dec = msgspec.json.Decoder(TranscriptEntry)
 _event_dec = msgspec.json.Decoder(Event)
+CONNECT_TIMEOUT_S = 5
+WATCH_INTERVAL_S = 1.0  # how often the monitor checks the connection holding the lock
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
 
 
 def mask_url(url: str) -> str:
@@ -61,6 +70,9 @@ class PostgresStore:
         self._ecount: dict[str, int] = {}  # events stored per session, to know when to trim
         self._last_event_id = 0
         self._closed = False
+        self.health = StoreHealth("postgres")
+        self._data_error: str | None = None  # why the last call failed (None: it worked)
+        self._fenced: str | None = None  # why writes are refused: the single-writer lock is not held
         from psycopg import sql
 
         def t(suffix: str) -> sql.Composed:
@@ -76,27 +88,50 @@ class PostgresStore:
         if not self.url:
             raise Unavailable("sessionStore is postgres but AEGIS_POSTGRES_URL (postgresUrl) is not set")
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=10,
-                                   application_name="aegisd")
+            # keepalives and tcp_user_timeout: a cut network fails a call within seconds instead of hanging
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                                   application_name="aegisd", keepalives=1, keepalives_idle=5,
+                                   keepalives_interval=2, keepalives_count=3, tcp_user_timeout=15_000)
         except psycopg.Error as exc:
-            raise Unavailable(f"cannot connect to PostgreSQL at {mask_url(self.url)}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {mask_url(self.url)}: "
+                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}") from None
 
     def _with_conn(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``fn`` on a pooled connection (in a worker thread). A pooled connection found dead (the server
+        restarted, the backend was terminated) is replaced by a new one once; a failure to connect or a new
+        connection failing too marks the store degraded and raises StoreUnavailable."""
         import psycopg
 
+        if self._fenced is not None:
+            raise StoreUnavailable(f"PostgreSQL at {mask_url(self.url)}: {self._fenced}")
         with self._pool_lock:
             conn = self._idle.popleft() if self._idle else None
-        if conn is None or conn.closed:
-            conn = self._connect()
-        try:
-            result = fn(conn)
-        except psycopg.OperationalError as exc:  # the connection is gone: drop it, report the store unavailable
-            conn.close()
-            raise Unavailable(f"PostgreSQL at {mask_url(self.url)}: {exc}") from None
-        except BaseException:
-            conn.close()
-            raise
+        for attempt in (1, 2):
+            fresh = conn is None or conn.closed
+            try:
+                if conn is None or conn.closed:
+                    conn = self._connect()
+                result = fn(conn)
+            except StoreUnavailable as exc:
+                self._data_error = exc.message
+                raise
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                # the connection is gone: drop it; on a pooled one, try once more on a new connection
+                if conn is not None:
+                    conn.close()
+                conn = None
+                if attempt == 1 and not fresh:
+                    continue
+                reason = f"PostgreSQL at {mask_url(self.url)}: {_first_line(exc)}"
+                self._data_error = reason
+                raise StoreUnavailable(reason) from None
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+            break
+        assert conn is not None
+        self._data_error = None
         with self._pool_lock:
             if self._closed:
                 conn.close()
@@ -104,8 +139,24 @@ class PostgresStore:
                 self._idle.append(conn)
         return result
 
+    def _refresh_health(self) -> None:
+        reason = self._fenced or self._data_error
+        if reason is None:
+            self.health.up()
+        else:
+            self.health.down(reason)
+        self.health.sync()
+
     async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        return await trio.to_thread.run_sync(self._with_conn, fn, limiter=self._limiter)
+        try:
+            # the call runs to its end whatever cancels the caller (a write is never half-abandoned), unless the
+            # daemon gives up on the store at shutdown (health.bounded)
+            with trio.CancelScope(shield=True), self.health.bounded():
+                result = await trio.to_thread.run_sync(self._with_conn, fn, limiter=self._limiter,
+                                                       abandon_on_cancel=True)
+        finally:
+            self._refresh_health()
+        return result
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -121,11 +172,13 @@ class PostgresStore:
             self._lock_conn = None
             raise
 
+    def _lock_key(self) -> int:
+        return zlib.crc32(f"aegisd:{self.schema}.{self.table}".encode())
+
     def _open_locked(self, lock_conn: psycopg.Connection[Any]) -> None:
         from psycopg import sql
 
-        key = zlib.crc32(f"aegisd:{self.schema}.{self.table}".encode())
-        got = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        got = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_key(),)).fetchone()
         if not (got and got[0]):
             raise Unavailable(f"another aegisd uses the PostgreSQL tables {self.schema}.{self.table}_* "
                               f"at {mask_url(self.url)}")
@@ -173,12 +226,86 @@ class PostgresStore:
             for c in conns:
                 c.close()
             if self._lock_conn is not None:
-                self._lock_conn.close()  # ends the session: the advisory lock goes with it
+                # release the lock before closing: the server ends a closed session's backend (and frees its
+                # advisory locks) a moment after the client hangs up, and a daemon restarted at once would
+                # find the lock still taken
+                with contextlib.suppress(Exception):
+                    self._lock_conn.execute("SELECT pg_advisory_unlock(%s)", (self._lock_key(),))
+                self._lock_conn.close()
                 self._lock_conn = None
-        await trio.to_thread.run_sync(shut)
+        await trio.to_thread.run_sync(shut, abandon_on_cancel=True)  # the daemon bounds how long it waits
 
     async def flush(self) -> None:
         pass  # every statement has committed by the time it returned
+
+    # ---- health --------------------------------------------------------------------------------
+    async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch the connection that holds the single-writer lock (every WATCH_INTERVAL_S): when it is lost,
+        writes are refused (another daemon could take the lock meanwhile) until a new connection takes the lock
+        again; while the store is degraded, probe it so that health turns ok without waiting for a write."""
+        task_status.started()
+        while True:
+            await trio.sleep(WATCH_INTERVAL_S)
+            try:
+                with self.health.bounded():
+                    await trio.to_thread.run_sync(self._watch_once, abandon_on_cancel=True)
+            except StoreUnavailable:
+                return  # given up: the daemon is stopping
+            self._refresh_health()
+
+    def _watch_once(self) -> None:  # in a worker thread
+        import psycopg
+
+        if self._closed:
+            return
+        conn = self._lock_conn
+        if conn is not None and self._fenced is None:
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                conn.close()
+                self._lock_conn = conn = None
+                self._fenced = ("lost the connection holding the single-writer lock "
+                                f"({_first_line(exc)}); "
+                                "writes wait until the lock is taken again")
+                log.error("store.lock_connection_lost", store="postgres", url=mask_url(self.url), error=str(exc))
+        if self._lock_conn is None or self._fenced is not None:
+            self._retake_lock()
+        if self._data_error is not None and self._fenced is None:
+            try:
+                self._with_conn(lambda c: c.execute("SELECT 1"))
+            except StoreUnavailable:
+                pass
+
+    def _retake_lock(self) -> None:  # in a worker thread
+        import psycopg
+
+        try:
+            conn = self._lock_conn if self._lock_conn is not None and not self._lock_conn.closed else self._connect()
+            self._lock_conn = conn
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_key(),)).fetchone()
+        except (StoreUnavailable, psycopg.Error) as exc:
+            if self._lock_conn is not None:
+                self._lock_conn.close()
+                self._lock_conn = None
+            why = exc.message if isinstance(exc, StoreUnavailable) else str(exc).strip()
+            self._fenced = f"reconnecting to take the single-writer lock again: {why}"
+            return
+        if self._closed:  # the store was closed meanwhile (this thread was left behind): hold nothing
+            conn.close()
+            self._lock_conn = None
+            return
+        if got and got[0]:
+            self._fenced = None
+            log.warning("store.lock_retaken", store="postgres", url=mask_url(self.url))
+            return
+        if not (self._fenced or "").startswith("another session"):
+            log.error("store.lock_taken_by_another", store="postgres", url=mask_url(self.url),
+                      tables=f"{self.schema}.{self.table}_*",
+                      hint="another aegisd took the single-writer lock while the connection was lost: this daemon "
+                           "refuses every write rather than write concurrently; stop one of them")
+        self._fenced = (f"another session holds the single-writer lock of {self.schema}.{self.table}_* (another "
+                        "aegisd, or this daemon's old connection the server has not ended yet): writes refused")
 
     # ---- sessions ------------------------------------------------------------------------------
     async def load_sessions(self) -> list[SessionRecord]:
@@ -238,7 +365,12 @@ class PostgresStore:
             with conn.cursor() as cur:
                 cur.executemany(sql.SQL("INSERT INTO {} (session_id, pos, body) VALUES (%s, %s, %s::jsonb)")
                                 .format(self._transcript), rows)
-        await self._run(q)
+        try:
+            await self._run(q)
+        except StoreUnavailable:
+            if self._tcount.get(session_id) == start + len(entries):  # not stored: the positions are free again
+                self._tcount[session_id] = start
+            raise
 
     async def read_transcript(self, session_id: str, start: int = 0,
                               limit: int | None = None) -> list[TranscriptEntry]:

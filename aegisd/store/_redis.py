@@ -27,9 +27,10 @@ import msgspec
 import structlog
 import trio
 
-from aegisd.core.errors import Unavailable
+from aegisd.core.errors import StoreUnavailable, Unavailable
 from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
 from aegisd.store._file import EVENT_RING
+from aegisd.store._health import StoreHealth
 from aegisd.store._postgres import mask_url
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ log = structlog.get_logger("aegisd.store.redis")
 T = TypeVar("T")
 GLOBAL_RING = 10 * EVENT_RING
 LOCK_TTL_MS = 15_000
+SOCKET_TIMEOUT_S = 5  # a call Redis does not answer (paused, network cut) fails after this, and is retried
+WATCH_INTERVAL_S = 1.0  # how often the monitor probes a degraded store
 _enc = msgspec.json.Encoder()
 _rec_dec = msgspec.json.Decoder(SessionRecord)
 _entry_dec = msgspec.json.Decoder(TranscriptEntry)
@@ -96,22 +99,70 @@ class RedisStore:
         self._stop = threading.Event()
         self.lock_lost = False
         self._last_event_id = 0
+        self.health = StoreHealth("redis")
+        self._data_error: str | None = None  # why the last call failed (None: it worked)
+        self._fenced: str | None = None  # why writes are refused: the single-writer lock is another's
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    async def _run(self, fn: Callable[[Any], T]) -> T:
+    def _call(self, fn: Callable[[Any], T]) -> T:  # in a worker thread
         import redis as redis_mod
 
         client = self._client
-        assert client is not None, "store not open"
+        if client is None:
+            raise StoreUnavailable("the Redis store is closed")
+        if self._fenced is not None:
+            raise StoreUnavailable(f"Redis at {mask_url(self.url)}: {self._fenced}")
+        try:
+            result = fn(client)
+        except (redis_mod.ConnectionError, redis_mod.TimeoutError) as exc:
+            # the client's pool drops the broken connection and connects anew on the next call
+            self._data_error = f"Redis at {mask_url(self.url)}: {exc}"
+            raise StoreUnavailable(self._data_error) from None
+        self._data_error = None
+        return result
 
-        def call() -> T:
-            try:
-                return fn(client)
-            except redis_mod.ConnectionError as exc:
-                raise Unavailable(f"Redis at {mask_url(self.url)}: {exc}") from None
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+    def _refresh_health(self) -> None:
+        reason = self._fenced or self._data_error
+        if reason is None:
+            self.health.up()
+        else:
+            self.health.down(reason)
+        self.health.sync()
+
+    async def _run(self, fn: Callable[[Any], T]) -> T:
+        assert self._client is not None, "store not open"
+        try:
+            # the call runs to its end whatever cancels the caller, unless the daemon gives up on the store
+            with trio.CancelScope(shield=True), self.health.bounded():
+                result = await trio.to_thread.run_sync(self._call, fn, limiter=self._limiter,
+                                                       abandon_on_cancel=True)
+        finally:
+            self._refresh_health()
+        return result
+
+    async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """PING the store every WATCH_INTERVAL_S, so that an outage shows (and operations answer 503 at once)
+        before a write runs into it, and health turns ok again without waiting for one; the lock is watched by
+        its renewing thread."""
+        task_status.started()
+        while True:
+            await trio.sleep(WATCH_INTERVAL_S)
+            if self._client is not None:
+                try:
+                    with self.health.bounded():
+                        await trio.to_thread.run_sync(self._probe, abandon_on_cancel=True)
+                except StoreUnavailable:
+                    if self.health.given_up is not None:
+                        return
+            self._refresh_health()
+
+    def _probe(self) -> None:
+        try:
+            self._call(lambda c: c.ping())
+        except StoreUnavailable:
+            pass
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -120,7 +171,8 @@ class RedisStore:
     def _open_sync(self) -> None:
         import redis as redis_mod
 
-        client: Any = redis_mod.Redis.from_url(self.url, socket_connect_timeout=10, socket_timeout=30,
+        client: Any = redis_mod.Redis.from_url(self.url, socket_connect_timeout=SOCKET_TIMEOUT_S,
+                                               socket_timeout=SOCKET_TIMEOUT_S,
                                                health_check_interval=30)
         try:
             client.ping()
@@ -156,17 +208,44 @@ class RedisStore:
         log.info("store.opened", store="redis", url=mask_url(self.url), prefix=self.prefix)
 
     def _renew_loop(self) -> None:
+        """Renew the lock every third of its TTL. Redis away: try again next round (once a TTL passed without a
+        renewal, writes are refused: the lock may have expired). The lock gone when Redis is back (it expired, or
+        Redis restarted without it): take it again; held by another daemon meanwhile: refuse every write rather
+        than write concurrently."""
+        import redis as redis_mod
+
         assert self._client is not None
+        last_ok = time.monotonic()
         while not self._stop.wait(self.lock_ttl_ms / 3000):
+            client = self._client
+            if client is None:
+                return
             try:
-                ok = self._client.eval(_RENEW, 1, self._k("lock"), self._token, self.lock_ttl_ms)
-            except Exception as exc:  # noqa: BLE001 - Redis away for a moment: try again next round
+                ok = client.eval(_RENEW, 1, self._k("lock"), self._token, self.lock_ttl_ms)
+                if not ok:  # not ours any more: take it again if nobody holds it
+                    ok = client.set(self._k("lock"), self._token, nx=True, px=self.lock_ttl_ms)
+                    if ok:
+                        log.warning("store.lock_retaken", store="redis", prefix=self.prefix)
+            except redis_mod.RedisError as exc:  # Redis away for a moment: try again next round
+                log.warning("store.lock_renew_failed", error=str(exc))
+                if time.monotonic() - last_ok > self.lock_ttl_ms / 1000 and self._fenced is None:
+                    self._fenced = "the single-writer lock could not be renewed for a whole TTL: writes wait for it"
+                continue
+            except Exception as exc:  # noqa: BLE001 - never end the renewing thread
                 log.warning("store.lock_renew_failed", error=str(exc))
                 continue
-            if not ok:
-                self.lock_lost = True
+            if ok:
+                last_ok = time.monotonic()
+                if self._fenced is not None:
+                    self._fenced = None
+                    self.lock_lost = False
+                continue
+            if not self.lock_lost:
                 log.error("store.lock_lost", prefix=self.prefix,
-                          hint="another aegisd may now write to the same keys")
+                          hint="another aegisd took the lock of the same keys: this daemon refuses every write "
+                               "rather than write concurrently; stop one of them")
+            self.lock_lost = True
+            self._fenced = f"another aegisd holds the lock of the Redis key prefix {self.prefix!r}: writes refused"
 
     async def close(self) -> None:
         def shut() -> None:
@@ -181,7 +260,7 @@ class RedisStore:
                     log.warning("store.lock_release_failed", error=str(exc))
                 self._client.close()
                 self._client = None
-        await trio.to_thread.run_sync(shut)
+        await trio.to_thread.run_sync(shut, abandon_on_cancel=True)  # the daemon bounds how long it waits
 
     async def flush(self) -> None:
         pass  # every call has been acknowledged by Redis when it returned

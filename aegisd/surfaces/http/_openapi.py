@@ -40,7 +40,8 @@ def _query(props: dict[str, Any], required: list[str]) -> list[dict[str, Any]]:
     return [{"name": n, "in": "query", "required": n in required, "schema": schema} for n, schema in props.items()]
 
 
-def build(routes: list[Route], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build(routes: list[Route], extra: dict[str, Any] | None = None,
+          etag_ops: frozenset[str] = frozenset()) -> dict[str, Any]:
     types: list[Any] = [ops.ErrorEnvelope]
     for _, _, op_name, _, _ in routes:
         o = ops.get_op(op_name)
@@ -86,6 +87,13 @@ def build(routes: list[Route], extra: dict[str, Any] | None = None) -> dict[str,
         if op_name == "session.create":
             operation["responses"]["200"] = {"description": "an idle session in the same workDir was reused",
                                              "content": result}
+        if op_name in etag_ops and "GET" in methods:
+            operation["responses"][str(status)]["headers"] = {"ETag": {"schema": {"type": "string"}, "description":
+                                                                       "weak: a hash of the body"}}
+            operation["responses"]["304"] = {"description": "Not Modified: If-None-Match named this ETag"}
+            parameters.append({"name": "If-None-Match", "in": "header", "required": False,
+                               "schema": {"type": "string"}, "description": "the ETag of the body you hold"})
+            operation["parameters"] = parameters
         for code, desc in _ERRORS.items():
             operation["responses"][code] = {"description": desc, "content": error}
         if o.permission not in (None, "public"):
@@ -182,9 +190,9 @@ EXTRA_PATHS: dict[str, Any] = {
 
 
 def document() -> dict[str, Any]:
-    from aegisd.surfaces.http.routes import ROUTES
+    from aegisd.surfaces.http.routes import ETAG_OPS, ROUTES
 
-    return build(ROUTES, EXTRA_PATHS)
+    return build(ROUTES, EXTRA_PATHS, ETAG_OPS)
 
 
 if __name__ == "__main__":

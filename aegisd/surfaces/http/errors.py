@@ -39,7 +39,7 @@ def envelope(exc: AegisError, request_id: str) -> tuple[int, dict[str, Any], dic
         if exc.spread_details and isinstance(exc.details, dict):
             body = {**exc.details, **body}
     headers: dict[str, str] = {}
-    if exc.status == 429:
+    if exc.status == 429 or (isinstance(exc.details, dict) and "retryAfter" in exc.details):
         retry = exc.details.get("retryAfter", 1) if isinstance(exc.details, dict) else 1
         headers["Retry-After"] = str(retry)
     return exc.status, body, headers

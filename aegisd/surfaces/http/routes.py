@@ -3,6 +3,7 @@ OpenAPI document also describes), the view that adapts a request to its operatio
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from quart import Response, request
@@ -12,7 +13,7 @@ from aegisd import ops
 from aegisd.core.errors import Unauthorized, ValidationError
 from aegisd.surfaces.http.auth import ANONYMOUS, Gate
 from aegisd.surfaces.http.body import json_body
-from aegisd.surfaces.http.errors import json_response
+from aegisd.surfaces.http.errors import encoder, json_response
 
 # (methods, path, operation, where params come from, success status)
 ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
@@ -115,6 +116,34 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("GET",), "/v1/auth/users", "auth.users", "none", 200),
 ]
 
+# Session reads answered with a weak ETag (a hash of the encoded body) and 304 Not Modified to a matching
+# If-None-Match, so a poller costs the operation but no transfer or parsing. Not the reads with a side effect
+# (session.read moves its cursor) nor those that wait (session.wait, events.poll).
+ETAG_OPS = frozenset({
+    "session.list", "session.get", "session.health", "session.transcript", "session.transcript.cursor",
+    "session.history", "session.stats", "sessions.health", "session.summary", "session.metrics",
+    "session.latency", "session.tools", "session.children", "session.permissions.get",
+    "session.permission_profile.get", "session.memories.list", "permissions.pending", "pipeline.list",
+    "pipeline.get",
+})
+
+
+def etag_of(body: bytes) -> str:
+    return 'W/"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+def etag_matches(if_none_match: str | None, tag: str) -> bool:
+    """If-None-Match's weak comparison: any listed tag (W/ or not) equal to ours, or `*`."""
+    if not if_none_match:
+        return False
+    opaque = tag.removeprefix("W/")
+    for item in if_none_match.split(","):
+        item = item.strip()
+        if item == "*" or item.removeprefix("W/") == opaque:
+            return True
+    return False
+
+
 # path variables, each the param it fills
 _PATH_PARAMS = {"sid": "id", "kid": "id", "pid": "id", "tid": "id", "hid": "id", "mkey": "key"}
 
@@ -130,6 +159,7 @@ class OpView:
         self.source = source
         self.status = status
         self.public = ops.get_op(op_name).permission == "public"
+        self.etag = op_name in ETAG_OPS
 
     async def serve(self, **path: str) -> Response:
         gate = self.gate
@@ -147,6 +177,8 @@ class OpView:
         code = self.status
         if self.op_name == "session.create" and isinstance(result, dict) and result.get("reused"):
             code = 200
+        if self.etag and request.method == "GET":
+            return conditional_response(encoder.encode(result), rid)
         return json_response(result, code, rid)
 
     async def params(self, path: dict[str, str]) -> dict[str, Any]:
@@ -166,6 +198,19 @@ class OpView:
         for name, value in path.items():
             params[_PATH_PARAMS[name]] = value
         return params
+
+
+def conditional_response(body: bytes, request_id: str) -> Response:
+    """200 with the body and its ETag, or 304 with only the ETag when the client already holds that body."""
+    tag = etag_of(body)
+    if etag_matches(request.headers.get("If-None-Match"), tag):
+        resp = Response(b"", status=304)
+    else:
+        resp = Response(body, status=200, content_type="application/json")
+    resp.headers["ETag"] = tag
+    resp.headers["Cache-Control"] = "private, no-cache"  # a cache may keep it, but must ask again each time
+    resp.headers["X-Request-Id"] = request_id
+    return resp
 
 
 def bind(app: QuartTrio, gate: Gate) -> None:
