@@ -79,7 +79,7 @@ soak: $(TEST_STAMP) ## the kill -9 soak, longer (AEGIS_SOAK_KILLS, default 100) 
 	[ -n "$$AEGIS_TEST_REDIS_URL" ] || echo "skipped: the soak on Redis (AEGIS_TEST_REDIS_URL not set)"; \
 	exit $$rc
 
-bench: $(TEST_STAMP) ## benchmarks; results go to bench/results/ and are summarised in docs/performance.md
+bench: $(TEST_STAMP) ## benchmarks, each a ratio against a baseline interleaved with it (min/median/max); bench/results/, docs/performance.md
 	$(PY) bench/run.py
 
 docs: $(RUN_STAMP) ## regenerate docs/cli.md and docs/openapi.json from the code

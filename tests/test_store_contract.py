@@ -474,3 +474,24 @@ async def test_a_second_migration_keeps_the_first_ones_file(tmp_path: Path) -> N
     assert written == [b"1", b"2"] and not await migrate_legacy(tmp_path / "old", lambda p: b"", write)
     assert (tmp_path / "old.migrated" / "f").read_bytes() == b"1"
     assert (tmp_path / "old.migrated.2" / "f").read_bytes() == b"2"
+
+
+# ---- a retried transcript append (its answer lost) stores nothing twice ---------------------------------------
+@pytest.mark.parametrize("kind", ["postgres", "redis"])
+async def test_a_retried_transcript_append_is_stored_once(kind: str, tmp_path: Path) -> None:
+    from aegisd.core.models import TranscriptEntry
+
+    if not (PG if kind == "postgres" else REDIS):
+        pytest.skip(f"set AEGIS_TEST_{'PG' if kind == 'postgres' else 'REDIS'}_URL to run on {kind}")
+    entries = [TranscriptEntry(id=i, role="user", contentType="text", text=f"e{i}", timestamp=1) for i in (1, 2)]
+    async with _factory(kind, tmp_path) as make, opened(make) as st:
+        await st.append_transcript("s1", entries)
+        if kind == "postgres":  # what a lost answer leaves: the positions given back, then the same write again
+            st._tcount["s1"] = 0  # type: ignore[attr-defined]
+        await st.append_transcript("s1", entries)
+        assert [e.id for e in await st.read_transcript("s1")] == [1, 2]
+        if kind == "postgres":
+            assert await st.transcript_count("s1") == 2
+        more = [TranscriptEntry(id=3, role="assistant", contentType="text", text="e3", timestamp=1)]
+        await st.append_transcript("s1", more)  # and the next append goes on after them
+        assert [e.id for e in await st.read_transcript("s1")] == [1, 2, 3]

@@ -413,3 +413,30 @@ async def test_postgres_lock_taken_by_another_daemon_meanwhile_refuses_writes(nu
         await b.close()
         await a.close()
         await trio.to_thread.run_sync(drop_store, "postgres", name)
+
+
+async def test_audit_stored_says_when_a_record_could_not_be_stored(tmp_path: Path) -> None:
+    """The audit's writes fail (the store is away): the record stays queued and stored() answers False (on
+    which the registry answers the operation 503 STORE_UNAVAILABLE instead of success); once the store is
+    back, the same record is stored."""
+    from aegisd.auth.audit import AuditLog
+    from aegisd.core.errors import StoreUnavailable
+    from aegisd.store import RecordLog
+    from aegisd.store._memory import MemoryStore
+
+    store = MemoryStore()
+    audit = AuditLog(RecordLog(store, "audit"))
+    real = store.log_append
+    down = True
+
+    async def flaky(name: str, record: Any) -> int:
+        if down:
+            raise StoreUnavailable("the store is away")
+        return await real(name, record)
+
+    store.log_append = flaky  # type: ignore[method-assign]
+    audit.record("someone", "key.create")
+    assert await audit.stored() is False and len(audit._pending) == 1
+    down = False
+    assert await audit.stored() is True and audit._pending == []
+    assert [r["action"] for _, r in await RecordLog(store, "audit").read()] == ["key.create"]

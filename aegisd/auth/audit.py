@@ -114,17 +114,20 @@ class AuditLog:
         self._wake.set()
         return rec
 
-    async def stored(self) -> None:
-        """Return once every record made so far is in the store. A store error is logged (the audit must not
-        take the daemon down) and the records stay queued for the next try."""
+    async def stored(self) -> bool:
+        """Store every record made so far; True once they all are. A store error is logged (the audit must not
+        take the daemon down), the records stay queued for the next try, and the answer is False."""
+        if not self._pending:  # every record is stored (one leaves the queue once it is): no lock to take
+            return True
         async with self._lock:
             while self._pending:
                 try:
                     await self.log.append(self._pending[0])
                 except Exception as exc:  # noqa: BLE001
                     log.error("audit.write_failed", action=self._pending[0].get("action"), error=str(exc))
-                    return
+                    return False
                 self._pending.pop(0)
+        return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -29,10 +29,15 @@ _START_DOC = ("bus", "event-ids")  # {"start": the first id of the last daemon t
 
 
 class Subscription:
+    """What one subscriber has yet to read: a plain queue the bus appends to (no channel, no task switch per
+    event) and the consumer drains whole; it wakes the consumer only when that one waits."""
+
     def __init__(self, bus: EventBus, session_id: str | None, maxsize: int) -> None:
         self._bus = bus
         self.session_id = session_id
-        self._send, self._recv = trio.open_memory_channel[Event](maxsize)
+        self._maxsize = maxsize
+        self._queue: collections.deque[Event] = collections.deque()
+        self._wake: trio.Event | None = None  # set while the consumer waits
         self.overflowed = False
         self.closed = False
         self._replay: collections.deque[Event] = collections.deque()
@@ -41,17 +46,20 @@ class Subscription:
     def _offer(self, event: Event) -> None:
         if self.closed:
             return
-        try:
-            self._send.send_nowait(event)
-        except trio.WouldBlock:
+        if len(self._queue) >= self._maxsize:
             self.overflowed = True
             self.close()
+            return
+        self._queue.append(event)
+        if self._wake is not None:
+            self._wake.set()
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._send.close()
-            self._bus._subs.discard(self)
+            self._bus._remove(self)
+            if self._wake is not None:
+                self._wake.set()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -66,27 +74,27 @@ class Subscription:
     async def __anext__(self) -> Event:
         # a plain async iterator (not a generator): leaving a loop early needs no aclose()
         while True:
-            if self._replay:
-                event = self._replay.popleft()
-            else:
-                try:
-                    event = await self._recv.receive()
-                except (trio.EndOfChannel, trio.ClosedResourceError):
-                    raise StopAsyncIteration from None
-            if self._fresh(event):
+            event = self.next_nowait()
+            if event is not None:
                 return event
+            if self.closed:  # what was queued before the close has been read
+                raise StopAsyncIteration
+            self._wake = trio.Event()
+            try:
+                await self._wake.wait()  # cancel-safe: nothing is taken until it returns
+            finally:
+                self._wake = None
 
     def next_nowait(self) -> Event | None:
-        """The next event if one is already waiting (replay or buffered), else None. Lets a writer batch
+        """The next event if one is already waiting (replay or queued), else None. Lets a writer batch
         a burst into one write."""
         while True:
             if self._replay:
                 event = self._replay.popleft()
+            elif self._queue:
+                event = self._queue.popleft()
             else:
-                try:
-                    event = self._recv.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    return None
+                return None
             if self._fresh(event):
                 return event
 
@@ -95,7 +103,7 @@ class Subscription:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
-        self._recv.close()
+        self._queue.clear()
 
 
 class EventBus:
@@ -104,7 +112,8 @@ class EventBus:
         self._next_id = 1
         self._rings: dict[str, collections.deque[Event]] = {}
         self._global: collections.deque[Event] = collections.deque(maxlen=RING_GLOBAL)
-        self._subs: set[Subscription] = set()
+        # subscribers by the session they follow (None: every session), so a publish visits only its own
+        self._subs: dict[str | None, set[Subscription]] = {}
         self._unsaved: list[Event] = []
         self._wake = trio.Event()
         self._flush_lock = trio.Lock()  # a flush returns once everything published before it is stored; batches
@@ -141,19 +150,32 @@ class EventBus:
         if self._store is not None:
             self._unsaved.append(ev)
             self._wake.set()
-        for sub in list(self._subs):
-            if sub.session_id is None or sub.session_id == session_id:
-                sub._offer(ev)
-                if sub.overflowed:
-                    self.dropped_subscribers += 1
+        for key in (session_id, None):
+            subs = self._subs.get(key)
+            if subs:
+                for sub in list(subs):  # each gets the same envelope; its frame is encoded once (surfaces)
+                    sub._offer(ev)
+                    if sub.overflowed:
+                        self.dropped_subscribers += 1
         return ev
+
+    def _remove(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.session_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.session_id]
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(s) for s in self._subs.values())
 
     async def subscribe(self, *, session_id: str | None = None, after_id: int | None = None,
                         maxsize: int = 4096) -> Subscription:
         """A subscription receiving every event after ``after_id`` (replayed from the rings, or from the
         store when older), then live ones, without gaps or duplicates."""
         sub = Subscription(self, session_id, maxsize)
-        self._subs.add(sub)  # registered before replay: live events are buffered meanwhile
+        self._subs.setdefault(session_id, set()).add(sub)  # before replay: live ones queue meanwhile
         if after_id is not None:
             ring = self._global if session_id is None else self._rings.get(session_id)
             replay = [e for e in ring if e.id > after_id] if ring is not None else []
@@ -207,5 +229,6 @@ class EventBus:
                 await self._flush_until_stored()
 
     def close_all(self) -> None:
-        for sub in list(self._subs):
-            sub.close()
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.close()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from aegisd.auth.principal import Principal
-from aegisd.core.errors import QuotaExceeded, UnknownOperation, ValidationError
+from aegisd.core.errors import QuotaExceeded, StoreUnavailable, UnknownOperation, ValidationError
 from aegisd.core.input import check
 
 if TYPE_CHECKING:
@@ -130,13 +130,20 @@ async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True
     params = decode_params(o, raw, strict=strict)
     ctx.services.access.authorize(ctx.principal, o.name, o.permission, params)
     try:
-        return await o.handler(ctx, params)
+        result = await o.handler(ctx, params)
     except QuotaExceeded as exc:
         ctx.audit("session.quota.rejected", session_id=getattr(params, "id", None),
                                 detail={"operation": name, "keyId": ctx.principal.key_id, **(exc.details or {})})
+        await ctx.services.audit.stored()
         raise
-    finally:
-        await ctx.services.audit.stored()  # acknowledged means stored: the audit records too
+    except BaseException:
+        await ctx.services.audit.stored()
+        raise
+    # acknowledged means stored: the audit records too (they stay queued and are stored once the store is back)
+    if not await ctx.services.audit.stored():
+        raise StoreUnavailable(f"{name}: the audit record could not be stored (the store is unavailable); "
+                               "it is kept and stored once the store is back")
+    return result
 
 
 def stream(ctx: OpContext, name: str, raw: Any) -> AsyncGenerator[Any, None]:

@@ -109,9 +109,11 @@ class SessionManager:
     def markers(self, session_id: str) -> dict[str, str]:
         return {MARKER: self.lifeline.token, SESSION_MARKER: session_id}
 
-    async def save(self, rec: SessionRecord) -> None:
+    async def save(self, rec: SessionRecord, *, durable: bool = True) -> None:
         """Persist a record. Serialized per session, and the record is encoded inside the lock, so the last
-        save to land always holds the latest state."""
+        save to land always holds the latest state. ``durable=False``: in the kernel (survives a kill -9) when
+        this returns, durable at the next store flush (the runner's state changes: published at once, flushed
+        before any command is answered)."""
         lock = self._save_locks.get(rec.id)
         if lock is None:
             lock = self._save_locks[rec.id] = trio.Lock()
@@ -119,12 +121,14 @@ class SessionManager:
             for delay in (0.05, 0.2, 0.5, 1.0, 2.0, None):
                 try:
                     await self.store.save_session(rec)
-                    return
+                    break
                 except OSError as exc:  # out of fds for a moment (a burst of clients)? try again, briefly
                     if delay is None or not is_exhaustion(exc):
                         raise
                     log.warning("session.save_retry", session_id=rec.id, error=str(exc), retry_in=delay)
                     await trio.sleep(delay)
+        if durable:
+            await self.store.flush()
 
     def _exhausted(self, exc: ResourceExhausted) -> ResourceExhausted:
         log.error("session.create_refused", code=exc.code, reason=exc.message)
@@ -309,13 +313,14 @@ class SessionManager:
                 parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom, creatorSessionId=creatorSessionId,
                 mcpServers=list(dict.fromkeys(mcpServers or ())))
             try:
-                await self.store.save_session(rec)  # durable before anyone hears of it
+                await self.store.save_session(rec)
             except (OSError, MemoryError) as exc:
                 if not is_exhaustion(exc):
                     raise
                 raise self._exhausted(ResourceExhausted(
                     f"cannot save the new session: {getattr(exc, 'strerror', None) or exc}",
                     details={"resource": "store", "retryAfter": 5})) from None
+            await self.store.flush()  # durable before anyone hears of it
             self.records[sid] = rec
             self.created_total += 1
             runner = self._start_runner(rec, launch, resume=False)

@@ -84,7 +84,7 @@ class RunnerHost(Protocol):
 
     def mcp_specs(self, rec: SessionRecord) -> list[dict[str, Any]]: ...
 
-    async def save(self, rec: SessionRecord) -> None: ...
+    async def save(self, rec: SessionRecord, *, durable: bool = True) -> None: ...
 
 
 # ---- the inbox ---------------------------------------------------------------------------------------
@@ -312,6 +312,7 @@ class SessionRunner:
     async def _run_command(self, cmd: _Command) -> None:
         try:
             cmd.result = await self._handle(cmd)
+            await self._store.flush()  # acknowledged means durable (saves are flushed in groups)
         except AegisError as exc:
             cmd.error = exc
         except trio.Cancelled:  # the session is ending: the command did not take effect
@@ -721,7 +722,8 @@ class SessionRunner:
 
     async def _save(self) -> None:
         self.rec.pendingPermission = self.machine.head  # the machine's queue is the one place of it
-        await self._durably(lambda: self.host.save(self.rec), "record")
+        # published at once; flushed before a command answers
+        await self._durably(lambda: self.host.save(self.rec, durable=False), "record")
 
     async def _durably(self, call: Any, what: str) -> None:
         """A write of the session's own: retried until the store is back (in order: the owner waits for it), so

@@ -61,14 +61,15 @@ class Store(Protocol):
         """Flush everything and release the lock."""
 
     async def flush(self) -> None:
-        """Make every append so far durable (fsync for the file store)."""
+        """Make every write so far durable (fsync for the file store, shared by concurrent callers)."""
 
     # sessions
     async def load_sessions(self) -> list[SessionRecord]:
         """Every stored session, terminal ones included, oldest first."""
 
     async def save_session(self, record: SessionRecord) -> None:
-        """Insert or replace one session record, durably."""
+        """Insert or replace one session record: visible to a restarted daemon when this returns, durable
+        (across a machine crash) once flush() returns (the file store; the others are durable at once)."""
 
     async def delete_session(self, session_id: str) -> None:
         """Remove a session and its transcript and events (used by retention, not by kill)."""

@@ -10,9 +10,13 @@
     <state>/logs/<name>.next           the next sequence number, kept when a trim empties the log
 
 Documents and log records are durable when the call returns; their fsyncs run in worker threads.
-Appends are single `write(2)` calls on O_APPEND descriptors: once a call returns, the data is in the kernel
-and survives `kill -9` of the daemon; `flush()` fsyncs what was appended since the last flush (turn ends,
-shutdown), which makes it survive a machine crash too. A line torn by a crash mid-write is cut off on load."""
+Appends are single `write(2)` calls on O_APPEND descriptors, and a session record is written to a tmp file and
+renamed over the old one: once the call returns, the data is in the kernel and survives `kill -9` of the
+daemon (so events can be published at once). `flush()` fsyncs everything written since (files and the
+directories of renamed records), which makes it survive a machine crash too; whoever acknowledges a write
+calls it first. Concurrent flushes share their fsyncs (group commit): one pass runs at a time, in a worker
+thread, and a caller arriving during it waits for the next pass, which covers everything written meanwhile.
+A line torn by a crash mid-write is cut off on load."""
 
 from __future__ import annotations
 
@@ -200,7 +204,10 @@ class FileStore:
         self._lock_fd: int | None = None
         self._transcripts: dict[str, _Log] = {}
         self._events: dict[str, _Log] = {}
-        self._dirty: set[Path] = set()
+        self._dirty: set[Path] = set()  # written, not yet fsynced (files, and directories of renames)
+        self._written = 0  # writes so far that flush() must make durable
+        self._synced = 0  # of those, how many a finished fsync pass covered
+        self._syncing: trio.Event | None = None  # set when the running fsync pass ends
         self._last_event_id = 0
         self._limiter = trio.CapacityLimiter(8)
         self._doc_locks: dict[str, trio.Lock] = {}
@@ -286,16 +293,31 @@ class FileStore:
         await self.flush()
         self._release()
 
+    def _mark(self, *paths: Path) -> None:
+        self._dirty.update(paths)
+        self._written += 1
+
     async def flush(self) -> None:
-        if not self._dirty:
-            return
-        paths, self._dirty = self._dirty, set()
-        try:
-            with self._writing("appends (fsync)"):
-                await trio.to_thread.run_sync(self._fsync_all, paths, limiter=self._limiter)
-        except StoreUnavailable:
-            self._dirty |= paths
-            raise
+        """Every write made before this call durable: one fsync pass at a time (off the trio thread), shared
+        by every caller whose writes it covers (group commit)."""
+        target = self._written
+        while self._synced < target:
+            if self._syncing is not None:
+                await self._syncing.wait()  # a pass that may have started before our writes: then the next
+                continue
+            paths, self._dirty = self._dirty, set()
+            upto = self._written
+            done = self._syncing = trio.Event()
+            try:
+                with self._writing("appends (fsync)"):
+                    await trio.to_thread.run_sync(self._fsync_all, paths, limiter=self._limiter)
+                self._synced = max(self._synced, upto)
+            except BaseException:
+                self._dirty |= paths  # not durable: the next pass tries them again
+                raise
+            finally:
+                self._syncing = None
+                done.set()
 
     @staticmethod
     def _fsync_all(paths: set[Path]) -> None:
@@ -334,10 +356,18 @@ class FileStore:
         return out
 
     async def save_session(self, record: SessionRecord) -> None:
+        """The record replaced in the kernel (tmp file + rename) when this returns; durable after flush()."""
         data = _enc.encode(record)  # encoded now: later changes to the record are a later save
         path = self._session_path(record.id)
+        tmp = path.with_name(path.name + ".tmp")
         with self._writing(f"session {record.id}"):
-            await trio.to_thread.run_sync(_atomic_write, path, data, limiter=self._limiter)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        self._mark(path, path.parent)
 
     async def delete_session(self, session_id: str) -> None:
         self._session_path(session_id).unlink(missing_ok=True)
@@ -359,7 +389,7 @@ class FileStore:
         lg = self._transcript(session_id)
         with self._writing(f"the transcript of {session_id}"):
             lg.append([_enc.encode(e) + b"\n" for e in entries])
-        self._dirty.add(lg.path)
+        self._mark(lg.path)
 
     async def read_transcript(self, session_id: str, start: int = 0,
                               limit: int | None = None) -> list[TranscriptEntry]:
@@ -388,7 +418,7 @@ class FileStore:
         for sid, lines in by_session.items():
             lg = self._event_log(sid)
             lg.append(lines)
-            self._dirty.add(lg.path)
+            self._mark(lg.path)
             if len(lg) > 2 * EVENT_RING:  # keep the last EVENT_RING: written and fsynced in a worker thread,
                 keep = lg.read(len(lg) - EVENT_RING, None)  # then swapped in here, at once for every reader
                 tmp = await trio.to_thread.run_sync(write_tmp, lg.path, b"".join(line + b"\n" for line in keep),

@@ -363,8 +363,10 @@ class PostgresStore:
 
         def q(conn: psycopg.Connection[Any]) -> None:
             with conn.cursor() as cur:
-                cur.executemany(sql.SQL("INSERT INTO {} (session_id, pos, body) VALUES (%s, %s, %s::jsonb)")
-                                .format(self._transcript), rows)
+                # a retry of a write whose commit's answer was lost finds its rows stored: the same positions, the
+                # same entries (this daemon is the positions' only writer), so nothing is written twice
+                cur.executemany(sql.SQL("INSERT INTO {} (session_id, pos, body) VALUES (%s, %s, %s::jsonb) "
+                                        "ON CONFLICT (session_id, pos) DO NOTHING").format(self._transcript), rows)
         try:
             await self._run(q)
         except StoreUnavailable:

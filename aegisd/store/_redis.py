@@ -84,6 +84,19 @@ def _holder_verdict(holder: bytes | None) -> str:
     return "alive" if b"aegisd" in cmdline or pid == os.getpid() else "dead"
 
 
+# RPUSH the entries ARGV[2..] unless the list's last entry already has an id >= ARGV[1] (they were pushed)
+_APPEND_ONCE = """
+local last = redis.call('LINDEX', KEYS[1], -1)
+if last then
+  local ok, entry = pcall(cjson.decode, last)
+  if ok and type(entry) == 'table' and tonumber(entry['id']) and tonumber(entry['id']) >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+return redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+"""
+
+
 class RedisStore:
     name = "redis"
 
@@ -301,7 +314,10 @@ class RedisStore:
     async def append_transcript(self, session_id: str, entries: list[TranscriptEntry]) -> None:
         if entries:
             lines = [_enc.encode(e) for e in entries]
-            await self._run(lambda c: c.rpush(self._k("t", session_id), *lines))
+            key, first = self._k("t", session_id), entries[0].id
+            # idempotent: a retry of an append whose answer was lost (the connection cut after the server ran it)
+            # finds its entries already there and pushes nothing, so no entry (and no id) is stored twice
+            await self._run(lambda c: c.eval(_APPEND_ONCE, 1, key, first, *lines))
 
     async def read_transcript(self, session_id: str, start: int = 0,
                               limit: int | None = None) -> list[TranscriptEntry]:

@@ -42,6 +42,7 @@ log = structlog.get_logger("aegisd.control")
 MAX_FRAME = 16 * 1024 * 1024
 FRAME_TIMEOUT_S = 60.0  # a frame begun must end (with its newline) within this
 MAX_IN_FLIGHT = 256  # requests running at once on one connection (streams included)
+OUT_HIGH_WATER = 64 * 1024  # bytes queued for a connection before its senders wait
 
 
 class Request(msgspec.Struct):
@@ -115,25 +116,71 @@ async def serve_control(services: Services, path: Path, *,
 
 
 class _Conn:
+    """One connection's output. Answers and stream events are queued in the order they are sent and one writer
+    task sends everything queued in one write (pipelined answers coalesce); a sender waits only when more than
+    OUT_HIGH_WATER bytes are queued (a client that stops reading slows its own requests, nobody else's), or when
+    it asks to wait until its frame is on the wire (a stream's next event is produced only then)."""
+
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.lock = trio.Lock()
         self.closed = False
         self.in_flight = 0  # requests received on this connection and not yet answered
+        self._out: list[bytes] = []
+        self._queued = 0  # bytes in _out
+        self._wake = trio.Event()
+        self._room = trio.lowlevel.ParkingLot()  # senders waiting for the queue to drain
+        self._finishing = False
+        self._queued_frames = 0  # frames queued so far
+        self._sent_frames = 0  # of those, how many were handed to the socket
+        self._flushed = trio.lowlevel.ParkingLot()  # senders waiting for their frame to be sent
 
-    async def send(self, frame: dict[str, Any]) -> None:
+    async def send(self, frame: dict[str, Any], *, wait: bool = False) -> None:
         try:
             data = _encoder.encode(frame) + b"\n"
         except Exception as exc:  # noqa: BLE001 - a result that cannot be encoded is our fault: say so
             log.exception("control.encode_failed", error=repr(exc))
             data = _encoder.encode(error_frame(frame.get("id"), exc)) + b"\n"
-        async with self.lock:
-            if self.closed:
-                return
+        while self._queued >= OUT_HIGH_WATER and not self.closed:
+            await self._room.park()
+        if self.closed:
+            return
+        self._out.append(data)
+        self._queued += len(data)
+        self._queued_frames += 1
+        self._wake.set()
+        if wait:
+            mine = self._queued_frames
+            while self._sent_frames < mine and not self.closed:
+                await self._flushed.park()
+
+    def finish(self) -> None:
+        """No more frames: the writer sends what is queued, then ends."""
+        self._finishing = True
+        self._wake.set()
+
+    async def write_loop(self) -> None:
+        while True:
+            while not self._out:
+                if self._finishing or self.closed:
+                    return
+                self._wake = trio.Event()
+                await self._wake.wait()
+                await trio.lowlevel.checkpoint()  # answers finished in this scheduling round join this write
+            data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            frames = len(self._out)
+            self._out.clear()
+            self._queued = 0
+            self._room.unpark_all()
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.closed = True
+                self._out.clear()
+                self._room.unpark_all()
+                self._flushed.unpark_all()
+                return
+            self._sent_frames += frames
+            self._flushed.unpark_all()
 
 
 class _BadFrame(Exception):
@@ -169,26 +216,35 @@ async def _connection(services: Services, stream: trio.SocketStream) -> None:
     too large or never finished); nothing it sends reaches the daemon's other connections."""
     conn = _Conn(stream)
     try:
-        pid, uid = unix_peer(stream.socket)  # type: ignore[arg-type]
-        if uid not in (os.getuid(), 0):
-            await conn.send(error_frame(None, Unauthorized(f"uid {uid} may not use this daemon's socket")))
-            return
-        session_id = services.callers.session_of_pid(pid)
-        principal = agent_principal(session_id) if session_id is not None else ops.Principal()
-        if session_id is not None:
-            log.info("control.agent_caller", session_id=session_id, pid=pid)
-        async with trio.open_nursery() as requests:
-            async with trio.open_nursery() as streams:
-                await _read_frames(services, conn, principal, requests, streams)
-                streams.cancel_scope.cancel()  # the client closed (or half-closed) its side: end its streams
-            # requests already received still run and answer: a client that half-closes after writing
-            # (`printf '...' | nc -U -N`) gets its answers
+        async with trio.open_nursery() as io:
+            io.start_soon(conn.write_loop)
+            try:
+                await _serve(services, conn)
+            finally:
+                conn.finish()  # what was answered still goes out, then the writer ends
     except Exception as exc:  # noqa: BLE001 - a bug serving one connection must not take the services down
         log.exception("control.connection_failed", error=repr(exc))
     finally:
         conn.closed = True
         with trio.CancelScope(shield=True):
             await stream.aclose()
+
+
+async def _serve(services: Services, conn: _Conn) -> None:
+    pid, uid = unix_peer(conn.stream.socket)  # type: ignore[arg-type]
+    if uid not in (os.getuid(), 0):
+        await conn.send(error_frame(None, Unauthorized(f"uid {uid} may not use this daemon's socket")))
+        return
+    session_id = services.callers.session_of_pid(pid)
+    principal = agent_principal(session_id) if session_id is not None else ops.Principal()
+    if session_id is not None:
+        log.info("control.agent_caller", session_id=session_id, pid=pid)
+    async with trio.open_nursery() as requests:
+        async with trio.open_nursery() as streams:
+            await _read_frames(services, conn, principal, requests, streams)
+            streams.cancel_scope.cancel()  # the client closed (or half-closed) its side: end its streams
+        # requests already received still run and answer: a client that half-closes after writing
+        # (`printf '...' | nc -U -N`) gets its answers
 
 
 async def _read_frames(services: Services, conn: _Conn, principal: ops.Principal, requests: trio.Nursery,
@@ -253,7 +309,8 @@ async def _handle(services: Services, conn: _Conn, req: Request, principal: ops.
         if o.stream:
             async with aclosing(ops.stream(ctx, req.op, req.params)) as events:
                 async for event in events:
-                    await conn.send({"id": req.id, "event": event})
+                    # on the wire before the stream goes on (daemon.stop's event must precede the shutdown)
+                    await conn.send({"id": req.id, "event": event}, wait=True)
                     if conn.closed:
                         return
             await conn.send({"id": req.id, "ok": True, "result": {"end": "done"}})

@@ -1,0 +1,167 @@
+"""Fan-out behaviour (issue 14): what is queued for a subscriber is coalesced into one write without reordering
+anything; a slow subscriber never delays the others, and its overflow still works; pipelined control-socket
+answers are coalesced in the order they were produced. Behaviour only: no timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from aegisd.bus import EventBus
+from aegisd.core import events as ev
+from aegisd.core.states import State
+from aegisd.surfaces.http._sse import frame
+
+from .conftest import DaemonHandle
+from .test_control import connect
+from .test_sse import SseReader
+
+
+def _status(i: int) -> ev.StatusChanged:
+    return ev.StatusChanged(status=State.RUNNING, previous=State.IDLE, detail=f"n{i}")
+
+
+async def test_subscribers_read_everything_queued_in_order_and_share_frames() -> None:
+    bus = EventBus()
+    a = await bus.subscribe(session_id="s1", maxsize=1000)
+    b = await bus.subscribe(maxsize=1000)
+    other = await bus.subscribe(session_id="s2", maxsize=1000)
+    published = [bus.publish("s1", _status(i)) for i in range(300)]
+    got_a = []
+    while (e := a.next_nowait()) is not None:
+        got_a.append(e)
+    got_b = []
+    while (e := b.next_nowait()) is not None:
+        got_b.append(e)
+    assert [e.id for e in got_a] == [e.id for e in published] == [e.id for e in got_b]
+    assert other.next_nowait() is None  # another session's subscriber sees none of it
+    # one envelope, one encoding: every subscriber's frame is the very same bytes object
+    assert all(frame(x, scope="session") is frame(y, scope="session") for x, y in zip(got_a, got_b, strict=True))
+
+
+async def test_a_slow_subscriber_overflows_alone_and_still_reads_what_it_had() -> None:
+    bus = EventBus()
+    slow = await bus.subscribe(session_id="s1", maxsize=10)
+    fast = await bus.subscribe(session_id="s1", maxsize=1000)
+    for i in range(100):  # publishing never waits for anyone
+        bus.publish("s1", _status(i))
+    assert slow.overflowed and slow.closed and not fast.overflowed
+    assert bus.dropped_subscribers == 1
+    kept = [e.id async for e in slow]  # what it had queued, then the end
+    assert kept == list(range(1, 11))
+    got = []
+    while (e := fast.next_nowait()) is not None:
+        got.append(e.id)
+    assert got == list(range(1, 101))
+
+
+async def test_a_waiting_subscriber_wakes_on_publish_and_on_close() -> None:
+    bus = EventBus()
+    sub = await bus.subscribe(session_id="s1")
+    got: list[int] = []
+
+    async def reader() -> None:
+        async for e in sub:
+            got.append(e.id)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        bus.publish("s1", _status(1))
+        bus.publish("s1", _status(2))
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [1, 2]
+        bus.close_all()
+    assert got == [1, 2] and bus.subscribers == 0
+
+
+async def test_sse_streams_keep_order_through_a_burst(daemon: DaemonHandle, workdir: Path) -> None:
+    """A fast turn (its events coalesced into few writes) reaches two subscribers of the session whole and in
+    order, the turn end last."""
+    sid = (await daemon.create(workdir))["id"]
+    async with daemon.http.stream("GET", f"/v1/sessions/{sid}/events") as r1, \
+            daemon.http.stream("GET", f"/v1/sessions/{sid}/events") as r2:
+        readers = [SseReader(r1), SseReader(r2)]
+        for r in readers:
+            assert (await r.next())[1]["event"] == "connected"
+        await daemon.http.post(f"/v1/sessions/{sid}/send", json={"text": "stream:300"})
+        seen: list[list[int]] = []
+        for r in readers:
+            ids: list[int] = []
+            with trio.fail_after(20):
+                while True:
+                    ev_id, data = await r.next()
+                    assert ev_id is not None
+                    ids.append(ev_id)
+                    if data["event"] == "turn":
+                        break
+            seen.append(ids)
+        assert seen[0] == seen[1] == sorted(seen[0]) and len(set(seen[0])) == len(seen[0]) > 300
+
+
+async def test_control_answers_coalesced_in_the_order_produced(daemon: DaemonHandle, workdir: Path) -> None:
+    """Frames answered as they are read (bad frames) come back in the order sent, however they were batched;
+    a stream's events keep their order among the answers coalesced with them."""
+    c = await connect(daemon)
+    try:
+        await c.send(b"".join(b'{"id": %d, "op": 5}\n' % i for i in range(200)))
+        answers = [await c.recv() for _ in range(200)]
+        assert [a["id"] for a in answers] == list(range(200))
+        assert all(a["ok"] is False and a["error"]["code"] == "VALIDATION_ERROR" for a in answers)
+        sid = (await c.call("session.create", workDir=str(workdir)))["result"]["id"]
+        await c.send({"id": "f", "op": "session.follow", "params": {"id": sid}})
+        await c.send(b"".join(json.dumps({"id": i, "op": "session.get", "params": {"id": sid}}).encode() + b"\n"
+                              for i in range(100)))
+        await c.send({"id": "s", "op": "session.send", "params": {"id": sid, "text": "stream:50"}})
+        got: dict[object, list[dict[str, Any]]] = {}
+        with trio.fail_after(20):
+            while not any(f["event"]["event"] == "turn" for f in got.get("f", [])):
+                frame_ = await c.recv()
+                got.setdefault(frame_["id"], []).append(frame_)
+        assert all(got[i][0]["ok"] is True for i in range(100)) and got["s"][0]["ok"] is True
+        ids = [f["event"]["id"] for f in got["f"]]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids) > 50
+    finally:
+        await c.stream.aclose()
+
+
+async def test_file_store_flushes_share_fsync_passes(tmp_path: Path, monkeypatch: Any) -> None:
+    """Saves are in place (readable by a new daemon) when they return; concurrent flushes share fsync passes
+    (group commit) and each returns only once a pass covering its own writes ended."""
+    import time
+
+    from aegisd.core.models import SessionRecord
+    from aegisd.store._file import FileStore
+
+    store = FileStore(tmp_path)
+    await store.open()
+    passes: list[set[Path]] = []
+    real = FileStore._fsync_all
+
+    def counting(paths: set[Path]) -> None:
+        passes.append(set(paths))
+        time.sleep(0.02)  # a slow disk: callers pile up behind the running pass
+        real(paths)
+
+    monkeypatch.setattr(FileStore, "_fsync_all", staticmethod(counting))
+    durable: list[str] = []
+
+    async def save(i: int) -> None:
+        await store.save_session(SessionRecord(id=f"s{i}", workDir="/w", createdAt=i))
+        assert (tmp_path / "sessions" / f"s{i}.json").exists()  # in the kernel before any fsync
+        await store.flush()
+        assert any(tmp_path / "sessions" / f"s{i}.json" in p for p in passes)
+        durable.append(f"s{i}")
+
+    async with trio.open_nursery() as n:
+        for i in range(20):
+            n.start_soon(save, i)
+    assert len(durable) == 20
+    assert len(passes) < 20  # shared: at most one pass running, the next covering all that waited
+    assert all(tmp_path / "sessions" in p for p in passes)  # the renames' directory too
+    await store.flush()  # nothing new: no pass
+    assert len(passes) < 20
+    await store.close()
