@@ -436,7 +436,7 @@ async def test_audit_stored_says_when_a_record_could_not_be_stored(tmp_path: Pat
 
     store.log_append = flaky  # type: ignore[method-assign]
     audit.record("someone", "key.create")
-    assert await audit.stored() is False and len(audit._pending) == 1
+    assert await audit.stored() is False and len(audit.writer.pending) == 1
     down = False
-    assert await audit.stored() is True and audit._pending == []
+    assert await audit.stored() is True and audit.writer.pending == []
     assert [r["action"] for _, r in await RecordLog(store, "audit").read()] == ["key.create"]

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 import trio
 
-from aegisd.store import RecordLog, migrate_legacy
+from aegisd.store import LogWriter, RecordLog, migrate_legacy
 
 log = structlog.get_logger("aegisd.audit")
 
@@ -84,14 +84,12 @@ class AuditLog:
         self.legacy_dir = legacy_dir  # an earlier version's <state>/audit/, moved into the store at start
         self._seq = 0
         self._last_hash = GENESIS
-        self._pending: list[dict[str, Any]] = []
-        self._lock = trio.Lock()
-        self._wake = trio.Event()
+        self.writer = LogWriter(log)  # records made, in chain order, until stored
 
     async def open(self) -> None:
         if self.legacy_dir is not None:
             await migrate_legacy(self.legacy_dir, read_legacy, self.log.append_missing)
-        async with self._lock:
+        async with self.writer.lock:
             stored = await self.log.read()
         if stored:
             rec = stored[-1][1]
@@ -110,42 +108,24 @@ class AuditLog:
         rec["prevHash"] = self._last_hash
         rec["hash"] = _hash(rec)
         self._seq, self._last_hash = rec["seq"], rec["hash"]
-        self._pending.append(rec)
-        self._wake.set()
+        self.writer.put(rec)
         return rec
 
     async def stored(self) -> bool:
         """Store every record made so far; True once they all are. A store error is logged (the audit must not
         take the daemon down), the records stay queued for the next try, and the answer is False."""
-        if not self._pending:  # every record is stored (one leaves the queue once it is): no lock to take
-            return True
-        async with self._lock:
-            while self._pending:
-                try:
-                    await self.log.append(self._pending[0])
-                except Exception as exc:  # noqa: BLE001
-                    log.error("audit.write_failed", action=self._pending[0].get("action"), error=str(exc))
-                    return False
-                self._pending.pop(0)
-        return True
+        return await self.writer.stored()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self.stored()
-            if self._pending:  # the store is away: try again in a moment
-                await trio.sleep(1.0)
-                self._wake.set()
+        await self.writer.run(task_status=task_status)
 
     async def read_all(self) -> list[dict[str, Any]]:
         """Every record, oldest first: those stored, then those on their way (stored first when the store takes
         them, so a seq a reader saw is durable and never given to another record after a crash)."""
         await self.stored()
-        async with self._lock:
+        async with self.writer.lock:
             stored = [r for _, r in await self.log.read()]
-            return stored + list(self._pending)
+            return stored + list(self.writer.pending)
 
     async def query(self, *, actor: str | None = None, action: str | None = None, session_id: str | None = None,
               since: int | None = None, until: int | None = None, cursor: int | None = None, limit: int = 100,

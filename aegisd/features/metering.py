@@ -15,7 +15,7 @@ import structlog
 import trio
 
 from aegisd.core.pricing import DEFAULT_TIER, RATE_TIERS, UsageRecord, estimate_cost, tier_of
-from aegisd.store import RecordLog, migrate_legacy
+from aegisd.store import LogWriter, RecordLog, migrate_legacy
 
 log = structlog.get_logger("aegisd.usage")
 
@@ -43,9 +43,7 @@ class UsageLedger:
         self.log = log
         self.legacy_file = legacy_file  # an earlier version's <state>/usage.jsonl, moved into the store at start
         self.records: list[UsageRecord] = []
-        self._pending: list[UsageRecord] = []
-        self._lock = trio.Lock()
-        self._wake = trio.Event()
+        self.writer = LogWriter(log, encode=msgspec.to_builtins)  # records not stored yet, in order
 
     async def open(self) -> None:
         """Load the records of the retention window; older ones are trimmed from the store."""
@@ -77,29 +75,14 @@ class UsageLedger:
 
     def record(self, rec: UsageRecord) -> None:
         self.records.append(rec)
-        self._pending.append(rec)
-        self._wake.set()
+        self.writer.put(rec)
 
     async def stored(self) -> None:
         """Return once every record so far is in the store (a store error is logged; they stay queued)."""
-        async with self._lock:
-            while self._pending:
-                try:
-                    await self.log.append(msgspec.to_builtins(self._pending[0]))
-                except Exception as exc:  # noqa: BLE001 - metering must not end a turn; it is logged instead
-                    log.error("usage.write_failed", error=str(exc))
-                    return
-                self._pending.pop(0)
+        await self.writer.stored()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self.stored()
-            if self._pending:  # the store is away: try again in a moment
-                await trio.sleep(1.0)
-                self._wake.set()
+        await self.writer.run(task_status=task_status)
 
     def select(self, *, since: int | None = None, until: int | None = None, key_id: str | None = None,
                session_id: str | None = None) -> list[UsageRecord]:

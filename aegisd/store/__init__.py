@@ -29,11 +29,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import structlog
 import trio
 
 from aegisd.core.models import Event, SessionRecord, TranscriptEntry
 from aegisd.store._health import STORE_RETRY, StoreHealth, until_stored
 from aegisd.store._names import check_name
+
+_log = structlog.get_logger("aegisd.store")
 
 if TYPE_CHECKING:
     from aegisd.core.config import Config
@@ -41,8 +44,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-__all__ = ["STORE_RETRY", "Collection", "Documents", "Logs", "RecordLog", "Store", "StoreHealth", "migrate_legacy",
-           "open_store", "probe_store",
+__all__ = ["STORE_RETRY", "Collection", "Documents", "LogWriter", "Logs", "RecordLog", "Store", "StoreHealth",
+           "migrate_legacy", "open_store", "probe_store",
            "until_stored"]
 
 
@@ -179,6 +182,46 @@ class RecordLog:
         have = len(await self.read())
         for record in records[have:]:
             await self.append(record)
+
+
+class LogWriter:
+    """Records queued for one log and stored in order: by ``stored()``, which a caller awaits for what it made
+    (an operation before it answers), or by ``run()``, a writer task for the rest. A store error is logged and
+    leaves the records queued, in order, for the next try (the audit and the metering ledger use it)."""
+
+    def __init__(self, log: RecordLog, *, encode: Callable[[Any], Any] = lambda record: record) -> None:
+        self.log = log
+        self.pending: list[Any] = []
+        self.lock = trio.Lock()  # held while storing; readers take it to see stored + pending as one
+        self._encode = encode
+        self._wake = trio.Event()
+
+    def put(self, record: Any) -> None:
+        self.pending.append(record)
+        self._wake.set()
+
+    async def stored(self) -> bool:
+        """Store every record queued so far; True once they all are, False when the store refused one."""
+        if not self.pending:  # a record leaves the queue once it is stored: nothing to wait for
+            return True
+        async with self.lock:
+            while self.pending:
+                try:
+                    await self.log.append(self._encode(self.pending[0]))
+                except Exception as exc:  # noqa: BLE001 - the writer's owner must not go down with the store
+                    _log.error("store.log_write_failed", log=self.log.name, error=str(exc))
+                    return False
+                self.pending.pop(0)
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            if not await self.stored():  # the store is away: try again in a moment
+                await trio.sleep(1.0)
+                self._wake.set()
 
 
 def open_store(config: Config) -> Store:
