@@ -268,8 +268,8 @@ class Daemon:
             self.store.health.give_up(f"closing the store took longer than {STORE_CLOSE_S} s")
 
     async def _persist_events(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The bus's persister, started again when a write fails for want of fds or memory (that batch of events
-        was delivered live but misses the stored log): running short must not end the daemon."""
+        """The bus's persister, started again when a write fails for want of fds, threads or memory (the bus keeps
+        the batch it could not store and stores it on the next pass): running short must not end the daemon."""
         status = task_status
         while True:
             try:
