@@ -34,6 +34,7 @@ from aegisd.auth.audit import AuditLog
 from aegisd.auth.callers import Callers
 from aegisd.auth.oidc import Oidc
 from aegisd.bus import EventBus
+from aegisd.cluster import Cluster, node_identity
 from aegisd.core.config import Config, is_loopback
 from aegisd.core.errors import NotFound, QuotaExceeded, StoreUnavailable, ValidationError
 from aegisd.core.sections import parse_endpoints
@@ -95,6 +96,7 @@ class Daemon:
         if self.oidc is not None:
             self.oidc.on_change = self.credentials.changed
         self.alerts = Alerts(cfg.alerting)
+        self.store.on_fenced = self.manager.fence  # another node took a session, or the lock is lost
         self.store.health.on_change = self.alerts.store_changed  # one alert per outage of the store
         self.manager.on_exhausted = lambda detail: self.alerts.record("resource_exhausted", detail)
         self.webhooks = Webhooks(bus=self.bus, records=self.manager.records, alert=self.alerts.record,
@@ -117,6 +119,10 @@ class Daemon:
             credentials=self.credentials, auth_throttle=AuthThrottle(), sse_tokens=SseTokens(),
             rate_limiter=RateLimiter(), oidc=self.oidc, environ=self.environ, http_url=cfg.base_url,
             request_stop=self.request_stop)
+        self.identity = node_identity(cfg)
+        self.manager.node_id = self.identity.id
+        self.cluster = Cluster(cfg, self.identity, self.manager)
+        self.services.cluster = self.cluster
         self.pipelines.create_session = stage_sessions(self.services)  # stages: the session.create path
         self.telegram = Telegram(self.services, cfg.telegram) if cfg.telegram.enabled else None
         self.services.channels = [c.health for c in (self.telegram, self.mail) if c is not None]

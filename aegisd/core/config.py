@@ -130,6 +130,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     pgPoolMax: int = 5
     redisUrl: str = "redis://localhost:6379"
     redisKeyPrefix: str = "aegis"
+    # a cluster: every aegisd on the same PostgreSQL tables is a node of one cluster (docs/cluster.md)
+    nodeId: str = ""  # "" = the host name + a short hash of the state dir
+    advertiseUrl: str = ""  # the URL other nodes reach this one at ("" = http(s)://<host>:<port>)
+    clusterSecret: str = ""  # nodes authenticate to each other with it (required with a non-loopback URL)
+    nodeLeaseMs: int = 15_000  # a node that has not renewed its lease for this long is lost
+    tlsCert: str = ""  # PEM certificate (chain) hypercorn serves HTTPS with; needs tlsKey
+    tlsKey: str = ""
+    tlsCa: str = ""  # CA bundle nodes verify each other's certificates with ("" = the system's + tlsCert)
     strictRbac: bool = False
     # browser defences (aegisd/surfaces/http/_browser.py): extra Host names served, web origins allowed (with CORS)
     allowedHosts: tuple[str, ...] = ()
@@ -216,6 +224,13 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
     "AEGIS_REDIS_URL": ("redisUrl", str),
     "AEGIS_REDIS_KEY_PREFIX": ("redisKeyPrefix", str),
     "AEGIS_STRICT_RBAC": ("strictRbac", _bool),
+    "AEGIS_NODE_ID": ("nodeId", str),
+    "AEGIS_ADVERTISE_URL": ("advertiseUrl", str),
+    "AEGIS_CLUSTER_SECRET": ("clusterSecret", str),
+    "AEGIS_NODE_LEASE_MS": ("nodeLeaseMs", int),
+    "AEGIS_TLS_CERT": ("tlsCert", str),
+    "AEGIS_TLS_KEY": ("tlsKey", str),
+    "AEGIS_TLS_CA": ("tlsCa", str),
     "AEGIS_ALLOWED_HOSTS": ("allowedHosts", _commas),
     "AEGIS_ALLOWED_ORIGINS": ("allowedOrigins", _commas),
     "AEGIS_ACP_PROMPT_TIMEOUT_MS": ("acpPromptTimeoutMs", int),
@@ -249,7 +264,7 @@ ENV_VARS: dict[str, tuple[str, Any]] = {
 }
 # Keys of the config file that are not Config fields but are accepted (the original's, or for later parts).
 KNOWN_EXTRA_KEYS = {"clientAuthToken", "rateLimit", "defaultSessionEnv", "name", "model"}
-_SECRET_KEYS = {"authToken", "postgresUrl", "redisUrl", "clientAuthToken"}
+_SECRET_KEYS = {"authToken", "postgresUrl", "redisUrl", "clientAuthToken", "clusterSecret"}
 # secrets inside a section: section -> field
 _SECRET_FIELDS = {"oidc": "clientSecret", "email": "smtpUrl", "telegram": "botToken"}
 

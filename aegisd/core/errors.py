@@ -173,6 +173,16 @@ class StoreUnavailable(Unavailable):
         super().__init__(message, details=details)
 
 
+class SessionFenced(Unavailable):
+    """This node no longer owns the session (its lease was lost, another node adopted it): nothing was written for
+    it; the caller tries again and reaches the session's new owner (details: retryAfter)."""
+
+    code = "SESSION_MOVED"
+
+    def __init__(self, message: str = "", *, details: Any = None) -> None:
+        super().__init__(message, details=details if details is not None else {"retryAfter": 1})
+
+
 class ResourceExhausted(Unavailable):
     """The daemon or the machine ran out of open files, processes or memory: this one request is refused
     (details: {resource, retryAfter}); the sessions already running go on."""

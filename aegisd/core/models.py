@@ -129,6 +129,7 @@ class SessionRecord(msgspec.Struct):
     permissionPolicy: list[dict[str, Any]] | None = None  # the original's legacy rules, as sent
     mcpServers: list[str] = []  # names: "aegis" (built in) or keys of the config's mcpServers
     pid: int | None = None
+    node: str | None = None  # the id of the node running it (aegisd/cluster; one daemon: this daemon's id)
     schemaVersion: int = SCHEMA_VERSION
 
 

@@ -20,6 +20,7 @@ from aegisd.auth.audit import AuditLog
 from aegisd.auth.callers import Callers
 from aegisd.auth.oidc import Oidc
 from aegisd.bus import EventBus
+from aegisd.cluster import Cluster
 from aegisd.core.config import Config
 from aegisd.features.memory import MemoryStore
 from aegisd.features.metering import UsageLedger
@@ -57,6 +58,7 @@ class Services:
     sse_tokens: SseTokens
     rate_limiter: RateLimiter
     oidc: Oidc | None = None
+    cluster: Cluster | None = None  # the nodes (a cluster of one unless the store is PostgreSQL)
     # notification channels besides webhooks (Telegram, email): each reports its health
     channels: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))

@@ -88,6 +88,7 @@ class SessionManager:
         self.quotas: QuotaCheck | None = None  # per-key quotas, set by the daemon (aegisd/features/quotas.py)
         # told when a create is refused for want of fds, processes or memory (the daemon raises an alert)
         self.on_exhausted: Callable[[str], object] | None = None
+        self.node_id: str | None = None  # this node's id (aegisd/cluster), recorded in each session it creates
 
     def mcp_specs(self, rec: SessionRecord) -> list[dict[str, Any]]:
         """The session's MCP servers as ACP `mcpServers` entries (stdio)."""
@@ -311,7 +312,7 @@ class SessionManager:
                 permissionMode=mode, model=model, requestedModel=model,
                 stallThresholdMs=stallThresholdMs or cfg.stallThresholdMs, createdAt=ts, lastActivity=ts,
                 parentId=parentId, ownerKeyId=ownerKeyId, forkedFrom=forkedFrom, creatorSessionId=creatorSessionId,
-                mcpServers=list(dict.fromkeys(mcpServers or ())))
+                mcpServers=list(dict.fromkeys(mcpServers or ())), node=self.node_id)
             try:
                 await self.store.save_session(rec)
             except (OSError, MemoryError) as exc:
@@ -364,6 +365,17 @@ class SessionManager:
         self.store.health.check()  # the end could not be stored now: 503 STORE_UNAVAILABLE, the session lives on
         await runner.stop(status, "killed" if status == State.KILLED else "closed")
         return rec
+
+    def fence(self, session_id: str | None, reason: str) -> None:
+        """This node may no longer write for ``session_id`` (None: for any session: its lease is lost): stop those
+        agents at once, write nothing more for them (aegisd/cluster, and the Redis store's lock)."""
+        runners = list(self.runners.values()) if session_id is None else \
+            [r for r in (self.runners.get(session_id),) if r is not None]
+        for runner in runners:
+            runner.fence(reason)
+        if runners:
+            log.error("sessions.fenced", sessions=len(runners), reason=reason,
+                      session_id=session_id)
 
     async def shutdown(self) -> None:
         """Stop every agent, keeping session states for the next daemon to resume. No session starts once this

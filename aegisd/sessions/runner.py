@@ -40,6 +40,7 @@ from aegisd.core.errors import (
     ProtocolError,
     RequestTimeout,
     ResourceExhausted,
+    SessionFenced,
     SessionNotLive,
     StoreUnavailable,
 )
@@ -210,6 +211,7 @@ class SessionRunner:
         self.settled = trio.Event()  # the final state is saved (a kill's agent may still be stopping)
         self._settle_error: BaseException | None = None
         self.finished = trio.Event()  # ... and the agent is gone
+        self.fenced: str | None = None  # why this node may no longer write for the session (aegisd/cluster)
 
     # ---- public, called from other tasks -------------------------------------------------------
     async def command(self, kind: str, **args: Any) -> Any:
@@ -242,6 +244,15 @@ class SessionRunner:
                 old.exitCode = crash.exitCode
             if old.signal is None and crash.signal is not None:
                 old.signal = crash.signal
+
+    def fence(self, reason: str) -> None:
+        """This node lost the session (its lease, or another node took it over): stop the agent at once and write
+        nothing more for it; the session's state is the new owner's."""
+        if self.fenced is None:
+            self.fenced = reason
+            self.log.warning("session.fenced", reason=reason)
+        self._end_request = None
+        self.end(None, "fenced")
 
     async def stop(self, status: State | None, reason: str) -> None:
         """End the session and wait until its final state is saved (for a kill, the agent may still be
@@ -733,6 +744,8 @@ class SessionRunner:
             await until_stored(self._store.health, call, what=f"session {self.rec.id}: {what}")
         except StoreUnavailable as exc:
             self.log.error("session.write_lost", what=what, error=exc.message)
+        except SessionFenced as exc:  # another node owns the session now: stop, write nothing more
+            self.fence(exc.message)
 
     async def _append(self, entries: list[Any]) -> None:
         if not entries:
@@ -746,6 +759,9 @@ class SessionRunner:
         """Runs once, shielded: stop the agent, settle the final state, tell everyone. A kill settles first
         (the session is `killed`, saved, at once: DELETE answers without waiting for the agent) and stops the
         agent after, in this same task (the lifeline still ends it if the daemon dies meanwhile)."""
+        if self.fenced is not None:
+            await self._abandon()
+            return
         status, reason, crash = self._end_request or (State.CRASHED, "internal_error",
                                                      CrashInfo(reason="internal_error: runner ended"))
         try:
@@ -761,6 +777,26 @@ class SessionRunner:
                     await self._stop_agent(crash, cancel_turn=cancel_turn)
                 finally:
                     await self._settle(status, reason, crash)
+        finally:
+            self.ready.set()
+            self.settled.set()
+            self.finished.set()
+
+    async def _abandon(self) -> None:
+        """The end of a fenced session: the agent is killed (no polite cancel: its turn is the new owner's to
+        resume), whatever waited is told the session moved, and nothing is saved or published."""
+        try:
+            self._inbox_send.close()
+            async for item in self._inbox:
+                if isinstance(item, _Command):
+                    item.error = SessionFenced(f"session {self.rec.id} moved to another node; try again")
+                    item.done.set()
+            for reply in self._replies.values():
+                reply.done.set()
+            self._replies.clear()
+            if self._proc is not None:
+                await self._proc.stop(grace=0, stdin_grace=0)
+                await self.host.lifeline.unregister(self._proc.pgid)
         finally:
             self.ready.set()
             self.settled.set()

@@ -52,6 +52,9 @@ __all__ = ["STORE_RETRY", "Collection", "Documents", "LogWriter", "Logs", "Recor
 class Store(Protocol):
     name: str
     health: StoreHealth  # ok, or degraded with the reason (GET /v1/health shows it)
+    # told when this daemon may no longer write for a session (None: for any; the reason): its agents must stop
+    # at once (the cluster's fencing on PostgreSQL, the single-writer lock on Redis)
+    on_fenced: Callable[[str | None, str], None] | None
 
     async def monitor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch the store's connection while the daemon runs (reconnect, take the lock again, probe while

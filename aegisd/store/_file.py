@@ -24,7 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -197,6 +197,7 @@ class _RecordFile:
 
 
 class FileStore:
+    on_fenced: Callable[[str | None, str], None] | None = None
     name = "file"
 
     def __init__(self, state_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -12,6 +13,7 @@ from aegisd.store._health import StoreHealth
 
 
 class MemoryStore:
+    on_fenced: Callable[[str | None, str], None] | None = None
     name = "memory"
 
     def __init__(self) -> None:

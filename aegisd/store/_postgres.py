@@ -56,6 +56,7 @@ def mask_url(url: str) -> str:
 
 
 class PostgresStore:
+    on_fenced: Callable[[str | None, str], None] | None = None
     name = "postgres"
 
     def __init__(self, config: Config) -> None:

@@ -98,6 +98,7 @@ return redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
 
 
 class RedisStore:
+    on_fenced: Callable[[str | None, str], None] | None = None
     name = "redis"
 
     def __init__(self, config: Config, *, lock_ttl_ms: int = LOCK_TTL_MS) -> None:

@@ -1,0 +1,79 @@
+"""Who this node is: its id and the URL other nodes reach it at."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from aegisd.core.config import Config, is_loopback
+from aegisd.core.errors import ValidationError
+
+NODE_ID_FILE = "node-id"
+_VALID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    id: str
+    url: str  # where other nodes reach this one
+    host: str  # the machine's host name
+    state_dir: str
+
+
+def _default_id(state: Path) -> str:
+    """The host name and a short hash of the state dir, kept in ``<state>/node-id`` once chosen (so that a new
+    host name does not make a node a stranger to its own sessions)."""
+    path = state / NODE_ID_FILE
+    try:
+        stored = path.read_text().strip()
+    except FileNotFoundError:
+        stored = ""
+    if _VALID.match(stored):
+        return stored
+    host = re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname()).strip("-.") or "node"
+    digest = hashlib.sha256(str(state).encode()).hexdigest()[:6]
+    chosen = f"{host[:48]}-{digest}"
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(chosen + "\n")
+    tmp.replace(path)
+    return chosen
+
+
+def advertise_url(config: Config) -> str:
+    """``advertiseUrl``, or http(s)://<host>:<port> (https when tlsCert is set). Binding every address needs it
+    on a store other nodes may share (PostgreSQL)."""
+    if config.advertiseUrl:
+        return config.advertiseUrl.rstrip("/")
+    host = config.host
+    if host in ("0.0.0.0", "::", "") and config.sessionStore != "postgres":
+        return config.base_url
+    if host in ("0.0.0.0", "::", ""):
+        raise ValidationError(f"binding {host or 'every address'} needs AEGIS_ADVERTISE_URL (advertiseUrl): the URL "
+                              "other nodes of the cluster reach this one at")
+    scheme = "https" if config.tlsCert else "http"
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{config.port}"
+
+
+def url_is_loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or is_loopback(host)
+
+
+def node_identity(config: Config) -> NodeIdentity:
+    """This node's identity (``nodeId`` / AEGIS_NODE_ID, or the default kept in the state dir)."""
+    state = config.state_path
+    if config.nodeId:
+        if not _VALID.match(config.nodeId):
+            raise ValidationError("nodeId (AEGIS_NODE_ID): 1-63 letters, digits, '.', '_' or '-', starting with a "
+                                  "letter or digit")
+        node_id = config.nodeId
+    else:
+        node_id = _default_id(state)
+    return NodeIdentity(id=node_id, url=advertise_url(config), host=socket.gethostname(), state_dir=str(state))
