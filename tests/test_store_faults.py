@@ -123,8 +123,8 @@ def drop_connections(kind: str, ports: set[int]) -> int:
         import psycopg
 
         with psycopg.connect(PG or "", autocommit=True) as conn:
-            rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
-                                "'aegisd' AND client_port = ANY(%s)", (list(ports),)).fetchall()
+            rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name "
+                                "LIKE 'aegisd%%' AND client_port = ANY(%s)", (list(ports),)).fetchall()
         return len(rows)
     import redis
 

@@ -121,13 +121,28 @@ class Daemon:
             request_stop=self.request_stop)
         self.identity = node_identity(cfg)
         self.manager.node_id = self.identity.id
-        self.cluster = Cluster(cfg, self.identity, self.manager)
+        self.cluster = self._cluster()
         self.services.cluster = self.cluster
         self.pipelines.create_session = stage_sessions(self.services)  # stages: the session.create path
         self.telegram = Telegram(self.services, cfg.telegram) if cfg.telegram.enabled else None
         self.services.channels = [c.health for c in (self.telegram, self.mail) if c is not None]
         self._shutdown: trio.Event | None = None  # run()'s; set by request_stop (the daemon.stop operation)
         self._stop_bound: trio.CancelScope | None = None  # the task bounding the stop's waits on the store
+
+    def _cluster(self) -> Cluster:
+        """A cluster of one, or, on PostgreSQL, a node of the cluster of every daemon on the same tables."""
+        from aegisd.store._postgres import PostgresStore
+
+        if not isinstance(self.store, PostgresStore):
+            return Cluster(self.config, self.identity, self.manager)
+        from aegisd.cluster._pg import PgCluster
+        from aegisd.store import NodeSpec
+
+        ident = self.identity
+        self.store.node = NodeSpec(id=ident.id, url=ident.url, host=ident.host, state_dir=ident.state_dir,
+                                   version=__version__, max_sessions=self.config.maxSessions,
+                                   work_dirs=self.manager.workdirs.roots, lease_ms=self.config.nodeLeaseMs)
+        return PgCluster(self.config, ident, self.manager, self.store, self.bus)
 
     # the few things tests and the CLI read off a running daemon
     @property
@@ -193,6 +208,7 @@ class Daemon:
             await self._open_persistence()
             self.check_bind_safety()  # with the keys loaded
             await self.bus.open()
+            await self.cluster.start()
             await self.lifeline.start()
             if cfg.sessionCgroups:
                 self.cgroups = SessionCgroups.create(self.lifeline.token)
@@ -203,6 +219,7 @@ class Daemon:
             async with trio.open_nursery() as root:
                 await root.start(self.store.monitor)  # reconnects, takes the lock again, keeps health current
                 await root.start(self._persist_events)
+                await root.start(self.bus.run_tail)  # a cluster: the other nodes' events, in the store's order
                 await root.start(self.audit.run)
                 await root.start(self.keys.run)
                 await root.start(self.usage.run)
@@ -214,6 +231,7 @@ class Daemon:
                     if service is not None:
                         await root.start(service.run)
                 await root.start(self.pipelines.run)
+                await root.start(self.cluster.run)  # a cluster: nodes, adoption of a lost node's sessions
                 await self._serve(shutdown, task_status=task_status)
                 self._bound_stop()
                 await self.manager.shutdown()
@@ -317,6 +335,9 @@ class Daemon:
             binds = await servers.start(partial(hypercorn_serve, create_app(svc), hc, shutdown_trigger=http_stop.wait))
             svc.http_url = cfg.baseUrl.rstrip("/") if cfg.baseUrl else str(binds[0])
             svc.http_binds = tuple(map(str, binds))
+            if not cfg.advertiseUrl and self.cluster.url != svc.http_url:  # port 0: known now
+                self.cluster.set_url(svc.http_url)
+                await self.cluster.publish_url()
             await servers.start(serve_control, svc, cfg.socket_path)
             log.info("aegisd.ready", http=svc.http_url,
                      dashboard=f"{svc.http_url}/dashboard/" if cfg.dashboardEnabled else None,

@@ -121,8 +121,18 @@ class EventBus:
         self._first_id = 1  # the first id of this daemon's life: older events are only in the store
         self.published = 0
         self.dropped_subscribers = 0
+        # a cluster (the store numbers events): an event is delivered once stored, in the store's order, with the
+        # other nodes' events read from the store when it announces them
+        self._numbered = bool(store is not None and getattr(store, "assigns_event_ids", False))
+        self._delivered = 0  # the highest id delivered here
+        self._deliver_lock = trio.Lock()
+        self._tail_wake = trio.Event()
 
     async def open(self) -> None:
+        if self._store is not None and self._numbered:
+            self._delivered = await self._store.last_event_id()
+            self._next_id = self._first_id = self._delivered + 1
+            return
         if self._store is not None:
             last = await self._store.last_event_id()
             mark = await self._store.doc_get(*_START_DOC)
@@ -138,18 +148,29 @@ class EventBus:
 
     def publish(self, session_id: str, event: SessionEvent) -> Event:
         """Publish a typed event (aegisd/core/events.py); subscribers get its envelope, whose
-        ``events.payload()`` is this very event."""
+        ``events.payload()`` is this very event. In a cluster it is numbered and delivered once stored."""
+        if self._numbered:
+            ev = envelope(0, session_id, now_ms(), event)
+            self.published += 1
+            self._unsaved.append(ev)
+            self._wake.set()
+            return ev
         ev = envelope(self._next_id, session_id, now_ms(), event)
         self._next_id += 1
         self.published += 1
+        self._deliver(ev)
+        if self._store is not None:
+            self._unsaved.append(ev)
+            self._wake.set()
+        return ev
+
+    def _deliver(self, ev: Event) -> None:
+        session_id = ev.sessionId
         ring = self._rings.get(session_id)
         if ring is None:
             ring = self._rings[session_id] = collections.deque(maxlen=RING_PER_SESSION)
         ring.append(ev)
         self._global.append(ev)
-        if self._store is not None:
-            self._unsaved.append(ev)
-            self._wake.set()
         for key in (session_id, None):
             subs = self._subs.get(key)
             if subs:
@@ -157,7 +178,53 @@ class EventBus:
                     sub._offer(ev)
                     if sub.overflowed:
                         self.dropped_subscribers += 1
-        return ev
+
+    # ---- a cluster: events numbered by the store -----------------------------------------------
+    async def _deliver_numbered(self, stored: list[Event]) -> None:
+        """Deliver what this node stored, after whatever other nodes stored before it (read from the store: ids
+        are visible in commit order, so every id below ours is there)."""
+        async with self._deliver_lock:
+            if stored and stored[0].id > self._delivered + 1:
+                await self._catch_up_locked(upto=stored[0].id - 1)
+            for ev in stored:
+                if ev.id > self._delivered:
+                    self._delivered = ev.id
+                    self._next_id = ev.id + 1
+                    self._deliver(ev)
+
+    async def _catch_up_locked(self, upto: int | None = None) -> None:
+        assert self._store is not None
+        while upto is None or self._delivered < upto:
+            batch = await self._store.read_events(session_id=None, after_id=self._delivered, limit=1000)
+            for ev in batch:
+                if upto is not None and ev.id > upto:
+                    return
+                if ev.id > self._delivered:
+                    self._delivered = ev.id
+                    self._next_id = ev.id + 1
+                    self._deliver(ev)
+            if len(batch) < 1000:
+                return
+
+    def poke(self) -> None:
+        """Other nodes stored events (the store announced them): read and deliver them (run_tail)."""
+        self._tail_wake.set()
+
+    async def run_tail(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """A cluster: deliver the events other nodes store, in id order, whenever the store announces some (and
+        every second, in case an announcement was missed)."""
+        task_status.started()
+        if self._store is None or not self._numbered:
+            return
+        while True:
+            with trio.move_on_after(1.0):
+                await self._tail_wake.wait()
+            self._tail_wake = trio.Event()
+            try:
+                async with self._deliver_lock:
+                    await self._catch_up_locked()
+            except StoreUnavailable:
+                await trio.sleep(0.5)
 
     def _remove(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.session_id)
@@ -203,10 +270,12 @@ class EventBus:
             if self._store is not None and self._unsaved:
                 batch, self._unsaved = self._unsaved, []
                 try:
-                    await self._store.append_events(batch)
+                    stored = await self._store.append_events(batch)
                 except Exception:
                     self._unsaved[:0] = batch
                     raise
+                if self._numbered:
+                    await self._deliver_numbered(stored or [])
 
     async def _flush_until_stored(self) -> None:
         assert self._store is not None

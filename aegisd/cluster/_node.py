@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import trio
 
 from aegisd import __version__
 from aegisd.core.errors import NotFound
@@ -64,6 +65,18 @@ class Cluster:
                         lastHeartbeat=now_ms(), startedAt=self.started_at, host=self.identity.host,
                         workDirs=self.manager.workdirs.roots, local=True)
 
+    async def start(self) -> None:
+        """Once the store is open (a cluster of one: nothing to do)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+
+    def set_url(self, url: str) -> None:
+        self.url = url
+
+    async def publish_url(self) -> None:
+        return None
+
     async def nodes(self) -> list[NodeInfo]:
         return [self.self_info()]
 
@@ -92,3 +105,15 @@ class Cluster:
 
     async def forward(self, url: str, op: str, params: Any, principal: Any, request_id: str) -> Any:
         raise NotImplementedError  # a cluster of one never forwards
+
+    def node_of_url(self, url: str) -> str:
+        return self.node_id
+
+    def check_secret(self, presented: str | None) -> bool:
+        return False  # a cluster of one takes no node-to-node calls
+
+    async def refresh(self, session_id: str) -> SessionRecord | None:
+        return self.manager.records.get(session_id)
+
+    async def lookup(self, ident: str) -> None:
+        return None

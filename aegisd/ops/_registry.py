@@ -6,6 +6,7 @@ the same params and results (aegisd/surfaces/http/_openapi.py)."""
 from __future__ import annotations
 
 import secrets
+import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from aegisd.auth.principal import Principal
-from aegisd.core.errors import QuotaExceeded, StoreUnavailable, UnknownOperation, ValidationError
+from aegisd.core.errors import (
+    QuotaExceeded,
+    SessionNotFound,
+    StoreUnavailable,
+    UnknownOperation,
+    ValidationError,
+)
 from aegisd.core.input import check
 
 if TYPE_CHECKING:
@@ -30,8 +37,9 @@ class OpContext:
     services: Services
     principal: Principal = field(default_factory=Principal)
     request_id: str = field(default_factory=lambda: secrets.token_hex(8))
-    surface: str = "socket"  # socket | http | rpc | pipeline
+    surface: str = "socket"  # socket | http | rpc | pipeline | cluster
     ip: str = "local"
+    forwarded: bool = False  # another node of the cluster passed this call on: run it here, never forward it
 
     def session(self, ident: str, *, act: bool = False) -> SessionRecord:
         return self.services.access.session(self.principal, ident, act=act)
@@ -129,6 +137,19 @@ async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True
         raise ValidationError(f"{name} is a streaming operation")
     params = decode_params(o, raw, strict=strict)
     ctx.services.access.authorize(ctx.principal, o.name, o.permission, params)
+    cluster = ctx.services.cluster
+    if cluster is not None and cluster.multi_node and not ctx.forwarded and _session_scoped(o):
+        # a live session another node runs: the operation runs there (its answer, or its error, is this one's)
+        try:
+            rec = ctx.session(params.id)
+        except SessionNotFound:  # created a moment ago on another node: not heard of here yet
+            await cluster.lookup(params.id)
+            rec = ctx.session(params.id)
+        url = cluster.owner_url(rec)
+        if url is not None:
+            answer = await cluster.forward(url, name, msgspec.to_builtins(params), ctx.principal, ctx.request_id)
+            await cluster.refresh(rec.id)
+            return msgspec.convert(answer, o.result)
     try:
         result = await o.handler(ctx, params)
     except QuotaExceeded as exc:
@@ -144,6 +165,19 @@ async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True
         raise StoreUnavailable(f"{name}: the audit record could not be stored (the store is unavailable); "
                                "it is kept and stored once the store is back")
     return result
+
+
+_SCOPED: dict[str, bool] = {}
+
+
+def _session_scoped(o: Op) -> bool:
+    """Whether the operation acts on one session named by its ``id`` param (a SessionRef)."""
+    scoped = _SCOPED.get(o.name)
+    if scoped is None:
+        from aegisd.ops._types import SessionRef
+
+        scoped = _SCOPED[o.name] = typing.get_type_hints(o.params, include_extras=True).get("id") == SessionRef
+    return scoped
 
 
 def stream(ctx: OpContext, name: str, raw: Any) -> AsyncGenerator[Any, None]:

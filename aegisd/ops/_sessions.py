@@ -55,6 +55,9 @@ class CreateParams(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     resumeSessionId: str | None = None
     memoryKeys: list[str] | None = None
     prd: str | None = None
+    node: Annotated[str, msgspec.Meta(max_length=63, description=(
+        "the cluster node to run it on (`ag nodes`); default: the least-loaded node that admits the workDir"
+    ))] | None = None
 
 
 class ListParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -262,6 +265,20 @@ async def create_session(ctx: OpContext, p: CreateParams, *, forked_from: str | 
 @op("session.create", CreateParams, result=CreatedSession, permission="create",
     summary="Create a session (or reuse an idle one in the same workDir)")
 async def create(ctx: OpContext, p: CreateParams) -> CreatedSession:
+    cluster = ctx.services.cluster
+    if cluster is not None and not ctx.forwarded:
+        work_dir = p.workDir
+        if not work_dir and p.templateId:
+            from aegisd.ops._templates import owned_template
+
+            work_dir = owned_template(ctx, p.templateId).workDir
+        url = await cluster.place(work_dir or "", p.node)
+        if url is not None:  # another node runs it: the create is that node's (its answer is this one's)
+            raw = msgspec.to_builtins(msgspec.structs.replace(p, node=cluster.node_of_url(url)))
+            answer = await cluster.forward(url, "session.create", raw, ctx.principal, ctx.request_id)
+            created = msgspec.convert(answer, CreatedSession)
+            await cluster.refresh(created.id)
+            return created
     rec, reused, delivery = await create_session(ctx, p)
     return cast(CreatedSession, created_view(rec, ctx.services.http_url, reused=reused, delivery=delivery))
 

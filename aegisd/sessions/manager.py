@@ -203,16 +203,47 @@ class SessionManager:
             task_status.started()
             await trio.sleep_forever()
 
+    def mine(self, rec: SessionRecord) -> bool:
+        """Whether this daemon runs the session: always, unless the store is shared by a cluster (then: whether
+        this node owns it)."""
+        owns = getattr(self.store, "owns", None)
+        return True if owns is None else bool(owns(rec.id))
+
+    def live_here(self) -> int:
+        return sum(1 for r in self.records.values() if r.status in LIVE and r.node in (None, self.node_id))
+
     async def recover(self) -> None:
-        """At daemon start: list every stored session again; resume the ones that were live."""
+        """At daemon start: list every stored session again; resume the live ones this daemon runs (in a cluster,
+        the others are other nodes')."""
+        shared = getattr(self.store, "owns", None) is not None
         for rec in await self.store.load_sessions():
+            if not shared:
+                rec.node = self.node_id
             self.records[rec.id] = rec
-            if rec.status in LIVE:
+            if rec.status in LIVE and self.mine(rec):
                 launch = self._launch_for(rec)
                 if launch is None:
                     continue
                 self._start_runner(rec, launch, resume=True)
         log.info("sessions.recovered", total=len(self.records), resumed=len(self.runners))
+
+    def adopt(self, rec: SessionRecord) -> None:
+        """Run a session this node took over (a lost node's, or its own again after its lease came back): resumed
+        with ACP session/load like after a restart; its pending permissions and queued prompts come with it."""
+        if rec.id in self.runners:
+            return
+        rec.node = self.node_id
+        self.records[rec.id] = rec
+        if rec.status in LIVE and not self.closing:
+            launch = self._launch_for(rec)
+            if launch is not None:
+                self._start_runner(rec, launch, resume=True)
+
+    def remote(self, rec: SessionRecord) -> None:
+        """Another node's session changed (or is new): keep its record current here (no agent runs here)."""
+        if rec.id in self.runners:
+            return
+        self.records[rec.id] = rec
 
     def _launch_for(self, rec: SessionRecord) -> AgentLaunch | None:
         try:
@@ -287,7 +318,7 @@ class SessionManager:
                     self.quotas.check_send(ownerKeyId)
             if self.closing:
                 raise Unavailable("the daemon is shutting down")
-            live = sum(1 for r in self.records.values() if r.status in LIVE)
+            live = self.live_here()  # maxSessions is per node
             if live >= cfg.maxSessions:
                 raise CapacityExceeded(f"maxSessions ({cfg.maxSessions}) live sessions reached")
             if creatorSessionId is not None:

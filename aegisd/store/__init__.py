@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import msgspec
 import structlog
 import trio
 
@@ -44,9 +45,21 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-__all__ = ["STORE_RETRY", "Collection", "Documents", "LogWriter", "Logs", "RecordLog", "Store", "StoreHealth",
-           "migrate_legacy", "open_store", "probe_store",
-           "until_stored"]
+__all__ = ["STORE_RETRY", "Collection", "Documents", "LogWriter", "Logs", "NodeSpec", "RecordLog", "Store",
+           "StoreHealth", "migrate_legacy", "open_store", "probe_store", "until_stored"]
+
+
+class NodeSpec(msgspec.Struct, kw_only=True):
+    """Who this daemon is to a store other daemons may share (the PostgreSQL cluster, aegisd/cluster)."""
+
+    id: str
+    url: str = ""
+    host: str = ""
+    state_dir: str = ""  # the daemon's state dir: a restart there may take over its own unexpired lease
+    version: str = ""
+    max_sessions: int = 1000
+    work_dirs: list[str] = []
+    lease_ms: int = 15_000
 
 
 class Store(Protocol):
@@ -90,7 +103,11 @@ class Store(Protocol):
     async def transcript_count(self, session_id: str) -> int: ...
 
     # events (ids global and monotonic; kept per session in a bounded ring, plus a global ring)
-    async def append_events(self, events: list[Event]) -> None: ...
+    assigns_event_ids: bool  # False: the bus numbers events; True (the cluster): append_events does
+
+    async def append_events(self, events: list[Event]) -> list[Event] | None:
+        """Store events. A store that numbers them (``assigns_event_ids``) sets their ids and returns the events
+        it stored (in id order; a session this daemon no longer runs loses its own); the others return None."""
 
     async def read_events(self, *, session_id: str | None, after_id: int,
                           limit: int = 1000) -> list[Event]:

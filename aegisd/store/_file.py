@@ -198,6 +198,7 @@ class _RecordFile:
 
 class FileStore:
     on_fenced: Callable[[str | None, str], None] | None = None
+    assigns_event_ids = False
     name = "file"
 
     def __init__(self, state_dir: Path) -> None:

@@ -14,6 +14,7 @@ from aegisd.store._health import StoreHealth
 
 class MemoryStore:
     on_fenced: Callable[[str | None, str], None] | None = None
+    assigns_event_ids = False
     name = "memory"
 
     def __init__(self) -> None:

@@ -99,6 +99,7 @@ return redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
 
 class RedisStore:
     on_fenced: Callable[[str | None, str], None] | None = None
+    assigns_event_ids = False
     name = "redis"
 
     def __init__(self, config: Config, *, lock_ttl_ms: int = LOCK_TTL_MS) -> None:

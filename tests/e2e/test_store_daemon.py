@@ -28,7 +28,8 @@ async def test_sigkill_and_resume_on_a_server_store(kind: str, nursery: trio.Nur
                                                      short_tmp: Path) -> None:
     name = f"e{uuid.uuid4().hex[:10]}"
     env = {"AEGIS_SESSION_STORE": kind}
-    env.update({"AEGIS_POSTGRES_URL": PG or "", "AEGIS_PG_TABLE": name} if kind == "postgres"
+    # PostgreSQL: daemons on the same tables are nodes of one cluster; a second one with the same node id is refused
+    env.update({"AEGIS_POSTGRES_URL": PG or "", "AEGIS_PG_TABLE": name, "AEGIS_NODE_ID": "n1"} if kind == "postgres"
                else {"AEGIS_REDIS_URL": REDIS or "", "AEGIS_REDIS_KEY_PREFIX": name})
     work = tmp_path / "w"
     work.mkdir()
@@ -39,7 +40,8 @@ async def test_sigkill_and_resume_on_a_server_store(kind: str, nursery: trio.Nur
         before = await call(dp, "session.transcript", id=s["id"], limit=200)
         assert (await call(dp, "hello"))["stateDir"] and (await call(dp, "health"))["store"] == kind
 
-        # a second daemon on the same tables/keys is refused (its own socket and state dir)
+        # a second daemon on the same keys (Redis), or with the same node id (PostgreSQL), is refused (its own socket
+        # and state dir); after a kill -9 the daemon restarted in the same state dir takes its node's lease over
         other = dict(agent_env(tmp_path), **env, AEGIS_STATE_DIR=str(tmp_path / "other"),
                      AEGIS_SOCKET=str(short_tmp / "o.sock"), AEGIS_PORT="0",
                      AEGIS_AGENT_COMMAND=" ".join(FAKE_AGENT_CMD))
@@ -47,7 +49,7 @@ async def test_sigkill_and_resume_on_a_server_store(kind: str, nursery: trio.Nur
             res = await trio.run_process([sys.executable, "-m", "aegisd"], env=other, capture_stdout=True,
                                          capture_stderr=True, check=False)
         assert res.returncode != 0
-        assert b"another aegisd" in res.stdout + res.stderr
+        assert (b"another aegisd" if kind == "redis" else b"is held by a live aegisd") in res.stdout + res.stderr
 
         dp.proc.send_signal(signal.SIGKILL)
         await dp.proc.wait()

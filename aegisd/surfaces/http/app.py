@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from aegisd.core.errors import AegisError
 from aegisd.surfaces.dashboard import register as register_dashboard
-from aegisd.surfaces.http import _browser, auth, prometheus, routes, rpc, sse, sso, terminal
+from aegisd.surfaces.http import _browser, auth, cluster, prometheus, routes, rpc, sse, sso, terminal
 from aegisd.surfaces.http.auth import current_conn
 from aegisd.surfaces.http.body import MAX_BODY
 from aegisd.surfaces.http.errors import (
@@ -125,6 +125,16 @@ def map_errors(app: QuartTrio, *, alert: Callable[[str, str], object]) -> None:
         return json_response(internal_envelope(rid), 500, rid)
 
 
+def _node_hosts(services: Services) -> tuple[str, ...]:
+    """The host of this node's advertised URL: other nodes of the cluster call it by that name."""
+    from urllib.parse import urlsplit
+
+    if services.cluster is None or not services.cluster.multi_node:
+        return ()
+    host = urlsplit(services.cluster.url).hostname
+    return (host,) if host else ()
+
+
 def create_app(services: Services) -> QuartTrio:
     # imported here: `python -m aegisd.surfaces.http._openapi` (make docs) runs it after importing this package
     from aegisd.surfaces.http._openapi import document
@@ -139,11 +149,13 @@ def create_app(services: Services) -> QuartTrio:
 
     cfg = services.config
     guard_browsers(app, _browser.Policy.build(bind_host=cfg.host, base_url=cfg.baseUrl,
-                                              allowed_hosts=cfg.allowedHosts, allowed_origins=cfg.allowedOrigins))
+                                              allowed_hosts=cfg.allowedHosts + _node_hosts(services),
+                                              allowed_origins=cfg.allowedOrigins))
     finish_answers(app)
     map_errors(app, alert=services.alerts.record)
     routes.bind(app, gate)
     rpc.register(app, gate)
+    cluster.register(app, gate)
     sse.register(app, gate)
     prometheus.register(app, gate)
     sso.register(app, gate)
