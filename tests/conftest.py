@@ -58,7 +58,7 @@ def drop_store(kind: str, name: str) -> None:
         import psycopg
 
         with psycopg.connect(os.environ["AEGIS_TEST_PG_URL"], autocommit=True) as conn:
-            for suffix in ("meta", "sessions", "transcript", "events", "docs", "logs", "log_seq"):
+            for suffix in ("meta", "sessions", "transcript", "events", "docs", "logs", "log_seq", "nodes"):
                 conn.execute(f'DROP TABLE IF EXISTS public."{name}_{suffix}"')
     elif kind == "redis":
         import redis

@@ -43,13 +43,13 @@ def _default_id(state: Path) -> str:
     return chosen
 
 
-def advertise_url(config: Config) -> str:
+def advertise_url(config: Config, *, required: bool = False) -> str:
     """``advertiseUrl``, or http(s)://<host>:<port> (https when tlsCert is set). Binding every address needs it
-    on a store other nodes may share (PostgreSQL)."""
+    on a store other nodes may share (PostgreSQL): ``required`` raises then (check_cluster_config, at start)."""
     if config.advertiseUrl:
         return config.advertiseUrl.rstrip("/")
     host = config.host
-    if host in ("0.0.0.0", "::", "") and config.sessionStore != "postgres":
+    if host in ("0.0.0.0", "::", "") and not required:
         return config.base_url
     if host in ("0.0.0.0", "::", ""):
         raise ValidationError(f"binding {host or 'every address'} needs AEGIS_ADVERTISE_URL (advertiseUrl): the URL "

@@ -270,19 +270,26 @@ class PgCluster(Cluster):
                                   details={"retryAfter": 5, "node": node})
             return None if node == self.node_id else str(row["url"])
         candidates = []
+        admitting = False
         for row in self._nodes.values():
-            if self._status(row) != "up" or not admits(list(row["workDirs"]), work_dir):
+            if self._status(row) != "up" or not work_dir or not admits(list(row["workDirs"]), work_dir):
                 continue
+            admitting = True
             load = counts.get(row["id"], 0)
             if load >= row["capacity"]:
                 continue
             candidates.append((load / max(1, row["capacity"]), row["id"] != self.node_id, row["id"]))
         if not candidates:
-            if self.draining or any(self._status(r) == "up" for r in self._nodes.values()):
+            # no node can: this one says why (an invalid workDir, its own maxSessions, draining), unless only
+            # other nodes admit the directory and they are all full
+            if admitting and not admits(self.manager.workdirs.roots, work_dir):
                 from aegisd.core.errors import CapacityExceeded
 
                 raise CapacityExceeded(f"no node can take a session in {work_dir}: every node that admits it is "
-                                       "full, draining or down (`ag nodes`)")
+                                       "full (`ag nodes`)")
+            if self.draining:
+                raise Unavailable(f"node {self.node_id} is draining and no other node can take a session in "
+                                  f"{work_dir} (`ag nodes`)", details={"retryAfter": 5})
             return None
         _, _, chosen = min(candidates)
         return None if chosen == self.node_id else str(self._nodes[chosen]["url"])
