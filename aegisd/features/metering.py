@@ -35,6 +35,7 @@ def _read_legacy(path: Path) -> list[UsageRecord]:
             continue  # a line torn by a crash
     return out
 
+
 class _NotedLog(RecordLog):
     """The usage log as the writer sees it: tells the ledger the seq of every record this daemon appends, so that
     ``UsageLedger.catch_up`` skips them (they are in memory already)."""
