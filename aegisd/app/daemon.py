@@ -27,6 +27,7 @@ from aegisd import __version__
 from aegisd.acp import Lifeline
 from aegisd.acp._cgroup import SessionCgroups
 from aegisd.app import systemd
+from aegisd.app._changes import ChangeRouter
 from aegisd.auth import AuthThrottle, CredentialWatch, KeyStore, RateLimiter
 from aegisd.auth._sse_tokens import SseTokens
 from aegisd.auth.access import Access
@@ -126,6 +127,8 @@ class Daemon:
         self.pipelines.create_session = stage_sessions(self.services)  # stages: the session.create path
         self.telegram = Telegram(self.services, cfg.telegram) if cfg.telegram.enabled else None
         self.services.channels = [c.health for c in (self.telegram, self.mail) if c is not None]
+        self.changes = ChangeRouter.of(self.services)  # other nodes' changes to the store reach the caches here
+        self.changes.attach(self.store)  # where the store reports them (PostgreSQL)
         self._shutdown: trio.Event | None = None  # run()'s; set by request_stop (the daemon.stop operation)
         self._stop_bound: trio.CancelScope | None = None  # the task bounding the stop's waits on the store
 
@@ -231,6 +234,7 @@ class Daemon:
                     if service is not None:
                         await root.start(service.run)
                 await root.start(self.pipelines.run)
+                await root.start(self.changes.run)  # a cluster: what other nodes changed, in the caches here
                 await root.start(self.cluster.run)  # a cluster: nodes, adoption of a lost node's sessions
                 await self._serve(shutdown, task_status=task_status)
                 self._bound_stop()

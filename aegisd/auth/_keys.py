@@ -1,7 +1,8 @@
 """API keys, stored hashed: one document per key in the store's `keys` collection (aegisd/store), read from
 memory. A change made through this daemon is in the store before it is acknowledged; one made by another writer
-of the same store (another daemon on a shared PostgreSQL or Redis, a tool) is picked up by ``refresh()``, which
-the daemon runs every second (and the credential watcher more often while key-authenticated streams are open). An
+of the same store (another daemon on a shared PostgreSQL or Redis, a tool) is picked up by ``reload()`` when the
+store reports the change (a cluster's PostgreSQL: aegisd/app/_changes.py) and by ``refresh()``, which the daemon
+runs every second (and the credential watcher more often while key-authenticated streams are open). An
 earlier version's (or a hand-written) `<state>/keys.json` is moved into the store at start."""
 
 from __future__ import annotations
@@ -125,23 +126,70 @@ class KeyStore:
         except Exception as exc:  # noqa: BLE001 - a broken keys.json, the store away for a moment
             log.warning("keys.refresh_failed", error=str(exc))
             return False
+        return self._replace_all(docs)
+
+    def _replace_all(self, docs: dict[str, Any]) -> bool:
+        """Take ``docs`` (the whole collection, as read) as the keys; True if they changed."""
         seen = {kid: _without_use(doc) for kid, doc in docs.items() if isinstance(doc, dict)}
         if seen == self._seen:
             return False
         keys: dict[str, KeyInfo] = {}
         for kid, doc in docs.items():
-            try:
-                key = KeyInfo(**doc)
-            except TypeError:
-                log.warning("keys.unreadable_key_skipped", key_id=kid)
-                continue
-            old = self._keys.get(kid)
-            if old is not None and (old.lastUsedAt or 0) > (key.lastUsedAt or 0):
-                key.lastUsedAt = old.lastUsedAt  # not written yet
-            keys[kid] = key
+            key = self._decode(kid, doc)
+            if key is not None:
+                keys[kid] = key
         self._keys, self._seen = keys, seen
         self._changed()
         return True
+
+    def _decode(self, kid: str, doc: Any) -> KeyInfo | None:
+        try:
+            key = KeyInfo(**doc)
+        except TypeError:
+            log.warning("keys.unreadable_key_skipped", key_id=kid)
+            return None
+        old = self._keys.get(kid)
+        if old is not None and (old.lastUsedAt or 0) > (key.lastUsedAt or 0):
+            key.lastUsedAt = old.lastUsedAt  # not written yet
+        return key
+
+    async def reload(self, key_id: str | None = None) -> None:
+        """Another node changed key ``key_id`` (None: any key) in the store: re-read it (or the whole collection)
+        and replace what is cached. A key gone from the store stops authenticating here at once, and ``on_change``
+        tells the credential watcher, which ends the streams it opened. Cheap when nothing changed (a notification
+        of this daemon's own write); raises the store's error (StoreUnavailable) for the caller to retry."""
+        for _ in range(3):  # a read that overlapped a write of this daemon may predate it: read again
+            writes = self._writes
+            if key_id is None:
+                docs = await self.collection.list()
+            else:
+                doc = await self.collection.get(key_id)
+            if writes == self._writes:
+                break
+        else:
+            return  # this daemon keeps writing: what it wrote is cached; the next notification reads again
+        if key_id is None:
+            self._replace_all(docs)
+            return
+        if not isinstance(doc, dict):
+            had = self._keys.pop(key_id, None) is not None
+            self._seen.pop(key_id, None)
+            self._used.discard(key_id)
+            if had:
+                self._changed()  # revoked elsewhere: the streams it opened here end
+            return
+        seen = _without_use(doc)
+        if self._seen.get(key_id) == seen:
+            old = self._keys.get(key_id)
+            stored_use = doc.get("lastUsedAt")
+            if old is not None and isinstance(stored_use, int) and stored_use > (old.lastUsedAt or 0):
+                old.lastUsedAt = stored_use  # used through another node
+            return
+        key = self._decode(key_id, doc)
+        if key is None:
+            return
+        self._keys[key_id], self._seen[key_id] = key, seen
+        self._changed()
 
     async def _put(self, key: KeyInfo) -> None:
         doc = asdict(key)
@@ -159,7 +207,12 @@ class KeyStore:
             key = self._keys.get(kid)
             if key is not None:
                 try:
-                    await self.collection.put(kid, asdict(key))
+                    # only the timestamp, onto the stored document: another node may have revoked or rotated the
+                    # key since this daemon read it, and writing the whole cached key back would undo that
+                    stored = await self.collection.get(kid)
+                    if not isinstance(stored, dict) or (stored.get("lastUsedAt") or 0) >= (key.lastUsedAt or 0):
+                        continue
+                    await self.collection.put(kid, {**stored, "lastUsedAt": key.lastUsedAt})
                 except Exception as exc:  # noqa: BLE001 - only a timestamp: the next round writes it
                     self._used.add(kid)
                     log.warning("keys.last_used_not_saved", error=str(exc))

@@ -84,6 +84,7 @@ class AuditLog:
         self.legacy_dir = legacy_dir  # an earlier version's <state>/audit/, moved into the store at start
         self._seq = 0
         self._last_hash = GENESIS
+        self._read_to = 0  # the store's seq of the last record open() or catch_up() read
         self.writer = LogWriter(log)  # records made, in chain order, until stored
 
     async def open(self) -> None:
@@ -94,6 +95,28 @@ class AuditLog:
         if stored:
             rec = stored[-1][1]
             self._seq, self._last_hash = rec.get("seq", len(stored)), rec.get("hash", GENESIS)
+            self._read_to = stored[-1][0]
+
+    async def catch_up(self) -> None:
+        """Other nodes of a cluster appended to the shared trail: link what comes next after the last stored
+        record, whoever made it, and link again the records made here that are not stored yet. (Reads always come
+        from the store; only the chain's head is kept here. Two nodes storing a record at the same moment still
+        link both to the same predecessor, which ``verify`` reports.) Raises the store's error for the caller to
+        retry."""
+        async with self.writer.lock:  # nothing of ours is being stored meanwhile
+            stored = await self.log.read(self._read_to)
+            if not stored:
+                return
+            self._read_to = stored[-1][0]
+            tail = stored[-1][1]
+            seq, prev = tail.get("seq"), tail.get("hash")
+            if not isinstance(seq, int) or not isinstance(prev, str):
+                return
+            for r in self.writer.pending:
+                seq += 1
+                r["seq"], r["prevHash"] = seq, prev
+                r["hash"] = prev = _hash(r)
+            self._seq, self._last_hash = seq, prev
 
     async def close(self) -> None:
         await self.stored()

@@ -144,6 +144,7 @@ class Oidc:
         self._seen: set[str] = set()  # sessions whose lastSeenAt changed since the last write
         self._gone: set[str] = set()  # sessions found expired, to delete from the store
         self.on_change: Callable[[], None] | None = None  # a session ended: its streams close (auth/_credentials)
+        self._writes = 0  # bumped by every write of this daemon: a reload that overlapped one reads again
 
     # ---- dashboard sessions, kept across restarts ------------------------------------------------------
     async def open(self) -> None:
@@ -161,6 +162,43 @@ class Oidc:
                 continue
             self.sessions[key] = s
 
+    async def reload(self, key: str | None = None) -> None:
+        """Another node changed dashboard session ``key`` (None: any) in the store: re-read it (or them all). One
+        gone from the store (signed out through another node) stops working here at once and ``on_change`` ends
+        the streams it opened; one signed in through another node works here too. Raises the store's error
+        (StoreUnavailable) for the caller to retry."""
+        if self.store is None:
+            return
+        for _ in range(3):  # a read that overlapped a write of this daemon may predate it: read again
+            writes = self._writes
+            if key is None:
+                docs = await self.store.list()
+            else:
+                doc = await self.store.get(key)
+                docs = {} if doc is None else {key: doc}
+            if writes == self._writes:
+                break
+        else:
+            return
+        now = time.time() * 1000
+        found: dict[str, DashboardSession] = {}
+        for k, v in docs.items():
+            s = _session_of(k, v)
+            if s is not None and s.expires_at_ms > now:
+                found[k] = s
+        gone = [k for k in self.sessions if k not in found] if key is None else [] if key in found else [key]
+        ended = False
+        for k in gone:
+            ended = self.sessions.pop(k, None) is not None or ended
+            self._seen.discard(k)
+        for k, s in found.items():
+            old = self.sessions.get(k)
+            if old is not None:
+                s.last_seen_ms = max(s.last_seen_ms, old.last_seen_ms)
+            self.sessions[k] = s
+        if ended and self.on_change is not None:
+            self.on_change()
+
     async def _put_all(self, raw: dict[str, Any]) -> None:
         assert self.store is not None
         for key, v in raw.items():
@@ -170,6 +208,7 @@ class Oidc:
         s = self.sessions.get(key)
         if self.store is None or s is None:
             return
+        self._writes += 1
         try:
             await self.store.put(key, _doc_of(s))
         except Exception as exc:  # noqa: BLE001 - sign-ins still work; they would not survive a restart
@@ -177,6 +216,7 @@ class Oidc:
 
     async def _delete(self, key: str) -> None:
         if self.store is not None:
+            self._writes += 1
             await self.store.delete(key)
 
     async def _write_seen(self) -> None:

@@ -3,9 +3,9 @@
 Keys are `namespace/key`; entries may expire (TTL up to 30 days, checked lazily; expired entries leave the
 store at the next start); one document per entry in the store's `memory` collection (aegisd/store), written
 before a change is acknowledged, read from memory (an earlier version's `<state>/memory.json` is moved into the
-store at the first start). Each owner (the API key or SSO principal that wrote an
-entry; None for the master token and local callers) has a key space of its own: two keys may both keep
-`project/notes` without seeing or overwriting each other's."""
+store at the first start; ``reload`` reads again what another node of a cluster changed). Each owner (the API
+key or SSO principal that wrote an entry; None for the master token and local callers) has a key space of its
+own: two keys may both keep `project/notes` without seeing or overwriting each other's."""
 
 from __future__ import annotations
 
@@ -44,6 +44,17 @@ def _doc_key(slot: Slot) -> str:
     return msgspec.json.encode(list(slot)).decode()
 
 
+def _entry(doc: Any, now: int) -> MemoryEntry | None:
+    """The stored entry, unless it is missing, unreadable or expired."""
+    if doc is None:
+        return None
+    try:
+        e = msgspec.convert(doc, MemoryEntry)
+    except msgspec.ValidationError:
+        return None
+    return None if e.expires_at is not None and e.expires_at <= now else e
+
+
 class MemoryStore:
     def __init__(self, collection: Collection) -> None:
         self.collection = collection
@@ -65,6 +76,29 @@ class MemoryStore:
                 await self.collection.delete(key)
                 continue
             self._items[(e.ownerKeyId, e.key)] = e
+
+    async def reload(self, doc_key: str | None = None) -> None:
+        """Another node changed the entry stored under ``doc_key`` (None: any): re-read it (or them all) and
+        replace what is cached. Expired entries are left out (the next start deletes them from the store). Raises
+        the store's error (StoreUnavailable) for the caller to retry."""
+        now = now_ms()
+        if doc_key is None:
+            items: dict[Slot, MemoryEntry] = {}
+            for doc in (await self.collection.list()).values():
+                e = _entry(doc, now)
+                if e is not None:
+                    items[(e.ownerKeyId, e.key)] = e
+            self._items = items
+            return
+        e = _entry(await self.collection.get(doc_key), now)
+        if e is not None:
+            self._items[(e.ownerKeyId, e.key)] = e
+            return
+        try:  # gone (or expired): its slot is in the document key
+            owner, key = msgspec.json.decode(doc_key)
+        except (msgspec.DecodeError, ValueError, TypeError):
+            return
+        self._items.pop((owner, key), None)
 
     async def _put_all(self, items: builtins.list[MemoryEntry]) -> None:
         for e in items:

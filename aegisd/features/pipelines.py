@@ -5,7 +5,8 @@ max_tokens, cancelled, error, timeout), when its session ends (crash, kill), or 
 timeout. A failed stage is retried (a new session) up to `retries` times; after that the pipeline fails and
 the stages that had not started are marked `skipped`. Pipelines are persisted (one document each in the store's
 `pipelines` collection, aegisd/store, written on every change) and resumed after a daemon restart: a stage that
-was running is started again in a new session. Finished pipelines stay listed (the original evicted them after 30 s)."""
+was running is started again in a new session. Finished pipelines stay listed (the original evicted them after 30 s).
+In a cluster, ``reload`` shows here the stored state of a pipeline another node runs."""
 
 from __future__ import annotations
 
@@ -182,6 +183,7 @@ class PipelineManager:
         self.records: dict[str, PipelineRecord] = {}
         self.default_timeout_ms = default_timeout_ms
         self._verdicts: dict[str, dict[str, Any]] = {}  # session id -> verification result not yet handled
+        self.driving: set[str] = set()  # the pipelines this daemon runs (their records are its own, never reloaded)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the pipeline tasks; loads and resumes stored pipelines. Cancel with :meth:`stop`."""
@@ -222,6 +224,30 @@ class PipelineManager:
                 self._start(p)
         log.info("pipelines.loaded", total=len(self.records))
 
+    async def reload(self, pid: str | None = None) -> None:
+        """Another node changed pipeline ``pid`` (None: any) in the store: show its stored state here (get and
+        list read ``records``). A pipeline this daemon runs is never touched: its record here is the live one, and
+        the store has it from this daemon. Does not start running anything. Raises the store's error
+        (StoreUnavailable) for the caller to retry."""
+        if pid is None:
+            docs = await self.collection.list()
+        else:
+            doc = await self.collection.get(pid)
+            docs = {} if doc is None else {pid: doc}
+        found: dict[str, PipelineRecord] = {}
+        for key, doc in docs.items():
+            try:
+                found[key] = msgspec.convert(doc, PipelineRecord)
+            except msgspec.ValidationError as exc:
+                log.warning("pipelines.unreadable", pipeline=key, error=str(exc))
+        gone = [k for k in self.records if k not in found] if pid is None else [] if pid in found else [pid]
+        for key in gone:
+            if key not in self.driving:
+                self.records.pop(key, None)
+        for key, p in sorted(found.items(), key=lambda kv: (kv[1].createdAt, kv[0])):
+            if key not in self.driving:
+                self.records[key] = p
+
     # ---- API -----------------------------------------------------------------------------------
     async def create(self, spec: PipelineSpec, *, owner: str | None, creator: str | None = None) -> PipelineRecord:
         spec = msgspec.structs.replace(spec, stages=resolve_stages(spec))
@@ -241,10 +267,12 @@ class PipelineManager:
         p = PipelineRecord(id=str(uuid.uuid4()), name=spec.name, workDir=base, status="running", stages=stages,
                            createdAt=ts, updatedAt=ts, ownerKeyId=owner, creatorSessionId=creator)
         self.records[p.id] = p
+        self.driving.add(p.id)  # its record here is the live one from now on (a reload meanwhile leaves it be)
         try:
             await self._save(p)
         except BaseException:
             del self.records[p.id]
+            self.driving.discard(p.id)
             raise
         self._start(p)
         return p
@@ -262,7 +290,14 @@ class PipelineManager:
     # ---- running -------------------------------------------------------------------------------
     def _start(self, p: PipelineRecord) -> None:
         assert self._nursery is not None
-        self._nursery.start_soon(self._run, p)
+        self.driving.add(p.id)
+        self._nursery.start_soon(self._drive, p)
+
+    async def _drive(self, p: PipelineRecord) -> None:
+        try:
+            await self._run(p)
+        finally:
+            self.driving.discard(p.id)
 
     async def _start_stage(self, p: PipelineRecord, s: StageState) -> None:
         s.attempts += 1

@@ -1,5 +1,6 @@
 """Session templates: named presets (workDir, prompt, mode, agent, model...), one document each in the store's
-`templates` collection (aegisd/store); read from memory, loaded at start. An earlier version's
+`templates` collection (aegisd/store); read from memory, loaded at start, re-read by ``reload`` when another
+node of a cluster changed one. An earlier version's
 `<state>/templates.json` is moved into the store at the first start."""
 
 from __future__ import annotations
@@ -65,6 +66,28 @@ class TemplateStore:
                 self._items[key] = msgspec.convert(doc, Template)
             except msgspec.ValidationError:
                 continue
+
+    async def reload(self, tid: str | None = None) -> None:
+        """Another node changed template ``tid`` (None: any) in the store: re-read it (or them all) and replace
+        what is cached. Raises the store's error (StoreUnavailable) for the caller to retry."""
+        if tid is None:
+            items: dict[str, Template] = {}
+            for key, doc in (await self.collection.list()).items():
+                try:
+                    items[key] = msgspec.convert(doc, Template)
+                except msgspec.ValidationError:
+                    continue
+            self._items = items
+            return
+        doc = await self.collection.get(tid)
+        try:
+            t = None if doc is None else msgspec.convert(doc, Template)
+        except msgspec.ValidationError:
+            t = None
+        if t is None:
+            self._items.pop(tid, None)
+        else:
+            self._items[tid] = t
 
     async def _put_all(self, items: list[Template]) -> None:
         for t in items:

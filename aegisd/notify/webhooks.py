@@ -160,6 +160,7 @@ class Webhooks:
         self.state = [ChannelHealth() for _ in endpoints]
         self._delivery_seq = 0
         self.dlq: list[DeadLetter] = []  # the last DLQ_MAX, oldest first (loaded by open())
+        self._dlq_lock = trio.Lock()  # a dead letter stored and listed as one step (reload_dlq reads between none)
 
     async def open(self) -> None:
         """Load the dead letters (after moving an earlier version's webhooks-dlq.json into the store)."""
@@ -176,9 +177,26 @@ class Webhooks:
     async def _append_all(self, letters: list[DeadLetter]) -> None:
         await self.dlq_log.append_missing([msgspec.to_builtins(x) for x in letters[-DLQ_MAX:]])
 
+    async def reload_dlq(self) -> None:
+        """Other nodes of a cluster added dead letters to the shared log: list the last DLQ_MAX of all of them.
+        Raises the store's error (StoreUnavailable) for the caller to retry."""
+        async with self._dlq_lock:
+            letters = []
+            for _, doc in await self.dlq_log.read():
+                try:
+                    letters.append(msgspec.convert(doc, DeadLetter))
+                except msgspec.ValidationError:
+                    continue
+            letters = letters[-DLQ_MAX:]
+            if letters != self.dlq:
+                self.dlq = letters
+                self.dlq_changed.set()
+                self.dlq_changed = trio.Event()
+
     async def _save_dead_letter(self, letter: DeadLetter) -> None:
-        seq = await self.dlq_log.append(msgspec.to_builtins(letter))
-        self.dlq = [*self.dlq, letter][-DLQ_MAX:]
+        async with self._dlq_lock:
+            seq = await self.dlq_log.append(msgspec.to_builtins(letter))
+            self.dlq = [*self.dlq, letter][-DLQ_MAX:]
         if seq > DLQ_MAX:
             await self.dlq_log.trim(seq - DLQ_MAX + 1)
 
