@@ -177,6 +177,11 @@ async def test_every_operation_answers_its_declared_result(daemon_factory: Any, 
     await rpc("auth.keys.rotate", id=key["id"])
     await rpc("auth.keys.revoke", id=key["id"])
 
+    (node,) = await rpc("nodes.list")
+    await rpc("nodes.get", id=node["id"])
+    await rpc("nodes.drain", id=node["id"])
+    await rpc("nodes.undrain", id=node["id"])
+
     await frames("events.follow", 3, afterId=0)
     await rpc("session.close", id=kid)
     await rpc("session.kill", id=fork["id"])

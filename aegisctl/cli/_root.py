@@ -31,6 +31,8 @@ COMMANDS = {
     "init": "_setup:init", "doctor": "_setup:doctor", "config": "_setup:config_group",
     # who you are, API keys
     "login": "_auth:login", "logout": "_auth:logout", "whoami": "_auth:whoami", "keys": "_keys:keys_group",
+    # the nodes of the cluster
+    "nodes": "_nodes:nodes_group",
     # notification channels and alerts
     "channels": "_notify:channels", "alerts": "_notify:alerts_group",
     # any operation of the registry

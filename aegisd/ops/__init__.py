@@ -1,8 +1,8 @@
 """Operations: each defined once (typed params and result), served by every surface. One module per topic:
 sessions (create, find, drive, end), transcript, permissions, attention (waits, polls, pending requests),
 streams, commands, checks (verify, screenshot), history, templates, memory, pipelines, usage (metering and
-analytics), notify (alerts, channels, webhooks), auth (keys, whoami, users, audit), daemon (hello, health,
-metrics, handshake); _types holds what several share."""
+analytics), notify (alerts, channels, webhooks), nodes (the cluster's nodes, draining), auth (keys, whoami,
+users, audit), daemon (hello, health, metrics, handshake); _types holds what several share."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aegisd.ops import (  # noqa: F401  (register the operations)
     _daemon,
     _history,
     _memory,
+    _nodes,
     _notify,
     _permissions,
     _pipelines,

@@ -59,6 +59,7 @@ async def test_dashboard_drives_sessions(daemon: DaemonHandle, workdir: Path) ->
     waiting = await daemon.create(workdir, name="needs-approval", prompt="tool:execute:Run:make all", reuse=False)
     await daemon.wait_status(waiting["id"], "permission_prompt")
     (workdir / "Makefile").write_text("build:\n\t@echo built\ntest:\n\t@echo 'E  assert 6 == 7'; exit 1\n")
+    node_id = daemon.daemon.services.cluster.node_id  # type: ignore[union-attr]
 
     def scenario(page: Any) -> None:
         from playwright.sync_api import expect
@@ -84,6 +85,7 @@ async def test_dashboard_drives_sessions(daemon: DaemonHandle, workdir: Path) ->
         page.click("#approve")
         expect(page.locator("#s-status")).to_have_text("idle")
         expect(page.locator("#transcript")).to_contain_text("permission: allow")
+        expect(page.locator("#s-node")).to_have_text(node_id)  # the node that runs it
         # send a prompt from the page
         page.fill("#send-text", "say:hello from the browser")
         page.click("#send-form button[type=submit]")
@@ -636,3 +638,61 @@ async def test_overview_approves_the_request_it_shows(daemon: DaemonHandle, work
     audit = (await daemon.http.get("/v1/audit?action=permission.*")).json()["records"]
     assert [(a["action"], a["detail"]["requestId"]) for a in audit] == [("permission.reject", first),
                                                                         ("permission.approve", second)]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+async def test_nodes_view_and_the_node_of_each_session(daemon: DaemonHandle, workdir: Path, tmp_path: Path,
+                                                       width: int) -> None:
+    """The Nodes view lists this daemon (a cluster of one) with its status and load, and an admin drains and
+    undrains it from there; a session shows its node; the session list has a Node column once there are several
+    nodes (the second one here is a stubbed answer of GET /v1/nodes: one daemon has one node)."""
+    import json
+    import re
+
+    base = daemon.daemon.http_url
+    s = await daemon.create(workdir, name="on-this-node", reuse=False)
+    await daemon.wait_status(s["id"], "idle")
+    me = (await daemon.http.get("/v1/nodes")).json()[0]
+    nid = me["id"]
+
+    def scenario(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        page.goto(base + "/dashboard/#/nodes")
+        row = page.locator(f"#node-rows tr[data-node='{nid}']")
+        expect(row.locator(".badge")).to_have_text("up")
+        expect(row).to_contain_text("this node")
+        expect(row.locator(".sessions")).to_have_text(f"1 / {me['capacity']}")
+        expect(row).to_contain_text(me["version"])
+        shot(page, tmp_path, f"nodes-{width}")
+        check_layout(page, width)
+        row.locator("button.drain").click()  # local callers are admins
+        expect(row.locator(".badge")).to_have_text("draining")
+        expect(page.locator("#toast")).to_contain_text(f"Draining {nid}")
+        row.locator("button.drain").click()
+        expect(row.locator(".badge")).to_have_text("up")
+        # one node: no Node column in the list, the session page names its node
+        page.goto(base + "/dashboard/#/sessions")
+        srow = page.locator(f"tr[data-id='{s['id']}']")
+        expect(srow).to_contain_text("on-this-node")
+        expect(srow.locator("td.node-col")).to_be_hidden()
+        srow.click()
+        expect(page.locator("#s-node")).to_have_text(nid)
+        # several nodes: the Node column shows each session's node
+        other = {**me, "id": "other-node", "url": "http://10.0.0.2:9100", "local": False, "sessions": 0}
+        page.route(re.compile(r"/v1/nodes$"), lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps([me, other])))
+        page.goto(base + "/dashboard/#/sessions")
+        page.reload()
+        if width > 800:  # a phone shows each row as a card, without the table's head
+            expect(page.locator("th.node-col")).to_be_visible()
+        expect(page.locator(f"tr[data-id='{s['id']}'] td.node-col")).to_be_visible()
+        expect(page.locator(f"tr[data-id='{s['id']}'] td.node-col")).to_have_text(nid)
+        check_layout(page, width)
+        page.goto(base + "/dashboard/#/nodes")
+        expect(page.locator("#node-rows tr")).to_have_count(2)
+
+    with trio.fail_after(90):
+        await trio.to_thread.run_sync(partial(_browse, scenario, viewport(width)))
+    audit = (await daemon.http.get("/v1/audit?action=node.*")).json()["records"]
+    assert [a["action"] for a in audit] == ["node.drain", "node.undrain"]

@@ -18,7 +18,7 @@ _ERRORS = {"400": "Bad input", "401": "Not authenticated", "403": "Not allowed",
            "409": "Conflict with the session's state", "429": "Rate limited", "503": "Unavailable"}
 _PATH_PARAMS = {"sid": "session id (or a unique prefix of at least 4 characters)", "kid": "API key id",
                 "pid": "pipeline id", "tid": "template id", "mkey": "memory key (namespace/key)",
-                "hid": "webhook endpoint index (from 0)"}
+                "hid": "webhook endpoint index (from 0)", "nid": "node id (`ag nodes` lists them)"}
 _REF = "#/components/schemas/{name}"
 
 Route = tuple[tuple[str, ...], str, str, str, int]

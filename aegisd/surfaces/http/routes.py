@@ -114,6 +114,10 @@ ROUTES: list[tuple[tuple[str, ...], str, str, str, int]] = [
     (("POST",), "/v1/auth/sse-token", "auth.sse_token", "none", 201),
     (("GET",), "/v1/auth/whoami", "auth.whoami", "none", 200),
     (("GET",), "/v1/auth/users", "auth.users", "none", 200),
+    (("GET",), "/v1/nodes", "nodes.list", "none", 200),
+    (("GET",), "/v1/nodes/<nid>", "nodes.get", "id", 200),
+    (("POST",), "/v1/nodes/<nid>/drain", "nodes.drain", "id", 200),
+    (("POST",), "/v1/nodes/<nid>/undrain", "nodes.undrain", "id", 200),
 ]
 
 # Session reads answered with a weak ETag (a hash of the encoded body) and 304 Not Modified to a matching
@@ -145,7 +149,7 @@ def etag_matches(if_none_match: str | None, tag: str) -> bool:
 
 
 # path variables, each the param it fills
-_PATH_PARAMS = {"sid": "id", "kid": "id", "pid": "id", "tid": "id", "hid": "id", "mkey": "key"}
+_PATH_PARAMS = {"sid": "id", "kid": "id", "pid": "id", "tid": "id", "hid": "id", "nid": "id", "mkey": "key"}
 
 
 class OpView:

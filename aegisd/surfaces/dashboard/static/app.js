@@ -5,10 +5,10 @@
 const $ = (id) => document.getElementById(id);
 const state = { token: sessionStorage.getItem("aegis.token") || "", sessions: [], current: null, me: null,
                 source: null, refreshTimer: null, refreshViews: new Set(), usageChanged: false,
-                gPending: false, range: "day" };
-const VIEWS = ["overview", "sessions", "pipelines", "audit", "users"];
+                gPending: false, range: "day", nodes: [], nodesAt: 0 };
+const VIEWS = ["overview", "sessions", "pipelines", "nodes", "audit", "users"];
 const ENDED = ["completed", "killed", "crashed"];
-// global events that change what the Overview, Pipelines and Users views show (not every chunk of text)
+// global events that change what the Overview, Pipelines, Nodes and Users views show (not every chunk of text)
 const STATE_EVENTS = new Set(["session_status_change", "session_approval", "session_created", "session_ended",
                               "session_stall", "session_turn", "session_pipeline"]);
 
@@ -160,7 +160,7 @@ function scheduleRefresh(ev) {
   const view = currentView();
   const changesState = STATE_EVENTS.has(ev.event);
   if (view === "session" && ev.sessionId === state.current) state.refreshViews.add("session");
-  else if (view === "sessions" || (changesState && ["overview", "pipelines", "users"].includes(view))) {
+  else if (view === "sessions" || (changesState && ["overview", "pipelines", "nodes", "users"].includes(view))) {
     state.refreshViews.add(view);
   }
   if (ev.event === "session_turn") state.usageChanged = true;  // the plots change with turns only
@@ -200,6 +200,7 @@ async function load(view) {
   if (view === "overview") await loadOverview();
   else if (view === "sessions") await loadSessions();
   else if (view === "pipelines") await loadPipelines();
+  else if (view === "nodes") await loadNodes();
   else if (view === "audit") await loadAudit();
   else if (view === "users") await loadUsers();
   else if (view === "session") await loadSession(decodeURIComponent(location.hash.split("/")[2]));
@@ -385,10 +386,19 @@ document.querySelectorAll("[data-range]").forEach((b) => b.addEventListener("cli
 
 // ---- Sessions ----------------------------------------------------------------------------------
 async function loadSessions() {
-  const data = await api("GET", "/v1/sessions?limit=100");
+  const [data] = await Promise.all([api("GET", "/v1/sessions?limit=100"), nodesLately()]);
   state.sessions = data.sessions;
   renderSessions();
 }
+
+// The nodes, asked again at most every 10 s (the session list shows a Node column when there are several).
+async function nodesLately() {
+  if (Date.now() - state.nodesAt < 10000) return state.nodes;
+  try { state.nodes = await api("GET", "/v1/nodes"); } catch (e) { /* the list works without it */ }
+  state.nodesAt = Date.now();
+  return state.nodes;
+}
+const multiNode = () => state.nodes.length > 1;
 
 function renderSessions() {
   const q = $("search").value.trim().toLowerCase();
@@ -404,9 +414,14 @@ function renderSessions() {
     tr.append(name, cell("Status", badge(s.status)), cell("Work dir", el("span", s.workDir, "muted")),
               cell("Agent", s.agent), cell("Model", s.model || el("span", "default", "muted")), cell("Turns", s.turns),
               cell("Last activity", ago(s.lastActivity)));
+    const node = cell("Node", el("code", s.node || ""));
+    node.className = "node-col";
+    node.hidden = !multiNode();
+    tr.append(node);
     tr.addEventListener("click", (ev) => { if (ev.target.tagName !== "A") location.hash = "#/sessions/" + encodeURIComponent(s.id); });
     rows.append(tr);
   }
+  document.querySelectorAll("th.node-col").forEach((th) => { th.hidden = !multiNode(); });
   $("no-sessions").hidden = shown.length > 0;
 }
 
@@ -421,6 +436,8 @@ async function loadSession(id) {
   status.textContent = s.status; status.className = "badge " + s.status; status.dataset.status = s.status;
   $("s-id").textContent = s.id;
   $("s-workdir").textContent = s.workDir;
+  $("s-node-box").hidden = !s.node;
+  $("s-node").textContent = s.node || "";
   $("s-agent").textContent = s.agent;
   // what the agent reports it uses (before it started: the one asked for), and what it offers
   $("s-model").textContent = s.model || "the agent's default";
@@ -492,6 +509,50 @@ async function loadPipelines() {
     const name = cell("Name", el("strong", p.name));
     if (p.error) name.firstChild.append(el("span", p.error, "row-error"));
     tr.append(name, cell("Status", badge(p.status)), cell("Stages", stages), cell("Created", ago(p.createdAt)));
+    rows.append(tr);
+  }
+}
+
+// ---- Nodes: the daemons of the cluster, their status and load; admins drain and undrain them ------
+async function loadNodes() {
+  $("nodes-error").textContent = "";
+  let nodes;
+  try { nodes = await api("GET", "/v1/nodes"); }
+  catch (e) { if (e.message !== "unauthorized") $("nodes-error").textContent = e.message; return; }
+  state.nodes = nodes; state.nodesAt = Date.now();
+  document.querySelectorAll("th.admin-col").forEach((th) => { th.hidden = !isAdmin(); });
+  const rows = $("node-rows");
+  rows.replaceChildren();
+  for (const n of nodes) {
+    const tr = el("tr");
+    tr.dataset.node = n.id;
+    const name = cell("Node", el("strong", n.id));
+    if (n.local) name.firstChild.append(el("span", "this node", "muted node-local"));
+    if (n.host && n.host !== n.id) name.firstChild.append(el("span", n.host, "muted row-note"));
+    const load = el("div", null, "load");
+    const meter = document.createElement("meter");
+    meter.min = 0; meter.max = Math.max(1, n.capacity); meter.value = n.sessions;
+    meter.high = Math.max(1, n.capacity) * 0.8; meter.optimum = 0;
+    load.append(meter, el("span", n.sessions + " / " + n.capacity, "sessions"));
+    tr.append(name, cell("Status", badge(n.status)), cell("Sessions", load),
+              cell("URL", el("code", n.url || "", "muted")), cell("Version", n.version),
+              cell("Heartbeat", ago(n.lastHeartbeat) || "never"), cell("Started", when(n.startedAt)));
+    if (isAdmin()) {
+      const draining = n.status === "draining";
+      const b = el("button", draining ? "Undrain" : "Drain", "chip drain");
+      b.type = "button";
+      b.disabled = n.status === "down";
+      b.title = draining ? "Take new sessions again" : "Take no new sessions (those it runs go on)";
+      b.addEventListener("click", async () => {
+        b.disabled = true;
+        try {
+          await api("POST", "/v1/nodes/" + encodeURIComponent(n.id) + "/" + (draining ? "undrain" : "drain"));
+          toast((draining ? "Undrained " : "Draining ") + n.id);
+        } catch (e) { if (e.message !== "unauthorized") toast((draining ? "undrain: " : "drain: ") + e.message); }
+        loadNodes().catch(() => {});
+      });
+      tr.append(cell("", b));
+    }
     rows.append(tr);
   }
 }
@@ -694,7 +755,7 @@ document.addEventListener("keydown", (ev) => {
   if (ev.key === "?") { $("help-dialog").showModal(); return; }
   if (state.gPending) {
     state.gPending = false;
-    const to = { o: "overview", s: "sessions", p: "pipelines", a: "audit", u: "users" }[ev.key.toLowerCase()];
+    const to = { o: "overview", s: "sessions", p: "pipelines", n: "nodes", a: "audit", u: "users" }[ev.key.toLowerCase()];
     if (to) location.hash = "#/" + to;
     return;
   }
