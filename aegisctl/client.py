@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import http.client
+    import ssl
 
 
 class ClientError(Exception):
@@ -52,8 +53,9 @@ class Client:
     """``Client(socket_path=...)`` or ``Client(url=..., token=...)``."""
 
     def __init__(self, *, socket_path: str | Path | None = None, url: str | None = None,
-                 token: str | None = None, timeout: float = 60.0) -> None:
+                 token: str | None = None, timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/") if url else None
+        self.ssl_context = ssl_context  # https: None = the system's CAs (and SSL_CERT_FILE)
         self.socket_path = Path(socket_path) if socket_path else (None if url else default_socket_path())
         self.token = token
         self.timeout = timeout
@@ -170,8 +172,11 @@ class Client:
 
         assert self.url is not None
         u = urllib.parse.urlsplit(self.url)
-        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-        return cls(u.hostname or "127.0.0.1", u.port, timeout=timeout), (u.path.rstrip("/") + "/v1/rpc")
+        path = u.path.rstrip("/") + "/v1/rpc"
+        if u.scheme == "https":
+            return http.client.HTTPSConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout,
+                                               context=self.ssl_context), path
+        return http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout), path
 
     def _headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json", "Accept": "application/json"}
