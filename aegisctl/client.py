@@ -178,6 +178,15 @@ class Client:
                                                context=self.ssl_context), path
         return http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout), path
 
+    def _untrusted(self, exc: BaseException) -> None:
+        """An https daemon whose certificate this machine does not trust: not "aegisd is not running"."""
+        import ssl
+
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            raise ClientError("TLS_UNTRUSTED", f"aegisd at {self.url} presents a certificate this machine does not "
+                              f"trust ({exc.verify_message}): set SSL_CERT_FILE to its certificate (or to the CA "
+                              "bundle that signed it)", 503) from None
+
     def _headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.token:
@@ -191,6 +200,7 @@ class Client:
             resp = conn.getresponse()
             body = resp.read()
         except OSError as exc:
+            self._untrusted(exc)
             raise ConnectError(f"cannot reach aegisd at {self.url}: {exc}") from None
         finally:
             conn.close()
@@ -218,6 +228,7 @@ class Client:
                                   resp.status)
             yield from self._events(resp)
         except (OSError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: the daemon went away
+            self._untrusted(exc)
             raise ConnectError(f"lost the stream from {self.url}: {exc!r}") from None
         finally:
             conn.close()

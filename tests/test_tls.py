@@ -66,6 +66,23 @@ async def test_daemon_serves_https_with_the_configured_certificate(nursery: trio
         r = await c.post(f"{dp.http_url}/v1/rpc", json={"id": 1, "op": "hello", "params": {}})
         assert r.status_code == 200, r.text
         assert r.json()["result"]["httpUrl"] == dp.http_url
+    # `ag` over https: trusts what the system trusts, and a self-signed certificate through SSL_CERT_FILE
+    ag_env = {**dp.env, "AEGIS_URL": dp.http_url, "NO_COLOR": "1"}
+    with trio.fail_after(30):
+        res = await trio.run_process([AG, "list"], env=ag_env, capture_stderr=True, check=False)
+    assert res.returncode == 1 and b"SSL_CERT_FILE" in res.stderr and b"ag serve" not in res.stderr, res.stderr
+    with trio.fail_after(30):
+        res = await trio.run_process([AG, "list", "--json"], env={**ag_env, "SSL_CERT_FILE": str(cert)},
+                                     capture_stdout=True, check=False)
+    assert res.returncode == 0 and json.loads(res.stdout)["sessions"] == []
+    # the daemon on a port (AEGIS_PORT) is found over https, then used through its socket, or over https
+    for extra in ({"AEGIS_SOCKET": str(dp.socket)}, {"AEGIS_SOCKET": str(tmp_path / "none.sock"),
+                                                     "SSL_CERT_FILE": str(cert)}):
+        port_env = {**dp.env, "AEGIS_PORT": str(port), "NO_COLOR": "1", **extra}
+        with trio.fail_after(30):
+            res = await trio.run_process([AG, "list", "--json"], env=port_env, capture_stdout=True,
+                                         capture_stderr=True, check=False)
+        assert res.returncode == 0, res.stderr
     # `ag doctor` reaches it over https, trusting the certificate as the nodes do
     doctor_env = {**dp.env, "AEGIS_PORT": str(port), "AEGIS_TLS_CERT": str(cert), "AEGIS_TLS_KEY": str(key),
                   "ANTHROPIC_API_KEY": "x", "NO_COLOR": "1"}
