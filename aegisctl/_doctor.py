@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +126,7 @@ def run_checks(*, socket_path: str | None = None, fix: bool = False) -> list[dic
             results.append(_check("session store", "fail", exc.message,
                                   "start the server, or fix AEGIS_POSTGRES_URL / AEGIS_REDIS_URL"))
         results.extend(_optional_checks(cfg))
+        results.extend(_cluster_checks(cfg))
         sock = Path(socket_path) if socket_path else cfg.socket_path
         daemon = _daemon_checks(cfg, sock)
         results.extend(daemon)
@@ -202,6 +205,60 @@ def _optional_checks(cfg: Any) -> list[dict[str, Any]]:
     return out
 
 
+CERT_WARN_DAYS = 14
+
+
+def _cluster_checks(cfg: Any, now: datetime.datetime | None = None) -> list[dict[str, Any]]:
+    """This node's id and advertised URL, TLS (and when its certificate expires), and whether a cluster secret is
+    set (never the secret): what check_cluster_config refuses at start is a failure here."""
+    from aegisd.cluster import check_cluster_config, node_identity
+    from aegisd.cluster._identity import url_is_loopback
+    from aegisd.cluster._tls import cert_expiry, tls_enabled
+    from aegisd.core.errors import AegisError
+
+    out = []
+    refused = None
+    try:
+        check_cluster_config(cfg)
+    except AegisError as exc:
+        refused = exc.message
+    try:
+        ident = node_identity(cfg)
+        out.append(_check("node", "ok", f"id {ident.id}, advertised at {ident.url}"
+                          + (" (a shared PostgreSQL store: other nodes may join)" if cfg.sessionStore == "postgres"
+                             else "")))
+        url: str | None = ident.url
+    except (AegisError, OSError) as exc:
+        url = None
+        out.append(_check("node", "fail", getattr(exc, "message", None) or str(exc),
+                          "set AEGIS_ADVERTISE_URL / AEGIS_NODE_ID (docs/cluster.md)"))
+    if tls_enabled(cfg):
+        expires = cert_expiry(cfg.tlsCert)
+        if expires is None:
+            out.append(_check("tls", "warn", f"on: {cfg.tlsCert} (expiry date unreadable)",
+                              "check that tlsCert is a PEM certificate (openssl x509 -in <file> -noout -enddate)"))
+        else:
+            now = now or datetime.datetime.now(datetime.UTC)
+            days = (expires - now).total_seconds() / 86400
+            status = "fail" if days < 0 else "warn" if days < CERT_WARN_DAYS else "ok"
+            when = f"expired {expires:%Y-%m-%d}" if days < 0 else f"expires {expires:%Y-%m-%d} ({int(days)} days)"
+            out.append(_check("tls", status, f"on: {cfg.tlsCert}, {when}",
+                              "renew the certificate (the same files on every node) and restart aegisd"))
+    elif cfg.sessionStore == "postgres" and url is not None and not url_is_loopback(url):
+        out.append(_check("tls", "warn", f"off: nodes call each other over plain HTTP ({url})",
+                          "set AEGIS_TLS_CERT and AEGIS_TLS_KEY on every node (docs/security.md#tls)"))
+    else:
+        out.append(_check("tls", "ok", "off (plain HTTP)"))
+    if refused is not None and "clusterSecret" in refused:
+        out.append(_check("cluster secret", "fail", refused,
+                          "set AEGIS_CLUSTER_SECRET to the same value on every node"))
+    else:
+        out.append(_check("cluster secret", "ok", "set" if cfg.clusterSecret else "not set"))
+    if refused is not None and not any(refused in c["detail"] for c in out):
+        out.append(_check("cluster config", "fail", refused, "aegisd refuses to start with it: fix the setting named"))
+    return out
+
+
 def _daemon_checks(cfg: Any, sock_path: Path) -> list[dict[str, Any]]:
     from aegisctl.client import Client, ClientError
 
@@ -237,8 +294,13 @@ def _daemon_checks(cfg: Any, sock_path: Path) -> list[dict[str, Any]]:
     if port_free:
         out.append(_check("port", "ok", f"{cfg.host}:{port} free"))
         return out
+    from aegisd.cluster._tls import client_ssl_context
+
+    verify = client_ssl_context(cfg)  # a self-signed tlsCert is trusted as the other nodes trust it
+    tls = verify if isinstance(verify, ssl.SSLContext) else None
     try:
-        with Client(url=cfg.base_url, timeout=5, token=cfg.authToken or os.environ.get("AEGIS_AUTH_TOKEN")) as c:
+        with Client(url=cfg.base_url, timeout=5, token=cfg.authToken or os.environ.get("AEGIS_AUTH_TOKEN"),
+                    ssl_context=tls) as c:
             other = c.call("hello")
         owned = hello is None or other.get("pid") == hello.get("pid")
         out.append(_check("port", "ok" if owned else "warn", f"{cfg.host}:{port} owned by aegisd (pid "
@@ -250,7 +312,7 @@ def _daemon_checks(cfg: Any, sock_path: Path) -> list[dict[str, Any]]:
                           f"free the port, or use another: AEGIS_PORT={port + 1} ag serve"))
     if code_ok:
         try:
-            with Client(url=cfg.base_url, timeout=5) as c:
+            with Client(url=cfg.base_url, timeout=5, ssl_context=tls) as c:
                 health = c.call("health")
             out.append(_check("health", "ok" if health.get("status") == "ok" else "warn",
                               f"{cfg.base_url}/v1/health: {health.get('status')}"))

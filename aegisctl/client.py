@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import http.client
+    import ssl
 
 
 class ClientError(Exception):
@@ -52,8 +53,9 @@ class Client:
     """``Client(socket_path=...)`` or ``Client(url=..., token=...)``."""
 
     def __init__(self, *, socket_path: str | Path | None = None, url: str | None = None,
-                 token: str | None = None, timeout: float = 60.0) -> None:
+                 token: str | None = None, timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/") if url else None
+        self.ssl_context = ssl_context  # https: None = the system's CAs (and SSL_CERT_FILE)
         self.socket_path = Path(socket_path) if socket_path else (None if url else default_socket_path())
         self.token = token
         self.timeout = timeout
@@ -170,8 +172,20 @@ class Client:
 
         assert self.url is not None
         u = urllib.parse.urlsplit(self.url)
-        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-        return cls(u.hostname or "127.0.0.1", u.port, timeout=timeout), (u.path.rstrip("/") + "/v1/rpc")
+        path = u.path.rstrip("/") + "/v1/rpc"
+        if u.scheme == "https":
+            return http.client.HTTPSConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout,
+                                               context=self.ssl_context), path
+        return http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout), path
+
+    def _untrusted(self, exc: BaseException) -> None:
+        """An https daemon whose certificate this machine does not trust: not "aegisd is not running"."""
+        import ssl
+
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            raise ClientError("TLS_UNTRUSTED", f"aegisd at {self.url} presents a certificate this machine does not "
+                              f"trust ({exc.verify_message}): set SSL_CERT_FILE to its certificate (or to the CA "
+                              "bundle that signed it)", 503) from None
 
     def _headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -186,6 +200,7 @@ class Client:
             resp = conn.getresponse()
             body = resp.read()
         except OSError as exc:
+            self._untrusted(exc)
             raise ConnectError(f"cannot reach aegisd at {self.url}: {exc}") from None
         finally:
             conn.close()
@@ -213,6 +228,7 @@ class Client:
                                   resp.status)
             yield from self._events(resp)
         except (OSError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: the daemon went away
+            self._untrusted(exc)
             raise ConnectError(f"lost the stream from {self.url}: {exc!r}") from None
         finally:
             conn.close()

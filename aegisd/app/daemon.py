@@ -35,7 +35,7 @@ from aegisd.auth.audit import AuditLog
 from aegisd.auth.callers import Callers
 from aegisd.auth.oidc import Oidc
 from aegisd.bus import EventBus
-from aegisd.cluster import Cluster, node_identity
+from aegisd.cluster import Cluster, check_cluster_config, node_identity
 from aegisd.core.config import Config, is_loopback
 from aegisd.core.errors import NotFound, QuotaExceeded, StoreUnavailable, ValidationError
 from aegisd.core.sections import parse_endpoints
@@ -67,6 +67,7 @@ class Daemon:
     """Every service of one daemon, built from its configuration; `run()` runs them."""
 
     def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None) -> None:
+        check_cluster_config(config)  # TLS files, and what a node on a shared store needs: refused before anything
         self.config = cfg = config
         state = config.state_path
         self.environ = dict(os.environ if environ is None else environ)
@@ -335,6 +336,8 @@ class Daemon:
             hc.errorlog = logging.getLogger("hypercorn.error")
             hc.accesslog = None
             hc.graceful_timeout = 2.0
+            if cfg.tlsCert and cfg.tlsKey:  # HTTPS (checked at start: check_cluster_config); binds say https://
+                hc.certfile, hc.keyfile = os.path.expanduser(cfg.tlsCert), os.path.expanduser(cfg.tlsKey)
             http_stop = trio.Event()
             binds = await servers.start(partial(hypercorn_serve, create_app(svc), hc, shutdown_trigger=http_stop.wait))
             svc.http_url = cfg.baseUrl.rstrip("/") if cfg.baseUrl else str(binds[0])

@@ -8,7 +8,7 @@ work everywhere."""
 
 from __future__ import annotations
 
-from aegisd.cluster._identity import NodeIdentity, node_identity
+from aegisd.cluster._identity import NodeIdentity, check_cluster_config, node_identity
 from aegisd.cluster._node import Cluster, NodeInfo
 
-__all__ = ["Cluster", "NodeIdentity", "NodeInfo", "node_identity"]
+__all__ = ["Cluster", "NodeIdentity", "NodeInfo", "check_cluster_config", "node_identity"]

@@ -7,6 +7,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aegisd.core.config import Config, is_loopback
 from aegisd.core.errors import ValidationError
@@ -60,10 +61,31 @@ def advertise_url(config: Config, *, required: bool = False) -> str:
 
 
 def url_is_loopback(url: str) -> bool:
-    from urllib.parse import urlsplit
-
     host = urlsplit(url).hostname or ""
     return host == "localhost" or is_loopback(host)
+
+
+def check_cluster_config(config: Config) -> None:
+    """What a node on a shared store needs before it starts (called from ``Daemon.__init__``); refused with a
+    clear message, exit 2. Always: the TLS certificate and key load and go together. On PostgreSQL (other nodes may
+    share the store, docs/cluster.md): a URL other nodes can reach it at, and, when that URL or the bind address
+    is not loopback, ``clusterSecret``. Other stores have one node: nothing more to check."""
+    from aegisd.cluster._tls import check_server_tls
+
+    check_server_tls(config)
+    if config.sessionStore != "postgres":
+        return
+    url = advertise_url(config)  # refuses 0.0.0.0 / :: without advertiseUrl
+    if config.advertiseUrl and urlsplit(url).scheme == "http" and config.tlsCert:
+        raise ValidationError(f"advertiseUrl (AEGIS_ADVERTISE_URL) {url} is http://, but this node serves https "
+                              "(tlsCert is set): advertise its https:// URL")
+    reachable = not url_is_loopback(url) or not is_loopback(config.host)
+    if reachable and not config.clusterSecret:
+        where = url if not url_is_loopback(url) else f"{config.host}:{config.port}"
+        raise ValidationError(f"this node is reachable by other machines ({where}) on a shared PostgreSQL store but "
+                              "has no clusterSecret: set AEGIS_CLUSTER_SECRET (or clusterSecret; at least 16 "
+                              "characters, e.g. `openssl rand -hex 32`) to the same value on every node, or bind "
+                              "and advertise a loopback address")
 
 
 def node_identity(config: Config) -> NodeIdentity:

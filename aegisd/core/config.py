@@ -182,7 +182,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         if self.baseUrl:
             return self.baseUrl.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tlsCert else 'http'}://{host}:{self.port}"
 
 
 # Env var -> (config key, parser). Every documented variable is read.
@@ -423,6 +423,55 @@ def _validate(cfg: Config) -> None:
         raise ValidationError("AEGIS_ACP_PROMPT_TIMEOUT_MS must be positive")
     if any(not 0 < p < 65536 for p in cfg.screenshotLoopbackPorts):
         raise ValidationError("screenshotLoopbackPorts: ports are between 1 and 65535")
+    _validate_cluster(cfg)
+
+
+NODE_LEASE_MS = (3_000, 600_000)
+CLUSTER_SECRET_MIN = 16
+
+
+def _validate_cluster(cfg: Config) -> None:
+    """TLS files and the cluster keys (docs/cluster.md, docs/security.md#tls). What depends on the store (a
+    secret for a non-loopback node) is checked at start: aegisd/cluster/_identity.py check_cluster_config."""
+    if bool(cfg.tlsCert) != bool(cfg.tlsKey):
+        given, missing = (("tlsCert", "tlsKey (AEGIS_TLS_KEY)") if cfg.tlsCert
+                          else ("tlsKey", "tlsCert (AEGIS_TLS_CERT)"))
+        raise ValidationError(f"TLS needs both tlsCert and tlsKey (AEGIS_TLS_CERT, AEGIS_TLS_KEY): {given} is set, "
+                              f"{missing} is not")
+    for key, var in (("tlsCert", "AEGIS_TLS_CERT"), ("tlsKey", "AEGIS_TLS_KEY"), ("tlsCa", "AEGIS_TLS_CA")):
+        value = getattr(cfg, key)
+        if value:
+            _readable_file(value, f"{key} ({var})")
+    if not NODE_LEASE_MS[0] <= cfg.nodeLeaseMs <= NODE_LEASE_MS[1]:
+        raise ValidationError(f"nodeLeaseMs (AEGIS_NODE_LEASE_MS) must be between {NODE_LEASE_MS[0]} and "
+                              f"{NODE_LEASE_MS[1]} milliseconds, not {cfg.nodeLeaseMs}")
+    if cfg.advertiseUrl:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(cfg.advertiseUrl)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValidationError(f"advertiseUrl (AEGIS_ADVERTISE_URL): {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValidationError("advertiseUrl (AEGIS_ADVERTISE_URL) must be an http:// or https:// URL with a "
+                                  f"host, such as https://node1.example.com:9100, not {cfg.advertiseUrl!r}")
+    if cfg.clusterSecret and len(cfg.clusterSecret) < CLUSTER_SECRET_MIN:
+        raise ValidationError(f"clusterSecret (AEGIS_CLUSTER_SECRET) must be at least {CLUSTER_SECRET_MIN} "
+                              "characters (e.g. `openssl rand -hex 32`), the same on every node")
+
+
+def _readable_file(value: str, what: str) -> None:
+    path = Path(os.path.expanduser(value))
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except FileNotFoundError:
+        raise ValidationError(f"{what}: file not found: {path}") from None
+    except IsADirectoryError:
+        raise ValidationError(f"{what}: {path} is a directory, not a PEM file") from None
+    except OSError as exc:
+        raise ValidationError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def describe(cfg: Config, *, mask: bool = True) -> list[tuple[str, Any, str]]:
