@@ -123,10 +123,11 @@ async def test_refuses_non_loopback_without_auth(tmp_path: Path, short_tmp: Path
 
     from .conftest import make_config
 
-    d = Daemon(make_config(tmp_path, short_tmp, host="0.0.0.0"))
+    node = {"advertiseUrl": "http://192.0.2.1:9100", "clusterSecret": "s" * 32}  # a cluster node needs them
+    d = Daemon(make_config(tmp_path, short_tmp, host="0.0.0.0", **node))
     with pytest.raises(ValidationError, match="non-loopback"):
         d.check_bind_safety()
-    Daemon(make_config(tmp_path, short_tmp, host="0.0.0.0", authToken="x" * 32)).check_bind_safety()
+    Daemon(make_config(tmp_path, short_tmp, host="0.0.0.0", authToken="x" * 32, **node)).check_bind_safety()
 
 
 async def test_body_on_a_route_that_takes_none(daemon: DaemonHandle, workdir: Path) -> None:

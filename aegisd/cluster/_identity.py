@@ -75,7 +75,7 @@ def check_cluster_config(config: Config) -> None:
     check_server_tls(config)
     if config.sessionStore != "postgres":
         return
-    url = advertise_url(config)  # refuses 0.0.0.0 / :: without advertiseUrl
+    url = advertise_url(config, required=True)  # refuses 0.0.0.0 / :: without advertiseUrl
     if config.advertiseUrl and urlsplit(url).scheme == "http" and config.tlsCert:
         raise ValidationError(f"advertiseUrl (AEGIS_ADVERTISE_URL) {url} is http://, but this node serves https "
                               "(tlsCert is set): advertise its https:// URL")

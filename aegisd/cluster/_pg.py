@@ -114,8 +114,24 @@ class PgCluster(Cluster):
         store.on_session_changed = self._session_changed
         store.on_events = self.bus.poke
         store.on_nodes_changed = self._nodes_stale.set
-        store.on_resync = self._resync
+        caches = store.on_resync  # the feature caches' (aegisd/app/_changes.py): they read everything again too
+
+        def resync() -> None:
+            self._resync()
+            if caches is not None:
+                caches()
+        store.on_resync = resync
         store.on_rejoined = self._rejoined
+        fence = store.on_fenced  # the manager's: stop those agents; then read who runs them now
+
+        def fenced(session_id: str | None, reason: str) -> None:
+            if fence is not None:
+                fence(session_id, reason)
+            if session_id is None:
+                self._resync()
+            else:
+                self._session_changed(session_id)
+        store.on_fenced = fenced
         store.sessions_running = self.local_sessions
         await self._refresh_nodes()
 
@@ -166,6 +182,7 @@ class PgCluster(Cluster):
     def _rejoined(self, records: list[SessionRecord]) -> None:
         for rec in records:
             self.manager.adopt(rec)
+        self._resync()  # the sessions it lost meanwhile are other nodes' now
 
     async def _sync_records(self) -> None:
         while True:

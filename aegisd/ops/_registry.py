@@ -18,6 +18,7 @@ from aegisd.core.errors import (
     QuotaExceeded,
     SessionNotFound,
     StoreUnavailable,
+    Unavailable,
     UnknownOperation,
     ValidationError,
 )
@@ -145,9 +146,22 @@ async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True
         except SessionNotFound:  # created a moment ago on another node: not heard of here yet
             await cluster.lookup(params.id)
             rec = ctx.session(params.id)
-        url = cluster.owner_url(rec)
-        if url is not None:
-            answer = await cluster.forward(url, name, msgspec.to_builtins(params), ctx.principal, ctx.request_id)
+        for attempt in (1, 2):
+            try:
+                url = cluster.owner_url(rec)
+                if url is None:
+                    break
+                answer = await cluster.forward(url, name, msgspec.to_builtins(params), ctx.principal,
+                                               ctx.request_id)
+            except Unavailable:
+                # the owner is lost or did not answer: the session may have moved meanwhile (read it again)
+                fresh = await cluster.refresh(rec.id)
+                if attempt == 1 and fresh is not None and (fresh.node, fresh.status) != (rec.node, rec.status):
+                    rec = fresh
+                    continue
+                if o.permission is not None:
+                    raise
+                break  # a read: answered here, from what the store holds, while the session moves
             await cluster.refresh(rec.id)
             return msgspec.convert(answer, o.result)
     try:

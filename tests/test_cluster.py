@@ -1,0 +1,329 @@
+"""Three real aegisd processes on one PostgreSQL database (their own ports, state dirs and node ids; a fresh schema
+per test) act as one cluster: any node serves any session, events are one ordered stream, a node killed with
+kill -9 has its sessions adopted and resumed elsewhere with exactly one agent per session, and a node that loses
+its lease stops its agents before another node adopts them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from .conftest import DaemonProcess, pid_alive, start_daemon_process, wait_dead
+
+PG = os.environ.get("AEGIS_TEST_PG_URL")
+pytestmark = pytest.mark.skipif(not PG, reason="AEGIS_TEST_PG_URL not set: the cluster runs on PostgreSQL")
+
+LEASE_MS = 3000
+
+
+def _drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG or "", autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+class Nodes:
+    """The test's cluster: where its nodes live, and how to start one more."""
+
+    def __init__(self, base: Path, socks: Path, nursery: trio.Nursery, schema: str) -> None:
+        self.base, self.socks, self.nursery, self.schema = base, socks, nursery, schema
+        self.work = base / "w"
+        self.work.mkdir(exist_ok=True)
+        self.procs: dict[str, DaemonProcess] = {}
+        self.http: dict[str, httpx.AsyncClient] = {}
+
+    async def start(self, node: str, *, pg_url: str | None = None) -> DaemonProcess:
+        home = self.base / node
+        home.mkdir(exist_ok=True)
+        env = {"AEGIS_SESSION_STORE": "postgres", "AEGIS_POSTGRES_URL": pg_url or PG or "",
+               "AEGIS_PG_SCHEMA": self.schema, "AEGIS_NODE_ID": node, "AEGIS_NODE_LEASE_MS": str(LEASE_MS),
+               # one agent "machine": a session/load on any node finds what the agent kept
+               "FAKE_ACP_STATE_DIR": str(self.base / "fake-acp"), "AEGIS_ALLOWED_WORK_DIRS": str(self.work)}
+        dp = await start_daemon_process(home, self.socks / node, nursery=self.nursery, extra_env=env, timeout=40)
+        self.procs[node] = dp
+        self.http[node] = httpx.AsyncClient(base_url=dp.http_url, timeout=30)
+        return dp
+
+    def kill(self, node: str) -> None:
+        self.procs[node].proc.send_signal(signal.SIGKILL)
+
+    async def close(self) -> None:
+        for dp in self.procs.values():
+            if dp.proc.returncode is None:
+                dp.proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(20):
+            for dp in self.procs.values():
+                await dp.proc.wait()
+        for dp in self.procs.values():
+            if dp.proc.returncode is None:
+                dp.proc.kill()
+        for client in self.http.values():
+            await client.aclose()
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, short_tmp: Path, nursery: trio.Nursery) -> AsyncIterator[Nodes]:
+    schema = f"c_{uuid.uuid4().hex[:12]}"
+    cluster = Nodes(tmp_path, short_tmp, nursery, schema)
+    try:
+        yield cluster
+    finally:
+        await cluster.close()
+        await trio.to_thread.run_sync(_drop_schema, schema)
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
+    """Wait for a condition another process brings about (there is no event to wait on across processes)."""
+    with trio.move_on_after(timeout):
+        while True:
+            got = await check()
+            if got:
+                return got
+            await trio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def session(c: httpx.AsyncClient, sid: str) -> dict[str, Any]:
+    r = await c.get(f"/v1/sessions/{sid}")
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def status_is(c: httpx.AsyncClient, sid: str, *states: str) -> dict[str, Any] | None:
+    s = await session(c, sid)
+    return s if s["status"] in states else None
+
+
+def agents_of(session_id: str) -> list[int]:
+    """Every process on this machine started for this session (its agent carries the session marker)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if f"AEGIS_SESSION_ID={session_id}".encode() in env and pid_alive(int(entry)):
+            out.append(int(entry))
+    return out
+
+
+async def sse_events(url: str, into: list[dict[str, Any]], last_id: int | None = None,
+                     ready: trio.Event | None = None) -> None:
+    headers = {"Accept": "text/event-stream"}
+    if last_id is not None:
+        headers["Last-Event-ID"] = str(last_id)
+    async with httpx.AsyncClient(base_url=url, timeout=None) as c, \
+            c.stream("GET", "/v1/events", headers=headers) as resp:
+        assert resp.status_code == 200
+        if ready is not None:
+            ready.set()
+        ev_id = None
+        async for line in resp.aiter_lines():
+            if line.startswith("id:"):
+                ev_id = int(line[3:].strip())
+            elif line.startswith("data:") and ev_id is not None:
+                data = json.loads(line[5:])
+                into.append({"id": ev_id, **(data if isinstance(data, dict) else {"data": data})})
+                ev_id = None
+
+
+async def test_any_node_serves_any_session(nodes: Nodes, nursery: trio.Nursery) -> None:
+    for n in ("n1", "n2", "n3"):
+        await nodes.start(n)
+    h = nodes.http
+    listed = (await h["n1"].get("/v1/nodes")).json()
+    assert sorted((x["id"], x["status"]) for x in listed) == [("n1", "up"), ("n2", "up"), ("n3", "up")]
+
+    # every node's events, in one order, on n3
+    seen: list[dict[str, Any]] = []
+    ready = trio.Event()
+    nursery.start_soon(sse_events, nodes.procs["n3"].http_url, seen, None, ready)
+    await ready.wait()
+
+    # created on each node through another one
+    made = {}
+    for via, on in (("n1", "n2"), ("n2", "n3"), ("n3", "n1")):
+        r = await h[via].post("/v1/sessions", json={"workDir": str(nodes.work), "node": on, "reuse": False,
+                                                    "prompt": f"say:hello from {on}"})
+        assert r.status_code == 201, r.text
+        assert r.json()["node"] == on
+        made[on] = r.json()["id"]
+    for via in ("n1", "n2", "n3"):  # every node lists every session, with the node running it
+        async def all_listed(via: str = via) -> bool:
+            got = {s["id"]: s["node"] for s in (await h[via].get("/v1/sessions?limit=100")).json()["sessions"]}
+            return got == {sid: on for on, sid in made.items()}
+        await until(all_listed, 10, f"{via} to list every session")
+    for sid in made.values():
+        await until(lambda sid=sid: status_is(h["n1"], sid, "idle"), 20, f"{sid} idle")
+
+    # a permission request on n2's session, approved through n1, read through n3
+    sid = made["n2"]
+    r = await h["n3"].post(f"/v1/sessions/{sid}/send", json={"text": "tool:edit:Edit file:a.txt"})
+    assert r.status_code == 200, r.text
+    pending = await until(lambda: status_is(h["n1"], sid, "permission_prompt"), 20, "the permission prompt")
+    assert pending["node"] == "n2" and pending["pendingPermission"]["toolTitle"]
+    r = await h["n1"].post(f"/v1/sessions/{sid}/approve", json={})
+    assert r.status_code == 200, r.text
+    await until(lambda: status_is(h["n3"], sid, "idle"), 20, "the turn after the approval")
+    msgs = (await h["n3"].get(f"/v1/sessions/{sid}/transcript?limit=100")).json()["messages"]
+    assert any("permission: allow" in m["text"] for m in msgs), msgs
+    # a kill through yet another node
+    r = await h["n3"].delete(f"/v1/sessions/{made['n1']}")
+    assert r.status_code == 200, r.text
+    await until(lambda: status_is(h["n2"], made["n1"], "killed"), 10, "the kill seen on n2")
+
+    # n3's stream saw every node's sessions, ids strictly increasing
+    await until(lambda: _async(any(e.get("sessionId") == made["n1"] and "killed" in json.dumps(e) for e in seen)),
+                10, "n1's session end on n3's stream")
+    ids = [e["id"] for e in seen]
+    assert ids == sorted(set(ids)), "one order, no duplicates"
+    assert {e.get("sessionId") for e in seen} >= set(made.values())
+    # replay with Last-Event-ID on another node gives the same events after that id
+    middle = ids[len(ids) // 2]
+    replay: list[dict[str, Any]] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(sse_events, nodes.procs["n1"].http_url, replay, middle)
+        await until(lambda: _async(len(replay) >= len([i for i in ids if i > middle])), 10, "the replay")
+        n.cancel_scope.cancel()
+    assert [e["id"] for e in replay][:len([i for i in ids if i > middle])] == [i for i in ids if i > middle]
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def test_ag_client_against_one_node_drives_every_node(nodes: Nodes) -> None:
+    aegis_python_client = pytest.importorskip("aegis_python_client", reason="ag-client not installed")
+    for n in ("n1", "n2"):
+        await nodes.start(n)
+    r = await nodes.http["n1"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n2",
+                                                          "prompt": "say:on n2"})
+    sid = r.json()["id"]
+    await until(lambda: status_is(nodes.http["n1"], sid, "idle"), 20, "idle")
+    client = aegis_python_client.AegisClient(base_url=nodes.procs["n1"].http_url)
+
+    def run(fn: Any, *args: Any, **kw: Any) -> Any:
+        return trio.to_thread.run_sync(lambda: fn(*args, **kw))
+    listed = await run(client.list_sessions, page_size=10)
+    assert [(s["id"], s["node"]) for s in listed["sessions"]] == [(sid, "n2")]
+    await run(client.send_message, sid, "say:driven through n1")
+    await until(lambda: status_is(nodes.http["n2"], sid, "idle"), 20, "idle again")
+
+    async def said() -> bool:
+        msgs = (await run(client.read_messages, sid, page=1, page_size=50))["messages"]
+        return any(m["text"] == "driven through n1" for m in msgs)
+    await until(said, 10, "the reply read through n1")
+
+
+async def test_kill9_node_sessions_are_adopted_and_resumed(nodes: Nodes) -> None:
+    for n in ("n1", "n2", "n3"):
+        await nodes.start(n)
+    h = nodes.http
+    ids = {}
+    for name, prompt in (("idle", "say:ready"), ("asking", "tool:edit:Edit file:b.txt"),
+                         ("busy", "sleep:600000")):
+        r = await h["n2"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n1", "reuse": False,
+                                                     "prompt": prompt, "name": name})
+        assert r.status_code == 201, r.text
+        ids[name] = r.json()["id"]
+    await until(lambda: status_is(h["n2"], ids["idle"], "idle"), 20, "idle")
+    await until(lambda: status_is(h["n2"], ids["asking"], "permission_prompt"), 20, "the permission prompt")
+    await until(lambda: status_is(h["n2"], ids["busy"], "running"), 20, "the long turn")
+    r = await h["n3"].post(f"/v1/sessions/{ids['busy']}/send", json={"text": "say:queued behind"})
+    assert r.status_code == 200 and r.json()["queued"] is True, r.text
+    old = {name: agents_of(sid) for name, sid in ids.items()}
+    assert all(len(p) == 1 for p in old.values()), old
+
+    killed_at = time.monotonic()
+    nodes.kill("n1")
+    await wait_dead([p for ps in old.values() for p in ps], timeout=10)  # the lifeline ends its agents
+
+    async def adopted(sid: str) -> dict[str, Any] | None:
+        s = await session(h["n2"], sid)
+        return s if s["node"] in ("n2", "n3") and s["status"] in ("idle", "running") else None
+    for name, sid in ids.items():
+        s = await until(lambda sid=sid: adopted(sid), LEASE_MS / 1000 + 15, f"{name} adopted")
+        assert s["node"] != "n1"
+    failover = time.monotonic() - killed_at
+    assert failover <= LEASE_MS / 1000 + 5, f"failover took {failover:.1f} s"
+    # the queued prompt survived the move: it runs on the new node once the interrupted turn is done
+    r = await h["n3"].post(f"/v1/sessions/{ids['busy']}/interrupt")
+    assert r.status_code in (200, 409), r.text
+
+    async def queued_said() -> bool:
+        msgs = (await h["n3"].get(f"/v1/sessions/{ids['busy']}/transcript?limit=100")).json()["messages"]
+        return any(m["text"] == "queued behind" for m in msgs)
+    await until(queued_said, 20, "the queued prompt answered by the adopter")
+    # exactly one agent process per session, on the node that runs it now
+    for name, sid in ids.items():
+        assert len(agents_of(sid)) == 1, (name, agents_of(sid))
+    listed = {x["id"]: x["status"] for x in (await h["n3"].get("/v1/nodes")).json()}
+    assert listed["n1"] == "down"
+    # the adopted sessions work: a turn on the one that was asking for permission
+    r = await h["n3"].post(f"/v1/sessions/{ids['asking']}/send", json={"text": "say:after the move"})
+    assert r.status_code == 200, r.text
+
+    async def moved_said() -> bool:
+        msgs = (await h["n2"].get(f"/v1/sessions/{ids['asking']}/transcript?limit=100")
+                ).json()["messages"]
+        return any(m["text"] == "after the move" for m in msgs)
+    await until(moved_said, 20, "a turn on the adopted session")
+
+
+async def test_a_node_that_loses_its_lease_stops_its_agents_before_adoption(nodes: Nodes,
+                                                                            nursery: trio.Nursery) -> None:
+    from .test_store_faults import _start_proxy
+
+    proxy = await _start_proxy(nursery, "postgres")
+    await nodes.start("n1", pg_url=proxy.url(PG or ""))
+    await nodes.start("n2")
+    h = nodes.http
+    r = await h["n2"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n1", "prompt": "say:hi"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    await until(lambda: status_is(h["n2"], sid, "idle"), 20, "idle")
+    [old] = agents_of(sid)
+
+    proxy.cut()  # n1 can no longer reach PostgreSQL: it cannot renew its lease
+    dead_at = adopted_at = None
+    with trio.fail_after(LEASE_MS / 1000 + 20):
+        while adopted_at is None:
+            now = time.monotonic()
+            if dead_at is None and not pid_alive(old):
+                dead_at = now
+            s = await session(h["n2"], sid)
+            if s["node"] == "n2":
+                adopted_at = now
+                # fencing: the old agent was gone before the new owner took the session
+                assert dead_at is not None, "n2 adopted the session while n1's agent still ran"
+            await trio.sleep(0.02)
+    assert dead_at is not None and dead_at <= adopted_at
+    await until(lambda: status_is(h["n2"], sid, "idle"), 20, "resumed on n2")
+    assert len(agents_of(sid)) == 1
+    # n1 comes back: it joins again as a new incarnation and runs nothing of the session it lost
+    proxy.restore()
+
+    async def n1_up() -> bool:
+        return any(x["id"] == "n1" and x["status"] == "up" for x in (await h["n2"].get("/v1/nodes")).json())
+    await until(n1_up, LEASE_MS / 1000 + 15, "n1 up again")
+    async def n1_knows() -> bool:  # it reads again who runs its former sessions
+        return (await session(h["n1"], sid))["node"] == "n2"
+    await until(n1_knows, 10, "n1 to see the session on n2")
+    r = await h["n1"].post(f"/v1/sessions/{sid}/send", json={"text": "say:through n1 after its return"})
+    assert r.status_code == 200, r.text
+    await until(lambda: status_is(h["n2"], sid, "idle"), 20, "idle after the turn")
+    assert len(agents_of(sid)) == 1
