@@ -161,9 +161,9 @@ async def test_lock_taken_by_another_daemon_stops_agents_and_nothing_more_is_wri
     await trio.to_thread.run_sync(take_lock, prefix)
     before = await trio.to_thread.run_sync(snapshot, prefix)  # from here on the lock is another's
     took = await _wait(lambda: not any(alive(p) for p in pids), 10, "the agents to be stopped")
-    # the renewing thread looks every second, the monitor hands it to the sessions at once, the agents are
-    # killed without a grace period
-    assert took < TTL_MS / 3000 + 2, took
+    # the renewing thread looks every second (busy: the turn's next write finds it first), the monitor hands it
+    # to the sessions at once, the agents are killed without a grace period: a second, and slack for a slow machine
+    assert took < TTL_MS / 3000 + 3, took
 
     health = (await d.http.get("/v1/health")).json()
     assert health["status"] == "degraded" and health["store"] == "degraded" and health["storeKind"] == "redis"
