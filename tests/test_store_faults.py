@@ -368,51 +368,76 @@ async def test_outage_held_gives_503_and_one_alert(kind: str, nursery: trio.Nurs
 
 
 @pytest.mark.skipif(not PG, reason="AEGIS_TEST_PG_URL not set")
-async def test_postgres_lock_taken_by_another_daemon_meanwhile_refuses_writes(nursery: trio.Nursery,
-                                                                              tmp_path: Path) -> None:
-    """The connection holding the advisory lock is lost and another daemon takes the lock meanwhile: this one
-    refuses every write (degraded, with the reason) rather than write beside it, and takes the lock again once
-    the other is gone."""
+async def test_postgres_node_that_loses_its_lease_is_fenced(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A node whose connections are cut cannot renew its lease: it stops its agents before the lease can have
+    expired (on_fenced(None)) and refuses every write for its sessions; another node claims them once the lease
+    expired; when the first is back it joins again and never writes for the sessions it lost."""
     from aegisd.core.config import load_config
+    from aegisd.core.errors import SessionFenced
+    from aegisd.core.models import SessionRecord, TranscriptEntry
+    from aegisd.store import NodeSpec
     from aegisd.store._postgres import PostgresStore
 
     name = f"l{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
     proxy = await _start_proxy(nursery, "postgres")
 
-    def config(url: str) -> Any:
-        return load_config(env={}, config_path=None, overrides={
-            "stateDir": str(tmp_path / "state"), "sessionStore": "postgres", "postgresUrl": url, "pgTable": name},
+    def store(url: str, node: str) -> PostgresStore:
+        cfg = load_config(env={}, config_path=None, overrides={
+            "stateDir": str(tmp_path / node), "sessionStore": "postgres", "postgresUrl": url, "pgTable": name},
             cwd=tmp_path)
-    a = PostgresStore(config(proxy.url(PG or "")))
-    b = PostgresStore(config(PG or ""))
+        st = PostgresStore(cfg)
+        st.node = NodeSpec(id=node, lease_ms=3000, work_dirs=["/w"])
+        return st
+    def said(i: int, text: str) -> TranscriptEntry:
+        return TranscriptEntry(id=i, role="user", contentType="text", text=text, timestamp=i)
+    a, b = store(proxy.url(PG or ""), "a"), store(PG or "", "b")
+    fenced: list[tuple[str | None, str]] = []
+    a.on_fenced = lambda sid, why: fenced.append((sid, why))
     await a.open()
+    await b.open()
     try:
         async with trio.open_nursery() as n:
             await n.start(a.monitor)
-            await a.doc_put("c", "k", {"by": "a"})
-            proxy.cut()  # a's backends end, and its lock with them
-
-            async def lock_free() -> bool:
-                try:
-                    await b.open()
-                except Exception:  # noqa: BLE001 - the server has not ended a's backend yet
-                    return False
-                return True
-            await _wait(lock_free, 20, "the lock to be free")
+            await n.start(b.monitor)
+            rec = SessionRecord(id="s1", workDir="/w", createdAt=1)
+            await a.save_session(rec)
+            await a.append_transcript("s1", [said(1, "before")])
+            assert a.owns("s1") and [r.node for r in await b.load_sessions()] == ["a"]
+            proxy.cut()  # a cannot renew its lease any more
+            start = trio.current_time()
+            with trio.fail_after(10):
+                while not fenced:
+                    await trio.sleep(0.05)
+            fenced_after = trio.current_time() - start
+            assert fenced[0][0] is None and "lease" in fenced[0][1]
+            assert fenced_after < 3.0, "fenced before the lease (3 s) can have expired"
+            assert not a.owns("s1")
+            with pytest.raises(SessionFenced):
+                await a.save_session(rec)
+            # b claims the session once a's lease has expired on the server's clock
+            with trio.fail_after(10):
+                while True:
+                    await b.mark_lost_nodes()
+                    orphans = [r.id for r in await b.orphans()]
+                    if orphans:
+                        break
+                    await trio.sleep(0.1)
+            assert orphans == ["s1"]
+            [claimed] = await b.claim(orphans)
+            assert claimed.node == "b" and b.owns("s1")
+            await b.append_transcript("s1", [said(2, "on b")])
             proxy.restore()
 
-            async def fenced() -> bool:
-                return "another session holds the single-writer lock" in (a.health.reason or "")
-            await _wait(fenced, 20, "a to see the lock taken")
-            with pytest.raises(StoreUnavailable):
-                await a.doc_put("c", "k", {"by": "a, concurrently"})
-            assert await b.doc_get("c", "k") == {"by": "a"}
-            await b.close()
-
-            async def healthy() -> bool:
+            async def rejoined() -> bool:
                 return a.health.ok
-            await _wait(healthy, 20, "a to take the lock again")
-            await a.doc_put("c", "k", {"by": "a again"})
+            await _wait(rejoined, 20, "a to join again")
+            with pytest.raises(SessionFenced):  # never again for the session it lost
+                await a.append_transcript("s1", [said(2, "late")])
+            with pytest.raises(SessionFenced):
+                await a.save_session(rec)
+            texts = [e.text for e in await b.read_transcript("s1")]
+            assert texts == ["before", "on b"]
+            assert [r.node for r in await b.load_sessions()] == ["b"]
             n.cancel_scope.cancel()
     finally:
         await b.close()

@@ -122,7 +122,7 @@ class Daemon:
             rate_limiter=RateLimiter(), oidc=self.oidc, environ=self.environ, http_url=cfg.base_url,
             request_stop=self.request_stop)
         self.identity = node_identity(cfg)
-        self.manager.node_id = self.identity.id
+        self.manager.node_id = self.pipelines.node_id = self.identity.id
         self.cluster = self._cluster()
         self.services.cluster = self.cluster
         self.pipelines.create_session = stage_sessions(self.services)  # stages: the session.create path

@@ -120,6 +120,7 @@ class PipelineRecord(msgspec.Struct):
     currentStage: str | None = None
     completedAt: int | None = None
     error: str | None = None
+    node: str | None = None  # the node running it (aegisd/cluster): only that node resumes it after a restart
 
 
 def check_graph(stages: list[StageSpec]) -> None:
@@ -184,6 +185,7 @@ class PipelineManager:
         self.default_timeout_ms = default_timeout_ms
         self._verdicts: dict[str, dict[str, Any]] = {}  # session id -> verification result not yet handled
         self.driving: set[str] = set()  # the pipelines this daemon runs (their records are its own, never reloaded)
+        self.node_id: str | None = None  # this node (aegisd/cluster): it resumes its own pipelines only
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the pipeline tasks; loads and resumes stored pipelines. Cancel with :meth:`stop`."""
@@ -217,7 +219,7 @@ class PipelineManager:
                 log.warning("pipelines.unreadable", pipeline=key, error=str(exc))
         for p in sorted(loaded, key=lambda p: (p.createdAt, p.id)):
             self.records[p.id] = p
-            if p.status == "running":
+            if p.status == "running" and p.node in (None, self.node_id):
                 for s in p.stages:
                     if s.status in ACTIVE:  # its turn was lost with the old daemon: run it again
                         s.status, s.sessionId = "pending", None
@@ -265,7 +267,7 @@ class PipelineManager:
                                      verifyFixes=s.verifyFixes, verifyCriticalOnly=s.verifyCriticalOnly))
         ts = now_ms()
         p = PipelineRecord(id=str(uuid.uuid4()), name=spec.name, workDir=base, status="running", stages=stages,
-                           createdAt=ts, updatedAt=ts, ownerKeyId=owner, creatorSessionId=creator)
+                           createdAt=ts, updatedAt=ts, ownerKeyId=owner, creatorSessionId=creator, node=self.node_id)
         self.records[p.id] = p
         self.driving.add(p.id)  # its record here is the live one from now on (a reload meanwhile leaves it be)
         try:

@@ -13,7 +13,7 @@ from aegisd.core.errors import Unauthorized
 from aegisd.core.models import Event, PendingPermission, SessionRecord
 from aegisd.core.states import TERMINAL, State
 from aegisd.ops._registry import OpContext, op
-from aegisd.ops._types import Empty, EventFrame, SessionRef, SessionView, session_view
+from aegisd.ops._types import Empty, EventFrame, SessionRef, SessionView, session_busy, session_view
 
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]
 
@@ -61,8 +61,7 @@ def needs_attention(ctx: OpContext, rec: SessionRecord) -> bool:
         return True
     if rec.status != State.IDLE:
         return False
-    runner = ctx.services.manager.runners.get(rec.id)
-    return runner is None or not runner.busy
+    return not session_busy(ctx.services.manager.runners, rec)
 
 
 class _Revocable:
@@ -142,9 +141,12 @@ async def pending(ctx: OpContext, p: Empty) -> PendingList:
     found: list[tuple[int, str, int, SessionRecord, PendingPermission]] = []
     for rec in ctx.visible(d.manager.records.values()):
         runner = d.manager.runners.get(rec.id)
-        if rec.status in TERMINAL or runner is None:
+        if rec.status in TERMINAL:
             continue
-        for pos, req in enumerate(runner.pending_permissions):
+        # another node's session (aegisd/cluster): its record holds the request its approve decides now
+        waiting = runner.pending_permissions if runner is not None else \
+            [rec.pendingPermission] if rec.pendingPermission is not None and rec.node is not None else []
+        for pos, req in enumerate(waiting):
             found.append((req.since, rec.id, pos, rec, req))
     found.sort(key=lambda f: f[:3])
     items = [PendingRequest(**msgspec.structs.asdict(req), sessionId=rec.id, sessionName=rec.name, position=pos)

@@ -509,8 +509,15 @@ async def batch_delete(ctx: OpContext, p: BatchDeleteParams) -> BatchDeleted:
         if d.manager.records[sid].status not in LIVE:
             continue
         try:
-            await d.manager.end(sid, State.KILLED)
-            ctx.audit("session.kill", session_id=sid, detail={"batch": True})
+            rec = d.manager.records[sid]
+            url = d.cluster.owner_url(rec) if d.cluster is not None and not ctx.forwarded else None
+            if url is not None:  # another node runs it: the kill (and its audit record) is that node's
+                assert d.cluster is not None
+                await d.cluster.forward(url, "session.kill", {"id": sid}, ctx.principal, ctx.request_id)
+                await d.cluster.refresh(sid)
+            else:
+                await d.manager.end(sid, State.KILLED)
+                ctx.audit("session.kill", session_id=sid, detail={"batch": True})
             deleted += 1
         except Exception as exc:  # noqa: BLE001
             errors.append(KillError(id=sid, error=getattr(exc, "message", str(exc))))

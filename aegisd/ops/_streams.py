@@ -15,7 +15,7 @@ from aegisd.core.events import Ended, Overflow, Turn, envelope, payload
 from aegisd.core.models import now_ms
 from aegisd.core.states import TERMINAL, State
 from aegisd.ops._registry import OpContext, op
-from aegisd.ops._types import EventFrame, SessionRef
+from aegisd.ops._types import EventFrame, SessionRef, session_busy
 
 
 class FollowParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,9 +77,10 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[EventFrame]:
     rec = ctx.session(p.id)
     if rec.status in TERMINAL and p.afterId is None:
         return
+    here = rec.id in d.manager.runners or rec.node in (None, d.manager.node_id)
     if p.untilIdle and p.afterId is None:
-        runner = d.manager.runners.get(rec.id)
-        if runner is None or (rec.status == State.IDLE and not runner.busy):
+        if (here and rec.id not in d.manager.runners) or (rec.status == State.IDLE
+                                                          and not session_busy(d.manager.runners, rec)):
             return
     async with aclosing(_follow(ctx, rec.id, p.afterId)) as evs:
         async for ev in evs:
@@ -88,9 +89,14 @@ async def follow(ctx: OpContext, p: FollowParams) -> AsyncIterator[EventFrame]:
                 case Ended():
                     return
                 case Turn() if p.untilIdle:
-                    runner = d.manager.runners.get(rec.id)
-                    if runner is None or not runner.busy:
-                        return
+                    if here:
+                        runner = d.manager.runners.get(rec.id)
+                        if runner is None or not runner.busy:
+                            return
+                    elif d.cluster is not None:  # another node's: its record, as stored when the turn ended
+                        now = await d.cluster.refresh(rec.id)
+                        if now is None or not session_busy(d.manager.runners, now):
+                            return
 
 
 @op("events.follow", EventsParams, result=EventFrame, stream=True, summary="Stream events of all sessions, or of one")

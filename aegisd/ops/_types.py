@@ -7,6 +7,7 @@ is then left out."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -110,3 +111,14 @@ def created_view(rec: SessionRecord, base_url: str, *, reused: bool, delivery: d
 
 
 EventFrame = Event  # one event as streams and polls deliver it: {id, event, sessionId, timestamp, data?}
+
+
+def session_busy(runners: Mapping[str, Any], rec: SessionRecord) -> bool:
+    """A turn in flight or queued. The runner knows, for a session this daemon runs; for another node's session
+    (aegisd/cluster) its record says."""
+    runner = runners.get(rec.id)
+    if runner is not None:
+        return bool(runner.busy)
+    if rec.node is None:
+        return False
+    return rec.status in (State.RUNNING, State.STALLED, State.PERMISSION_PROMPT) or bool(rec.promptQueue)
