@@ -273,6 +273,11 @@ async def test_kill9_node_sessions_are_adopted_and_resumed(nodes: Nodes) -> None
         assert len(agents_of(sid)) == 1, (name, agents_of(sid))
     listed = {x["id"]: x["status"] for x in (await h["n3"].get("/v1/nodes")).json()}
     assert listed["n1"] == "down"
+    # the permission request died with n1's agent: the session says so, and how to redo the turn
+    asking = await session(h["n3"], ids["asking"])
+    assert asking["pendingPermission"] is None and asking["lastError"]["kind"] == "interrupted"
+    assert "node_lost: node n1" in asking["lastError"]["message"]
+    assert "permission request" in asking["lastError"]["message"]
     # the adopted sessions work: a turn on the one that was asking for permission
     r = await h["n3"].post(f"/v1/sessions/{ids['asking']}/send", json={"text": "say:after the move"})
     assert r.status_code == 200, r.text

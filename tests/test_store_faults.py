@@ -424,7 +424,7 @@ async def test_postgres_node_that_loses_its_lease_is_fenced(nursery: trio.Nurser
                     await trio.sleep(0.1)
             assert orphans == ["s1"]
             [claimed] = await b.claim(orphans)
-            assert claimed.node == "b" and b.owns("s1")
+            assert claimed.id == "s1" and b.owns("s1")
             await b.append_transcript("s1", [said(2, "on b")])
             proxy.restore()
 

@@ -181,7 +181,7 @@ class PgCluster(Cluster):
 
     def _rejoined(self, records: list[SessionRecord]) -> None:
         for rec in records:
-            self.manager.adopt(rec)
+            self.manager.adopt(rec, why="lease_lost")
         self._resync()  # the sessions it lost meanwhile are other nodes' now
 
     async def _sync_records(self) -> None:

@@ -255,7 +255,7 @@ class SessionMachine:
         return []
 
     # ---- the agent -----------------------------------------------------------------------------
-    def recovered(self, *, stored_entries: int, last_entry_id: int) -> None:
+    def recovered(self, *, stored_entries: int, last_entry_id: int, why: str = "daemon_restart") -> None:
         """A new daemon takes the session over (after a stop or a crash): the store holds ``stored_entries``
         transcript entries, the last with id ``last_entry_id``. The next entry id continues from what is stored
         (never from the record's count, which may be older), and the prompt queue is settled: one whose user
@@ -272,6 +272,14 @@ class SessionMachine:
                 q.entryId = None
             queue.append(q)
         rec.promptQueue = queue
+        if rec.status in (State.RUNNING, State.STALLED, State.PERMISSION_PROMPT):
+            # the turn in flight ended with the agent that ran it; a permission request it waited on with it
+            asked = rec.pendingPermission
+            detail = f"; its permission request ({asked.toolTitle or asked.requestId}) was cancelled" if asked else ""
+            rec.lastError = LastError(kind="interrupted", at=self.wall_ms(), message=(
+                f"the turn in flight was interrupted ({why}: the agent was started again and its session loaded)"
+                f"{detail}; send the prompt again to redo it"))
+            rec.pendingPermission = None
 
     def resuming(self) -> list[Effect]:
         """A new daemon starts the agent again for a session the last one left live."""

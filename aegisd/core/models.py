@@ -65,7 +65,7 @@ class CrashInfo(msgspec.Struct, omit_defaults=True):
 class LastError(msgspec.Struct):
     """The last thing that went wrong with the agent, as one line with the fix (see sessions/_failures.py)."""
 
-    kind: str  # auth | rate_limit | model | agent_missing | agent
+    kind: str  # auth | rate_limit | model | agent_missing | agent | interrupted (a restart or a node lost mid-turn)
     message: str
     at: int
 

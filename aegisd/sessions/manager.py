@@ -227,17 +227,18 @@ class SessionManager:
                 self._start_runner(rec, launch, resume=True)
         log.info("sessions.recovered", total=len(self.records), resumed=len(self.runners))
 
-    def adopt(self, rec: SessionRecord) -> None:
+    def adopt(self, rec: SessionRecord, *, why: str = "node_lost") -> None:
         """Run a session this node took over (a lost node's, or its own again after its lease came back): resumed
         with ACP session/load like after a restart; its pending permissions and queued prompts come with it."""
         if rec.id in self.runners:
             return
-        rec.node = self.node_id
+        lost, rec.node = rec.node, self.node_id
         self.records[rec.id] = rec
         if rec.status in LIVE and not self.closing:
             launch = self._launch_for(rec)
             if launch is not None:
-                self._start_runner(rec, launch, resume=True)
+                runner = self._start_runner(rec, launch, resume=True)
+                runner.resume_reason = f"{why}: node {lost}" if lost and lost != self.node_id else why
 
     def remote(self, rec: SessionRecord) -> None:
         """Another node's session changed (or is new): keep its record current here (no agent runs here)."""

@@ -212,6 +212,7 @@ class SessionRunner:
         self._settle_error: BaseException | None = None
         self.finished = trio.Event()  # ... and the agent is gone
         self.fenced: str | None = None  # why this node may no longer write for the session (aegisd/cluster)
+        self.resume_reason = "daemon_restart"  # resume: why the agent is started again (node_lost: adopted)
 
     # ---- public, called from other tasks -------------------------------------------------------
     async def command(self, kind: str, **args: Any) -> Any:
@@ -726,7 +727,7 @@ class SessionRunner:
         count = await self._store.transcript_count(self.rec.id)
         last = await self._store.read_transcript(self.rec.id, max(0, count - 1), 1) if count else []
         queued = len(self.rec.promptQueue)
-        self.machine.recovered(stored_entries=count, last_entry_id=last[-1].id if last else 0)
+        self.machine.recovered(stored_entries=count, last_entry_id=last[-1].id if last else 0, why=self.resume_reason)
         self.log.info("session.recovered", transcript_entries=count, next_entry_id=self.machine.builder.next_id,
                       queued_prompts=len(self.rec.promptQueue), delivered_before_restart=queued - len(
                           self.rec.promptQueue))

@@ -633,7 +633,8 @@ class PostgresStore:
         for sid, epoch, _ in rows:
             self._owned[sid] = int(epoch)
             self._lost.discard(sid)
-        return [r for r in (self._decode(body, self.node.id) for _, _, body in rows) if r is not None]
+        # each as its last owner saved it (its node: the lost one; the adopter records itself)
+        return [r for r in (self._decode(body, None) for _, _, body in rows) if r is not None]
 
     async def shared_secret(self, candidate: str) -> str:
         """The cluster's secret for node-to-node calls when none is configured: the first node's ``candidate``."""
