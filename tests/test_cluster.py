@@ -43,13 +43,15 @@ class Nodes:
         self.procs: dict[str, DaemonProcess] = {}
         self.http: dict[str, httpx.AsyncClient] = {}
 
-    async def start(self, node: str, *, pg_url: str | None = None) -> DaemonProcess:
+    async def start(self, node: str, *, pg_url: str | None = None, work_dirs: list[Path] | None = None
+                    ) -> DaemonProcess:
         home = self.base / node
         home.mkdir(exist_ok=True)
         env = {"AEGIS_SESSION_STORE": "postgres", "AEGIS_POSTGRES_URL": pg_url or PG or "",
                "AEGIS_PG_SCHEMA": self.schema, "AEGIS_NODE_ID": node, "AEGIS_NODE_LEASE_MS": str(LEASE_MS),
                # one agent "machine": a session/load on any node finds what the agent kept
-               "FAKE_ACP_STATE_DIR": str(self.base / "fake-acp"), "AEGIS_ALLOWED_WORK_DIRS": str(self.work)}
+               "FAKE_ACP_STATE_DIR": str(self.base / "fake-acp"),
+               "AEGIS_ALLOWED_WORK_DIRS": ":".join(str(d) for d in (work_dirs or [self.work]))}
         dp = await start_daemon_process(home, self.socks / node, nursery=self.nursery, extra_env=env, timeout=40)
         self.procs[node] = dp
         self.http[node] = httpx.AsyncClient(base_url=dp.http_url, timeout=30)
@@ -332,3 +334,26 @@ async def test_a_node_that_loses_its_lease_stops_its_agents_before_adoption(node
     assert r.status_code == 200, r.text
     await until(lambda: status_is(h["n2"], sid, "idle"), 20, "idle after the turn")
     assert len(agents_of(sid)) == 1
+
+
+async def test_a_lost_nodes_session_no_node_admits_ends_node_lost(nodes: Nodes) -> None:
+    """workDirs are host paths: a session moves only to a node whose allow-list admits its directory; one no live
+    node admits ends crashed, reason node_lost, instead of waiting for ever."""
+    only_n1 = nodes.base / "only-n1"
+    only_n1.mkdir()
+    await nodes.start("n1", work_dirs=[nodes.work, only_n1])
+    await nodes.start("n2")
+    h = nodes.http
+    placed = await h["n2"].post("/v1/sessions", json={"workDir": str(only_n1), "prompt": "say:here"})
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["node"] == "n1"  # placement: the only node that admits the directory
+    sid = placed.json()["id"]
+    other = await h["n2"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n1", "prompt": "say:x"})
+    moved = other.json()["id"]
+    for s in (sid, moved):
+        await until(lambda s=s: status_is(h["n2"], s, "idle"), 20, "idle")
+    nodes.kill("n1")
+    ended = await until(lambda: status_is(h["n2"], sid, "crashed"), LEASE_MS / 1000 + 15, "node_lost")
+    assert ended["endReason"] == "node_lost" and "node_lost" in ended["crash"]["reason"]
+    assert (await until(lambda: status_is(h["n2"], moved, "idle"), 15, "the other adopted"))["node"] == "n2"
+    assert agents_of(sid) == []

@@ -100,6 +100,7 @@ class PgCluster(Cluster):
         self._http: httpx.AsyncClient | None = None
         self.adopted = 0
         self.forwarded = 0
+        self._orphaned: dict[str, float] = {}  # a lost node's session -> when this node first saw it orphaned
 
     @property
     def multi_node(self) -> bool:
@@ -363,8 +364,17 @@ class PgCluster(Cluster):
         await self._refresh_nodes()
         up = [r for r in self._nodes.values() if self._status(r) == "up"]
         roots = self.manager.workdirs.roots
-        mine = [rec for rec in orphans if admits(roots, rec.workDir)]
-        nobody = [rec for rec in orphans if not any(admits(list(r["workDirs"]), rec.workDir) for r in up)]
+        now = trio.current_time()
+        for rec in orphans:
+            self._orphaned.setdefault(rec.id, now)
+        # this node takes what its allow-list admits and its disk has (workDirs are host paths)
+        mine = [rec for rec in orphans if admits(roots, rec.workDir) and os.path.isdir(rec.workDir)]
+        # no live node's allow-list admits it, or nobody took it for two leases (no host has the directory)
+        too_long = 2 * self.store.lease_s
+        nobody = [rec for rec in orphans if rec not in mine and (
+            not any(admits(list(r["workDirs"]), rec.workDir) for r in up)
+            or now - self._orphaned[rec.id] > too_long)]
+        self._orphaned = {sid: t for sid, t in self._orphaned.items() if any(r.id == sid for r in orphans)}
         room = max(0, self.config.maxSessions - self.manager.live_here())
         if mine and room and not self.draining:
             takers = sum(1 for r in up if any(admits(list(r["workDirs"]), rec.workDir) for rec in mine)) or 1
@@ -382,8 +392,8 @@ class PgCluster(Cluster):
         previous, lost_node = rec.status, rec.node
         rec.node = self.node_id
         rec.status, rec.endReason, rec.endedAt = State.CRASHED, "node_lost", now_ms()
-        rec.crash = CrashInfo(reason=f"node_lost: node {lost_node} was lost and no live node admits the workDir "
-                                     f"{rec.workDir}")
+        rec.crash = CrashInfo(reason=f"node_lost: node {lost_node} was lost and no live node can run a session in "
+                                     f"{rec.workDir} (no allow-list admits it, or no host has the directory)")
         rec.pendingPermission, rec.pid = None, None
         await self.store.save_session(rec)
         self.manager.records[rec.id] = rec
