@@ -43,15 +43,15 @@ class Nodes:
         self.procs: dict[str, DaemonProcess] = {}
         self.http: dict[str, httpx.AsyncClient] = {}
 
-    async def start(self, node: str, *, pg_url: str | None = None, work_dirs: list[Path] | None = None
-                    ) -> DaemonProcess:
+    async def start(self, node: str, *, pg_url: str | None = None, work_dirs: list[Path] | None = None,
+                    env: dict[str, str] | None = None) -> DaemonProcess:
         home = self.base / node
         home.mkdir(exist_ok=True)
         env = {"AEGIS_SESSION_STORE": "postgres", "AEGIS_POSTGRES_URL": pg_url or PG or "",
                "AEGIS_PG_SCHEMA": self.schema, "AEGIS_NODE_ID": node, "AEGIS_NODE_LEASE_MS": str(LEASE_MS),
                # one agent "machine": a session/load on any node finds what the agent kept
                "FAKE_ACP_STATE_DIR": str(self.base / "fake-acp"),
-               "AEGIS_ALLOWED_WORK_DIRS": ":".join(str(d) for d in (work_dirs or [self.work]))}
+               "AEGIS_ALLOWED_WORK_DIRS": ":".join(str(d) for d in (work_dirs or [self.work])), **(env or {})}
         dp = await start_daemon_process(home, self.socks / node, nursery=self.nursery, extra_env=env, timeout=40)
         self.procs[node] = dp
         self.http[node] = httpx.AsyncClient(base_url=dp.http_url, timeout=30)
@@ -357,3 +357,27 @@ async def test_a_lost_nodes_session_no_node_admits_ends_node_lost(nodes: Nodes) 
     assert ended["endReason"] == "node_lost" and "node_lost" in ended["crash"]["reason"]
     assert (await until(lambda: status_is(h["n2"], moved, "idle"), 15, "the other adopted"))["node"] == "n2"
     assert agents_of(sid) == []
+
+
+async def test_each_event_is_notified_once_by_the_node_running_its_session(nodes: Nodes,
+                                                                           nursery: trio.Nursery) -> None:
+    """Every node receives every event; webhooks (like mail, Telegram and alerts) go out from the node running the
+    session alone."""
+    from .test_webhooks import Receiver
+
+    recv = Receiver([])
+    url = await nursery.start(recv.serve)
+    for n in ("n1", "n2", "n3"):
+        await nodes.start(n, env={"AEGIS_WEBHOOKS": url})
+    r = await nodes.http["n2"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n1",
+                                                          "prompt": "say:notify me"})
+    sid = r.json()["id"]
+    await until(lambda: status_is(nodes.http["n3"], sid, "idle"), 20, "idle")
+    r = await nodes.http["n3"].delete(f"/v1/sessions/{sid}")
+    assert r.status_code == 200, r.text
+
+    def mine() -> list[bytes]:
+        return [body for _, body in recv.requests if sid.encode() in body]
+    await until(lambda: _async(any(b"killed" in b for b in mine())), 10, "the kill's webhook")
+    bodies = mine()
+    assert len(bodies) >= 3 and len(bodies) == len(set(bodies)), "each event once, from one node"

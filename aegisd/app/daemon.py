@@ -38,6 +38,7 @@ from aegisd.bus import EventBus
 from aegisd.cluster import Cluster, check_cluster_config, node_identity
 from aegisd.core.config import Config, is_loopback
 from aegisd.core.errors import NotFound, QuotaExceeded, StoreUnavailable, ValidationError
+from aegisd.core.models import Event
 from aegisd.core.sections import parse_endpoints
 from aegisd.features.memory import MemoryStore
 from aegisd.features.metering import UsageLedger
@@ -125,6 +126,7 @@ class Daemon:
         self.manager.node_id = self.pipelines.node_id = self.identity.id
         self.cluster = self._cluster()
         self.services.cluster = self.cluster
+        self.bus.is_local = self._made_here
         self.pipelines.create_session = stage_sessions(self.services)  # stages: the session.create path
         self.telegram = Telegram(self.services, cfg.telegram) if cfg.telegram.enabled else None
         self.services.channels = [c.health for c in (self.telegram, self.mail) if c is not None]
@@ -132,6 +134,15 @@ class Daemon:
         self.changes.attach(self.store)  # where the store reports them (PostgreSQL)
         self._shutdown: trio.Event | None = None  # run()'s; set by request_stop (the daemon.stop operation)
         self._stop_bound: trio.CancelScope | None = None  # the task bounding the stop's waits on the store
+
+    def _made_here(self, ev: Event) -> bool:
+        """Whether this node made an event: the node running its session (or pipeline). In a cluster every node
+        receives every event; notifications (webhooks, mail, Telegram, alerts) go out from that node alone."""
+        rec = self.manager.records.get(ev.sessionId)
+        if rec is not None:
+            return rec.node in (None, self.identity.id)
+        pipeline = self.pipelines.records.get(ev.sessionId)
+        return pipeline is None or pipeline.node in (None, self.identity.id)
 
     def _cluster(self) -> Cluster:
         """A cluster of one, or, on PostgreSQL, a node of the cluster of every daemon on the same tables."""

@@ -7,6 +7,7 @@ reconnect with the last id they saw and replay)."""
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -32,9 +33,10 @@ class Subscription:
     """What one subscriber has yet to read: a plain queue the bus appends to (no channel, no task switch per
     event) and the consumer drains whole; it wakes the consumer only when that one waits."""
 
-    def __init__(self, bus: EventBus, session_id: str | None, maxsize: int) -> None:
+    def __init__(self, bus: EventBus, session_id: str | None, maxsize: int, local: bool = False) -> None:
         self._bus = bus
         self.session_id = session_id
+        self.local = local  # only the events of what this node runs (a cluster: each event is notified once)
         self._maxsize = maxsize
         self._queue: collections.deque[Event] = collections.deque()
         self._wake: trio.Event | None = None  # set while the consumer waits
@@ -44,7 +46,7 @@ class Subscription:
         self._last_id = 0
 
     def _offer(self, event: Event) -> None:
-        if self.closed:
+        if self.closed or (self.local and not self._bus.is_local(event)):
             return
         if len(self._queue) >= self._maxsize:
             self.overflowed = True
@@ -127,6 +129,8 @@ class EventBus:
         self._delivered = 0  # the highest id delivered here
         self._deliver_lock = trio.Lock()
         self._tail_wake = trio.Event()
+        # whether this node made an event (a cluster: the node running its session); notifiers subscribe to those
+        self.is_local: Callable[[Event], bool] = lambda event: True
 
     async def open(self) -> None:
         if self._store is not None and self._numbered:
@@ -238,10 +242,10 @@ class EventBus:
         return sum(len(s) for s in self._subs.values())
 
     async def subscribe(self, *, session_id: str | None = None, after_id: int | None = None,
-                        maxsize: int = 4096) -> Subscription:
+                        maxsize: int = 4096, local: bool = False) -> Subscription:
         """A subscription receiving every event after ``after_id`` (replayed from the rings, or from the
         store when older), then live ones, without gaps or duplicates."""
-        sub = Subscription(self, session_id, maxsize)
+        sub = Subscription(self, session_id, maxsize, local)
         self._subs.setdefault(session_id, set()).add(sub)  # before replay: live ones queue meanwhile
         if after_id is not None:
             ring = self._global if session_id is None else self._rings.get(session_id)

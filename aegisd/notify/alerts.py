@@ -212,7 +212,7 @@ class Alerts:
         """Watch sessions for crashes and stalls, and send the alerts that fire."""
         send, recv = trio.open_memory_channel[dict[str, Any]](100)
         self._send = send
-        sub = await bus.subscribe(maxsize=100_000)
+        sub = await bus.subscribe(maxsize=100_000, local=True)  # once per cluster: by its node
         async with trio.open_nursery() as nursery:
             async def sender() -> None:
                 async for event in recv:

@@ -45,7 +45,7 @@ class Email:
         return self.state.report("email", f"{p.scheme}://{p.hostname}:{p.port or ''} → {', '.join(self.cfg.to)}")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sub = await self.bus.subscribe(maxsize=100_000)
+        sub = await self.bus.subscribe(maxsize=100_000, local=True)  # once per cluster: by its node
         task_status.started()
         async with sub:
             async for ev in sub:

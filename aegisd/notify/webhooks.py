@@ -206,7 +206,7 @@ class Webhooks:
             return
         import httpx
 
-        sub = await self.bus.subscribe(maxsize=100_000)
+        sub = await self.bus.subscribe(maxsize=100_000, local=True)  # once per cluster: by its node
         limiter = trio.CapacityLimiter(8)
         async with httpx.AsyncClient(timeout=TIMEOUT_S) as client, trio.open_nursery() as nursery:
             task_status.started()

@@ -72,7 +72,7 @@ class Telegram:
 
         async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
             self.client = client
-            sub = await self.services.bus.subscribe(maxsize=100_000)
+            sub = await self.services.bus.subscribe(maxsize=100_000, local=True)  # once per cluster: by its node
             nursery.start_soon(self._outbound, sub)
             nursery.start_soon(self._inbound)
             task_status.started()
