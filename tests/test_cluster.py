@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,9 @@ class Nodes:
                "AEGIS_ALLOWED_WORK_DIRS": ":".join(str(d) for d in (work_dirs or [self.work])), **(env or {})}
         dp = await start_daemon_process(home, self.socks / node, nursery=self.nursery, extra_env=env, timeout=40)
         self.procs[node] = dp
-        self.http[node] = httpx.AsyncClient(base_url=dp.http_url, timeout=30)
+        cert = (env or {}).get("AEGIS_TLS_CERT")
+        verify = ssl.create_default_context(cafile=cert) if cert else True
+        self.http[node] = httpx.AsyncClient(base_url=dp.http_url, timeout=30, verify=verify)
         return dp
 
     def kill(self, node: str) -> None:
@@ -124,12 +128,12 @@ def agents_of(session_id: str) -> list[int]:
 
 
 async def sse_events(url: str, into: list[dict[str, Any]], last_id: int | None = None,
-                     ready: trio.Event | None = None) -> None:
+                     ready: trio.Event | None = None, path: str = "/v1/events", verify: Any = True) -> None:
     headers = {"Accept": "text/event-stream"}
     if last_id is not None:
         headers["Last-Event-ID"] = str(last_id)
-    async with httpx.AsyncClient(base_url=url, timeout=None) as c, \
-            c.stream("GET", "/v1/events", headers=headers) as resp:
+    async with httpx.AsyncClient(base_url=url, timeout=None, verify=verify) as c, \
+            c.stream("GET", path, headers=headers) as resp:
         assert resp.status_code == 200
         if ready is not None:
             ready.set()
@@ -381,3 +385,31 @@ async def test_each_event_is_notified_once_by_the_node_running_its_session(nodes
     await until(lambda: _async(any(b"killed" in b for b in mine())), 10, "the kill's webhook")
     bodies = mine()
     assert len(bodies) >= 3 and len(bodies) == len(set(bodies)), "each event once, from one node"
+
+
+async def test_nodes_over_tls(nodes: Nodes, nursery: trio.Nursery) -> None:
+    """tlsCert/tlsKey: clients and node-to-node calls over HTTPS (one self-signed certificate shared by the nodes,
+    which trust it as their own); a session's own SSE stream on a node that does not run it."""
+    from ._certs import self_signed
+
+    cert, key = self_signed(nodes.base / "tls")
+    tls = {"AEGIS_TLS_CERT": str(cert), "AEGIS_TLS_KEY": str(key)}
+    for n in ("n1", "n2"):
+        dp = await nodes.start(n, env=tls)
+        assert dp.http_url.startswith("https://")
+    h = nodes.http
+    assert {x["url"].split(":")[0] for x in (await h["n1"].get("/v1/nodes")).json()} == {"https"}
+    r = await h["n2"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n1", "prompt": "say:tls"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    await until(lambda: status_is(h["n2"], sid, "idle"), 20, "idle")
+    seen: list[dict[str, Any]] = []
+    ready = trio.Event()
+    nursery.start_soon(partial(sse_events, nodes.procs["n2"].http_url, seen, None, ready,
+                               path=f"/v1/sessions/{sid}/events", verify=ssl.create_default_context(cafile=str(cert))))
+    await ready.wait()
+    r = await h["n2"].post(f"/v1/sessions/{sid}/send", json={"text": "say:over https"})
+    assert r.status_code == 200, r.text  # forwarded to n1 over TLS
+    await until(lambda: _async(any("over https" in json.dumps(e) for e in seen)), 15,
+                "the reply on n2's stream of n1's session")
+    assert all(e.get("sessionId") in (None, sid) for e in seen)
