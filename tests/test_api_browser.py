@@ -144,3 +144,6 @@ def test_cors_answers() -> None:
     assert pre["Access-Control-Allow-Origin"] == "http://a.example" and pre["Vary"] == "Origin"
     assert "Authorization" in pre["Access-Control-Allow-Headers"] and "POST" in pre["Access-Control-Allow-Methods"]
     assert not any("Credentials" in k for k in pre) and "Access-Control-Expose-Headers" in cors_headers("x")
+    # conditional GETs from an allowed origin: it may send If-None-Match and read the ETag
+    assert "If-None-Match" in pre["Access-Control-Allow-Headers"]
+    assert "ETag" in cors_headers("x")["Access-Control-Expose-Headers"]

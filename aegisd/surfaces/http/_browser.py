@@ -36,8 +36,8 @@ FORM = "application/x-www-form-urlencoded"
 FORM_PATHS = frozenset({"/v1/auth/device/authorize", "/v1/auth/device/token"})
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "*"})
 CORS_METHODS = "GET, POST, PUT, DELETE"
-CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-Request-Id"
-CORS_EXPOSE = "X-Request-Id, Retry-After, X-Aegis-API-Version"
+CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-Request-Id, If-None-Match"
+CORS_EXPOSE = "X-Request-Id, Retry-After, X-Aegis-API-Version, ETag"
 CORS_MAX_AGE = "600"
 
 
