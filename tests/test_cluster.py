@@ -413,3 +413,31 @@ async def test_nodes_over_tls(nodes: Nodes, nursery: trio.Nursery) -> None:
     await until(lambda: _async(any("over https" in json.dumps(e) for e in seen)), 15,
                 "the reply on n2's stream of n1's session")
     assert all(e.get("sessionId") in (None, sid) for e in seen)
+
+
+async def test_placement_and_drain(nodes: Nodes) -> None:
+    """Without a node, a session goes to the least-loaded node that is up; `drain` stops placing sessions on a
+    node (its sessions run on), `undrain` takes it back; an unknown node is a 404."""
+    for n in ("n1", "n2"):
+        await nodes.start(n)
+    h = nodes.http
+
+    async def create(via: str, **extra: Any) -> dict[str, Any]:
+        r = await h[via].post("/v1/sessions", json={"workDir": str(nodes.work), "reuse": False, **extra})
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+    first = await create("n1")
+    assert first["node"] == "n1"  # a tie: the node that received it
+    second = await create("n1")
+    assert second["node"] == "n2"  # the least loaded
+    r = await h["n2"].post("/v1/nodes/n2/drain")
+    assert r.status_code == 200 and r.json()["status"] == "draining", r.text
+    placed = [(await create(via))["node"] for via in ("n1", "n2", "n2")]
+    assert placed == ["n1", "n1", "n1"]
+    assert (await session(h["n1"], second["id"]))["status"] == "idle"  # a draining node's sessions run on
+    r = await h["n1"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n2"})
+    assert r.status_code == 503 and "draining" in r.json()["message"], r.text
+    r = await h["n1"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "nope"})
+    assert r.status_code == 404, r.text
+    assert (await h["n1"].post("/v1/nodes/n2/undrain")).json()["status"] == "up"
+    assert (await create("n1"))["node"] == "n2"
