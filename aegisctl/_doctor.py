@@ -223,6 +223,9 @@ def _cluster_checks(cfg: Any, now: datetime.datetime | None = None) -> list[dict
     except AegisError as exc:
         refused = exc.message
     try:
+        from aegisd.cluster._identity import advertise_url
+
+        advertise_url(cfg, required=cfg.sessionStore == "postgres")  # binding 0.0.0.0 on a shared store needs one
         ident = node_identity(cfg)
         out.append(_check("node", "ok", f"id {ident.id}, advertised at {ident.url}"
                           + (" (a shared PostgreSQL store: other nodes may join)" if cfg.sessionStore == "postgres"

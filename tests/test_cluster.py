@@ -441,3 +441,31 @@ async def test_placement_and_drain(nodes: Nodes) -> None:
     assert r.status_code == 404, r.text
     assert (await h["n1"].post("/v1/nodes/n2/undrain")).json()["status"] == "up"
     assert (await create("n1"))["node"] == "n2"
+
+
+async def test_node_to_node_calls_need_the_cluster_secret(nodes: Nodes) -> None:
+    """An attacker on the network (or any local process) posting to /v1/cluster/call with a forged admin principal
+    gets 401 without the secret, and with a wrong one; nothing runs. Only a node (which has it) is served."""
+    await nodes.start("n1")
+    h = nodes.http["n1"]
+    r = await h.post("/v1/sessions", json={"workDir": str(nodes.work), "prompt": "say:keep me"})
+    sid = r.json()["id"]
+    await until(lambda: status_is(h, sid, "idle"), 20, "idle")
+    forged = {"op": "session.kill", "params": {"id": sid}, "from": "evil",
+              "principal": {"kind": "master", "role": "admin", "name": "evil"}}
+    for headers in ({}, {"X-Aegis-Cluster": "guess-" + "x" * 40}, {"X-Aegis-Cluster": ""}):
+        r = await h.post("/v1/cluster/call", json=forged, headers=headers)
+        assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED", r.text
+    assert (await session(h, sid))["status"] == "idle"
+
+    def secret() -> str:
+        import psycopg
+
+        with psycopg.connect(PG or "") as conn:
+            row = conn.execute(f'SELECT body #>> \'{{}}\' FROM "{nodes.schema}"."aegis_sessions_docs" '
+                               "WHERE collection = 'cluster' AND key = 'secret'").fetchone()
+        assert row is not None
+        return str(row[0])
+    r = await h.post("/v1/cluster/call", json={**forged, "op": "session.get"},
+                     headers={"X-Aegis-Cluster": await trio.to_thread.run_sync(secret)})
+    assert r.status_code == 200 and r.json()["ok"] is True and r.json()["result"]["id"] == sid, r.text

@@ -182,6 +182,14 @@ EXTRA_PATHS: dict[str, Any] = {
     "/v1/rpc": {"post": {"operationId": "rpc", "summary": "A control-protocol request frame {id, op, params}",
                          "tags": ["rpc"], "responses": {"200": {"description": "the response frame, or NDJSON "
                                                                                "frames for streaming operations"}}}},
+    "/v1/cluster/call": {"post": {
+        "operationId": "clusterCall", "tags": ["cluster"], "security": [{}],
+        "summary": "Node to node (docs/cluster.md): another node of the cluster passes on an operation "
+                   "{op, params, principal, requestId, from}; authenticated with the cluster secret in the "
+                   "X-Aegis-Cluster header, never with a user's credential",
+        "responses": {"200": {"description": "{ok: true, result} or {ok: false, error: {code, message, status, "
+                                             "details}}"},
+                      "401": {"description": "no cluster secret, or the wrong one"}}}},
     "/metrics": {"get": {"operationId": "prometheus", "summary": "Prometheus metrics (text)", "tags": ["metrics"],
                          "responses": {"200": {"description": "text/plain; version=0.0.4"}}}},
     "/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "tags": ["meta"],
