@@ -158,7 +158,8 @@ class PgCluster(Cluster):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sync_records)
                 task_status.started()
-                interval = max(0.5, self.store.lease_s / 3)
+                # a lost node is noticed within a second of its lease expiring (two cheap queries per round)
+                interval = min(1.0, max(0.2, self.store.lease_s / 3))
                 while True:
                     with trio.move_on_after(interval):
                         await self._nodes_stale.wait()
@@ -377,16 +378,28 @@ class PgCluster(Cluster):
         self._orphaned = {sid: t for sid, t in self._orphaned.items() if any(r.id == sid for r in orphans)}
         room = max(0, self.config.maxSessions - self.manager.live_here())
         if mine and room and not self.draining:
+            # first this node's share (the others take theirs at the same time), then, a moment later, whatever
+            # nobody took: no session waits a round for a node that is busy or gone
             takers = sum(1 for r in up if any(admits(list(r["workDirs"]), rec.workDir) for rec in mine)) or 1
             share = min(room, math.ceil(len(mine) / takers))
-            claimed = await self.store.claim([rec.id for rec in mine[:share]])
-            for rec in claimed:
-                log.warning("cluster.session_adopted", session_id=rec.id, from_node=rec.node, status=rec.status.value)
-                self.adopted += 1
-                self.manager.adopt(rec)
+            taken = await self._take(mine[:share])
+            left = [rec for rec in mine if rec.id not in taken]
+            room -= len(taken)
+            if left and room > 0:
+                await trio.sleep(0.3)
+                await self._take(left[:room])
         if nobody:
             for rec in await self.store.claim([r.id for r in nobody]):
                 await self._end_lost(rec)
+
+    async def _take(self, recs: list[SessionRecord]) -> set[str]:
+        """Claim these sessions (those another node claims first are skipped) and resume them here."""
+        claimed = await self.store.claim([rec.id for rec in recs])
+        for rec in claimed:
+            log.warning("cluster.session_adopted", session_id=rec.id, from_node=rec.node, status=rec.status.value)
+            self.adopted += 1
+            self.manager.adopt(rec)
+        return {rec.id for rec in claimed}
 
     async def _end_lost(self, rec: SessionRecord) -> None:
         previous, lost_node = rec.status, rec.node
