@@ -13,6 +13,10 @@ bench/results/latest.json.
   overhead    `session.create` -> idle through aegisd  vs  a bare spawn + initialize + session/new of the agent
   throughput  one turn of N agent updates through aegisd  vs  the bare agent writing them to a pipe
   cli         `aegisctl list`  vs  the venv's `python -c pass`
+  cluster     3 nodes on one PostgreSQL schema (bench/_cluster.py): GET /v1/sessions through each  vs  a single-node
+              daemon with as many sessions; approve through another node  vs  on the owner; an event's delivery
+              to an SSE stream on another node  vs  on the owner; failover after kill -9 (against the lease).
+              Skipped without PostgreSQL (AEGIS_BENCH_PG_URL, AEGIS_TEST_PG_URL, or pg_isready on 127.0.0.1)
 
 The agent is the fake ACP agent (tests/fake_agent.py), which answers at once: the figures are the daemon's own
 cost. Events arrive at a steady rate (the agent sleeps between updates), not in bursts that real agents do not
@@ -527,13 +531,14 @@ def bench_cli(d: Daemon, rounds: int) -> dict[str, Any]:
                 f"{statistics.median(b for b, _ in pairs) * 1000:.0f} ms)")
 
 
-SECTIONS = ("socket", "http", "sse", "sse_many", "overhead", "throughput", "cli")
+SECTIONS = ("socket", "http", "sse", "sse_many", "overhead", "throughput", "cli", "cluster")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=",".join(SECTIONS))
+    ap.add_argument("--cluster-per-node", type=int, default=100, help="fake-agent sessions per cluster node")
     args = ap.parse_args()
     q = args.quick
     rounds = 3 if q else 7
@@ -542,6 +547,14 @@ def main() -> None:
     print(f"ratios over {rounds} interleaved rounds (min / median / max)", flush=True)
     for name in args.only.split(","):
         tmp = Path(tempfile.mkdtemp(prefix="agb-", dir="/tmp"))
+        if name == "cluster":
+            from _cluster import bench_cluster  # bench/_cluster.py (imports this file's helpers)
+
+            try:
+                results[name] = bench_cluster(tmp, 3 if q else 5, q, args.cluster_per_node)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            continue
         d = Daemon(tmp)
         try:
             if name == "socket":
