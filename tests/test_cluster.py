@@ -56,6 +56,8 @@ class Nodes:
                "AEGIS_ALLOWED_WORK_DIRS": ":".join(str(d) for d in (work_dirs or [self.work])), **(env or {})}
         dp = await start_daemon_process(home, self.socks / node, nursery=self.nursery, extra_env=env, timeout=40)
         self.procs[node] = dp
+        if node in self.http:  # a restart: the old node's client goes
+            await self.http[node].aclose()
         cert = (env or {}).get("AEGIS_TLS_CERT")
         verify = ssl.create_default_context(cafile=cert) if cert else True
         self.http[node] = httpx.AsyncClient(base_url=dp.http_url, timeout=30, verify=verify)
@@ -469,3 +471,33 @@ async def test_node_to_node_calls_need_the_cluster_secret(nodes: Nodes) -> None:
     r = await h.post("/v1/cluster/call", json={**forged, "op": "session.get"},
                      headers={"X-Aegis-Cluster": await trio.to_thread.run_sync(secret)})
     assert r.status_code == 200 and r.json()["ok"] is True and r.json()["result"]["id"] == sid, r.text
+
+
+async def test_last_event_id_replay_across_a_restart(nodes: Nodes) -> None:
+    """A client that saw events up to id X on one node, which then died, replays from X on that node once it is
+    back: every event after X, the other nodes' made meanwhile included, in order."""
+    for n in ("n1", "n2"):
+        await nodes.start(n)
+    h = nodes.http
+    r = await h["n1"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n1", "prompt": "say:one"})
+    sid = r.json()["id"]
+    await until(lambda: status_is(h["n2"], sid, "idle"), 20, "idle")
+    before: list[dict[str, Any]] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(sse_events, nodes.procs["n2"].http_url, before, 0)
+        await until(lambda: _async(any(e.get("sessionId") == sid for e in before)), 10, "events on n2")
+        n.cancel_scope.cancel()
+    mark = max(e["id"] for e in before)
+    nodes.kill("n2")
+    await nodes.procs["n2"].proc.wait()
+    r = await h["n1"].post(f"/v1/sessions/{sid}/send", json={"text": "say:while n2 was down"})
+    assert r.status_code == 200, r.text
+    await until(lambda: status_is(h["n1"], sid, "idle"), 20, "the turn")
+    await nodes.start("n2")  # the same state dir and node id: it takes its lease over at once
+    replay: list[dict[str, Any]] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(sse_events, nodes.procs["n2"].http_url, replay, mark)
+        await until(lambda: _async(any("while n2 was down" in json.dumps(e) for e in replay)), 15, "the replay")
+        n.cancel_scope.cancel()
+    ids = [e["id"] for e in replay]
+    assert ids and ids[0] > mark and ids == sorted(set(ids))
