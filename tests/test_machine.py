@@ -163,6 +163,34 @@ def test_a_prompt_whose_entry_never_reached_the_store_is_sent_after_a_restart() 
     assert next(e for e in out if isinstance(e, Append)).entries[-1].id == 1
 
 
+def test_a_turn_that_waited_for_a_permission_decision_runs_again_after_a_restart() -> None:
+    """The tool it asked for never ran: the turn runs again from its prompt (the agent asks again), after the
+    prompts behind it; a turn that was merely running is not sent again (it may have done its work)."""
+    clock = Clock()
+    m = running(clock)
+    m.prompt("after", clock.now)
+    m.request_permission(1, ask("Edit file"), clock.now)
+    m.rec.pendingPermission, m.rec.status = m.head, m.status  # as the runner saves them (SetStatus)
+    assert m.status == State.PERMISSION_PROMPT
+    entry = m.rec.promptQueue[0].entryId
+    saved = msgspec.json.decode(msgspec.json.encode(m.rec), type=SessionRecord)
+    m2 = SessionMachine(saved, now=clock.now, prompt_timeout_s=300, wall_ms=clock.ms)
+    m2.recovered(stored_entries=entry or 0, last_entry_id=entry or 0, why="node_lost: node n1")
+    assert m2.prompts == ["hi", "after"] and saved.pendingPermission is None
+    assert saved.lastError is not None and saved.lastError.kind == "interrupted"
+    assert "node_lost: node n1" in saved.lastError.message and "Edit file" in saved.lastError.message
+    m2.resuming()
+    assert m2.ready(clock.now)[-1] == SendPrompt("hi")
+    # merely running: not sent again
+    r = running(clock)
+    r.rec.status = r.status
+    entry = r.rec.promptQueue[0].entryId
+    saved = msgspec.json.decode(msgspec.json.encode(r.rec), type=SessionRecord)
+    r2 = SessionMachine(saved, now=clock.now, prompt_timeout_s=300, wall_ms=clock.ms)
+    r2.recovered(stored_entries=entry or 0, last_entry_id=entry or 0)
+    assert r2.prompts == [] and saved.lastError is not None and "send the prompt again" in saved.lastError.message
+
+
 def test_ids_continue_from_the_last_stored_entry_not_the_records_count() -> None:
     clock = Clock()
     m = SessionMachine(SessionRecord(id="s1", workDir="/w", transcriptCount=3), now=clock.now,

@@ -264,21 +264,24 @@ class SessionMachine:
         rec = self.rec
         rec.transcriptCount = stored_entries
         self.builder = TranscriptBuilder(next_id=max(stored_entries, last_entry_id) + 1, clock=self.wall_ms)
+        # a turn that waited for a permission decision had not run the tool it asked for: it runs again from its
+        # prompt, so the agent asks again and the request survives the restart (or the move to another node)
+        asked = rec.pendingPermission if rec.status == State.PERMISSION_PROMPT else None
         queue: list[QueuedPrompt] = []
         for q in rec.promptQueue:
             if q.entryId is not None:
-                if q.entryId <= last_entry_id:
+                if q.entryId <= last_entry_id and asked is None:
                     continue  # delivered (or maybe): its entry is in the transcript
                 q.entryId = None
             queue.append(q)
         rec.promptQueue = queue
         if rec.status in (State.RUNNING, State.STALLED, State.PERMISSION_PROMPT):
-            # the turn in flight ended with the agent that ran it; a permission request it waited on with it
-            asked = rec.pendingPermission
-            detail = f"; its permission request ({asked.toolTitle or asked.requestId}) was cancelled" if asked else ""
+            # the turn in flight ended with the agent that ran it
+            how = (f"while it waited for a permission decision ({asked.toolTitle or asked.requestId}): it runs "
+                   "again from its prompt, so the agent asks again") if asked else "send the prompt again to redo it"
             rec.lastError = LastError(kind="interrupted", at=self.wall_ms(), message=(
-                f"the turn in flight was interrupted ({why}: the agent was started again and its session loaded)"
-                f"{detail}; send the prompt again to redo it"))
+                f"the turn in flight was interrupted ({why}: the agent was started again and its session loaded) "
+                f"{how}"))
             rec.pendingPermission = None
 
     def resuming(self) -> list[Effect]:
