@@ -384,7 +384,7 @@ async def list_legacy(ctx: OpContext, p: Empty) -> list[SessionView]:
 
 
 @op("session.get", IdParams, result=SessionView, summary="One session")
-async def get(ctx: OpContext, p: IdParams) -> SessionView:
+def get(ctx: OpContext, p: IdParams) -> SessionView:
     return session_view(ctx.session(p.id), ctx.services.http_url)
 
 
