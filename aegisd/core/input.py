@@ -67,10 +67,14 @@ def _plain(v: Any, depth: int) -> bool:
                     return False
             elif isinstance(k, str):  # a str subclass: _walk checks it
                 return False
-            if type(item) is str:  # the commonest item, without a call
+            ti = type(item)  # the commonest items without a call
+            if ti is str:
                 if not item.isascii():
                     return False
-            elif not _plain(item, depth + 1):
+            elif ti is int:
+                if not INT_MIN <= item <= INT_MAX:
+                    return False
+            elif item is not None and ti is not bool and not _plain(item, depth + 1):
                 return False
         return True
     if t is list or t is tuple:
