@@ -165,3 +165,68 @@ async def test_slow_follower_skips_with_marker(daemon: DaemonHandle, workdir: Pa
     assert "overflow" in kinds  # the follower was told it skipped, and it still saw the turn end
     await c.stream.aclose()
     await f.stream.aclose()
+
+
+# ---- operations run at once by the reader (issue 14: handlers that never wait, such as session.get) ---------
+async def test_session_get_answers_as_every_other_surface(daemon: DaemonHandle, workdir: Path) -> None:
+    """Run at once and encoded from its typed result, session.get answers what HTTP (to_builtins, then JSON)
+    serves; its errors are the same frames as before."""
+    c = await connect(daemon)
+    sid = (await c.call("session.create", workDir=str(workdir)))["result"]["id"]
+    got = await c.call("session.get", id=sid[:6])
+    assert got["ok"] is True and got["id"] == "session.get"
+    http = await daemon.http.get(f"/v1/sessions/{sid}")
+    assert http.status_code == 200 and got["result"] == http.json()
+    rpc = await daemon.http.post("/v1/rpc", json={"id": 1, "op": "session.get", "params": {"id": sid}})
+    assert rpc.json()["result"] == got["result"]
+    assert "readOffset" not in got["result"] and "promptQueue" not in got["result"]
+    await c.send({"id": 9, "op": "session.get", "params": {"id": sid, "bogus": 1}})
+    bad = await c.recv()
+    assert bad["id"] == 9 and bad["error"]["code"] == "VALIDATION_ERROR" and "bogus" in bad["error"]["message"]
+    await c.send({"id": 10, "op": "session.get", "params": {"id": 5}})
+    bad = await c.recv()
+    assert bad["id"] == 10 and bad["error"]["code"] == "VALIDATION_ERROR"
+    await c.send(b'{"id": 11, "op": "session.get", "params": {"id": "\\ud800"}}\n')  # hostile: still checked
+    bad = await c.recv()
+    assert bad["ok"] is False and bad["error"]["code"] == "VALIDATION_ERROR"
+    await c.send({"id": 12, "op": "session.get"})
+    bad = await c.recv()
+    assert bad["id"] == 12 and bad["error"]["code"] == "VALIDATION_ERROR" and "id" in bad["error"]["message"]
+    await c.stream.aclose()
+
+
+async def test_many_pipelined_reads_in_one_write(daemon: DaemonHandle, workdir: Path) -> None:
+    """More reads in one write than requests may run at once on a connection: each runs at once, so none is
+    refused, and each is answered in the order sent."""
+    from aegisd.surfaces import control
+
+    c = await connect(daemon)
+    sid = (await c.call("session.create", workDir=str(workdir)))["result"]["id"]
+    n = control.MAX_IN_FLIGHT + 2 * control.RUN_NOW_SLICE + 5
+    await c.send(b"".join(json.dumps({"id": i, "op": "session.get", "params": {"id": sid}}).encode() + b"\n"
+                          for i in range(n)))
+    with trio.fail_after(20):
+        got = [await c.recv() for _ in range(n)]
+    assert [f["id"] for f in got] == list(range(n))
+    assert all(f["ok"] is True and f["result"]["id"] == sid for f in got)
+    await c.stream.aclose()
+
+
+async def test_read_run_at_once_waits_for_audit_records(daemon: DaemonHandle, workdir: Path) -> None:
+    """Acknowledged means stored: while an audit record waits to be stored, an answer is held until it is,
+    even that of a read run at once."""
+    c = await connect(daemon)
+    sid = (await c.call("session.create", workDir=str(workdir)))["result"]["id"]
+    audit = daemon.daemon.services.audit
+    async with audit.writer.lock:  # the store is busy: records wait
+        audit.record("test", "test.pending")
+        assert audit.writer.pending
+        await c.send({"id": 1, "op": "session.get", "params": {"id": sid}})
+        await trio.testing.wait_all_tasks_blocked()  # the daemon has read it and waits
+        with pytest.raises(BlockingIOError):  # nothing to read yet (the socket does not block)
+            os.read(c.stream.socket.fileno(), 1)
+    got = await c.recv()
+    assert got["ok"] is True and got["result"]["id"] == sid
+    assert not audit.writer.pending  # stored before the answer
+    assert any(r["action"] == "test.pending" for r in await audit.read_all())
+    await c.stream.aclose()

@@ -16,8 +16,12 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from trio_websocket import open_websocket_url
 
+from aegisd.core import input as core_input
+from aegisd.core.errors import ValidationError
 from aegisd.core.states import State
 from aegisd.surfaces import control
 from aegisd.surfaces.http.routes import ROUTES
@@ -166,6 +170,87 @@ async def test_socket_requests_in_flight_are_bounded(daemon: DaemonHandle, monke
     other = await connect(daemon)  # per connection: another one is served
     assert (await other.call("hello"))["ok"] is True
     await other.stream.aclose()
+
+
+# ---- core/input.check: its quick path decides as the full walk does ----------------------------------------
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+DEFECTS = st.sampled_from(["a\ud800b", "\udfff", "é\udc00", 2**63, -2**63 - 1, 2**70, float("nan"), float("inf"),
+                           -float("inf")])
+PLAIN = (st.none() | st.booleans() | st.integers(-2**64, 2**64) | st.floats() | st.text(max_size=8)
+         | st.builds(_Str, st.text(max_size=3)) | st.builds(_Int, st.integers(-2**70, 2**70)))
+KEYS = (st.text(max_size=4) | st.sampled_from(["\ud800", "é", "\udfffx"]) | st.integers(-3, 3)
+        | st.builds(_Str, st.sampled_from(["k", "\ud800"])))
+VALUES = st.recursive(
+    PLAIN | DEFECTS,
+    lambda inner: (st.lists(inner, max_size=4) | st.lists(inner, max_size=3).map(tuple)
+                   | st.dictionaries(KEYS, inner, max_size=4)),
+    max_leaves=24)
+
+
+def _verdict(fn: Any, value: Any) -> str | None:
+    try:
+        fn(value, what="input")
+    except ValidationError as exc:
+        return exc.message
+    return None
+
+
+def _nested(depth: int, leaf: Any, kind: str) -> Any:
+    for _ in range(depth):
+        leaf = {"k": leaf} if kind == "dict" else [leaf]
+    return leaf
+
+
+@settings(max_examples=600, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(VALUES)
+def test_check_quick_path_decides_as_the_full_walk(value: Any) -> None:
+    """`check` skips the full walk only when it would find nothing; otherwise the walk's own verdict (and
+    message) is the answer."""
+    if core_input._plain(value, 0):
+        assert _verdict(core_input._walk, value) is None
+    assert _verdict(core_input.check, value) == _verdict(core_input._walk, value)
+
+
+@pytest.mark.parametrize("kind", ["dict", "list"])
+@pytest.mark.parametrize("depth", [1, 63, 64, 65, 200])
+@pytest.mark.parametrize("leaf", [1, "x", "\ud800", 2**64, float("nan"), {"a": [1, 2.5, None, True]}])
+def test_check_at_and_beyond_the_depth_limit(kind: str, depth: int, leaf: Any) -> None:
+    value = _nested(depth, leaf, kind)
+    got = _verdict(core_input.check, value)
+    assert got == _verdict(core_input._walk, value)
+    leaf_depth = depth + (2 if isinstance(leaf, dict) else 0)  # containers in the leaf itself
+    deepest_container = leaf_depth - 1
+    if deepest_container >= core_input.MAX_DEPTH:
+        assert got is not None and "nested deeper" in got
+    elif leaf in (1, "x") or isinstance(leaf, dict):
+        assert got is None
+
+
+def test_check_quick_path_takes_flat_requests() -> None:
+    """What requests mostly are (a frame, flat params) takes the quick path; a defect or anything unusual
+    goes the whole walk."""
+    frame = {"id": 1, "op": "session.get", "params": {"id": "abcd1234", "n": -2**63, "x": 1.5, "ok": None}}
+    assert core_input._plain(frame, 0)
+    core_input.check(frame)
+    for odd in ("é", "\ud800", 2**63, float("inf"), _Str("x"), _Int(1), b"bytes", {1: "int key"}):
+        frame["params"]["v"] = odd
+        assert core_input._plain(frame, 0) is (odd == {1: "int key"})
+    frame["params"] = {"\ud800": 1}
+    with pytest.raises(ValidationError, match="surrogate"):
+        core_input.check(frame)
+    frame["params"] = {"v": 2**63}
+    with pytest.raises(ValidationError, match="out of range"):
+        core_input.check(frame)
+    frame["params"] = {"v": [float("nan")]}
+    with pytest.raises(ValidationError, match="not finite"):
+        core_input.check(frame)
 
 
 # ---- HTTP: every route ------------------------------------------------------------------------------------

@@ -39,8 +39,56 @@ def decode_json(data: bytes | str, *, what: str = "request body", checked: bool 
 
 
 def check(value: Any, *, what: str = "input") -> None:
-    """Refuse values no store, log or client can hold (see the module's docstring). Iterative: a deep value
-    cannot exhaust the stack here."""
+    """Refuse values no store, log or client can hold (see the module's docstring)."""
+    if not _plain(value, 0):
+        _walk(value, what)
+
+
+def _plain(v: Any, depth: int) -> bool:
+    """True when `_walk` would find nothing to refuse, decided quickly for what requests mostly hold: builtin
+    scalars (ASCII strings, in-range integers, finite floats) in builtin dicts and lists. False for anything
+    else (a defect, a non-ASCII string, a subclass, a value nested deeper than MAX_DEPTH): `_walk` decides it
+    and says what is wrong. Recursive, but never deeper than MAX_DEPTH levels."""
+    t = type(v)
+    if t is str:
+        return v.isascii()
+    if t is int:
+        return INT_MIN <= v <= INT_MAX
+    if v is None or t is bool:
+        return True
+    if t is float:
+        return math.isfinite(v)
+    if t is dict:
+        if depth >= MAX_DEPTH:
+            return False
+        for k, item in v.items():
+            if type(k) is str:
+                if not k.isascii():
+                    return False
+            elif isinstance(k, str):  # a str subclass: _walk checks it
+                return False
+            ti = type(item)  # the commonest items without a call
+            if ti is str:
+                if not item.isascii():
+                    return False
+            elif ti is int:
+                if not INT_MIN <= item <= INT_MAX:
+                    return False
+            elif item is not None and ti is not bool and not _plain(item, depth + 1):
+                return False
+        return True
+    if t is list or t is tuple:
+        if depth >= MAX_DEPTH:
+            return False
+        for item in v:
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    return False
+
+
+def _walk(value: Any, what: str) -> None:
+    """The full check, raising on the first defect. Iterative: a deep value cannot exhaust the stack here."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, depth = stack.pop()

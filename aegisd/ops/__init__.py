@@ -27,18 +27,24 @@ from aegisd.ops import (  # noqa: F401  (register the operations)
 from aegisd.ops._pipelines import stage_sessions
 from aegisd.ops._registry import (
     REGISTRY,
+    Done,
     Op,
     OpContext,
     Principal,
     call,
     call_typed,
     decode_params,
+    finish,
     get_op,
     results,
+    run_now,
+    runs_now,
+    settled,
     stream,
 )
 from aegisd.ops._services import Services
 from aegisd.ops._types import ErrorEnvelope, session_view
 
-__all__ = ["REGISTRY", "ErrorEnvelope", "Op", "OpContext", "Principal", "Services", "call", "call_typed",
-           "decode_params", "get_op", "results", "session_view", "stage_sessions", "stream"]
+__all__ = ["REGISTRY", "Done", "ErrorEnvelope", "Op", "OpContext", "Principal", "Services", "call", "call_typed",
+           "decode_params", "finish", "get_op", "results", "run_now", "runs_now", "session_view", "settled",
+           "stage_sessions", "stream"]

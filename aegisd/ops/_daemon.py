@@ -164,7 +164,7 @@ class V2(msgspec.Struct):
 
 
 @op("hello", Empty, result=Hello, summary="Daemon and protocol versions")
-async def hello(ctx: OpContext, p: Empty) -> Hello:
+def hello(ctx: OpContext, p: Empty) -> Hello:
     d = ctx.services
     return Hello(daemon="aegisd", version=__version__, protocol=PROTOCOL_VERSION, pid=d.pid,
                  stateDir=str(d.config.state_path), httpUrl=d.http_url, socket=str(d.config.socket_path),
@@ -174,7 +174,7 @@ async def hello(ctx: OpContext, p: Empty) -> Hello:
 
 
 @op("health", Empty, result=Health, summary="Server health", permission="public")
-async def health(ctx: OpContext, p: Empty) -> Health:
+def health(ctx: OpContext, p: Empty) -> Health:
     d = ctx.services
     m = d.manager
     sh = d.store.health

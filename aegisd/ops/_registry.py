@@ -5,6 +5,8 @@ the same params and results (aegisd/surfaces/http/_openapi.py)."""
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import secrets
 import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
@@ -29,6 +31,16 @@ if TYPE_CHECKING:
     from aegisd.ops._services import Services
 
 
+_ID_PREFIX = secrets.token_hex(4)
+_id_counter = itertools.count(secrets.randbelow(1 << 32))
+
+
+def _request_id() -> str:
+    """16 hex digits, unique in this process (a counter) and, most likely, across the cluster's processes (a
+    random half): cheaper than a random token per call, and request ids correlate; they guard nothing."""
+    return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFF:08x}"
+
+
 @dataclass
 class OpContext:
     """One call of an operation: the services it runs on, who calls, and through what. Access control reads as
@@ -37,7 +49,7 @@ class OpContext:
 
     services: Services
     principal: Principal = field(default_factory=Principal)
-    request_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    request_id: str = field(default_factory=_request_id)
     surface: str = "socket"  # socket | http | rpc | pipeline | cluster
     ip: str = "local"
     forwarded: bool = False  # another node of the cluster passed this call on: run it here, never forward it
@@ -84,6 +96,9 @@ class Op:
     # operators; public: anyone, even
     # unauthenticated; None: any authenticated caller (reads)
     permission: str | None = None
+    # the handler is a plain function (it never waits): a surface may run it at once, without a task of its own
+    # (see run_now)
+    sync: bool = False
 
 
 REGISTRY: dict[str, Op] = {}
@@ -94,8 +109,9 @@ def op(name: str, params: type, *, result: Any, summary: str, stream: bool = Fal
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY:
             raise RuntimeError(f"operation {name} defined twice")
+        sync = not stream and not inspect.iscoroutinefunction(fn)
         REGISTRY[name] = Op(name=name, params=params, handler=fn, summary=summary, result=result,
-                            stream=stream, permission=permission)
+                            stream=stream, permission=permission, sync=sync)
         return fn
     return register
 
@@ -107,21 +123,22 @@ def get_op(name: str) -> Op:
         raise UnknownOperation(f"unknown operation {name!r}") from None
 
 
-def decode_params(o: Op, raw: Any, *, strict: bool = True) -> Any:
+def decode_params(o: Op, raw: Any, *, strict: bool = True, checked: bool = False) -> Any:
     """Validate params (a dict, or None) into the op's struct. ``strict=False`` converts strings, as query
-    strings need."""
+    strings need; ``checked=True``: the surface has already passed ``raw`` to core/input.check (the control
+    socket checks each whole frame, params included)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ValidationError(f"{o.name}: params must be an object")
-    what = f"params of {o.name}"
-    check(raw, what=what)  # whichever surface they came from (a WebSocket, Telegram, the MCP server...)
+    if not checked:
+        check(raw, what=f"params of {o.name}")  # whichever surface they came from (a WebSocket, Telegram...)
     try:
         params: Any = msgspec.convert(raw, o.params, strict=strict)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid params for {o.name}: {exc}") from None
     if not strict:  # strings converted to numbers (query strings): "1e400", twenty-digit integers
-        check(msgspec.to_builtins(params), what=what)
+        check(msgspec.to_builtins(params), what=f"params of {o.name}")
     return params
 
 
@@ -131,12 +148,13 @@ async def call(ctx: OpContext, name: str, raw: Any, *, strict: bool = True) -> A
     return msgspec.to_builtins(await call_typed(ctx, name, raw, strict=strict))
 
 
-async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True) -> Any:
-    """Run an operation: its typed result (an instance of ``get_op(name).result``)."""
+async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True, checked: bool = False) -> Any:
+    """Run an operation: its typed result (an instance of ``get_op(name).result``). ``checked``: see
+    decode_params."""
     o = get_op(name)
     if o.stream:
         raise ValidationError(f"{name} is a streaming operation")
-    params = decode_params(o, raw, strict=strict)
+    params = decode_params(o, raw, strict=strict, checked=checked)
     ctx.services.access.authorize(ctx.principal, o.name, o.permission, params)
     cluster = ctx.services.cluster
     if cluster is not None and cluster.multi_node and not ctx.forwarded and _session_scoped(o):
@@ -165,20 +183,78 @@ async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True
             await cluster.refresh(rec.id)
             return msgspec.convert(answer, o.result)
     try:
-        result = await o.handler(ctx, params)
-    except QuotaExceeded as exc:
-        ctx.audit("session.quota.rejected", session_id=getattr(params, "id", None),
-                                detail={"operation": name, "keyId": ctx.principal.key_id, **(exc.details or {})})
-        await ctx.services.audit.stored()
-        raise
-    except BaseException:
+        result = o.handler(ctx, params) if o.sync else await o.handler(ctx, params)
+    except BaseException as exc:
+        _failed(ctx, name, params, exc)
         await ctx.services.audit.stored()
         raise
     # acknowledged means stored: the audit records too (they stay queued and are stored once the store is back)
     if not await ctx.services.audit.stored():
-        raise StoreUnavailable(f"{name}: the audit record could not be stored (the store is unavailable); "
-                               "it is kept and stored once the store is back")
+        raise _unstored(name)
     return result
+
+
+def _failed(ctx: OpContext, name: str, params: Any, exc: BaseException) -> None:
+    if isinstance(exc, QuotaExceeded):
+        ctx.audit("session.quota.rejected", session_id=getattr(params, "id", None),
+                  detail={"operation": name, "keyId": ctx.principal.key_id, **(exc.details or {})})
+
+
+def _unstored(name: str) -> StoreUnavailable:
+    return StoreUnavailable(f"{name}: the audit record could not be stored (the store is unavailable); "
+                            "it is kept and stored once the store is back")
+
+
+# ---- at once: an operation that never waits, run by the surface's own task ----------------------------------
+def runs_now(ctx: OpContext, o: Op) -> bool:
+    """Whether ``run_now`` may run the operation: its handler never waits, and it is not one that another node
+    of the cluster may have to run."""
+    if not o.sync:
+        return False
+    cluster = ctx.services.cluster
+    return cluster is None or not cluster.multi_node or ctx.forwarded or not _session_scoped(o)
+
+
+class Done:
+    """What ``run_now`` ran: the handler's typed result, or the exception it raised."""
+
+    __slots__ = ("error", "result")
+
+    def __init__(self, result: Any = None, error: Exception | None = None) -> None:
+        self.result = result
+        self.error = error
+
+    def unwrap(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def run_now(ctx: OpContext, o: Op, raw: Any, *, checked: bool = False) -> Done:
+    """``call_typed`` of an operation ``runs_now`` allows, without a checkpoint: params that are refused, or a
+    caller that may not call it, raise here; the handler's outcome is returned. It is the answer once
+    ``settled(ctx)`` (no audit record waits to be stored); otherwise ``await finish(ctx, o, done)``."""
+    params = decode_params(o, raw, checked=checked)
+    ctx.services.access.authorize(ctx.principal, o.name, o.permission, params)
+    try:
+        return Done(o.handler(ctx, params))
+    except Exception as exc:  # noqa: BLE001 - handed to the caller, which raises it (unwrap) once settled
+        _failed(ctx, o.name, params, exc)
+        return Done(error=exc)
+
+
+def settled(ctx: OpContext) -> bool:
+    """No audit record waits to be stored: what ``audit.stored()`` answers at once with True."""
+    return not ctx.services.audit.writer.pending
+
+
+async def finish(ctx: OpContext, o: Op, done: Done) -> Any:
+    """The answer of a ``run_now`` once the audit records are stored (call_typed's rule: acknowledged means
+    stored)."""
+    stored = await ctx.services.audit.stored()
+    if done.error is None and not stored:
+        raise _unstored(o.name)
+    return done.unwrap()
 
 
 _SCOPED: dict[str, bool] = {}
@@ -194,13 +270,13 @@ def _session_scoped(o: Op) -> bool:
     return scoped
 
 
-def stream(ctx: OpContext, name: str, raw: Any) -> AsyncGenerator[Any, None]:
+def stream(ctx: OpContext, name: str, raw: Any, *, checked: bool = False) -> AsyncGenerator[Any, None]:
     """Run a streaming operation: its items, typed (instances of ``get_op(name).result``, which the surfaces
-    encode as they are)."""
+    encode as they are). ``checked``: see decode_params."""
     o = get_op(name)
     if not o.stream:
         raise ValidationError(f"{name} is not a streaming operation")
-    params = decode_params(o, raw)
+    params = decode_params(o, raw, checked=checked)
     ctx.services.access.authorize(ctx.principal, o.name, o.permission, params)
     return o.handler(ctx, params)  # type: ignore[no-any-return]
 

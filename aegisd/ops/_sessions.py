@@ -357,7 +357,7 @@ async def batch_create(ctx: OpContext, p: BatchCreateParams) -> BatchCreated:
 
 # ---- finding -----------------------------------------------------------------------------------------
 @op("session.list", ListParams, result=SessionList, summary="List sessions, newest first")
-async def list_sessions(ctx: OpContext, p: ListParams) -> SessionList:
+def list_sessions(ctx: OpContext, p: ListParams) -> SessionList:
     states = None
     if p.status:
         states = STATUS_FILTERS.get(p.status)
@@ -378,18 +378,18 @@ async def list_sessions(ctx: OpContext, p: ListParams) -> SessionList:
 
 @op("session.list_legacy", Empty, result=list[SessionView],
     summary="The original's legacy GET /sessions: a bare array of every session")
-async def list_legacy(ctx: OpContext, p: Empty) -> list[SessionView]:
+def list_legacy(ctx: OpContext, p: Empty) -> list[SessionView]:
     recs = ctx.visible(ctx.services.manager.list())
     return [session_view(r, ctx.services.http_url) for r in recs]
 
 
 @op("session.get", IdParams, result=SessionView, summary="One session")
-async def get(ctx: OpContext, p: IdParams) -> SessionView:
+def get(ctx: OpContext, p: IdParams) -> SessionView:
     return session_view(ctx.session(p.id), ctx.services.http_url)
 
 
 @op("session.children", IdParams, result=Children, summary="Sessions spawned from this one")
-async def children(ctx: OpContext, p: IdParams) -> Children:
+def children(ctx: OpContext, p: IdParams) -> Children:
     rec = ctx.session(p.id)
     kids = [r for r in ctx.visible(ctx.services.manager.list()) if r.parentId == rec.id]
     return Children(children=[ChildSession(id=k.id, name=k.name, windowName=k.name, status=k.status.value,
@@ -397,7 +397,7 @@ async def children(ctx: OpContext, p: IdParams) -> Children:
 
 
 @op("session.stats", Empty, result=SessionStats, summary="Session counts by status")
-async def stats(ctx: OpContext, p: Empty) -> SessionStats:
+def stats(ctx: OpContext, p: Empty) -> SessionStats:
     recs = ctx.visible(ctx.services.manager.records.values())
     by = Counter(r.status.value for r in recs)
     return SessionStats(active=sum(1 for r in recs if r.status in LIVE), byStatus=dict(by),

@@ -7,7 +7,8 @@ is then left out."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -89,18 +90,39 @@ def session_view(rec: SessionRecord, base_url: str = "", cls: Any = SessionView,
     return _view(cls, rec, base_url, **extra)
 
 
+_HIDDEN = ("readOffset", "promptQueue")  # the record's fields a view leaves out (UNSET)
+_PICKERS: dict[type, Callable[[tuple[Any, ...]], tuple[Any, ...]]] = {}
+
+
+def _picker(cls: type) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """From a record's fields as a tuple (msgspec.structs.astuple), the view's positional arguments: the
+    record's fields but the hidden ones, in the order ``cls`` takes them (its own fields are keyword-only and
+    come after)."""
+    pick = _PICKERS.get(cls)
+    if pick is None:
+        names = SessionRecord.__struct_fields__
+        shown = [n for n in names if n not in _HIDDEN]
+        fields: tuple[str, ...] = cls.__struct_fields__  # type: ignore[attr-defined]
+        if fields[:len(shown)] != tuple(shown):
+            raise TypeError(f"{cls.__name__}: the record's fields must come first, in the record's order")
+        pick = _PICKERS[cls] = operator.itemgetter(*(names.index(n) for n in shown))
+    return pick
+
+
 def _view(cls: Any, rec: SessionRecord, base_url: str, overrides: dict[str, Any] | None = None,
           **extra: Any) -> Any:
-    fields = msgspec.structs.asdict(rec)
-    fields.pop("readOffset", None)
-    fields.pop("promptQueue", None)
-    fields.update(overrides or {})
     hints: dict[str, ActionHint] | UnsetType = UNSET
     if rec.status == State.PERMISSION_PROMPT:
         base = f"{base_url}/v1/sessions/{rec.id}"
         body = {"requestId": rec.pendingPermission.requestId} if rec.pendingPermission is not None else UNSET
         hints = {"approve": ActionHint("POST", f"{base}/approve", "Approve the pending request", body),
                  "reject": ActionHint("POST", f"{base}/reject", "Reject the pending request", body)}
+    if not overrides:  # positional, from a tuple: a quarter of the cost of keywords from a dict
+        return cls(*_picker(cls)(msgspec.structs.astuple(rec)), label=rec.name, actionHints=hints, **extra)
+    fields = msgspec.structs.asdict(rec)
+    for name in _HIDDEN:
+        fields.pop(name, None)
+    fields.update(overrides)
     return cls(**fields, label=rec.name, actionHints=hints, **extra)
 
 

@@ -43,6 +43,7 @@ MAX_FRAME = 16 * 1024 * 1024
 FRAME_TIMEOUT_S = 60.0  # a frame begun must end (with its newline) within this
 MAX_IN_FLIGHT = 256  # requests running at once on one connection (streams included)
 OUT_HIGH_WATER = 64 * 1024  # bytes queued for a connection before its senders wait
+RUN_NOW_SLICE = 64  # requests the reader runs at once (no task of their own) between two checkpoints
 
 
 class Request(msgspec.Struct):
@@ -133,6 +134,7 @@ class _Conn:
         self._queued_frames = 0  # frames queued so far
         self._sent_frames = 0  # of those, how many were handed to the socket
         self._flushed = trio.lowlevel.ParkingLot()  # senders waiting for their frame to be sent
+        self.ran_now = 0  # requests run at once by the reader (see _dispatch)
 
     async def send(self, frame: dict[str, Any], *, wait: bool = False) -> None:
         try:
@@ -204,6 +206,10 @@ def parse_frame(line: bytes) -> Request:
         req_id = None  # echoed only when it is one the client can match
     try:
         check(value, what="request frame")
+        op, params, ident = value.get("op"), value.get("params"), value.get("id")
+        if type(op) is str and (params is None or type(params) is dict) and (
+                ident is None or type(ident) is int or type(ident) is str):
+            return Request(op, ident, params)  # what msgspec.convert makes of it, without its cost
         return msgspec.convert(value, Request)
     except ValidationError as exc:
         raise _BadFrame(req_id, exc) from None
@@ -298,16 +304,39 @@ async def _dispatch(services: Services, conn: _Conn, principal: ops.Principal, l
             "another connection")))
         return
     o = ops.REGISTRY.get(req.op)
-    conn.in_flight += 1
-    (streams if o is not None and o.stream else requests).start_soon(_handle, services, conn, req, principal)
-
-
-async def _handle(services: Services, conn: _Conn, req: Request, principal: ops.Principal) -> None:
     ctx = ops.OpContext(services=services, principal=principal, surface="socket")
+    if o is not None and ops.runs_now(ctx, o):
+        # an operation that never waits (session.get): run here, at once, without a task of its own; its
+        # answer is queued in turn (or, while audit records wait to be stored, once they are)
+        try:
+            done = ops.run_now(ctx, o, req.params, checked=True)  # parse_frame checked the whole frame
+        except Exception as exc:  # noqa: BLE001 - refused params or caller: answered like any error
+            await _answer_error(conn, req, exc)
+            return
+        if not ops.settled(ctx):
+            conn.in_flight += 1
+            requests.start_soon(_handle, conn, req, ctx, done)
+            return
+        if done.error is not None:
+            await _answer_error(conn, req, done.error)
+        else:
+            await conn.send({"id": req.id, "ok": True, "result": done.result})
+        conn.ran_now += 1
+        if conn.ran_now % RUN_NOW_SLICE == 0:  # a chunk of many such frames: let the daemon's other tasks run
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return
+    conn.in_flight += 1
+    (streams if o is not None and o.stream else requests).start_soon(_handle, conn, req, ctx, None)
+
+
+async def _handle(conn: _Conn, req: Request, ctx: ops.OpContext, done: ops.Done | None) -> None:
     try:
         o = ops.get_op(req.op)
-        if o.stream:
-            async with aclosing(ops.stream(ctx, req.op, req.params)) as events:
+        if done is not None:  # run at once by _dispatch; answered once the audit records are stored
+            result = await ops.finish(ctx, o, done)
+            await conn.send({"id": req.id, "ok": True, "result": result})
+        elif o.stream:
+            async with aclosing(ops.stream(ctx, req.op, req.params, checked=True)) as events:
                 async for event in events:
                     # on the wire before the stream goes on (daemon.stop's event must precede the shutdown)
                     await conn.send({"id": req.id, "event": event}, wait=True)
@@ -315,12 +344,16 @@ async def _handle(services: Services, conn: _Conn, req: Request, principal: ops.
                         return
             await conn.send({"id": req.id, "ok": True, "result": {"end": "done"}})
         else:
-            result = await ops.call(ctx, req.op, req.params)
+            # the typed result, encoded as it is (what msgspec.to_builtins then encoding would give)
+            result = await ops.call_typed(ctx, req.op, req.params, checked=True)
             await conn.send({"id": req.id, "ok": True, "result": result})
-    except AegisError as exc:
-        await conn.send(error_frame(req.id, exc))
-    except Exception as exc:  # a bug in one operation must not take the services down
-        log.exception("control.op_failed", op=req.op, error=repr(exc))
-        await conn.send(error_frame(req.id, exc))
+    except Exception as exc:  # noqa: BLE001 - a bug in one operation must not take the services down
+        await _answer_error(conn, req, exc)
     finally:
         conn.in_flight -= 1
+
+
+async def _answer_error(conn: _Conn, req: Request, exc: Exception) -> None:
+    if not isinstance(exc, AegisError):
+        log.error("control.op_failed", op=req.op, error=repr(exc), exc_info=exc)
+    await conn.send(error_frame(req.id, exc))
