@@ -164,8 +164,9 @@ def test_a_prompt_whose_entry_never_reached_the_store_is_sent_after_a_restart() 
 
 
 def test_a_turn_that_waited_for_a_permission_decision_runs_again_after_a_restart() -> None:
-    """The tool it asked for never ran: the turn runs again from its prompt (the agent asks again), after the
-    prompts behind it; a turn that was merely running is not sent again (it may have done its work)."""
+    """Moved from a lost node: the tool it asked for never ran, so the turn runs again from its prompt (the agent
+    asks again), before the prompts behind it; restarted in place, or merely running, it is not sent again (a
+    decision or its work may have reached the agent)."""
     clock = Clock()
     m = running(clock)
     m.prompt("after", clock.now)
@@ -189,6 +190,16 @@ def test_a_turn_that_waited_for_a_permission_decision_runs_again_after_a_restart
     r2 = SessionMachine(saved, now=clock.now, prompt_timeout_s=300, wall_ms=clock.ms)
     r2.recovered(stored_entries=entry or 0, last_entry_id=entry or 0)
     assert r2.prompts == [] and saved.lastError is not None and "send the prompt again" in saved.lastError.message
+    # restarted in place while asking: cancelled, said so, not sent again
+    p = running(clock)
+    p.request_permission(1, ask("Edit file"), clock.now)
+    p.rec.pendingPermission, p.rec.status = p.head, p.status
+    entry = p.rec.promptQueue[0].entryId
+    saved = msgspec.json.decode(msgspec.json.encode(p.rec), type=SessionRecord)
+    p2 = SessionMachine(saved, now=clock.now, prompt_timeout_s=300, wall_ms=clock.ms)
+    p2.recovered(stored_entries=entry or 0, last_entry_id=entry or 0)
+    assert p2.prompts == [] and saved.pendingPermission is None and saved.lastError is not None
+    assert "(Edit file) was cancelled" in saved.lastError.message
 
 
 def test_ids_continue_from_the_last_stored_entry_not_the_records_count() -> None:

@@ -264,9 +264,12 @@ class SessionMachine:
         rec = self.rec
         rec.transcriptCount = stored_entries
         self.builder = TranscriptBuilder(next_id=max(stored_entries, last_entry_id) + 1, clock=self.wall_ms)
-        # a turn that waited for a permission decision had not run the tool it asked for: it runs again from its
-        # prompt, so the agent asks again and the request survives the restart (or the move to another node)
-        asked = rec.pendingPermission if rec.status == State.PERMISSION_PROMPT else None
+        # moved from a lost node (aegisd/cluster), a turn that waited for a permission decision had not run the tool
+        # it asked for: it runs again from its prompt, so the agent asks again and the request survives the move.
+        # A daemon restarted in place does not send a prompt twice (a decision acknowledged just before a kill -9
+        # may already have reached the agent): the request is cancelled and the session says so.
+        pending = rec.pendingPermission if rec.status == State.PERMISSION_PROMPT else None
+        asked = pending if why.startswith("node_lost") else None
         queue: list[QueuedPrompt] = []
         for q in rec.promptQueue:
             if q.entryId is not None:
@@ -277,10 +280,16 @@ class SessionMachine:
         rec.promptQueue = queue
         if rec.status in (State.RUNNING, State.STALLED, State.PERMISSION_PROMPT):
             # the turn in flight ended with the agent that ran it
-            how = (f"while it waited for a permission decision ({asked.toolTitle or asked.requestId}): it runs "
-                   "again from its prompt, so the agent asks again") if asked else "send the prompt again to redo it"
+            if asked is not None:
+                how = (f" while it waited for a permission decision ({asked.toolTitle or asked.requestId}): it runs "
+                       "again from its prompt, so the agent asks again")
+            elif pending is not None:
+                how = (f"; its permission request ({pending.toolTitle or pending.requestId}) was cancelled: send the "
+                       "prompt again to redo the turn")
+            else:
+                how = "; send the prompt again to redo it"
             rec.lastError = LastError(kind="interrupted", at=self.wall_ms(), message=(
-                f"the turn in flight was interrupted ({why}: the agent was started again and its session loaded) "
+                f"the turn in flight was interrupted ({why}: the agent was started again and its session loaded)"
                 f"{how}"))
             rec.pendingPermission = None
 
