@@ -505,3 +505,31 @@ async def test_last_event_id_replay_across_a_restart(nodes: Nodes) -> None:
         n.cancel_scope.cancel()
     ids = [e["id"] for e in replay]
     assert ids and ids[0] > mark and ids == sorted(set(ids))
+
+
+async def test_ag_on_one_node_sees_and_drives_the_whole_cluster(nodes: Nodes) -> None:
+    """`ag` talks to its own node's control socket: it lists every node's sessions and drives one another node
+    runs (send, approve), and `ag nodes` lists the nodes."""
+    import sys
+
+    ag = str(Path(sys.executable).with_name("ag"))
+    for n in ("n1", "n2"):
+        await nodes.start(n)
+    r = await nodes.http["n1"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n1",
+                                                          "prompt": "say:on n1"})
+    sid = r.json()["id"]
+    await until(lambda: status_is(nodes.http["n2"], sid, "idle"), 20, "idle")
+    env = {**nodes.procs["n2"].env, "AEGIS_SOCKET": str(nodes.procs["n2"].socket)}
+
+    async def run(*args: str) -> Any:
+        res = await trio.run_process([ag, *args], env=env, capture_stdout=True, capture_stderr=True, check=False)
+        assert res.returncode == 0, res.stderr.decode()
+        return json.loads(res.stdout) if "--json" in args else res.stdout.decode()
+    listed = await run("list", "--json")
+    rows = listed["sessions"] if isinstance(listed, dict) else listed
+    assert [(s["id"], s["node"]) for s in rows] == [(sid, "n1")]
+    assert sorted(x["id"] for x in await run("nodes", "--json")) == ["n1", "n2"]
+    await run("send", sid, "tool:edit:Edit file:c.txt")
+    await until(lambda: status_is(nodes.http["n1"], sid, "permission_prompt"), 20, "the permission prompt")
+    await run("approve", sid)
+    await until(lambda: status_is(nodes.http["n1"], sid, "idle"), 20, "idle after the approval")
