@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from aegisd.core.errors import AegisError
 from aegisd.surfaces.dashboard import register as register_dashboard
-from aegisd.surfaces.http import _browser, auth, cluster, prometheus, routes, rpc, sse, sso, terminal
+from aegisd.surfaces.http import _browser, _direct, auth, cluster, prometheus, routes, rpc, sse, sso, terminal
 from aegisd.surfaces.http.auth import current_conn
 from aegisd.surfaces.http.body import MAX_BODY
 from aegisd.surfaces.http.errors import (
@@ -140,6 +140,7 @@ def create_app(services: Services) -> QuartTrio:
     from aegisd.surfaces.http._openapi import document
 
     app = QuartTrio("aegisd")
+    app.asgi_http_class = _direct.HTTPConnection  # streamed bodies (SSE) written straight to the socket
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
     # the daemon's one limiter: /v1/analytics/rate-limits reads it
