@@ -126,16 +126,17 @@ class SseLimits:
             self.by_ip[ip] = left
 
 
-# The fan-out task's window: after an event rings, it waits this long so that one write per stream carries
-# everything published meanwhile (a write costs a system call, whatever its size), growing with the number of
-# streams it writes, from FANOUT_MIN_S for one to FANOUT_MAX_S from 100 on.
-FANOUT_MIN_S = 0.001
+# The fan-out task's window: the events of a session that many streams read wait this long, so that one write
+# per stream carries everything published meanwhile (each write is a system call, whatever its size); a session
+# read by a few streams gets its events written at once. From FANOUT_FROM streams on, the window grows with
+# their number (those of the session and the global ones), to FANOUT_MAX_S from 100 on.
+FANOUT_FROM = 5
 FANOUT_MAX_S = 0.005
 DOORBELL_MAX = 1 << 16
 
 
 def fanout_s(streams: int) -> float:
-    return min(FANOUT_MAX_S, FANOUT_MIN_S + (FANOUT_MAX_S - FANOUT_MIN_S) * (streams - 1) / 99)
+    return 0.0 if streams < FANOUT_FROM else FANOUT_MAX_S * min(1.0, streams / 100)
 
 
 class Out(Protocol):
@@ -250,15 +251,7 @@ class Fanout:
                 self._doorbell = bell
                 try:
                     self._flush_all()  # what was published before the doorbell rang for it
-                    while self.count:
-                        rang = await bell.__anext__()
-                        await trio.sleep(fanout_s(self.count))  # events published meanwhile join this write
-                        sessions = {rang.sessionId}
-                        while (more := bell.next_nowait()) is not None:
-                            sessions.add(more.sessionId)
-                        self._flush(self._feeds.get(None, ()))
-                        for sid in sessions:
-                            self._flush(self._feeds.get(sid, ()))
+                    await self._serve(bell)
                 except StopAsyncIteration:  # no streams left, the doorbell overflowed, or the bus closed
                     pass
                 finally:
@@ -267,6 +260,29 @@ class Fanout:
                 self._flush_all()
         finally:
             self._running = False
+
+    async def _serve(self, bell: Subscription) -> None:
+        due: dict[str, float] = {}  # sessions with news: when their streams are written
+        feeds = self._feeds
+        while self.count:
+            rang: Event | None = None
+            if due:
+                with trio.move_on_at(min(due.values())):
+                    rang = await bell.__anext__()
+            else:
+                rang = await bell.__anext__()
+            now = trio.current_time()
+            while rang is not None:
+                sid = rang.sessionId
+                if sid not in due:
+                    due[sid] = now + fanout_s(len(feeds.get(sid, ())) + len(feeds.get(None, ())))
+                rang = bell.next_nowait()
+            ready = [key for key, at in due.items() if at <= now]
+            if ready:
+                for key in ready:
+                    del due[key]
+                    self._flush(feeds.get(key, ()))
+                self._flush(feeds.get(None, ()))
 
 
 async def stream(out: Out, services: Services, fanout: Fanout, nursery: trio.Nursery | None, *,
