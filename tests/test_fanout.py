@@ -219,3 +219,53 @@ async def test_sse_fanout_writes_http11_and_http10_streams_straight_to_their_soc
         await raw.aclose()
     assert chunked == plain == sorted(set(chunked)) and len(chunked) > 200
     assert direct, "the SSE streams were not written directly"
+
+
+async def test_a_stream_the_fanout_cannot_write_ends_alone(daemon: DaemonHandle, workdir: Path,
+                                                           monkeypatch: Any) -> None:
+    """A fault while the fan-out task writes one stream ends that stream; the task, the other streams and the
+    daemon go on."""
+    from aegisd.surfaces.http import _sse
+
+    sid = (await daemon.create(workdir))["id"]
+    real = _sse.Feed.drain
+    broken: list[_sse.Feed] = []
+
+    def drain(self: _sse.Feed, first: Any = None) -> bytes:
+        if self in broken:
+            raise RuntimeError("cannot encode")
+        return real(self, first)
+
+    monkeypatch.setattr(_sse.Feed, "drain", drain)
+    async with daemon.http.stream("GET", f"/v1/sessions/{sid}/events") as bad, \
+            daemon.http.stream("GET", f"/v1/sessions/{sid}/events") as good:
+        bad_reader, good_reader = SseReader(bad), SseReader(good)
+        assert (await bad_reader.next())[1]["event"] == "connected"
+        assert (await good_reader.next())[1]["event"] == "connected"
+        await trio.testing.wait_all_tasks_blocked()
+        fanout_feeds = [f for fs in _fanout_of(daemon)._feeds.values() for f in fs]
+        assert len(fanout_feeds) == 2  # both written by the fan-out task
+        broken.append(fanout_feeds[0])
+        await daemon.http.post(f"/v1/sessions/{sid}/send", json={"text": "say:one"})
+        ended = []
+        for r in (bad_reader, good_reader):
+            try:
+                await r.until(lambda d: d["event"] == "turn")
+            except AssertionError:  # "stream ended"
+                ended.append(r)
+        assert len(ended) == 1  # the broken one, and only it
+        await daemon.http.post(f"/v1/sessions/{sid}/send", json={"text": "say:two"})
+        survivor = good_reader if ended[0] is bad_reader else bad_reader
+        _, msg = await survivor.until(lambda d: d["event"] == "message" and d["data"]["text"] == "two")
+        assert msg["sessionId"] == sid
+
+
+def _fanout_of(daemon: DaemonHandle) -> Any:
+    """The fan-out task's object, found through the running SSE view (the app keeps it in a closure)."""
+    import gc
+
+    from aegisd.surfaces.http import _sse
+
+    found = [o for o in gc.get_objects() if isinstance(o, _sse.Fanout) and o.count]
+    assert len(found) == 1
+    return found[0]

@@ -4,7 +4,14 @@ with the original Aegis payloads: `data: {json}` frames with an `id:` line, the 
 every 30 s, and `Last-Event-ID` (or `?lastEventId=`) replay. A subscriber that falls behind skips ahead with an
 `overflow` frame and never slows the sessions or other subscribers. A stream opened with a credential that
 stops working (a key revoked, expired or rotated past its grace, a dashboard sign-in ended) ends at once with a
-`revoked` frame (aegisd/auth/_credentials.py)."""
+`revoked` frame (aegisd/auth/_credentials.py).
+
+How the frames are written: each event's frame is encoded once and shared by every subscriber. On a plain
+HTTP/1 connection (aegisd/surfaces/http/_direct.py) one fan-out task (:class:`Fanout`) writes every stream: a
+publish rings it, it waits out a short window for sessions many streams read, then writes to each of their
+streams everything queued in one system call, with no task switch per subscriber; a stream's own task sleeps
+until a heartbeat is due or the fan-out hands it back (a full socket, the session's end, an overflow, a revoked
+credential). Over TLS or HTTP/2 each stream's own task writes, coalescing what queued meanwhile."""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
+import structlog
 import trio
 
 from aegisd.core import events
@@ -25,13 +33,15 @@ if TYPE_CHECKING:
     from aegisd.bus import EventBus, Subscription
     from aegisd.ops._services import Services
 
+log = structlog.get_logger("aegisd.http")
+
 HEARTBEAT_S = 30.0
 SSE_BUFFER = 1024
-# A stream written to less than `coalesce_s` ago waits out the rest of it before its next write, so at high
-# event rates one write carries every event queued meanwhile (each write costs quart and hypercorn the same
-# ~50 µs of CPU, whatever its size); at low rates, events go out at once. The window grows with the number of
-# open streams, from COALESCE_MIN_S for one to COALESCE_MAX_S from 100 on: many subscribers at a high rate are
-# what makes the writes add up.
+# A stream its own task writes (TLS, HTTP/2) and wrote to less than `coalesce_s` ago waits out the rest of it
+# before its next write, so at high event rates one write carries every event queued meanwhile (each write
+# costs quart and hypercorn the same ~50 µs of CPU, whatever its size); at low rates, events go out at once.
+# The window grows with the number of open streams, from COALESCE_MIN_S for one to COALESCE_MAX_S from 100 on:
+# many subscribers at a high rate are what makes the writes add up.
 COALESCE_MIN_S = 0.002
 COALESCE_MAX_S = 0.018
 
@@ -236,7 +246,12 @@ class Fanout:
 
     def _flush(self, feeds: Iterable[Feed]) -> None:
         for feed in list(feeds):
-            if not feed.flush():
+            try:
+                keep = feed.flush()
+            except Exception as exc:  # one stream's fault (a frame, a visibility check) ends that stream alone
+                log.exception("sse.write_failed", session_id=feed.session_id, error=repr(exc))
+                feed.gone, keep = True, False
+            if not keep:
                 self.remove(feed)
                 feed.wake.set()
 
@@ -254,6 +269,13 @@ class Fanout:
                     await self._serve(bell)
                 except StopAsyncIteration:  # no streams left, the doorbell overflowed, or the bus closed
                     pass
+                except Exception as exc:  # never the app's nursery: the streams end, the daemon goes on
+                    log.exception("sse.fanout_failed", error=repr(exc))
+                    for feeds in list(self._feeds.values()):
+                        for feed in list(feeds):
+                            feed.gone = True
+                            self.remove(feed)
+                            feed.wake.set()
                 finally:
                     bell.close()
                     self._doorbell = None
