@@ -20,6 +20,7 @@ HTTP/2, a HEAD, another server, a hypercorn whose objects look different) is wri
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -137,9 +138,26 @@ class DirectBody:
         return await self.send_rest(rest) if rest else True
 
 
+# a record per TCP connection of hypercorn's (its HTTP/1 protocol object lives exactly as long as the
+# connection): what authentication learnt of the connection's peer (aegisd/surfaces/http/auth.py)
+_connections: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
 class HTTPConnection(TrioASGIHTTPConnection):
     """quart-trio's ASGI HTTP handler, writing a :class:`StreamResponse`'s body with :class:`DirectBody` when
-    the connection allows, else :class:`AsgiBody`."""
+    the connection allows, else :class:`AsgiBody`. Each request's scope carries its TCP connection's record
+    (``aegis.connection``) when hypercorn serves it over HTTP/1."""
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        stream = getattr(send, "__self__", None)
+        proto = getattr(getattr(stream, "send", None), "__self__", None) if isinstance(stream, HTTPStream) \
+            else None
+        if isinstance(proto, H11Protocol):
+            record = _connections.get(proto)
+            if record is None:
+                record = _connections[proto] = {}
+            self.scope["aegis.connection"] = record  # type: ignore[typeddict-unknown-key]
+        await super().__call__(receive, send)
 
     async def _send_response(self, send: Any, response: Any) -> None:
         if not isinstance(response, StreamResponse):

@@ -150,6 +150,13 @@ class Authenticator:
         scope = conn.scope
         if "aegis.caller" in scope:
             return scope["aegis.caller"]  # type: ignore[no-any-return]
+        # what this TCP connection's earlier requests found (aegisd/surfaces/http/_direct.py keeps a record per
+        # connection): the socket's owner and cgroup are the kernel's and do not change while it is open
+        known: dict[str, Any] | None = scope.get("aegis.connection")
+        if known is not None and "caller" in known:
+            scope["aegis.peer_uid"] = known["peer_uid"]
+            scope["aegis.caller"] = known["caller"]
+            return known["caller"]  # type: ignore[no-any-return]
         client, server = scope.get("client"), scope.get("server")
         found: Principal | None = None
         if self.callers.tcp_lookups and client and server:
@@ -163,6 +170,8 @@ class Authenticator:
                 sid = self.callers.session_of_tcp(peer)
                 if sid is not None:
                     found = agent_principal(sid)
+                if known is not None:
+                    known["peer_uid"], known["caller"] = peer.uid, found
             elif is_loopback(client[0]):
                 # a loopback client the kernel does not know has already gone (or is hiding): trust it with
                 # nothing, so a request sent just before a reset cannot pass for the user's
