@@ -44,7 +44,7 @@ async def drained() -> bool:
     when the body could not be drained (too large, or the client stopped sending): then the connection
     closes after this response."""
     headers = request.headers
-    if "Transfer-Encoding" not in headers and headers.get("Content-Length", "0") == "0":
+    if headers.get("Transfer-Encoding") is None and headers.get("Content-Length", "0") == "0":
         return True  # no body (HTTP/1.1 framing: none without a length or chunking): nothing to wait for
     try:
         with trio.move_on_after(DRAIN_TIMEOUT_S):
