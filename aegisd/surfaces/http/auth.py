@@ -6,6 +6,7 @@ at the :class:`Gate`: the per-IP limit, the request id, the principal."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,7 +17,7 @@ from quart import g, has_websocket_context, request, websocket
 from aegisd.auth import oidc as oidc_mod
 from aegisd.auth.callers import tcp_peer
 from aegisd.auth.principal import Principal, agent_principal
-from aegisd.core.config import is_loopback
+from aegisd.core.config import is_loopback as _is_loopback
 from aegisd.core.errors import Forbidden, Unauthorized
 from aegisd.ops import OpContext
 from aegisd.surfaces.http.errors import request_id
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from aegisd.ops._services import Services
 
 log = structlog.get_logger("aegisd.http")
+
+# a pure function of the client's address, asked on every request: remembered for the addresses seen
+is_loopback = functools.lru_cache(maxsize=1024)(_is_loopback)
 
 
 class Conn(Protocol):
