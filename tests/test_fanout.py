@@ -5,6 +5,7 @@ answers are coalesced in the order they were produced. Behaviour only: no timing
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,106 @@ async def test_file_store_flushes_share_fsync_passes(tmp_path: Path, monkeypatch
     await store.flush()  # nothing new: no pass
     assert len(passes) < 20
     await store.close()
+
+
+async def test_sse_fanout_writes_http11_and_http10_streams_straight_to_their_sockets(
+        daemon: DaemonHandle, workdir: Path, monkeypatch: Any) -> None:
+    """On plain HTTP/1 the fan-out task writes the streams' events straight to their sockets (chunked for
+    HTTP/1.1, as is for HTTP/1.0), whole and in order; this hypercorn's objects are the ones the direct path
+    recognises (an upgrade that changes them falls back to ASGI writes and fails this test)."""
+    from aegisd.surfaces.http import _direct
+
+    direct: list[int] = []
+    real = _direct.DirectBody.write_nowait
+
+    def counting(self: _direct.DirectBody, data: bytes) -> bytes | None:
+        direct.append(len(data))
+        return real(self, data)
+
+    monkeypatch.setattr(_direct.DirectBody, "write_nowait", counting)
+    sid = (await daemon.create(workdir))["id"]
+    host, port = daemon.daemon.http_url.split("//", 1)[1].rsplit(":", 1)
+    raw = await trio.open_tcp_stream(host, int(port))
+    await raw.send_all(f"GET /v1/sessions/{sid}/events HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+    buf = b""
+    with trio.fail_after(10):
+        while b'"connected"' not in buf:
+            buf += await raw.receive_some(65536)
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower() and b"text/event-stream" in head
+    async with daemon.http.stream("GET", f"/v1/sessions/{sid}/events") as resp:
+        assert resp.http_version == "HTTP/1.1" and resp.headers.get("transfer-encoding") == "chunked"
+        reader = SseReader(resp)
+        assert (await reader.next())[1]["event"] == "connected"
+        await daemon.http.post(f"/v1/sessions/{sid}/send", json={"text": "stream:200"})
+        chunked: list[int] = []
+        with trio.fail_after(20):
+            while True:
+                ev_id, data = await reader.next()
+                assert ev_id is not None
+                chunked.append(ev_id)
+                if data["event"] == "turn":
+                    break
+        with trio.fail_after(20):  # the HTTP/1.0 stream: its frames as they are, the turn's last
+            while not re.search(rb'"event":"turn"[^\n]*\n\n', buf):
+                buf += await raw.receive_some(65536)
+        plain: list[int] = []
+        for f in buf.split(b"\n\n"):
+            if f.startswith(b"id: "):
+                plain.append(int(f.split(b"\n", 1)[0][4:]))
+                if b'"event":"turn"' in f:
+                    break
+        await raw.aclose()
+    assert chunked == plain == sorted(set(chunked)) and len(chunked) > 200
+    assert direct, "the SSE streams were not written directly"
+
+
+async def test_a_stream_the_fanout_cannot_write_ends_alone(daemon: DaemonHandle, workdir: Path,
+                                                           monkeypatch: Any) -> None:
+    """A fault while the fan-out task writes one stream ends that stream; the task, the other streams and the
+    daemon go on."""
+    from aegisd.surfaces.http import _sse
+
+    sid = (await daemon.create(workdir))["id"]
+    real = _sse.Feed.drain
+    broken: list[_sse.Feed] = []
+
+    def drain(self: _sse.Feed, first: Any = None) -> bytes:
+        if self in broken:
+            raise RuntimeError("cannot encode")
+        return real(self, first)
+
+    monkeypatch.setattr(_sse.Feed, "drain", drain)
+    async with daemon.http.stream("GET", f"/v1/sessions/{sid}/events") as bad, \
+            daemon.http.stream("GET", f"/v1/sessions/{sid}/events") as good:
+        bad_reader, good_reader = SseReader(bad), SseReader(good)
+        assert (await bad_reader.next())[1]["event"] == "connected"
+        assert (await good_reader.next())[1]["event"] == "connected"
+        await trio.testing.wait_all_tasks_blocked()
+        fanout_feeds = [f for fs in _fanout_of(daemon)._feeds.values() for f in fs]
+        assert len(fanout_feeds) == 2  # both written by the fan-out task
+        broken.append(fanout_feeds[0])
+        await daemon.http.post(f"/v1/sessions/{sid}/send", json={"text": "say:one"})
+        ended = []
+        for r in (bad_reader, good_reader):
+            try:
+                await r.until(lambda d: d["event"] == "turn")
+            except AssertionError:  # "stream ended"
+                ended.append(r)
+        assert len(ended) == 1  # the broken one, and only it
+        await daemon.http.post(f"/v1/sessions/{sid}/send", json={"text": "say:two"})
+        survivor = good_reader if ended[0] is bad_reader else bad_reader
+        _, msg = await survivor.until(lambda d: d["event"] == "message" and d["data"]["text"] == "two")
+        assert msg["sessionId"] == sid
+
+
+def _fanout_of(daemon: DaemonHandle) -> Any:
+    """The fan-out task's object, found through the running SSE view (the app keeps it in a closure)."""
+    import gc
+
+    from aegisd.surfaces.http import _sse
+
+    found = [o for o in gc.get_objects() if isinstance(o, _sse.Fanout) and o.count]
+    assert len(found) == 1
+    return found[0]

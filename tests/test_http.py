@@ -173,3 +173,26 @@ async def test_keep_alive_survives_unread_bodies(daemon_factory: Any, workdir: P
             r = await h.post("/v1/no-such-route", content=b"x" * 2_000_000, headers={**auth, **JSON_TYPE})
         assert r.status_code == 404 and r.headers["connection"] == "close"  # past MAX_BODY: not drained
         assert (await h.get("/v1/health")).status_code == 200  # a new connection, transparently
+
+
+async def test_the_peer_of_a_keepalive_connection_is_looked_up_once(daemon: DaemonHandle, monkeypatch: Any) -> None:
+    """Who is at the other end of a TCP connection (the kernel's socket table) is asked once per connection:
+    the requests of a keep-alive connection share it, a new connection is looked up anew."""
+    from aegisd.surfaces.http import auth
+
+    lookups: list[tuple[Any, Any]] = []
+    real = auth.tcp_peer
+
+    def counting(client: Any, server: Any) -> Any:
+        lookups.append((client, server))
+        return real(client, server)
+
+    monkeypatch.setattr(auth, "tcp_peer", counting)
+    async with httpx.AsyncClient(base_url=daemon.daemon.http_url, timeout=20) as one:
+        for _ in range(5):
+            r = await one.get("/v1/auth/whoami")
+            assert r.status_code == 200 and r.json()["kind"] == "local"
+    assert len(lookups) == 1
+    async with httpx.AsyncClient(base_url=daemon.daemon.http_url, timeout=20) as two:
+        assert (await two.get("/v1/auth/whoami")).status_code == 200
+    assert len(lookups) == 2 and lookups[0][0] != lookups[1][0]  # another client port: another connection

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
@@ -39,6 +39,7 @@ CORS_METHODS = "GET, POST, PUT, DELETE"
 CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID, X-Request-Id, If-None-Match"
 CORS_EXPOSE = "X-Request-Id, Retry-After, X-Aegis-API-Version, ETag"
 CORS_MAX_AGE = "600"
+SEEN_HOSTS_MAX = 256
 
 
 class Headers(Protocol):
@@ -61,6 +62,8 @@ class Policy:
     suffixes: tuple[str, ...] = ()  # ".example.com": that name and its subdomains
     origins: frozenset[str] = frozenset()  # allowedOrigins, normalized: these get CORS headers
     own_origins: frozenset[str] = frozenset()  # baseUrl's origin: the dashboard behind a proxy
+    # Host header values already judged (a client sends the same one on every request): value -> served
+    _seen_hosts: dict[str, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
     def build(cls, *, bind_host: str = "", base_url: str = "", allowed_hosts: Iterable[str] = (),
@@ -93,6 +96,15 @@ class Policy:
         """Whether a request with this Host header is served (None: no header, HTTP/1.0)."""
         if host is None:
             return True
+        seen = self._seen_hosts.get(host)
+        if seen is not None:
+            return seen
+        if len(self._seen_hosts) >= SEEN_HOSTS_MAX:
+            self._seen_hosts.clear()
+        verdict = self._seen_hosts[host] = self._host_allowed(host)
+        return verdict
+
+    def _host_allowed(self, host: str) -> bool:
         name = host_name(host)
         if name is None:
             return False

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from aegisd.core.errors import AegisError
 from aegisd.surfaces.dashboard import register as register_dashboard
-from aegisd.surfaces.http import _browser, auth, cluster, prometheus, routes, rpc, sse, sso, terminal
+from aegisd.surfaces.http import _browser, _direct, auth, cluster, prometheus, routes, rpc, sse, sso, terminal
 from aegisd.surfaces.http.auth import current_conn
 from aegisd.surfaces.http.body import MAX_BODY
 from aegisd.surfaces.http.errors import (
@@ -43,6 +43,9 @@ async def drained() -> bool:
     connection waiting forever for the next request: every POST of 500 kB to an unknown route did. False
     when the body could not be drained (too large, or the client stopped sending): then the connection
     closes after this response."""
+    headers = request.headers
+    if headers.get("Transfer-Encoding") is None and headers.get("Content-Length", "0") == "0":
+        return True  # no body (HTTP/1.1 framing: none without a length or chunking): nothing to wait for
     try:
         with trio.move_on_after(DRAIN_TIMEOUT_S):
             await request.body
@@ -140,6 +143,7 @@ def create_app(services: Services) -> QuartTrio:
     from aegisd.surfaces.http._openapi import document
 
     app = QuartTrio("aegisd")
+    app.asgi_http_class = _direct.HTTPConnection  # streamed bodies (SSE) written straight to the socket
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
     # the daemon's one limiter: /v1/analytics/rate-limits reads it

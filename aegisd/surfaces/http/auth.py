@@ -6,6 +6,7 @@ at the :class:`Gate`: the per-IP limit, the request id, the principal."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -16,7 +17,7 @@ from quart import g, has_websocket_context, request, websocket
 from aegisd.auth import oidc as oidc_mod
 from aegisd.auth.callers import tcp_peer
 from aegisd.auth.principal import Principal, agent_principal
-from aegisd.core.config import is_loopback
+from aegisd.core.config import is_loopback as _is_loopback
 from aegisd.core.errors import Forbidden, Unauthorized
 from aegisd.ops import OpContext
 from aegisd.surfaces.http.errors import request_id
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from aegisd.ops._services import Services
 
 log = structlog.get_logger("aegisd.http")
+
+# a pure function of the client's address, asked on every request: remembered for the addresses seen
+is_loopback = functools.lru_cache(maxsize=1024)(_is_loopback)
 
 
 class Conn(Protocol):
@@ -150,6 +154,13 @@ class Authenticator:
         scope = conn.scope
         if "aegis.caller" in scope:
             return scope["aegis.caller"]  # type: ignore[no-any-return]
+        # what this TCP connection's earlier requests found (aegisd/surfaces/http/_direct.py keeps a record per
+        # connection): the socket's owner and cgroup are the kernel's and do not change while it is open
+        known: dict[str, Any] | None = scope.get("aegis.connection")
+        if known is not None and "caller" in known:
+            scope["aegis.peer_uid"] = known["peer_uid"]
+            scope["aegis.caller"] = known["caller"]
+            return known["caller"]  # type: ignore[no-any-return]
         client, server = scope.get("client"), scope.get("server")
         found: Principal | None = None
         if self.callers.tcp_lookups and client and server:
@@ -163,6 +174,8 @@ class Authenticator:
                 sid = self.callers.session_of_tcp(peer)
                 if sid is not None:
                     found = agent_principal(sid)
+                if known is not None:
+                    known["peer_uid"], known["caller"] = peer.uid, found
             elif is_loopback(client[0]):
                 # a loopback client the kernel does not know has already gone (or is hiding): trust it with
                 # nothing, so a request sent just before a reset cannot pass for the user's

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from aegisd.core.errors import ValidationError
 from aegisd.core.input import INT_MAX
 from aegisd.surfaces.http import _sse
+from aegisd.surfaces.http._direct import StreamResponse
 from aegisd.surfaces.http.auth import Gate
 
 
@@ -28,6 +31,7 @@ def last_event_id(raw: str | None) -> int | None:
 def register(app: QuartTrio, gate: Gate) -> None:
     services = gate.services
     limits = _sse.SseLimits(services.config.sseMaxConnections, services.config.sseMaxPerIp)
+    fanout = _sse.Fanout(services.bus)
 
     async def events(sid: str | None = None) -> Response:
         gate.admit()
@@ -37,10 +41,14 @@ def register(app: QuartTrio, gate: Gate) -> None:
         after = last_event_id(request.headers.get("Last-Event-ID") or request.args.get("lastEventId"))
         ip = request.remote_addr or "local"
         limits.acquire(ip)
-        body = _sse.stream(services, session_id=session_id, after_id=after, limits=limits, ip=ip,
-                           can_see=None if session_id else (lambda s: ctx.can_see(s)),
-                           principal=ctx.principal)
-        resp = Response(body, content_type="text/event-stream")
+        # the fan-out task runs in the app's nursery (opened by the ASGI lifespan): none, and each stream
+        # writes its own events
+        nursery = getattr(app, "nursery", None)
+        resp = StreamResponse(partial(_sse.stream, services=services, fanout=fanout, nursery=nursery,
+                                      session_id=session_id, after_id=after, limits=limits, ip=ip,
+                                      can_see=None if session_id else (lambda s: ctx.can_see(s)),
+                                      principal=ctx.principal),
+                              content_type="text/event-stream")
         resp.headers["Cache-Control"] = "no-cache"
         resp.headers["X-Accel-Buffering"] = "no"
         resp.timeout = None
