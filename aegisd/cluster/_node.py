@@ -112,6 +112,9 @@ class Cluster:
     def check_secret(self, presented: str | None) -> bool:
         return False  # a cluster of one takes no node-to-node calls
 
+    def changed(self, session_id: str) -> None:
+        """Another node changed this session: read it again soon (a cluster of one: nothing to do)."""
+
     async def refresh(self, session_id: str) -> SessionRecord | None:
         return self.manager.records.get(session_id)
 

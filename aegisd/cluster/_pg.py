@@ -175,6 +175,9 @@ class PgCluster(Cluster):
         self._dirty.add(session_id)
         self._wake.set()
 
+    def changed(self, session_id: str) -> None:
+        self._session_changed(session_id)
+
     def _resync(self) -> None:
         self._dirty.add("*")
         self._wake.set()

@@ -180,7 +180,10 @@ async def call_typed(ctx: OpContext, name: str, raw: Any, *, strict: bool = True
                 if o.permission is not None:
                     raise
                 break  # a read: answered here, from what the store holds, while the session moves
-            await cluster.refresh(rec.id)
+            if name in _AWAIT_RECORD:  # a follow --until-idle here next must see the queued prompt
+                await cluster.refresh(rec.id)
+            else:  # read again in the background (a read of it here is forwarded meanwhile)
+                cluster.changed(rec.id)
             return msgspec.convert(answer, o.result)
     try:
         result = o.handler(ctx, params) if o.sync else await o.handler(ctx, params)
@@ -258,6 +261,7 @@ async def finish(ctx: OpContext, o: Op, done: Done) -> Any:
 
 
 _SCOPED: dict[str, bool] = {}
+_AWAIT_RECORD = frozenset({"session.send"})  # forwarded: this node's copy of the record is read again first
 
 
 def _session_scoped(o: Op) -> bool:
