@@ -533,3 +533,27 @@ async def test_ag_on_one_node_sees_and_drives_the_whole_cluster(nodes: Nodes) ->
     await until(lambda: status_is(nodes.http["n1"], sid, "permission_prompt"), 20, "the permission prompt")
     await run("approve", sid)
     await until(lambda: status_is(nodes.http["n1"], sid, "idle"), 20, "idle after the approval")
+
+
+async def test_the_mcp_server_on_one_node_drives_another_nodes_session(nodes: Nodes) -> None:
+    """`ag mcp` (an agent's view of Aegis) on one node lists every node's sessions and drives one another runs."""
+    pytest.importorskip("mcp", reason="the MCP Python SDK is not installed (make install)")
+    from .e2e.test_mcp import call, mcp_client
+
+    for n in ("n1", "n2"):
+        await nodes.start(n)
+    r = await nodes.http["n1"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n1",
+                                                          "prompt": "say:on n1"})
+    sid = r.json()["id"]
+    await until(lambda: status_is(nodes.http["n2"], sid, "idle"), 20, "idle")
+    async with mcp_client(nodes.procs["n2"].socket, nodes.base / "n2") as s:
+        listed = await call(s, "list_sessions")
+        rows = listed["sessions"] if isinstance(listed, dict) else listed
+        assert [x["id"] for x in rows] == [sid]  # n1's session, listed through n2
+        await call(s, "send_message", {"sessionId": sid, "text": "say:from the mcp server on n2"})
+        await until(lambda: status_is(nodes.http["n1"], sid, "idle"), 20, "idle again")
+
+        async def said() -> bool:
+            msgs = (await nodes.http["n1"].get(f"/v1/sessions/{sid}/transcript?limit=100")).json()["messages"]
+            return any(m["text"] == "from the mcp server on n2" for m in msgs)
+        await until(said, 10, "the reply")
