@@ -557,3 +557,35 @@ async def test_the_mcp_server_on_one_node_drives_another_nodes_session(nodes: No
             msgs = (await nodes.http["n1"].get(f"/v1/sessions/{sid}/transcript?limit=100")).json()["messages"]
             return any(m["text"] == "from the mcp server on n2" for m in msgs)
         await until(said, 10, "the reply")
+
+
+async def test_the_dashboard_of_one_node_approves_another_nodes_request(nodes: Nodes) -> None:
+    """The dashboard served by n2 (Chromium) shows a session n1 runs, live, with its node, and approves the
+    permission request it shows."""
+    for n in ("n1", "n2"):
+        await nodes.start(n)
+    h = nodes.http
+    r = await h["n1"].post("/v1/sessions", json={"workDir": str(nodes.work), "node": "n1",
+                                                 "prompt": "tool:edit:Edit file:d.txt"})
+    sid = r.json()["id"]
+    asking = await until(lambda: status_is(h["n2"], sid, "permission_prompt"), 20, "the permission prompt")
+    request_id = asking["pendingPermission"]["requestId"]
+    base = nodes.procs["n2"].http_url
+
+    def scenario(page: Any) -> None:
+        from playwright.sync_api import expect
+
+        page.goto(base + f"/dashboard/#/sessions/{sid}")
+        expect(page.locator("#s-permission-id")).to_have_text(request_id)
+        expect(page.locator("body")).to_contain_text("n1")  # the node running it
+        with page.expect_request(lambda rq: rq.url.endswith("/approve")) as req:
+            page.click("#approve")
+        assert req.value.post_data_json == {"requestId": request_id}
+        expect(page.locator("#s-permission")).to_be_hidden()
+    from .e2e.test_dashboard import _browse  # skips this test where chromium or playwright is missing
+
+    with trio.fail_after(90):
+        await trio.to_thread.run_sync(_browse, scenario)
+    await until(lambda: status_is(h["n1"], sid, "idle"), 20, "the turn after the approval on n1")
+    msgs = (await h["n1"].get(f"/v1/sessions/{sid}/transcript?limit=100")).json()["messages"]
+    assert any("permission: allow" in m["text"] for m in msgs)
