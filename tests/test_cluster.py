@@ -589,3 +589,43 @@ async def test_the_dashboard_of_one_node_approves_another_nodes_request(nodes: N
     await until(lambda: status_is(h["n1"], sid, "idle"), 20, "the turn after the approval on n1")
     msgs = (await h["n1"].get(f"/v1/sessions/{sid}/transcript?limit=100")).json()["messages"]
     assert any("permission: allow" in m["text"] for m in msgs)
+
+
+async def test_two_nodes_auditing_at_once_extend_one_chain(tmp_path: Path) -> None:
+    """Two nodes' audit trails on one PostgreSQL log, records made at the same moments: a conditional append makes
+    each node link its records after the other's, so the chain verifies and every seq is dense."""
+    from aegisd.auth.audit import AuditLog
+    from aegisd.core.config import load_config
+    from aegisd.store import NodeSpec, RecordLog
+    from aegisd.store._postgres import PostgresStore
+
+    schema = f"c_{uuid.uuid4().hex[:12]}"
+    stores = []
+    for node in ("a", "b"):
+        cfg = load_config(env={}, config_path=None, overrides={
+            "stateDir": str(tmp_path / node), "sessionStore": "postgres", "postgresUrl": PG, "pgSchema": schema},
+            cwd=tmp_path)
+        st = PostgresStore(cfg)
+        st.node = NodeSpec(id=node)
+        await st.open()
+        stores.append(st)
+    try:
+        logs = [AuditLog(RecordLog(st, "audit")) for st in stores]
+        for log in logs:
+            await log.open()
+
+        async def work(log: AuditLog, who: str) -> None:
+            for i in range(40):
+                log.record(who, f"act-{i}")
+                assert await log.stored()
+        async with trio.open_nursery() as n:
+            n.start_soon(work, logs[0], "a")
+            n.start_soon(work, logs[1], "b")
+        records = await logs[0].read_all()
+        assert len(records) == 80 and [r["seq"] for r in records] == list(range(1, 81))
+        assert {r["actor"] for r in records} == {"a", "b"}
+        assert (await logs[0].verify())["ok"] and (await logs[1].verify())["ok"]
+    finally:
+        for st in stores:
+            await st.close()
+        await trio.to_thread.run_sync(_drop_schema, schema)

@@ -54,6 +54,24 @@ def verify_records(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"ok": True, "count": len(records), "lastHash": prev}
 
 
+class _ChainWriter(LogWriter):
+    """Stores each record only right after the one it links to: when another node of a cluster appended first
+    (PostgreSQL refuses the conditional append), the records not stored yet are linked again after it and the
+    append is tried again. So the cluster's nodes extend one chain, never fork it."""
+
+    def __init__(self, log: RecordLog, audit: AuditLog) -> None:
+        super().__init__(log)
+        self.audit = audit
+
+    async def _store_one(self, record: Any) -> None:
+        while True:
+            seq = await self.log.append_after(record, self.audit._read_to)
+            if seq is not None:
+                self.audit._read_to = seq
+                return
+            await self.audit._relink()  # re-links ``record`` too: it is the oldest pending
+
+
 def read_legacy(directory: Path) -> list[dict[str, Any]]:
     """An earlier version's audit log, `<state>/audit/audit.jsonl` (one record per line)."""
     path = directory / "audit.jsonl"
@@ -85,7 +103,7 @@ class AuditLog:
         self._seq = 0
         self._last_hash = GENESIS
         self._read_to = 0  # the store's seq of the last record open() or catch_up() read
-        self.writer = LogWriter(log)  # records made, in chain order, until stored
+        self.writer = _ChainWriter(log, self)  # records made, in chain order, until stored
 
     async def open(self) -> None:
         if self.legacy_dir is not None:
@@ -104,19 +122,24 @@ class AuditLog:
         link both to the same predecessor, which ``verify`` reports.) Raises the store's error for the caller to
         retry."""
         async with self.writer.lock:  # nothing of ours is being stored meanwhile
-            stored = await self.log.read(self._read_to)
-            if not stored:
-                return
-            self._read_to = stored[-1][0]
-            tail = stored[-1][1]
-            seq, prev = tail.get("seq"), tail.get("hash")
-            if not isinstance(seq, int) or not isinstance(prev, str):
-                return
-            for r in self.writer.pending:
-                seq += 1
-                r["seq"], r["prevHash"] = seq, prev
-                r["hash"] = prev = _hash(r)
-            self._seq, self._last_hash = seq, prev
+            await self._relink()
+
+    async def _relink(self) -> None:
+        """(The writer's lock held.) Read what other nodes stored after ``_read_to`` and link the records made here
+        that are not stored yet after it."""
+        stored = await self.log.read(self._read_to)
+        if not stored:
+            return
+        self._read_to = stored[-1][0]
+        tail = stored[-1][1]
+        seq, prev = tail.get("seq"), tail.get("hash")
+        if not isinstance(seq, int) or not isinstance(prev, str):
+            return
+        for r in self.writer.pending:
+            seq += 1
+            r["seq"], r["prevHash"] = seq, prev
+            r["hash"] = prev = _hash(r)
+        self._seq, self._last_hash = seq, prev
 
     async def close(self) -> None:
         await self.stored()

@@ -196,6 +196,14 @@ class RecordLog:
     async def trim(self, before: int) -> None:
         await self.store.log_trim(self.name, before)
 
+    async def append_after(self, record: Any, after: int) -> int | None:
+        """Append ``record`` only if the log's last sequence number is ``after`` (None: another daemon appended
+        meanwhile). A store one daemon has to itself (file, memory, Redis) appends at once."""
+        conditional = getattr(self.store, "log_append_after", None)
+        if conditional is None:
+            return await self.append(record)
+        return await conditional(self.name, record, after)  # type: ignore[no-any-return]
+
     async def append_missing(self, records: list[Any]) -> None:
         """Append ``records`` to a log that may already hold a prefix of them (a migration that crashed half
         way, before it renamed its file): only those not there yet."""
@@ -227,12 +235,16 @@ class LogWriter:
         async with self.lock:
             while self.pending:
                 try:
-                    await self.log.append(self._encode(self.pending[0]))
+                    await self._store_one(self.pending[0])
                 except Exception as exc:  # noqa: BLE001 - the writer's owner must not go down with the store
                     _log.error("store.log_write_failed", log=self.log.name, error=str(exc))
                     return False
                 self.pending.pop(0)
         return True
+
+    async def _store_one(self, record: Any) -> None:
+        """Store the oldest queued record (a subclass may store it conditionally, e.g. a hash chain)."""
+        await self.log.append(self._encode(record))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

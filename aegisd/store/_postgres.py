@@ -949,6 +949,28 @@ class PostgresStore:
                 return int(row[0])
         return await self._run(q)
 
+    async def log_append_after(self, log: str, record: Any, after: int) -> int | None:
+        """Append only if the log's last sequence number is ``after`` (the cluster's nodes extend one hash chain,
+        aegisd/auth/audit.py); None: another node appended first."""
+        from psycopg import sql
+
+        body = _enc.encode(record).decode()
+
+        def q(conn: psycopg.Connection[Any]) -> int | None:
+            with conn.transaction():  # the counter's row, locked: appends to one log are serialized
+                conn.execute(sql.SQL("INSERT INTO {} (name, seq) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING")
+                             .format(self._log_seq), (log,))
+                row = conn.execute(sql.SQL("SELECT seq FROM {} WHERE name = %s FOR UPDATE").format(self._log_seq),
+                                   (log,)).fetchone()
+                if row is None or int(row[0]) != after:
+                    return None
+                conn.execute(sql.SQL("UPDATE {} SET seq = %s WHERE name = %s").format(self._log_seq), (after + 1, log))
+                conn.execute(sql.SQL("INSERT INTO {} (name, seq, body) VALUES (%s, %s, %s::jsonb)")
+                             .format(self._logs), (log, after + 1, body))
+                self._notify(conn, f"l\t{log}")
+                return after + 1
+        return await self._run(q)
+
     async def log_read(self, log: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
         from psycopg import sql
 
