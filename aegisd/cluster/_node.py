@@ -11,7 +11,6 @@ import trio
 from aegisd import __version__
 from aegisd.core.errors import NotFound
 from aegisd.core.models import now_ms
-from aegisd.core.states import LIVE
 
 if TYPE_CHECKING:
     from aegisd.cluster._identity import NodeIdentity
@@ -57,7 +56,7 @@ class Cluster:
         return False
 
     def local_sessions(self) -> int:
-        return sum(1 for r in self.manager.records.values() if r.status in LIVE and r.node in (None, self.node_id))
+        return self.manager.live_here()
 
     def self_info(self) -> NodeInfo:
         return NodeInfo(id=self.node_id, url=self.url, status="draining" if self.draining else "up",

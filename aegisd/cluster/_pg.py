@@ -25,7 +25,6 @@ import msgspec
 import structlog
 import trio
 
-from aegisd import __version__
 from aegisd.auth.principal import Credential, Principal
 from aegisd.cluster._node import Cluster, NodeInfo
 from aegisd.core.errors import AegisError, NotFound, StoreUnavailable, Unavailable, ValidationError
@@ -263,11 +262,6 @@ class PgCluster(Cluster):
             if node.id == node_id:
                 return node
         raise NotFound(f"node {node_id} not found (`ag nodes` lists them)")
-
-    def self_info(self) -> NodeInfo:
-        info = super().self_info()
-        info.version = __version__
-        return info
 
     # ---- routing -----------------------------------------------------------------------------------
     def owner_url(self, rec: SessionRecord) -> str | None:

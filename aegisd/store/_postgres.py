@@ -118,7 +118,7 @@ class PostgresStore:
         self._lease_conn: psycopg.Connection[Any] | None = None
         self._lease_error: str | None = None
         self._flock: int | None = None  # the state dir's node lock: no other live daemon there
-        self.sessions_running: Callable[[], int] = lambda: sum(1 for _ in self._owned)
+        self.sessions_running: Callable[[], int] = lambda: len(self._owned)
         self._token: trio.lowlevel.TrioToken | None = None
         self.channel = f"aegis_{self._lock_key():08x}"
         from psycopg import sql
@@ -347,12 +347,10 @@ class PostgresStore:
 
         if not sids:
             return
-        for sid, n in conn.execute(sql.SQL("SELECT session_id, count(*) FROM {} WHERE session_id = ANY(%s) GROUP BY "
-                                           "session_id").format(self._transcript), (sids,)):
-            self._tcount[sid] = n
-        for sid, n in conn.execute(sql.SQL("SELECT session_id, count(*) FROM {} WHERE session_id = ANY(%s) GROUP BY "
-                                           "session_id").format(self._events), (sids,)):
-            self._ecount[sid] = n
+        for table, counts in ((self._transcript, self._tcount), (self._events, self._ecount)):
+            for sid, n in conn.execute(sql.SQL("SELECT session_id, count(*) FROM {} WHERE session_id = ANY(%s) "
+                                               "GROUP BY session_id").format(table), (sids,)):
+                counts[sid] = n
 
     async def close(self) -> None:
         def shut() -> None:
