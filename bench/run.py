@@ -13,6 +13,8 @@ bench/results/latest.json.
   overhead    `session.create` -> idle through aegisd  vs  a bare spawn + initialize + session/new of the agent
   throughput  one turn of N agent updates through aegisd  vs  the bare agent writing them to a pipe
   cli         `aegisctl list`  vs  the venv's `python -c pass`
+  real        the real claude-agent-acp offline against a mock of the Anthropic API (bench/_real.py): create -> idle
+              and create + prompt -> reply through aegisd  vs  a bare ACP client. Skipped without `make agents`
   cluster     3 nodes on one PostgreSQL schema (bench/_cluster.py): GET /v1/sessions through each  vs  a single-node
               daemon with as many sessions; approve through another node  vs  on the owner; an event's delivery
               to an SSE stream on another node  vs  on the owner; failover after kill -9 (against the lease).
@@ -531,7 +533,7 @@ def bench_cli(d: Daemon, rounds: int) -> dict[str, Any]:
                 f"{statistics.median(b for b, _ in pairs) * 1000:.0f} ms)")
 
 
-SECTIONS = ("socket", "http", "sse", "sse_many", "overhead", "throughput", "cli", "cluster")
+SECTIONS = ("socket", "http", "sse", "sse_many", "overhead", "throughput", "cli", "real", "cluster")
 
 
 def main() -> None:
@@ -552,6 +554,14 @@ def main() -> None:
 
             try:
                 results[name] = bench_cluster(tmp, 3 if q else 5, q, args.cluster_per_node)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        if name == "real":
+            from _real import bench_real  # bench/_real.py (imports this file's helpers)
+
+            try:
+                results[name] = bench_real(tmp, 3 if q else 7)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             continue

@@ -167,6 +167,7 @@ class MockAnthropic:
 
 if __name__ == "__main__":
     import argparse
+    import functools
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
@@ -175,7 +176,7 @@ if __name__ == "__main__":
     async def main() -> None:
         mock = MockAnthropic()
         async with trio.open_nursery() as n:
-            url = await n.start(mock.serve, "127.0.0.1", args.port)
+            url = await n.start(functools.partial(mock.serve, host="127.0.0.1", port=args.port))
             print(url, flush=True)
 
     trio.run(main)
