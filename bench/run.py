@@ -334,6 +334,37 @@ class SseClients:
             s.close()
 
 
+class SseWatcher:
+    """One SSE stream read in a process of its own (``run.py --sse-watch``), so that the threads reading the
+    loaded streams, which share this process's GIL, do not delay it: its figures are the daemon's."""
+
+    def __init__(self, d: Daemon, path: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--sse-watch", d.host, str(d.port), path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "connected":
+            raise RuntimeError("the SSE watcher did not connect")
+
+    def close(self) -> dict[str, list[float]]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        got: dict[str, list[float]] = json.loads(self.proc.stdout.read())
+        self.proc.wait(30)
+        return got
+
+
+def _sse_watch(host: str, port: int, path: str) -> None:
+    class At:
+        pass
+    d = At()
+    d.host, d.port = host, port  # type: ignore[attr-defined]
+    c = SseClients(d, [path])  # type: ignore[arg-type]
+    print("connected", flush=True)
+    sys.stdin.read()
+    c.close()
+    print(json.dumps({"idle_visible": c.idle_visible, "turn_delivery": c.turn_delivery}), flush=True)
+
+
 def paced(events: int, per_s: float) -> str:
     """A prompt for the fake agent: ``events`` updates at about ``per_s`` a second (it sleeps between them)."""
     gap_ms = max(1, int(1000 / per_s) - 1)  # the agent's own write takes about a millisecond
@@ -356,7 +387,7 @@ def sse_round(d: Daemon, sid: str, probe: str | None, n: int, events: int, rate:
     daemon's CPU. With ``probe``, a second session takes short turns meanwhile (turn end -> `idle` visible on its
     stream, the store's save between); its own CPU is then part of the figure, so CPU is read from rounds without."""
     loaded = SseClients(d, [f"/v1/sessions/{sid}/events"] * n)
-    watch = SseClients(d, [f"/v1/sessions/{probe}/events"]) if probe else None
+    watch = SseWatcher(d, f"/v1/sessions/{probe}/events") if probe else None
     stop = threading.Event()
 
     def prober() -> None:
@@ -378,15 +409,14 @@ def sse_round(d: Daemon, sid: str, probe: str | None, n: int, events: int, rate:
         time.sleep(0.1)
     finally:
         loaded.close()
-        if watch:
-            watch.close()
+        seen = watch.close() if watch else {}
     out = {"subscribers": n, "events": events, "seconds": elapsed, "frames": loaded.frames,
            "rate_per_s": events / elapsed, "p50_ms": pct(loaded.latencies, 50), "p99_ms": pct(loaded.latencies, 99),
            "cpu_s": cpu, "core_share": cpu / elapsed}
     if watch:
-        out.update({"idle_visible_p99_ms": pct(watch.idle_visible, 99),
-                    "idle_visible_p50_ms": pct(watch.idle_visible, 50),
-                    "turn_delivery_p99_ms": pct(watch.turn_delivery, 99), "probes": len(watch.idle_visible)})
+        out.update({"idle_visible_p99_ms": pct(seen["idle_visible"], 99),
+                    "idle_visible_p50_ms": pct(seen["idle_visible"], 50),
+                    "turn_delivery_p99_ms": pct(seen["turn_delivery"], 99), "probes": len(seen["idle_visible"])})
     return out
 
 
@@ -553,6 +583,8 @@ SECTIONS = ("socket", "http", "sse", "sse_many", "overhead", "throughput", "cli"
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--sse-watch"]:
+        return _sse_watch(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=",".join(SECTIONS))
