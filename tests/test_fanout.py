@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from aegisd.bus import EventBus
 from aegisd.core import events as ev
@@ -57,6 +58,33 @@ async def test_a_slow_subscriber_overflows_alone_and_still_reads_what_it_had() -
     while (e := fast.next_nowait()) is not None:
         got.append(e.id)
     assert got == list(range(1, 101))
+
+
+async def test_a_subscriber_of_some_kinds_is_neither_queued_nor_woken_for_the_rest() -> None:
+    """The alerts consumer listens for status changes only: a turn's chunks must not wake it, nor fill its
+    buffer (it would overflow on a long turn); replay from the ring is filtered the same way."""
+    bus = EventBus()
+    bus.publish("s1", ev.Chunk(role="assistant", contentType="text", text="before"))
+    bus.publish("s1", _status(0))
+    only = await bus.subscribe(maxsize=5, kinds=frozenset({ev.StatusChanged.NAME}), after_id=0)
+    woken = trio.Event()
+
+    async def consume() -> None:
+        got = [await only.__anext__(), await only.__anext__()]  # the replayed status, then the live one
+        assert [e.event for e in got] == ["status", "status"]
+        woken.set()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(consume)
+        for i in range(50):  # ten times its buffer in chunks: neither queued nor overflowing
+            bus.publish("s1", ev.Chunk(role="assistant", contentType="text", text=f"c{i}"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert not woken.is_set()
+        assert not only.overflowed and not only.closed
+        bus.publish("s1", _status(1))
+        with trio.fail_after(5):
+            await woken.wait()
+    assert only.next_nowait() is None
 
 
 async def test_a_waiting_subscriber_wakes_on_publish_and_on_close() -> None:

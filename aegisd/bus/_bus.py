@@ -33,10 +33,12 @@ class Subscription:
     """What one subscriber has yet to read: a plain queue the bus appends to (no channel, no task switch per
     event) and the consumer drains whole; it wakes the consumer only when that one waits."""
 
-    def __init__(self, bus: EventBus, session_id: str | None, maxsize: int, local: bool = False) -> None:
+    def __init__(self, bus: EventBus, session_id: str | None, maxsize: int, local: bool = False,
+                 kinds: frozenset[str] | None = None) -> None:
         self._bus = bus
         self.session_id = session_id
         self.local = local  # only the events of what this node runs (a cluster: each event is notified once)
+        self.kinds = kinds  # only events of these kinds (a consumer that ignores the rest is not woken for them)
         self._maxsize = maxsize
         self._queue: collections.deque[Event] = collections.deque()
         self._wake: trio.Event | None = None  # set while the consumer waits
@@ -46,7 +48,8 @@ class Subscription:
         self._last_id = 0
 
     def _offer(self, event: Event) -> None:
-        if self.closed or (self.local and not self._bus.is_local(event)):
+        if self.closed or (self.kinds is not None and event.event not in self.kinds) \
+                or (self.local and not self._bus.is_local(event)):
             return
         if len(self._queue) >= self._maxsize:
             self.overflowed = True
@@ -242,10 +245,12 @@ class EventBus:
         return sum(len(s) for s in self._subs.values())
 
     async def subscribe(self, *, session_id: str | None = None, after_id: int | None = None,
-                        maxsize: int = 4096, local: bool = False) -> Subscription:
+                        maxsize: int = 4096, local: bool = False,
+                        kinds: frozenset[str] | None = None) -> Subscription:
         """A subscription receiving every event after ``after_id`` (replayed from the rings, or from the
-        store when older), then live ones, without gaps or duplicates."""
-        sub = Subscription(self, session_id, maxsize, local)
+        store when older), then live ones, without gaps or duplicates; with ``kinds``, only events of those
+        kinds (the others neither queue nor wake it)."""
+        sub = Subscription(self, session_id, maxsize, local, kinds)
         self._subs.setdefault(session_id, set()).add(sub)  # before replay: live ones queue meanwhile
         if after_id is not None:
             ring = self._global if session_id is None else self._rings.get(session_id)
@@ -261,7 +266,7 @@ class EventBus:
             if after_id + 1 < complete_from and self._store is not None:
                 await self.flush()
                 replay = await self._store.read_events(session_id=session_id, after_id=after_id, limit=10_000)
-            sub._replay = collections.deque(replay)
+            sub._replay = collections.deque(e for e in replay if kinds is None or e.event in kinds)
         return sub
 
     def forget(self, session_id: str) -> None:

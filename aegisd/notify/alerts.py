@@ -212,7 +212,8 @@ class Alerts:
         """Watch sessions for crashes and stalls, and send the alerts that fire."""
         send, recv = trio.open_memory_channel[dict[str, Any]](100)
         self._send = send
-        sub = await bus.subscribe(maxsize=100_000, local=True)  # once per cluster: by its node
+        # once per cluster (by its node); woken by status changes only, not by every chunk of every turn
+        sub = await bus.subscribe(maxsize=100_000, local=True, kinds=frozenset({StatusChanged.NAME}))
         async with trio.open_nursery() as nursery:
             async def sender() -> None:
                 async for event in recv:
