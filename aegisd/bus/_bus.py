@@ -14,6 +14,7 @@ import trio
 
 from aegisd.core.errors import StoreUnavailable
 from aegisd.core.events import SessionEvent, envelope
+from aegisd.core.locks import held
 from aegisd.core.models import Event, now_ms
 from aegisd.store import Store, until_stored
 
@@ -275,7 +276,7 @@ class EventBus:
     async def flush(self) -> None:
         """Store every event published so far (waiting for a batch another flush has in flight).
         StoreUnavailable: they stay queued, in order, for the next try."""
-        async with self._flush_lock:
+        async with held(self._flush_lock):
             if self._store is not None and self._unsaved:
                 batch, self._unsaved = self._unsaved, []
                 try:

@@ -31,6 +31,7 @@ from aegisd.core.errors import (
     ValidationError,
 )
 from aegisd.core.events import Created
+from aegisd.core.locks import held
 from aegisd.core.models import SessionRecord, now_ms
 from aegisd.core.pricing import UsageRecord
 from aegisd.core.states import LIVE, TERMINAL, State
@@ -118,7 +119,7 @@ class SessionManager:
         lock = self._save_locks.get(rec.id)
         if lock is None:
             lock = self._save_locks[rec.id] = trio.Lock()
-        async with lock:
+        async with held(lock):
             for delay in (0.05, 0.2, 0.5, 1.0, 2.0, None):
                 try:
                     await self.store.save_session(rec)

@@ -35,6 +35,7 @@ import structlog
 import trio
 
 from aegisd.core.errors import StoreUnavailable, Unavailable
+from aegisd.core.locks import held
 from aegisd.core.models import SCHEMA_VERSION, Event, SessionRecord, TranscriptEntry
 from aegisd.store._fs import atomic_write as _atomic_write
 from aegisd.store._fs import fsync_dir, write_tmp
@@ -412,7 +413,7 @@ class FileStore:
         for ev in events:
             by_session.setdefault(ev.sessionId, []).append(_enc.encode(ev) + b"\n")
             self._last_event_id = max(self._last_event_id, ev.id)
-        async with self._events_lock:  # a compaction below must not lose an append made meanwhile
+        async with held(self._events_lock):  # a compaction below must not lose an append made meanwhile
             with self._writing("events"):
                 await self._append_events_locked(by_session)
 
