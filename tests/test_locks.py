@@ -4,6 +4,7 @@ arrival order, exactly like ``async with lock``."""
 from __future__ import annotations
 
 import trio
+import trio.lowlevel
 import trio.testing
 
 from aegisd.core.locks import held
@@ -33,7 +34,7 @@ async def test_a_held_lock_is_waited_for_in_arrival_order() -> None:
     async def take(i: int) -> None:
         async with held(lock):
             order.append(i)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as n:
         await lock.acquire()
