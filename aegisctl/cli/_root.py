@@ -20,7 +20,7 @@ COMMANDS = {
     "serve": "_daemon:serve", "stop": "_daemon:stop", "mcp": "_daemon:mcp", "service": "_daemon:service_group",
     # sessions
     "run": "_run:run",
-    "create": "_sessions:create", "list": "_sessions:list_", "show": "_sessions:show", "send": "_sessions:send",
+    "list": "_list:list_", "create": "_sessions:create", "show": "_sessions:show", "send": "_sessions:send",
     "read": "_sessions:read", "interrupt": "_sessions:interrupt", "kill": "_sessions:kill",
     "close": "_sessions:close", "verify": "_sessions:verify", "screenshot": "_sessions:screenshot",
     # permission requests

@@ -12,7 +12,7 @@ import click
 from aegisctl import _output as out
 from aegisctl.cli._context import EXIT_USAGE, Ctx, fail, pass_ctx
 from aegisctl.cli._sessions import REUSE_HELP, check_prompt, create_params, fail_start, next_steps, say_created
-from aegisctl.cli._turn import short_id, stream_turn
+from aegisctl.cli._turn import stream_turn
 from aegisctl.client import Client, ClientError, ConnectError
 
 
@@ -78,9 +78,9 @@ def run(c: Ctx, prompt: str, cwd: str, port: int | None, no_stream: bool, model:
         next_steps(s, c.call("hello").get("httpUrl"))
         return
     if s.get("reused"):
-        status(f"Reusing idle session {short_id(s['id'])} ({s['name']}, {s['agent']}) in {s['workDir']}")
+        status(f"Reusing idle session {out.short_id(s['id'])} ({s['name']}, {s['agent']}) in {s['workDir']}")
     else:
-        status(f"Session {short_id(s['id'])} ({s['agent']}) in {s['workDir']}")
+        status(f"Session {out.short_id(s['id'])} ({s['agent']}) in {s['workDir']}")
     # SIGINT must reach us as KeyboardInterrupt even if a parent ignored it
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # a reused session has older turns: follow only the events after this prompt was given
@@ -93,7 +93,7 @@ def run(c: Ctx, prompt: str, cwd: str, port: int | None, no_stream: bool, model:
         except ClientError:
             pass
     elif not quiet:
-        status(f"Session kept: ag send {short_id(s['id'])} \"<text>\"")
+        status(f"Session kept: ag send {out.short_id(s['id'])} \"<text>\"")
     sys.exit(code)
 
 
