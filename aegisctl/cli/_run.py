@@ -39,7 +39,8 @@ def run(c: Ctx, prompt: str, cwd: str, port: int | None, no_stream: bool, model:
     <cwd>/.aegis/config.yaml if it is missing, with the port of the daemon used, once that daemon has accepted
     the directory. Exits 0 when the turn ends, 1 with the reason and its fix when the agent fails or refuses the
     prompt (not signed in, rate-limited, unknown model, not installed), 2 when PROMPT is empty."""
-    from aegisctl._conn import requested_port, start_background
+    from aegisctl._background import start_background
+    from aegisctl._conn import requested_port
     from aegisctl._init import bootstrap_config
 
     def status(msg: str) -> None:
