@@ -5,6 +5,7 @@ The commands are grouped by topic, one module each; a module is imported only wh
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -89,6 +90,9 @@ def cli(ctx: click.Context, socket_path: str | None, url: str | None, json_out: 
 
 
 def main() -> None:
+    # What is loaded by now (click, this group) lives as long as the process: moved out of the cyclic collector's
+    # sight, the collection at exit no longer walks it (19 M instructions of `ag list`'s 245 M).
+    gc.freeze()
     try:
         cli.main(prog_name=os.path.basename(sys.argv[0]) or "ag")
     except KeyboardInterrupt:
