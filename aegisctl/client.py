@@ -1,6 +1,7 @@
 """One small client for the control protocol, over the Unix socket (default) or over HTTP `POST /v1/rpc`.
 
-Stdlib only (json and the C `_socket`; http.client only for the HTTP transport), so `ag list` starts fast."""
+Stdlib only (json and the C `_socket`), so `ag list` starts fast; the HTTP transport (`_http`: http.client, ssl)
+loads only for a client given a URL. The answer frames and the errors they raise: `_frames`."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aegisctl._frames import ClientError, ConnectError, events, result
+
 if TYPE_CHECKING:
-    import http.client
     import ssl
+
+__all__ = ["Client", "ClientError", "ConnectError", "default_socket_path", "state_dir"]
 
 
 class _Lines:
@@ -46,24 +50,6 @@ class _Lines:
 
     def close(self) -> None:
         self._buf.clear()
-
-
-class ClientError(Exception):
-    """An error answered by the daemon (code, message, HTTP-like status)."""
-
-    def __init__(self, code: str, message: str, status: int = 500, details: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.details = details
-
-
-class ConnectError(ClientError):
-    """The daemon could not be reached."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("DAEMON_UNREACHABLE", message, 503)
 
 
 def state_dir(env: dict[str, str] | None = None) -> Path:
@@ -138,18 +124,12 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @staticmethod
-    def _result(frame: dict[str, Any]) -> Any:
-        if frame.get("ok"):
-            return frame.get("result")
-        err = frame.get("error") or {}
-        raise ClientError(err.get("code", "INTERNAL_ERROR"), err.get("message", "error"), err.get("status", 500),
-                          err.get("details"))
-
     def call(self, op: str, **params: Any) -> Any:
         params = {k: v for k, v in params.items() if v is not None}
         if self.url:
-            return self._result(self._http_rpc(op, params))
+            from aegisctl._http import http_rpc
+
+            return result(http_rpc(self, op, params))
         if self._sock is None or self._rfile is None:
             self._sock, self._rfile = self._connect(self.timeout)
         sock, rfile = self._sock, self._rfile
@@ -163,7 +143,7 @@ class Client:
                     raise ConnectError("aegisd closed the connection")
                 frame = json.loads(line)
                 if frame.get("id") == req_id or frame.get("id") is None:
-                    return self._result(frame)
+                    return result(frame)
         except TimeoutError:
             self.close()
             raise ConnectError(f"aegisd did not answer {op} within {self.timeout:g} s") from None
@@ -175,91 +155,14 @@ class Client:
         """Yield the events of a streaming operation until it ends."""
         params = {k: v for k, v in params.items() if v is not None}
         if self.url:
-            yield from self._http_stream(op, params)
+            from aegisctl._http import http_stream
+
+            yield from http_stream(self, op, params)
             return
         sock, rfile = self._connect(None)
         try:
             sock.sendall(json.dumps({"id": 1, "op": op, "params": params}).encode() + b"\n")
-            yield from self._events(rfile)
+            yield from events(rfile)
         finally:
             rfile.close()
             sock.close()
-
-    def _events(self, lines: Any) -> Iterator[dict[str, Any]]:
-        """Events from a stream of response frames, until the final frame (raised if it is an error)."""
-        for line in lines:
-            frame = json.loads(line)
-            if "event" in frame:
-                yield frame["event"]
-            else:
-                self._result(frame)
-                return
-        raise ConnectError("aegisd closed the stream")
-
-    # ---- HTTP transport ------------------------------------------------------------------------
-    def _http_conn(self, timeout: float | None) -> tuple[http.client.HTTPConnection, str]:
-        import http.client  # here: ~20 ms of imports (email, ssl) the socket transport never needs
-        import urllib.parse
-
-        assert self.url is not None
-        u = urllib.parse.urlsplit(self.url)
-        path = u.path.rstrip("/") + "/v1/rpc"
-        if u.scheme == "https":
-            return http.client.HTTPSConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout,
-                                               context=self.ssl_context), path
-        return http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout), path
-
-    def _untrusted(self, exc: BaseException) -> None:
-        """An https daemon whose certificate this machine does not trust: not "aegisd is not running"."""
-        import ssl
-
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            raise ClientError("TLS_UNTRUSTED", f"aegisd at {self.url} presents a certificate this machine does not "
-                              f"trust ({exc.verify_message}): set SSL_CERT_FILE to its certificate (or to the CA "
-                              "bundle that signed it)", 503) from None
-
-    def _headers(self) -> dict[str, str]:
-        h = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.token:
-            h["Authorization"] = f"Bearer {self.token}"
-        return h
-
-    def _http_rpc(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
-        conn, path = self._http_conn(self.timeout)
-        try:
-            conn.request("POST", path, json.dumps({"id": 1, "op": op, "params": params}), self._headers())
-            resp = conn.getresponse()
-            body = resp.read()
-        except OSError as exc:
-            self._untrusted(exc)
-            raise ConnectError(f"cannot reach aegisd at {self.url}: {exc}") from None
-        finally:
-            conn.close()
-        try:
-            frame = json.loads(body)
-        except ValueError:
-            raise ClientError("BAD_RESPONSE", f"unexpected answer from {self.url} (HTTP {resp.status})",
-                              resp.status) from None
-        if "ok" not in frame:  # an HTTP-level error envelope (401, 404, ...)
-            return {"ok": False, "error": {"code": frame.get("code", "HTTP_ERROR"),
-                                           "message": frame.get("message", f"HTTP {resp.status}"),
-                                           "status": resp.status}}
-        return frame  # type: ignore[no-any-return]
-
-    def _http_stream(self, op: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        import http.client
-
-        conn, path = self._http_conn(None)
-        try:
-            conn.request("POST", path, json.dumps({"id": 1, "op": op, "params": params}), self._headers())
-            resp = conn.getresponse()
-            if resp.status != 200:
-                frame = json.loads(resp.read() or b"{}")
-                raise ClientError(frame.get("code", "HTTP_ERROR"), frame.get("message", f"HTTP {resp.status}"),
-                                  resp.status)
-            yield from self._events(resp)
-        except (OSError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: the daemon went away
-            self._untrusted(exc)
-            raise ConnectError(f"lost the stream from {self.url}: {exc!r}") from None
-        finally:
-            conn.close()

@@ -30,7 +30,7 @@ print(repr((code, sorted(sys.modules), gc.get_freeze_count())), file=sys.stderr)
 NOT_FOR_LIST = [
     *sorted({f"aegisctl.cli.{target.split(':')[0]}" for name, target in COMMANDS.items() if name != "list"}),
     "aegisctl.cli._turn", "aegisctl._init", "aegisctl._login", "aegisctl._doctor", "aegisctl._catalogue",
-    "aegisctl._service", "aegisctl._background", "aegisctl._port", "aegisctl.mcp", "aegisd",
+    "aegisctl._service", "aegisctl._background", "aegisctl._port", "aegisctl._http", "aegisctl.mcp", "aegisd",
     "http.client", "ssl", "email", "urllib.request", "subprocess", "signal", "difflib", "asyncio", "trio",
     "socket", "selectors", "ruamel", "yaml", "msgspec", "shlex", "tempfile", "shutil", "logging", "argparse",
 ]
