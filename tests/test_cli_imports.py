@@ -5,6 +5,7 @@ the command ran. Each module named here was on its path once and cost millisecon
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ PROBE = """
 import gc, sys
 sys.argv[0] = "ag"
 from aegisctl.cli import main
+code = None
 try:
     main()
 except SystemExit as exc:
@@ -42,7 +44,7 @@ async def run_probe(env: dict[str, str], *args: str) -> tuple[Any, set[str], str
                                    capture_stderr=True, check=False)
     assert r.returncode == 0, r.stderr.decode()
     err = r.stderr.decode().rstrip().splitlines()
-    code, modules, frozen = eval(err[-1])  # noqa: S307 - the repr printed by our own probe
+    code, modules, frozen = ast.literal_eval(err[-1])
     return code, set(modules), r.stdout.decode(), frozen
 
 
