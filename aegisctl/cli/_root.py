@@ -1,7 +1,8 @@
 """The root of the command line: the `ag` group, its global options, and where each command lives.
 
 The commands are grouped by topic, one module each; a module is imported only when one of its commands runs
-(or help lists them all), so `ag list` loads the session commands and nothing else."""
+(or help lists them all). `list`, the most frequent, has a module of its own, so `ag list` loads it and nothing
+else (tests/test_cli_imports.py)."""
 
 from __future__ import annotations
 
