@@ -1,15 +1,11 @@
-"""Finding the daemon: the socket first, then HTTP on the port; starting it in the background for `ag run`."""
+"""Finding the daemon: the socket first, then HTTP on the port. (The daemon on a named port: `_port`; starting it
+in the background and waiting for it to exit: `_background`. Apart, so that `ag list` compiles neither.)"""
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-import time
-from pathlib import Path
-from typing import Any
 
-from aegisctl.client import Client, ClientError, ConnectError, default_socket_path, state_dir
+from aegisctl.client import Client, ClientError, ConnectError, default_socket_path
 
 
 def requested_port(port: int | None = None) -> int | None:
@@ -24,77 +20,6 @@ def requested_port(port: int | None = None) -> int | None:
 
 def port_of(port: int | None = None) -> int:
     return requested_port(port) or 9100
-
-
-def health_at(port: int, timeout: float = 3.0) -> dict[str, Any] | None:
-    """`GET /v1/health` (public) of whatever listens on 127.0.0.1:port; None when nothing answers there. A daemon
-    serving TLS is asked over https (its certificate unchecked: nothing is sent but this request, and what is
-    learnt, the pid, is checked against the socket's `hello`). The answer's ``url`` is the daemon's on this
-    port. Raises ConnectError when something answers that is not aegisd."""
-    try:
-        return _health("http", port, timeout)
-    except ConnectError as exc:
-        if not isinstance(exc.__cause__, ConnectionResetError):  # incl. RemoteDisconnected
-            raise
-        try:  # a TLS port closes a plain HTTP request unanswered
-            return _health("https", port, timeout)
-        except ConnectError:
-            raise exc from None
-
-
-def _health(scheme: str, port: int, timeout: float) -> dict[str, Any] | None:
-    import http.client
-
-    conn: http.client.HTTPConnection
-    if scheme == "https":
-        import ssl
-
-        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
-                                           context=ssl._create_unverified_context())  # noqa: S323 - see health_at
-    else:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", "/v1/health", headers={"Accept": "application/json"})
-        resp = conn.getresponse()
-        body = resp.read()
-    except ConnectionRefusedError:
-        return None
-    except OSError as exc:
-        raise ConnectError(f"127.0.0.1:{port} does not answer as aegisd ({exc})") from exc
-    finally:
-        conn.close()
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if resp.status != 200 or not isinstance(data, dict) or "pid" not in data:
-        raise ConnectError(f"127.0.0.1:{port} is not aegisd (HTTP {resp.status} to /v1/health)")
-    data["url"] = f"{scheme}://127.0.0.1:{port}"
-    return data
-
-
-def _connect_port(port: int, socket_path: str | None, token: str | None) -> Client:
-    """The daemon on this HTTP port: through its control socket when this user can reach it (learnt from its
-    `hello`, or the configured socket when that is the same daemon), else over HTTP."""
-    health = health_at(port)
-    if health is None:
-        raise ConnectError(f"aegisd is not running on port {port} (nothing answers on 127.0.0.1:{port})")
-    http_client = Client(url=health["url"], token=token, timeout=60)  # https: the certificate is checked
-    sockets: list[str] = []
-    try:
-        sockets.append(http_client.call("hello")["socket"])
-    except ClientError:
-        pass  # it wants a token we do not have: maybe the socket needs none
-    sockets.append(str(socket_path or default_socket_path()))
-    for path in dict.fromkeys(sockets):
-        sock = Client(socket_path=path)
-        try:
-            if sock.call("hello").get("pid") == health["pid"]:
-                return sock
-        except ClientError:
-            pass
-        sock.close()
-    return http_client
 
 
 def connect(*, socket_path: str | None = None, url: str | None = None, port: int | None = None,
@@ -112,7 +37,9 @@ def connect(*, socket_path: str | None = None, url: str | None = None, port: int
         return Client(url=url, token=token)
     wanted = requested_port(port)
     if wanted is not None and probe:
-        return _connect_port(wanted, socket_path, token)
+        from aegisctl._port import connect_port
+
+        return connect_port(wanted, socket_path, token)
     client = Client(socket_path=socket_path or default_socket_path())
     if not probe:
         return client
@@ -133,91 +60,3 @@ def connect(*, socket_path: str | None = None, url: str | None = None, port: int
             raise
         http.timeout = 60
         return http
-
-
-def systemd_unit_installed() -> bool:
-    import shutil
-
-    unit = Path(os.path.expanduser("~/.config/systemd/user/aegisd.service"))
-    return unit.exists() and shutil.which("systemctl") is not None
-
-
-def start_background(*, port: int | None = None, quiet: bool = False, timeout: float = 30.0) -> dict[str, Any]:
-    """Start aegisd detached (or through `systemctl --user` when the unit is installed) and wait until it
-    answers. Returns the daemon's `hello`. With a port, aegisd is started on that port (the unit has its own)."""
-    import subprocess
-
-    log_path = state_dir() / "aegisd.log"
-    if systemd_unit_installed() and not port:
-        subprocess.run(["systemctl", "--user", "start", "aegisd"], check=False)
-        proc = None
-    else:
-        state_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
-        args = [sys.executable, "-m", "aegisd"]
-        if port:
-            args += ["--port", str(port)]
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        try:
-            client = connect(port=port)
-            hello: dict[str, Any] = client.call("hello")
-            client.close()
-            return hello
-        except ConnectError:
-            pass
-        if proc is not None and proc.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:] if log_path.exists() else []
-            raise ConnectError("aegisd exited at start (exit code "
-                               f"{proc.returncode}); see {log_path}:\n  " + "\n  ".join(tail))
-        if time.monotonic() > deadline:
-            raise ConnectError(f"aegisd did not answer within {timeout:g} s; see {log_path}")
-        time.sleep(delay)  # waiting on another process to come up: a bounded poll with backoff
-        delay = min(delay * 2, 0.25)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
-
-
-def is_local(client: Client) -> bool:
-    """Whether the daemon behind this client runs on this machine (its pid means something here)."""
-    if client.url is None:
-        return True
-    from urllib.parse import urlsplit
-
-    host = urlsplit(client.url).hostname or ""
-    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
-
-
-def wait_gone(client: Client, pid: int, timeout: float) -> bool:
-    """Wait until the daemon has exited: its pid is gone (local), or it stops answering (remote). Another
-    process's death gives no event, so this polls, bounded by the timeout. True when it is gone."""
-    local = is_local(client)
-    client.close()
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        if local:
-            if not pid_alive(pid):
-                return True
-        else:
-            try:
-                client.call("health")
-            except ConnectError:
-                return True
-            except ClientError:
-                pass
-            client.close()
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.25)

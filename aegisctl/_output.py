@@ -29,6 +29,10 @@ def status_text(status: str) -> str:
     return style(status, fg=STATUS_COLORS.get(status))
 
 
+def short_id(sid: str) -> str:
+    return sid[:8]
+
+
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 

@@ -1,39 +1,55 @@
 """One small client for the control protocol, over the Unix socket (default) or over HTTP `POST /v1/rpc`.
 
-Stdlib only (socket, json; http.client only for the HTTP transport), so `ag list` starts fast."""
+Stdlib only (json and the C `_socket`), so `ag list` starts fast; the HTTP transport (`_http`: http.client, ssl)
+loads only for a client given a URL. The answer frames and the errors they raise: `_frames`."""
 
 from __future__ import annotations
 
+import _socket
 import itertools
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aegisctl._frames import ClientError, ConnectError, events, result
+
 if TYPE_CHECKING:
-    import http.client
     import ssl
 
-
-class ClientError(Exception):
-    """An error answered by the daemon (code, message, HTTP-like status)."""
-
-    def __init__(self, code: str, message: str, status: int = 500, details: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.details = details
+__all__ = ["Client", "ClientError", "ConnectError", "default_socket_path", "state_dir"]
 
 
-class ConnectError(ClientError):
-    """The daemon could not be reached."""
+class _Lines:
+    """The lines of a socket, each with its b"\\n" (the last one before EOF maybe without): what
+    ``socket.makefile("rb")`` gives, without the `socket` module (its enums cost ~5 ms of every `ag list`)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__("DAEMON_UNREACHABLE", message, 503)
+    def __init__(self, sock: _socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def readline(self) -> bytes:
+        start = 0
+        while (end := self._buf.find(b"\n", start)) < 0:
+            start = len(self._buf)
+            chunk = self._sock.recv(65536)
+            if not chunk:  # EOF: what is left, b"" at the end
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line
+            self._buf += chunk
+        line = bytes(self._buf[: end + 1])
+        del self._buf[: end + 1]
+        return line
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def close(self) -> None:
+        self._buf.clear()
 
 
 def state_dir(env: dict[str, str] | None = None) -> Path:
@@ -60,17 +76,17 @@ class Client:
         self.token = token
         self.timeout = timeout
         self._ids = itertools.count(1)
-        self._sock: socket.socket | None = None
-        self._rfile: Any = None
+        self._sock: _socket.socket | None = None
+        self._rfile: _Lines | None = None
 
     @property
     def target(self) -> str:
         return self.url or f"unix:{self.socket_path}"
 
     # ---- socket transport ----------------------------------------------------------------------
-    def _connect(self, timeout: float | None) -> tuple[socket.socket, Any]:
+    def _connect(self, timeout: float | None) -> tuple[_socket.socket, _Lines]:
         assert self.socket_path is not None
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         s.settimeout(timeout)
         try:
             for delay in (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 0):
@@ -93,7 +109,7 @@ class Client:
         except OSError as exc:
             s.close()
             raise ConnectError(f"cannot connect to {self.socket_path}: {exc}") from None
-        return s, s.makefile("rb")
+        return s, _Lines(s)
 
     def close(self) -> None:
         if self._rfile is not None:
@@ -108,31 +124,26 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @staticmethod
-    def _result(frame: dict[str, Any]) -> Any:
-        if frame.get("ok"):
-            return frame.get("result")
-        err = frame.get("error") or {}
-        raise ClientError(err.get("code", "INTERNAL_ERROR"), err.get("message", "error"), err.get("status", 500),
-                          err.get("details"))
-
     def call(self, op: str, **params: Any) -> Any:
         params = {k: v for k, v in params.items() if v is not None}
         if self.url:
-            return self._result(self._http_rpc(op, params))
-        if self._sock is None:
+            from aegisctl._http import http_rpc
+
+            return result(http_rpc(self, op, params))
+        if self._sock is None or self._rfile is None:
             self._sock, self._rfile = self._connect(self.timeout)
+        sock, rfile = self._sock, self._rfile
         req_id = next(self._ids)
         try:
-            self._sock.settimeout(self.timeout)  # the caller may have changed it for this call
-            self._sock.sendall(json.dumps({"id": req_id, "op": op, "params": params}).encode() + b"\n")
+            sock.settimeout(self.timeout)  # the caller may have changed it for this call
+            sock.sendall(json.dumps({"id": req_id, "op": op, "params": params}).encode() + b"\n")
             while True:
-                line = self._rfile.readline()
+                line = rfile.readline()
                 if not line:
                     raise ConnectError("aegisd closed the connection")
                 frame = json.loads(line)
                 if frame.get("id") == req_id or frame.get("id") is None:
-                    return self._result(frame)
+                    return result(frame)
         except TimeoutError:
             self.close()
             raise ConnectError(f"aegisd did not answer {op} within {self.timeout:g} s") from None
@@ -144,91 +155,14 @@ class Client:
         """Yield the events of a streaming operation until it ends."""
         params = {k: v for k, v in params.items() if v is not None}
         if self.url:
-            yield from self._http_stream(op, params)
+            from aegisctl._http import http_stream
+
+            yield from http_stream(self, op, params)
             return
         sock, rfile = self._connect(None)
         try:
             sock.sendall(json.dumps({"id": 1, "op": op, "params": params}).encode() + b"\n")
-            yield from self._events(rfile)
+            yield from events(rfile)
         finally:
             rfile.close()
             sock.close()
-
-    def _events(self, lines: Any) -> Iterator[dict[str, Any]]:
-        """Events from a stream of response frames, until the final frame (raised if it is an error)."""
-        for line in lines:
-            frame = json.loads(line)
-            if "event" in frame:
-                yield frame["event"]
-            else:
-                self._result(frame)
-                return
-        raise ConnectError("aegisd closed the stream")
-
-    # ---- HTTP transport ------------------------------------------------------------------------
-    def _http_conn(self, timeout: float | None) -> tuple[http.client.HTTPConnection, str]:
-        import http.client  # here: ~20 ms of imports (email, ssl) the socket transport never needs
-        import urllib.parse
-
-        assert self.url is not None
-        u = urllib.parse.urlsplit(self.url)
-        path = u.path.rstrip("/") + "/v1/rpc"
-        if u.scheme == "https":
-            return http.client.HTTPSConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout,
-                                               context=self.ssl_context), path
-        return http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout), path
-
-    def _untrusted(self, exc: BaseException) -> None:
-        """An https daemon whose certificate this machine does not trust: not "aegisd is not running"."""
-        import ssl
-
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            raise ClientError("TLS_UNTRUSTED", f"aegisd at {self.url} presents a certificate this machine does not "
-                              f"trust ({exc.verify_message}): set SSL_CERT_FILE to its certificate (or to the CA "
-                              "bundle that signed it)", 503) from None
-
-    def _headers(self) -> dict[str, str]:
-        h = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.token:
-            h["Authorization"] = f"Bearer {self.token}"
-        return h
-
-    def _http_rpc(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
-        conn, path = self._http_conn(self.timeout)
-        try:
-            conn.request("POST", path, json.dumps({"id": 1, "op": op, "params": params}), self._headers())
-            resp = conn.getresponse()
-            body = resp.read()
-        except OSError as exc:
-            self._untrusted(exc)
-            raise ConnectError(f"cannot reach aegisd at {self.url}: {exc}") from None
-        finally:
-            conn.close()
-        try:
-            frame = json.loads(body)
-        except ValueError:
-            raise ClientError("BAD_RESPONSE", f"unexpected answer from {self.url} (HTTP {resp.status})",
-                              resp.status) from None
-        if "ok" not in frame:  # an HTTP-level error envelope (401, 404, ...)
-            return {"ok": False, "error": {"code": frame.get("code", "HTTP_ERROR"),
-                                           "message": frame.get("message", f"HTTP {resp.status}"),
-                                           "status": resp.status}}
-        return frame  # type: ignore[no-any-return]
-
-    def _http_stream(self, op: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        import http.client
-
-        conn, path = self._http_conn(None)
-        try:
-            conn.request("POST", path, json.dumps({"id": 1, "op": op, "params": params}), self._headers())
-            resp = conn.getresponse()
-            if resp.status != 200:
-                frame = json.loads(resp.read() or b"{}")
-                raise ClientError(frame.get("code", "HTTP_ERROR"), frame.get("message", f"HTTP {resp.status}"),
-                                  resp.status)
-            yield from self._events(resp)
-        except (OSError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: the daemon went away
-            self._untrusted(exc)
-            raise ConnectError(f"lost the stream from {self.url}: {exc!r}") from None
-        finally:
-            conn.close()

@@ -36,7 +36,7 @@ def stop(c: Ctx, timeout: float, port: int | None) -> None:
 
     Under the systemd user unit (`ag service install`) through `systemctl --user stop aegisd`, else by asking the
     daemon (admins only; never a session's agent). Exit 1 when no daemon answers."""
-    from aegisctl._conn import is_local, wait_gone
+    from aegisctl._background import is_local, wait_gone
     from aegisctl._service import stop_unit, unit_main_pid
 
     try:

@@ -8,7 +8,6 @@ import click
 
 from aegisctl import _output as out
 from aegisctl.cli._context import Ctx, json_option, pass_ctx
-from aegisctl.cli._turn import short_id
 
 
 @click.command()
@@ -26,6 +25,6 @@ def events(c: Ctx, session_id: str | None, after: int | None) -> None:
                 data = ev.get("data") or {}
                 detail = data.get("status") or data.get("text") or data.get("reason") or data.get("stopReason") \
                     or data.get("toolTitle") or ""
-                click.echo(f"{ev['id']:>8} {short_id(ev['sessionId'])} {ev['event']:<8} {out.one_line(detail, 80)}")
+                click.echo(f"{ev['id']:>8} {out.short_id(ev['sessionId'])} {ev['event']:<8} {out.one_line(detail, 80)}")
     except KeyboardInterrupt:
         sys.exit(130)

@@ -1,10 +1,12 @@
 """The root of the command line: the `ag` group, its global options, and where each command lives.
 
 The commands are grouped by topic, one module each; a module is imported only when one of its commands runs
-(or help lists them all), so `ag list` loads the session commands and nothing else."""
+(or help lists them all). `list`, the most frequent, has a module of its own, so `ag list` loads it and nothing
+else (tests/test_cli_imports.py)."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -20,7 +22,7 @@ COMMANDS = {
     "serve": "_daemon:serve", "stop": "_daemon:stop", "mcp": "_daemon:mcp", "service": "_daemon:service_group",
     # sessions
     "run": "_run:run",
-    "create": "_sessions:create", "list": "_sessions:list_", "show": "_sessions:show", "send": "_sessions:send",
+    "list": "_list:list_", "create": "_sessions:create", "show": "_sessions:show", "send": "_sessions:send",
     "read": "_sessions:read", "interrupt": "_sessions:interrupt", "kill": "_sessions:kill",
     "close": "_sessions:close", "verify": "_sessions:verify", "screenshot": "_sessions:screenshot",
     # permission requests
@@ -89,6 +91,9 @@ def cli(ctx: click.Context, socket_path: str | None, url: str | None, json_out: 
 
 
 def main() -> None:
+    # What is loaded by now (click, this group) lives as long as the process: moved out of the cyclic collector's
+    # sight, the collection at exit no longer walks it (19 M instructions of `ag list`'s 245 M).
+    gc.freeze()
     try:
         cli.main(prog_name=os.path.basename(sys.argv[0]) or "ag")
     except KeyboardInterrupt:

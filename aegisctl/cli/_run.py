@@ -12,7 +12,7 @@ import click
 from aegisctl import _output as out
 from aegisctl.cli._context import EXIT_USAGE, Ctx, fail, pass_ctx
 from aegisctl.cli._sessions import REUSE_HELP, check_prompt, create_params, fail_start, next_steps, say_created
-from aegisctl.cli._turn import short_id, stream_turn
+from aegisctl.cli._turn import stream_turn
 from aegisctl.client import Client, ClientError, ConnectError
 
 
@@ -39,7 +39,8 @@ def run(c: Ctx, prompt: str, cwd: str, port: int | None, no_stream: bool, model:
     <cwd>/.aegis/config.yaml if it is missing, with the port of the daemon used, once that daemon has accepted
     the directory. Exits 0 when the turn ends, 1 with the reason and its fix when the agent fails or refuses the
     prompt (not signed in, rate-limited, unknown model, not installed), 2 when PROMPT is empty."""
-    from aegisctl._conn import requested_port, start_background
+    from aegisctl._background import start_background
+    from aegisctl._conn import requested_port
     from aegisctl._init import bootstrap_config
 
     def status(msg: str) -> None:
@@ -78,9 +79,9 @@ def run(c: Ctx, prompt: str, cwd: str, port: int | None, no_stream: bool, model:
         next_steps(s, c.call("hello").get("httpUrl"))
         return
     if s.get("reused"):
-        status(f"Reusing idle session {short_id(s['id'])} ({s['name']}, {s['agent']}) in {s['workDir']}")
+        status(f"Reusing idle session {out.short_id(s['id'])} ({s['name']}, {s['agent']}) in {s['workDir']}")
     else:
-        status(f"Session {short_id(s['id'])} ({s['agent']}) in {s['workDir']}")
+        status(f"Session {out.short_id(s['id'])} ({s['agent']}) in {s['workDir']}")
     # SIGINT must reach us as KeyboardInterrupt even if a parent ignored it
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # a reused session has older turns: follow only the events after this prompt was given
@@ -93,7 +94,7 @@ def run(c: Ctx, prompt: str, cwd: str, port: int | None, no_stream: bool, model:
         except ClientError:
             pass
     elif not quiet:
-        status(f"Session kept: ag send {short_id(s['id'])} \"<text>\"")
+        status(f"Session kept: ag send {out.short_id(s['id'])} \"<text>\"")
     sys.exit(code)
 
 

@@ -1,4 +1,4 @@
-"""Sessions: create, list, show, send, read, interrupt, kill, close, verify, screenshot."""
+"""Sessions: create, show, send, read, interrupt, kill, close, verify, screenshot."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import click
 
 from aegisctl import _output as out
 from aegisctl.cli._context import EXIT_ERROR, EXIT_USAGE, Ctx, fail, json_option, pass_ctx
-from aegisctl.cli._turn import failure_lines, short_id, stream_turn
+from aegisctl.cli._turn import failure_lines, stream_turn
 from aegisctl.client import ClientError
 
 REUSE_HELP = ("Reuse an idle session of the same workDir and agent (and model) when there is one, instead of "
@@ -19,7 +19,7 @@ REUSE_HELP = ("Reuse an idle session of the same workDir and agent (and model) w
 
 
 def next_steps(s: dict[str, Any], base_url: str | None) -> None:
-    sid, short = s["id"], short_id(s["id"])
+    sid, short = s["id"], out.short_id(s["id"])
     base = (base_url or "http://127.0.0.1:9100").rstrip("/")
     auth = ' -H "Authorization: Bearer $AEGIS_AUTH_TOKEN"' if os.environ.get("AEGIS_AUTH_TOKEN") else ""
     click.echo("Next steps:")
@@ -94,30 +94,6 @@ def create(c: Ctx, prompt: str | None, cwd: str, name: str | None, model: str | 
     next_steps(s, hello.get("httpUrl"))
 
 
-@click.command("list")
-@click.option("--status", help="Filter: a state, or active / ended / busy / all.")
-@click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--page", type=int, default=1, show_default=True)
-@json_option
-@pass_ctx
-def list_(c: Ctx, status: str | None, limit: int, page: int) -> None:
-    """List sessions, newest first."""
-    res = c.call("session.list", status=status, limit=min(limit, 100), page=page)
-    if c.json:
-        out.echo_json(res)
-        return
-    sessions = res["sessions"]
-    if not sessions:
-        click.echo("No sessions." if not status else f"No {status} sessions.")
-        return
-    out.table(["id", "name", "status", "agent", "workdir", "age"],
-              [[short_id(s["id"]), s["name"], out.status_text(s["status"]), s["agent"], s["workDir"],
-                out.age(s["createdAt"])] for s in sessions])
-    p = res["pagination"]
-    if p["totalPages"] > 1:
-        click.echo(f"page {p['page']}/{p['totalPages']} ({p['total']} sessions)")
-
-
 @click.command()
 @click.argument("session_id")
 @json_option
@@ -145,7 +121,8 @@ def show(c: Ctx, session_id: str) -> None:
     if s.get("pendingPermission"):
         p = s["pendingPermission"]
         click.echo(f"{'waiting for':>16}: {p['toolTitle']} {out.one_line(p.get('rawInput'))}")
-        click.echo(f"{'request':>16}: {p['requestId']}  (ag approve {short_id(s['id'])} --request {p['requestId']})")
+        click.echo(f"{'request':>16}: {p['requestId']}  "
+                   f"(ag approve {out.short_id(s['id'])} --request {p['requestId']})")
     if s.get("crash"):
         click.echo(f"{'crash':>16}: {s['crash'].get('reason')}")
         if s["crash"].get("stderrTail"):

@@ -14,10 +14,6 @@ from aegisctl.cli._context import EXIT_ERROR, EXIT_OK, Ctx
 from aegisctl.client import ClientError
 
 
-def short_id(sid: str) -> str:
-    return sid[:8]
-
-
 def failure_lines(s: dict[str, Any]) -> list[str]:
     """Why a session failed, for people: the crash reason, then lastError (one line with the fix)."""
     lines = []
@@ -84,8 +80,8 @@ def stream_turn(c: Ctx, sid: str, *, interactive: bool, accept: bool, quiet: boo
                             click.echo(out.style("  (already decided elsewhere: your answer was not applied)",
                                                  dim=True), err=True)
                     else:
-                        click.echo(f"Permission requested: {desc}\n  approve: ag approve {short_id(sid)} --request "
-                                   f"{req}   reject: ag reject {short_id(sid)} --request {req}", err=True)
+                        click.echo(f"Permission requested: {desc}\n  approve: ag approve {out.short_id(sid)} --request "
+                                   f"{req}   reject: ag reject {out.short_id(sid)} --request {req}", err=True)
                 elif kind == "turn":
                     stop_reason = data.get("stopReason")
                     turn_error = data.get("error")
