@@ -233,11 +233,12 @@ class Done:
         return self.result
 
 
-def run_now(ctx: OpContext, o: Op, raw: Any, *, checked: bool = False) -> Done:
+def run_now(ctx: OpContext, o: Op, raw: Any, *, strict: bool = True, checked: bool = False) -> Done:
     """``call_typed`` of an operation ``runs_now`` allows, without a checkpoint: params that are refused, or a
     caller that may not call it, raise here; the handler's outcome is returned. It is the answer once
-    ``settled(ctx)`` (no audit record waits to be stored); otherwise ``await finish(ctx, o, done)``."""
-    params = decode_params(o, raw, checked=checked)
+    ``settled(ctx)`` (no audit record waits to be stored); otherwise ``await finish(ctx, o, done)``.
+    ``strict``, ``checked``: see decode_params."""
+    params = decode_params(o, raw, strict=strict, checked=checked)
     ctx.services.access.authorize(ctx.principal, o.name, o.permission, params)
     try:
         return Done(o.handler(ctx, params))

@@ -17,7 +17,8 @@ from werkzeug.exceptions import HTTPException
 from aegisd.core.errors import AegisError
 from aegisd.surfaces.dashboard import register as register_dashboard
 from aegisd.surfaces.http import _browser, _direct, auth, cluster, prometheus, routes, rpc, sse, sso, terminal
-from aegisd.surfaces.http.auth import current_conn
+from aegisd.surfaces.http._headers import headers_of
+from aegisd.surfaces.http.auth import current_conn, current_request
 from aegisd.surfaces.http.body import MAX_BODY
 from aegisd.surfaces.http.errors import (
     encoder,
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("aegisd.http")
 
 DRAIN_TIMEOUT_S = 10.0
+# set on every answer that does not set them itself: (lowercased name, name, value)
+SECURITY_HEADERS = tuple((name.lower(), name, value) for name, value in (
+    ("X-Aegis-API-Version", "1"), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+    ("Cache-Control", "no-store")))
 
 
 async def drained() -> bool:
@@ -43,12 +48,13 @@ async def drained() -> bool:
     connection waiting forever for the next request: every POST of 500 kB to an unknown route did. False
     when the body could not be drained (too large, or the client stopped sending): then the connection
     closes after this response."""
-    headers = request.headers
+    req = current_request()
+    headers = headers_of(req)
     if headers.get("Transfer-Encoding") is None and headers.get("Content-Length", "0") == "0":
         return True  # no body (HTTP/1.1 framing: none without a length or chunking): nothing to wait for
     try:
         with trio.move_on_after(DRAIN_TIMEOUT_S):
-            await request.body
+            await req.body
             return True
     except HTTPException:  # larger than MAX_BODY: quart stops buffering it
         pass
@@ -61,12 +67,15 @@ def guard_browsers(app: QuartTrio, policy: _browser.Policy) -> None:
 
     @app.before_request
     async def _browser_guard() -> Response | None:
-        g.cors_origin = None
-        if _browser.check(policy, scheme=request.scheme, headers=request.headers) is _browser.OriginKind.ALLOWED:
-            g.cors_origin = request.headers["Origin"]  # its answers, errors included, carry CORS headers
-            if _browser.is_preflight(request.method, request.headers):
-                return Response("", status=204, headers=_browser.cors_headers(g.cors_origin, preflight=True))
-        _browser.check_body(method=request.method, path=request.path, headers=request.headers)
+        req = current_request()  # one look-up of the context, not one per attribute
+        headers = headers_of(req)
+        ns = g._get_current_object()
+        ns.cors_origin = None
+        if _browser.check(policy, scheme=req.scheme, headers=headers) is _browser.OriginKind.ALLOWED:
+            ns.cors_origin = headers.get("Origin")  # its answers, errors included, carry CORS headers
+            if _browser.is_preflight(req.method, headers):
+                return Response("", status=204, headers=_browser.cors_headers(ns.cors_origin, preflight=True))
+        _browser.check_body(method=req.method, path=req.path, headers=headers)
         return None
 
     @app.before_websocket
@@ -90,15 +99,18 @@ def finish_answers(app: QuartTrio) -> None:
 
     @app.after_request
     async def _headers(resp: Response) -> Response:
+        headers = resp.headers
         if not has_websocket_context() and not await drained():
-            resp.headers["Connection"] = "close"
-        resp.headers.setdefault("X-Aegis-API-Version", "1")
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("X-Frame-Options", "DENY")
-        resp.headers.setdefault("Cache-Control", "no-store")
+            headers["Connection"] = "close"
+        # each header the answer does not set already (one pass over its headers: werkzeug's setdefault and
+        # `in` walk them all for each name, and raise and catch an exception for each one absent)
+        present = {name.lower() for name, _ in headers.items()}
+        for lower, name, value in SECURITY_HEADERS:
+            if lower not in present:
+                headers.add(name, value)
         origin = g.get("cors_origin")
-        if origin and "Access-Control-Allow-Origin" not in resp.headers:
-            resp.headers.update(_browser.cors_headers(origin))
+        if origin and "access-control-allow-origin" not in present:
+            headers.update(_browser.cors_headers(origin))
         return resp
 
 
