@@ -137,7 +137,7 @@ def decode_params(o: Op, raw: Any, *, strict: bool = True, checked: bool = False
         params: Any = msgspec.convert(raw, o.params, strict=strict)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid params for {o.name}: {exc}") from None
-    if not strict:  # strings converted to numbers (query strings): "1e400", twenty-digit integers
+    if not strict and raw:  # strings converted to numbers (query strings): "1e400", twenty-digit integers
         check(msgspec.to_builtins(params), what=f"params of {o.name}")
     return params
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, overload
 
+from werkzeug.datastructures import Headers
+
 SCOPE_KEY = "aegis.headers"
 
 
@@ -21,7 +23,9 @@ class RequestHeaders:
 
     def __init__(self, headers: Any) -> None:
         first: dict[str, str] = {}
-        for name, value in headers.items():
+        # werkzeug's Headers iterate as (name, value) pairs (items() is a generator over the same); a plain
+        # mapping (unit tests) by its items
+        for name, value in headers if isinstance(headers, Headers) else headers.items():
             first.setdefault(name.lower(), value)
         self._first = first
 

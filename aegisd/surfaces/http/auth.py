@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from quart import Request, g, has_websocket_context, request, websocket
+from quart import Request, has_websocket_context, request, websocket
 
 from aegisd.auth import oidc as oidc_mod
 from aegisd.auth.callers import tcp_peer
@@ -76,6 +76,19 @@ def bearer_token(headers: Any) -> str:
     return header[7:].strip() if header.lower().startswith("bearer ") else ""
 
 
+# the scope's key for the allowed foreign origin (allowedOrigins) a request or WebSocket handshake comes from, set
+# by the browser guard (aegisd/surfaces/http/app.py): absent for the rest
+CORS_ORIGIN = "aegis.cors_origin"
+
+
+def cors_origin(conn: Conn) -> str | None:
+    """The allowed foreign origin this request (or handshake) comes from (its answers carry CORS headers)."""
+    return conn.scope.get(CORS_ORIGIN)  # type: ignore[no-any-return]
+
+
+def set_cors_origin(conn: Conn, origin: str) -> None:
+    conn.scope[CORS_ORIGIN] = origin
+
 ANONYMOUS = Principal(kind="anonymous", role="viewer", name="anonymous")
 
 
@@ -93,6 +106,7 @@ class Authenticator:
         self.oidc = oidc
         self.callers = callers
         self.strict_rbac = strict_rbac
+        self._uid = os.getuid()  # the daemon's user: zero-config loopback trust is for it (and root) only
 
     def verified(self, ip: str, credential: str, check: Callable[[str], Principal | None], message: str, *,
                  remember: bool = True) -> Principal:
@@ -125,7 +139,7 @@ class Authenticator:
             if public:
                 return ANONYMOUS
             if not self.access.auth_enabled:
-                if is_loopback(ip) and conn.scope.get("aegis.peer_uid", os.getuid()) in (os.getuid(), 0):
+                if is_loopback(ip) and conn.scope.get("aegis.peer_uid", self._uid) in (self._uid, 0):
                     return Principal(kind="local", role="viewer" if self.strict_rbac else "admin", name="local")
                 raise Unauthorized("authentication is not configured, so only loopback clients are served")
             raise Unauthorized("missing bearer token; set AEGIS_AUTH_TOKEN or send 'Authorization: Bearer "
@@ -223,8 +237,8 @@ class Gate:
         return request_id(headers_of(conn if conn is not None else current_conn()))
 
     def principal(self, *, sse: bool = False, public: bool = False, conn: Conn | None = None) -> Principal:
-        return self.auth.principal(conn if conn is not None else current_conn(), sse=sse, public=public,
-                                   cors_origin=g.get("cors_origin"))
+        conn = conn if conn is not None else current_conn()
+        return self.auth.principal(conn, sse=sse, public=public, cors_origin=cors_origin(conn))
 
     def context(self, principal: Principal, request_id: str, *, surface: str = "http",
                 conn: Conn | None = None) -> OpContext:
