@@ -36,9 +36,6 @@ class RequestHeaders:
     def get(self, name: str, default: str | None = None) -> str | None:
         return self._first.get(name.lower(), default)
 
-    def __contains__(self, name: str) -> bool:
-        return name.lower() in self._first
-
 
 def headers_of(conn: Any) -> RequestHeaders:
     """The headers of the request (or WebSocket handshake) ``conn``, read once (kept in its scope)."""
