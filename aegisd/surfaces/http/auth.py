@@ -89,6 +89,7 @@ def cors_origin(conn: Conn) -> str | None:
 def set_cors_origin(conn: Conn, origin: str) -> None:
     conn.scope[CORS_ORIGIN] = origin
 
+
 ANONYMOUS = Principal(kind="anonymous", role="viewer", name="anonymous")
 
 
