@@ -137,7 +137,7 @@ def decode_params(o: Op, raw: Any, *, strict: bool = True, checked: bool = False
         params: Any = msgspec.convert(raw, o.params, strict=strict)
     except msgspec.ValidationError as exc:
         raise ValidationError(f"invalid params for {o.name}: {exc}") from None
-    if not strict:  # strings converted to numbers (query strings): "1e400", twenty-digit integers
+    if not strict and raw:  # strings converted to numbers (query strings): "1e400", twenty-digit integers
         check(msgspec.to_builtins(params), what=f"params of {o.name}")
     return params
 
@@ -233,11 +233,12 @@ class Done:
         return self.result
 
 
-def run_now(ctx: OpContext, o: Op, raw: Any, *, checked: bool = False) -> Done:
+def run_now(ctx: OpContext, o: Op, raw: Any, *, strict: bool = True, checked: bool = False) -> Done:
     """``call_typed`` of an operation ``runs_now`` allows, without a checkpoint: params that are refused, or a
     caller that may not call it, raise here; the handler's outcome is returned. It is the answer once
-    ``settled(ctx)`` (no audit record waits to be stored); otherwise ``await finish(ctx, o, done)``."""
-    params = decode_params(o, raw, checked=checked)
+    ``settled(ctx)`` (no audit record waits to be stored); otherwise ``await finish(ctx, o, done)``.
+    ``strict``, ``checked``: see decode_params."""
+    params = decode_params(o, raw, strict=strict, checked=checked)
     ctx.services.access.authorize(ctx.principal, o.name, o.permission, params)
     try:
         return Done(o.handler(ctx, params))

@@ -6,18 +6,19 @@ and the dashboard."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from quart import Response, g, has_websocket_context, request, websocket
+from quart import Response, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from aegisd.core.errors import AegisError
 from aegisd.surfaces.dashboard import register as register_dashboard
 from aegisd.surfaces.http import _browser, _direct, auth, cluster, prometheus, routes, rpc, sse, sso, terminal
-from aegisd.surfaces.http.auth import current_conn
+from aegisd.surfaces.http._headers import RequestHeaders, headers_of
+from aegisd.surfaces.http.auth import cors_origin, current_conn, current_request, set_cors_origin
 from aegisd.surfaces.http.body import MAX_BODY
 from aegisd.surfaces.http.errors import (
     encoder,
@@ -35,6 +36,15 @@ if TYPE_CHECKING:
 log = structlog.get_logger("aegisd.http")
 
 DRAIN_TIMEOUT_S = 10.0
+# set on every answer that does not set them itself: (lowercased name, name, value)
+SECURITY_HEADERS = tuple((name.lower(), name, value) for name, value in (
+    ("X-Aegis-API-Version", "1"), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+    ("Cache-Control", "no-store")))
+
+
+def has_body(headers: RequestHeaders) -> bool:
+    """Whether the request may have a body (HTTP/1.1 framing: none without a length or chunking)."""
+    return headers.get("Transfer-Encoding") is not None or headers.get("Content-Length", "0") != "0"
 
 
 async def drained() -> bool:
@@ -43,16 +53,52 @@ async def drained() -> bool:
     connection waiting forever for the next request: every POST of 500 kB to an unknown route did. False
     when the body could not be drained (too large, or the client stopped sending): then the connection
     closes after this response."""
-    headers = request.headers
-    if headers.get("Transfer-Encoding") is None and headers.get("Content-Length", "0") == "0":
-        return True  # no body (HTTP/1.1 framing: none without a length or chunking): nothing to wait for
+    req = current_request()
+    if not has_body(headers_of(req)):
+        return True
     try:
         with trio.move_on_after(DRAIN_TIMEOUT_S):
-            await request.body
+            await req.body
             return True
     except HTTPException:  # larger than MAX_BODY: quart stops buffering it
         pass
     return False
+
+
+class App(QuartTrio):
+    """quart-trio, answering quart's question "is this a coroutine function?" (``ensure_async``, asked before each
+    call of a view, hook or error handler: half a dozen calls into inspect each time) from a set made once,
+    when the app is built, of the registered functions for which quart answered yes. Any other function is
+    asked about as before."""
+
+    coroutine_functions: frozenset[Any] = frozenset()
+
+    def ensure_async(self, func: Any) -> Any:
+        try:
+            if func in self.coroutine_functions:
+                return func
+        except TypeError:  # not hashable: not one of them
+            pass
+        return super().ensure_async(func)
+
+    def remember_coroutine_functions(self) -> None:
+        """Note the views, hooks and error handlers registered so far that quart runs as they are."""
+        funcs: list[Any] = list(self.view_functions.values())
+        for table in (self.before_request_funcs, self.after_request_funcs, self.teardown_request_funcs,
+                      self.before_websocket_funcs, self.after_websocket_funcs, self.teardown_websocket_funcs):
+            for registered in table.values():
+                funcs.extend(registered)
+        for by_code in self.error_handler_spec.values():
+            for handlers in by_code.values():
+                funcs.extend(handlers.values())
+        known = set()
+        for func in funcs:
+            try:
+                if QuartTrio.ensure_async(self, func) is func:  # quart's own answer
+                    known.add(func)
+            except TypeError:  # not hashable: asked about at each call
+                pass
+        self.coroutine_functions = frozenset(known)
 
 
 def guard_browsers(app: QuartTrio, policy: _browser.Policy) -> None:
@@ -61,22 +107,23 @@ def guard_browsers(app: QuartTrio, policy: _browser.Policy) -> None:
 
     @app.before_request
     async def _browser_guard() -> Response | None:
-        g.cors_origin = None
-        if _browser.check(policy, scheme=request.scheme, headers=request.headers) is _browser.OriginKind.ALLOWED:
-            g.cors_origin = request.headers["Origin"]  # its answers, errors included, carry CORS headers
-            if _browser.is_preflight(request.method, request.headers):
-                return Response("", status=204, headers=_browser.cors_headers(g.cors_origin, preflight=True))
-        _browser.check_body(method=request.method, path=request.path, headers=request.headers)
+        req = current_request()  # one look-up of the context, not one per attribute
+        headers = headers_of(req)
+        if _browser.check(policy, scheme=req.scheme, headers=headers) is _browser.OriginKind.ALLOWED:
+            origin = headers.get("Origin", "")
+            set_cors_origin(req, origin)  # its answers, errors included, carry CORS headers
+            if _browser.is_preflight(req.method, headers):
+                return Response("", status=204, headers=_browser.cors_headers(origin, preflight=True))
+        _browser.check_body(method=req.method, path=req.path, headers=headers)
         return None
 
     @app.before_websocket
     async def _browser_guard_ws() -> Response | None:
         """Refuse the handshake itself (403/421): a refused page never gets an open socket."""
-        g.cors_origin = None
         try:
             if _browser.check(policy, scheme=websocket.scheme, headers=websocket.headers) \
                     is _browser.OriginKind.ALLOWED:
-                g.cors_origin = websocket.headers["Origin"]
+                set_cors_origin(websocket, websocket.headers["Origin"])
         except AegisError as exc:
             log.info("http.websocket_refused", path=websocket.path, code=exc.code, origin=websocket.headers.get(
                 "Origin"), host=websocket.headers.get("Host"))
@@ -90,15 +137,19 @@ def finish_answers(app: QuartTrio) -> None:
 
     @app.after_request
     async def _headers(resp: Response) -> Response:
-        if not has_websocket_context() and not await drained():
-            resp.headers["Connection"] = "close"
-        resp.headers.setdefault("X-Aegis-API-Version", "1")
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("X-Frame-Options", "DENY")
-        resp.headers.setdefault("Cache-Control", "no-store")
-        origin = g.get("cors_origin")
-        if origin and "Access-Control-Allow-Origin" not in resp.headers:
-            resp.headers.update(_browser.cors_headers(origin))
+        headers = resp.headers
+        req = current_request()
+        if not has_websocket_context() and has_body(headers_of(req)) and not await drained():
+            headers["Connection"] = "close"
+        # each header the answer does not set already (one pass over its headers: werkzeug's setdefault and
+        # `in` walk them all for each name, and raise and catch an exception for each one absent)
+        present = {name.lower() for name, _ in headers}
+        for lower, name, value in SECURITY_HEADERS:
+            if lower not in present:
+                headers.add(name, value)
+        origin = cors_origin(req)
+        if origin and "access-control-allow-origin" not in present:
+            headers.update(_browser.cors_headers(origin))
         return resp
 
 
@@ -142,7 +193,7 @@ def create_app(services: Services) -> QuartTrio:
     # imported here: `python -m aegisd.surfaces.http._openapi` (make docs) runs it after importing this package
     from aegisd.surfaces.http._openapi import document
 
-    app = QuartTrio("aegisd")
+    app = App("aegisd")
     app.asgi_http_class = _direct.HTTPConnection  # streamed bodies (SSE) written straight to the socket
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.config["RESPONSE_TIMEOUT"] = None  # long streams are ended by us, not by a timer
@@ -172,4 +223,5 @@ def create_app(services: Services) -> QuartTrio:
         return Response(spec, content_type="application/json")
 
     register_dashboard(app, services)
+    app.remember_coroutine_functions()
     return app

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from quart import g, has_websocket_context, request, websocket
+from quart import Request, has_websocket_context, request, websocket
 
 from aegisd.auth import oidc as oidc_mod
 from aegisd.auth.callers import tcp_peer
@@ -20,6 +20,7 @@ from aegisd.auth.principal import Principal, agent_principal
 from aegisd.core.config import is_loopback as _is_loopback
 from aegisd.core.errors import Forbidden, Unauthorized
 from aegisd.ops import OpContext
+from aegisd.surfaces.http._headers import headers_of
 from aegisd.surfaces.http.errors import request_id
 from aegisd.surfaces.http.ratelimits import RateLimits
 
@@ -60,6 +61,11 @@ def current_conn() -> Any:
     return websocket if has_websocket_context() else request
 
 
+def current_request() -> Request:
+    """The request being served itself: quart's ``request`` is a proxy that looks the context up on each use."""
+    return request._get_current_object()  # type: ignore[attr-defined,no-any-return]
+
+
 def client_ip(conn: Conn) -> str:
     return conn.remote_addr or "local"
 
@@ -68,6 +74,20 @@ def bearer_token(headers: Any) -> str:
     """The token of an `Authorization: Bearer <token>` header ("" when there is none)."""
     header = headers.get("Authorization", "")
     return header[7:].strip() if header.lower().startswith("bearer ") else ""
+
+
+# the scope's key for the allowed foreign origin (allowedOrigins) a request or WebSocket handshake comes from, set
+# by the browser guard (aegisd/surfaces/http/app.py): absent for the rest
+CORS_ORIGIN = "aegis.cors_origin"
+
+
+def cors_origin(conn: Conn) -> str | None:
+    """The allowed foreign origin this request (or handshake) comes from (its answers carry CORS headers)."""
+    return conn.scope.get(CORS_ORIGIN)  # type: ignore[no-any-return]
+
+
+def set_cors_origin(conn: Conn, origin: str) -> None:
+    conn.scope[CORS_ORIGIN] = origin
 
 
 ANONYMOUS = Principal(kind="anonymous", role="viewer", name="anonymous")
@@ -87,6 +107,7 @@ class Authenticator:
         self.oidc = oidc
         self.callers = callers
         self.strict_rbac = strict_rbac
+        self._uid = os.getuid()  # the daemon's user: zero-config loopback trust is for it (and root) only
 
     def verified(self, ip: str, credential: str, check: Callable[[str], Principal | None], message: str, *,
                  remember: bool = True) -> Principal:
@@ -111,7 +132,7 @@ class Authenticator:
             assert agent.session_id is not None
             self.limits.agent(agent.session_id)
             return agent
-        token = bearer_token(conn.headers)
+        token = bearer_token(headers_of(conn))
         query_token = conn.args.get("token", "") if sse else ""
         if not token and not query_token and self.oidc is not None and conn.cookies.get(oidc_mod.COOKIE):
             return self._cookie_principal(conn, ip, cors_origin)
@@ -119,7 +140,7 @@ class Authenticator:
             if public:
                 return ANONYMOUS
             if not self.access.auth_enabled:
-                if is_loopback(ip) and conn.scope.get("aegis.peer_uid", os.getuid()) in (os.getuid(), 0):
+                if is_loopback(ip) and conn.scope.get("aegis.peer_uid", self._uid) in (self._uid, 0):
                     return Principal(kind="local", role="viewer" if self.strict_rbac else "admin", name="local")
                 raise Unauthorized("authentication is not configured, so only loopback clients are served")
             raise Unauthorized("missing bearer token; set AEGIS_AUTH_TOKEN or send 'Authorization: Bearer "
@@ -205,21 +226,25 @@ class Gate:
         self.auth = auth
         self.limits = limits
 
-    def admit(self) -> None:
-        self.limits.ip(self.ip())
+    def admit(self, conn: Conn | None = None) -> None:
+        """``conn``: the request being served (default: looked up); a view passes it to each call so the
+        context is looked up once."""
+        self.limits.ip(self.ip(conn))
 
-    def ip(self) -> str:
-        return client_ip(current_conn())
+    def ip(self, conn: Conn | None = None) -> str:
+        return client_ip(conn if conn is not None else current_conn())
 
-    def request_id(self) -> str:
-        return request_id(current_conn().headers)
+    def request_id(self, conn: Conn | None = None) -> str:
+        return request_id(headers_of(conn if conn is not None else current_conn()))
 
-    def principal(self, *, sse: bool = False, public: bool = False) -> Principal:
-        return self.auth.principal(current_conn(), sse=sse, public=public, cors_origin=g.get("cors_origin"))
+    def principal(self, *, sse: bool = False, public: bool = False, conn: Conn | None = None) -> Principal:
+        conn = conn if conn is not None else current_conn()
+        return self.auth.principal(conn, sse=sse, public=public, cors_origin=cors_origin(conn))
 
-    def context(self, principal: Principal, request_id: str, *, surface: str = "http") -> OpContext:
+    def context(self, principal: Principal, request_id: str, *, surface: str = "http",
+                conn: Conn | None = None) -> OpContext:
         return OpContext(services=self.services, principal=principal, request_id=request_id, surface=surface,
-                         ip=self.ip())
+                         ip=self.ip(conn))
 
 
 def build(services: Services, limits: RateLimits) -> Gate:

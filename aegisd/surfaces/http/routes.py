@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from quart import Response, request
+import msgspec
+from quart import Request, Response, request
 from quart_trio import QuartTrio
 
 from aegisd import ops
 from aegisd.core.errors import Unauthorized, ValidationError
-from aegisd.surfaces.http.auth import ANONYMOUS, Gate
+from aegisd.surfaces.http._headers import RequestHeaders, headers_of
+from aegisd.surfaces.http.auth import ANONYMOUS, Gate, current_request
 from aegisd.surfaces.http.body import json_body
 from aegisd.surfaces.http.errors import encoder, json_response
 
@@ -160,60 +162,72 @@ class OpView:
     def __init__(self, gate: Gate, op_name: str, source: str, status: int) -> None:
         self.gate = gate
         self.op_name = op_name
+        self.op = ops.get_op(op_name)
         self.source = source
         self.status = status
-        self.public = ops.get_op(op_name).permission == "public"
+        self.public = self.op.permission == "public"
         self.etag = op_name in ETAG_OPS
+        self.strict = "query" not in source
 
     async def serve(self, **path: str) -> Response:
         gate = self.gate
-        gate.admit()
-        rid = gate.request_id()
+        req = current_request()  # one look-up of the request context, not one per use
+        gate.admit(req)
+        rid = gate.request_id(req)
         try:
-            principal = gate.principal(public=self.public)
+            principal = gate.principal(public=self.public, conn=req)
         except Unauthorized:
             if not self.public:
                 raise
             principal = ANONYMOUS
-        ctx = gate.context(principal, rid)
-        params = await self.params(path)
-        result = await ops.call(ctx, self.op_name, params, strict="query" not in self.source)
+        ctx = gate.context(principal, rid, conn=req)
+        params = await self.params(req, path)
+        o = self.op
+        if ops.runs_now(ctx, o):  # a handler that never waits (the reads): no task hops
+            done = ops.run_now(ctx, o, params, strict=self.strict)
+            typed = done.unwrap() if ops.settled(ctx) else await ops.finish(ctx, o, done)
+        else:
+            typed = await ops.call_typed(ctx, self.op_name, params, strict=self.strict)
+        if self.etag and req.method == "GET":
+            # the typed result encoded as it is: the same bytes as its builtins copy, without the copy
+            return conditional_response(encoder.encode(typed), rid, headers_of(req))
+        result = msgspec.to_builtins(typed)
         code = self.status
         if self.op_name == "session.create" and isinstance(result, dict) and result.get("reused"):
             code = 200
-        if self.etag and request.method == "GET":
-            return conditional_response(encoder.encode(result), rid)
         return json_response(result, code, rid)
 
-    async def params(self, path: dict[str, str]) -> dict[str, Any]:
+    async def params(self, req: Request, path: dict[str, str]) -> dict[str, Any]:
         source = self.source
         params: dict[str, Any] = {}
         if "body" in source:
-            params.update(await json_body(request))
+            params.update(await json_body(req))
         if "rules" in source:
-            params.update(await json_body(request, list_key="rules"))
-        if "body" not in source and "rules" not in source and request.method != "GET":
+            params.update(await json_body(req, list_key="rules"))
+        if "body" not in source and "rules" not in source and req.method != "GET":
             # a body where none is taken is refused (a GET's means nothing; the app drains it away)
-            if extra := await json_body(request):
-                raise ValidationError(f"{request.method} {request.path} takes no request body "
+            if extra := await json_body(req):
+                raise ValidationError(f"{req.method} {req.path} takes no request body "
                                       f"(got fields: {', '.join(sorted(map(str, extra))[:5])})")
-        if "query" in source:
-            params.update(request.args.to_dict())
+        if "query" in source and req.query_string:  # no query string: no params (and no parse)
+            params.update(req.args.to_dict())
         for name, value in path.items():
             params[_PATH_PARAMS[name]] = value
         return params
 
 
-def conditional_response(body: bytes, request_id: str) -> Response:
-    """200 with the body and its ETag, or 304 with only the ETag when the client already holds that body."""
+def conditional_response(body: bytes, request_id: str, headers: RequestHeaders | None = None) -> Response:
+    """200 with the body and its ETag, or 304 with only the ETag when the client already holds that body.
+    ``headers``: the request's (default: looked up)."""
     tag = etag_of(body)
-    if etag_matches(request.headers.get("If-None-Match"), tag):
+    if etag_matches((headers or headers_of(request)).get("If-None-Match"), tag):
         resp = Response(b"", status=304)
     else:
         resp = Response(body, status=200, content_type="application/json")
-    resp.headers["ETag"] = tag
-    resp.headers["Cache-Control"] = "private, no-cache"  # a cache may keep it, but must ask again each time
-    resp.headers["X-Request-Id"] = request_id
+    out = resp.headers  # none of these is set on a new Response: added, not searched for and replaced
+    out.add("ETag", tag)
+    out.add("Cache-Control", "private, no-cache")  # a cache may keep it, but must ask again each time
+    out.add("X-Request-Id", request_id)
     return resp
 
 
