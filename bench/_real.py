@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import ROOT, Daemon, interleave, show  # bench/run.py
+from run import ROOT, Daemon, acp_request, interleave, show  # bench/run.py
 
 sys.path.insert(0, str(ROOT))
 from aegisd.acp import agent_environment  # noqa: E402
@@ -39,20 +39,11 @@ class BareClient:
         self.n = 0
 
     def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        assert self.p.stdin and self.p.stdout
         self.n += 1
-        self.p.stdin.write(json.dumps({"jsonrpc": "2.0", "id": self.n, "method": method, "params": params}).encode()
-                           + b"\n")
-        self.p.stdin.flush()
-        while True:
-            line = self.p.stdout.readline()
-            if not line:
-                raise RuntimeError(f"the agent exited during {method}")
-            msg = json.loads(line)
-            if msg.get("id") == self.n and "method" not in msg:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return dict(msg["result"] or {})
+        msg = acp_request(self.p, self.n, method, params)
+        if "error" in msg:
+            raise RuntimeError(f"{method}: {msg['error']}")
+        return dict(msg["result"] or {})
 
     def start(self, cwd: Path) -> str:
         self.call("initialize", {"protocolVersion": 1, "clientCapabilities": {

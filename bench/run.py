@@ -489,6 +489,21 @@ def bench_sse_many(d: Daemon, rounds: int, sessions: int, per: int, events: int,
 
 
 # ---- create overhead, throughput, CLI -----------------------------------------------------------------------
+def acp_request(p: subprocess.Popen[bytes], n: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Send request ``n`` to the agent ``p`` and return its answer (notifications and the agent's own requests
+    skipped), one request at a time."""
+    assert p.stdin and p.stdout
+    p.stdin.write(json.dumps({"jsonrpc": "2.0", "id": n, "method": method, "params": params}).encode() + b"\n")
+    p.stdin.flush()
+    while True:
+        line = p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the agent exited during {method}")
+        msg = json.loads(line)
+        if msg.get("id") == n and "method" not in msg:
+            return dict(msg)
+
+
 class BareAgent:
     def __init__(self, workdir: Path) -> None:
         self.p = subprocess.Popen(FAKE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(workdir),
@@ -497,15 +512,8 @@ class BareAgent:
         self.workdir = workdir
 
     def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        assert self.p.stdin and self.p.stdout
         self.n += 1
-        self.p.stdin.write(json.dumps({"jsonrpc": "2.0", "id": self.n, "method": method, "params": params}).encode()
-                           + b"\n")
-        self.p.stdin.flush()
-        while True:
-            msg = json.loads(self.p.stdout.readline())
-            if msg.get("id") == self.n and "method" not in msg:
-                return msg
+        return acp_request(self.p, self.n, method, params)
 
     def close(self) -> None:
         assert self.p.stdin
