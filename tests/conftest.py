@@ -32,6 +32,12 @@ FAKE_AGENT = str(ROOT / "tests" / "fake_agent.py")
 FAKE_AGENT_CMD = [sys.executable, FAKE_AGENT]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The kill -9 soak first: at a minute or more it is the suite's longest test, and run last by one of the
+    parallel workers (`make test`) it would leave the other idle to the end."""
+    items.sort(key=lambda item: item.get_closest_marker("soak") is None)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A short directory for Unix sockets (sun_path is limited to 108 bytes)."""
