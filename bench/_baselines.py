@@ -2,8 +2,11 @@
 
     python bench/_baselines.py echo SOCKET   a raw trio echo server on a Unix socket: each line answered by
                                              one send (the control socket's ceiling)
-    python bench/_baselines.py quart         a bare quart-trio app on hypercorn's trio worker, one JSON route
-                                             (GET /v1/sessions, a body the size of ours); prints its URL
+    python bench/_baselines.py quart N [--headers]
+                                             a bare quart-trio app on hypercorn's trio worker, one JSON route
+                                             (GET /v1/sessions, a body of N bytes like ours); prints its URL.
+                                             --headers: the answer also carries the six headers ours has and
+                                             this one has not (same names, values of the same length)
 
 Both print one line when they are ready, then serve until killed."""
 
@@ -34,7 +37,12 @@ def echo(path: str) -> None:
     trio.run(main)
 
 
-def quart(body_bytes: int) -> None:
+# what our GET /v1/sessions answer carries and the bare one does not (aegisd/surfaces/http/app.py, routes.py)
+OUR_HEADERS = (("ETag", 'W/"' + "0" * 24 + '"'), ("Cache-Control", "private, no-cache"), ("X-Request-Id", "0" * 16),
+               ("X-Aegis-API-Version", "1"), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"))
+
+
+def quart(body_bytes: int, headers: bool = False) -> None:
     import trio
     from hypercorn.config import Config
     from hypercorn.trio import serve
@@ -46,7 +54,10 @@ def quart(body_bytes: int) -> None:
 
     @app.get("/v1/sessions")
     async def sessions() -> Response:
-        return Response(body, content_type="application/json")
+        resp = Response(body, content_type="application/json")
+        for name, value in OUR_HEADERS if headers else ():
+            resp.headers.add(name, value)
+        return resp
 
     async def main() -> None:
         config = Config()
@@ -63,4 +74,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "echo":
         echo(sys.argv[2])
     else:
-        quart(int(sys.argv[2]) if len(sys.argv) > 2 else 200)
+        quart(int(sys.argv[2]) if len(sys.argv) > 2 else 200, "--headers" in sys.argv[3:])

@@ -14,6 +14,9 @@ bench/results/latest.json.
   overhead    `session.create` -> idle through aegisd  vs  a bare spawn + initialize + session/new of the agent
   throughput  one turn of N agent updates through aegisd  vs  the bare agent writing them to a pipe
   cli         `aegisctl list`  vs  the venv's `python -c pass`
+  instructions  GET /v1/sessions counted in instructions by valgrind's callgrind (bench/_instructions.py): ours vs
+              the bare quart-trio app, and vs the bare app sending our six extra headers. Deterministic, so not
+              interleaved; about two minutes. Not in the default run (--only instructions)
   real        the real claude-agent-acp offline against a mock of the Anthropic API (bench/_real.py): create -> idle
               and create + prompt -> reply through aegisd  vs  a bare ACP client. Skipped without `make agents`
   cluster     3 nodes on one PostgreSQL schema (bench/_cluster.py): GET /v1/sessions through each  vs  a single-node
@@ -92,7 +95,8 @@ def show(name: str, what: str, ratios: list[float], extra: str = "") -> dict[str
 
 
 class Daemon:
-    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None, wrapper: list[str] | None = None,
+                 start_s: float = 60) -> None:
         self.tmp = tmp
         self.sock = tmp / "s" / "aegisd.sock"
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "AEGIS_STATE_DIR": str(tmp / "state"),
@@ -103,9 +107,9 @@ class Daemon:
                "AEGIS_SSE_MAX_PER_IP": "5000", "AEGIS_SSE_MAX_CONNECTIONS": "5000"}
         env.update(extra_env or {})
         self.log = open(tmp / "aegisd.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "aegisd"], env=env, cwd=str(tmp), stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        self.proc = subprocess.Popen([*(wrapper or []), sys.executable, "-m", "aegisd"], env=env, cwd=str(tmp),
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + start_s
         while True:
             try:
                 self.hello = Client(socket_path=self.sock).call("hello")
@@ -135,8 +139,9 @@ class Daemon:
 class Started:
     """A baseline process that prints one line when ready."""
 
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen(BASELINES + args, stdout=subprocess.PIPE, text=True)
+    def __init__(self, args: list[str], wrapper: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([*(wrapper or []), *BASELINES, *args], stdout=subprocess.PIPE, text=True,
+                                     env=env)
         assert self.proc.stdout
         self.line = self.proc.stdout.readline().strip()
 
@@ -613,7 +618,7 @@ def main() -> None:
         return _sse_watch(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default=",".join(SECTIONS))
+    ap.add_argument("--only", default=",".join(SECTIONS))  # `instructions` too, which is not in the default
     ap.add_argument("--cluster-per-node", type=int, default=100, help="fake-agent sessions per cluster node")
     args = ap.parse_args()
     q = args.quick
@@ -628,6 +633,14 @@ def main() -> None:
 
             try:
                 results[name] = bench_cluster(tmp, 3 if q else 5, q, args.cluster_per_node)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        if name == "instructions":
+            from _instructions import bench_instructions  # bench/_instructions.py (imports this file's helpers)
+
+            try:
+                results[name] = bench_instructions(tmp, 100 if q else 300)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             continue
