@@ -261,11 +261,13 @@ async def test_kill9_node_sessions_are_adopted_and_resumed(nodes: Nodes) -> None
     await wait_dead([p for ps in old.values() for p in ps], timeout=10)  # the lifeline ends its agents
 
     async def adopted(sid: str) -> dict[str, Any] | None:
+        # claimed by another node (the record says so at once), and its agent started there (a moment later:
+        # the record keeps its status while the adopter resumes it)
         s = await session(h["n2"], sid)
-        return s if s["node"] in ("n2", "n3") and s["status"] in ("idle", "running", "permission_prompt") else None
+        return s if s["node"] in ("n2", "n3") and s["status"] in ("idle", "running", "permission_prompt") \
+            and len(agents_of(sid)) == 1 else None
     for name, sid in ids.items():
         s = await until(lambda sid=sid: adopted(sid), LEASE_MS / 1000 + 15, f"{name} adopted")
-        assert len(agents_of(sid)) == 1
         assert s["node"] != "n1"
     failover = time.monotonic() - killed_at
     assert failover <= LEASE_MS / 1000 + 5, f"failover took {failover:.1f} s"
@@ -329,8 +331,9 @@ async def test_a_node_that_loses_its_lease_stops_its_agents_before_adoption(node
                 assert dead_at is not None, "n2 adopted the session while n1's agent still ran"
             await trio.sleep(0.02)
     assert dead_at is not None and dead_at <= adopted_at
-    await until(lambda: status_is(h["n2"], sid, "idle"), 20, "resumed on n2")
-    assert len(agents_of(sid)) == 1
+    async def resumed() -> bool:  # the record keeps its status while n2 starts the agent: the agent says it
+        return await status_is(h["n2"], sid, "idle") is not None and len(agents_of(sid)) == 1
+    await until(resumed, 20, "resumed on n2")
     # n1 comes back: it joins again as a new incarnation and runs nothing of the session it lost
     proxy.restore()
 
