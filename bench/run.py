@@ -613,6 +613,28 @@ def bench_cli(d: Daemon, rounds: int) -> dict[str, Any]:
 SECTIONS = ("socket", "http", "sse", "sse_many", "overhead", "throughput", "cli", "real", "cluster")
 
 
+def _cluster(tmp: Path, q: bool, args: argparse.Namespace) -> Any:
+    from _cluster import bench_cluster  # bench/_cluster.py (imports this file's helpers)
+
+    return bench_cluster(tmp, 3 if q else 5, q, args.cluster_per_node)
+
+
+def _instructions(tmp: Path, q: bool, args: argparse.Namespace) -> Any:
+    from _instructions import bench_instructions  # bench/_instructions.py
+
+    return bench_instructions(tmp, 100 if q else 300)
+
+
+def _real_agent(tmp: Path, q: bool, args: argparse.Namespace) -> Any:
+    from _real import bench_real  # bench/_real.py
+
+    return bench_real(tmp, 3 if q else 7)
+
+
+OWN_SETUP: dict[str, Callable[[Path, bool, argparse.Namespace], Any]] = {
+    "cluster": _cluster, "instructions": _instructions, "real": _real_agent}
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--sse-watch"]:
         return _sse_watch(sys.argv[2], int(sys.argv[3]), sys.argv[4])
@@ -628,27 +650,9 @@ def main() -> None:
     print(f"ratios over {rounds} interleaved rounds (min / median / max)", flush=True)
     for name in args.only.split(","):
         tmp = Path(tempfile.mkdtemp(prefix="agb-", dir="/tmp"))
-        if name == "cluster":
-            from _cluster import bench_cluster  # bench/_cluster.py (imports this file's helpers)
-
+        if name in OWN_SETUP:  # sections in a module of their own, which start what they measure themselves
             try:
-                results[name] = bench_cluster(tmp, 3 if q else 5, q, args.cluster_per_node)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            continue
-        if name == "instructions":
-            from _instructions import bench_instructions  # bench/_instructions.py (imports this file's helpers)
-
-            try:
-                results[name] = bench_instructions(tmp, 100 if q else 300)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            continue
-        if name == "real":
-            from _real import bench_real  # bench/_real.py (imports this file's helpers)
-
-            try:
-                results[name] = bench_real(tmp, 3 if q else 7)
+                results[name] = OWN_SETUP[name](tmp, q, args)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             continue
