@@ -56,9 +56,11 @@ run: install ## start aegisd in the foreground (Ctrl-C stops it)
 	$(VENV)/bin/aegisd
 
 # Tests run in parallel worker processes (pytest-xdist): most of a test's time is a daemon or an agent starting,
-# so two workers on two cores finish in about 60 % of the time of one. TEST_WORKERS=0 runs them in this process.
+# so two workers on two cores finish in about 60 % of the time of one. Each file runs whole on one worker, in its
+# order (a module's fixtures and last checks, e.g. the fuzz's "daemon still alive", see its whole run; the
+# cluster's three-node tests never run two at once). TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
 
 STORE_SUITE := tests/test_sessions.py tests/test_http.py tests/test_sse.py tests/test_api_more.py tests/test_pipelines.py
 

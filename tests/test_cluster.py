@@ -392,8 +392,10 @@ async def test_each_event_is_notified_once_by_the_node_running_its_session(nodes
     def mine() -> list[bytes]:
         return [body for _, body in recv.requests if sid.encode() in body]
     await until(lambda: _async(any(b"killed" in b for b in mine())), 10, "the kill's webhook")
-    bodies = mine()
-    assert len(bodies) >= 3 and len(bodies) == len(set(bodies)), "each event once, from one node"
+    # first attempts only: an attempt whose answer a starved machine did not bring back in time is sent again
+    # (X-Aegis-Attempt 2), by the same node; a second node sending the event would send a second first attempt
+    firsts = [body for headers, body in recv.requests if sid.encode() in body and headers["x-aegis-attempt"] == "1"]
+    assert len(firsts) >= 3 and len(firsts) == len(set(firsts)), "each event once, from one node"
 
 
 async def test_nodes_over_tls(nodes: Nodes, nursery: trio.Nursery) -> None:

@@ -92,6 +92,10 @@ async def test_retries_dead_letters_and_4xx(daemon_factory: Any, nursery: trio.N
     dlq = (await d.http.get("/v1/webhooks/dead-letter")).json()
     assert [x["endpoint"] for x in dlq] == [urls[1]] and dlq[0]["attempts"] == 3 and "500" in dlq[0]["error"]
     assert len(refusing.requests) == 1  # a 4xx is final
+    # each attempt says its number; a retry carries the same body (the same eventId)
+    assert [h["x-aegis-attempt"] for h, _ in flaky.requests] == ["1", "2"]
+    assert [h["x-aegis-attempt"] for h, _ in down.requests] == ["1", "2", "3"]
+    assert flaky.requests[0][1] == flaky.requests[1][1]
     # the delivery log per endpoint (newest first) and channel health
     log0 = (await d.http.get("/v1/hooks/0/deliveries")).json()
     assert [(x["status"], x["responseCode"], x["attemptNumber"]) for x in log0] == [

@@ -269,7 +269,10 @@ class Webhooks:
         async def attempt(n: int) -> bool:
             """True when done: delivered, or refused (a 4xx: trying again will not help, no dead letter)."""
             nonlocal error
-            headers = {"Content-Type": "application/json", "User-Agent": "aegisd-webhooks", "X-Aegis-Event": name}
+            # the attempt's number: a receiver that got an attempt whose answer never came back sees the next one
+            # as a retry of the same event (the same eventId), not a second event
+            headers = {"Content-Type": "application/json", "User-Agent": "aegisd-webhooks", "X-Aegis-Event": name,
+                       "X-Aegis-Attempt": str(n)}
             if ep.secret:
                 headers["X-Aegis-Signature"] = sign(ep.secret, body)
             try:
