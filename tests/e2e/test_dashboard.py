@@ -140,16 +140,17 @@ async def test_dashboard_through_localhost(daemon: DaemonHandle, workdir: Path) 
     def scenario(page: Any) -> None:
         from playwright.sync_api import expect
 
-        posts: list[tuple[str | None, int]] = []
-        page.on("response", lambda r: posts.append((r.request.header_value("origin"), r.status))
-                if r.request.method == "POST" else None)
         page.goto(base + "/dashboard/")
         expect(page.locator("#live")).to_have_text("live")
         page.locator(f"tr[data-id='{waiting['id']}']").click()
         expect(page.locator("#s-permission-tool")).to_have_text("Run")
-        page.click("#approve")
+        # waited for as such: the page may show `idle` (from its stream) before the browser reports the answer
+        with page.expect_response(lambda r: r.request.method == "POST") as answer:
+            page.click("#approve")
+        approval = answer.value
+        # the approval carried the page's own origin, and was served
+        assert (approval.request.header_value("origin"), approval.status) == (base, 200), approval.url
         expect(page.locator("#s-status")).to_have_text("idle")
-        assert (base, 200) in posts, posts  # the approval carried the page's own origin, and was served
 
     with trio.fail_after(90):
         await trio.to_thread.run_sync(_browse, scenario)
