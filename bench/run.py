@@ -139,9 +139,8 @@ class Daemon:
 class Started:
     """A baseline process that prints one line when ready."""
 
-    def __init__(self, args: list[str], wrapper: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([*(wrapper or []), *BASELINES, *args], stdout=subprocess.PIPE, text=True,
-                                     env=env)
+    def __init__(self, args: list[str], wrapper: list[str] | None = None) -> None:
+        self.proc = subprocess.Popen([*(wrapper or []), *BASELINES, *args], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout
         self.line = self.proc.stdout.readline().strip()
 
