@@ -144,7 +144,8 @@ def json_body_ok(headers: Headers, *, form_ok: bool = False) -> bool:
 def check(policy: Policy, *, scheme: str, headers: Headers) -> OriginKind:
     """Refuse a request or WebSocket handshake whose Host or Origin is not served (HostNotAllowed,
     OriginNotAllowed); else say how its Origin is served."""
-    host = headers.get("Host")
+    # no Host, or an empty one (what quart reads for an HTTP/1.0 request without one): no name to rebind
+    host = headers.get("Host") or None
     if not policy.host_allowed(host):
         shown = host_name(host or "") or (host or "")
         raise HostNotAllowed(

@@ -146,7 +146,8 @@ _connections: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDi
 class HTTPConnection(TrioASGIHTTPConnection):
     """quart-trio's ASGI HTTP handler, writing a :class:`StreamResponse`'s body with :class:`DirectBody` when
     the connection allows, else :class:`AsgiBody`. Each request's scope carries its TCP connection's record
-    (``aegis.connection``) when hypercorn serves it over HTTP/1."""
+    (``aegis.connection``) when hypercorn serves it over HTTP/1. The app's lean reads (``app.lean_reads``,
+    aegisd/surfaces/http/_lean.py) answer the requests they take before quart sees them."""
 
     async def __call__(self, receive: Any, send: Any) -> None:
         stream = getattr(send, "__self__", None)
@@ -157,6 +158,9 @@ class HTTPConnection(TrioASGIHTTPConnection):
             if record is None:
                 record = _connections[proto] = {}
             self.scope["aegis.connection"] = record  # type: ignore[typeddict-unknown-key]
+        lean = getattr(self.app, "lean_reads", None)  # the pollers' reads (aegisd/surfaces/http/_lean.py)
+        if lean is not None and await lean.serve(self.scope, send):
+            return
         await super().__call__(receive, send)
 
     async def _send_response(self, send: Any, response: Any) -> None:

@@ -29,6 +29,16 @@ class RequestHeaders:
             first.setdefault(name.lower(), value)
         self._first = first
 
+    @classmethod
+    def of_pairs(cls, pairs: list[tuple[str, str]]) -> RequestHeaders:
+        """From (name, value) pairs in the order received."""
+        self = cls.__new__(cls)
+        first: dict[str, str] = {}
+        for name, value in pairs:
+            first.setdefault(name.lower(), value)
+        self._first = first
+        return self
+
     @overload
     def get(self, name: str) -> str | None: ...
     @overload
@@ -44,3 +54,8 @@ def headers_of(conn: Any) -> RequestHeaders:
     if found is None:
         found = scope[SCOPE_KEY] = RequestHeaders(conn.headers)
     return found
+
+
+def has_body(headers: RequestHeaders) -> bool:
+    """Whether the request may have a body (HTTP/1.1 framing: none without a length or chunking)."""
+    return headers.get("Transfer-Encoding") is not None or headers.get("Content-Length", "0") != "0"

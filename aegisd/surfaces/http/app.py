@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
-from quart import Response, has_websocket_context, request, websocket
+from quart import Response, has_websocket_context, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from aegisd.core.errors import AegisError
 from aegisd.surfaces.dashboard import register as register_dashboard
-from aegisd.surfaces.http import _browser, _direct, auth, cluster, prometheus, routes, rpc, sse, sso, terminal
-from aegisd.surfaces.http._headers import RequestHeaders, headers_of
+from aegisd.surfaces.http import _browser, _direct, _lean, auth, cluster, prometheus, routes, rpc, sse, sso, terminal
+from aegisd.surfaces.http._headers import has_body, headers_of
 from aegisd.surfaces.http.auth import cors_origin, current_conn, current_request, set_cors_origin
 from aegisd.surfaces.http.body import MAX_BODY
 from aegisd.surfaces.http.errors import (
@@ -40,11 +40,6 @@ DRAIN_TIMEOUT_S = 10.0
 SECURITY_HEADERS = tuple((name.lower(), name, value) for name, value in (
     ("X-Aegis-API-Version", "1"), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
     ("Cache-Control", "no-store")))
-
-
-def has_body(headers: RequestHeaders) -> bool:
-    """Whether the request may have a body (HTTP/1.1 framing: none without a length or chunking)."""
-    return headers.get("Transfer-Encoding") is not None or headers.get("Content-Length", "0") != "0"
 
 
 async def drained() -> bool:
@@ -72,6 +67,7 @@ class App(QuartTrio):
     asked about as before."""
 
     coroutine_functions: frozenset[Any] = frozenset()
+    lean_reads: _lean.LeanReads | None = None  # set by create_app
 
     def ensure_async(self, func: Any) -> Any:
         try:
@@ -101,21 +97,25 @@ class App(QuartTrio):
         self.coroutine_functions = frozenset(known)
 
 
+def guard_request(policy: _browser.Policy, req: Any) -> Response | None:
+    """Host, Origin and Content-Type of the request ``req`` (see _browser): raises the refusal; answers a CORS
+    preflight of an allowed origin (None: go on to the view)."""
+    headers = headers_of(req)
+    if _browser.check(policy, scheme=req.scheme, headers=headers) is _browser.OriginKind.ALLOWED:
+        origin = headers.get("Origin", "")
+        set_cors_origin(req, origin)  # its answers, errors included, carry CORS headers
+        if _browser.is_preflight(req.method, headers):
+            return Response("", status=204, headers=_browser.cors_headers(origin, preflight=True))
+    _browser.check_body(method=req.method, path=req.path, headers=headers)
+    return None
+
+
 def guard_browsers(app: QuartTrio, policy: _browser.Policy) -> None:
-    """Host, Origin and Content-Type, before anything else (see _browser); a CORS preflight of an allowed origin
-    is answered here."""
+    """:func:`guard_request` before anything else, for every request; Host and Origin for every WebSocket."""
 
     @app.before_request
     async def _browser_guard() -> Response | None:
-        req = current_request()  # one look-up of the context, not one per attribute
-        headers = headers_of(req)
-        if _browser.check(policy, scheme=req.scheme, headers=headers) is _browser.OriginKind.ALLOWED:
-            origin = headers.get("Origin", "")
-            set_cors_origin(req, origin)  # its answers, errors included, carry CORS headers
-            if _browser.is_preflight(req.method, headers):
-                return Response("", status=204, headers=_browser.cors_headers(origin, preflight=True))
-        _browser.check_body(method=req.method, path=req.path, headers=headers)
-        return None
+        return guard_request(policy, current_request())  # one look-up of the context, not one per attribute
 
     @app.before_websocket
     async def _browser_guard_ws() -> Response | None:
@@ -131,52 +131,66 @@ def guard_browsers(app: QuartTrio, policy: _browser.Policy) -> None:
         return None
 
 
+def secure(resp: Response, req: Any) -> Response:
+    """The security headers the answer ``resp`` to ``req`` does not set itself, and CORS headers when ``req``
+    comes from an allowed origin."""
+    headers = resp.headers
+    # each header the answer does not set already (one pass over its headers: werkzeug's setdefault and
+    # `in` walk them all for each name, and raise and catch an exception for each one absent)
+    present = {name.lower() for name, _ in headers}
+    for lower, name, value in SECURITY_HEADERS:
+        if lower not in present:
+            headers.add(name, value)
+    origin = cors_origin(req)
+    if origin and "access-control-allow-origin" not in present:
+        headers.update(_browser.cors_headers(origin))
+    return resp
+
+
 def finish_answers(app: QuartTrio) -> None:
-    """Every answer: the request body drained first (or the connection closed), security headers, and CORS
-    headers for an allowed origin."""
+    """Every answer: the request body drained first (or the connection closed), then :func:`secure`."""
 
     @app.after_request
     async def _headers(resp: Response) -> Response:
-        headers = resp.headers
         req = current_request()
         if not has_websocket_context() and has_body(headers_of(req)) and not await drained():
-            headers["Connection"] = "close"
-        # each header the answer does not set already (one pass over its headers: werkzeug's setdefault and
-        # `in` walk them all for each name, and raise and catch an exception for each one absent)
-        present = {name.lower() for name, _ in headers}
-        for lower, name, value in SECURITY_HEADERS:
-            if lower not in present:
-                headers.add(name, value)
-        origin = cors_origin(req)
-        if origin and "access-control-allow-origin" not in present:
-            headers.update(_browser.cors_headers(origin))
-        return resp
+            resp.headers["Connection"] = "close"
+        return secure(resp, req)
+
+
+def answer_error(exc: Exception, conn: Any, alert: Callable[[str, str], object]) -> Response:
+    """The envelope answering ``exc``, raised while serving ``conn`` (a request or a WebSocket handshake). A
+    server fault (anything but a domain or an HTTP error) is logged and counted for alerts (``alert``): call
+    it while handling ``exc``."""
+    rid = request_id(headers_of(conn))
+    if isinstance(exc, AegisError):
+        return error_response(exc, rid)
+    method = getattr(conn, "method", "WEBSOCKET")  # the terminal's WebSocket has none
+    if isinstance(exc, HTTPException):
+        status, body = http_envelope(exc.code, exc.description, method=method, path=conn.path,
+                                     max_body=MAX_BODY, request_id=rid)
+        return json_response(body, status, rid)
+    log.exception("http.internal_error", path=conn.path, request_id=rid, error=repr(exc))
+    # the one place api_error is counted: a server fault. Client errors (4xx) are answered above and never
+    # count toward alerts.
+    alert("api_error", f"{method} {conn.path} answered 500 ({type(exc).__name__}; request {rid})")
+    return json_response(internal_envelope(rid), 500, rid)
 
 
 def map_errors(app: QuartTrio, *, alert: Callable[[str, str], object]) -> None:
-    """Every error answers with the envelope; a server fault is logged and counted for alerts (``alert``)."""
+    """Every error answers with the envelope (:func:`answer_error`)."""
 
     @app.errorhandler(AegisError)
     async def _aegis_error(exc: AegisError) -> Response:
-        return error_response(exc, request_id(current_conn().headers))
+        return answer_error(exc, current_conn(), alert)
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
-        rid = request_id(current_conn().headers)
-        status, body = http_envelope(exc.code, exc.description, method=request.method, path=request.path,
-                                     max_body=MAX_BODY, request_id=rid)
-        return json_response(body, status, rid)
+        return answer_error(exc, current_conn(), alert)
 
     @app.errorhandler(Exception)
     async def _internal(exc: Exception) -> Response:
-        conn = current_conn()  # the terminal's WebSocket has no `request`
-        rid = request_id(conn.headers)
-        method = getattr(conn, "method", "WEBSOCKET")
-        log.exception("http.internal_error", path=conn.path, request_id=rid, error=repr(exc))
-        # the one place api_error is counted: a server fault. Client errors (4xx) are answered by the
-        # handlers above and never count toward alerts.
-        alert("api_error", f"{method} {conn.path} answered 500 ({type(exc).__name__}; request {rid})")
-        return json_response(internal_envelope(rid), 500, rid)
+        return answer_error(exc, current_conn(), alert)
 
 
 def _node_hosts(services: Services) -> tuple[str, ...]:
@@ -203,12 +217,13 @@ def create_app(services: Services) -> QuartTrio:
     gate = auth.build(services, limits)
 
     cfg = services.config
-    guard_browsers(app, _browser.Policy.build(bind_host=cfg.host, base_url=cfg.baseUrl,
-                                              allowed_hosts=cfg.allowedHosts + _node_hosts(services),
-                                              allowed_origins=cfg.allowedOrigins))
+    policy = _browser.Policy.build(bind_host=cfg.host, base_url=cfg.baseUrl,
+                                   allowed_hosts=cfg.allowedHosts + _node_hosts(services),
+                                   allowed_origins=cfg.allowedOrigins)
+    guard_browsers(app, policy)
     finish_answers(app)
     map_errors(app, alert=services.alerts.record)
-    routes.bind(app, gate)
+    lean_views = routes.bind(app, gate)
     rpc.register(app, gate)
     cluster.register(app, gate)
     sse.register(app, gate)
@@ -224,4 +239,8 @@ def create_app(services: Services) -> QuartTrio:
 
     register_dashboard(app, services)
     app.remember_coroutine_functions()
+    # once every route is registered: the pollers' reads, which _direct.HTTPConnection hands to them
+    app.lean_reads = _lean.LeanReads.of(
+        app, lean_views, expected_hooks=2, guard=lambda req: guard_request(policy, req), secure=secure,
+        answer_error=lambda exc, req: answer_error(exc, req, services.alerts.record))
     return app

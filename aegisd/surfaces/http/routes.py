@@ -7,7 +7,7 @@ import hashlib
 from typing import Any
 
 import msgspec
-from quart import Request, Response, request
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from aegisd import ops
@@ -133,6 +133,10 @@ ETAG_OPS = frozenset({
     "pipeline.get",
 })
 
+# The reads answered without quart's request machinery (aegisd/surfaces/http/_lean.py): those pollers repeat,
+# which answer at once (no wait, no body)
+LEAN_OPS = ETAG_OPS | {"health"}
+
 
 def etag_of(body: bytes) -> str:
     return 'W/"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
@@ -170,8 +174,12 @@ class OpView:
         self.strict = "query" not in source
 
     async def serve(self, **path: str) -> Response:
+        return await self.answer(current_request(), path)  # one look-up of the request context, not one per use
+
+    async def answer(self, req: Any, path: dict[str, str]) -> Response:
+        """The answer to the request ``req`` (quart's, or a lean read's: aegisd/surfaces/http/_lean.py), whose
+        route's variables are ``path``."""
         gate = self.gate
-        req = current_request()  # one look-up of the request context, not one per use
         gate.admit(req)
         rid = gate.request_id(req)
         try:
@@ -197,7 +205,7 @@ class OpView:
             code = 200
         return json_response(result, code, rid)
 
-    async def params(self, req: Request, path: dict[str, str]) -> dict[str, Any]:
+    async def params(self, req: Any, path: dict[str, str]) -> dict[str, Any]:
         source = self.source
         params: dict[str, Any] = {}
         if "body" in source:
@@ -231,16 +239,21 @@ def conditional_response(body: bytes, request_id: str, headers: RequestHeaders |
     return resp
 
 
-def bind(app: QuartTrio, gate: Gate) -> None:
-    """Register every route of ROUTES, and the audit export."""
+def bind(app: QuartTrio, gate: Gate) -> dict[str, Any]:
+    """Register every route of ROUTES, and the audit export. Returns the lean reads' views by endpoint: the
+    ``GET`` routes of LEAN_OPS (aegisd/surfaces/http/_lean.py)."""
     seen: set[str] = set()
+    lean: dict[str, Any] = {}
     for methods, path, op_name, source, status in ROUTES:
         endpoint = f"{path}:{','.join(methods)}"
         assert endpoint not in seen
         seen.add(endpoint)
-        app.add_url_rule(path, endpoint=endpoint, view_func=OpView(gate, op_name, source, status).serve,
-                         methods=list(methods))
+        view = OpView(gate, op_name, source, status)
+        app.add_url_rule(path, endpoint=endpoint, view_func=view.serve, methods=list(methods))
+        if methods == ("GET",) and op_name in LEAN_OPS:
+            lean[endpoint] = view.answer
     app.add_url_rule("/v1/audit", endpoint="audit", view_func=AuditExport(gate).serve, methods=["GET"])
+    return lean
 
 
 class AuditExport:
