@@ -9,9 +9,8 @@ keeps it in the request's ASGI scope (one per request or WebSocket handshake), a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, overload
-
-from werkzeug.datastructures import Headers
 
 SCOPE_KEY = "aegis.headers"
 
@@ -23,21 +22,11 @@ class RequestHeaders:
 
     def __init__(self, headers: Any) -> None:
         first: dict[str, str] = {}
-        # werkzeug's Headers iterate as (name, value) pairs (items() is a generator over the same); a plain
-        # mapping (unit tests) by its items
-        for name, value in headers if isinstance(headers, Headers) else headers.items():
+        # werkzeug's Headers and a list (aegisd/surfaces/http/_lean.py) iterate as (name, value) pairs in the
+        # order received; a plain mapping (unit tests) by its items
+        for name, value in headers.items() if isinstance(headers, Mapping) else headers:
             first.setdefault(name.lower(), value)
         self._first = first
-
-    @classmethod
-    def of_pairs(cls, pairs: list[tuple[str, str]]) -> RequestHeaders:
-        """From (name, value) pairs in the order received."""
-        self = cls.__new__(cls)
-        first: dict[str, str] = {}
-        for name, value in pairs:
-            first.setdefault(name.lower(), value)
-        self._first = first
-        return self
 
     @overload
     def get(self, name: str) -> str | None: ...

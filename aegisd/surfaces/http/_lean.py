@@ -56,9 +56,7 @@ class LeanRequest:
     def _werkzeug(self) -> SansioRequest:
         """The request as werkzeug parses it (its query arguments, its cookies), made when first asked."""
         if self._parsed is None:
-            headers = Headers()
-            for name, value in self.scope["headers"]:
-                headers.add(name.decode("latin1").title(), value.decode("latin1"))
+            headers = Headers(_decoded(self.scope))
             self._parsed = SansioRequest(self.method, self.scheme, self.scope.get("server"), "", self.path,
                                          self.query_string, headers, self.remote_addr)
         return self._parsed
@@ -72,14 +70,19 @@ class LeanRequest:
         return self._werkzeug().cookies
 
 
+def _decoded(scope: Any) -> list[tuple[str, str]]:
+    """The request's headers in the order received, decoded as quart decodes them."""
+    return [(name.decode("latin1"), value.decode("latin1")) for name, value in scope["headers"]]
+
+
 def request_headers(scope: Any, server_name: str | None) -> RequestHeaders:
     """The request's headers as quart reads them: ``Remote-Addr`` first (the client's address; a header of that
     name the client sends comes second), and a ``Host`` for an HTTP/1.0 request without one."""
     pairs = [("remote-addr", (scope.get("client") or ["<local>"])[0])]
-    pairs += [(name.decode("latin1"), value.decode("latin1")) for name, value in scope["headers"]]
+    pairs += _decoded(scope)
     if scope["http_version"] < "1.1":
         pairs.append(("host", server_name or ""))  # quart's setdefault: a Host the client sent wins
-    return RequestHeaders.of_pairs(pairs)
+    return RequestHeaders(pairs)
 
 
 View = Callable[[Any, dict[str, str]], Awaitable[Response]]
